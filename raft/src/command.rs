@@ -1,0 +1,398 @@
+//! Commands replicated through Raft, and their responses.
+//!
+//! A [`Command`] is what the leader proposes; it carries everything apply
+//! needs so that apply is deterministic (no clock, no randomness on the
+//! applying node). Writes from clients carry a [`SessionRef`] so a retried
+//! write is applied once (see `meta::session`).
+//!
+//! Reads (get, range, history) are not commands: they are served from the
+//! state machine after a ReadIndex round (or locally when serializable).
+
+use serde::{Deserialize, Serialize};
+
+/// A client's session position: `(client_id, seq)` identifies a write;
+/// `acked_below` tells the state machine the client has every response with
+/// a smaller `seq`, so their cached responses can be dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRef {
+    /// Client id, chosen by the client (random 64 bits).
+    pub client_id: u64,
+    /// Sequence number of this write within the session, starting at 1.
+    pub seq: u64,
+    /// Every response with `seq < acked_below` has reached the client.
+    pub acked_below: u64,
+}
+
+/// The Raft entry payload of every group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    /// Deduplication session of the client, if the write came from one.
+    pub session: Option<SessionRef>,
+    /// The operation.
+    pub op: Op,
+}
+
+impl Command {
+    /// A command without a session (internal proposals, tests).
+    pub fn new(op: Op) -> Self {
+        Command { session: None, op }
+    }
+}
+
+impl std::fmt::Display for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.op {
+            Op::Put(p) => write!(f, "put({} bytes key)", p.key.len()),
+            Op::Delete(d) => write!(f, "delete({:?})", d.range.kind()),
+            Op::Txn(t) => write!(
+                f,
+                "txn({} compares, {}/{} ops)",
+                t.compares.len(),
+                t.success.len(),
+                t.failure.len()
+            ),
+            Op::Compact { revision } => write!(f, "compact({revision})"),
+            Op::LeaseGrant { id, ttl_secs } => write!(f, "lease_grant({id}, {ttl_secs}s)"),
+            Op::LeaseRevoke { id, expired } => write!(f, "lease_revoke({id}, expired={expired})"),
+            Op::SetLimits(_) => write!(f, "set_limits"),
+        }
+    }
+}
+
+/// Meta group operations.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    /// Set a key.
+    Put(PutRequest),
+    /// Delete a key or a range.
+    Delete(DeleteRequest),
+    /// Compare, then apply one of two op lists, atomically at one revision.
+    Txn(TxnRequest),
+    /// Drop history below `revision`.
+    Compact {
+        /// New compaction revision.
+        revision: u64,
+    },
+    /// Create a lease. `id == 0` lets the state machine choose one.
+    LeaseGrant {
+        /// Requested id, or 0.
+        id: u64,
+        /// Time to live in seconds.
+        ttl_secs: u64,
+    },
+    /// Replace the replicated limits (history depth, sizes).
+    SetLimits(crate::limits::Limits),
+    /// Delete a lease and every key attached to it.
+    LeaseRevoke {
+        /// Lease id.
+        id: u64,
+        /// Proposed by the leader's expiry timer rather than a client.
+        expired: bool,
+    },
+}
+
+/// Which keys an operation covers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KeyRange {
+    /// Exactly one key.
+    Key(Vec<u8>),
+    /// Every key starting with the prefix (an empty prefix is every key).
+    Prefix(Vec<u8>),
+    /// Keys in `[start, end)`.
+    Between {
+        /// Inclusive start.
+        start: Vec<u8>,
+        /// Exclusive end.
+        end: Vec<u8>,
+    },
+}
+
+impl KeyRange {
+    /// Short name for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            KeyRange::Key(_) => "key",
+            KeyRange::Prefix(_) => "prefix",
+            KeyRange::Between { .. } => "between",
+        }
+    }
+
+    /// Whether `key` lies in the range.
+    pub fn contains(&self, key: &[u8]) -> bool {
+        match self {
+            KeyRange::Key(k) => k == key,
+            KeyRange::Prefix(p) => key.starts_with(p),
+            KeyRange::Between { start, end } => key >= start.as_slice() && key < end.as_slice(),
+        }
+    }
+}
+
+/// Put request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PutRequest {
+    /// Key.
+    pub key: Vec<u8>,
+    /// Value.
+    pub value: Vec<u8>,
+    /// Lease to attach the key to (0: none).
+    pub lease: u64,
+    /// Return the previous key-value.
+    pub prev_kv: bool,
+}
+
+/// Delete request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteRequest {
+    /// Keys to delete.
+    pub range: KeyRange,
+    /// Return the deleted key-values.
+    pub prev_kv: bool,
+}
+
+/// Range (read) request. Also usable inside a txn.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RangeRequest {
+    /// Keys to read.
+    pub range: KeyRange,
+    /// Read at this revision (0: current).
+    pub revision: u64,
+    /// Return at most this many keys (0: no limit).
+    pub limit: u64,
+    /// Return only the count.
+    pub count_only: bool,
+    /// Return keys without values.
+    pub keys_only: bool,
+}
+
+impl RangeRequest {
+    /// A current read of one key.
+    pub fn key(key: impl Into<Vec<u8>>) -> Self {
+        RangeRequest {
+            range: KeyRange::Key(key.into()),
+            revision: 0,
+            limit: 0,
+            count_only: false,
+            keys_only: false,
+        }
+    }
+
+    /// A current read of a prefix.
+    pub fn prefix(prefix: impl Into<Vec<u8>>) -> Self {
+        RangeRequest {
+            range: KeyRange::Prefix(prefix.into()),
+            revision: 0,
+            limit: 0,
+            count_only: false,
+            keys_only: false,
+        }
+    }
+}
+
+/// What a txn compare looks at.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CompareTarget {
+    /// The value (a missing key never compares true, as in etcd).
+    Value(Vec<u8>),
+    /// The version (0 for a missing key).
+    Version(u64),
+    /// The create revision (0 for a missing key).
+    CreateRevision(u64),
+    /// The mod revision (0 for a missing key).
+    ModRevision(u64),
+    /// The attached lease (0 for none or a missing key).
+    Lease(u64),
+}
+
+/// Comparison operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CompareOp {
+    /// `==`
+    Equal,
+    /// `!=`
+    NotEqual,
+    /// `>`
+    Greater,
+    /// `<`
+    Less,
+}
+
+/// One txn guard.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Compare {
+    /// Key compared.
+    pub key: Vec<u8>,
+    /// Operator.
+    pub op: CompareOp,
+    /// Field and operand.
+    pub target: CompareTarget,
+}
+
+/// One op of a txn branch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TxnOp {
+    /// Put.
+    Put(PutRequest),
+    /// Delete.
+    Delete(DeleteRequest),
+    /// Read (sees the state before the txn; see `meta` docs).
+    Range(RangeRequest),
+}
+
+/// Txn request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxnRequest {
+    /// All must hold for `success` to run; otherwise `failure` runs.
+    pub compares: Vec<Compare>,
+    /// Ops if every compare holds.
+    pub success: Vec<TxnOp>,
+    /// Ops otherwise.
+    pub failure: Vec<TxnOp>,
+}
+
+/// A key with its MVCC metadata.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyValue {
+    /// Key.
+    pub key: Vec<u8>,
+    /// Value (empty when `keys_only`).
+    pub value: Vec<u8>,
+    /// Revision of the put that created the key (since its last delete).
+    pub create_revision: u64,
+    /// Revision of the last modification.
+    pub mod_revision: u64,
+    /// Number of puts since creation (1 after creation).
+    pub version: u64,
+    /// Attached lease, 0 for none.
+    pub lease: u64,
+}
+
+/// Result of a range read.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct RangeResult {
+    /// The keys (empty when `count_only`).
+    pub kvs: Vec<KeyValue>,
+    /// Number of keys in range (before `limit`).
+    pub count: u64,
+    /// More keys exist beyond `limit`.
+    pub more: bool,
+}
+
+/// Result of one txn op.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TxnOpResult {
+    /// Put result: the previous key-value if asked.
+    Put {
+        /// Previous value.
+        prev_kv: Option<KeyValue>,
+    },
+    /// Delete result.
+    Delete {
+        /// Number of keys deleted.
+        deleted: u64,
+        /// Deleted key-values if asked.
+        prev_kvs: Vec<KeyValue>,
+    },
+    /// Range result.
+    Range(RangeResult),
+}
+
+/// What applying a command produced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OpResult {
+    /// Put done.
+    Put {
+        /// Previous value if asked.
+        prev_kv: Option<KeyValue>,
+    },
+    /// Delete done.
+    Delete {
+        /// Number of keys deleted.
+        deleted: u64,
+        /// Deleted key-values if asked.
+        prev_kvs: Vec<KeyValue>,
+    },
+    /// Txn done.
+    Txn {
+        /// Whether the compares held.
+        succeeded: bool,
+        /// Results of the branch that ran.
+        results: Vec<TxnOpResult>,
+    },
+    /// Compaction done.
+    Compacted {
+        /// The compaction revision now in force.
+        compact_revision: u64,
+    },
+    /// Lease granted.
+    LeaseGranted {
+        /// Lease id.
+        id: u64,
+        /// TTL in seconds.
+        ttl_secs: u64,
+    },
+    /// Limits replaced.
+    LimitsSet,
+    /// Lease revoked.
+    LeaseRevoked {
+        /// Keys deleted with it.
+        deleted_keys: u64,
+    },
+    /// The command was rejected deterministically; nothing changed.
+    Rejected(Rejection),
+    /// Membership or blank entry.
+    None,
+}
+
+/// Why a command was rejected by the state machine (same on every replica).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Rejection {
+    /// A field is invalid.
+    #[error("invalid argument: {field}: {reason}")]
+    InvalidArgument {
+        /// The field.
+        field: String,
+        /// Why.
+        reason: String,
+    },
+    /// The revision asked for was compacted.
+    #[error("revision {requested} is compacted; the oldest readable revision is {compact_revision}")]
+    Compacted {
+        /// Requested revision.
+        requested: u64,
+        /// Current compaction revision.
+        compact_revision: u64,
+    },
+    /// The revision asked for is in the future.
+    #[error("revision {requested} is newer than the current revision {current}")]
+    FutureRevision {
+        /// Requested.
+        requested: u64,
+        /// Current.
+        current: u64,
+    },
+    /// The lease does not exist.
+    #[error("lease {0} not found")]
+    LeaseNotFound(u64),
+    /// The lease id is taken.
+    #[error("lease {0} already exists")]
+    LeaseExists(u64),
+    /// The session's response for this sequence number was already dropped.
+    #[error("session {client_id}: sequence {seq} is older than the session's oldest kept response ({oldest})")]
+    SessionExpired {
+        /// Client id.
+        client_id: u64,
+        /// Sequence number.
+        seq: u64,
+        /// Oldest kept.
+        oldest: u64,
+    },
+}
+
+/// The state machine's answer to one entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Response {
+    /// Store revision after the entry.
+    pub revision: u64,
+    /// Outcome.
+    pub result: OpResult,
+}

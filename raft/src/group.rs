@@ -1,0 +1,360 @@
+//! A running meta group on one node: proposals, reads, headers, leases.
+//!
+//! - Writes go through `client_write` with a deadline; a rejection from the
+//!   state machine comes back as [`Error::Rejected`], "not leader" as
+//!   [`Error::NotLeader`] with the leader's id and address, a passed deadline
+//!   as [`Error::Unavailable`] (outcome unknown: retry with the same session
+//!   sequence and the state machine applies it once).
+//! - Linearizable reads do a ReadIndex round (`ensure_linearizable`), which
+//!   also waits for the local state machine to apply up to the read index,
+//!   then read the store. Serializable reads read the local store at once.
+//! - Every reply carries a [`ResponseHeader`].
+//! - The lease keeper runs while this node leads (see [`crate::lease_keeper`]).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use esf_storage::Db;
+use openraft::async_runtime::WatchReceiver;
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{RaftNetworkFactory, ReadPolicy, ServerState};
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::command::*;
+use crate::error::{Error, Result};
+use crate::lease_keeper::LeaseClock;
+use crate::meta::{MetaStateMachine, MetaStore};
+use crate::types::{LogStore, MetaRaft, NodeId, TypeConfig};
+
+/// Group id of the meta group.
+pub const META_GROUP: u32 = 0;
+/// Default deadline of a proposal or a linearizable read.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Lease keeper: longest time between two reconciliations with the store.
+pub const LEASE_RECONCILE_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Header on every reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResponseHeader {
+    /// Cluster id.
+    pub cluster_id: String,
+    /// Node that answered.
+    pub node_id: NodeId,
+    /// Store revision the reply reflects.
+    pub revision: u64,
+    /// Raft term of the answering node.
+    pub raft_term: u64,
+}
+
+/// Read consistency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Consistency {
+    /// ReadIndex: reflects every write acknowledged before the read began.
+    #[default]
+    Linearizable,
+    /// Local state, possibly stale; works without a leader.
+    Serializable,
+}
+
+/// How to start a group.
+#[derive(Debug, Clone)]
+pub struct GroupOptions {
+    /// Cluster id for headers.
+    pub cluster_id: String,
+    /// This node.
+    pub node_id: NodeId,
+    /// openraft configuration.
+    pub raft: Arc<openraft::Config>,
+    /// Deadline of proposals and linearizable reads.
+    pub request_timeout: Duration,
+}
+
+/// The meta group of one node.
+pub struct MetaGroup {
+    raft: MetaRaft,
+    store: Arc<MetaStore>,
+    opts: GroupOptions,
+    leases: Arc<Mutex<LeaseClock>>,
+    keeper: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for MetaGroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetaGroup")
+            .field("node_id", &self.opts.node_id)
+            .finish()
+    }
+}
+
+fn not_leader(group: u32, f: &openraft::error::ForwardToLeader<TypeConfig>) -> Error {
+    Error::NotLeader {
+        group,
+        leader: f.leader_id,
+        leader_addr: f.leader_node.as_ref().map(|n| n.addr.clone()),
+    }
+}
+
+impl MetaGroup {
+    /// Opens the store, starts openraft and the lease keeper.
+    pub async fn start<N>(db: Arc<Db>, network: N, opts: GroupOptions) -> Result<Arc<MetaGroup>>
+    where
+        N: RaftNetworkFactory<TypeConfig>,
+        N::Network: openraft::network::NetSnapshot<TypeConfig, SnapshotData = crate::types::SnapshotData>,
+    {
+        let store = MetaStore::open(db.clone(), META_GROUP)?;
+        let log = LogStore::new(db, META_GROUP);
+        let sm = MetaStateMachine::new(store.clone());
+        let raft = MetaRaft::new(opts.node_id, opts.raft.clone(), network, log, sm)
+            .await
+            .map_err(|e| Error::Fatal(e.to_string()))?;
+        let group = Arc::new(MetaGroup {
+            raft,
+            store,
+            opts,
+            leases: Arc::default(),
+            keeper: Mutex::new(None),
+        });
+        let handle = tokio::spawn(run_lease_keeper(Arc::downgrade(&group)));
+        *group.keeper.lock().expect("keeper lock") = Some(handle);
+        Ok(group)
+    }
+
+    /// The openraft handle (membership changes, metrics, RPC entry points).
+    pub fn raft(&self) -> &MetaRaft {
+        &self.raft
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<MetaStore> {
+        &self.store
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.opts.node_id
+    }
+
+    /// A header for `revision`.
+    pub fn header(&self, revision: u64) -> ResponseHeader {
+        let term = self.raft.metrics().borrow_watched().current_term;
+        ResponseHeader {
+            cluster_id: self.opts.cluster_id.clone(),
+            node_id: self.opts.node_id,
+            revision,
+            raft_term: term,
+        }
+    }
+
+    /// Proposes a command and waits for it to be applied. A state machine
+    /// rejection is returned as [`Error::Rejected`].
+    pub async fn write(&self, cmd: Command) -> Result<(ResponseHeader, Response)> {
+        self.store.state().limits.check_op(&cmd.op)?;
+        let fut = self.raft.client_write(cmd);
+        let resp = match tokio::time::timeout(self.opts.request_timeout, fut).await {
+            Err(_) => {
+                return Err(Error::Unavailable(format!(
+                    "write not applied within {:?}",
+                    self.opts.request_timeout
+                )));
+            }
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                return Err(not_leader(META_GROUP, &f));
+            }
+            Ok(Err(RaftError::APIError(e))) => return Err(Error::Unavailable(e.to_string())),
+            Ok(Err(RaftError::Fatal(f))) => return Err(Error::Fatal(f.to_string())),
+            Ok(Ok(r)) => r.data,
+        };
+        if let OpResult::Rejected(rej) = resp.result {
+            return Err(Error::Rejected(rej));
+        }
+        if let OpResult::LeaseGranted { id, ttl_secs } = resp.result {
+            self.leases
+                .lock()
+                .expect("lease clock lock")
+                .granted(id, Duration::from_secs(ttl_secs), Instant::now());
+        }
+        Ok((self.header(resp.revision), resp))
+    }
+
+    /// Waits until reads here reflect every write acknowledged before now.
+    pub async fn linearize(&self) -> Result<()> {
+        let fut = self.raft.ensure_linearizable(ReadPolicy::ReadIndex);
+        match tokio::time::timeout(self.opts.request_timeout, fut).await {
+            Err(_) => Err(Error::Unavailable(format!(
+                "read index not confirmed within {:?}",
+                self.opts.request_timeout
+            ))),
+            Ok(Err(RaftError::APIError(openraft::error::LinearizableReadError::ForwardToLeader(f)))) => {
+                Err(not_leader(META_GROUP, &f))
+            }
+            Ok(Err(RaftError::APIError(e))) => Err(Error::Unavailable(e.to_string())),
+            Ok(Err(RaftError::Fatal(f))) => Err(Error::Fatal(f.to_string())),
+            Ok(Ok(_)) => Ok(()),
+        }
+    }
+
+    async fn before_read(&self, c: Consistency) -> Result<()> {
+        match c {
+            Consistency::Linearizable => self.linearize().await,
+            Consistency::Serializable => Ok(()),
+        }
+    }
+
+    /// Range read.
+    pub async fn range(&self, req: &RangeRequest, c: Consistency) -> Result<(ResponseHeader, RangeResult)> {
+        self.before_read(c).await?;
+        let (res, rev) = self.store.range(req)?;
+        Ok((self.header(rev), res))
+    }
+
+    /// Versions of one key with revision in `[from, to]` (0 = current).
+    pub async fn history(
+        &self,
+        key: &[u8],
+        from: u64,
+        to: u64,
+        c: Consistency,
+    ) -> Result<(ResponseHeader, Vec<KeyValue>)> {
+        self.before_read(c).await?;
+        let (kvs, rev) = self.store.history(key, from, to)?;
+        Ok((self.header(rev), kvs))
+    }
+
+    /// Restarts a lease's countdown; only the leader can. Returns the TTL.
+    pub async fn lease_keepalive(&self, id: u64) -> Result<(ResponseHeader, Duration)> {
+        if !self.raft.is_leader() {
+            let m = self.raft.metrics().borrow_watched().clone();
+            let addr = m
+                .current_leader
+                .and_then(|l| m.membership_config.membership().get_node(&l).map(|n| n.addr.clone()));
+            return Err(Error::NotLeader {
+                group: META_GROUP,
+                leader: m.current_leader,
+                leader_addr: addr,
+            });
+        }
+        let now = Instant::now();
+        let ttl = {
+            let mut clock = self.leases.lock().expect("lease clock lock");
+            match clock.keepalive(id, now) {
+                Some(ttl) => Some(ttl),
+                None => {
+                    // Granted through another leader and not yet reconciled.
+                    match self.store.lease(id)? {
+                        Some((rec, _)) => {
+                            let ttl = Duration::from_secs(rec.ttl_secs);
+                            clock.granted(id, ttl, now);
+                            Some(ttl)
+                        }
+                        None => None,
+                    }
+                }
+            }
+        };
+        match ttl {
+            Some(ttl) => Ok((self.header(self.store.revision()), ttl)),
+            None => Err(Error::Rejected(Rejection::LeaseNotFound(id))),
+        }
+    }
+
+    /// Time left on a lease as counted by this leader (`None` on a follower).
+    pub fn lease_remaining(&self, id: u64) -> Option<Duration> {
+        if !self.raft.is_leader() {
+            return None;
+        }
+        self.leases
+            .lock()
+            .expect("lease clock lock")
+            .remaining(id, Instant::now())
+    }
+
+    /// Stops the lease keeper and openraft.
+    pub async fn shutdown(&self) -> Result<()> {
+        if let Some(h) = self.keeper.lock().expect("keeper lock").take() {
+            h.abort();
+        }
+        self.raft.shutdown().await.map_err(|e| Error::Fatal(e.to_string()))
+    }
+}
+
+/// While this node leads: reconcile the lease clock with the store, and
+/// propose a revoke for every lease past its deadline. Wakes at the earliest
+/// deadline, on leadership change, or every `LEASE_RECONCILE_INTERVAL`.
+async fn run_lease_keeper(group: std::sync::Weak<MetaGroup>) {
+    let mut metrics = match group.upgrade() {
+        Some(g) => g.raft.metrics(),
+        None => return,
+    };
+    let mut leading_term: Option<u64> = None;
+    loop {
+        let Some(g) = group.upgrade() else { return };
+        let (state, term) = {
+            let m = metrics.borrow_watched();
+            (m.state, m.current_term)
+        };
+        if state != ServerState::Leader {
+            if leading_term.take().is_some() {
+                g.leases.lock().expect("lease clock lock").clear();
+                debug!("lease keeper: not leader, countdowns dropped");
+            }
+        } else {
+            if leading_term != Some(term) {
+                // New leadership: make sure the store reflects every committed
+                // entry before loading leases, then start full countdowns.
+                if g.linearize().await.is_err() {
+                    drop(g);
+                    let _ = tokio::time::timeout(LEASE_RECONCILE_INTERVAL, metrics.changed()).await;
+                    continue;
+                }
+                g.leases.lock().expect("lease clock lock").clear();
+                leading_term = Some(term);
+                info!(term, "lease keeper: leading, countdowns restarted from full ttl");
+            }
+            match g.store.leases() {
+                Ok(leases) => g
+                    .leases
+                    .lock()
+                    .expect("lease clock lock")
+                    .reconcile(&leases, Instant::now()),
+                Err(e) => warn!(error = %e, "lease keeper: cannot read leases"),
+            }
+            let expired = g.leases.lock().expect("lease clock lock").expired(Instant::now());
+            for id in expired {
+                let cmd = Command::new(Op::LeaseRevoke { id, expired: true });
+                match g.write(cmd).await {
+                    Ok(_) | Err(Error::Rejected(Rejection::LeaseNotFound(_))) => {
+                        info!(lease = id, "lease expired and revoked");
+                        g.leases.lock().expect("lease clock lock").remove(id);
+                    }
+                    Err(e) => warn!(lease = id, error = %e, "lease expiry not committed yet"),
+                }
+            }
+        }
+        let next = g.leases.lock().expect("lease clock lock").next_deadline();
+        drop(g);
+        let wake = match next {
+            Some(d) => d.min(Instant::now() + LEASE_RECONCILE_INTERVAL),
+            None => Instant::now() + LEASE_RECONCILE_INTERVAL,
+        };
+        // Metrics change on every apply; only a role or term change (or the
+        // timer) needs another pass.
+        let seen = (state, term);
+        loop {
+            tokio::select! {
+                r = metrics.changed() => {
+                    if r.is_err() {
+                        return;
+                    }
+                    let m = metrics.borrow_watched();
+                    if (m.state, m.current_term) != seen {
+                        break;
+                    }
+                }
+                _ = tokio::time::sleep_until(wake) => break,
+            }
+        }
+    }
+}

@@ -1,0 +1,26 @@
+//! esf-raft: ESF's Raft layer on openraft `=0.10.0-alpha.37`.
+//!
+//! - [`types`]: the one openraft `TypeConfig` of every group; every openraft
+//!   type the rest of ESF touches is named there.
+//! - [`command`]: what is replicated ([`command::Command`]) and what apply
+//!   answers ([`command::Response`]).
+//! - [`meta`]: the meta group's state machine: an etcd-style MVCC config
+//!   store with history, compaction, txn, leases and client sessions.
+//! - [`group`]: a running meta group: proposing, linearizable and
+//!   serializable reads, response headers, and the leader's lease keeper.
+//! - [`limits`]: named bounds with errors that name the field.
+//!
+//! Not here: networking (the node crate carries Raft RPCs over tonic; tests
+//! use an in-process router) and event partitions (a later state machine on
+//! the same `TypeConfig`).
+
+pub mod command;
+pub mod error;
+pub mod group;
+pub mod lease_keeper;
+pub mod limits;
+pub mod meta;
+pub mod types;
+
+pub use error::{Error, Result};
+pub use openraft;

@@ -1,0 +1,169 @@
+//! Tables of the meta state machine inside the `sm` column family.
+//!
+//! Every key is `group:u32 BE ++ table:u8 ++ rest`:
+//!
+//! | table | rest | value |
+//! |---|---|---|
+//! | `STATE` | — | [`SmState`](super::store::SmState): applied log id, membership, revision, compaction revision, limits |
+//! | `CURRENT` | `enc(key)` | live [`KvRecord`] of the key (absent once deleted) |
+//! | `HISTORY` | `enc(key) ++ rev:u64 BE` | the record written at `rev` (a tombstone for a delete) |
+//! | `CHANGES` | `rev:u64 BE` | the keys changed at `rev` (drives compaction and watch) |
+//! | `LEASE` | `id:u64 BE` | [`LeaseRecord`] |
+//! | `LEASE_KEY` | `id:u64 BE ++ enc(key)` | empty: key attached to lease |
+//! | `SESSION` | `client_id:u64 BE` | [`Session`](super::session::Session) |
+//!
+//! `enc` is the order-preserving, prefix-free byte encoding of esf-storage,
+//! so `HISTORY` sorts by (key, revision) and a prefix of user keys is a
+//! prefix of encoded keys.
+
+use esf_storage::GroupId;
+use esf_storage::keys::{encode_bytes, encode_bytes_prefix, prefix_end};
+use serde::{Deserialize, Serialize};
+
+use crate::command::{KeyRange, KeyValue};
+
+pub(crate) const STATE: u8 = 1;
+pub(crate) const CURRENT: u8 = 2;
+pub(crate) const HISTORY: u8 = 3;
+pub(crate) const CHANGES: u8 = 4;
+pub(crate) const LEASE: u8 = 5;
+pub(crate) const LEASE_KEY: u8 = 6;
+pub(crate) const SESSION: u8 = 7;
+
+/// One version of a key. `value == None` is a tombstone (the key was deleted
+/// at `mod_revision`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvRecord {
+    /// Revision that created the key.
+    pub create_revision: u64,
+    /// Revision of this version.
+    pub mod_revision: u64,
+    /// Puts since creation.
+    pub version: u64,
+    /// Value, or `None` for a tombstone.
+    pub value: Option<Vec<u8>>,
+    /// Attached lease.
+    pub lease: u64,
+}
+
+impl KvRecord {
+    pub(crate) fn to_kv(&self, key: &[u8], keys_only: bool) -> KeyValue {
+        KeyValue {
+            key: key.to_vec(),
+            value: if keys_only {
+                Vec::new()
+            } else {
+                self.value.clone().unwrap_or_default()
+            },
+            create_revision: self.create_revision,
+            mod_revision: self.mod_revision,
+            version: self.version,
+            lease: self.lease,
+        }
+    }
+}
+
+/// A lease.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRecord {
+    /// Id.
+    pub id: u64,
+    /// TTL granted, in seconds.
+    pub ttl_secs: u64,
+    /// Store revision when granted.
+    pub granted_revision: u64,
+}
+
+/// Keys changed at one revision.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Changes {
+    /// Changed keys, in the order the ops ran.
+    pub keys: Vec<Vec<u8>>,
+}
+
+pub(crate) fn table_prefix(group: GroupId, table: u8) -> Vec<u8> {
+    let mut k = Vec::with_capacity(16);
+    k.extend_from_slice(&group.to_be_bytes());
+    k.push(table);
+    k
+}
+
+pub(crate) fn state_key(group: GroupId) -> Vec<u8> {
+    table_prefix(group, STATE)
+}
+
+pub(crate) fn current_key(group: GroupId, key: &[u8]) -> Vec<u8> {
+    let mut k = table_prefix(group, CURRENT);
+    encode_bytes(&mut k, key);
+    k
+}
+
+pub(crate) fn history_key(group: GroupId, key: &[u8], rev: u64) -> Vec<u8> {
+    let mut k = table_prefix(group, HISTORY);
+    encode_bytes(&mut k, key);
+    k.extend_from_slice(&rev.to_be_bytes());
+    k
+}
+
+pub(crate) fn changes_key(group: GroupId, rev: u64) -> Vec<u8> {
+    let mut k = table_prefix(group, CHANGES);
+    k.extend_from_slice(&rev.to_be_bytes());
+    k
+}
+
+pub(crate) fn lease_key(group: GroupId, id: u64) -> Vec<u8> {
+    let mut k = table_prefix(group, LEASE);
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+pub(crate) fn lease_attach_key(group: GroupId, id: u64, key: &[u8]) -> Vec<u8> {
+    let mut k = lease_key_prefix(group, id);
+    encode_bytes(&mut k, key);
+    k
+}
+
+pub(crate) fn lease_key_prefix(group: GroupId, id: u64) -> Vec<u8> {
+    let mut k = table_prefix(group, LEASE_KEY);
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+pub(crate) fn session_key(group: GroupId, client_id: u64) -> Vec<u8> {
+    let mut k = table_prefix(group, SESSION);
+    k.extend_from_slice(&client_id.to_be_bytes());
+    k
+}
+
+/// `[start, end)` bounds in table `table` covering the user keys of `range`.
+/// For `Key` the bound covers exactly that key's encoding (plus suffixes in
+/// `HISTORY`).
+pub(crate) fn encoded_bounds(group: GroupId, table: u8, range: &KeyRange) -> (Vec<u8>, Vec<u8>) {
+    let base = table_prefix(group, table);
+    let table_end = prefix_end(&base).expect("a table prefix is never all 0xff");
+    match range {
+        KeyRange::Key(key) => {
+            let mut start = base.clone();
+            encode_bytes(&mut start, key);
+            let end = prefix_end(&start).unwrap_or(table_end);
+            (start, end)
+        }
+        KeyRange::Prefix(p) => {
+            let mut start = base.clone();
+            encode_bytes_prefix(&mut start, p);
+            let end = if p.is_empty() {
+                table_end
+            } else {
+                prefix_end(&start).unwrap_or(table_end)
+            };
+            (start, end)
+        }
+        KeyRange::Between { start: s, end: e } => {
+            let mut start = base.clone();
+            encode_bytes(&mut start, s);
+            let mut end = base;
+            encode_bytes(&mut end, e);
+            (start, end)
+        }
+    }
+}

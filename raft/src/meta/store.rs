@@ -1,0 +1,1150 @@
+//! The meta state machine's data: an MVCC key-value store in the style of
+//! etcd, leases and client sessions, kept in the group's range of the `sm`
+//! column family (see [`layout`](super::layout)).
+//!
+//! Semantics (etcd's, with the differences stated):
+//! - One global `revision`, starting at 0 for an empty store; every command
+//!   that changes at least one key increments it by one. A delete that
+//!   matches nothing and a txn that writes nothing leave it unchanged.
+//! - Per key: `create_revision`, `mod_revision`, `version` (1 on creation,
+//!   +1 per put, reset by delete).
+//! - History: every revision `>= compact_revision` can be read. Writes
+//!   auto-compact so that at least `limits.history_revisions` revisions stay
+//!   readable; `Compact` drops more on request. A read below
+//!   `compact_revision` fails with an error naming it.
+//! - Txn: compares, then one branch, all at one revision, all or nothing.
+//!   Unlike etcd, reads inside a txn see the state *before* the txn (the
+//!   branch happens at once), and a key may be written at most once per txn
+//!   (etcd rejects duplicate puts too).
+//! - Leases: a put may attach its key to a lease; revoking (or expiring) the
+//!   lease deletes its keys at one revision. Grants do not change the
+//!   revision. Lease timing is not here: the leader's lease keeper proposes
+//!   expiries (see `lease_keeper`).
+//!
+//! Determinism: apply reads only the store and the entry; no clock, no
+//! randomness. Each entry is written in one RocksDB batch together with the
+//! applied log id, so a crash never leaves half an entry applied. Writes are
+//! buffered (not fsynced): the Raft log is durable, and a lost tail of apply
+//! writes is re-applied from the log on restart. Log purge is fsynced and is
+//! ordered after these writes in the one WAL, so the state a purge relies on
+//! is durable whenever the purge is.
+
+use std::sync::{Arc, Mutex, RwLock};
+
+use esf_storage::codec::{self, RecordRef};
+use esf_storage::keys::{CF_SM, CF_SNAPSHOT, GroupId, group_prefix, prefix_end};
+use esf_storage::rocksdb::{self, DBRawIteratorWithThreadMode, ReadOptions, WriteBatch};
+use esf_storage::{Db, StorageError};
+use openraft::EntryPayload;
+use openraft::entry::RaftEntry;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::layout::{self, Changes, KvRecord, LeaseRecord};
+use super::session::{Check, Session, Sessions};
+use crate::command::*;
+use crate::limits::Limits;
+use crate::types::{Entry, LogId, SnapshotMeta, StoredMembership};
+
+/// The replicated scalar state of the meta group, one record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SmState {
+    /// Last applied log id.
+    pub last_applied: Option<LogId>,
+    /// Last applied membership.
+    pub membership: StoredMembership,
+    /// Current store revision.
+    pub revision: u64,
+    /// Oldest readable revision.
+    pub compact_revision: u64,
+    /// Next lease id the store assigns.
+    pub next_lease_id: u64,
+    /// Limits in force.
+    pub limits: Limits,
+}
+
+impl Default for SmState {
+    fn default() -> Self {
+        SmState {
+            last_applied: None,
+            membership: StoredMembership::default(),
+            revision: 0,
+            compact_revision: 0,
+            next_lease_id: 1,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Errors of reads against the store.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The request is invalid or asks for a revision not available.
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
+    /// Storage failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+type Raw<'a> = DBRawIteratorWithThreadMode<'a, rocksdb::DB>;
+
+/// The meta store of one group. Shared between openraft's state machine
+/// worker (writes) and readers.
+pub struct MetaStore {
+    db: Arc<Db>,
+    group: GroupId,
+    /// Readers hold it shared while they take a RocksDB snapshot, so a reader
+    /// sees a revision and the data of exactly that revision.
+    state: RwLock<SmState>,
+    sessions: Mutex<Sessions>,
+    revision_tx: watch::Sender<u64>,
+}
+
+impl std::fmt::Debug for MetaStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetaStore").field("group", &self.group).finish()
+    }
+}
+
+fn rocks_err(context: &str) -> impl Fn(rocksdb::Error) -> StorageError + '_ {
+    move |e| StorageError::Rocks {
+        context: context.to_string(),
+        source: e,
+    }
+}
+
+impl MetaStore {
+    /// Opens the store of `group`, loading its state and sessions.
+    pub fn open(db: Arc<Db>, group: GroupId) -> Result<Arc<MetaStore>, StorageError> {
+        let state = Self::load_state(&db, group)?;
+        let sessions = Self::load_sessions(&db, group)?;
+        let (revision_tx, _) = watch::channel(state.revision);
+        Ok(Arc::new(MetaStore {
+            db,
+            group,
+            state: RwLock::new(state),
+            sessions: Mutex::new(sessions),
+            revision_tx,
+        }))
+    }
+
+    fn load_state(db: &Db, group: GroupId) -> Result<SmState, StorageError> {
+        let raw = db
+            .rocks()
+            .get_pinned_cf(db.cf(CF_SM), layout::state_key(group))
+            .map_err(rocks_err("read sm state"))?;
+        match raw {
+            None => Ok(SmState::default()),
+            Some(b) => codec::decode(
+                RecordRef {
+                    cf: CF_SM,
+                    group,
+                    record: &"state machine state",
+                },
+                &b,
+            ),
+        }
+    }
+
+    fn load_sessions(db: &Db, group: GroupId) -> Result<Sessions, StorageError> {
+        let prefix = layout::table_prefix(group, layout::SESSION);
+        let mut out = Vec::new();
+        let mut it = db.rocks().raw_iterator_cf(db.cf(CF_SM));
+        it.seek(&prefix);
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            let client = u64::from_be_bytes(k[prefix.len()..].try_into().map_err(|_| StorageError::Corrupt {
+                cf: CF_SM,
+                group,
+                record: format!("session key {k:02x?}"),
+                reason: "bad length".into(),
+            })?);
+            let record = format!("session {client}");
+            let s: Session = codec::decode(
+                RecordRef {
+                    cf: CF_SM,
+                    group,
+                    record: &record,
+                },
+                v,
+            )?;
+            out.push((client, s));
+            it.next();
+        }
+        it.status().map_err(rocks_err("scan sessions"))?;
+        Ok(Sessions::load(out))
+    }
+
+    /// The group id.
+    pub fn group(&self) -> GroupId {
+        self.group
+    }
+
+    /// The shared DB.
+    pub fn db(&self) -> &Arc<Db> {
+        &self.db
+    }
+
+    /// A copy of the replicated scalar state.
+    pub fn state(&self) -> SmState {
+        self.state.read().expect("sm state lock").clone()
+    }
+
+    /// Current revision.
+    pub fn revision(&self) -> u64 {
+        self.state.read().expect("sm state lock").revision
+    }
+
+    /// Notified with the revision after every applied entry that changed it.
+    pub fn subscribe_revision(&self) -> watch::Receiver<u64> {
+        self.revision_tx.subscribe()
+    }
+
+    /// Number of sessions kept.
+    pub fn session_count(&self) -> usize {
+        self.sessions.lock().expect("sessions lock").len()
+    }
+
+    // ---------------------------------------------------------------- reads
+
+    fn sm_iter(&self, snap: &rocksdb::SnapshotWithThreadMode<'_, rocksdb::DB>, lower: &[u8], upper: &[u8]) -> Raw<'_> {
+        let mut ro = ReadOptions::default();
+        ro.set_snapshot(snap);
+        ro.set_iterate_lower_bound(lower.to_vec());
+        ro.set_iterate_upper_bound(upper.to_vec());
+        self.db.rocks().raw_iterator_cf_opt(self.db.cf(CF_SM), ro)
+    }
+
+    fn decode_kv(&self, key_desc: &dyn Fn() -> String, v: &[u8]) -> Result<KvRecord, StorageError> {
+        let record = key_desc();
+        codec::decode(
+            RecordRef {
+                cf: CF_SM,
+                group: self.group,
+                record: &record,
+            },
+            v,
+        )
+    }
+
+    /// Reads a range. Revision 0 reads the current state. Returns the result
+    /// and the store revision it reflects.
+    pub fn range(&self, req: &RangeRequest) -> Result<(RangeResult, u64), ReadError> {
+        let st = self.state.read().expect("sm state lock");
+        st.limits.check_range("range", &req.range)?;
+        let snap = self.db.rocks().snapshot();
+        let current = st.revision;
+        let compact = st.compact_revision;
+        drop(st);
+        let result = self.range_at(&snap, req, current, compact)?;
+        Ok((result, current))
+    }
+
+    fn range_at(
+        &self,
+        snap: &rocksdb::SnapshotWithThreadMode<'_, rocksdb::DB>,
+        req: &RangeRequest,
+        current: u64,
+        compact: u64,
+    ) -> Result<RangeResult, ReadError> {
+        let rev = if req.revision == 0 { current } else { req.revision };
+        if rev > current {
+            return Err(Rejection::FutureRevision {
+                requested: rev,
+                current,
+            }
+            .into());
+        }
+        if rev < compact {
+            return Err(Rejection::Compacted {
+                requested: rev,
+                compact_revision: compact,
+            }
+            .into());
+        }
+        let limit = if req.limit == 0 { u64::MAX } else { req.limit };
+        let mut out = RangeResult::default();
+        let mut push = |key: &[u8], rec: &KvRecord| {
+            out.count += 1;
+            if req.count_only {
+                return;
+            }
+            if (out.kvs.len() as u64) < limit {
+                out.kvs.push(rec.to_kv(key, req.keys_only));
+            } else {
+                out.more = true;
+            }
+        };
+        if rev == current {
+            let (lo, hi) = layout::encoded_bounds(self.group, layout::CURRENT, &req.range);
+            let mut it = self.sm_iter(snap, &lo, &hi);
+            it.seek(&lo);
+            let skip = layout::table_prefix(self.group, layout::CURRENT).len();
+            while let (Some(k), Some(v)) = (it.key(), it.value()) {
+                let (user_key, _) =
+                    esf_storage::keys::decode_bytes(&k[skip..]).ok_or_else(|| StorageError::Corrupt {
+                        cf: CF_SM,
+                        group: self.group,
+                        record: format!("current key {k:02x?}"),
+                        reason: "bad key encoding".into(),
+                    })?;
+                let rec = self.decode_kv(
+                    &|| format!("current value of key {:?}", String::from_utf8_lossy(&user_key)),
+                    v,
+                )?;
+                push(&user_key, &rec);
+                it.next();
+            }
+            it.status().map_err(rocks_err("range scan"))?;
+        } else {
+            let (lo, hi) = layout::encoded_bounds(self.group, layout::HISTORY, &req.range);
+            let mut it = self.sm_iter(snap, &lo, &hi);
+            let mut probe = self.sm_iter(snap, &lo, &hi);
+            let skip = layout::table_prefix(self.group, layout::HISTORY).len();
+            it.seek(&lo);
+            while let Some(k) = it.key() {
+                let (user_key, _) =
+                    esf_storage::keys::decode_bytes(&k[skip..]).ok_or_else(|| StorageError::Corrupt {
+                        cf: CF_SM,
+                        group: self.group,
+                        record: format!("history key {k:02x?}"),
+                        reason: "bad key encoding".into(),
+                    })?;
+                // Latest version of this key at or below `rev`.
+                probe.seek_for_prev(layout::history_key(self.group, &user_key, rev));
+                if let (Some(pk), Some(pv)) = (probe.key(), probe.value()) {
+                    let own = layout::history_key(self.group, &user_key, 0);
+                    if pk.len() == own.len() && pk[..own.len() - 8] == own[..own.len() - 8] {
+                        let rec = self.decode_kv(
+                            &|| format!("history of key {:?}", String::from_utf8_lossy(&user_key)),
+                            pv,
+                        )?;
+                        if rec.value.is_some() {
+                            push(&user_key, &rec);
+                        }
+                    }
+                }
+                probe.status().map_err(rocks_err("history probe"))?;
+                // Skip the rest of this key's versions.
+                let (_, key_end) =
+                    layout::encoded_bounds(self.group, layout::HISTORY, &KeyRange::Key(user_key.clone()));
+                it.seek(&key_end);
+            }
+            it.status().map_err(rocks_err("history scan"))?;
+        }
+        Ok(out)
+    }
+
+    /// Every version of `key` with revision in `[from, to]` (0 = current),
+    /// oldest first; tombstones are returned with an empty value and
+    /// version 0. Fails if `from` is compacted.
+    pub fn history(&self, key: &[u8], from: u64, to: u64) -> Result<(Vec<KeyValue>, u64), ReadError> {
+        let st = self.state.read().expect("sm state lock");
+        st.limits.check_key("history.key", key)?;
+        let snap = self.db.rocks().snapshot();
+        let (current, compact) = (st.revision, st.compact_revision);
+        drop(st);
+        if from < compact {
+            return Err(Rejection::Compacted {
+                requested: from,
+                compact_revision: compact,
+            }
+            .into());
+        }
+        let to = if to == 0 { current } else { to.min(current) };
+        let lo = layout::history_key(self.group, key, from);
+        let hi = layout::history_key(self.group, key, to.saturating_add(1).max(from));
+        let mut it = self.sm_iter(&snap, &lo, &hi);
+        it.seek(&lo);
+        let mut out = Vec::new();
+        while let (Some(_), Some(v)) = (it.key(), it.value()) {
+            let rec = self.decode_kv(&|| format!("history of key {:?}", String::from_utf8_lossy(key)), v)?;
+            out.push(rec.to_kv(key, false));
+            it.next();
+        }
+        it.status().map_err(rocks_err("history scan"))?;
+        Ok((out, current))
+    }
+
+    /// The keys changed at each revision in `[from, to]`, for watchers.
+    pub fn changes(&self, from: u64, to: u64) -> Result<Vec<(u64, Changes)>, ReadError> {
+        let st = self.state.read().expect("sm state lock");
+        let snap = self.db.rocks().snapshot();
+        let compact = st.compact_revision;
+        drop(st);
+        if from < compact {
+            return Err(Rejection::Compacted {
+                requested: from,
+                compact_revision: compact,
+            }
+            .into());
+        }
+        let lo = layout::changes_key(self.group, from);
+        let hi = layout::changes_key(self.group, to.saturating_add(1));
+        let mut it = self.sm_iter(&snap, &lo, &hi);
+        it.seek(&lo);
+        let mut out = Vec::new();
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            let rev = u64::from_be_bytes(k[k.len() - 8..].try_into().expect("changes key ends with 8 bytes"));
+            let record = format!("changes at revision {rev}");
+            out.push((
+                rev,
+                codec::decode(
+                    RecordRef {
+                        cf: CF_SM,
+                        group: self.group,
+                        record: &record,
+                    },
+                    v,
+                )?,
+            ));
+            it.next();
+        }
+        it.status().map_err(rocks_err("changes scan"))?;
+        Ok(out)
+    }
+
+    /// Every lease.
+    pub fn leases(&self) -> Result<Vec<LeaseRecord>, StorageError> {
+        let prefix = layout::table_prefix(self.group, layout::LEASE);
+        let end = prefix_end(&prefix).expect("table prefix is not all 0xff");
+        let snap = self.db.rocks().snapshot();
+        let mut it = self.sm_iter(&snap, &prefix, &end);
+        it.seek(&prefix);
+        let mut out = Vec::new();
+        while let (Some(_), Some(v)) = (it.key(), it.value()) {
+            out.push(codec::decode(
+                RecordRef {
+                    cf: CF_SM,
+                    group: self.group,
+                    record: &"lease",
+                },
+                v,
+            )?);
+            it.next();
+        }
+        it.status().map_err(rocks_err("lease scan"))?;
+        Ok(out)
+    }
+
+    /// A lease and the keys attached to it.
+    pub fn lease(&self, id: u64) -> Result<Option<(LeaseRecord, Vec<Vec<u8>>)>, StorageError> {
+        let Some(rec) = self.get_lease(id)? else {
+            return Ok(None);
+        };
+        Ok(Some((rec, self.lease_keys(id)?)))
+    }
+
+    fn get_lease(&self, id: u64) -> Result<Option<LeaseRecord>, StorageError> {
+        let raw = self
+            .db
+            .rocks()
+            .get_pinned_cf(self.db.cf(CF_SM), layout::lease_key(self.group, id))
+            .map_err(rocks_err("read lease"))?;
+        match raw {
+            None => Ok(None),
+            Some(v) => {
+                let record = format!("lease {id}");
+                codec::decode(
+                    RecordRef {
+                        cf: CF_SM,
+                        group: self.group,
+                        record: &record,
+                    },
+                    &v,
+                )
+                .map(Some)
+            }
+        }
+    }
+
+    fn lease_keys(&self, id: u64) -> Result<Vec<Vec<u8>>, StorageError> {
+        let prefix = layout::lease_key_prefix(self.group, id);
+        let end = prefix_end(&prefix).expect("lease prefix is not all 0xff");
+        let snap = self.db.rocks().snapshot();
+        let mut it = self.sm_iter(&snap, &prefix, &end);
+        it.seek(&prefix);
+        let mut out = Vec::new();
+        while let Some(k) = it.key() {
+            let (key, _) =
+                esf_storage::keys::decode_bytes(&k[prefix.len()..]).ok_or_else(|| StorageError::Corrupt {
+                    cf: CF_SM,
+                    group: self.group,
+                    record: format!("lease {id} key"),
+                    reason: "bad key encoding".into(),
+                })?;
+            out.push(key);
+            it.next();
+        }
+        it.status().map_err(rocks_err("lease key scan"))?;
+        Ok(out)
+    }
+
+    fn get_current(&self, key: &[u8]) -> Result<Option<KvRecord>, StorageError> {
+        let raw = self
+            .db
+            .rocks()
+            .get_pinned_cf(self.db.cf(CF_SM), layout::current_key(self.group, key))
+            .map_err(rocks_err("read key"))?;
+        match raw {
+            None => Ok(None),
+            Some(v) => self
+                .decode_kv(
+                    &|| format!("current value of key {:?}", String::from_utf8_lossy(key)),
+                    &v,
+                )
+                .map(Some),
+        }
+    }
+
+    /// FNV-1a hash of every row of the group (all tables), and the applied
+    /// log id it reflects. Replicas at the same applied index must agree.
+    pub fn state_hash(&self) -> Result<(u64, Option<LogId>), StorageError> {
+        let st = self.state.read().expect("sm state lock");
+        let snap = self.db.rocks().snapshot();
+        let applied = st.last_applied.clone();
+        drop(st);
+        let lo = group_prefix(self.group).to_vec();
+        let hi = prefix_end(&lo).unwrap_or_else(|| vec![0xff; 5]);
+        let mut it = self.sm_iter(&snap, &lo, &hi);
+        it.seek(&lo);
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut feed = |bytes: &[u8]| {
+            for &b in (bytes.len() as u64).to_le_bytes().iter().chain(bytes) {
+                h ^= u64::from(b);
+                h = h.wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        };
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            feed(k);
+            feed(v);
+            it.next();
+        }
+        it.status().map_err(rocks_err("hash scan"))?;
+        Ok((h, applied))
+    }
+
+    // ---------------------------------------------------------------- apply
+
+    /// Applies one committed entry; returns its response.
+    pub fn apply_entry(&self, entry: &Entry) -> Result<Response, StorageError> {
+        let log_id = entry.log_id();
+        let mut st = self.state.read().expect("sm state lock").clone();
+        let mut batch = WriteBatch::default();
+        let mut session_updates = Vec::new();
+        let response = match &entry.payload {
+            EntryPayload::Blank => Response {
+                revision: st.revision,
+                result: OpResult::None,
+            },
+            EntryPayload::Membership(m) => {
+                st.membership = StoredMembership::new(Some(log_id.clone()), m.clone());
+                Response {
+                    revision: st.revision,
+                    result: OpResult::None,
+                }
+            }
+            EntryPayload::Normal(cmd) => {
+                let check = match &cmd.session {
+                    Some(s) => self.sessions.lock().expect("sessions lock").check(s),
+                    None => Check::Apply,
+                };
+                match check {
+                    Check::Duplicate(resp) => resp,
+                    Check::Expired(rej) => Response {
+                        revision: st.revision,
+                        result: OpResult::Rejected(rej),
+                    },
+                    Check::Apply => {
+                        let mut next = st.clone();
+                        let mut ops = WriteBatch::default();
+                        let resp = match self.execute(&mut next, &mut ops, &cmd.op)? {
+                            Ok(result) => {
+                                st = next;
+                                batch = ops;
+                                Response {
+                                    revision: st.revision,
+                                    result,
+                                }
+                            }
+                            Err(rej) => Response {
+                                revision: st.revision,
+                                result: OpResult::Rejected(rej),
+                            },
+                        };
+                        if let Some(s) = &cmd.session {
+                            let limits = st.limits;
+                            session_updates = self.sessions.lock().expect("sessions lock").record(
+                                s,
+                                &resp,
+                                log_id.index(),
+                                limits.max_session_responses,
+                                limits.max_sessions,
+                            );
+                        }
+                        resp
+                    }
+                }
+            }
+        };
+        let cf = self.db.cf(CF_SM);
+        for (client, session) in &session_updates {
+            let key = layout::session_key(self.group, *client);
+            match session {
+                Some(s) => batch.put_cf(cf, key, codec::encode("session", s)?),
+                None => batch.delete_cf(cf, key),
+            }
+        }
+        st.last_applied = Some(log_id);
+        batch.put_cf(cf, layout::state_key(self.group), codec::encode("sm state", &st)?);
+        let revision = st.revision;
+        {
+            let mut guard = self.state.write().expect("sm state lock");
+            self.db.write_buffered(batch)?;
+            *guard = st;
+        }
+        self.revision_tx.send_if_modified(|r| {
+            let changed = *r != revision;
+            *r = revision;
+            changed
+        });
+        Ok(response)
+    }
+
+    /// Runs `op` against `st`, writing into `batch`. The outer `Result` is a
+    /// storage failure (stop the node); the inner one a deterministic
+    /// rejection (nothing is written).
+    fn execute(
+        &self,
+        st: &mut SmState,
+        batch: &mut WriteBatch,
+        op: &Op,
+    ) -> Result<Result<OpResult, Rejection>, StorageError> {
+        if let Err(rej) = st.limits.check_op(op) {
+            return Ok(Err(rej));
+        }
+        let rev = st.revision + 1;
+        let mut changes = Changes::default();
+        let result = match op {
+            Op::Put(p) => match self.put(batch, p, rev, &mut changes)? {
+                Ok(prev_kv) => OpResult::Put { prev_kv },
+                Err(r) => return Ok(Err(r)),
+            },
+            Op::Delete(d) => {
+                let (deleted, prev_kvs) = self.delete(batch, d, rev, &mut changes)?;
+                OpResult::Delete { deleted, prev_kvs }
+            }
+            Op::Txn(t) => match self.txn(batch, t, rev, st, &mut changes)? {
+                Ok(r) => r,
+                Err(r) => return Ok(Err(r)),
+            },
+            Op::Compact { revision } => {
+                if *revision > st.revision {
+                    return Ok(Err(Rejection::FutureRevision {
+                        requested: *revision,
+                        current: st.revision,
+                    }));
+                }
+                if *revision <= st.compact_revision {
+                    return Ok(Err(Rejection::Compacted {
+                        requested: *revision,
+                        compact_revision: st.compact_revision,
+                    }));
+                }
+                self.compact(batch, st.compact_revision, *revision)?;
+                st.compact_revision = *revision;
+                OpResult::Compacted {
+                    compact_revision: *revision,
+                }
+            }
+            Op::SetLimits(l) => {
+                st.limits = *l;
+                OpResult::LimitsSet
+            }
+            Op::LeaseGrant { id, ttl_secs } => {
+                let id = if *id == 0 {
+                    let mut candidate = st.next_lease_id.max(1);
+                    while self.get_lease(candidate)?.is_some() {
+                        candidate += 1;
+                    }
+                    st.next_lease_id = candidate + 1;
+                    candidate
+                } else {
+                    if self.get_lease(*id)?.is_some() {
+                        return Ok(Err(Rejection::LeaseExists(*id)));
+                    }
+                    *id
+                };
+                let rec = LeaseRecord {
+                    id,
+                    ttl_secs: *ttl_secs,
+                    granted_revision: st.revision,
+                };
+                batch.put_cf(
+                    self.db.cf(CF_SM),
+                    layout::lease_key(self.group, id),
+                    codec::encode("lease", &rec)?,
+                );
+                OpResult::LeaseGranted {
+                    id,
+                    ttl_secs: *ttl_secs,
+                }
+            }
+            Op::LeaseRevoke { id, .. } => {
+                if self.get_lease(*id)?.is_none() {
+                    return Ok(Err(Rejection::LeaseNotFound(*id)));
+                }
+                let cf = self.db.cf(CF_SM);
+                let mut deleted = 0;
+                for key in self.lease_keys(*id)? {
+                    if let Some(prev) = self.get_current(&key)? {
+                        self.write_tombstone(batch, &key, &prev, rev);
+                        changes.keys.push(key);
+                        deleted += 1;
+                    }
+                }
+                let prefix = layout::lease_key_prefix(self.group, *id);
+                batch.delete_range_cf(
+                    cf,
+                    prefix.clone(),
+                    prefix_end(&prefix).expect("lease prefix is not all 0xff"),
+                );
+                batch.delete_cf(cf, layout::lease_key(self.group, *id));
+                OpResult::LeaseRevoked { deleted_keys: deleted }
+            }
+        };
+        if !changes.keys.is_empty() {
+            st.revision = rev;
+            batch.put_cf(
+                self.db.cf(CF_SM),
+                layout::changes_key(self.group, rev),
+                codec::encode("changes", &changes)?,
+            );
+            // Auto-compaction: keep `history_revisions` revisions readable.
+            let target = rev.saturating_sub(st.limits.history_revisions);
+            if target > st.compact_revision {
+                self.compact(batch, st.compact_revision, target)?;
+                st.compact_revision = target;
+            }
+        }
+        Ok(Ok(result))
+    }
+
+    fn put(
+        &self,
+        batch: &mut WriteBatch,
+        p: &PutRequest,
+        rev: u64,
+        changes: &mut Changes,
+    ) -> Result<Result<Option<KeyValue>, Rejection>, StorageError> {
+        if p.lease != 0 && self.get_lease(p.lease)?.is_none() {
+            return Ok(Err(Rejection::LeaseNotFound(p.lease)));
+        }
+        let prev = self.get_current(&p.key)?;
+        let rec = KvRecord {
+            create_revision: prev.as_ref().map_or(rev, |r| r.create_revision),
+            mod_revision: rev,
+            version: prev.as_ref().map_or(1, |r| r.version + 1),
+            value: Some(p.value.clone()),
+            lease: p.lease,
+        };
+        let cf = self.db.cf(CF_SM);
+        let encoded = codec::encode("kv record", &rec)?;
+        batch.put_cf(cf, layout::current_key(self.group, &p.key), &encoded);
+        batch.put_cf(cf, layout::history_key(self.group, &p.key, rev), &encoded);
+        if let Some(old) = &prev {
+            if old.lease != 0 && old.lease != p.lease {
+                batch.delete_cf(cf, layout::lease_attach_key(self.group, old.lease, &p.key));
+            }
+        }
+        if p.lease != 0 {
+            batch.put_cf(cf, layout::lease_attach_key(self.group, p.lease, &p.key), []);
+        }
+        changes.keys.push(p.key.clone());
+        Ok(Ok(if p.prev_kv {
+            prev.map(|r| r.to_kv(&p.key, false))
+        } else {
+            None
+        }))
+    }
+
+    fn write_tombstone(&self, batch: &mut WriteBatch, key: &[u8], prev: &KvRecord, rev: u64) {
+        let cf = self.db.cf(CF_SM);
+        let tomb = KvRecord {
+            create_revision: 0,
+            mod_revision: rev,
+            version: 0,
+            value: None,
+            lease: 0,
+        };
+        batch.delete_cf(cf, layout::current_key(self.group, key));
+        batch.put_cf(
+            cf,
+            layout::history_key(self.group, key, rev),
+            codec::encode("kv tombstone", &tomb).expect("a tombstone always encodes"),
+        );
+        if prev.lease != 0 {
+            batch.delete_cf(cf, layout::lease_attach_key(self.group, prev.lease, key));
+        }
+    }
+
+    fn live_in_range(&self, range: &KeyRange) -> Result<Vec<(Vec<u8>, KvRecord)>, StorageError> {
+        let snap = self.db.rocks().snapshot();
+        let req = RangeRequest {
+            range: range.clone(),
+            revision: 0,
+            limit: 0,
+            count_only: false,
+            keys_only: false,
+        };
+        let st = self.state.read().expect("sm state lock");
+        let (cur, compact) = (st.revision, st.compact_revision);
+        drop(st);
+        let res = match self.range_at(&snap, &req, cur, compact) {
+            Ok(r) => r,
+            Err(ReadError::Storage(e)) => return Err(e),
+            Err(ReadError::Rejected(r)) => unreachable!("a current read is never rejected: {r}"),
+        };
+        Ok(res
+            .kvs
+            .into_iter()
+            .map(|kv| {
+                let rec = KvRecord {
+                    create_revision: kv.create_revision,
+                    mod_revision: kv.mod_revision,
+                    version: kv.version,
+                    value: Some(kv.value),
+                    lease: kv.lease,
+                };
+                (kv.key, rec)
+            })
+            .collect())
+    }
+
+    fn delete(
+        &self,
+        batch: &mut WriteBatch,
+        d: &DeleteRequest,
+        rev: u64,
+        changes: &mut Changes,
+    ) -> Result<(u64, Vec<KeyValue>), StorageError> {
+        let live = self.live_in_range(&d.range)?;
+        let mut prev_kvs = Vec::new();
+        for (key, rec) in &live {
+            self.write_tombstone(batch, key, rec, rev);
+            changes.keys.push(key.clone());
+            if d.prev_kv {
+                prev_kvs.push(rec.to_kv(key, false));
+            }
+        }
+        Ok((live.len() as u64, prev_kvs))
+    }
+
+    fn compare_holds(&self, c: &Compare) -> Result<bool, StorageError> {
+        let cur = self.get_current(&c.key)?;
+        use std::cmp::Ordering;
+        let ord: Option<Ordering> = match (&c.target, &cur) {
+            (CompareTarget::Value(_), None) => None,
+            (CompareTarget::Value(v), Some(r)) => Some(r.value.as_deref().unwrap_or_default().cmp(v.as_slice())),
+            (CompareTarget::Version(v), r) => Some(r.as_ref().map_or(0, |r| r.version).cmp(v)),
+            (CompareTarget::CreateRevision(v), r) => Some(r.as_ref().map_or(0, |r| r.create_revision).cmp(v)),
+            (CompareTarget::ModRevision(v), r) => Some(r.as_ref().map_or(0, |r| r.mod_revision).cmp(v)),
+            (CompareTarget::Lease(v), r) => Some(r.as_ref().map_or(0, |r| r.lease).cmp(v)),
+        };
+        Ok(match (ord, c.op) {
+            (None, _) => false,
+            (Some(o), CompareOp::Equal) => o == Ordering::Equal,
+            (Some(o), CompareOp::NotEqual) => o != Ordering::Equal,
+            (Some(o), CompareOp::Greater) => o == Ordering::Greater,
+            (Some(o), CompareOp::Less) => o == Ordering::Less,
+        })
+    }
+
+    fn txn(
+        &self,
+        batch: &mut WriteBatch,
+        t: &TxnRequest,
+        rev: u64,
+        st: &SmState,
+        changes: &mut Changes,
+    ) -> Result<Result<OpResult, Rejection>, StorageError> {
+        let mut succeeded = true;
+        for c in &t.compares {
+            if !self.compare_holds(c)? {
+                succeeded = false;
+                break;
+            }
+        }
+        let (ops, branch) = if succeeded {
+            (&t.success, "txn.success")
+        } else {
+            (&t.failure, "txn.failure")
+        };
+        // A key may be written once per txn.
+        let mut written: Vec<&KeyRange> = Vec::new();
+        let mut put_keys: Vec<&[u8]> = Vec::new();
+        for (i, op) in ops.iter().enumerate() {
+            let (range, key) = match op {
+                TxnOp::Put(p) => (None, Some(p.key.as_slice())),
+                TxnOp::Delete(d) => (Some(&d.range), None),
+                TxnOp::Range(_) => (None, None),
+            };
+            if let Some(k) = key {
+                if put_keys.contains(&k) || written.iter().any(|r| r.contains(k)) {
+                    return Ok(Err(Rejection::InvalidArgument {
+                        field: format!("{branch}[{i}]"),
+                        reason: format!(
+                            "key {:?} is written more than once in one txn",
+                            String::from_utf8_lossy(k)
+                        ),
+                    }));
+                }
+                put_keys.push(k);
+            }
+            if let Some(r) = range {
+                if let Some(k) = put_keys.iter().find(|k| r.contains(k)) {
+                    return Ok(Err(Rejection::InvalidArgument {
+                        field: format!("{branch}[{i}]"),
+                        reason: format!("deletes key {:?} that the txn also puts", String::from_utf8_lossy(k)),
+                    }));
+                }
+                written.push(r);
+            }
+        }
+        let mut results = Vec::with_capacity(ops.len());
+        let mut deleted_keys: Vec<Vec<u8>> = Vec::new();
+        for op in ops {
+            results.push(match op {
+                TxnOp::Put(p) => match self.put(batch, p, rev, changes)? {
+                    Ok(prev_kv) => TxnOpResult::Put { prev_kv },
+                    Err(r) => return Ok(Err(r)),
+                },
+                TxnOp::Delete(d) => {
+                    // Overlapping deletes in one txn delete each key once.
+                    let live: Vec<_> = self
+                        .live_in_range(&d.range)?
+                        .into_iter()
+                        .filter(|(k, _)| !deleted_keys.contains(k))
+                        .collect();
+                    let mut prev_kvs = Vec::new();
+                    for (key, rec) in &live {
+                        self.write_tombstone(batch, key, rec, rev);
+                        changes.keys.push(key.clone());
+                        deleted_keys.push(key.clone());
+                        if d.prev_kv {
+                            prev_kvs.push(rec.to_kv(key, false));
+                        }
+                    }
+                    TxnOpResult::Delete {
+                        deleted: live.len() as u64,
+                        prev_kvs,
+                    }
+                }
+                TxnOp::Range(r) => {
+                    let snap = self.db.rocks().snapshot();
+                    match self.range_at(&snap, r, st.revision, st.compact_revision) {
+                        Ok(res) => TxnOpResult::Range(res),
+                        Err(ReadError::Rejected(rej)) => return Ok(Err(rej)),
+                        Err(ReadError::Storage(e)) => return Err(e),
+                    }
+                }
+            });
+        }
+        Ok(Ok(OpResult::Txn { succeeded, results }))
+    }
+
+    /// Compacts the history of every key changed in `[from, to)`: for such a
+    /// key let L be its latest version at or below `to`; every version below
+    /// L is dropped (none is visible at any revision `>= to`), and L too if it
+    /// is a tombstone. Reads at revisions `>= to` are unaffected.
+    fn compact(&self, batch: &mut WriteBatch, from: u64, to: u64) -> Result<(), StorageError> {
+        let cf = self.db.cf(CF_SM);
+        let lo = layout::changes_key(self.group, from);
+        let hi = layout::changes_key(self.group, to);
+        let snap = self.db.rocks().snapshot();
+        let mut it = self.sm_iter(&snap, &lo, &hi);
+        let hist_lo = layout::table_prefix(self.group, layout::HISTORY);
+        let hist_hi = prefix_end(&hist_lo).expect("table prefix is not all 0xff");
+        let mut probe = self.sm_iter(&snap, &hist_lo, &hist_hi);
+        let mut done: std::collections::HashSet<Vec<u8>> = std::collections::HashSet::new();
+        it.seek(&lo);
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            let rev = u64::from_be_bytes(k[k.len() - 8..].try_into().expect("changes key ends with 8 bytes"));
+            let record = format!("changes at revision {rev}");
+            let changes: Changes = codec::decode(
+                RecordRef {
+                    cf: CF_SM,
+                    group: self.group,
+                    record: &record,
+                },
+                v,
+            )?;
+            for key in changes.keys {
+                if !done.insert(key.clone()) {
+                    continue;
+                }
+                probe.seek_for_prev(layout::history_key(self.group, &key, to));
+                let own_prefix = layout::history_key(self.group, &key, 0);
+                let own_prefix = &own_prefix[..own_prefix.len() - 8];
+                let latest = match (probe.key(), probe.value()) {
+                    (Some(pk), Some(pv)) if pk.len() == own_prefix.len() + 8 && pk.starts_with(own_prefix) => {
+                        let rec =
+                            self.decode_kv(&|| format!("history of key {:?}", String::from_utf8_lossy(&key)), pv)?;
+                        Some(rec)
+                    }
+                    _ => None,
+                };
+                probe.status().map_err(rocks_err("compaction probe"))?;
+                let Some(latest) = latest else { continue };
+                let drop_below = if latest.value.is_some() {
+                    latest.mod_revision
+                } else {
+                    latest.mod_revision + 1
+                };
+                batch.delete_range_cf(
+                    cf,
+                    layout::history_key(self.group, &key, 0),
+                    layout::history_key(self.group, &key, drop_below),
+                );
+            }
+            batch.delete_cf(cf, k);
+            it.next();
+        }
+        it.status().map_err(rocks_err("compaction scan"))?;
+        Ok(())
+    }
+
+    // ------------------------------------------------------------ snapshots
+
+    /// Serializes every row of the group under one RocksDB snapshot.
+    pub fn snapshot_rows(&self) -> Result<(SmState, Vec<u8>), StorageError> {
+        let st_guard = self.state.read().expect("sm state lock");
+        let snap = self.db.rocks().snapshot();
+        let st = st_guard.clone();
+        drop(st_guard);
+        let lo = group_prefix(self.group).to_vec();
+        let hi = prefix_end(&lo).unwrap_or_else(|| vec![0xff; 5]);
+        let mut it = self.sm_iter(&snap, &lo, &hi);
+        it.seek(&lo);
+        let mut rows: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            rows.push((k[4..].to_vec(), v.to_vec()));
+            it.next();
+        }
+        it.status().map_err(rocks_err("snapshot scan"))?;
+        let blob = SnapshotBlob {
+            format: SNAPSHOT_FORMAT,
+            rows,
+        };
+        Ok((st, codec::encode("snapshot", &blob)?))
+    }
+
+    /// Persists a built or received snapshot as the group's current one.
+    pub async fn save_snapshot(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
+        let mut batch = WriteBatch::default();
+        batch.put_cf(
+            self.db.cf(CF_SNAPSHOT),
+            group_prefix(self.group),
+            codec::encode("snapshot record", &(meta, data))?,
+        );
+        self.db.write_durable(batch).await
+    }
+
+    /// The group's current persisted snapshot.
+    pub fn load_snapshot(&self) -> Result<Option<(SnapshotMeta, Vec<u8>)>, StorageError> {
+        let raw = self
+            .db
+            .rocks()
+            .get_pinned_cf(self.db.cf(CF_SNAPSHOT), group_prefix(self.group))
+            .map_err(rocks_err("read snapshot"))?;
+        match raw {
+            None => Ok(None),
+            Some(v) => codec::decode(
+                RecordRef {
+                    cf: CF_SNAPSHOT,
+                    group: self.group,
+                    record: &"snapshot",
+                },
+                &v,
+            )
+            .map(Some),
+        }
+    }
+
+    /// Replaces the group's whole state with a snapshot, atomically and
+    /// durably, and persists it as the current snapshot.
+    pub async fn install_snapshot(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
+        let blob: SnapshotBlob = codec::decode(
+            RecordRef {
+                cf: CF_SNAPSHOT,
+                group: self.group,
+                record: &"incoming snapshot",
+            },
+            data,
+        )?;
+        if blob.format != SNAPSHOT_FORMAT {
+            return Err(StorageError::Corrupt {
+                cf: CF_SNAPSHOT,
+                group: self.group,
+                record: "incoming snapshot".into(),
+                reason: format!("format {} is not {SNAPSHOT_FORMAT}", blob.format),
+            });
+        }
+        let cf = self.db.cf(CF_SM);
+        let lo = group_prefix(self.group).to_vec();
+        let hi = prefix_end(&lo).unwrap_or_else(|| vec![0xff; 5]);
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(cf, &lo, &hi);
+        let mut new_state: Option<SmState> = None;
+        let state_suffix = layout::state_key(self.group)[4..].to_vec();
+        for (k, v) in &blob.rows {
+            if *k == state_suffix {
+                new_state = Some(codec::decode(
+                    RecordRef {
+                        cf: CF_SNAPSHOT,
+                        group: self.group,
+                        record: &"snapshot state",
+                    },
+                    v,
+                )?);
+            }
+            let mut full = lo.clone();
+            full.extend_from_slice(k);
+            batch.put_cf(cf, full, v);
+        }
+        let mut st = new_state.unwrap_or_default();
+        // The snapshot's meta is authoritative for what it covers.
+        st.last_applied = meta.last_log_id.clone();
+        st.membership = meta.last_membership.clone();
+        batch.put_cf(cf, layout::state_key(self.group), codec::encode("sm state", &st)?);
+        batch.put_cf(
+            self.db.cf(CF_SNAPSHOT),
+            group_prefix(self.group),
+            codec::encode("snapshot record", &(meta, data))?,
+        );
+        let revision = st.revision;
+        {
+            let mut guard = self.state.write().expect("sm state lock");
+            let ticket = self.db.write_buffered(batch)?;
+            let _ = ticket;
+            *guard = st;
+        }
+        self.db.sync().await?;
+        *self.sessions.lock().expect("sessions lock") = Self::load_sessions(&self.db, self.group)?;
+        self.revision_tx.send_replace(revision);
+        Ok(())
+    }
+}
+
+const SNAPSHOT_FORMAT: u32 = 1;
+
+#[derive(Serialize, Deserialize)]
+struct SnapshotBlob {
+    format: u32,
+    /// Rows of the group without the 4-byte group prefix (so a snapshot can
+    /// be installed into another group id, e.g. a restore).
+    rows: Vec<(Vec<u8>, Vec<u8>)>,
+}

@@ -1,0 +1,39 @@
+//! The openraft type configuration shared by every ESF Raft group.
+//!
+//! Every openraft type the rest of ESF sees is named here, so the openraft
+//! version is contained in this crate.
+
+use std::io::Cursor;
+
+use crate::command::{Command, Response};
+
+/// A node's id in the cluster.
+pub type NodeId = u64;
+
+openraft::declare_raft_types!(
+    /// ESF's openraft configuration: one for all groups (meta and event partitions).
+    pub TypeConfig:
+        D = Command,
+        R = Response,
+        NodeId = NodeId,
+        Node = openraft::BasicNode,
+);
+
+/// A Raft node handle for a group served by the meta state machine.
+pub type MetaRaft = openraft::Raft<TypeConfig, crate::meta::MetaStateMachine>;
+/// Snapshot payload: the serialized group state (see `meta::snapshot`).
+pub type SnapshotData = Cursor<Vec<u8>>;
+/// Log id alias.
+pub type LogId = openraft::alias::LogIdOf<TypeConfig>;
+/// Vote alias.
+pub type Vote = openraft::alias::VoteOf<TypeConfig>;
+/// Entry alias.
+pub type Entry = openraft::alias::EntryOf<TypeConfig>;
+/// Stored membership alias.
+pub type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
+/// Snapshot meta alias.
+pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
+/// Raft node info.
+pub type Node = openraft::BasicNode;
+/// Log store of one group.
+pub type LogStore = esf_storage::LogStore<TypeConfig>;

@@ -1,0 +1,286 @@
+//! The node's one RocksDB: opening, options, memory budget, format version,
+//! and the durable write path shared by every Raft group.
+//!
+//! Durability contract: [`Db::write_durable`] returns only after the batch is
+//! in the WAL *and* the WAL has been fsynced (through the group-commit
+//! [`Flusher`](crate::flusher)). [`Db::write_buffered`] returns after the batch
+//! is visible to readers; it becomes durable with the next fsync of any
+//! writer (the WAL is one ordered file sequence, so an fsync covers every
+//! earlier write of every group). The DB runs with `manual_wal_flush`, so
+//! buffered writes are lost by a process crash (SIGKILL) exactly as unsynced
+//! writes are lost by a power cut: crash tests can catch a missing fsync.
+//!
+//! Memory: one LRU block cache is shared by all column families and groups,
+//! and memtables are charged to it through a `WriteBufferManager`, so the
+//! configured budget bounds both however many groups exist.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, Options, WriteBatch, WriteBufferManager,
+    WriteOptions,
+};
+use tracing::info;
+
+use crate::error::{Result, StorageError};
+use crate::flusher::Flusher;
+use crate::keys::{ALL_CFS, CF_RAFT_META, FORMAT_VERSION_KEY};
+
+/// On-disk format version written at creation and checked at every open.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Default total memory budget for block cache plus memtables.
+pub const DEFAULT_MEMORY_BUDGET_BYTES: usize = 256 << 20;
+/// Default share of the budget memtables may use before RocksDB flushes.
+pub const DEFAULT_WRITE_BUFFER_BYTES: usize = 64 << 20;
+
+/// How to open the DB.
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    /// Directory holding the RocksDB files.
+    pub path: PathBuf,
+    /// Block cache capacity; memtables are charged to it too.
+    pub memory_budget_bytes: usize,
+    /// Memtable budget across all column families (part of the above).
+    pub write_buffer_bytes: usize,
+    /// Collect RocksDB statistics (tickers such as WAL syncs). Costs a little
+    /// CPU; tests use it to audit durability.
+    pub statistics: bool,
+}
+
+impl StorageConfig {
+    /// Defaults for a data directory.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        StorageConfig {
+            path: path.into(),
+            memory_budget_bytes: DEFAULT_MEMORY_BUDGET_BYTES,
+            write_buffer_bytes: DEFAULT_WRITE_BUFFER_BYTES,
+            statistics: false,
+        }
+    }
+}
+
+/// The node's RocksDB plus its group-commit flusher. Share it with `Arc`.
+pub struct Db {
+    db: Arc<DB>,
+    opts: Options,
+    flusher: Arc<Flusher>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db").field("path", &self.path).finish()
+    }
+}
+
+impl Db {
+    /// Opens (creating if missing) the DB at `cfg.path`.
+    ///
+    /// A new DB gets the format version record; an existing one must carry
+    /// [`FORMAT_VERSION`] or opening fails with [`StorageError::FormatVersion`].
+    pub fn open(cfg: &StorageConfig) -> Result<Arc<Db>> {
+        if cfg.write_buffer_bytes > cfg.memory_budget_bytes {
+            return Err(StorageError::Invalid(format!(
+                "write_buffer_bytes ({}) must not exceed memory_budget_bytes ({})",
+                cfg.write_buffer_bytes, cfg.memory_budget_bytes
+            )));
+        }
+        let cache = Cache::new_lru_cache(cfg.memory_budget_bytes);
+        let wbm = WriteBufferManager::new_write_buffer_manager_with_cache(cfg.write_buffer_bytes, false, cache.clone());
+
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_manual_wal_flush(true);
+        opts.set_write_buffer_manager(&wbm);
+        // Old WAL files are kept until every CF has flushed; bound them.
+        opts.set_max_total_wal_size((cfg.write_buffer_bytes as u64) * 2);
+        opts.set_keep_log_file_num(4);
+        opts.set_max_background_jobs(2);
+        if cfg.statistics {
+            opts.enable_statistics();
+        }
+
+        let mut table = BlockBasedOptions::default();
+        table.set_block_cache(&cache);
+        table.set_cache_index_and_filter_blocks(true);
+        table.set_bloom_filter(10.0, false);
+
+        let cfs = ALL_CFS.iter().map(|name| {
+            let mut cf_opts = Options::default();
+            cf_opts.set_block_based_table_factory(&table);
+            cf_opts.set_write_buffer_size((cfg.write_buffer_bytes / 4).max(1 << 20));
+            cf_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+            ColumnFamilyDescriptor::new(*name, cf_opts)
+        });
+
+        let existed = cfg.path.join("CURRENT").exists();
+        let db = DB::open_cf_descriptors(&opts, &cfg.path, cfs)
+            .map_err(|e| StorageError::rocks(format!("open {}", cfg.path.display()), e))?;
+        let db = Arc::new(db);
+
+        let sync_db = db.clone();
+        let flusher = Flusher::start(move || sync_db.flush_wal(true).map_err(|e| e.to_string()));
+        let this = Arc::new(Db {
+            db,
+            opts,
+            flusher,
+            path: cfg.path.clone(),
+        });
+        this.check_format_version(existed)?;
+        info!(path = %cfg.path.display(), existed, "storage opened");
+        Ok(this)
+    }
+
+    fn check_format_version(&self, existed: bool) -> Result<()> {
+        let cf = self.cf(CF_RAFT_META);
+        let found = self
+            .db
+            .get_cf(cf, FORMAT_VERSION_KEY)
+            .map_err(|e| StorageError::rocks("read format version", e))?;
+        match found {
+            Some(bytes) => {
+                let found = <[u8; 4]>::try_from(bytes.as_slice())
+                    .map(u32::from_be_bytes)
+                    .map_err(|_| StorageError::Corrupt {
+                        cf: CF_RAFT_META,
+                        group: u32::MAX,
+                        record: "format version".into(),
+                        reason: format!("{} bytes, expected 4", bytes.len()),
+                    })?;
+                if found != FORMAT_VERSION {
+                    return Err(StorageError::FormatVersion {
+                        path: self.path.display().to_string(),
+                        found,
+                        expected: FORMAT_VERSION,
+                    });
+                }
+                Ok(())
+            }
+            None if existed && self.has_any_data()? => Err(StorageError::Corrupt {
+                cf: CF_RAFT_META,
+                group: u32::MAX,
+                record: "format version".into(),
+                reason: "missing in a data directory that holds data".into(),
+            }),
+            None => {
+                let mut batch = WriteBatch::default();
+                batch.put_cf(cf, FORMAT_VERSION_KEY, FORMAT_VERSION.to_be_bytes());
+                self.write_durable_blocking(batch)
+            }
+        }
+    }
+
+    fn has_any_data(&self) -> Result<bool> {
+        for name in ALL_CFS {
+            let mut it = self.db.raw_iterator_cf(self.cf(name));
+            it.seek_to_first();
+            if it.valid() {
+                return Ok(true);
+            }
+            it.status()
+                .map_err(|e| StorageError::rocks(format!("scan {name}"), e))?;
+        }
+        Ok(false)
+    }
+
+    /// The raw RocksDB handle, for reads and iterators.
+    pub fn rocks(&self) -> &DB {
+        &self.db
+    }
+
+    /// Handle of a column family created at open.
+    pub fn cf(&self, name: &str) -> &ColumnFamily {
+        self.db
+            .cf_handle(name)
+            .expect("every column family in ALL_CFS is created at open")
+    }
+
+    /// Data directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn write_unsynced(&self, batch: WriteBatch) -> Result<u64> {
+        let mut wo = WriteOptions::default();
+        wo.set_sync(false);
+        self.db
+            .write_opt(batch, &wo)
+            .map_err(|e| StorageError::rocks("write batch", e))?;
+        Ok(self.flusher.ticket())
+    }
+
+    /// Writes `batch` atomically and returns once it is fsynced. Concurrent
+    /// callers share fsyncs.
+    pub async fn write_durable(&self, batch: WriteBatch) -> Result<()> {
+        let ticket = self.write_unsynced(batch)?;
+        self.flusher.wait_durable(ticket).await
+    }
+
+    /// Blocking form of [`Db::write_durable`] for rare writes outside the
+    /// hot path (e.g. at open): syncs the WAL itself instead of waiting for
+    /// the flusher, so it is safe to call from inside an async runtime.
+    pub fn write_durable_blocking(&self, batch: WriteBatch) -> Result<()> {
+        self.write_unsynced(batch)?;
+        self.db.flush_wal(true).map_err(|e| StorageError::rocks("sync wal", e))
+    }
+
+    /// Writes `batch` atomically; it is visible at once and becomes durable
+    /// with the next fsync of any writer. Returns the write's ticket.
+    pub fn write_buffered(&self, batch: WriteBatch) -> Result<u64> {
+        self.write_unsynced(batch)
+    }
+
+    /// Makes every write issued so far durable.
+    pub async fn sync(&self) -> Result<()> {
+        let ticket = self.flusher.ticket();
+        self.flusher.wait_durable(ticket).await
+    }
+
+    /// Durability counters, for metrics and the durability audit in tests.
+    pub fn durability_stats(&self) -> DurabilityStats {
+        DurabilityStats {
+            fsyncs: self.flusher.fsyncs(),
+            synced_through: self.flusher.synced_through(),
+            rocksdb_wal_syncs: self.opts.get_ticker_count(rocksdb::statistics::Ticker::WalFileSynced),
+        }
+    }
+
+    /// Live SST plus memtable bytes, for status and metrics.
+    pub fn approximate_size_bytes(&self) -> u64 {
+        let sst = self
+            .db
+            .property_int_value("rocksdb.total-sst-files-size")
+            .ok()
+            .flatten()
+            .unwrap_or(0);
+        let mem = self
+            .db
+            .property_int_value("rocksdb.cur-size-all-mem-tables")
+            .ok()
+            .flatten()
+            .unwrap_or(0);
+        sst + mem
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        self.flusher.stop();
+        // Writes already issued are made durable on a clean close.
+        let _ = self.db.flush_wal(true);
+    }
+}
+
+/// Counters of the durable write path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DurabilityStats {
+    /// Group-commit fsyncs completed by the flusher.
+    pub fsyncs: u64,
+    /// Highest write ticket known durable.
+    pub synced_through: u64,
+    /// RocksDB's own count of WAL file syncs (0 unless statistics are on).
+    pub rocksdb_wal_syncs: u64,
+}
