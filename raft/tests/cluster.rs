@@ -53,9 +53,11 @@ async fn leader_crash_loses_no_acknowledged_write() {
     let c = Arc::new(Mutex::new(TestCluster::start(3, test_config(None)).await));
     let acked: Arc<std::sync::Mutex<BTreeMap<String, String>>> = Arc::default();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (count_tx, count_rx) = tokio::sync::watch::channel(0usize);
 
     let writer = {
         let (c, acked, stop) = (c.clone(), acked.clone(), stop.clone());
+        let count_tx = count_tx;
         tokio::spawn(async move {
             let mut i = 0u64;
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
@@ -85,6 +87,7 @@ async fn leader_crash_loses_no_acknowledged_write() {
                 match res {
                     Some(Ok(_)) => {
                         acked.lock().unwrap().insert(key.clone(), key);
+                        count_tx.send_modify(|n| *n += 1);
                         i += 1;
                     }
                     // Unknown outcome or no leader: try a fresh key.
@@ -97,14 +100,15 @@ async fn leader_crash_loses_no_acknowledged_write() {
         })
     };
 
-    let wait_acks = |n: usize| {
-        let acked = acked.clone();
+    // Waits until `more` further writes are acknowledged.
+    let wait_acks = |more: usize| {
+        let mut rx = count_rx.clone();
         async move {
-            let deadline = tokio::time::Instant::now() + CONVERGE;
-            while acked.lock().unwrap().len() < n {
-                assert!(tokio::time::Instant::now() < deadline, "writes stalled below {n}");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+            let target = *rx.borrow() + more;
+            tokio::time::timeout(CONVERGE, rx.wait_for(|n| *n >= target))
+                .await
+                .unwrap_or_else(|_| panic!("writes stalled below {target}"))
+                .expect("writer alive");
         }
     };
     wait_acks(50).await;
@@ -112,10 +116,9 @@ async fn leader_crash_loses_no_acknowledged_write() {
     let copy = c.lock().await.crash(old).await;
     let new_leader = c.lock().await.wait_leader(Some(old)).await;
     assert_ne!(new_leader, old);
-    let n = acked.lock().unwrap().len();
-    wait_acks(n + 50).await;
+    wait_acks(50).await;
     c.lock().await.start_node(old, copy).await;
-    wait_acks(acked.lock().unwrap().len() + 20).await;
+    wait_acks(20).await;
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     writer.await.expect("writer");
 
