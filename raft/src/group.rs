@@ -74,6 +74,7 @@ pub struct GroupOptions {
 
 /// The meta group of one node.
 pub struct MetaGroup {
+    cluster_id: std::sync::RwLock<String>,
     raft: MetaRaft,
     store: Arc<MetaStore>,
     opts: GroupOptions,
@@ -111,6 +112,7 @@ impl MetaGroup {
             .await
             .map_err(|e| Error::Fatal(e.to_string()))?;
         let group = Arc::new(MetaGroup {
+            cluster_id: std::sync::RwLock::new(opts.cluster_id.clone()),
             raft,
             store,
             opts,
@@ -137,11 +139,16 @@ impl MetaGroup {
         self.opts.node_id
     }
 
+    /// Sets the cluster id reported in headers (once the node joins).
+    pub fn set_cluster_id(&self, id: &str) {
+        *self.cluster_id.write().expect("cluster id lock") = id.to_string();
+    }
+
     /// A header for `revision`.
     pub fn header(&self, revision: u64) -> ResponseHeader {
         let term = self.raft.metrics().borrow_watched().current_term;
         ResponseHeader {
-            cluster_id: self.opts.cluster_id.clone(),
+            cluster_id: self.cluster_id.read().expect("cluster id lock").clone(),
             node_id: self.opts.node_id,
             revision,
             raft_term: term,

@@ -1,0 +1,63 @@
+//! Client errors, classified by what the caller should do.
+
+/// Errors returned by [`crate::Client`].
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    /// The request is invalid; the message names the field and the reason.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// An endpoint string could not be used.
+    #[error("invalid endpoint {endpoint:?}: {reason}")]
+    InvalidEndpoint {
+        /// The endpoint as given.
+        endpoint: String,
+        /// Why it is invalid.
+        reason: String,
+    },
+    /// The revision asked for is compacted or in the future.
+    #[error("out of range: {0}")]
+    OutOfRange(String),
+    /// Something named does not exist (e.g. a lease).
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The request cannot be applied in the current state (e.g. an expired
+    /// session sequence).
+    #[error("failed precondition: {0}")]
+    FailedPrecondition(String),
+    /// No endpoint could serve the request before the deadline; a write's
+    /// outcome is unknown (retrying with the same session is safe).
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// The server failed.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// Whether retrying the same request later (the client does so itself
+    /// until its deadline) can succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Error::Unavailable(_))
+    }
+
+    pub(crate) fn from_status(s: &tonic::Status) -> Error {
+        use tonic::Code;
+        let msg = s.message().to_string();
+        match s.code() {
+            Code::InvalidArgument => Error::InvalidArgument(msg),
+            Code::OutOfRange => Error::OutOfRange(msg),
+            Code::NotFound => Error::NotFound(msg),
+            Code::FailedPrecondition | Code::AlreadyExists => Error::FailedPrecondition(msg),
+            Code::Unavailable
+            | Code::DeadlineExceeded
+            | Code::Cancelled
+            | Code::Unknown
+            | Code::ResourceExhausted
+            | Code::Aborted => Error::Unavailable(msg),
+            _ => Error::Internal(format!("{:?}: {msg}", s.code())),
+        }
+    }
+}
+
+/// Result alias.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,523 @@
+//! esf-client: the library applications, the `esf` CLI, the tests and the
+//! benchmarks use to talk to an ESF cluster.
+//!
+//! - Connects lazily to a list of endpoints (one multiplexed HTTP/2 channel
+//!   per node) and fails over past dead ones.
+//! - Follows the leader: a node that is not the leader answers UNAVAILABLE
+//!   with the leader's address in metadata (or forwards the write itself);
+//!   the client moves to that address.
+//! - Every call has a deadline per attempt (`request_timeout`) and an overall
+//!   retry deadline (`retry_deadline`); retries back off with jitter and
+//!   happen only for retryable errors ([`Error::is_retryable`]).
+//! - Writes carry a session `(client_id, seq)`, reused across retries, so a
+//!   retried write whose first attempt did commit is applied once.
+//!
+//! It depends on neither RocksDB nor openraft.
+
+mod error;
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub use error::{Error, Result};
+pub use esf_proto::v1 as pb;
+use pb::cluster_client::ClusterClient;
+use pb::config_client::ConfigClient;
+use tonic::transport::{Channel, Endpoint};
+
+/// Default deadline of one attempt.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default deadline for establishing a connection.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default deadline of a call including retries.
+pub const DEFAULT_RETRY_DEADLINE: Duration = Duration::from_secs(15);
+/// Longest pause between two rounds over the endpoints.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// Metadata key carrying the leader's node id on a not-leader error.
+pub const LEADER_ID_METADATA: &str = "esf-leader-id";
+/// Metadata key carrying the leader's address on a not-leader error.
+pub const LEADER_ADDR_METADATA: &str = "esf-leader-addr";
+
+/// Client settings.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Deadline of one attempt on one endpoint.
+    pub request_timeout: Duration,
+    /// Deadline for connecting to an endpoint.
+    pub connect_timeout: Duration,
+    /// Deadline of a call including all retries.
+    pub retry_deadline: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            retry_deadline: DEFAULT_RETRY_DEADLINE,
+        }
+    }
+}
+
+/// Parses `host:port` or `http://host:port` into a URI, with an error that
+/// says what is wrong.
+pub fn parse_endpoint(s: &str) -> Result<String> {
+    let bad = |reason: &str| Error::InvalidEndpoint {
+        endpoint: s.to_string(),
+        reason: reason.to_string(),
+    };
+    let t = s.trim();
+    if t.is_empty() {
+        return Err(bad("empty"));
+    }
+    let rest = match t.split_once("://") {
+        Some(("http", rest)) => rest,
+        Some((scheme, _)) => return Err(bad(&format!("scheme {scheme:?} is not supported (use http or none)"))),
+        None => t,
+    };
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = rest.rsplit_once(':').ok_or_else(|| bad("expected host:port"))?;
+    if host.is_empty() {
+        return Err(bad("host is empty"));
+    }
+    if host.contains('/') {
+        return Err(bad("host must not contain '/'"));
+    }
+    let port: u16 = port
+        .parse()
+        .map_err(|_| bad(&format!("port {port:?} is not a number in 1-65535")))?;
+    if port == 0 {
+        return Err(bad("port must not be 0"));
+    }
+    Ok(format!("http://{host}:{port}"))
+}
+
+struct Node {
+    uri: String,
+    channel: Mutex<Option<Channel>>,
+}
+
+/// A connection to an ESF cluster. Cheap to clone; share one per process.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    nodes: Mutex<Vec<Arc<Node>>>,
+    preferred: Mutex<usize>,
+    opts: ClientOptions,
+    client_id: u64,
+    next_seq: AtomicU64,
+    in_flight: Mutex<BTreeSet<u64>>,
+}
+
+fn random_u64() -> u64 {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
+fn jitter(max: Duration) -> Duration {
+    let nanos = max.as_nanos().max(1) as u64;
+    Duration::from_nanos(nanos / 2 + random_u64() % (nanos / 2 + 1))
+}
+
+impl Client {
+    /// A client for `endpoints` (`host:port` or `http://host:port`). Does not
+    /// connect until the first call.
+    pub fn new<S: AsRef<str>>(endpoints: &[S], opts: ClientOptions) -> Result<Client> {
+        if endpoints.is_empty() {
+            return Err(Error::InvalidEndpoint {
+                endpoint: String::new(),
+                reason: "no endpoints given".into(),
+            });
+        }
+        let mut nodes = Vec::new();
+        for e in endpoints {
+            let uri = parse_endpoint(e.as_ref())?;
+            nodes.push(Arc::new(Node {
+                uri,
+                channel: Mutex::new(None),
+            }));
+        }
+        Ok(Client {
+            inner: Arc::new(Inner {
+                nodes: Mutex::new(nodes),
+                preferred: Mutex::new(0),
+                opts,
+                client_id: random_u64() | 1,
+                next_seq: AtomicU64::new(1),
+                in_flight: Mutex::new(BTreeSet::new()),
+            }),
+        })
+    }
+
+    /// This client's session id.
+    pub fn client_id(&self) -> u64 {
+        self.inner.client_id
+    }
+
+    /// Endpoint URIs, in order.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.inner
+            .nodes
+            .lock()
+            .expect("nodes lock")
+            .iter()
+            .map(|n| n.uri.clone())
+            .collect()
+    }
+
+    fn channel(&self, node: &Node) -> Result<Channel> {
+        let mut guard = node.channel.lock().expect("channel lock");
+        if let Some(c) = guard.as_ref() {
+            return Ok(c.clone());
+        }
+        let ep = Endpoint::from_shared(node.uri.clone())
+            .map_err(|e| Error::InvalidEndpoint {
+                endpoint: node.uri.clone(),
+                reason: e.to_string(),
+            })?
+            .connect_timeout(self.inner.opts.connect_timeout)
+            .timeout(self.inner.opts.request_timeout)
+            .tcp_nodelay(true);
+        let ch = ep.connect_lazy();
+        *guard = Some(ch.clone());
+        Ok(ch)
+    }
+
+    fn prefer_addr(&self, addr: &str) {
+        let Ok(uri) = parse_endpoint(addr) else { return };
+        let mut nodes = self.inner.nodes.lock().expect("nodes lock");
+        let idx = match nodes.iter().position(|n| n.uri == uri) {
+            Some(i) => i,
+            None => {
+                nodes.push(Arc::new(Node {
+                    uri,
+                    channel: Mutex::new(None),
+                }));
+                nodes.len() - 1
+            }
+        };
+        *self.inner.preferred.lock().expect("preferred lock") = idx;
+    }
+
+    /// Runs `f` against the preferred endpoint, failing over and following
+    /// leader hints until it succeeds, fails for good, or the deadline passes.
+    async fn call<T, F, Fut>(&self, what: &str, f: F) -> Result<T>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.inner.opts.retry_deadline;
+        let mut tried_this_round = 0usize;
+        let mut round = 0u32;
+        let mut last;
+        loop {
+            let (idx, node, n) = {
+                let nodes = self.inner.nodes.lock().expect("nodes lock");
+                let idx = *self.inner.preferred.lock().expect("preferred lock") % nodes.len();
+                (idx, nodes[idx].clone(), nodes.len())
+            };
+            let status = match self.channel(&node) {
+                Ok(ch) => match tokio::time::timeout(self.inner.opts.request_timeout, f(ch)).await {
+                    Ok(Ok(resp)) => return Ok(resp.into_inner()),
+                    Ok(Err(s)) => s,
+                    Err(_) => tonic::Status::deadline_exceeded(format!(
+                        "no answer within {:?}",
+                        self.inner.opts.request_timeout
+                    )),
+                },
+                Err(e) => return Err(e),
+            };
+            let err = Error::from_status(&status);
+            if !err.is_retryable() {
+                return Err(err);
+            }
+            last = format!("{}: {}", node.uri, status.message());
+            tracing::debug!(endpoint = %node.uri, code = ?status.code(), "retrying {what}");
+            let hint = status
+                .metadata()
+                .get(LEADER_ADDR_METADATA)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            match hint {
+                Some(addr) if parse_endpoint(&addr).ok().as_deref() != Some(node.uri.as_str()) => {
+                    self.prefer_addr(&addr)
+                }
+                _ => {
+                    // Drop a broken channel so the next attempt reconnects.
+                    if matches!(status.code(), tonic::Code::Unavailable | tonic::Code::Unknown) {
+                        *node.channel.lock().expect("channel lock") = None;
+                    }
+                    *self.inner.preferred.lock().expect("preferred lock") = (idx + 1) % n;
+                }
+            }
+            tried_this_round += 1;
+            if tried_this_round >= n {
+                tried_this_round = 0;
+                round += 1;
+                let backoff = jitter((Duration::from_millis(50) * 2u32.saturating_pow(round.min(5))).min(MAX_BACKOFF));
+                if tokio::time::Instant::now() + backoff >= deadline {
+                    return Err(Error::Unavailable(format!(
+                        "{what}: no endpoint succeeded within {:?}; last: {last}",
+                        self.inner.opts.retry_deadline
+                    )));
+                }
+                // Retry pacing between rounds over every endpoint.
+                tokio::time::sleep(backoff).await;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::Unavailable(format!(
+                    "{what}: no endpoint succeeded within {:?}; last: {last}",
+                    self.inner.opts.retry_deadline
+                )));
+            }
+        }
+    }
+
+    fn begin_write(&self) -> pb::Session {
+        let seq = self.inner.next_seq.fetch_add(1, Ordering::SeqCst);
+        let mut inflight = self.inner.in_flight.lock().expect("in-flight lock");
+        inflight.insert(seq);
+        let acked_below = *inflight.iter().next().expect("just inserted");
+        pb::Session {
+            client_id: self.inner.client_id,
+            seq,
+            acked_below,
+        }
+    }
+
+    fn end_write(&self, s: &pb::Session) {
+        self.inner.in_flight.lock().expect("in-flight lock").remove(&s.seq);
+    }
+
+    async fn write<T, F, Fut>(&self, what: &str, f: F) -> Result<T>
+    where
+        F: Fn(Channel, pb::Session) -> Fut,
+        Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let session = self.begin_write();
+        let r = self.call(what, |ch| f(ch, session)).await;
+        self.end_write(&session);
+        r
+    }
+
+    // ------------------------------------------------------------ config
+
+    /// Sets `key` to `value`.
+    pub async fn put(&self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Result<pb::PutResponse> {
+        self.put_with(pb::PutRequest {
+            key: key.into(),
+            value: value.into(),
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// Put with every option.
+    pub async fn put_with(&self, req: pb::PutRequest) -> Result<pb::PutResponse> {
+        self.write("put", |ch, s| {
+            let mut r = req.clone();
+            r.session = Some(s);
+            async move { ConfigClient::new(ch).put(r).await }
+        })
+        .await
+    }
+
+    /// Current value of `key` (linearizable).
+    pub async fn get(&self, key: impl Into<Vec<u8>>) -> Result<(pb::ResponseHeader, Option<pb::KeyValue>)> {
+        let req = pb::RangeRequest {
+            range: Some(key_range_key(key.into())),
+            ..Default::default()
+        };
+        let resp = self.range(req).await?;
+        Ok((resp.header.unwrap_or_default(), resp.kvs.into_iter().next()))
+    }
+
+    /// Range read.
+    pub async fn range(&self, req: pb::RangeRequest) -> Result<pb::RangeResponse> {
+        self.call("range", |ch| {
+            let r = req.clone();
+            async move { ConfigClient::new(ch).range(r).await }
+        })
+        .await
+    }
+
+    /// Delete a key or range.
+    pub async fn delete(&self, req: pb::DeleteRequest) -> Result<pb::DeleteResponse> {
+        self.write("delete", |ch, s| {
+            let mut r = req.clone();
+            r.session = Some(s);
+            async move { ConfigClient::new(ch).delete(r).await }
+        })
+        .await
+    }
+
+    /// Transaction.
+    pub async fn txn(&self, req: pb::TxnRequest) -> Result<pb::TxnResponse> {
+        self.write("txn", |ch, s| {
+            let mut r = req.clone();
+            r.session = Some(s);
+            async move { ConfigClient::new(ch).txn(r).await }
+        })
+        .await
+    }
+
+    /// Versions of a key.
+    pub async fn history(&self, req: pb::HistoryRequest) -> Result<pb::HistoryResponse> {
+        self.call("history", |ch| {
+            let r = req.clone();
+            async move { ConfigClient::new(ch).history(r).await }
+        })
+        .await
+    }
+
+    /// Compacts history below `revision`.
+    pub async fn compact(&self, revision: u64) -> Result<pb::CompactResponse> {
+        self.write("compact", |ch, s| {
+            let r = pb::CompactRequest {
+                revision,
+                session: Some(s),
+            };
+            async move { ConfigClient::new(ch).compact(r).await }
+        })
+        .await
+    }
+
+    // ----------------------------------------------------------- cluster
+
+    /// Members and the leader.
+    pub async fn members(&self) -> Result<pb::MembersResponse> {
+        self.call("members", |ch| async move {
+            ClusterClient::new(ch).members(pb::MembersRequest {}).await
+        })
+        .await
+    }
+
+    /// Adds a non-voting member.
+    pub async fn add_learner(&self, id: u64, addr: &str) -> Result<pb::MembersResponse> {
+        let addr = addr.to_string();
+        self.call("add learner", |ch| {
+            let r = pb::AddLearnerRequest { id, addr: addr.clone() };
+            async move { ClusterClient::new(ch).add_learner(r).await }
+        })
+        .await
+    }
+
+    /// Makes a learner a voter.
+    pub async fn promote(&self, id: u64) -> Result<pb::MembersResponse> {
+        self.call("promote", |ch| async move {
+            ClusterClient::new(ch).promote(pb::PromoteRequest { id }).await
+        })
+        .await
+    }
+
+    /// Removes a member.
+    pub async fn remove(&self, id: u64) -> Result<pb::MembersResponse> {
+        self.call("remove", |ch| async move {
+            ClusterClient::new(ch).remove(pb::RemoveRequest { id }).await
+        })
+        .await
+    }
+
+    /// Moves leadership (to `to`, or 0 for any other up-to-date voter).
+    pub async fn transfer_leader(&self, to: u64) -> Result<pb::TransferLeaderResponse> {
+        self.call("transfer leader", |ch| async move {
+            ClusterClient::new(ch)
+                .transfer_leader(pb::TransferLeaderRequest { to })
+                .await
+        })
+        .await
+    }
+
+    /// Status of every endpoint, each asked directly (no failover).
+    pub async fn status_all(&self) -> Vec<(String, Result<pb::StatusResponse>)> {
+        let nodes: Vec<Arc<Node>> = self.inner.nodes.lock().expect("nodes lock").clone();
+        let mut out = Vec::new();
+        for node in nodes {
+            let r = match self.channel(&node) {
+                Err(e) => Err(e),
+                Ok(ch) => match tokio::time::timeout(
+                    self.inner.opts.request_timeout,
+                    ClusterClient::new(ch).status(pb::StatusRequest {}),
+                )
+                .await
+                {
+                    Ok(Ok(resp)) => Ok(resp.into_inner()),
+                    Ok(Err(s)) => Err(Error::from_status(&s)),
+                    Err(_) => Err(Error::Unavailable(format!(
+                        "no answer within {:?}",
+                        self.inner.opts.request_timeout
+                    ))),
+                },
+            };
+            out.push((node.uri.clone(), r));
+        }
+        out
+    }
+}
+
+/// A `KeyRange` of one key.
+pub fn key_range_key(key: Vec<u8>) -> pb::KeyRange {
+    pb::KeyRange {
+        kind: Some(pb::key_range::Kind::Key(key)),
+    }
+}
+
+/// A `KeyRange` of every key with `prefix`.
+pub fn key_range_prefix(prefix: Vec<u8>) -> pb::KeyRange {
+    pb::KeyRange {
+        kind: Some(pb::key_range::Kind::Prefix(prefix)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_parsing_table() {
+        let cases = [
+            ("127.0.0.1:2379", Ok("http://127.0.0.1:2379")),
+            ("http://localhost:7000/", Ok("http://localhost:7000")),
+            ("[::1]:7000", Ok("http://[::1]:7000")),
+            ("", Err("empty")),
+            ("localhost", Err("expected host:port")),
+            (":7000", Err("host is empty")),
+            ("host:port", Err("port \"port\" is not a number")),
+            ("host:0", Err("port must not be 0")),
+            ("https://h:1", Err("scheme \"https\" is not supported")),
+        ];
+        for (input, want) in cases {
+            match (parse_endpoint(input), want) {
+                (Ok(got), Ok(w)) => assert_eq!(got, w, "{input}"),
+                (Err(e), Err(w)) => assert!(e.to_string().contains(w), "{input}: {e}"),
+                (got, want) => panic!("{input}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn sessions_release_acknowledged_sequences() {
+        let c = Client::new(&["127.0.0.1:1"], ClientOptions::default()).unwrap();
+        let a = c.begin_write();
+        let b = c.begin_write();
+        assert_eq!((a.seq, a.acked_below), (1, 1));
+        assert_eq!((b.seq, b.acked_below), (2, 1));
+        c.end_write(&a);
+        let d = c.begin_write();
+        assert_eq!((d.seq, d.acked_below), (3, 2));
+        assert_eq!(a.client_id, d.client_id);
+    }
+}

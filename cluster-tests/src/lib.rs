@@ -1,0 +1,257 @@
+//! A harness that runs real `esf` processes on loopback with OS-assigned
+//! ports, each with its own data directory; processes are killed on drop and
+//! readiness is polled against a deadline.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use esf_client::{Client, ClientOptions};
+
+/// Deadline for a cluster to become ready or converge.
+pub const READY_DEADLINE: Duration = Duration::from_secs(60);
+/// Pause between two readiness polls.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// The `esf` binary built beside this test (target/<profile>/esf). The
+/// test scripts build the whole workspace first.
+pub fn esf_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps/<test>");
+    let bin = profile_dir.join("esf");
+    assert!(
+        bin.exists(),
+        "{} not found: build the workspace first (cargo build --workspace)",
+        bin.display()
+    );
+    bin
+}
+
+/// A free loopback port (bound, then released for the node to take).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local addr").port()
+}
+
+/// One node process.
+pub struct Node {
+    pub id: u64,
+    pub grpc: String,
+    pub admin: String,
+    pub dir: PathBuf,
+    pub child: Option<Child>,
+    args: Vec<String>,
+    log: PathBuf,
+}
+
+impl Node {
+    /// Starts (or restarts) the process.
+    pub fn start(&mut self, bin: &Path) {
+        assert!(self.child.is_none(), "node {} already running", self.id);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("open node log");
+        let child = Command::new(bin)
+            .arg("serve")
+            .args(&self.args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn esf serve");
+        self.child = Some(child);
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for the exit status.
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        let pid = c.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        c.wait().ok()
+    }
+
+    /// The node's log so far (for failure messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// A client for this node only.
+    pub fn client(&self) -> Client {
+        Client::new(
+            &[self.grpc.as_str()],
+            ClientOptions {
+                retry_deadline: Duration::from_secs(20),
+                ..Default::default()
+            },
+        )
+        .expect("client")
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A cluster of node processes.
+pub struct Cluster {
+    pub nodes: Vec<Node>,
+    pub bin: PathBuf,
+    _base: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Starts `n` nodes that form one cluster.
+    pub fn start(bin: &Path, n: u64) -> Cluster {
+        let base = tempfile::tempdir().expect("tempdir");
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let join: Vec<String> = ports.iter().map(|(g, _)| format!("127.0.0.1:{g}")).collect();
+        let mut nodes = Vec::new();
+        for (i, (g, a)) in ports.iter().enumerate() {
+            let id = i as u64 + 1;
+            let dir = base.path().join(format!("node-{id}"));
+            let args = vec![
+                "--node-id".into(),
+                id.to_string(),
+                "--data-dir".into(),
+                dir.display().to_string(),
+                "--listen".into(),
+                format!("127.0.0.1:{g}"),
+                "--admin-listen".into(),
+                format!("127.0.0.1:{a}"),
+                "--join".into(),
+                join.join(","),
+                "--bootstrap-expect".into(),
+                n.to_string(),
+                "--heartbeat-interval-ms".into(),
+                "100".into(),
+                "--election-timeout-ms".into(),
+                "600".into(),
+            ];
+            let log = base.path().join(format!("node-{id}.log"));
+            nodes.push(Node {
+                id,
+                grpc: format!("127.0.0.1:{g}"),
+                admin: format!("127.0.0.1:{a}"),
+                dir,
+                child: None,
+                args,
+                log,
+            });
+        }
+        let mut c = Cluster {
+            nodes,
+            bin: bin.to_path_buf(),
+            _base: base,
+        };
+        for i in 0..c.nodes.len() {
+            let bin = c.bin.clone();
+            c.nodes[i].start(&bin);
+        }
+        c
+    }
+
+    /// A client over every node.
+    pub fn client(&self) -> Client {
+        let eps: Vec<&str> = self.nodes.iter().map(|n| n.grpc.as_str()).collect();
+        Client::new(
+            &eps,
+            ClientOptions {
+                retry_deadline: Duration::from_secs(30),
+                ..Default::default()
+            },
+        )
+        .expect("client")
+    }
+
+    /// Waits until every running node is a member and sees the same leader;
+    /// returns the leader's id.
+    pub async fn wait_ready(&self) -> u64 {
+        let deadline = tokio::time::Instant::now() + READY_DEADLINE;
+        loop {
+            let mut leaders = std::collections::BTreeSet::new();
+            let mut all = true;
+            for n in self.nodes.iter().filter(|n| n.child.is_some()) {
+                let st = n.client().status_all().await;
+                match st.first().map(|(_, r)| r) {
+                    Some(Ok(s)) if !s.cluster_id.is_empty() && s.groups.first().is_some_and(|g| g.leader_id != 0) => {
+                        leaders.insert(s.groups[0].leader_id);
+                    }
+                    _ => all = false,
+                }
+            }
+            if all && leaders.len() == 1 {
+                return *leaders.iter().next().expect("one leader");
+            }
+            if tokio::time::Instant::now() > deadline {
+                let logs: Vec<String> = self
+                    .nodes
+                    .iter()
+                    .map(|n| format!("--- node {} ---\n{}", n.id, n.log()))
+                    .collect();
+                panic!("cluster not ready within {READY_DEADLINE:?}\n{}", logs.join("\n"));
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    /// Waits until every running node has applied at least what the leader committed.
+    pub async fn wait_converged(&self) {
+        let leader = self.wait_ready().await;
+        let target = self.node(leader).client().status_all().await[0]
+            .1
+            .as_ref()
+            .expect("leader status")
+            .groups[0]
+            .commit_index;
+        let deadline = tokio::time::Instant::now() + READY_DEADLINE;
+        for n in self.nodes.iter().filter(|n| n.child.is_some()) {
+            loop {
+                let st = n.client().status_all().await;
+                if let Some((_, Ok(s))) = st.first() {
+                    if s.groups[0].applied_index >= target {
+                        break;
+                    }
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "node {} did not apply {target}",
+                    n.id
+                );
+                tokio::time::sleep(POLL_INTERVAL).await;
+            }
+        }
+    }
+
+    pub fn node(&self, id: u64) -> &Node {
+        self.nodes.iter().find(|n| n.id == id).expect("node id")
+    }
+
+    pub fn node_mut(&mut self, id: u64) -> &mut Node {
+        self.nodes.iter_mut().find(|n| n.id == id).expect("node id")
+    }
+}
+
+/// Runs the `esf` CLI; returns (exit code, stdout, stderr).
+pub fn cli(bin: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(bin).args(args).output().expect("run esf");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

@@ -1,0 +1,148 @@
+//! Admin HTTP: `/livez` (process up), `/readyz` (503 with JSON reasons until
+//! joined, a leader is known and apply lag is small; and while draining),
+//! `/metrics` (Prometheus text).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use esf_raft::group::MetaGroup;
+use esf_raft::openraft::ServerState;
+use esf_raft::openraft::async_runtime::WatchReceiver;
+
+/// What the admin endpoints look at.
+#[derive(Clone)]
+pub struct AdminState {
+    pub meta: Arc<MetaGroup>,
+    pub draining: Arc<AtomicBool>,
+    pub max_apply_lag: u64,
+    pub version: &'static str,
+}
+
+/// The admin router.
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/livez", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+/// Reasons the node is not ready (empty: ready).
+pub fn not_ready_reasons(s: &AdminState) -> Vec<String> {
+    let m = s.meta.raft().metrics().borrow_watched().clone();
+    let mut reasons = Vec::new();
+    if s.draining.load(Ordering::SeqCst) {
+        reasons.push("draining".to_string());
+    }
+    if m.membership_config.membership().get_node(&s.meta.node_id()).is_none() {
+        reasons.push("not joined: this node is not a member of a cluster yet".to_string());
+    }
+    if m.current_leader.is_none() {
+        reasons.push("no leader known".to_string());
+    }
+    let committed = m.local_committed.as_ref().map_or(0, |l| l.index);
+    let applied = m.last_applied.as_ref().map_or(0, |l| l.index);
+    if committed.saturating_sub(applied) > s.max_apply_lag {
+        reasons.push(format!("apply lag {} above {}", committed - applied, s.max_apply_lag));
+    }
+    reasons
+}
+
+async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
+    let reasons = not_ready_reasons(&s);
+    let code = if reasons.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        code,
+        axum::Json(serde_json::json!({ "ready": reasons.is_empty(), "reasons": reasons })),
+    )
+}
+
+async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
+    let m = s.meta.raft().metrics().borrow_watched().clone();
+    let stats = s.meta.store().db().durability_stats();
+    let g = "group=\"0\"";
+    let mut out = String::new();
+    let mut gauge = |name: &str, help: &str, labels: &str, v: u64| {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{{labels}}} {v}\n"
+        ));
+    };
+    gauge(
+        "esf_build_info",
+        "Build information.",
+        &format!("version=\"{}\"", s.version),
+        1,
+    );
+    gauge(
+        "esf_raft_is_leader",
+        "1 if this node leads the group.",
+        g,
+        u64::from(m.state == ServerState::Leader),
+    );
+    gauge(
+        "esf_raft_role",
+        "0 follower, 1 candidate, 2 leader, 3 learner, 4 shutdown.",
+        g,
+        match m.state {
+            ServerState::Follower => 0,
+            ServerState::Candidate => 1,
+            ServerState::Leader => 2,
+            ServerState::Learner => 3,
+            ServerState::Shutdown => 4,
+        },
+    );
+    gauge("esf_raft_term", "Current Raft term.", g, m.current_term);
+    gauge(
+        "esf_raft_commit_index",
+        "Highest committed log index.",
+        g,
+        m.local_committed.as_ref().map_or(0, |l| l.index),
+    );
+    gauge(
+        "esf_raft_applied_index",
+        "Highest applied log index.",
+        g,
+        m.last_applied.as_ref().map_or(0, |l| l.index),
+    );
+    gauge(
+        "esf_raft_last_log_index",
+        "Last log index.",
+        g,
+        m.last_log_index.unwrap_or(0),
+    );
+    gauge(
+        "esf_raft_has_leader",
+        "1 if a leader is known.",
+        g,
+        u64::from(m.current_leader.is_some()),
+    );
+    gauge(
+        "esf_kv_revision",
+        "Current store revision.",
+        g,
+        s.meta.store().revision(),
+    );
+    gauge(
+        "esf_storage_db_bytes",
+        "Approximate RocksDB size (SST + memtables).",
+        "",
+        s.meta.store().db().approximate_size_bytes(),
+    );
+    gauge(
+        "esf_node_ready",
+        "1 if /readyz reports ready.",
+        "",
+        u64::from(not_ready_reasons(&s).is_empty()),
+    );
+    out.push_str(&format!("# HELP esf_storage_wal_fsyncs_total WAL group-commit fsyncs.\n# TYPE esf_storage_wal_fsyncs_total counter\nesf_storage_wal_fsyncs_total {}\n", stats.fsyncs));
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}

@@ -1,0 +1,518 @@
+//! Command-line interface: `esf serve`, `esf config validate`, and client
+//! commands (kv, member, endpoint, leader).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use esf_client::{Client, ClientOptions, key_range_key, key_range_prefix, pb};
+use serde_json::{Value, json};
+
+use crate::config::{self, Flags};
+
+/// ESF: configuration, registry and events on Raft.
+#[derive(Debug, Parser)]
+#[command(name = "esf", version, about)]
+pub struct Cli {
+    /// gRPC endpoints of the cluster, comma separated.
+    #[arg(
+        long,
+        global = true,
+        env = "ESF_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:2379"
+    )]
+    endpoints: Vec<String>,
+    /// Output format.
+    #[arg(short = 'o', long, global = true, env = "ESF_OUTPUT", default_value = "table")]
+    output: Output,
+    /// Deadline of a client call including retries, in seconds.
+    #[arg(long, global = true, default_value_t = 15)]
+    timeout_secs: u64,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a node.
+    Serve(Flags),
+    /// Configuration files.
+    #[command(subcommand)]
+    Config(ConfigCmd),
+    /// Key-value store.
+    #[command(subcommand)]
+    Kv(KvCmd),
+    /// Cluster membership.
+    #[command(subcommand)]
+    Member(MemberCmd),
+    /// Per-endpoint status and health.
+    #[command(subcommand)]
+    Endpoint(EndpointCmd),
+    /// Leadership.
+    #[command(subcommand)]
+    Leader(LeaderCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCmd {
+    /// Check a TOML config file (with the environment layered on top).
+    Validate { file: PathBuf },
+}
+
+#[derive(Debug, Subcommand)]
+enum KvCmd {
+    /// Set a key.
+    Put {
+        key: String,
+        value: String,
+        /// Attach to this lease.
+        #[arg(long, default_value_t = 0)]
+        lease: u64,
+    },
+    /// Read a key or, with --prefix, every key starting with it.
+    Get {
+        key: String,
+        #[arg(long)]
+        prefix: bool,
+        /// Read at this revision.
+        #[arg(long, default_value_t = 0)]
+        rev: u64,
+        #[arg(long, default_value_t = 0)]
+        limit: u64,
+        /// Local read of the answering node (may be stale).
+        #[arg(long)]
+        serializable: bool,
+        #[arg(long)]
+        keys_only: bool,
+        #[arg(long)]
+        count_only: bool,
+    },
+    /// Delete a key or, with --prefix, every key starting with it.
+    Del {
+        key: String,
+        #[arg(long)]
+        prefix: bool,
+    },
+    /// Transaction from JSON (argument or stdin), e.g.
+    /// {"compare":[{"key":"k","target":"value","op":"=","value":"v"}],"success":[{"put":{"key":"k","value":"w"}}],"failure":[{"get":{"key":"k"}}]}
+    Txn { spec: Option<String> },
+    /// Every version of a key between two revisions.
+    History {
+        key: String,
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        #[arg(long, default_value_t = 0)]
+        to: u64,
+    },
+    /// Drop history below a revision.
+    Compact { revision: u64 },
+}
+
+#[derive(Debug, Subcommand)]
+enum MemberCmd {
+    /// Members and their roles.
+    List,
+    /// Add a node as a learner (it catches up without voting).
+    Add { id: u64, addr: String },
+    /// Make a learner a voter.
+    Promote { id: u64 },
+    /// Remove a member.
+    Remove { id: u64 },
+}
+
+#[derive(Debug, Subcommand)]
+enum EndpointCmd {
+    /// Role, term, leader, indexes, DB size and version of each endpoint.
+    Status,
+    /// Whether each endpoint answers and sees a leader; exit 1 if any does not.
+    Health,
+}
+
+#[derive(Debug, Subcommand)]
+enum LeaderCmd {
+    /// Move leadership to another voter.
+    Transfer {
+        /// Target node id (default: any other voter).
+        #[arg(long, default_value_t = 0)]
+        to: u64,
+    },
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn kv_json(kv: &pb::KeyValue) -> Value {
+    json!({"key": text(&kv.key), "value": text(&kv.value), "create_revision": kv.create_revision, "mod_revision": kv.mod_revision, "version": kv.version, "lease": kv.lease})
+}
+
+fn header_json(h: &Option<pb::ResponseHeader>) -> Value {
+    match h {
+        Some(h) => {
+            json!({"cluster_id": h.cluster_id, "node_id": h.node_id, "revision": h.revision, "raft_term": h.raft_term})
+        }
+        None => Value::Null,
+    }
+}
+
+fn print(out: Output, v: &Value, table: impl FnOnce() -> String) {
+    match out {
+        Output::Json => println!("{v}"),
+        Output::Table => print!("{}", table()),
+    }
+}
+
+/// Runs the parsed command.
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let opts = ClientOptions {
+        retry_deadline: std::time::Duration::from_secs(cli.timeout_secs),
+        ..Default::default()
+    };
+    let client = || Client::new(&cli.endpoints, opts.clone()).map_err(|e| anyhow::anyhow!("endpoints: {e}"));
+    let out = cli.output;
+    match cli.command {
+        Command::Serve(flags) => {
+            let cfg = config::load(flags.config.as_deref(), &flags)?;
+            init_tracing(&cfg.log_level);
+            crate::server::run(cfg).await?;
+        }
+        Command::Config(ConfigCmd::Validate { file }) => {
+            let cfg = config::load(Some(&file), &Flags::default())?;
+            print(out, &json!({"valid": true, "node_id": cfg.node_id}), || {
+                format!("{}: valid\n", file.display())
+            });
+        }
+        Command::Kv(cmd) => kv(client()?, out, cmd).await?,
+        Command::Member(cmd) => {
+            let c = client()?;
+            let r = match cmd {
+                MemberCmd::List => c.members().await?,
+                MemberCmd::Add { id, addr } => c.add_learner(id, &addr).await?,
+                MemberCmd::Promote { id } => c.promote(id).await?,
+                MemberCmd::Remove { id } => c.remove(id).await?,
+            };
+            let v = json!({"leader_id": r.leader_id, "members": r.members.iter().map(|m| json!({"id": m.id, "addr": m.addr, "voter": m.voter, "leader": m.id == r.leader_id})).collect::<Vec<_>>()});
+            print(out, &v, || {
+                let mut s = format!("{:<6} {:<24} {:<8} {}\n", "ID", "ADDR", "ROLE", "LEADER");
+                for m in &r.members {
+                    s += &format!(
+                        "{:<6} {:<24} {:<8} {}\n",
+                        m.id,
+                        m.addr,
+                        if m.voter { "voter" } else { "learner" },
+                        if m.id == r.leader_id { "*" } else { "" }
+                    );
+                }
+                s
+            });
+        }
+        Command::Endpoint(cmd) => {
+            let c = client()?;
+            let all = c.status_all().await;
+            let mut healthy = true;
+            let mut rows = Vec::new();
+            for (ep, r) in &all {
+                match r {
+                    Ok(s) => {
+                        let g = s.groups.first().cloned().unwrap_or_default();
+                        if g.leader_id == 0 {
+                            healthy = false;
+                        }
+                        rows.push(json!({"endpoint": ep, "healthy": g.leader_id != 0, "node_id": s.node_id, "cluster_id": s.cluster_id, "role": g.role, "term": g.term, "leader_id": g.leader_id, "commit_index": g.commit_index, "applied_index": g.applied_index, "db_size_bytes": s.db_size_bytes, "version": s.version}));
+                    }
+                    Err(e) => {
+                        healthy = false;
+                        rows.push(json!({"endpoint": ep, "healthy": false, "error": e.to_string()}));
+                    }
+                }
+            }
+            let v = Value::Array(rows.clone());
+            match cmd {
+                EndpointCmd::Status => print(out, &v, || {
+                    let mut s = format!(
+                        "{:<26} {:<5} {:<9} {:<5} {:<6} {:<8} {:<8} {:<10} {}\n",
+                        "ENDPOINT", "ID", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "DB BYTES", "VERSION"
+                    );
+                    for r in &rows {
+                        if let Some(err) = r.get("error") {
+                            s += &format!(
+                                "{:<26} unreachable: {}\n",
+                                r["endpoint"].as_str().unwrap_or(""),
+                                err.as_str().unwrap_or("")
+                            );
+                        } else {
+                            s += &format!(
+                                "{:<26} {:<5} {:<9} {:<5} {:<6} {:<8} {:<8} {:<10} {}\n",
+                                r["endpoint"].as_str().unwrap_or(""),
+                                r["node_id"].to_string(),
+                                r["role"].as_str().unwrap_or(""),
+                                r["term"].to_string(),
+                                r["leader_id"].to_string(),
+                                r["commit_index"].to_string(),
+                                r["applied_index"].to_string(),
+                                r["db_size_bytes"].to_string(),
+                                r["version"].as_str().unwrap_or("")
+                            );
+                        }
+                    }
+                    s
+                }),
+                EndpointCmd::Health => print(out, &v, || {
+                    rows.iter()
+                        .map(|r| {
+                            format!(
+                                "{} is {}\n",
+                                r["endpoint"].as_str().unwrap_or(""),
+                                if r["healthy"] == json!(true) {
+                                    "healthy"
+                                } else {
+                                    "unhealthy"
+                                }
+                            )
+                        })
+                        .collect()
+                }),
+            }
+            if !healthy && matches!(cmd, EndpointCmd::Health) {
+                return Ok(ExitCode::from(1));
+            }
+        }
+        Command::Leader(LeaderCmd::Transfer { to }) => {
+            let r = client()?.transfer_leader(to).await?;
+            print(out, &json!({"leader_id": r.leader_id}), || {
+                format!("leader is now node {}\n", r.leader_id)
+            });
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn kv(c: Client, out: Output, cmd: KvCmd) -> anyhow::Result<()> {
+    match cmd {
+        KvCmd::Put { key, value, lease } => {
+            let r = c
+                .put_with(pb::PutRequest {
+                    key: key.into(),
+                    value: value.into(),
+                    lease,
+                    prev_kv: false,
+                    session: None,
+                })
+                .await?;
+            print(out, &json!({"header": header_json(&r.header)}), || "OK\n".into());
+        }
+        KvCmd::Get {
+            key,
+            prefix,
+            rev,
+            limit,
+            serializable,
+            keys_only,
+            count_only,
+        } => {
+            let range = if prefix {
+                key_range_prefix(key.into())
+            } else {
+                key_range_key(key.into())
+            };
+            let r = c
+                .range(pb::RangeRequest {
+                    range: Some(range),
+                    revision: rev,
+                    limit,
+                    count_only,
+                    keys_only,
+                    serializable,
+                })
+                .await?;
+            let v = json!({"header": header_json(&r.header), "count": r.count, "more": r.more, "kvs": r.kvs.iter().map(kv_json).collect::<Vec<_>>()});
+            print(out, &v, || {
+                if count_only {
+                    return format!("{}\n", r.count);
+                }
+                r.kvs
+                    .iter()
+                    .map(|kv| {
+                        if keys_only {
+                            format!("{}\n", text(&kv.key))
+                        } else {
+                            format!("{}\n{}\n", text(&kv.key), text(&kv.value))
+                        }
+                    })
+                    .collect()
+            });
+        }
+        KvCmd::Del { key, prefix } => {
+            let range = if prefix {
+                key_range_prefix(key.into())
+            } else {
+                key_range_key(key.into())
+            };
+            let r = c
+                .delete(pb::DeleteRequest {
+                    range: Some(range),
+                    prev_kv: false,
+                    session: None,
+                })
+                .await?;
+            print(
+                out,
+                &json!({"header": header_json(&r.header), "deleted": r.deleted}),
+                || format!("{}\n", r.deleted),
+            );
+        }
+        KvCmd::Txn { spec } => {
+            let spec = match spec {
+                Some(s) => s,
+                None => {
+                    std::io::read_to_string(std::io::stdin()).map_err(|e| anyhow::anyhow!("txn: read stdin: {e}"))?
+                }
+            };
+            let req = parse_txn(&spec)?;
+            let r = c.txn(req).await?;
+            let v = json!({"header": header_json(&r.header), "succeeded": r.succeeded, "results": r.results.len()});
+            print(out, &v, || {
+                format!("{}\n", if r.succeeded { "SUCCESS" } else { "FAILURE" })
+            });
+        }
+        KvCmd::History { key, from, to } => {
+            let r = c
+                .history(pb::HistoryRequest {
+                    key: key.into(),
+                    from_revision: from,
+                    to_revision: to,
+                    serializable: false,
+                })
+                .await?;
+            let v = json!({"header": header_json(&r.header), "versions": r.versions.iter().map(kv_json).collect::<Vec<_>>()});
+            print(out, &v, || {
+                r.versions
+                    .iter()
+                    .map(|kv| {
+                        if kv.version == 0 {
+                            format!("rev {:<6} (deleted)\n", kv.mod_revision)
+                        } else {
+                            format!(
+                                "rev {:<6} version {:<4} {}\n",
+                                kv.mod_revision,
+                                kv.version,
+                                text(&kv.value)
+                            )
+                        }
+                    })
+                    .collect()
+            });
+        }
+        KvCmd::Compact { revision } => {
+            let r = c.compact(revision).await?;
+            print(out, &json!({"compact_revision": r.compact_revision}), || {
+                format!("compacted below revision {}\n", r.compact_revision)
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Parses the JSON txn spec of `esf kv txn`.
+fn parse_txn(spec: &str) -> anyhow::Result<pb::TxnRequest> {
+    let v: Value = serde_json::from_str(spec).map_err(|e| anyhow::anyhow!("txn: not valid JSON: {e}"))?;
+    let s = |v: &Value, field: &str| -> anyhow::Result<String> {
+        v.get(field)
+            .and_then(Value::as_str)
+            .map(String::from)
+            .ok_or_else(|| anyhow::anyhow!("txn: {field}: required string"))
+    };
+    let mut req = pb::TxnRequest::default();
+    for (i, c) in v
+        .get("compare")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+    {
+        let op = match c.get("op").and_then(Value::as_str).unwrap_or("=") {
+            "=" | "==" => pb::compare::Op::Equal,
+            "!=" => pb::compare::Op::NotEqual,
+            ">" => pb::compare::Op::Greater,
+            "<" => pb::compare::Op::Less,
+            other => anyhow::bail!("txn: compare[{i}].op: unknown operator {other:?} (use =, !=, >, <)"),
+        };
+        use pb::compare::Target;
+        let num = |f: &str| {
+            c.get(f)
+                .and_then(Value::as_u64)
+                .ok_or_else(|| anyhow::anyhow!("txn: compare[{i}].{f}: required number"))
+        };
+        let target = match c.get("target").and_then(Value::as_str).unwrap_or("value") {
+            "value" => Target::Value(s(c, "value")?.into()),
+            "version" => Target::Version(num("version")?),
+            "create" => Target::CreateRevision(num("create")?),
+            "mod" => Target::ModRevision(num("mod")?),
+            "lease" => Target::Lease(num("lease")?),
+            other => anyhow::bail!(
+                "txn: compare[{i}].target: unknown target {other:?} (use value, version, create, mod, lease)"
+            ),
+        };
+        req.compares.push(pb::Compare {
+            key: s(c, "key")?.into(),
+            op: op as i32,
+            target: Some(target),
+        });
+    }
+    let ops = |name: &str| -> anyhow::Result<Vec<pb::TxnOp>> {
+        let mut out = Vec::new();
+        for (i, o) in v
+            .get(name)
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+        {
+            use pb::txn_op::Op;
+            let op = if let Some(p) = o.get("put") {
+                Op::Put(pb::PutRequest {
+                    key: s(p, "key")?.into(),
+                    value: s(p, "value")?.into(),
+                    ..Default::default()
+                })
+            } else if let Some(d) = o.get("delete") {
+                Op::Delete(pb::DeleteRequest {
+                    range: Some(key_range_key(s(d, "key")?.into())),
+                    ..Default::default()
+                })
+            } else if let Some(g) = o.get("get") {
+                Op::Range(pb::RangeRequest {
+                    range: Some(key_range_key(s(g, "key")?.into())),
+                    ..Default::default()
+                })
+            } else {
+                anyhow::bail!("txn: {name}[{i}]: expected one of put, delete, get");
+            };
+            out.push(pb::TxnOp { op: Some(op) });
+        }
+        Ok(out)
+    };
+    req.success = ops("success")?;
+    req.failure = ops("failure")?;
+    Ok(req)
+}
+
+fn init_tracing(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .try_init();
+}

@@ -1,0 +1,195 @@
+//! Node settings, layered: defaults < TOML file (`--config`) < `ESF_*`
+//! environment < command-line flags. Errors name the source of the bad value
+//! (figment reports the file or the environment variable).
+
+use std::path::PathBuf;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// Settings of `esf serve`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// This node's id (1..); persisted in the data dir at first start.
+    pub node_id: u64,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// gRPC bind address.
+    pub listen: String,
+    /// Address peers and clients use; defaults to `listen`.
+    pub advertise: Option<String>,
+    /// Admin HTTP bind address (/livez, /readyz, /metrics).
+    pub admin_listen: String,
+    /// Peers' gRPC addresses.
+    pub join: Vec<String>,
+    /// The cluster forms once this many nodes (including this one) see each other.
+    pub bootstrap_expect: u64,
+    /// RocksDB block cache + memtable budget, MiB.
+    pub memory_budget_mb: u64,
+    /// Raft heartbeat interval, ms.
+    pub heartbeat_interval_ms: u64,
+    /// Raft election timeout (lower bound; the upper is twice it), ms.
+    pub election_timeout_ms: u64,
+    /// Deadline of proposals and linearizable reads, ms.
+    pub request_timeout_ms: u64,
+    /// Apply lag (entries) above which /readyz reports not ready.
+    pub max_apply_lag: u64,
+    /// Leadership hand-over deadline on SIGTERM, ms.
+    pub drain_timeout_ms: u64,
+    /// Log filter (tracing env-filter syntax); `RUST_LOG` overrides.
+    pub log_level: String,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            node_id: 1,
+            data_dir: PathBuf::from("esf-data"),
+            listen: "127.0.0.1:2379".into(),
+            advertise: None,
+            admin_listen: "127.0.0.1:2380".into(),
+            join: Vec::new(),
+            bootstrap_expect: 1,
+            memory_budget_mb: 256,
+            heartbeat_interval_ms: 100,
+            election_timeout_ms: 1000,
+            request_timeout_ms: 5000,
+            max_apply_lag: 1000,
+            drain_timeout_ms: 5000,
+            log_level: "info".into(),
+        }
+    }
+}
+
+/// Flag values given on the command line (only those given override).
+#[derive(Debug, Default, Clone, Serialize, clap::Args)]
+pub struct Flags {
+    /// TOML config file.
+    #[arg(long)]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Node id.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<u64>,
+    /// Data directory.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    /// gRPC bind address.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    /// Advertised gRPC address.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub advertise: Option<String>,
+    /// Admin HTTP bind address.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_listen: Option<String>,
+    /// Peers' gRPC addresses, comma separated.
+    #[arg(long, value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub join: Option<Vec<String>>,
+    /// Form the cluster once this many nodes see each other.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bootstrap_expect: Option<u64>,
+    /// Memory budget, MiB.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_budget_mb: Option<u64>,
+    /// Raft heartbeat, ms.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heartbeat_interval_ms: Option<u64>,
+    /// Raft election timeout, ms.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub election_timeout_ms: Option<u64>,
+    /// Request deadline, ms.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_timeout_ms: Option<u64>,
+    /// Log filter.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_level: Option<String>,
+}
+
+/// Builds the layered configuration and validates it.
+pub fn load(file: Option<&std::path::Path>, flags: &Flags) -> anyhow::Result<NodeConfig> {
+    let mut fig = Figment::from(Serialized::defaults(NodeConfig::default()));
+    if let Some(f) = file {
+        if !f.exists() {
+            anyhow::bail!("config file {}: does not exist", f.display());
+        }
+        fig = fig.merge(Toml::file(f));
+    }
+    fig = fig.merge(Env::prefixed("ESF_").ignore(&["join", "endpoints", "output"]));
+    if let Ok(join) = std::env::var("ESF_JOIN") {
+        let list: Vec<String> = join
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect();
+        fig = fig.merge(Serialized::default("join", list));
+    }
+    fig = fig.merge(Serialized::defaults(flags));
+    let cfg: NodeConfig = fig.extract().map_err(|e| anyhow::anyhow!("{e}"))?;
+    validate(&cfg)?;
+    Ok(cfg)
+}
+
+/// Checks values that parse but make no sense.
+pub fn validate(c: &NodeConfig) -> anyhow::Result<()> {
+    let check_addr = |field: &str, v: &str| -> anyhow::Result<()> {
+        esf_client::parse_endpoint(v)
+            .map(|_| ())
+            .map_err(|e| anyhow::anyhow!("{field}: {e}"))
+    };
+    if c.node_id == 0 {
+        anyhow::bail!("node_id: must be at least 1");
+    }
+    check_addr("listen", &c.listen)?;
+    check_addr("admin_listen", &c.admin_listen)?;
+    if let Some(a) = &c.advertise {
+        check_addr("advertise", a)?;
+    }
+    for (i, j) in c.join.iter().enumerate() {
+        check_addr(&format!("join[{i}]"), j)?;
+    }
+    if c.bootstrap_expect == 0 {
+        anyhow::bail!("bootstrap_expect: must be at least 1");
+    }
+    if c.bootstrap_expect > 1 && c.join.is_empty() {
+        anyhow::bail!(
+            "join: bootstrap_expect is {} but no peers are given to join",
+            c.bootstrap_expect
+        );
+    }
+    if c.heartbeat_interval_ms == 0 || c.election_timeout_ms <= c.heartbeat_interval_ms * 2 {
+        anyhow::bail!(
+            "election_timeout_ms: must be more than twice heartbeat_interval_ms ({})",
+            c.heartbeat_interval_ms
+        );
+    }
+    if c.memory_budget_mb < 16 {
+        anyhow::bail!("memory_budget_mb: must be at least 16");
+    }
+    if c.request_timeout_ms == 0 {
+        anyhow::bail!("request_timeout_ms: must be at least 1");
+    }
+    Ok(())
+}
+
+impl NodeConfig {
+    /// The advertised gRPC address.
+    pub fn advertise(&self) -> String {
+        self.advertise.clone().unwrap_or_else(|| self.listen.clone())
+    }
+}

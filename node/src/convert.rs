@@ -1,0 +1,208 @@
+//! Conversions between the gRPC types (esf-proto) and esf-raft's domain
+//! types, and the one mapping of errors to gRPC status. Bad input is
+//! rejected here with INVALID_ARGUMENT naming the field.
+
+use esf_client::{LEADER_ADDR_METADATA, LEADER_ID_METADATA, pb};
+use esf_raft::command as cmd;
+use esf_raft::group::ResponseHeader;
+use tonic::Status;
+
+/// Maps an esf-raft error to a gRPC status (with the leader hint in metadata).
+pub fn status(e: esf_raft::Error) -> Status {
+    use cmd::Rejection as R;
+    match e {
+        esf_raft::Error::Rejected(r) => match &r {
+            R::InvalidArgument { .. } => Status::invalid_argument(r.to_string()),
+            R::Compacted { .. } | R::FutureRevision { .. } => Status::out_of_range(r.to_string()),
+            R::LeaseNotFound(_) => Status::not_found(r.to_string()),
+            R::LeaseExists(_) => Status::already_exists(r.to_string()),
+            R::SessionExpired { .. } => Status::failed_precondition(r.to_string()),
+        },
+        esf_raft::Error::NotLeader {
+            leader, leader_addr, ..
+        } => {
+            let mut s = Status::unavailable(format!(
+                "not the leader{}",
+                leader.map(|l| format!("; leader is node {l}")).unwrap_or_default()
+            ));
+            if let Some(l) = leader {
+                if let Ok(v) = l.to_string().parse() {
+                    s.metadata_mut().insert(LEADER_ID_METADATA, v);
+                }
+            }
+            if let Some(a) = leader_addr {
+                if let Ok(v) = a.parse() {
+                    s.metadata_mut().insert(LEADER_ADDR_METADATA, v);
+                }
+            }
+            s
+        }
+        esf_raft::Error::Unavailable(m) => Status::unavailable(m),
+        esf_raft::Error::Storage(e) => Status::internal(format!("storage: {e}")),
+        esf_raft::Error::Fatal(m) => Status::internal(format!("raft stopped: {m}")),
+    }
+}
+
+fn invalid(field: &str, reason: &str) -> Status {
+    Status::invalid_argument(format!("{field}: {reason}"))
+}
+
+/// Header to proto.
+pub fn header(h: ResponseHeader) -> pb::ResponseHeader {
+    pb::ResponseHeader {
+        cluster_id: h.cluster_id,
+        node_id: h.node_id,
+        revision: h.revision,
+        raft_term: h.raft_term,
+    }
+}
+
+/// Key-value to proto.
+pub fn kv(k: cmd::KeyValue) -> pb::KeyValue {
+    pb::KeyValue {
+        key: k.key,
+        value: k.value,
+        create_revision: k.create_revision,
+        mod_revision: k.mod_revision,
+        version: k.version,
+        lease: k.lease,
+    }
+}
+
+/// Session from proto.
+pub fn session(s: Option<pb::Session>) -> Option<cmd::SessionRef> {
+    s.filter(|s| s.client_id != 0).map(|s| cmd::SessionRef {
+        client_id: s.client_id,
+        seq: s.seq,
+        acked_below: s.acked_below,
+    })
+}
+
+/// Key range from proto.
+pub fn range(field: &str, r: Option<pb::KeyRange>) -> Result<cmd::KeyRange, Status> {
+    use pb::key_range::Kind;
+    match r.and_then(|r| r.kind) {
+        None => Err(invalid(field, "is required (key, prefix or between)")),
+        Some(Kind::Key(k)) => Ok(cmd::KeyRange::Key(k)),
+        Some(Kind::Prefix(p)) => Ok(cmd::KeyRange::Prefix(p)),
+        Some(Kind::Between(b)) => Ok(cmd::KeyRange::Between {
+            start: b.start,
+            end: b.end,
+        }),
+    }
+}
+
+/// Put from proto.
+pub fn put(p: pb::PutRequest) -> cmd::PutRequest {
+    cmd::PutRequest {
+        key: p.key,
+        value: p.value,
+        lease: p.lease,
+        prev_kv: p.prev_kv,
+    }
+}
+
+/// Range request from proto.
+pub fn range_request(field: &str, r: pb::RangeRequest) -> Result<cmd::RangeRequest, Status> {
+    Ok(cmd::RangeRequest {
+        range: range(&format!("{field}.range"), r.range)?,
+        revision: r.revision,
+        limit: r.limit,
+        count_only: r.count_only,
+        keys_only: r.keys_only,
+    })
+}
+
+/// Range result to proto.
+pub fn range_result(h: Option<pb::ResponseHeader>, r: cmd::RangeResult) -> pb::RangeResponse {
+    pb::RangeResponse {
+        header: h,
+        kvs: r.kvs.into_iter().map(kv).collect(),
+        count: r.count,
+        more: r.more,
+    }
+}
+
+/// Delete from proto.
+pub fn delete(field: &str, d: pb::DeleteRequest) -> Result<cmd::DeleteRequest, Status> {
+    Ok(cmd::DeleteRequest {
+        range: range(&format!("{field}.range"), d.range)?,
+        prev_kv: d.prev_kv,
+    })
+}
+
+fn txn_ops(field: &str, ops: Vec<pb::TxnOp>) -> Result<Vec<cmd::TxnOp>, Status> {
+    ops.into_iter()
+        .enumerate()
+        .map(|(i, op)| {
+            let f = format!("{field}[{i}]");
+            match op.op {
+                None => Err(invalid(&f, "op is required (put, delete or range)")),
+                Some(pb::txn_op::Op::Put(p)) => Ok(cmd::TxnOp::Put(put(p))),
+                Some(pb::txn_op::Op::Delete(d)) => Ok(cmd::TxnOp::Delete(delete(&f, d)?)),
+                Some(pb::txn_op::Op::Range(r)) => Ok(cmd::TxnOp::Range(range_request(&f, r)?)),
+            }
+        })
+        .collect()
+}
+
+/// Txn from proto.
+pub fn txn(t: pb::TxnRequest) -> Result<cmd::TxnRequest, Status> {
+    let mut compares = Vec::with_capacity(t.compares.len());
+    for (i, c) in t.compares.into_iter().enumerate() {
+        let op = match pb::compare::Op::try_from(c.op) {
+            Ok(pb::compare::Op::Equal) => cmd::CompareOp::Equal,
+            Ok(pb::compare::Op::NotEqual) => cmd::CompareOp::NotEqual,
+            Ok(pb::compare::Op::Greater) => cmd::CompareOp::Greater,
+            Ok(pb::compare::Op::Less) => cmd::CompareOp::Less,
+            Err(_) => {
+                return Err(invalid(
+                    &format!("txn.compares[{i}].op"),
+                    &format!("unknown operator {}", c.op),
+                ));
+            }
+        };
+        use pb::compare::Target;
+        let target = match c.target {
+            None => return Err(invalid(&format!("txn.compares[{i}].target"), "is required")),
+            Some(Target::Value(v)) => cmd::CompareTarget::Value(v),
+            Some(Target::Version(v)) => cmd::CompareTarget::Version(v),
+            Some(Target::CreateRevision(v)) => cmd::CompareTarget::CreateRevision(v),
+            Some(Target::ModRevision(v)) => cmd::CompareTarget::ModRevision(v),
+            Some(Target::Lease(v)) => cmd::CompareTarget::Lease(v),
+        };
+        compares.push(cmd::Compare { key: c.key, op, target });
+    }
+    Ok(cmd::TxnRequest {
+        compares,
+        success: txn_ops("txn.success", t.success)?,
+        failure: txn_ops("txn.failure", t.failure)?,
+    })
+}
+
+/// Txn result to proto.
+pub fn txn_result(h: pb::ResponseHeader, succeeded: bool, results: Vec<cmd::TxnOpResult>) -> pb::TxnResponse {
+    use pb::txn_op_result::Result as R;
+    let results = results
+        .into_iter()
+        .map(|r| pb::TxnOpResult {
+            result: Some(match r {
+                cmd::TxnOpResult::Put { prev_kv } => R::Put(pb::PutResponse {
+                    header: None,
+                    prev_kv: prev_kv.map(kv),
+                }),
+                cmd::TxnOpResult::Delete { deleted, prev_kvs } => R::Delete(pb::DeleteResponse {
+                    header: None,
+                    deleted,
+                    prev_kvs: prev_kvs.into_iter().map(kv).collect(),
+                }),
+                cmd::TxnOpResult::Range(rr) => R::Range(range_result(None, rr)),
+            }),
+        })
+        .collect();
+    pb::TxnResponse {
+        header: Some(h),
+        succeeded,
+        results,
+    }
+}

@@ -1,0 +1,428 @@
+//! `esf serve`: opens the data dir, starts the meta group, serves gRPC and
+//! admin HTTP, forms or joins the cluster, and shuts down gracefully.
+//!
+//! Formation: with no `--join` and `bootstrap_expect == 1` the node
+//! initialises a single-node cluster on first start. Otherwise it asks every
+//! `--join` peer (Cluster.Hello) until `bootstrap_expect` uninitialised nodes
+//! see each other; the lowest node id then initialises the cluster with all
+//! of them and chooses the cluster id, which the others learn from its first
+//! Raft RPC and persist. If a peer already belongs to a cluster, the node
+//! waits to be added (`esf member add`). A node id that a cluster already
+//! knows but that comes back with an empty data dir is refused: an operator
+//! must remove and re-add it.
+//!
+//! Shutdown (SIGTERM or SIGINT): /readyz turns 503, leadership is handed to
+//! another voter (bounded by `drain_timeout_ms`), the servers stop, Raft
+//! stops and the WAL is flushed. A second signal exits at once.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use esf_client::pb;
+use esf_raft::group::{GroupOptions, MetaGroup};
+use esf_raft::openraft::async_runtime::WatchReceiver;
+use esf_raft::openraft::{self, BasicNode};
+use esf_storage::{Db, StorageConfig};
+use serde::{Deserialize, Serialize};
+use tracing::{error, info, warn};
+
+use crate::config::NodeConfig;
+use crate::service::{ClusterService, ConfigService, Ctx};
+use crate::transport::{MAX_MESSAGE_BYTES, Network, PeerPool, RaftService};
+
+/// Version reported in status and metrics.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// Pause between two rounds of asking the join peers.
+pub const JOIN_RETRY_INTERVAL: Duration = Duration::from_millis(500);
+/// Deadline of one Hello to a peer.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Who this data dir belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    pub node_id: u64,
+    /// Empty until the node joins a cluster.
+    pub cluster_id: String,
+}
+
+fn identity_path(dir: &Path) -> PathBuf {
+    dir.join("identity.json")
+}
+
+fn load_identity(dir: &Path) -> anyhow::Result<Option<Identity>> {
+    let p = identity_path(dir);
+    if !p.exists() {
+        return Ok(None);
+    }
+    let s = std::fs::read_to_string(&p).with_context(|| format!("read {}", p.display()))?;
+    Ok(Some(
+        serde_json::from_str(&s).with_context(|| format!("{} is corrupt", p.display()))?,
+    ))
+}
+
+fn save_identity(dir: &Path, id: &Identity) -> anyhow::Result<()> {
+    let p = identity_path(dir);
+    let tmp = p.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(id)?).with_context(|| format!("write {}", tmp.display()))?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, &p).with_context(|| format!("rename to {}", p.display()))?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+fn new_cluster_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    format!("esf-{:016x}", h.finish())
+}
+
+/// Runs the node until it is told to stop.
+pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("create data dir {}", cfg.data_dir.display()))?;
+    let identity = match load_identity(&cfg.data_dir)? {
+        Some(id) if id.node_id != cfg.node_id => {
+            bail!(
+                "node_id: data dir {} belongs to node {}, not {}",
+                cfg.data_dir.display(),
+                id.node_id,
+                cfg.node_id
+            )
+        }
+        Some(id) => id,
+        None => {
+            let id = Identity {
+                node_id: cfg.node_id,
+                cluster_id: String::new(),
+            };
+            save_identity(&cfg.data_dir, &id)?;
+            id
+        }
+    };
+    let has_data = cfg.data_dir.join("db").join("CURRENT").exists();
+    let advertise = cfg.advertise();
+    let cluster_id = Arc::new(RwLock::new(identity.cluster_id.clone()));
+
+    let mut scfg = StorageConfig::new(cfg.data_dir.join("db"));
+    scfg.memory_budget_bytes = (cfg.memory_budget_mb as usize) << 20;
+    scfg.write_buffer_bytes = scfg.memory_budget_bytes / 4;
+    let db = Db::open(&scfg).context("open storage")?;
+
+    let raft_cfg = openraft::Config {
+        cluster_name: "esf".into(),
+        heartbeat_interval: cfg.heartbeat_interval_ms,
+        election_timeout_min: cfg.election_timeout_ms,
+        election_timeout_max: cfg.election_timeout_ms * 2,
+        enable_pre_vote: Some(true),
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(10_000),
+        max_in_snapshot_log_to_keep: 1_000,
+        ..Default::default()
+    }
+    .validate()
+    .context("raft settings")?;
+    let pool = PeerPool::default();
+    let network = Network {
+        group: 0,
+        pool: pool.clone(),
+        cluster_id: cluster_id.clone(),
+    };
+    let opts = GroupOptions {
+        cluster_id: identity.cluster_id.clone(),
+        node_id: cfg.node_id,
+        raft: Arc::new(raft_cfg),
+        request_timeout: Duration::from_millis(cfg.request_timeout_ms),
+    };
+    let meta = MetaGroup::start(db.clone(), network, opts)
+        .await
+        .context("start meta group")?;
+    meta.set_cluster_id(&identity.cluster_id);
+
+    let data_dir = cfg.data_dir.clone();
+    let node_id = cfg.node_id;
+    let meta_for_adopt = meta.clone();
+    let on_adopt: Arc<dyn Fn(&str) + Send + Sync> = Arc::new(move |cid: &str| {
+        meta_for_adopt.set_cluster_id(cid);
+        if let Err(e) = save_identity(
+            &data_dir,
+            &Identity {
+                node_id,
+                cluster_id: cid.to_string(),
+            },
+        ) {
+            error!(error = %e, "cannot persist cluster id");
+        }
+        info!(cluster_id = cid, "joined cluster");
+    });
+
+    // gRPC.
+    let ctx = Ctx {
+        meta: meta.clone(),
+        pool: pool.clone(),
+        cluster_id: cluster_id.clone(),
+        advertise: advertise.clone(),
+        version: VERSION,
+    };
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<pb::config_server::ConfigServer<ConfigService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(esf_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("reflection service")?;
+    let listen: std::net::SocketAddr = tokio::net::lookup_host(&cfg.listen)
+        .await
+        .with_context(|| format!("listen: resolve {}", cfg.listen))?
+        .next()
+        .with_context(|| format!("listen: {} resolves to nothing", cfg.listen))?;
+    let incoming = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listen: bind {listen}"))?;
+    let draining = Arc::new(AtomicBool::new(false));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let grpc = tonic::transport::Server::builder()
+        .add_service(pb::config_server::ConfigServer::new(ConfigService(ctx.clone())))
+        .add_service(pb::cluster_server::ClusterServer::new(ClusterService(ctx.clone())))
+        .add_service(
+            pb::raft_transport_server::RaftTransportServer::new(RaftService {
+                meta: meta.clone(),
+                cluster_id: cluster_id.clone(),
+                on_adopt,
+            })
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(health)
+        .add_service(reflection)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(incoming),
+            wait_for(stop_rx.clone()),
+        );
+    let grpc_task = tokio::spawn(grpc);
+
+    // Admin HTTP.
+    let admin_addr = &cfg.admin_listen;
+    let admin_listener = tokio::net::TcpListener::bind(admin_addr)
+        .await
+        .with_context(|| format!("admin_listen: bind {admin_addr}"))?;
+    let admin_state = crate::admin::AdminState {
+        meta: meta.clone(),
+        draining: draining.clone(),
+        max_apply_lag: cfg.max_apply_lag,
+        version: VERSION,
+    };
+    let admin = axum::serve(admin_listener, crate::admin::router(admin_state))
+        .with_graceful_shutdown(wait_for(stop_rx.clone()));
+    let admin_task = tokio::spawn(async move { admin.await });
+    info!(node_id = cfg.node_id, listen = %cfg.listen, advertise = %advertise, admin = %cfg.admin_listen, "esf node serving");
+
+    // Formation runs beside the servers; a refusal stops the node.
+    let form = tokio::spawn(form_cluster(cfg.clone(), meta.clone(), cluster_id.clone(), has_data));
+
+    let mut sigterm =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("install SIGTERM handler")?;
+    let outcome = tokio::select! {
+        _ = sigterm.recv() => Ok(()),
+        _ = tokio::signal::ctrl_c() => Ok(()),
+        r = form => match r {
+            Ok(Ok(())) => wait_signal(&mut sigterm).await,
+            Ok(Err(e)) => Err(e),
+            Err(e) => Err(anyhow::anyhow!("formation task: {e}")),
+        },
+    };
+    // A second signal exits at once.
+    tokio::spawn(async move {
+        let mut again =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! { _ = again.recv() => {}, _ = tokio::signal::ctrl_c() => {} }
+        eprintln!("second signal: exiting now");
+        std::process::exit(130);
+    });
+    info!("shutting down");
+    draining.store(true, Ordering::SeqCst);
+    hand_over_leadership(&meta, Duration::from_millis(cfg.drain_timeout_ms)).await;
+    let _ = stop_tx.send(true);
+    let _ = grpc_task.await;
+    let _ = admin_task.await;
+    meta.shutdown()
+        .await
+        .map_err(|e| anyhow::anyhow!("raft shutdown: {e}"))?;
+    db.sync().await.context("final wal flush")?;
+    info!("stopped");
+    outcome
+}
+
+async fn wait_signal(sigterm: &mut tokio::signal::unix::Signal) -> anyhow::Result<()> {
+    tokio::select! {
+        _ = sigterm.recv() => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+    Ok(())
+}
+
+async fn wait_for(mut stop: tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+async fn hand_over_leadership(meta: &MetaGroup, deadline: Duration) {
+    if !meta.raft().is_leader() {
+        return;
+    }
+    let me = meta.node_id();
+    let target = meta
+        .raft()
+        .metrics()
+        .borrow_watched()
+        .membership_config
+        .membership()
+        .voter_ids()
+        .find(|v| *v != me);
+    let Some(target) = target else { return };
+    if let Err(e) = meta.raft().trigger().transfer_leader(target).await {
+        warn!(error = %e, "leader transfer not started");
+        return;
+    }
+    let mut rx = meta.raft().metrics();
+    let until = tokio::time::Instant::now() + deadline;
+    loop {
+        let cur = rx.borrow_watched().current_leader;
+        if cur.is_some() && cur != Some(me) {
+            info!(to = ?cur, "leadership handed over");
+            return;
+        }
+        if tokio::time::timeout_at(until, rx.changed()).await.is_err() {
+            warn!("leadership not handed over before the drain deadline");
+            return;
+        }
+    }
+}
+
+async fn hello(pool: &PeerPool, peer: &str, me: &pb::HelloRequest) -> Option<pb::HelloResponse> {
+    let ch = pool.channel(peer).ok()?;
+    let mut req = tonic::Request::new(me.clone());
+    req.set_timeout(HELLO_TIMEOUT);
+    let r = tokio::time::timeout(HELLO_TIMEOUT, pb::cluster_client::ClusterClient::new(ch).hello(req))
+        .await
+        .ok()?
+        .ok()?;
+    Some(r.into_inner())
+}
+
+async fn form_cluster(
+    cfg: NodeConfig,
+    meta: Arc<MetaGroup>,
+    cluster_id: crate::transport::ClusterId,
+    has_data: bool,
+) -> anyhow::Result<()> {
+    let initialized = || {
+        meta.raft()
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .membership()
+            .nodes()
+            .next()
+            .is_some()
+    };
+    if initialized() {
+        return Ok(());
+    }
+    let me = BasicNode { addr: cfg.advertise() };
+    if cfg.join.is_empty() && cfg.bootstrap_expect <= 1 {
+        let cid = new_cluster_id();
+        adopt(&cfg, &meta, &cluster_id, &cid)?;
+        meta.raft()
+            .initialize(BTreeMap::from([(cfg.node_id, me)]))
+            .await
+            .context("initialize single-node cluster")?;
+        info!(cluster_id = %cid, "initialised a single-node cluster");
+        return Ok(());
+    }
+    let pool = PeerPool::default();
+    let ask = pb::HelloRequest {
+        node_id: cfg.node_id,
+        addr: cfg.advertise(),
+        cluster_id: cluster_id.read().expect("cluster id lock").clone(),
+        has_data,
+    };
+    loop {
+        if initialized() {
+            return Ok(());
+        }
+        let mut seen: BTreeMap<u64, String> = BTreeMap::from([(cfg.node_id, cfg.advertise())]);
+        let mut existing_cluster = None;
+        for peer in &cfg.join {
+            if *peer == cfg.advertise() {
+                continue;
+            }
+            let Some(r) = hello(&pool, peer, &ask).await else {
+                continue;
+            };
+            if r.initialized {
+                if r.asker_is_member && !has_data {
+                    bail!(
+                        "node_id: node {} is already a member of cluster {} but its data dir {} is empty; remove it (esf member remove {}) and add it again",
+                        cfg.node_id,
+                        r.cluster_id,
+                        cfg.data_dir.display(),
+                        cfg.node_id
+                    );
+                }
+                existing_cluster = Some(r.cluster_id.clone());
+            } else if r.node_id != 0 {
+                seen.insert(r.node_id, r.addr);
+            }
+        }
+        if let Some(cid) = existing_cluster {
+            info!(cluster_id = %cid, "a cluster exists; waiting to be added (esf member add)");
+            return Ok(());
+        }
+        if seen.len() as u64 >= cfg.bootstrap_expect {
+            let lowest = *seen.keys().next().expect("contains self");
+            if lowest == cfg.node_id {
+                let cid = new_cluster_id();
+                adopt(&cfg, &meta, &cluster_id, &cid)?;
+                let members: BTreeMap<u64, BasicNode> =
+                    seen.into_iter().map(|(id, addr)| (id, BasicNode { addr })).collect();
+                meta.raft()
+                    .initialize(members.clone())
+                    .await
+                    .context("initialize cluster")?;
+                info!(cluster_id = %cid, members = ?members.keys().collect::<Vec<_>>(), "initialised the cluster");
+            } else {
+                info!(
+                    initializer = lowest,
+                    "waiting for the lowest node id to initialise the cluster"
+                );
+            }
+            return Ok(());
+        }
+        info!(seen = seen.len(), expect = cfg.bootstrap_expect, "waiting for peers");
+        tokio::time::sleep(JOIN_RETRY_INTERVAL).await;
+    }
+}
+
+fn adopt(
+    cfg: &NodeConfig,
+    meta: &MetaGroup,
+    cluster_id: &crate::transport::ClusterId,
+    cid: &str,
+) -> anyhow::Result<()> {
+    *cluster_id.write().expect("cluster id lock") = cid.to_string();
+    meta.set_cluster_id(cid);
+    save_identity(
+        &cfg.data_dir,
+        &Identity {
+            node_id: cfg.node_id,
+            cluster_id: cid.to_string(),
+        },
+    )
+}

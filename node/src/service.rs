@@ -1,0 +1,451 @@
+//! The Config and Cluster gRPC services.
+//!
+//! Writes and linearizable reads that reach a follower are forwarded once
+//! to the leader over the peer channel (marked with `esf-forwarded` so a
+//! forwarded request is never forwarded again); if the leader is unknown
+//! the caller gets UNAVAILABLE and retries. Serializable reads are served
+//! locally.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use esf_client::pb;
+use esf_raft::command::{Command, Op, OpResult};
+use esf_raft::group::{Consistency, MetaGroup};
+use esf_raft::openraft::async_runtime::WatchReceiver;
+use esf_raft::openraft::{BasicNode, ServerState};
+use pb::cluster_client::ClusterClient;
+use pb::config_client::ConfigClient;
+use tonic::{Request, Response, Status};
+
+use crate::convert;
+use crate::transport::{ClusterId, PeerPool};
+
+const FORWARDED: &str = "esf-forwarded";
+/// Deadline of a membership change.
+pub const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Shared state of the services.
+#[derive(Clone)]
+pub struct Ctx {
+    pub meta: Arc<MetaGroup>,
+    pub pool: PeerPool,
+    pub cluster_id: ClusterId,
+    pub advertise: String,
+    pub version: &'static str,
+}
+
+impl Ctx {
+    fn leader_addr(e: &esf_raft::Error) -> Option<String> {
+        match e {
+            esf_raft::Error::NotLeader {
+                leader_addr: Some(a), ..
+            } => Some(a.clone()),
+            _ => None,
+        }
+    }
+
+    /// The leader's address to forward to, if this request may be forwarded.
+    fn forward_target<T>(&self, req: &Request<T>, e: &esf_raft::Error) -> Option<String> {
+        if req.metadata().get(FORWARDED).is_some() {
+            return None;
+        }
+        Self::leader_addr(e).filter(|a| *a != self.advertise)
+    }
+
+    fn forwarded<T>(msg: T) -> Request<T> {
+        let mut r = Request::new(msg);
+        r.metadata_mut()
+            .insert(FORWARDED, "1".parse().expect("static metadata value"));
+        r
+    }
+
+    fn config_client(&self, addr: &str) -> Result<ConfigClient<tonic::transport::Channel>, Status> {
+        Ok(ConfigClient::new(self.pool.channel(addr).map_err(Status::unavailable)?))
+    }
+
+    fn cluster_client(&self, addr: &str) -> Result<ClusterClient<tonic::transport::Channel>, Status> {
+        Ok(ClusterClient::new(
+            self.pool.channel(addr).map_err(Status::unavailable)?,
+        ))
+    }
+
+    async fn write(&self, cmd: Command) -> Result<(pb::ResponseHeader, OpResult), esf_raft::Error> {
+        let (h, resp) = self.meta.write(cmd).await?;
+        Ok((convert::header(h), resp.result))
+    }
+}
+
+/// `esf.v1.Config`.
+pub struct ConfigService(pub Ctx);
+
+macro_rules! forward_or {
+    ($ctx:expr, $req:expr, $err:expr, $method:ident, $msg:expr) => {{
+        match $ctx.forward_target(&$req, &$err) {
+            Some(addr) => {
+                let mut c = $ctx.config_client(&addr)?;
+                return c.$method(Ctx::forwarded($msg)).await;
+            }
+            None => return Err(convert::status($err)),
+        }
+    }};
+}
+
+#[tonic::async_trait]
+impl pb::config_server::Config for ConfigService {
+    async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
+        let msg = req.get_ref().clone();
+        let cmd = Command {
+            session: convert::session(msg.session),
+            op: Op::Put(convert::put(msg.clone())),
+        };
+        match self.0.write(cmd).await {
+            Ok((h, OpResult::Put { prev_kv })) => Ok(Response::new(pb::PutResponse {
+                header: Some(h),
+                prev_kv: prev_kv.map(convert::kv),
+            })),
+            Ok((_, other)) => Err(Status::internal(format!("unexpected result {other:?}"))),
+            Err(e) => forward_or!(self.0, req, e, put, msg),
+        }
+    }
+
+    async fn range(&self, req: Request<pb::RangeRequest>) -> Result<Response<pb::RangeResponse>, Status> {
+        let msg = req.get_ref().clone();
+        let r = convert::range_request("range", msg.clone())?;
+        let c = if msg.serializable {
+            Consistency::Serializable
+        } else {
+            Consistency::Linearizable
+        };
+        match self.0.meta.range(&r, c).await {
+            Ok((h, res)) => Ok(Response::new(convert::range_result(Some(convert::header(h)), res))),
+            Err(e) => forward_or!(self.0, req, e, range, msg),
+        }
+    }
+
+    async fn delete(&self, req: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
+        let msg = req.get_ref().clone();
+        let d = convert::delete("delete", msg.clone())?;
+        let cmd = Command {
+            session: convert::session(msg.session),
+            op: Op::Delete(d),
+        };
+        match self.0.write(cmd).await {
+            Ok((h, OpResult::Delete { deleted, prev_kvs })) => Ok(Response::new(pb::DeleteResponse {
+                header: Some(h),
+                deleted,
+                prev_kvs: prev_kvs.into_iter().map(convert::kv).collect(),
+            })),
+            Ok((_, other)) => Err(Status::internal(format!("unexpected result {other:?}"))),
+            Err(e) => forward_or!(self.0, req, e, delete, msg),
+        }
+    }
+
+    async fn txn(&self, req: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
+        let msg = req.get_ref().clone();
+        let t = convert::txn(msg.clone())?;
+        let cmd = Command {
+            session: convert::session(msg.session),
+            op: Op::Txn(t),
+        };
+        match self.0.write(cmd).await {
+            Ok((h, OpResult::Txn { succeeded, results })) => {
+                Ok(Response::new(convert::txn_result(h, succeeded, results)))
+            }
+            Ok((_, other)) => Err(Status::internal(format!("unexpected result {other:?}"))),
+            Err(e) => forward_or!(self.0, req, e, txn, msg),
+        }
+    }
+
+    async fn history(&self, req: Request<pb::HistoryRequest>) -> Result<Response<pb::HistoryResponse>, Status> {
+        let msg = req.get_ref().clone();
+        let c = if msg.serializable {
+            Consistency::Serializable
+        } else {
+            Consistency::Linearizable
+        };
+        match self
+            .0
+            .meta
+            .history(&msg.key, msg.from_revision, msg.to_revision, c)
+            .await
+        {
+            Ok((h, kvs)) => Ok(Response::new(pb::HistoryResponse {
+                header: Some(convert::header(h)),
+                versions: kvs.into_iter().map(convert::kv).collect(),
+            })),
+            Err(e) => forward_or!(self.0, req, e, history, msg),
+        }
+    }
+
+    async fn compact(&self, req: Request<pb::CompactRequest>) -> Result<Response<pb::CompactResponse>, Status> {
+        let msg = req.get_ref().clone();
+        let cmd = Command {
+            session: convert::session(msg.session),
+            op: Op::Compact { revision: msg.revision },
+        };
+        match self.0.write(cmd).await {
+            Ok((h, OpResult::Compacted { compact_revision })) => Ok(Response::new(pb::CompactResponse {
+                header: Some(h),
+                compact_revision,
+            })),
+            Ok((_, other)) => Err(Status::internal(format!("unexpected result {other:?}"))),
+            Err(e) => forward_or!(self.0, req, e, compact, msg),
+        }
+    }
+}
+
+/// `esf.v1.Cluster`.
+pub struct ClusterService(pub Ctx);
+
+fn role(s: ServerState) -> &'static str {
+    match s {
+        ServerState::Leader => "leader",
+        ServerState::Follower => "follower",
+        ServerState::Candidate => "candidate",
+        ServerState::Learner => "learner",
+        ServerState::Shutdown => "shutdown",
+    }
+}
+
+impl ClusterService {
+    fn members_response(&self) -> pb::MembersResponse {
+        let m = self.0.meta.raft().metrics().borrow_watched().clone();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        let members = membership
+            .nodes()
+            .map(|(id, n)| pb::Member {
+                id: *id,
+                addr: n.addr.clone(),
+                voter: voters.contains(id),
+            })
+            .collect();
+        let leader = m.current_leader.unwrap_or(0);
+        let leader_addr = m
+            .current_leader
+            .and_then(|l| membership.get_node(&l).map(|n| n.addr.clone()))
+            .unwrap_or_default();
+        pb::MembersResponse {
+            header: Some(convert::header(self.0.meta.header(self.0.meta.store().revision()))),
+            members,
+            leader_id: leader,
+            leader_addr,
+        }
+    }
+
+    fn not_leader(&self) -> esf_raft::Error {
+        let m = self.0.meta.raft().metrics().borrow_watched().clone();
+        let addr = m
+            .current_leader
+            .and_then(|l| m.membership_config.membership().get_node(&l).map(|n| n.addr.clone()));
+        esf_raft::Error::NotLeader {
+            group: 0,
+            leader: m.current_leader,
+            leader_addr: addr,
+        }
+    }
+
+    fn raft_err<E: std::fmt::Display>(e: E) -> Status {
+        let msg = e.to_string();
+        if msg.contains("forward") || msg.contains("ForwardToLeader") {
+            Status::unavailable(msg)
+        } else {
+            Status::failed_precondition(msg)
+        }
+    }
+}
+
+macro_rules! leader_only {
+    ($svc:expr, $req:expr, $method:ident) => {{
+        if !$svc.0.meta.raft().is_leader() {
+            let e = $svc.not_leader();
+            return match $svc.0.forward_target(&$req, &e) {
+                Some(addr) => {
+                    $svc.0
+                        .cluster_client(&addr)?
+                        .$method(Ctx::forwarded($req.into_inner()))
+                        .await
+                }
+                None => Err(convert::status(e)),
+            };
+        }
+    }};
+}
+
+#[tonic::async_trait]
+impl pb::cluster_server::Cluster for ClusterService {
+    async fn members(&self, _req: Request<pb::MembersRequest>) -> Result<Response<pb::MembersResponse>, Status> {
+        Ok(Response::new(self.members_response()))
+    }
+
+    async fn status(&self, _req: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+        let m = self.0.meta.raft().metrics().borrow_watched().clone();
+        let group = pb::GroupStatus {
+            group: 0,
+            role: role(m.state).into(),
+            term: m.current_term,
+            leader_id: m.current_leader.unwrap_or(0),
+            commit_index: m.local_committed.as_ref().map_or(0, |l| l.index),
+            applied_index: m.last_applied.as_ref().map_or(0, |l| l.index),
+            last_log_index: m.last_log_index.unwrap_or(0),
+            snapshot_index: m.snapshot.as_ref().map_or(0, |l| l.index),
+        };
+        Ok(Response::new(pb::StatusResponse {
+            header: Some(convert::header(self.0.meta.header(self.0.meta.store().revision()))),
+            node_id: self.0.meta.node_id(),
+            version: self.0.version.into(),
+            cluster_id: self.0.cluster_id.read().expect("cluster id lock").clone(),
+            groups: vec![group],
+            db_size_bytes: self.0.meta.store().db().approximate_size_bytes(),
+            advertise: self.0.advertise.clone(),
+        }))
+    }
+
+    async fn add_learner(&self, req: Request<pb::AddLearnerRequest>) -> Result<Response<pb::MembersResponse>, Status> {
+        leader_only!(self, req, add_learner);
+        let r = req.into_inner();
+        if r.id == 0 {
+            return Err(Status::invalid_argument("id: must not be 0"));
+        }
+        esf_client::parse_endpoint(&r.addr).map_err(|e| Status::invalid_argument(format!("addr: {e}")))?;
+        let fut = self.0.meta.raft().add_learner(r.id, BasicNode { addr: r.addr }, true);
+        tokio::time::timeout(MEMBERSHIP_TIMEOUT, fut)
+            .await
+            .map_err(|_| Status::unavailable(format!("learner not caught up within {MEMBERSHIP_TIMEOUT:?}")))?
+            .map_err(Self::raft_err)?;
+        Ok(Response::new(self.members_response()))
+    }
+
+    async fn promote(&self, req: Request<pb::PromoteRequest>) -> Result<Response<pb::MembersResponse>, Status> {
+        leader_only!(self, req, promote);
+        let id = req.into_inner().id;
+        let m = self.0.meta.raft().metrics().borrow_watched().clone();
+        let membership = m.membership_config.membership();
+        if membership.get_node(&id).is_none() {
+            return Err(Status::not_found(format!(
+                "id: node {id} is not a member; add it as a learner first"
+            )));
+        }
+        let mut voters: BTreeSet<u64> = membership.voter_ids().collect();
+        voters.insert(id);
+        let fut = self.0.meta.raft().change_membership(voters, false);
+        tokio::time::timeout(MEMBERSHIP_TIMEOUT, fut)
+            .await
+            .map_err(|_| Status::unavailable("membership change timed out"))?
+            .map_err(Self::raft_err)?;
+        Ok(Response::new(self.members_response()))
+    }
+
+    async fn remove(&self, req: Request<pb::RemoveRequest>) -> Result<Response<pb::MembersResponse>, Status> {
+        leader_only!(self, req, remove);
+        let id = req.into_inner().id;
+        let m = self.0.meta.raft().metrics().borrow_watched().clone();
+        let membership = m.membership_config.membership();
+        if membership.get_node(&id).is_none() {
+            return Err(Status::not_found(format!("id: node {id} is not a member")));
+        }
+        let mut voters: BTreeSet<u64> = membership.voter_ids().collect();
+        if voters.remove(&id) {
+            if voters.is_empty() {
+                return Err(Status::failed_precondition("id: cannot remove the last voter"));
+            }
+            let fut = self.0.meta.raft().change_membership(voters, false);
+            tokio::time::timeout(MEMBERSHIP_TIMEOUT, fut)
+                .await
+                .map_err(|_| Status::unavailable("membership change timed out"))?
+                .map_err(Self::raft_err)?;
+        }
+        let still_there = self
+            .0
+            .meta
+            .raft()
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .is_some();
+        if still_there {
+            let fut = self
+                .0
+                .meta
+                .raft()
+                .change_membership(esf_raft::openraft::ChangeMembers::RemoveNodes([id].into()), false);
+            tokio::time::timeout(MEMBERSHIP_TIMEOUT, fut)
+                .await
+                .map_err(|_| Status::unavailable("membership change timed out"))?
+                .map_err(Self::raft_err)?;
+        }
+        Ok(Response::new(self.members_response()))
+    }
+
+    async fn transfer_leader(
+        &self,
+        req: Request<pb::TransferLeaderRequest>,
+    ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
+        leader_only!(self, req, transfer_leader);
+        let to = req.into_inner().to;
+        let m = self.0.meta.raft().metrics().borrow_watched().clone();
+        let me = self.0.meta.node_id();
+        let target = if to == 0 {
+            m.membership_config
+                .membership()
+                .voter_ids()
+                .find(|v| *v != me)
+                .ok_or_else(|| Status::failed_precondition("to: no other voter"))?
+        } else {
+            if !m.membership_config.membership().voter_ids().any(|v| v == to) {
+                return Err(Status::invalid_argument(format!("to: node {to} is not a voter")));
+            }
+            to
+        };
+        if target != me {
+            self.0
+                .meta
+                .raft()
+                .trigger()
+                .transfer_leader(target)
+                .await
+                .map_err(Self::raft_err)?;
+            let mut rx = self.0.meta.raft().metrics();
+            let deadline = tokio::time::Instant::now() + MEMBERSHIP_TIMEOUT;
+            loop {
+                let cur = rx.borrow_watched().current_leader;
+                if cur.is_some() && cur != Some(me) {
+                    break;
+                }
+                if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
+                    return Err(Status::unavailable("leadership did not move within the deadline"));
+                }
+            }
+        }
+        let leader = self
+            .0
+            .meta
+            .raft()
+            .metrics()
+            .borrow_watched()
+            .current_leader
+            .unwrap_or(0);
+        Ok(Response::new(pb::TransferLeaderResponse {
+            header: Some(convert::header(self.0.meta.header(self.0.meta.store().revision()))),
+            leader_id: leader,
+        }))
+    }
+
+    async fn hello(&self, req: Request<pb::HelloRequest>) -> Result<Response<pb::HelloResponse>, Status> {
+        let r = req.into_inner();
+        let m = self.0.meta.raft().metrics().borrow_watched().clone();
+        let initialized = m.membership_config.membership().nodes().next().is_some();
+        let asker_is_member = m.membership_config.membership().get_node(&r.node_id).is_some();
+        Ok(Response::new(pb::HelloResponse {
+            node_id: self.0.meta.node_id(),
+            addr: self.0.advertise.clone(),
+            cluster_id: self.0.cluster_id.read().expect("cluster id lock").clone(),
+            initialized,
+            asker_is_member,
+        }))
+    }
+}

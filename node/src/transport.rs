@@ -1,0 +1,416 @@
+//! Raft RPCs over tonic.
+//!
+//! One lazily connected HTTP/2 channel per peer address ([`PeerPool`]) carries
+//! the Raft traffic of every group (each message is tagged with its group id)
+//! and forwarded client requests. Every call has a deadline (openraft's
+//! per-RPC TTL, capped by [`MAX_RPC_TIMEOUT`]).
+//!
+//! Bounds: a gRPC message is at most [`MAX_MESSAGE_BYTES`]. An append whose
+//! encoding would exceed [`MAX_APPEND_BYTES`] is split into consecutive
+//! appends, each below the bound, so a burst of large values never stalls
+//! replication on tonic's size limit. Snapshots are streamed in
+//! [`SNAPSHOT_CHUNK_BYTES`] chunks.
+//!
+//! Messages carry the sender's cluster id; a node refuses Raft traffic of
+//! another cluster.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use esf_proto::v1 as pb;
+use esf_raft::group::MetaGroup;
+use esf_raft::openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
+use esf_raft::openraft::network::RPCOption;
+use esf_raft::openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
+    VoteRequest, VoteResponse,
+};
+use esf_raft::openraft::{self, BasicNode, RaftNetworkFactory, RaftNetworkV2};
+use esf_raft::types::{NodeId, SnapshotData, SnapshotMeta, TypeConfig, Vote};
+use pb::raft_transport_client::RaftTransportClient;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status, Streaming};
+
+/// Largest gRPC message accepted or sent between nodes.
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+/// Largest encoded append sent in one RPC (below `MAX_MESSAGE_BYTES`).
+pub const MAX_APPEND_BYTES: usize = 16 << 20;
+/// Snapshot chunk size.
+pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+/// Upper bound of any Raft RPC deadline.
+pub const MAX_RPC_TIMEOUT: Duration = Duration::from_secs(10);
+/// Deadline of a snapshot transfer.
+pub const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(120);
+/// Connect deadline to a peer.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The cluster id this node belongs to ("" until it joins), shared.
+pub type ClusterId = Arc<RwLock<String>>;
+
+/// One channel per peer address.
+#[derive(Clone, Default)]
+pub struct PeerPool {
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl PeerPool {
+    /// The channel to `addr` (`host:port`), created lazily.
+    pub fn channel(&self, addr: &str) -> Result<Channel, String> {
+        let mut map = self.channels.lock().expect("peer pool lock");
+        if let Some(c) = map.get(addr) {
+            return Ok(c.clone());
+        }
+        let uri = esf_client::parse_endpoint(addr).map_err(|e| e.to_string())?;
+        let ch = Endpoint::from_shared(uri)
+            .map_err(|e| e.to_string())?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .connect_lazy();
+        map.insert(addr.to_string(), ch.clone());
+        Ok(ch)
+    }
+}
+
+fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, String> {
+    bincode::serialize(v).map_err(|e| format!("encode: {e}"))
+}
+
+fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, String> {
+    bincode::deserialize(b).map_err(|e| format!("decode: {e}"))
+}
+
+#[derive(Debug)]
+struct Msg(String);
+impl std::fmt::Display for Msg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for Msg {}
+
+fn rpc_err(target: NodeId, s: &Status) -> RPCError<TypeConfig> {
+    let m = Msg(format!("node {target}: {}: {}", s.code(), s.message()));
+    match s.code() {
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+            RPCError::Unreachable(Unreachable::new(&m))
+        }
+        _ => RPCError::Network(NetworkError::new(&m)),
+    }
+}
+
+/// openraft network factory of one group.
+pub struct Network {
+    pub group: u32,
+    pub pool: PeerPool,
+    pub cluster_id: ClusterId,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerConn;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerConn {
+        PeerConn {
+            group: self.group,
+            target,
+            addr: node.addr.clone(),
+            pool: self.pool.clone(),
+            cluster_id: self.cluster_id.clone(),
+        }
+    }
+}
+
+/// A group's connection to one peer.
+pub struct PeerConn {
+    group: u32,
+    target: NodeId,
+    addr: String,
+    pool: PeerPool,
+    cluster_id: ClusterId,
+}
+
+impl PeerConn {
+    fn client(&self) -> Result<RaftTransportClient<Channel>, RPCError<TypeConfig>> {
+        let ch = self
+            .pool
+            .channel(&self.addr)
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&Msg(e))))?;
+        Ok(RaftTransportClient::new(ch)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES))
+    }
+
+    fn message<T: Serialize>(
+        &self,
+        v: &T,
+        timeout: Duration,
+    ) -> Result<Request<pb::RaftMessage>, RPCError<TypeConfig>> {
+        let payload = encode(v).map_err(|e| RPCError::Network(NetworkError::new(&Msg(e))))?;
+        let cluster_id = self.cluster_id.read().expect("cluster id lock").clone();
+        let mut req = Request::new(pb::RaftMessage {
+            group: self.group,
+            cluster_id,
+            payload,
+        });
+        req.set_timeout(timeout.min(MAX_RPC_TIMEOUT));
+        Ok(req)
+    }
+
+    fn reply<T: DeserializeOwned>(
+        &self,
+        r: Result<Response<pb::RaftMessage>, Status>,
+    ) -> Result<T, RPCError<TypeConfig>> {
+        let msg = r.map_err(|s| rpc_err(self.target, &s))?.into_inner();
+        decode(&msg.payload).map_err(|e| RPCError::Network(NetworkError::new(&Msg(e))))
+    }
+
+    async fn append_one(
+        &mut self,
+        rpc: &AppendEntriesRequest<TypeConfig>,
+        option: &RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let req = self.message(rpc, option.hard_ttl())?;
+        let r = self.client()?.append_entries(req).await;
+        self.reply(r)
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for PeerConn {
+    type SnapshotData = SnapshotData;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let size = bincode::serialized_size(&rpc).unwrap_or(0) as usize;
+        if size <= MAX_APPEND_BYTES || rpc.entries.len() <= 1 {
+            return self.append_one(&rpc, &option).await;
+        }
+        // Split by bytes: consecutive appends, each continuing after the last.
+        let AppendEntriesRequest {
+            vote,
+            mut prev_log_id,
+            entries,
+            leader_commit,
+        } = rpc;
+        let mut chunk: Vec<_> = Vec::new();
+        let mut chunk_bytes = 0usize;
+        let mut chunks = Vec::new();
+        for e in entries {
+            let b = bincode::serialized_size(&e).unwrap_or(0) as usize;
+            if !chunk.is_empty() && chunk_bytes + b > MAX_APPEND_BYTES {
+                chunks.push(std::mem::take(&mut chunk));
+                chunk_bytes = 0;
+            }
+            chunk_bytes += b;
+            chunk.push(e);
+        }
+        chunks.push(chunk);
+        for part in chunks {
+            let last = part.last().map(|e| openraft::entry::RaftEntry::log_id(e));
+            let req = AppendEntriesRequest {
+                vote: vote.clone(),
+                prev_log_id: prev_log_id.clone(),
+                entries: part,
+                leader_commit: leader_commit.clone(),
+            };
+            let resp = self.append_one(&req, &option).await?;
+            if !matches!(resp, AppendEntriesResponse::Success) {
+                return Ok(resp);
+            }
+            prev_log_id = last;
+        }
+        Ok(AppendEntriesResponse::Success)
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let req = self.message(&rpc, option.hard_ttl())?;
+        let r = self.client()?.vote(req).await;
+        self.reply(r)
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let req = self.message(&rpc, option.hard_ttl())?;
+        let r = self.client()?.pre_vote(req).await;
+        self.reply(r)
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        rpc: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let req = self.message(&rpc, option.hard_ttl())?;
+        let r = self.client()?.transfer_leader(req).await;
+        self.reply(r)
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: openraft::alias::SnapshotOf<TypeConfig, SnapshotData>,
+        _cancel: impl std::future::Future<Output = ReplicationClosed> + Send + 'static,
+        _option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let net = |e: String| StreamingError::Network(NetworkError::new(&Msg(e)));
+        let cluster_id = self.cluster_id.read().expect("cluster id lock").clone();
+        let data = snapshot.snapshot.into_inner();
+        let vote_b = encode(&vote).map_err(net)?;
+        let meta_b = encode(&snapshot.meta).map_err(net)?;
+        let mut chunks = Vec::new();
+        let pieces: Vec<&[u8]> = if data.is_empty() {
+            vec![&[][..]]
+        } else {
+            data.chunks(SNAPSHOT_CHUNK_BYTES).collect()
+        };
+        let n = pieces.len();
+        for (i, piece) in pieces.into_iter().enumerate() {
+            chunks.push(pb::SnapshotChunk {
+                group: self.group,
+                cluster_id: cluster_id.clone(),
+                vote: if i == 0 { vote_b.clone() } else { vec![] },
+                meta: if i == 0 { meta_b.clone() } else { vec![] },
+                data: piece.to_vec(),
+                done: i + 1 == n,
+            });
+        }
+        let mut req = Request::new(tokio_stream::iter(chunks));
+        req.set_timeout(SNAPSHOT_TIMEOUT);
+        let ch = self
+            .pool
+            .channel(&self.addr)
+            .map_err(|e| StreamingError::Unreachable(Unreachable::new(&Msg(e))))?;
+        let mut client = RaftTransportClient::new(ch)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let resp = client.install_snapshot(req).await.map_err(|s| {
+            StreamingError::Unreachable(Unreachable::new(&Msg(format!("node {}: {}", self.target, s.message()))))
+        })?;
+        decode(&resp.into_inner().payload).map_err(net)
+    }
+}
+
+/// Server side: hands incoming Raft RPCs to the local group.
+pub struct RaftService {
+    pub meta: Arc<MetaGroup>,
+    pub cluster_id: ClusterId,
+    pub on_adopt: Arc<dyn Fn(&str) + Send + Sync>,
+}
+
+impl RaftService {
+    fn check(&self, group: u32, cluster_id: &str) -> Result<(), Status> {
+        if group != esf_raft::group::META_GROUP {
+            return Err(Status::not_found(format!("group {group} is not served by this node")));
+        }
+        let mine = self.cluster_id.read().expect("cluster id lock").clone();
+        if mine.is_empty() && !cluster_id.is_empty() {
+            // A new node learns its cluster from the first leader that calls it.
+            *self.cluster_id.write().expect("cluster id lock") = cluster_id.to_string();
+            (self.on_adopt)(cluster_id);
+            return Ok(());
+        }
+        if !cluster_id.is_empty() && mine != cluster_id {
+            return Err(Status::permission_denied(format!(
+                "this node belongs to cluster {mine}, not {cluster_id}"
+            )));
+        }
+        Ok(())
+    }
+
+    fn reply<T: Serialize>(&self, v: &T) -> Result<Response<pb::RaftMessage>, Status> {
+        let payload = encode(v).map_err(Status::internal)?;
+        Ok(Response::new(pb::RaftMessage {
+            group: 0,
+            cluster_id: self.cluster_id.read().expect("cluster id lock").clone(),
+            payload,
+        }))
+    }
+}
+
+fn fatal(e: impl std::fmt::Display) -> Status {
+    Status::unavailable(format!("raft: {e}"))
+}
+
+#[tonic::async_trait]
+impl pb::raft_transport_server::RaftTransport for RaftService {
+    async fn append_entries(&self, req: Request<pb::RaftMessage>) -> Result<Response<pb::RaftMessage>, Status> {
+        let m = req.into_inner();
+        self.check(m.group, &m.cluster_id)?;
+        let rpc: AppendEntriesRequest<TypeConfig> = decode(&m.payload).map_err(Status::invalid_argument)?;
+        let resp = self.meta.raft().append_entries(rpc).await.map_err(fatal)?;
+        self.reply(&resp)
+    }
+
+    async fn vote(&self, req: Request<pb::RaftMessage>) -> Result<Response<pb::RaftMessage>, Status> {
+        let m = req.into_inner();
+        self.check(m.group, &m.cluster_id)?;
+        let rpc: VoteRequest<TypeConfig> = decode(&m.payload).map_err(Status::invalid_argument)?;
+        let resp = self.meta.raft().vote(rpc).await.map_err(fatal)?;
+        self.reply(&resp)
+    }
+
+    async fn pre_vote(&self, req: Request<pb::RaftMessage>) -> Result<Response<pb::RaftMessage>, Status> {
+        let m = req.into_inner();
+        self.check(m.group, &m.cluster_id)?;
+        let rpc: VoteRequest<TypeConfig> = decode(&m.payload).map_err(Status::invalid_argument)?;
+        let resp = self.meta.raft().pre_vote(rpc).await.map_err(fatal)?;
+        self.reply(&resp)
+    }
+
+    async fn transfer_leader(&self, req: Request<pb::RaftMessage>) -> Result<Response<pb::RaftMessage>, Status> {
+        let m = req.into_inner();
+        self.check(m.group, &m.cluster_id)?;
+        let rpc: TransferLeaderRequest<TypeConfig> = decode(&m.payload).map_err(Status::invalid_argument)?;
+        let resp = self.meta.raft().handle_transfer_leader(rpc).await.map_err(fatal)?;
+        self.reply(&resp)
+    }
+
+    async fn install_snapshot(
+        &self,
+        req: Request<Streaming<pb::SnapshotChunk>>,
+    ) -> Result<Response<pb::RaftMessage>, Status> {
+        let mut stream = req.into_inner();
+        let mut vote: Option<Vote> = None;
+        let mut meta: Option<SnapshotMeta> = None;
+        let mut data = Vec::new();
+        let mut done = false;
+        while let Some(chunk) = stream.message().await? {
+            if vote.is_none() {
+                self.check(chunk.group, &chunk.cluster_id)?;
+                vote = Some(decode(&chunk.vote).map_err(Status::invalid_argument)?);
+                meta = Some(decode(&chunk.meta).map_err(Status::invalid_argument)?);
+            }
+            data.extend_from_slice(&chunk.data);
+            if chunk.done {
+                done = true;
+                break;
+            }
+        }
+        let (Some(vote), Some(meta), true) = (vote, meta, done) else {
+            return Err(Status::invalid_argument("snapshot stream ended before its last chunk"));
+        };
+        let snapshot = openraft::alias::SnapshotOf::<TypeConfig, SnapshotData> {
+            meta,
+            snapshot: std::io::Cursor::new(data),
+        };
+        let resp = self
+            .meta
+            .raft()
+            .install_full_snapshot(vote, snapshot)
+            .await
+            .map_err(fatal)?;
+        self.reply(&resp)
+    }
+}
