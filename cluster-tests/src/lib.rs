@@ -38,10 +38,15 @@ pub fn free_port() -> u16 {
 
 /// One node process.
 pub struct Node {
+    /// Node id.
     pub id: u64,
+    /// gRPC address.
     pub grpc: String,
+    /// Admin HTTP address.
     pub admin: String,
+    /// Data directory.
     pub dir: PathBuf,
+    /// The running process, if any.
     pub child: Option<Child>,
     args: Vec<String>,
     log: PathBuf,
@@ -109,7 +114,9 @@ impl Drop for Node {
 
 /// A cluster of node processes.
 pub struct Cluster {
+    /// The nodes, by id order.
     pub nodes: Vec<Node>,
+    /// The `esf` binary.
     pub bin: PathBuf,
     _base: tempfile::TempDir,
 }
@@ -237,10 +244,12 @@ impl Cluster {
         }
     }
 
+    /// Node `id`.
     pub fn node(&self, id: u64) -> &Node {
         self.nodes.iter().find(|n| n.id == id).expect("node id")
     }
 
+    /// Node `id`, mutable.
     pub fn node_mut(&mut self, id: u64) -> &mut Node {
         self.nodes.iter_mut().find(|n| n.id == id).expect("node id")
     }
