@@ -172,6 +172,44 @@ impl Cluster {
         c
     }
 
+    /// Starts one more node that joins the running cluster (it waits to be
+    /// added as a member). Returns its id.
+    pub fn spawn_joining_node(&mut self) -> u64 {
+        let id = self.nodes.iter().map(|n| n.id).max().unwrap_or(0) + 1;
+        let (g, a) = (free_port(), free_port());
+        let join: Vec<String> = self.nodes.iter().map(|n| n.grpc.clone()).collect();
+        let dir = self._base.path().join(format!("node-{id}"));
+        let args = vec![
+            "--node-id".into(),
+            id.to_string(),
+            "--data-dir".into(),
+            dir.display().to_string(),
+            "--listen".into(),
+            format!("127.0.0.1:{g}"),
+            "--admin-listen".into(),
+            format!("127.0.0.1:{a}"),
+            "--join".into(),
+            join.join(","),
+            "--heartbeat-interval-ms".into(),
+            "100".into(),
+            "--election-timeout-ms".into(),
+            "600".into(),
+        ];
+        let log = self._base.path().join(format!("node-{id}.log"));
+        let mut node = Node {
+            id,
+            grpc: format!("127.0.0.1:{g}"),
+            admin: format!("127.0.0.1:{a}"),
+            dir,
+            child: None,
+            args,
+            log,
+        };
+        node.start(&self.bin);
+        self.nodes.push(node);
+        id
+    }
+
     /// A client over every node.
     pub fn client(&self) -> Client {
         let eps: Vec<&str> = self.nodes.iter().map(|n| n.grpc.as_str()).collect();

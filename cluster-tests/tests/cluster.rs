@@ -171,3 +171,112 @@ async fn known_node_with_empty_data_dir_is_refused() {
         n.log()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fourth_node_joins_as_learner_is_promoted_and_removed() {
+    let mut c = Cluster::start(&esf_bin(), 3);
+    c.wait_ready().await;
+    c.client().put("before", "1").await.expect("put");
+    let id = c.spawn_joining_node();
+    let addr = c.node(id).grpc.clone();
+    // The operator adds a node once it is up and waiting to be added.
+    let deadline = tokio::time::Instant::now() + esf_cluster_tests::READY_DEADLINE;
+    while !c.node(id).log().contains("waiting to be added") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node {id} never waited to be added:\n{}",
+            c.node(id).log()
+        );
+        tokio::time::sleep(esf_cluster_tests::POLL_INTERVAL).await;
+    }
+    let bin = esf_bin();
+    let eps = c.nodes[0].grpc.clone();
+    let (code, out, err) = cli(&bin, &["--endpoints", &eps, "member", "add", &id.to_string(), &addr]);
+    assert_eq!(code, 0, "member add: {err}");
+    assert!(out.contains("learner"), "{out}");
+    let (code, out, err) = cli(&bin, &["--endpoints", &eps, "member", "promote", &id.to_string()]);
+    assert_eq!(code, 0, "member promote: {err}");
+    assert_eq!(out.matches("voter").count(), 4, "{out}");
+    // The new voter has the data written before it joined.
+    c.client().put("after", "2").await.expect("put with 4 voters");
+    c.wait_converged().await;
+    let r = c
+        .node(id)
+        .client()
+        .range(pb::RangeRequest {
+            range: Some(esf_client::key_range_prefix(vec![])),
+            serializable: true,
+            ..Default::default()
+        })
+        .await
+        .expect("range on new node");
+    assert_eq!(r.count, 2, "new node holds every key");
+    assert!(
+        r.header.unwrap().cluster_id.starts_with("esf-"),
+        "new node adopted the cluster id"
+    );
+    // Removed: it no longer receives writes.
+    let (code, out, err) = cli(&bin, &["--endpoints", &eps, "member", "remove", &id.to_string()]);
+    assert_eq!(code, 0, "member remove: {err}");
+    assert!(!out.contains(&addr), "{out}");
+    c.client().put("later", "3").await.expect("put after removal");
+    let r = c
+        .node(id)
+        .client()
+        .range(pb::RangeRequest {
+            range: Some(esf_client::key_range_key(b"later".to_vec())),
+            serializable: true,
+            ..Default::default()
+        })
+        .await;
+    assert!(
+        r.map(|r| r.count).unwrap_or(0) == 0,
+        "a removed node must not receive new writes"
+    );
+}
+
+#[test]
+fn config_validate_names_the_bad_key_and_its_source() {
+    let bin = esf_bin();
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, "node_id = 3\nlisten = \"127.0.0.1:7000\"\n").unwrap();
+    let (code, out, err) = cli(&bin, &["config", "validate", good.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("valid"));
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "node_id = \"three\"\n").unwrap();
+    let (code, _, err) = cli(&bin, &["config", "validate", bad.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("node_id") && err.contains("bad.toml"), "{err}");
+    let unknown = dir.path().join("unknown.toml");
+    std::fs::write(&unknown, "nodeid = 3\n").unwrap();
+    let (code, _, err) = cli(&bin, &["config", "validate", unknown.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("nodeid"), "{err}");
+    let (code, _, err) = cli(&bin, &["serve", "--listen", "nowhere"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("listen: invalid endpoint \"nowhere\""), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_hands_over_leadership_and_exits_cleanly() {
+    let mut c = Cluster::start(&esf_bin(), 3);
+    let leader = c.wait_ready().await;
+    c.client().put("k", "v").await.expect("put");
+    let status = c.node_mut(leader).terminate().expect("was running");
+    assert!(
+        status.success(),
+        "graceful stop must exit 0: {status:?}\n{}",
+        c.node(leader).log()
+    );
+    assert!(
+        c.node(leader).log().contains("leadership handed over"),
+        "{}",
+        c.node(leader).log()
+    );
+    let new = c.wait_ready().await;
+    assert_ne!(new, leader);
+    let (_, kv) = c.client().get("k").await.expect("get after hand-over");
+    assert_eq!(kv.unwrap().value, b"v");
+}
