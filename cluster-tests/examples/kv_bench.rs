@@ -58,22 +58,48 @@ async fn measure(c: &Cluster, w: Workload, clients: usize) -> (f64, Duration, Du
 
 fn rss_mib(pid: u32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|k| k.parse::<u64>().ok()).map_or(0, |kb| kb / 1024)
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|k| k.parse::<u64>().ok())
+        .map_or(0, |kb| kb / 1024)
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let c = Cluster::start(&esf_bin(), 3);
     c.wait_ready().await;
-    let idle: Vec<String> = c.nodes.iter().map(|n| format!("node {}: {} MiB", n.id, rss_mib(n.child.as_ref().expect("running").id()))).collect();
+    let idle: Vec<String> = c
+        .nodes
+        .iter()
+        .map(|n| {
+            format!(
+                "node {}: {} MiB",
+                n.id,
+                rss_mib(n.child.as_ref().expect("running").id())
+            )
+        })
+        .collect();
     println!("| workload | clients | ops/s | p50 | p99 | ratio to 1 client |");
     println!("|---|---|---|---|---|---|");
     for (name, w) in [("put", Workload::Put), ("linearizable get", Workload::Get)] {
         let (base, p50, p99) = measure(&c, w, 1).await;
-        println!("| {name} | 1 | {base:.0} | {:.2} ms | {:.2} ms | 1.0 |", p50.as_secs_f64() * 1e3, p99.as_secs_f64() * 1e3);
+        println!(
+            "| {name} | 1 | {base:.0} | {:.2} ms | {:.2} ms | 1.0 |",
+            p50.as_secs_f64() * 1e3,
+            p99.as_secs_f64() * 1e3
+        );
         let (ops, p50, p99) = measure(&c, w, 64).await;
-        println!("| {name} | 64 | {ops:.0} | {:.2} ms | {:.2} ms | {:.1}x |", p50.as_secs_f64() * 1e3, p99.as_secs_f64() * 1e3, ops / base);
+        println!(
+            "| {name} | 64 | {ops:.0} | {:.2} ms | {:.2} ms | {:.1}x |",
+            p50.as_secs_f64() * 1e3,
+            p99.as_secs_f64() * 1e3,
+            ops / base
+        );
     }
     println!("\nidle RSS before the run: {}", idle.join(", "));
-    println!("load average: {}", std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim());
+    println!(
+        "load average: {}",
+        std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim()
+    );
 }

@@ -202,10 +202,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         )
         .add_service(health)
         .add_service(reflection)
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(incoming),
-            wait_for(stop_rx.clone()),
-        );
+        .serve_with_incoming_shutdown(nodelay(incoming), wait_for(stop_rx.clone()));
     let grpc_task = tokio::spawn(grpc);
 
     // Admin HTTP.
@@ -266,6 +263,17 @@ async fn wait_signal(sigterm: &mut tokio::signal::unix::Signal) -> anyhow::Resul
         _ = tokio::signal::ctrl_c() => {},
     }
     Ok(())
+}
+
+/// Accepted connections with Nagle's algorithm off: small replies (heartbeat
+/// acks, read-index confirmations) must not wait for a delayed ACK.
+fn nodelay(l: tokio::net::TcpListener) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use futures::StreamExt;
+    tokio_stream::wrappers::TcpListenerStream::new(l).map(|s| {
+        let s = s?;
+        s.set_nodelay(true)?;
+        Ok(s)
+    })
 }
 
 async fn wait_for(mut stop: tokio::sync::watch::Receiver<bool>) {
