@@ -311,20 +311,8 @@ pub struct RaftService {
 
 impl RaftService {
     fn check(&self, group: u32, cluster_id: &str) -> Result<(), Status> {
-        if group != esf_raft::group::META_GROUP {
-            return Err(Status::not_found(format!("group {group} is not served by this node")));
-        }
-        let mine = self.cluster_id.read().expect("cluster id lock").clone();
-        if mine.is_empty() && !cluster_id.is_empty() {
-            // A new node learns its cluster from the first leader that calls it.
-            *self.cluster_id.write().expect("cluster id lock") = cluster_id.to_string();
+        if let Admission::Adopt = admit(&self.cluster_id, group, cluster_id)? {
             (self.on_adopt)(cluster_id);
-            return Ok(());
-        }
-        if !cluster_id.is_empty() && mine != cluster_id {
-            return Err(Status::permission_denied(format!(
-                "this node belongs to cluster {mine}, not {cluster_id}"
-            )));
         }
         Ok(())
     }
@@ -336,6 +324,58 @@ impl RaftService {
             cluster_id: self.cluster_id.read().expect("cluster id lock").clone(),
             payload,
         }))
+    }
+}
+
+/// Whether Raft traffic of `group` from a node of cluster `theirs` is let in.
+#[derive(Debug, PartialEq, Eq)]
+enum Admission {
+    /// Same cluster (or the sender has none yet).
+    Accept,
+    /// This node had no cluster yet and now belongs to the sender's.
+    Adopt,
+}
+
+/// Admits traffic of our own cluster; a node without a cluster adopts the
+/// sender's (a new node learns its cluster from the first leader that calls
+/// it); traffic of another cluster is PERMISSION_DENIED.
+fn admit(mine: &ClusterId, group: u32, theirs: &str) -> Result<Admission, Status> {
+    if group != esf_raft::group::META_GROUP {
+        return Err(Status::not_found(format!("group {group} is not served by this node")));
+    }
+    let mut guard = mine.write().expect("cluster id lock");
+    if guard.is_empty() && !theirs.is_empty() {
+        *guard = theirs.to_string();
+        return Ok(Admission::Adopt);
+    }
+    if !theirs.is_empty() && *guard != theirs {
+        return Err(Status::permission_denied(format!(
+            "this node belongs to cluster {}, not {theirs}",
+            *guard
+        )));
+    }
+    Ok(Admission::Accept)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traffic_of_another_cluster_is_refused_and_a_new_node_adopts() {
+        let mine: ClusterId = Arc::new(RwLock::new(String::new()));
+        assert_eq!(admit(&mine, 0, "esf-a").unwrap(), Admission::Adopt);
+        assert_eq!(*mine.read().unwrap(), "esf-a");
+        assert_eq!(admit(&mine, 0, "esf-a").unwrap(), Admission::Accept);
+        let err = admit(&mine, 0, "esf-b").unwrap_err();
+        assert_eq!(err.code(), tonic::Code::PermissionDenied);
+        assert!(
+            err.message().contains("belongs to cluster esf-a, not esf-b"),
+            "{}",
+            err.message()
+        );
+        assert_eq!(*mine.read().unwrap(), "esf-a", "a refused message changes nothing");
+        assert_eq!(admit(&mine, 7, "esf-a").unwrap_err().code(), tonic::Code::NotFound);
     }
 }
 
