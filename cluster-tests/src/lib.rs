@@ -121,45 +121,52 @@ pub struct Cluster {
     _base: tempfile::TempDir,
 }
 
+/// Builds (does not start) node `id` listening on `ports` (gRPC, admin).
+fn new_node(base: &Path, id: u64, join: &[String], bootstrap_expect: Option<u64>, ports: (u16, u16)) -> Node {
+    let (g, a) = ports;
+    let dir = base.join(format!("node-{id}"));
+    let mut args: Vec<String> = vec![
+        "--node-id".into(),
+        id.to_string(),
+        "--data-dir".into(),
+        dir.display().to_string(),
+        "--listen".into(),
+        format!("127.0.0.1:{g}"),
+        "--admin-listen".into(),
+        format!("127.0.0.1:{a}"),
+        "--join".into(),
+        join.join(","),
+        "--heartbeat-interval-ms".into(),
+        "100".into(),
+        "--election-timeout-ms".into(),
+        "600".into(),
+    ];
+    if let Some(n) = bootstrap_expect {
+        args.extend(["--bootstrap-expect".to_string(), n.to_string()]);
+    }
+    let log = base.join(format!("node-{id}.log"));
+    Node {
+        id,
+        grpc: format!("127.0.0.1:{g}"),
+        admin: format!("127.0.0.1:{a}"),
+        dir,
+        child: None,
+        args,
+        log,
+    }
+}
+
 impl Cluster {
     /// Starts `n` nodes that form one cluster.
     pub fn start(bin: &Path, n: u64) -> Cluster {
         let base = tempfile::tempdir().expect("tempdir");
         let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
         let join: Vec<String> = ports.iter().map(|(g, _)| format!("127.0.0.1:{g}")).collect();
-        let mut nodes = Vec::new();
-        for (i, (g, a)) in ports.iter().enumerate() {
-            let id = i as u64 + 1;
-            let dir = base.path().join(format!("node-{id}"));
-            let args = vec![
-                "--node-id".into(),
-                id.to_string(),
-                "--data-dir".into(),
-                dir.display().to_string(),
-                "--listen".into(),
-                format!("127.0.0.1:{g}"),
-                "--admin-listen".into(),
-                format!("127.0.0.1:{a}"),
-                "--join".into(),
-                join.join(","),
-                "--bootstrap-expect".into(),
-                n.to_string(),
-                "--heartbeat-interval-ms".into(),
-                "100".into(),
-                "--election-timeout-ms".into(),
-                "600".into(),
-            ];
-            let log = base.path().join(format!("node-{id}.log"));
-            nodes.push(Node {
-                id,
-                grpc: format!("127.0.0.1:{g}"),
-                admin: format!("127.0.0.1:{a}"),
-                dir,
-                child: None,
-                args,
-                log,
-            });
-        }
+        let nodes: Vec<Node> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| new_node(base.path(), i as u64 + 1, &join, Some(n), *p))
+            .collect();
         let mut c = Cluster {
             nodes,
             bin: bin.to_path_buf(),
@@ -176,35 +183,8 @@ impl Cluster {
     /// added as a member). Returns its id.
     pub fn spawn_joining_node(&mut self) -> u64 {
         let id = self.nodes.iter().map(|n| n.id).max().unwrap_or(0) + 1;
-        let (g, a) = (free_port(), free_port());
         let join: Vec<String> = self.nodes.iter().map(|n| n.grpc.clone()).collect();
-        let dir = self._base.path().join(format!("node-{id}"));
-        let args = vec![
-            "--node-id".into(),
-            id.to_string(),
-            "--data-dir".into(),
-            dir.display().to_string(),
-            "--listen".into(),
-            format!("127.0.0.1:{g}"),
-            "--admin-listen".into(),
-            format!("127.0.0.1:{a}"),
-            "--join".into(),
-            join.join(","),
-            "--heartbeat-interval-ms".into(),
-            "100".into(),
-            "--election-timeout-ms".into(),
-            "600".into(),
-        ];
-        let log = self._base.path().join(format!("node-{id}.log"));
-        let mut node = Node {
-            id,
-            grpc: format!("127.0.0.1:{g}"),
-            admin: format!("127.0.0.1:{a}"),
-            dir,
-            child: None,
-            args,
-            log,
-        };
+        let mut node = new_node(self._base.path(), id, &join, None, (free_port(), free_port()));
         node.start(&self.bin);
         self.nodes.push(node);
         id
