@@ -414,6 +414,8 @@ async fn form_cluster(
             return Ok(());
         }
         info!(seen = seen.len(), expect = cfg.bootstrap_expect, "waiting for peers");
+        // Retry pacing: peers that are not up yet cannot notify us, so ask
+        // again after a fixed interval (the loop ends when the cluster forms).
         tokio::time::sleep(JOIN_RETRY_INTERVAL).await;
     }
 }
