@@ -30,10 +30,27 @@ pub fn esf_bin() -> PathBuf {
     bin
 }
 
-/// A free loopback port (bound, then released for the node to take).
+/// First port the harness hands out; below the kernel's ephemeral range
+/// (32768 and up), so an outgoing connection never takes a port a node is
+/// about to bind.
+pub const PORT_BASE: u16 = 20_000;
+/// Ports reserved per test process before another process's block starts.
+const PORTS_PER_PROCESS: u16 = 40;
+
+/// A loopback port that is free now, from a block chosen by this process's
+/// id, so concurrently running test processes do not hand out the same one.
 pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("local addr").port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let block = (std::process::id() % 300) as u16;
+    for _ in 0..1000 {
+        let offset = NEXT.fetch_add(1, Ordering::SeqCst);
+        let port = PORT_BASE + (block * PORTS_PER_PROCESS + offset) % 12_000;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port found from {PORT_BASE}");
 }
 
 /// One node process.

@@ -375,7 +375,8 @@ async fn form_cluster(
                 continue;
             };
             if r.initialized {
-                if r.asker_is_member && !has_data {
+                // Re-check: entries from the leader may have arrived meanwhile.
+                if r.asker_is_member && !has_data && !initialized() {
                     bail!(
                         "node_id: node {} is already a member of cluster {} but its data dir {} is empty; remove it (esf member remove {}) and add it again",
                         cfg.node_id,

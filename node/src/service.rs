@@ -439,7 +439,15 @@ impl pb::cluster_server::Cluster for ClusterService {
         let r = req.into_inner();
         let m = self.0.meta.raft().metrics().borrow_watched().clone();
         let initialized = m.membership_config.membership().nodes().next().is_some();
-        let asker_is_member = m.membership_config.membership().get_node(&r.node_id).is_some();
+        // "Already a member" means: the leader has replicated to the asker
+        // before (it acknowledged entries it no longer has). A member that
+        // never acknowledged anything (bootstrap, a learner just added) is new.
+        let acked_before = m
+            .replication
+            .as_ref()
+            .and_then(|rep| rep.get(&r.node_id).cloned().flatten())
+            .is_some();
+        let asker_is_member = m.membership_config.membership().get_node(&r.node_id).is_some() && acked_before;
         Ok(Response::new(pb::HelloResponse {
             node_id: self.0.meta.node_id(),
             addr: self.0.advertise.clone(),

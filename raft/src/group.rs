@@ -158,7 +158,7 @@ impl MetaGroup {
     /// Proposes a command and waits for it to be applied. A state machine
     /// rejection is returned as [`Error::Rejected`].
     pub async fn write(&self, cmd: Command) -> Result<(ResponseHeader, Response)> {
-        self.store.state().limits.check_op(&cmd.op)?;
+        self.store.limits().check_op(&cmd.op)?;
         let fut = self.raft.client_write(cmd);
         let resp = match tokio::time::timeout(self.opts.request_timeout, fut).await {
             Err(_) => {

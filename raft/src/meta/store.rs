@@ -193,6 +193,11 @@ impl MetaStore {
         self.state.read().expect("sm state lock").clone()
     }
 
+    /// The replicated limits in force.
+    pub fn limits(&self) -> crate::limits::Limits {
+        self.state.read().expect("sm state lock").limits
+    }
+
     /// Current revision.
     pub fn revision(&self) -> u64 {
         self.state.read().expect("sm state lock").revision
