@@ -235,18 +235,6 @@ impl ClusterService {
         }
     }
 
-    fn not_leader(&self) -> esf_raft::Error {
-        let m = self.0.meta.raft().metrics().borrow_watched().clone();
-        let addr = m
-            .current_leader
-            .and_then(|l| m.membership_config.membership().get_node(&l).map(|n| n.addr.clone()));
-        esf_raft::Error::NotLeader {
-            group: 0,
-            leader: m.current_leader,
-            leader_addr: addr,
-        }
-    }
-
     fn raft_err<E: std::fmt::Display>(e: E) -> Status {
         let msg = e.to_string();
         if msg.contains("forward") || msg.contains("ForwardToLeader") {
@@ -260,7 +248,7 @@ impl ClusterService {
 macro_rules! leader_only {
     ($svc:expr, $req:expr, $method:ident) => {{
         if !$svc.0.meta.raft().is_leader() {
-            let e = $svc.not_leader();
+            let e = $svc.0.meta.not_leader_error();
             return match $svc.0.forward_target(&$req, &e) {
                 Some(addr) => {
                     $svc.0

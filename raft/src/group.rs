@@ -230,18 +230,24 @@ impl MetaGroup {
         Ok((self.header(rev), kvs))
     }
 
+    /// The "not the leader" error for this node's current view, naming the
+    /// leader and its address when known.
+    pub fn not_leader_error(&self) -> Error {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let leader_addr = m
+            .current_leader
+            .and_then(|l| m.membership_config.membership().get_node(&l).map(|n| n.addr.clone()));
+        Error::NotLeader {
+            group: META_GROUP,
+            leader: m.current_leader,
+            leader_addr,
+        }
+    }
+
     /// Restarts a lease's countdown; only the leader can. Returns the TTL.
     pub async fn lease_keepalive(&self, id: u64) -> Result<(ResponseHeader, Duration)> {
         if !self.raft.is_leader() {
-            let m = self.raft.metrics().borrow_watched().clone();
-            let addr = m
-                .current_leader
-                .and_then(|l| m.membership_config.membership().get_node(&l).map(|n| n.addr.clone()));
-            return Err(Error::NotLeader {
-                group: META_GROUP,
-                leader: m.current_leader,
-                leader_addr: addr,
-            });
+            return Err(self.not_leader_error());
         }
         let now = Instant::now();
         let ttl = {

@@ -1133,8 +1133,7 @@ impl MetaStore {
         let revision = st.revision;
         {
             let mut guard = self.state.write().expect("sm state lock");
-            let ticket = self.db.write_buffered(batch)?;
-            let _ = ticket;
+            self.db.write_buffered(batch)?;
             *guard = st;
         }
         self.db.sync().await?;
