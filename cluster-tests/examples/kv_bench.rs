@@ -10,8 +10,15 @@ use std::time::{Duration, Instant};
 use esf_client::{Client, ClientOptions};
 use esf_cluster_tests::{Cluster, esf_bin};
 
-/// Length of each measurement.
+/// Default length of each measurement (`KV_BENCH_SECS` overrides it).
 const RUN: Duration = Duration::from_secs(5);
+
+fn run_length() -> Duration {
+    std::env::var("KV_BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(RUN, Duration::from_secs)
+}
 
 #[derive(Clone, Copy)]
 enum Workload {
@@ -21,6 +28,7 @@ enum Workload {
 
 async fn measure(c: &Cluster, w: Workload, clients: usize) -> (f64, Duration, Duration) {
     let eps: Vec<String> = c.nodes.iter().map(|n| n.grpc.clone()).collect();
+    let run = run_length();
     let start = Instant::now();
     let tasks: Vec<_> = (0..clients)
         .map(|i| {
@@ -28,7 +36,7 @@ async fn measure(c: &Cluster, w: Workload, clients: usize) -> (f64, Duration, Du
             tokio::spawn(async move {
                 let mut lat = Vec::new();
                 let mut n = 0u64;
-                while start.elapsed() < RUN {
+                while start.elapsed() < run {
                     let key = format!("bench/{i}/{}", n % 100);
                     let t = Instant::now();
                     match w {
@@ -82,7 +90,12 @@ async fn main() {
         .collect();
     println!("| workload | clients | ops/s | p50 | p99 | ratio to 1 client |");
     println!("|---|---|---|---|---|---|");
+    // `KV_BENCH_ONLY=put` or `=get` runs one workload (for profiling).
+    let only = std::env::var("KV_BENCH_ONLY").unwrap_or_default();
     for (name, w) in [("put", Workload::Put), ("linearizable get", Workload::Get)] {
+        if !only.is_empty() && !name.contains(only.as_str()) {
+            continue;
+        }
         let (base, p50, p99) = measure(&c, w, 1).await;
         println!(
             "| {name} | 1 | {base:.0} | {:.2} ms | {:.2} ms | 1.0 |",

@@ -29,6 +29,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/livez", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/debug/raft", get(raft_stats))
         .with_state(state)
 }
 
@@ -64,6 +65,15 @@ async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
         code,
         axum::Json(serde_json::json!({ "ready": reasons.is_empty(), "reasons": reasons })),
     )
+}
+
+/// openraft's runtime statistics of the meta group (batch sizes, time per
+/// log stage: proposed, submitted, flushed, committed, applied), as text.
+async fn raft_stats(State(s): State<AdminState>) -> impl IntoResponse {
+    match s.meta.raft().runtime_stats().await {
+        Ok(st) => (StatusCode::OK, format!("{}\n", st.display().human_readable())),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("raft stopped: {e}\n")),
+    }
 }
 
 async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {

@@ -187,6 +187,9 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listen: bind {listen}"))?;
     let draining = Arc::new(AtomicBool::new(false));
+    // A node with data takes Raft traffic at once; one without waits for
+    // the formation check.
+    let gate = Arc::new(AtomicBool::new(has_data));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let grpc = tonic::transport::Server::builder()
         .add_service(pb::config_server::ConfigServer::new(ConfigService(ctx.clone())))
@@ -196,6 +199,8 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
                 meta: meta.clone(),
                 cluster_id: cluster_id.clone(),
                 on_adopt,
+                gate: gate.clone(),
+                stop: stop_rx.clone(),
             })
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES),
@@ -222,7 +227,13 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     info!(node_id = cfg.node_id, listen = %cfg.listen, advertise = %advertise, admin = %cfg.admin_listen, "esf node serving");
 
     // Formation runs beside the servers; a refusal stops the node.
-    let form = tokio::spawn(form_cluster(cfg.clone(), meta.clone(), cluster_id.clone(), has_data));
+    let form = tokio::spawn(form_cluster(
+        cfg.clone(),
+        meta.clone(),
+        cluster_id.clone(),
+        gate,
+        has_data,
+    ));
 
     let mut sigterm =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("install SIGTERM handler")?;
@@ -328,8 +339,10 @@ async fn form_cluster(
     cfg: NodeConfig,
     meta: Arc<MetaGroup>,
     cluster_id: crate::transport::ClusterId,
+    gate: Arc<AtomicBool>,
     has_data: bool,
 ) -> anyhow::Result<()> {
+    let open_gate = || gate.store(true, std::sync::atomic::Ordering::SeqCst);
     let initialized = || {
         meta.raft()
             .metrics()
@@ -341,12 +354,14 @@ async fn form_cluster(
             .is_some()
     };
     if initialized() {
+        open_gate();
         return Ok(());
     }
     let me = BasicNode { addr: cfg.advertise() };
     if cfg.join.is_empty() && cfg.bootstrap_expect <= 1 {
         let cid = new_cluster_id();
         adopt(&cfg, &meta, &cluster_id, &cid)?;
+        open_gate();
         meta.raft()
             .initialize(BTreeMap::from([(cfg.node_id, me)]))
             .await
@@ -363,38 +378,72 @@ async fn form_cluster(
     };
     loop {
         if initialized() {
+            open_gate();
             return Ok(());
         }
         let mut seen: BTreeMap<u64, String> = BTreeMap::from([(cfg.node_id, cfg.advertise())]);
-        let mut existing_cluster = None;
-        for peer in &cfg.join {
-            if *peer == cfg.advertise() {
+        // A cluster exists and its leader says whether we are a member.
+        let mut conclusive = None;
+        // A cluster exists, but only followers answered; the highest index
+        // they know committed.
+        let mut unconfirmed = None;
+        let mut committed = 0;
+        let mut peers: Vec<String> = cfg.join.clone();
+        let mut i = 0;
+        while i < peers.len() {
+            let peer = peers[i].clone();
+            i += 1;
+            if peer == cfg.advertise() {
                 continue;
             }
-            let Some(r) = hello(&pool, peer, &ask).await else {
+            let Some(r) = hello(&pool, &peer, &ask).await else {
                 continue;
             };
-            if r.initialized {
-                // Re-check: entries from the leader may have arrived meanwhile.
-                if r.asker_is_member && !has_data && !initialized() {
-                    bail!(
-                        "node_id: node {} is already a member of cluster {} but its data dir {} is empty; remove it (esf member remove {}) and add it again",
-                        cfg.node_id,
-                        r.cluster_id,
-                        cfg.data_dir.display(),
-                        cfg.node_id
-                    );
+            if !r.initialized {
+                if r.node_id != 0 {
+                    seen.insert(r.node_id, r.addr);
                 }
-                existing_cluster = Some(r.cluster_id.clone());
-            } else if r.node_id != 0 {
-                seen.insert(r.node_id, r.addr);
+                continue;
             }
+            if !r.is_leader {
+                // Only the leader knows whether it replicated to us before:
+                // ask it too.
+                if !r.leader_addr.is_empty() && !peers.contains(&r.leader_addr) {
+                    peers.push(r.leader_addr.clone());
+                }
+                unconfirmed = Some(r.cluster_id.clone());
+                committed = committed.max(r.committed_index);
+                continue;
+            }
+            if r.asker_is_member && !has_data {
+                bail!(
+                    "node_id: node {} is already a member of cluster {} but its data dir {} is empty; remove it (esf member remove {}) and add it again",
+                    cfg.node_id,
+                    r.cluster_id,
+                    cfg.data_dir.display(),
+                    cfg.node_id
+                );
+            }
+            conclusive = Some(r.cluster_id.clone());
+            break;
         }
-        if let Some(cid) = existing_cluster {
+        if let Some(cid) = conclusive {
+            open_gate();
             info!(cluster_id = %cid, "a cluster exists; waiting to be added (esf member add)");
             return Ok(());
         }
-        if seen.len() as u64 >= cfg.bootstrap_expect {
+        if let Some(cid) = unconfirmed {
+            if committed == 0 {
+                // A cluster being formed: it has elected no leader and
+                // committed nothing, so no member can have lost anything.
+                // Its first election may need this node's vote.
+                open_gate();
+                info!(cluster_id = %cid, "joining a cluster that is being formed");
+                return Ok(());
+            }
+            info!(cluster_id = %cid, "a cluster exists but its leader did not answer; asking again");
+        } else if seen.len() as u64 >= cfg.bootstrap_expect {
+            open_gate();
             let lowest = *seen.keys().next().expect("contains self");
             if lowest == cfg.node_id {
                 let cid = new_cluster_id();
@@ -413,8 +462,9 @@ async fn form_cluster(
                 );
             }
             return Ok(());
+        } else {
+            info!(seen = seen.len(), expect = cfg.bootstrap_expect, "waiting for peers");
         }
-        info!(seen = seen.len(), expect = cfg.bootstrap_expect, "waiting for peers");
         // Retry pacing: peers that are not up yet cannot notify us, so ask
         // again after a fixed interval (the loop ends when the cluster forms).
         tokio::time::sleep(JOIN_RETRY_INTERVAL).await;

@@ -436,12 +436,20 @@ impl pb::cluster_server::Cluster for ClusterService {
             .and_then(|rep| rep.get(&r.node_id).cloned().flatten())
             .is_some();
         let asker_is_member = m.membership_config.membership().get_node(&r.node_id).is_some() && acked_before;
+        let is_leader = m.current_leader == Some(self.0.meta.node_id());
+        let leader_addr = m
+            .current_leader
+            .and_then(|l| m.membership_config.membership().get_node(&l).map(|n| n.addr.clone()))
+            .unwrap_or_default();
         Ok(Response::new(pb::HelloResponse {
             node_id: self.0.meta.node_id(),
             addr: self.0.advertise.clone(),
             cluster_id: self.0.cluster_id.read().expect("cluster id lock").clone(),
             initialized,
             asker_is_member,
+            is_leader,
+            leader_addr,
+            committed_index: m.local_committed.as_ref().map_or(0, |l| l.index),
         }))
     }
 }

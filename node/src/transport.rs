@@ -5,6 +5,13 @@
 //! and forwarded client requests. Every call has a deadline (openraft's
 //! per-RPC TTL, capped by [`MAX_RPC_TIMEOUT`]).
 //!
+//! Replication uses one bidirectional `StreamAppend` stream per group and
+//! peer: the leader sends the next append without waiting for the previous
+//! result (openraft's `stream_append` pipelining); results come back in
+//! order. A stream has no overall deadline (it lives as long as the leader
+//! replicates); instead each append in flight must be answered within the
+//! RPC deadline, or the stream fails and openraft opens a new one.
+//!
 //! Bounds: a gRPC message is at most [`MAX_MESSAGE_BYTES`]. An append whose
 //! encoding would exceed [`MAX_APPEND_BYTES`] is split into consecutive
 //! appends, each below the bound, so a burst of large values never stalls
@@ -14,19 +21,24 @@
 //! Messages carry the sender's cluster id; a node refuses Raft traffic of
 //! another cluster.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use futures::{Stream, StreamExt};
 
 use esf_proto::v1 as pb;
 use esf_raft::group::MetaGroup;
 use esf_raft::openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use esf_raft::openraft::network::RPCOption;
 use esf_raft::openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
 };
-use esf_raft::openraft::{self, BasicNode, RaftNetworkFactory, RaftNetworkV2};
+use esf_raft::openraft::{self, BasicNode, OptionalSend, RaftNetworkFactory, RaftNetworkV2};
 use esf_raft::types::{NodeId, SnapshotData, SnapshotMeta, TypeConfig, Vote};
 use pb::raft_transport_client::RaftTransportClient;
 use serde::Serialize;
@@ -99,6 +111,95 @@ fn rpc_err(target: NodeId, s: &Status) -> RPCError<TypeConfig> {
             RPCError::Unreachable(Unreachable::new(&m))
         }
         _ => RPCError::Network(NetworkError::new(&m)),
+    }
+}
+
+/// Splits an append whose encoding exceeds [`MAX_APPEND_BYTES`] into
+/// consecutive appends, each continuing after the last, each below the
+/// bound (a single entry is never split).
+fn split_by_bytes(rpc: AppendEntriesRequest<TypeConfig>) -> Vec<AppendEntriesRequest<TypeConfig>> {
+    let size = bincode::serialized_size(&rpc).unwrap_or(0) as usize;
+    if size <= MAX_APPEND_BYTES || rpc.entries.len() <= 1 {
+        return vec![rpc];
+    }
+    let AppendEntriesRequest {
+        vote,
+        mut prev_log_id,
+        entries,
+        leader_commit,
+    } = rpc;
+    let mut parts = Vec::new();
+    let mut chunk: Vec<_> = Vec::new();
+    let mut chunk_bytes = 0usize;
+    let mut flush = |chunk: Vec<_>, prev: &mut Option<_>| {
+        let last = chunk.last().map(|e| openraft::entry::RaftEntry::log_id(e));
+        parts.push(AppendEntriesRequest {
+            vote: vote.clone(),
+            prev_log_id: prev.clone(),
+            entries: chunk,
+            leader_commit: leader_commit.clone(),
+        });
+        *prev = last;
+    };
+    for e in entries {
+        let b = bincode::serialized_size(&e).unwrap_or(0) as usize;
+        if !chunk.is_empty() && chunk_bytes + b > MAX_APPEND_BYTES {
+            flush(std::mem::take(&mut chunk), &mut prev_log_id);
+            chunk_bytes = 0;
+        }
+        chunk_bytes += b;
+        chunk.push(e);
+    }
+    flush(chunk, &mut prev_log_id);
+    parts
+}
+
+/// Send times of the appends of one stream still waiting for their result,
+/// shared by the sending and the receiving side.
+#[derive(Clone, Default)]
+struct Inflight {
+    sent: Arc<Mutex<VecDeque<tokio::time::Instant>>>,
+    wake: Arc<tokio::sync::Notify>,
+}
+
+enum Answer {
+    Message(pb::RaftMessage),
+    Status(Status),
+    /// The oldest append in flight passed its deadline.
+    Late,
+    End,
+}
+
+impl Inflight {
+    fn push(&self) {
+        self.sent
+            .lock()
+            .expect("inflight lock")
+            .push_back(tokio::time::Instant::now());
+        self.wake.notify_one();
+    }
+
+    /// The next result, or `Late` once the oldest unanswered append is older
+    /// than `deadline`. While nothing is in flight there is no deadline.
+    async fn next_answer(&self, responses: &mut Streaming<pb::RaftMessage>, deadline: Duration) -> Answer {
+        loop {
+            let oldest = self.sent.lock().expect("inflight lock").front().copied();
+            let expires = oldest.map(|t| t + deadline);
+            tokio::select! {
+                m = responses.message() => {
+                    self.sent.lock().expect("inflight lock").pop_front();
+                    return match m {
+                        Ok(Some(m)) => Answer::Message(m),
+                        Ok(None) => Answer::End,
+                        Err(s) => Answer::Status(s),
+                    };
+                }
+                _ = tokio::time::sleep_until(expires.unwrap_or_else(tokio::time::Instant::now)), if expires.is_some() => {
+                    return Answer::Late;
+                }
+                _ = self.wake.notified(), if expires.is_none() => {}
+            }
+        }
     }
 }
 
@@ -186,45 +287,79 @@ impl RaftNetworkV2<TypeConfig> for PeerConn {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        let size = bincode::serialized_size(&rpc).unwrap_or(0) as usize;
-        if size <= MAX_APPEND_BYTES || rpc.entries.len() <= 1 {
-            return self.append_one(&rpc, &option).await;
-        }
-        // Split by bytes: consecutive appends, each continuing after the last.
-        let AppendEntriesRequest {
-            vote,
-            mut prev_log_id,
-            entries,
-            leader_commit,
-        } = rpc;
-        let mut chunk: Vec<_> = Vec::new();
-        let mut chunk_bytes = 0usize;
-        let mut chunks = Vec::new();
-        for e in entries {
-            let b = bincode::serialized_size(&e).unwrap_or(0) as usize;
-            if !chunk.is_empty() && chunk_bytes + b > MAX_APPEND_BYTES {
-                chunks.push(std::mem::take(&mut chunk));
-                chunk_bytes = 0;
-            }
-            chunk_bytes += b;
-            chunk.push(e);
-        }
-        chunks.push(chunk);
-        for part in chunks {
-            let last = part.last().map(|e| openraft::entry::RaftEntry::log_id(e));
-            let req = AppendEntriesRequest {
-                vote: vote.clone(),
-                prev_log_id: prev_log_id.clone(),
-                entries: part,
-                leader_commit: leader_commit.clone(),
-            };
-            let resp = self.append_one(&req, &option).await?;
+        for part in split_by_bytes(rpc) {
+            let resp = self.append_one(&part, &option).await?;
             if !matches!(resp, AppendEntriesResponse::Success) {
                 return Ok(resp);
             }
-            prev_log_id = last;
         }
         Ok(AppendEntriesResponse::Success)
+    }
+
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<
+        's,
+        Result<BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>, RPCError<TypeConfig>>,
+    >
+    where
+        S: Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
+    {
+        Box::pin(async move {
+            let deadline = option.hard_ttl().min(MAX_RPC_TIMEOUT);
+            let inflight = Inflight::default();
+            let sent = inflight.clone();
+            let group = self.group;
+            let cluster_id = self.cluster_id.clone();
+            let target = self.target;
+            // Each request becomes one or more messages (split by bytes);
+            // each message is answered by one result.
+            let requests = input.flat_map(|rpc| futures::stream::iter(split_by_bytes(rpc))).filter_map(move |part| {
+                let msg = match encode(&part) {
+                    Ok(payload) => Some(pb::RaftMessage {
+                        group,
+                        cluster_id: cluster_id.read().expect("cluster id lock").clone(),
+                        payload,
+                    }),
+                    Err(e) => {
+                        tracing::error!(target_node = target, error = %e, "cannot encode an append; ending the stream");
+                        None
+                    }
+                };
+                if msg.is_some() {
+                    sent.push();
+                }
+                futures::future::ready(msg)
+            });
+            let mut client = self.client()?;
+            let opened = tokio::time::timeout(deadline, client.stream_append(Request::new(requests))).await;
+            let responses = match opened {
+                Ok(Ok(r)) => r.into_inner(),
+                Ok(Err(s)) => return Err(rpc_err(target, &s)),
+                Err(_) => {
+                    return Err(RPCError::Unreachable(Unreachable::new(&Msg(format!(
+                        "node {target}: opening the append stream took longer than {deadline:?}"
+                    )))));
+                }
+            };
+            let results = futures::stream::unfold(Some((responses, inflight, deadline, target)), |state| async move {
+                let (mut responses, inflight, deadline, target) = state?;
+                let item = match inflight.next_answer(&mut responses, deadline).await {
+                    Answer::Message(m) => decode::<StreamAppendResult<TypeConfig>>(&m.payload)
+                        .map_err(|e| RPCError::Network(NetworkError::new(&Msg(e)))),
+                    Answer::Status(s) => Err(rpc_err(target, &s)),
+                    Answer::Late => Err(RPCError::Unreachable(Unreachable::new(&Msg(format!(
+                        "node {target}: an append was not answered within {deadline:?}"
+                    ))))),
+                    Answer::End => return None,
+                };
+                let next = item.is_ok().then_some((responses, inflight, deadline, target));
+                Some((item, next))
+            });
+            Ok(results.boxed())
+        })
     }
 
     async fn vote(
@@ -303,18 +438,75 @@ impl RaftNetworkV2<TypeConfig> for PeerConn {
 }
 
 /// Server side: hands incoming Raft RPCs to the local group.
+#[derive(Clone)]
 pub struct RaftService {
     pub meta: Arc<MetaGroup>,
     pub cluster_id: ClusterId,
+    /// Closed while a node without data checks whether it may join (see
+    /// `server::form_cluster`): Raft traffic is refused meanwhile, so a
+    /// leader cannot fill a wiped member's log before the check refuses it.
+    pub gate: Arc<std::sync::atomic::AtomicBool>,
+    /// Becomes true when the node stops: open replication streams end, so
+    /// the server's graceful shutdown does not wait for them forever.
+    pub stop: tokio::sync::watch::Receiver<bool>,
     pub on_adopt: Arc<dyn Fn(&str) + Send + Sync>,
 }
 
 impl RaftService {
+    fn check_gate(&self) -> Result<(), Status> {
+        if !self.gate.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(Status::unavailable(
+                "this node is checking whether it may join; Raft traffic is refused until then",
+            ));
+        }
+        Ok(())
+    }
+
     fn check(&self, group: u32, cluster_id: &str) -> Result<(), Status> {
+        self.check_gate()?;
         if let Admission::Adopt = admit(&self.cluster_id, group, cluster_id)? {
             (self.on_adopt)(cluster_id);
         }
         Ok(())
+    }
+
+    /// Results of a replication stream whose first (admitted) message is
+    /// `first`. A message of another group or cluster, or one that does not
+    /// decode, ends the input; the results already due still flow back.
+    fn append_stream(
+        &self,
+        first: pb::RaftMessage,
+        rest: Streaming<pb::RaftMessage>,
+    ) -> impl Stream<Item = Result<pb::RaftMessage, Status>> + Send + 'static {
+        let (group, cluster) = (first.group, first.cluster_id.clone());
+        let requests = futures::stream::once(futures::future::ready(Ok(first)))
+            .chain(rest)
+            .map(move |m| match m {
+                Ok(m) if m.group == group && m.cluster_id == cluster => {
+                    decode::<AppendEntriesRequest<TypeConfig>>(&m.payload)
+                }
+                Ok(m) => Err(format!(
+                    "message of group {} / cluster {:?} in this stream",
+                    m.group, m.cluster_id
+                )),
+                Err(s) => Err(format!("receive: {s}")),
+            })
+            .take_while(move |r| {
+                if let Err(e) = r {
+                    tracing::warn!(group, error = %e, "append stream ended");
+                }
+                futures::future::ready(r.is_ok())
+            })
+            .filter_map(|r| futures::future::ready(r.ok()));
+        let cluster_id = self.cluster_id.clone();
+        self.meta.raft().stream_append(requests).map(move |r| match r {
+            Ok(result) => Ok(pb::RaftMessage {
+                group,
+                cluster_id: cluster_id.read().expect("cluster id lock").clone(),
+                payload: encode(&result).map_err(Status::internal)?,
+            }),
+            Err(fatal) => Err(Status::unavailable(format!("raft: {fatal}"))),
+        })
     }
 
     fn reply<T: Serialize>(&self, v: &T) -> Result<Response<pb::RaftMessage>, Status> {
@@ -383,8 +575,37 @@ fn fatal(e: impl std::fmt::Display) -> Status {
     Status::unavailable(format!("raft: {e}"))
 }
 
+type AppendResults = Pin<Box<dyn Stream<Item = Result<pb::RaftMessage, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl pb::raft_transport_server::RaftTransport for RaftService {
+    type StreamAppendStream = AppendResults;
+
+    async fn stream_append(&self, req: Request<Streaming<pb::RaftMessage>>) -> Result<Response<AppendResults>, Status> {
+        // Answer with headers at once: the leader may have nothing to send
+        // for a while, and the first message decides the group and cluster.
+        self.check_gate()?;
+        let mut inbound = req.into_inner();
+        let mut stop = self.stop.clone();
+        let svc = self.clone();
+        let results = futures::stream::once(async move {
+            let first = match inbound.message().await {
+                Ok(Some(m)) => m,
+                Ok(None) => return futures::stream::empty().boxed(),
+                Err(s) => return futures::stream::iter([Err(s)]).boxed(),
+            };
+            if let Err(s) = svc.check(first.group, &first.cluster_id) {
+                return futures::stream::iter([Err(s)]).boxed();
+            }
+            svc.append_stream(first, inbound).boxed()
+        })
+        .flatten()
+        .take_until(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        });
+        Ok(Response::new(Box::pin(results)))
+    }
+
     async fn append_entries(&self, req: Request<pb::RaftMessage>) -> Result<Response<pb::RaftMessage>, Status> {
         let m = req.into_inner();
         self.check(m.group, &m.cluster_id)?;

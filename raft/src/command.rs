@@ -95,14 +95,16 @@ pub enum Op {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum KeyRange {
     /// Exactly one key.
-    Key(Vec<u8>),
+    Key(#[serde(with = "serde_bytes")] Vec<u8>),
     /// Every key starting with the prefix (an empty prefix is every key).
-    Prefix(Vec<u8>),
+    Prefix(#[serde(with = "serde_bytes")] Vec<u8>),
     /// Keys in `[start, end)`.
     Between {
         /// Inclusive start.
+        #[serde(with = "serde_bytes")]
         start: Vec<u8>,
         /// Exclusive end.
+        #[serde(with = "serde_bytes")]
         end: Vec<u8>,
     },
 }
@@ -131,8 +133,10 @@ impl KeyRange {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PutRequest {
     /// Key.
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
     /// Value.
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     /// Lease to attach the key to (0: none).
     pub lease: u64,
@@ -192,7 +196,7 @@ impl RangeRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CompareTarget {
     /// The value (a missing key never compares true, as in etcd).
-    Value(Vec<u8>),
+    Value(#[serde(with = "serde_bytes")] Vec<u8>),
     /// The version (0 for a missing key).
     Version(u64),
     /// The create revision (0 for a missing key).
@@ -220,6 +224,7 @@ pub enum CompareOp {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Compare {
     /// Key compared.
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
     /// Operator.
     pub op: CompareOp,
@@ -253,8 +258,10 @@ pub struct TxnRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyValue {
     /// Key.
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
     /// Value (empty when `keys_only`).
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     /// Revision of the put that created the key (since its last delete).
     pub create_revision: u64,
@@ -395,4 +402,60 @@ pub struct Response {
     pub revision: u64,
     /// Outcome.
     pub result: OpResult,
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::Serialize;
+
+    use super::*;
+
+    /// `serde_bytes` on byte fields must not change the bincode format that
+    /// logs, snapshots and the state machine already hold: bincode writes a
+    /// byte string exactly as a sequence of u8 (length, then the bytes).
+    #[test]
+    fn byte_fields_keep_the_stored_encoding() {
+        #[derive(Serialize)]
+        struct PlainPut {
+            key: Vec<u8>,
+            value: Vec<u8>,
+            lease: u64,
+            prev_kv: bool,
+        }
+        #[derive(Serialize)]
+        enum PlainRange {
+            #[allow(dead_code)]
+            Key(Vec<u8>),
+            #[allow(dead_code)]
+            Prefix(Vec<u8>),
+            Between {
+                start: Vec<u8>,
+                end: Vec<u8>,
+            },
+        }
+        let put = PutRequest {
+            key: b"k/1".to_vec(),
+            value: vec![0, 255, 7],
+            lease: 9,
+            prev_kv: true,
+        };
+        let plain = PlainPut {
+            key: b"k/1".to_vec(),
+            value: vec![0, 255, 7],
+            lease: 9,
+            prev_kv: true,
+        };
+        assert_eq!(bincode::serialize(&put).unwrap(), bincode::serialize(&plain).unwrap());
+        let range = KeyRange::Between {
+            start: b"a".to_vec(),
+            end: b"b".to_vec(),
+        };
+        let plain = PlainRange::Between {
+            start: b"a".to_vec(),
+            end: b"b".to_vec(),
+        };
+        assert_eq!(bincode::serialize(&range).unwrap(), bincode::serialize(&plain).unwrap());
+        let decoded: PutRequest = bincode::deserialize(&bincode::serialize(&put).unwrap()).unwrap();
+        assert_eq!(decoded, put);
+    }
 }

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use esf_storage::Db;
 use openraft::async_runtime::WatchReceiver;
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::{ClientWriteError, ForwardReason, RaftError};
 use openraft::{RaftNetworkFactory, ReadPolicy, ServerState};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
@@ -159,20 +159,32 @@ impl MetaGroup {
     /// rejection is returned as [`Error::Rejected`].
     pub async fn write(&self, cmd: Command) -> Result<(ResponseHeader, Response)> {
         self.store.limits().check_op(&cmd.op)?;
-        let fut = self.raft.client_write(cmd);
-        let resp = match tokio::time::timeout(self.opts.request_timeout, fut).await {
-            Err(_) => {
-                return Err(Error::Unavailable(format!(
-                    "write not applied within {:?}",
-                    self.opts.request_timeout
-                )));
+        let deadline = Instant::now() + self.opts.request_timeout;
+        let timed_out = || Error::Unavailable(format!("write not applied within {:?}", self.opts.request_timeout));
+        let resp = loop {
+            let fut = self.raft.client_write(cmd.clone());
+            match tokio::time::timeout_at(deadline, fut).await {
+                Err(_) => return Err(timed_out()),
+                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                    if f.reason != ForwardReason::LeaseExpired {
+                        return Err(not_leader(META_GROUP, &f));
+                    }
+                    // A new leader has no quorum lease until followers answer
+                    // its first heartbeat; a partitioned one never gets it
+                    // back. The write was not appended, so retrying is safe.
+                    if Instant::now() >= deadline {
+                        return Err(Error::Unavailable(
+                            "this leader cannot reach a quorum (its leader lease expired)".into(),
+                        ));
+                    }
+                    let mut m = self.raft.metrics();
+                    let pause = Duration::from_millis(self.opts.raft.heartbeat_interval);
+                    let _ = tokio::time::timeout_at(deadline.min(Instant::now() + pause), m.changed()).await;
+                }
+                Ok(Err(RaftError::APIError(e))) => return Err(Error::Unavailable(e.to_string())),
+                Ok(Err(RaftError::Fatal(f))) => return Err(Error::Fatal(f.to_string())),
+                Ok(Ok(r)) => break r.data,
             }
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-                return Err(not_leader(META_GROUP, &f));
-            }
-            Ok(Err(RaftError::APIError(e))) => return Err(Error::Unavailable(e.to_string())),
-            Ok(Err(RaftError::Fatal(f))) => return Err(Error::Fatal(f.to_string())),
-            Ok(Ok(r)) => r.data,
         };
         if let OpResult::Rejected(rej) = resp.result {
             return Err(Error::Rejected(rej));

@@ -295,7 +295,7 @@ impl Model {
         if changed {
             self.rev = rev;
             let target = rev.saturating_sub(self.history);
-            if target > self.compact {
+            if target >= self.compact + esf_raft::meta::auto_compaction_step(self.history) {
                 self.compact = target;
             }
         }

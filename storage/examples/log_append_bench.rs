@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use esf_storage::test_types::TestConfig;
 use esf_storage::{DEFAULT_MEMORY_BUDGET_BYTES, Db, LogStore, StorageConfig};
 use openraft::entry::RaftEntry;
-use openraft::storage::{IOFlushed, RaftLogStorage};
 use openraft::vote::RaftLeaderId;
 
 type Entry = openraft::alias::EntryOf<TestConfig>;
@@ -62,7 +61,7 @@ async fn single_group(db: Arc<Db>, group: u32, batch: u64) -> f64 {
     let mut next = 1u64;
     while start.elapsed() < RUN {
         let entries: Vec<Entry> = (next..next + batch).map(payload_entry).collect();
-        store.append(entries, IOFlushed::noop()).await.expect("append");
+        store.append_flushed(entries).await.expect("append");
         next += batch;
     }
     (next - 1) as f64 / start.elapsed().as_secs_f64()
@@ -77,10 +76,7 @@ async fn concurrent_groups(db: Arc<Db>, groups: u32, first_group: u32) -> f64 {
                 let mut store = LogStore::<TestConfig>::new(db, first_group + g);
                 let mut next = 1u64;
                 while start.elapsed() < RUN {
-                    store
-                        .append([payload_entry(next)], IOFlushed::noop())
-                        .await
-                        .expect("append");
+                    store.append_flushed([payload_entry(next)]).await.expect("append");
                     next += 1;
                 }
                 next - 1
@@ -149,7 +145,7 @@ async fn main() {
         let mut next = 1u64;
         while next <= 1_000_000 {
             let entries: Vec<Entry> = (next..next + 128).map(payload_entry).collect();
-            store.append(entries, IOFlushed::noop()).await.expect("append");
+            store.append_flushed(entries).await.expect("append");
             next += 128;
         }
         let rss = rss_bytes();

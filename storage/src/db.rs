@@ -219,6 +219,19 @@ impl Db {
         self.flusher.wait_durable(ticket).await
     }
 
+    /// Writes `batch` atomically (visible at once) and calls `on_durable`
+    /// from the flusher thread once an fsync covers it, or with the reason it
+    /// never will be. Callbacks queued by one caller run in its order.
+    /// Returns after the write and the queuing, without waiting for the fsync.
+    pub async fn write_then<F>(&self, batch: WriteBatch, on_durable: F) -> Result<()>
+    where
+        F: FnOnce(std::result::Result<(), String>) + Send + 'static,
+    {
+        let ticket = self.write_unsynced(batch)?;
+        self.flusher.on_durable(ticket, Box::new(on_durable)).await;
+        Ok(())
+    }
+
     /// Blocking form of [`Db::write_durable`] for rare writes outside the
     /// hot path (e.g. at open): syncs the WAL itself instead of waiting for
     /// the flusher, so it is safe to call from inside an async runtime.

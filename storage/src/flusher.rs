@@ -31,7 +31,11 @@ use crate::error::{Result, StorageError};
 /// writers block (asynchronously) once it is full.
 pub const FLUSH_QUEUE_CAPACITY: usize = 65_536;
 
-type Waiter = (u64, oneshot::Sender<Result<(), String>>);
+/// Called with the outcome of the fsync that covers a ticket, on the
+/// flusher thread, in the order the requests were queued. Must not block.
+pub(crate) type OnDurable = Box<dyn FnOnce(Result<(), String>) + Send>;
+
+type Waiter = (u64, OnDurable);
 
 /// Handle to the flusher thread; cheap to share.
 pub(crate) struct Flusher {
@@ -103,18 +107,37 @@ impl Flusher {
             return Ok(());
         }
         let (tx, rx) = oneshot::channel();
-        let sender = self.queue.lock().expect("flusher queue mutex").clone();
-        let Some(sender) = sender else {
-            return Err(StorageError::FlusherStopped("store closed".into()));
-        };
-        // The queue is bounded; sending waits when the disk stalls.
-        if sender.send((ticket, tx)).await.is_err() {
-            return Err(StorageError::FlusherStopped("flusher thread exited".into()));
-        }
+        self.on_durable(
+            ticket,
+            Box::new(move |outcome| {
+                let _ = tx.send(outcome);
+            }),
+        )
+        .await;
         match rx.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(msg)) => Err(StorageError::FlusherStopped(msg)),
             Err(_) => Err(StorageError::FlusherStopped("flusher dropped the request".into())),
+        }
+    }
+
+    /// Calls `f` once the write holding `ticket` is durable (or with the
+    /// reason it never will be). Calls for one caller run in the order that
+    /// caller queued them. Returns once `f` is queued (waiting only while the
+    /// bounded queue is full), not when it has run.
+    pub(crate) async fn on_durable(&self, ticket: u64, f: OnDurable) {
+        if let Some(msg) = self.shared.failed.lock().expect("flusher failure mutex").clone() {
+            return f(Err(msg));
+        }
+        let sender = self.queue.lock().expect("flusher queue mutex").clone();
+        let Some(sender) = sender else {
+            return f(Err("store closed".into()));
+        };
+        // Even when the ticket is already durable, go through the queue so
+        // callbacks keep their order. The queue is bounded; sending waits
+        // when the disk stalls.
+        if let Err(mpsc::error::SendError((_, f))) = sender.send((ticket, f)).await {
+            f(Err("flusher thread exited".into()));
         }
     }
 
@@ -157,12 +180,12 @@ where
         // Requests are only queued after their ticket was issued, and
         // `covered` was read after they were taken, so this fsync covers
         // every one of them.
-        for (ticket, tx) in waiting.drain(..) {
+        for (ticket, f) in waiting.drain(..) {
             debug_assert!(
                 outcome.is_err() || ticket <= covered,
                 "fsync must cover every waiter it completes"
             );
-            let _ = tx.send(outcome.clone());
+            f(outcome.clone());
         }
     }
 }

@@ -1,11 +1,17 @@
 //! openraft log storage for one Raft group in the shared DB.
 //!
 //! Contract (openraft `RaftLogStorage`, made precise here):
-//! - `append` writes the entries in one batch, waits for the group-commit
-//!   fsync that covers it, then fires the `IOFlushed` callback and returns.
-//!   Returning only after the flush works around openraft #2118 (unflushed
-//!   IO marked flushed on `become_leader`).
-//! - `save_vote` is one atomic record, fsynced before it returns.
+//! - `append` writes the entries in one batch and returns; the `IOFlushed`
+//!   callback fires from the group-commit flusher once an fsync covers the
+//!   batch, in append order. openraft runs `append` inline in its core task,
+//!   so returning before the fsync lets the leader replicate and take new
+//!   proposals while its own fsync runs.
+//! - `save_vote` is one atomic record, fsynced before it returns. Because
+//!   the node has one WAL and an fsync covers every byte written before it,
+//!   a durable vote also makes every earlier `append` durable. This is what
+//!   keeps openraft #2118 (on `become_leader` the log tail is marked flushed
+//!   without waiting for the callbacks) harmless: a node only becomes leader
+//!   after its candidate vote, queued after all of its appends, was saved.
 //! - `truncate_after` and `purge` are fsynced before they return; `purge`
 //!   records the purge point in the same batch that deletes the entries.
 //! - `save_committed` is buffered: it becomes durable with the next fsync and
@@ -22,6 +28,7 @@ use std::sync::Arc;
 use openraft::alias::{LogIdOf, VoteOf};
 use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, RaftLogStorage};
+use openraft::type_config::TypeConfigExt;
 use openraft::{LogState, OptionalSend, RaftLogReader, RaftTypeConfig};
 use rocksdb::{Direction, IteratorMode, WriteBatch};
 use serde::Serialize;
@@ -201,15 +208,18 @@ where
         self.get_meta(MetaKind::Vote, "vote")
     }
 
-    /// Writes entries and waits for the fsync covering them.
-    pub async fn append_durable<I: IntoIterator<Item = C::Entry>>(&self, entries: I) -> Result<()> {
-        let mut batch = WriteBatch::default();
-        let cf = self.db.cf(CF_LOG);
-        for entry in entries {
-            let value = codec::encode("log entry", &entry)?;
-            batch.put_cf(cf, log_key(self.group, entry.index()), value);
-        }
-        self.db.write_durable(batch).await
+    /// Appends through [`RaftLogStorage::append`] and waits for its
+    /// `IOFlushed` callback: the acknowledgement openraft acts on. Tests and
+    /// benchmarks use it to treat an append as done exactly when openraft
+    /// would.
+    pub async fn append_flushed<I>(&mut self, entries: I) -> io::Result<()>
+    where
+        I: IntoIterator<Item = C::Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let (tx, rx) = C::oneshot();
+        self.append(entries, IOFlushed::signal(tx)).await?;
+        rx.await.map_err(|_| io::Error::other("append callback dropped"))?
     }
 }
 
@@ -294,17 +304,21 @@ where
         I: IntoIterator<Item = C::Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        match self.append_durable(entries).await {
-            Ok(()) => {
-                callback.io_completed(Ok(()));
-                Ok(())
-            }
-            Err(e) => {
-                let msg = e.to_string();
-                callback.io_completed(Err(io::Error::other(msg)));
-                Err(e.into())
-            }
+        let mut batch = WriteBatch::default();
+        let cf = self.db.cf(CF_LOG);
+        for entry in entries {
+            let value = codec::encode("log entry", &entry)?;
+            batch.put_cf(cf, log_key(self.group, entry.index()), value);
         }
+        // The entries are written (readable by replication) before this
+        // returns; the callback fires from the flusher once an fsync covers
+        // them, so openraft keeps working during the fsync.
+        self.db
+            .write_then(batch, move |outcome| {
+                callback.io_completed(outcome.map_err(io::Error::other));
+            })
+            .await?;
+        Ok(())
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogIdOf<C>>) -> std::result::Result<(), io::Error> {

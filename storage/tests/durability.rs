@@ -7,7 +7,7 @@ use std::sync::Arc;
 use esf_storage::test_types::TestConfig;
 use esf_storage::{Db, LogStore, StorageConfig, StorageError};
 use openraft::entry::RaftEntry;
-use openraft::storage::{IOFlushed, RaftLogStorage};
+use openraft::storage::RaftLogStorage;
 use openraft::vote::RaftLeaderId;
 
 type Entry = openraft::alias::EntryOf<TestConfig>;
@@ -35,7 +35,7 @@ async fn every_ack_is_covered_by_a_rocksdb_wal_sync() {
             let mut audit = Vec::new();
             for i in 1..=50u64 {
                 let before = db.durability_stats().rocksdb_wal_syncs;
-                store.append([entry(i)], IOFlushed::noop()).await.expect("append");
+                store.append_flushed([entry(i)]).await.expect("append");
                 let after = db.durability_stats().rocksdb_wal_syncs;
                 audit.push((i, before, after));
             }
@@ -69,10 +69,7 @@ async fn truncate_and_purge_are_durable_and_bounded() {
     {
         let db = open(dir.path());
         let mut store = LogStore::<TestConfig>::new(db.clone(), 7);
-        store
-            .append((1..=20).map(entry), IOFlushed::noop())
-            .await
-            .expect("append");
+        store.append_flushed((1..=20).map(entry)).await.expect("append");
         store
             .truncate_after(Some(openraft::LogId::new(LeaderId::new(1, 1).to_committed(), 15)))
             .await
@@ -83,10 +80,7 @@ async fn truncate_and_purge_are_durable_and_bounded() {
             .expect("purge");
         // Another group's log is untouched.
         let mut other = LogStore::<TestConfig>::new(db, 8);
-        other
-            .append((1..=3).map(entry), IOFlushed::noop())
-            .await
-            .expect("append other");
+        other.append_flushed((1..=3).map(entry)).await.expect("append other");
     }
     let db = open(dir.path());
     let store = LogStore::<TestConfig>::new(db.clone(), 7);
@@ -120,10 +114,7 @@ async fn corrupt_entry_is_an_error_naming_group_and_index() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = open(dir.path());
     let mut store = LogStore::<TestConfig>::new(db.clone(), 3);
-    store
-        .append((1..=3).map(entry), IOFlushed::noop())
-        .await
-        .expect("append");
+    store.append_flushed((1..=3).map(entry)).await.expect("append");
     // Damage entry 2 behind the store's back.
     let cf = db.cf(esf_storage::keys::CF_LOG);
     let key = esf_storage::keys::log_key(3, 2);

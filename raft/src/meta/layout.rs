@@ -41,6 +41,7 @@ pub struct KvRecord {
     /// Puts since creation.
     pub version: u64,
     /// Value, or `None` for a tombstone.
+    #[serde(with = "serde_bytes")]
     pub value: Option<Vec<u8>>,
     /// Attached lease.
     pub lease: u64,

@@ -10,7 +10,8 @@
 //!   +1 per put, reset by delete).
 //! - History: every revision `>= compact_revision` can be read. Writes
 //!   auto-compact so that at least `limits.history_revisions` revisions stay
-//!   readable; `Compact` drops more on request. A read below
+//!   readable (and at most that plus [`auto_compaction_step`]); `Compact`
+//!   drops more on request. A read below
 //!   `compact_revision` fails with an error naming it.
 //! - Txn: compares, then one branch, all at one revision, all or nothing.
 //!   Unlike etcd, reads inside a txn see the state *before* the txn (the
@@ -105,6 +106,12 @@ impl std::fmt::Debug for MetaStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MetaStore").field("group", &self.group).finish()
     }
+}
+
+/// Auto-compaction runs once the oldest readable revision trails the kept
+/// window by this many revisions: an eighth of the window, at least 1.
+pub fn auto_compaction_step(history_revisions: u64) -> u64 {
+    (history_revisions / 8).max(1)
 }
 
 fn rocks_err(context: &str) -> impl Fn(rocksdb::Error) -> StorageError + '_ {
@@ -704,19 +711,15 @@ impl MetaStore {
                 }
                 let cf = self.db.cf(CF_SM);
                 let mut deleted = 0;
+                // Point deletes only (see `compact` on range tombstones).
                 for key in self.lease_keys(*id)? {
+                    batch.delete_cf(cf, layout::lease_attach_key(self.group, *id, &key));
                     if let Some(prev) = self.get_current(&key)? {
                         self.write_tombstone(batch, &key, &prev, rev);
                         changes.keys.push(key);
                         deleted += 1;
                     }
                 }
-                let prefix = layout::lease_key_prefix(self.group, *id);
-                batch.delete_range_cf(
-                    cf,
-                    prefix.clone(),
-                    prefix_end(&prefix).expect("lease prefix is not all 0xff"),
-                );
                 batch.delete_cf(cf, layout::lease_key(self.group, *id));
                 OpResult::LeaseRevoked { deleted_keys: deleted }
             }
@@ -728,9 +731,11 @@ impl MetaStore {
                 layout::changes_key(self.group, rev),
                 codec::encode("changes", &changes)?,
             );
-            // Auto-compaction: keep `history_revisions` revisions readable.
+            // Auto-compaction: keep `history_revisions` revisions readable,
+            // compacting in steps of `auto_compaction_step` revisions so the
+            // cost is shared by many writes.
             let target = rev.saturating_sub(st.limits.history_revisions);
-            if target > st.compact_revision {
+            if target >= st.compact_revision + auto_compaction_step(st.limits.history_revisions) {
                 self.compact(batch, st.compact_revision, target)?;
                 st.compact_revision = target;
             }
@@ -965,16 +970,21 @@ impl MetaStore {
     /// key let L be its latest version at or below `to`; every version below
     /// L is dropped (none is visible at any revision `>= to`), and L too if it
     /// is a tombstone. Reads at revisions `>= to` are unaffected.
+    ///
+    /// Only point deletes: range tombstones in the memtable would be
+    /// re-fragmented by every later iterator, which made each write slower
+    /// than the last. The versions to drop are found without scanning old
+    /// tombstones: windows are compacted in order, so below `from` a key has
+    /// at most one live version (the one an earlier window kept), and the
+    /// versions in `[from, to)` are exactly its entries in the changes log.
     fn compact(&self, batch: &mut WriteBatch, from: u64, to: u64) -> Result<(), StorageError> {
         let cf = self.db.cf(CF_SM);
         let lo = layout::changes_key(self.group, from);
         let hi = layout::changes_key(self.group, to);
         let snap = self.db.rocks().snapshot();
         let mut it = self.sm_iter(&snap, &lo, &hi);
-        let hist_lo = layout::table_prefix(self.group, layout::HISTORY);
-        let hist_hi = prefix_end(&hist_lo).expect("table prefix is not all 0xff");
-        let mut probe = self.sm_iter(&snap, &hist_lo, &hist_hi);
-        let mut done: std::collections::HashSet<Vec<u8>> = std::collections::HashSet::new();
+        // Revisions at which each key changed in the window, ascending.
+        let mut changed: std::collections::BTreeMap<Vec<u8>, Vec<u64>> = std::collections::BTreeMap::new();
         it.seek(&lo);
         while let (Some(k), Some(v)) = (it.key(), it.value()) {
             let rev = u64::from_be_bytes(k[k.len() - 8..].try_into().expect("changes key ends with 8 bytes"));
@@ -988,38 +998,71 @@ impl MetaStore {
                 v,
             )?;
             for key in changes.keys {
-                if !done.insert(key.clone()) {
-                    continue;
+                let revs = changed.entry(key).or_default();
+                if revs.last() != Some(&rev) {
+                    revs.push(rev);
                 }
-                probe.seek_for_prev(layout::history_key(self.group, &key, to));
-                let own_prefix = layout::history_key(self.group, &key, 0);
-                let own_prefix = &own_prefix[..own_prefix.len() - 8];
-                let latest = match (probe.key(), probe.value()) {
-                    (Some(pk), Some(pv)) if pk.len() == own_prefix.len() + 8 && pk.starts_with(own_prefix) => {
-                        let rec =
-                            self.decode_kv(&|| format!("history of key {:?}", String::from_utf8_lossy(&key)), pv)?;
-                        Some(rec)
-                    }
-                    _ => None,
-                };
-                probe.status().map_err(rocks_err("compaction probe"))?;
-                let Some(latest) = latest else { continue };
-                let drop_below = if latest.value.is_some() {
-                    latest.mod_revision
-                } else {
-                    latest.mod_revision + 1
-                };
-                batch.delete_range_cf(
-                    cf,
-                    layout::history_key(self.group, &key, 0),
-                    layout::history_key(self.group, &key, drop_below),
-                );
             }
             batch.delete_cf(cf, k);
             it.next();
         }
         it.status().map_err(rocks_err("compaction scan"))?;
+        let hist_lo = layout::table_prefix(self.group, layout::HISTORY);
+        let hist_hi = prefix_end(&hist_lo).expect("table prefix is not all 0xff");
+        let mut probe = self.sm_iter(&snap, &hist_lo, &hist_hi);
+        for (key, revs) in changed {
+            let mut drop: Vec<u64> = revs;
+            // The version at `to` itself, if any, is the latest one.
+            let at_to = self.history_get(&snap, &key, to)?;
+            let latest = match at_to {
+                Some(rec) => Some((to, rec)),
+                None => {
+                    let l = drop.pop().expect("a changed key has at least one revision");
+                    self.history_get(&snap, &key, l)?.map(|rec| (l, rec))
+                }
+            };
+            if let Some((l, rec)) = latest
+                && rec.value.is_none()
+            {
+                drop.push(l);
+            }
+            if from > 0 {
+                // The one live version below the window, kept by the last one.
+                let own = layout::history_key(self.group, &key, 0);
+                let own = &own[..own.len() - 8];
+                probe.seek_for_prev(layout::history_key(self.group, &key, from - 1));
+                if let Some(pk) = probe.key()
+                    && pk.len() == own.len() + 8
+                    && pk.starts_with(own)
+                {
+                    let rev = u64::from_be_bytes(pk[pk.len() - 8..].try_into().expect("history key ends with 8 bytes"));
+                    drop.push(rev);
+                }
+                probe.status().map_err(rocks_err("compaction probe"))?;
+            }
+            for rev in drop {
+                batch.delete_cf(cf, layout::history_key(self.group, &key, rev));
+            }
+        }
         Ok(())
+    }
+
+    fn history_get(
+        &self,
+        snap: &rocksdb::SnapshotWithThreadMode<'_, rocksdb::DB>,
+        key: &[u8],
+        rev: u64,
+    ) -> Result<Option<KvRecord>, StorageError> {
+        let raw = snap
+            .get_cf(self.db.cf(CF_SM), layout::history_key(self.group, key, rev))
+            .map_err(rocks_err("history read"))?;
+        raw.map(|v| {
+            self.decode_kv(
+                &|| format!("history of key {:?} at revision {rev}", String::from_utf8_lossy(key)),
+                &v,
+            )
+        })
+        .transpose()
     }
 
     // ------------------------------------------------------------ snapshots

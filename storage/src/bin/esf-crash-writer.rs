@@ -15,7 +15,7 @@ use std::sync::Arc;
 use esf_storage::test_types::TestConfig;
 use esf_storage::{Db, LogStore, StorageConfig};
 use openraft::entry::RaftEntry;
-use openraft::storage::{IOFlushed, RaftLogStorage};
+use openraft::storage::RaftLogStorage;
 use openraft::vote::RaftLeaderId;
 
 type Entry = openraft::alias::EntryOf<TestConfig>;
@@ -55,7 +55,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let entries: Vec<Entry> = (next..next + BATCH)
                     .map(|i| Entry::new_blank(openraft::LogId::new(LeaderId::new(term, 1).to_committed(), i)))
                     .collect();
-                store.append(entries, IOFlushed::noop()).await.expect("append");
+                store.append_flushed(entries).await.expect("append");
                 next += BATCH;
                 line(&out, format!("ack {g} {}", next - 1));
                 if next - 1 >= PURGE_AT && next - 1 < PURGE_AT + BATCH {
