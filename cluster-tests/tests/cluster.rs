@@ -156,6 +156,28 @@ async fn known_node_with_empty_data_dir_is_refused() {
     let mut c = Cluster::start(&esf_bin(), 3);
     c.wait_ready().await;
     let victim = c.nodes.iter().map(|n| n.id).max().unwrap();
+    // The cluster must know the victim held data: `member list` says so once
+    // a leader has recorded replicating to it.
+    let eps = c.nodes[0].grpc.clone();
+    let deadline = tokio::time::Instant::now() + esf_cluster_tests::READY_DEADLINE;
+    loop {
+        let (code, out, err) = cli(&c.bin, &["--endpoints", &eps, "-o", "json", "member", "list"]);
+        assert_eq!(code, 0, "member list: {err}");
+        let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+        let holds = v["members"]
+            .as_array()
+            .expect("members")
+            .iter()
+            .any(|m| m["id"] == victim && m["holds_data"] == true);
+        if holds {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node {victim} never recorded as holding data: {out}"
+        );
+        tokio::time::sleep(esf_cluster_tests::POLL_INTERVAL).await;
+    }
     let n = c.node_mut(victim);
     n.kill();
     std::fs::remove_dir_all(&n.dir).expect("wipe data dir");
@@ -191,6 +213,14 @@ async fn fourth_node_joins_as_learner_is_promoted_and_removed() {
     }
     let bin = esf_bin();
     let eps = c.nodes[0].grpc.clone();
+    // The wrong id for that address is refused, naming both.
+    let wrong = (id + 10).to_string();
+    let (code, _, err) = cli(&bin, &["--endpoints", &eps, "member", "add", &wrong, &addr]);
+    assert_ne!(code, 0, "member add with a wrong id must fail");
+    assert!(
+        err.contains(&format!("id: the node at {addr} has node id {id}, not {wrong}")),
+        "{err}"
+    );
     let (code, out, err) = cli(&bin, &["--endpoints", &eps, "member", "add", &id.to_string(), &addr]);
     assert_eq!(code, 0, "member add: {err}");
     assert!(out.contains("learner"), "{out}");
@@ -279,4 +309,30 @@ async fn sigterm_hands_over_leadership_and_exits_cleanly() {
     assert_ne!(new, leader);
     let (_, kv) = c.client().get("k").await.expect("get after hand-over");
     assert_eq!(kv.unwrap().value, b"v");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_of_another_cluster_cannot_be_added_and_keeps_its_data() {
+    let a = Cluster::start(&esf_bin(), 3);
+    a.wait_ready().await;
+    let b = Cluster::start(&esf_bin(), 1);
+    b.wait_ready().await;
+    b.client().put("b-key", "b-value").await.expect("put into cluster b");
+    let bin = esf_bin();
+    let eps = a.nodes[0].grpc.clone();
+    let other = b.nodes[0].grpc.clone();
+    let (code, out, err) = cli(&bin, &["--endpoints", &eps, "member", "add", "4", &other]);
+    assert_ne!(code, 0, "adding a node of another cluster must fail: {out}");
+    assert!(
+        err.contains("addr: the node at") && err.contains("belongs to cluster esf-"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "one-line reason: {err}");
+    // Nothing changed on either side.
+    let (code, out, _) = cli(&bin, &["--endpoints", &eps, "member", "list"]);
+    assert_eq!(code, 0);
+    assert_eq!(out.matches("voter").count(), 3, "{out}");
+    assert!(!out.contains(&other), "{out}");
+    let (_, kv) = b.client().get("b-key").await.expect("get from cluster b");
+    assert_eq!(kv.map(|kv| kv.value), Some(b"b-value".to_vec()));
 }

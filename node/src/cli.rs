@@ -198,15 +198,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 MemberCmd::Promote { id } => c.promote(id).await?,
                 MemberCmd::Remove { id } => c.remove(id).await?,
             };
-            let v = json!({"leader_id": r.leader_id, "members": r.members.iter().map(|m| json!({"id": m.id, "addr": m.addr, "voter": m.voter, "leader": m.id == r.leader_id})).collect::<Vec<_>>()});
+            let v = json!({"leader_id": r.leader_id, "members": r.members.iter().map(|m| json!({"id": m.id, "addr": m.addr, "voter": m.voter, "holds_data": m.holds_data, "leader": m.id == r.leader_id})).collect::<Vec<_>>()});
             print(out, &v, || {
-                let mut s = format!("{:<6} {:<24} {:<8} {}\n", "ID", "ADDR", "ROLE", "LEADER");
+                let mut s = format!("{:<6} {:<24} {:<8} {:<5} {}\n", "ID", "ADDR", "ROLE", "DATA", "LEADER");
                 for m in &r.members {
                     s += &format!(
-                        "{:<6} {:<24} {:<8} {}\n",
+                        "{:<6} {:<24} {:<8} {:<5} {}\n",
                         m.id,
                         m.addr,
                         if m.voter { "voter" } else { "learner" },
+                        if m.holds_data { "yes" } else { "no" },
                         if m.id == r.leader_id { "*" } else { "" }
                     );
                 }

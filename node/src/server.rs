@@ -325,14 +325,23 @@ async fn hand_over_leadership(meta: &MetaGroup, deadline: Duration) {
 }
 
 async fn hello(pool: &PeerPool, peer: &str, me: &pb::HelloRequest) -> Option<pb::HelloResponse> {
-    let ch = pool.channel(peer).ok()?;
+    hello_checked(pool, peer, me).await.ok()
+}
+
+/// Asks the node at `peer` who it is, within [`HELLO_TIMEOUT`].
+pub(crate) async fn hello_checked(
+    pool: &PeerPool,
+    peer: &str,
+    me: &pb::HelloRequest,
+) -> Result<pb::HelloResponse, String> {
+    let ch = pool.channel(peer)?;
     let mut req = tonic::Request::new(me.clone());
     req.set_timeout(HELLO_TIMEOUT);
-    let r = tokio::time::timeout(HELLO_TIMEOUT, pb::cluster_client::ClusterClient::new(ch).hello(req))
-        .await
-        .ok()?
-        .ok()?;
-    Some(r.into_inner())
+    match tokio::time::timeout(HELLO_TIMEOUT, pb::cluster_client::ClusterClient::new(ch).hello(req)).await {
+        Err(_) => Err(format!("no answer within {HELLO_TIMEOUT:?}")),
+        Ok(Err(s)) => Err(format!("{}: {}", s.code(), s.message())),
+        Ok(Ok(r)) => Ok(r.into_inner()),
+    }
 }
 
 async fn form_cluster(
@@ -405,16 +414,6 @@ async fn form_cluster(
                 }
                 continue;
             }
-            if !r.is_leader {
-                // Only the leader knows whether it replicated to us before:
-                // ask it too.
-                if !r.leader_addr.is_empty() && !peers.contains(&r.leader_addr) {
-                    peers.push(r.leader_addr.clone());
-                }
-                unconfirmed = Some(r.cluster_id.clone());
-                committed = committed.max(r.committed_index);
-                continue;
-            }
             if r.asker_is_member && !has_data {
                 bail!(
                     "node_id: node {} is already a member of cluster {} but its data dir {} is empty; remove it (esf member remove {}) and add it again",
@@ -423,6 +422,16 @@ async fn form_cluster(
                     cfg.data_dir.display(),
                     cfg.node_id
                 );
+            }
+            if !r.is_leader {
+                // A "no" is only conclusive from the leader (a follower may
+                // not have applied the latest record yet): ask it too.
+                if !r.leader_addr.is_empty() && !peers.contains(&r.leader_addr) {
+                    peers.push(r.leader_addr.clone());
+                }
+                unconfirmed = Some(r.cluster_id.clone());
+                committed = committed.max(r.committed_index);
+                continue;
             }
             conclusive = Some(r.cluster_id.clone());
             break;

@@ -220,6 +220,7 @@ impl ClusterService {
                 id: *id,
                 addr: n.addr.clone(),
                 voter: voters.contains(id),
+                holds_data: self.0.meta.store().member_replicated(*id).unwrap_or(false),
             })
             .collect();
         let leader = m.current_leader.unwrap_or(0);
@@ -262,6 +263,37 @@ macro_rules! leader_only {
     }};
 }
 
+impl ClusterService {
+    /// Before adding node `id` at `addr`: it must answer, carry that id, and
+    /// belong to no other cluster (a node of another cluster would refuse
+    /// every append, and the add would only time out).
+    async fn check_new_member(&self, id: u64, addr: &str) -> Result<(), Status> {
+        let ours = self.0.cluster_id.read().expect("cluster id lock").clone();
+        let ask = pb::HelloRequest {
+            node_id: self.0.meta.node_id(),
+            addr: self.0.advertise.clone(),
+            cluster_id: ours.clone(),
+            has_data: true,
+        };
+        let r = crate::server::hello_checked(&self.0.pool, addr, &ask)
+            .await
+            .map_err(|e| Status::unavailable(format!("addr: cannot reach a node at {addr}: {e}")))?;
+        if !r.cluster_id.is_empty() && r.cluster_id != ours {
+            return Err(Status::failed_precondition(format!(
+                "addr: the node at {addr} belongs to cluster {}, not {ours}; start it with an empty data dir to join this one",
+                r.cluster_id
+            )));
+        }
+        if r.node_id != id {
+            return Err(Status::invalid_argument(format!(
+                "id: the node at {addr} has node id {}, not {id}",
+                r.node_id
+            )));
+        }
+        Ok(())
+    }
+}
+
 #[tonic::async_trait]
 impl pb::cluster_server::Cluster for ClusterService {
     async fn members(&self, _req: Request<pb::MembersRequest>) -> Result<Response<pb::MembersResponse>, Status> {
@@ -298,6 +330,7 @@ impl pb::cluster_server::Cluster for ClusterService {
             return Err(Status::invalid_argument("id: must not be 0"));
         }
         esf_client::parse_endpoint(&r.addr).map_err(|e| Status::invalid_argument(format!("addr: {e}")))?;
+        self.check_new_member(r.id, &r.addr).await?;
         let fut = self.0.meta.raft().add_learner(r.id, BasicNode { addr: r.addr }, true);
         tokio::time::timeout(MEMBERSHIP_TIMEOUT, fut)
             .await
@@ -427,15 +460,25 @@ impl pb::cluster_server::Cluster for ClusterService {
         let r = req.into_inner();
         let m = self.0.meta.raft().metrics().borrow_watched().clone();
         let initialized = m.membership_config.membership().nodes().next().is_some();
-        // "Already a member" means: the leader has replicated to the asker
-        // before (it acknowledged entries it no longer has). A member that
-        // never acknowledged anything (bootstrap, a learner just added) is new.
+        // "Already a member" means: a leader has replicated to the asker
+        // before (it acknowledged entries it no longer has): this leader's
+        // replication progress says so, or the replicated record
+        // (`MemberReplicated`, written by whichever node led then). A member
+        // that never acknowledged anything (bootstrap, a learner just added)
+        // is new.
         let acked_before = m
             .replication
             .as_ref()
             .and_then(|rep| rep.get(&r.node_id).cloned().flatten())
             .is_some();
-        let asker_is_member = m.membership_config.membership().get_node(&r.node_id).is_some() && acked_before;
+        let recorded = self
+            .0
+            .meta
+            .store()
+            .member_replicated(r.node_id)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let asker_is_member =
+            m.membership_config.membership().get_node(&r.node_id).is_some() && (acked_before || recorded);
         let is_leader = m.current_leader == Some(self.0.meta.node_id());
         let leader_addr = m
             .current_leader

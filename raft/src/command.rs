@@ -54,6 +54,7 @@ impl std::fmt::Display for Command {
             Op::Compact { revision } => write!(f, "compact({revision})"),
             Op::LeaseGrant { id, ttl_secs } => write!(f, "lease_grant({id}, {ttl_secs}s)"),
             Op::LeaseRevoke { id, expired } => write!(f, "lease_revoke({id}, expired={expired})"),
+            Op::MemberReplicated { node_id } => write!(f, "member_replicated({node_id})"),
             Op::SetLimits(_) => write!(f, "set_limits"),
         }
     }
@@ -88,6 +89,14 @@ pub enum Op {
         id: u64,
         /// Proposed by the leader's expiry timer rather than a client.
         expired: bool,
+    },
+    /// Records that the leader has replicated to `node_id`: from then on a
+    /// node with that id that comes back with an empty data dir was wiped
+    /// (it lost acknowledged entries) and must not rejoin as it is. Changes
+    /// no key and no revision.
+    MemberReplicated {
+        /// The node.
+        node_id: u64,
     },
 }
 

@@ -198,6 +198,39 @@ impl MetaGroup {
         Ok((self.header(resp.revision), resp))
     }
 
+    /// On the leader: records (`Op::MemberReplicated`) every member that has
+    /// acknowledged entries, and this node, once. The record outlives
+    /// leadership changes, so a member that later comes back with an empty
+    /// data dir is recognised as wiped whoever leads then.
+    async fn record_replicated_members(&self, recorded: &mut std::collections::HashSet<u64>) {
+        let targets: Vec<u64> = {
+            let m = self.raft.metrics().borrow_watched().clone();
+            let mut t = vec![self.opts.node_id];
+            if let Some(rep) = &m.replication {
+                t.extend(rep.iter().filter(|(_, matched)| matched.is_some()).map(|(id, _)| *id));
+            }
+            t
+        };
+        for id in targets {
+            if recorded.contains(&id) {
+                continue;
+            }
+            match self.store.member_replicated(id) {
+                Ok(true) => {
+                    recorded.insert(id);
+                }
+                Ok(false) => match self.write(Command::new(Op::MemberReplicated { node_id: id })).await {
+                    Ok(_) => {
+                        info!(node = id, "recorded that this member holds replicated entries");
+                        recorded.insert(id);
+                    }
+                    Err(e) => warn!(node = id, error = %e, "could not record a replicated member yet"),
+                },
+                Err(e) => warn!(node = id, error = %e, "cannot read replicated members"),
+            }
+        }
+    }
+
     /// Waits until reads here reflect every write acknowledged before now.
     pub async fn linearize(&self) -> Result<()> {
         let fut = self.raft.ensure_linearizable(ReadPolicy::ReadIndex);
@@ -314,6 +347,8 @@ async fn run_lease_keeper(group: std::sync::Weak<MetaGroup>) {
         None => return,
     };
     let mut leading_term: Option<u64> = None;
+    // Members already known to be recorded by `MemberReplicated`.
+    let mut recorded = std::collections::HashSet::new();
     loop {
         let Some(g) = group.upgrade() else { return };
         let (state, term) = {
@@ -335,6 +370,7 @@ async fn run_lease_keeper(group: std::sync::Weak<MetaGroup>) {
                     continue;
                 }
                 g.leases.lock().expect("lease clock lock").clear();
+                recorded.clear();
                 leading_term = Some(term);
                 info!(term, "lease keeper: leading, countdowns restarted from full ttl");
             }
@@ -346,6 +382,7 @@ async fn run_lease_keeper(group: std::sync::Weak<MetaGroup>) {
                     .reconcile(&leases, Instant::now()),
                 Err(e) => warn!(error = %e, "lease keeper: cannot read leases"),
             }
+            g.record_replicated_members(&mut recorded).await;
             let expired = g.leases.lock().expect("lease clock lock").expired(Instant::now());
             for id in expired {
                 let cmd = Command::new(Op::LeaseRevoke { id, expired: true });
@@ -364,9 +401,15 @@ async fn run_lease_keeper(group: std::sync::Weak<MetaGroup>) {
             Some(d) => d.min(Instant::now() + LEASE_RECONCILE_INTERVAL),
             None => Instant::now() + LEASE_RECONCILE_INTERVAL,
         };
-        // Metrics change on every apply; only a role or term change (or the
-        // timer) needs another pass.
-        let seen = (state, term);
+        // Metrics change on every apply; only a role or term change, a
+        // member acknowledging for the first time (to record it), or the
+        // timer needs another pass.
+        let acked = |m: &openraft::RaftMetrics<TypeConfig>| {
+            m.replication
+                .as_ref()
+                .map_or(0, |r| r.values().filter(|v| v.is_some()).count())
+        };
+        let seen = (state, term, acked(&metrics.borrow_watched()));
         loop {
             tokio::select! {
                 r = metrics.changed() => {
@@ -374,7 +417,7 @@ async fn run_lease_keeper(group: std::sync::Weak<MetaGroup>) {
                         return;
                     }
                     let m = metrics.borrow_watched();
-                    if (m.state, m.current_term) != seen {
+                    if (m.state, m.current_term, acked(&m)) != seen {
                         break;
                     }
                 }

@@ -219,6 +219,12 @@ impl Limits {
                 }
                 Ok(())
             }
+            Op::MemberReplicated { node_id } => {
+                if *node_id == 0 {
+                    return Err(invalid("node_id", "must not be 0"));
+                }
+                Ok(())
+            }
         }
     }
 }

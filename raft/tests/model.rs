@@ -267,6 +267,7 @@ impl Model {
                 self.history = l.history_revisions;
                 OpResult::LimitsSet
             }
+            Op::MemberReplicated { .. } => OpResult::None,
             Op::LeaseGrant { ttl_secs, .. } => {
                 let id = self.next_lease;
                 self.next_lease += 1;

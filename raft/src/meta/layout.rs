@@ -11,6 +11,7 @@
 //! | `LEASE` | `id:u64 BE` | [`LeaseRecord`] |
 //! | `LEASE_KEY` | `id:u64 BE ++ enc(key)` | empty: key attached to lease |
 //! | `SESSION` | `client_id:u64 BE` | [`Session`](super::session::Session) |
+//! | `REPLICATED` | `node_id:u64 BE` | empty: the leader has replicated to that node |
 //!
 //! `enc` is the order-preserving, prefix-free byte encoding of esf-storage,
 //! so `HISTORY` sorts by (key, revision) and a prefix of user keys is a
@@ -29,6 +30,7 @@ pub(crate) const CHANGES: u8 = 4;
 pub(crate) const LEASE: u8 = 5;
 pub(crate) const LEASE_KEY: u8 = 6;
 pub(crate) const SESSION: u8 = 7;
+pub(crate) const REPLICATED: u8 = 8;
 
 /// One version of a key. `value == None` is a tombstone (the key was deleted
 /// at `mod_revision`).
@@ -127,6 +129,12 @@ pub(crate) fn lease_attach_key(group: GroupId, id: u64, key: &[u8]) -> Vec<u8> {
 pub(crate) fn lease_key_prefix(group: GroupId, id: u64) -> Vec<u8> {
     let mut k = table_prefix(group, LEASE_KEY);
     k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+pub(crate) fn replicated_key(group: GroupId, node_id: u64) -> Vec<u8> {
+    let mut k = table_prefix(group, REPLICATED);
+    k.extend_from_slice(&node_id.to_be_bytes());
     k
 }
 

@@ -39,6 +39,7 @@ use esf_storage::{Db, StorageError};
 use openraft::EntryPayload;
 use openraft::entry::RaftEntry;
 use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
 use tokio::sync::watch;
 
 use super::layout::{self, Changes, KvRecord, LeaseRecord};
@@ -473,6 +474,17 @@ impl MetaStore {
         }
     }
 
+    /// Whether the leader recorded (with `MemberReplicated`) that it has
+    /// replicated to `node_id`.
+    pub fn member_replicated(&self, node_id: u64) -> Result<bool, StorageError> {
+        let raw = self
+            .db
+            .rocks()
+            .get_pinned_cf(self.db.cf(CF_SM), layout::replicated_key(self.group, node_id))
+            .map_err(rocks_err("replicated member read"))?;
+        Ok(raw.is_some())
+    }
+
     fn lease_keys(&self, id: u64) -> Result<Vec<Vec<u8>>, StorageError> {
         let prefix = layout::lease_key_prefix(self.group, id);
         let end = prefix_end(&prefix).expect("lease prefix is not all 0xff");
@@ -675,6 +687,10 @@ impl MetaStore {
             Op::SetLimits(l) => {
                 st.limits = *l;
                 OpResult::LimitsSet
+            }
+            Op::MemberReplicated { node_id } => {
+                batch.put_cf(self.db.cf(CF_SM), layout::replicated_key(self.group, *node_id), []);
+                OpResult::None
             }
             Op::LeaseGrant { id, ttl_secs } => {
                 let id = if *id == 0 {
@@ -1077,9 +1093,9 @@ impl MetaStore {
         let hi = prefix_end(&lo).unwrap_or_else(|| vec![0xff; 5]);
         let mut it = self.sm_iter(&snap, &lo, &hi);
         it.seek(&lo);
-        let mut rows: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        let mut rows: Vec<(ByteBuf, ByteBuf)> = Vec::new();
         while let (Some(k), Some(v)) = (it.key(), it.value()) {
-            rows.push((k[4..].to_vec(), v.to_vec()));
+            rows.push((ByteBuf::from(&k[4..]), ByteBuf::from(v)));
             it.next();
         }
         it.status().map_err(rocks_err("snapshot scan"))?;
@@ -1193,5 +1209,7 @@ struct SnapshotBlob {
     format: u32,
     /// Rows of the group without the 4-byte group prefix (so a snapshot can
     /// be installed into another group id, e.g. a restore).
-    rows: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Byte strings as `ByteBuf`: the same bincode encoding as `Vec<u8>`,
+    /// written in one copy instead of byte by byte.
+    rows: Vec<(ByteBuf, ByteBuf)>,
 }
