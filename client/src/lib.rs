@@ -27,6 +27,7 @@ pub use error::{Error, Result};
 pub use esf_proto::v1 as pb;
 use pb::cluster_client::ClusterClient;
 use pb::config_client::ConfigClient;
+use pb::lease_client::LeaseClient;
 use tonic::transport::{Channel, Endpoint};
 
 /// Default deadline of one attempt.
@@ -391,6 +392,49 @@ impl Client {
                 session: Some(s),
             };
             async move { ConfigClient::new(ch).compact(r).await }
+        })
+        .await
+    }
+
+    // ------------------------------------------------------------- leases
+
+    /// Grants a lease of `ttl_secs` seconds (`id` 0: the cluster picks one).
+    pub async fn lease_grant(&self, ttl_secs: u64, id: u64) -> Result<pb::LeaseGrantResponse> {
+        self.write("lease grant", |ch, s| {
+            let r = pb::LeaseGrantRequest {
+                ttl_secs,
+                id,
+                session: Some(s),
+            };
+            async move { LeaseClient::new(ch).grant(r).await }
+        })
+        .await
+    }
+
+    /// Revokes a lease, deleting its keys.
+    pub async fn lease_revoke(&self, id: u64) -> Result<pb::LeaseRevokeResponse> {
+        self.write("lease revoke", |ch, s| {
+            let r = pb::LeaseRevokeRequest { id, session: Some(s) };
+            async move { LeaseClient::new(ch).revoke(r).await }
+        })
+        .await
+    }
+
+    /// Restarts a lease's countdown (call it well within the TTL, e.g. every
+    /// third of it).
+    pub async fn lease_keepalive(&self, id: u64) -> Result<pb::LeaseKeepAliveResponse> {
+        self.call("lease keepalive", |ch| {
+            let r = pb::LeaseKeepAliveRequest { id };
+            async move { LeaseClient::new(ch).keep_alive(r).await }
+        })
+        .await
+    }
+
+    /// Granted TTL, time left, and optionally the attached keys.
+    pub async fn lease_ttl(&self, id: u64, keys: bool) -> Result<pb::LeaseTimeToLiveResponse> {
+        self.call("lease ttl", |ch| {
+            let r = pb::LeaseTimeToLiveRequest { id, keys };
+            async move { LeaseClient::new(ch).time_to_live(r).await }
         })
         .await
     }

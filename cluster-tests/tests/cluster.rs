@@ -336,3 +336,110 @@ async fn node_of_another_cluster_cannot_be_added_and_keeps_its_data() {
     let (_, kv) = b.client().get("b-key").await.expect("get from cluster b");
     assert_eq!(kv.map(|kv| kv.value), Some(b"b-value".to_vec()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leased_key_lives_while_kept_alive_and_goes_when_the_lease_does() {
+    let c = Cluster::start(&esf_bin(), 3);
+    c.wait_ready().await;
+    let bin = esf_bin();
+    let eps: Vec<String> = c.nodes.iter().map(|n| n.grpc.clone()).collect();
+    let eps = eps.join(",");
+    // Bad TTLs are refused, naming the field.
+    let (code, _, err) = cli(&bin, &["--endpoints", &eps, "lease", "grant", "0"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("lease.ttl_secs"), "{err}");
+    let (code, _, err) = cli(&bin, &["--endpoints", &eps, "lease", "grant", "999999999"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("lease.ttl_secs") && err.contains("max_lease_ttl_secs"),
+        "{err}"
+    );
+    // A 2 s lease with a key, kept alive through every node in turn (followers
+    // forward to the leader) for longer than its TTL.
+    let client = c.client();
+    let lease = client.lease_grant(2, 0).await.expect("grant").id;
+    client
+        .put_with(pb::PutRequest {
+            key: b"svc/a".to_vec(),
+            value: b"up".to_vec(),
+            lease,
+            ..Default::default()
+        })
+        .await
+        .expect("put with lease");
+    let start = tokio::time::Instant::now();
+    let mut i = 0;
+    while start.elapsed() < std::time::Duration::from_secs(5) {
+        let r = c.nodes[i % 3].client().lease_keepalive(lease).await.expect("keepalive");
+        assert_eq!(r.ttl_secs, 2);
+        i += 1;
+        // Keepalive cadence: a quarter of the TTL.
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    let (_, kv) = client.get("svc/a").await.expect("get");
+    assert!(kv.is_some(), "a kept-alive lease keeps its key");
+    let (code, out, err) = cli(
+        &bin,
+        &[
+            "--endpoints",
+            &eps,
+            "-o",
+            "json",
+            "lease",
+            "ttl",
+            &lease.to_string(),
+            "--keys",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["granted_ttl_secs"], 2);
+    assert_eq!(v["keys"], serde_json::json!(["svc/a"]));
+    // Keepalives stop: the key goes once the TTL runs out.
+    let deadline = tokio::time::Instant::now() + esf_cluster_tests::READY_DEADLINE;
+    loop {
+        let (_, kv) = client.get("svc/a").await.expect("get");
+        if kv.is_none() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "leased key outlived its lease");
+        tokio::time::sleep(esf_cluster_tests::POLL_INTERVAL).await;
+    }
+    let (code, _, err) = cli(
+        &bin,
+        &["--endpoints", &eps, "lease", "keepalive", &lease.to_string(), "--once"],
+    );
+    assert_ne!(code, 0, "an expired lease cannot be kept alive");
+    assert!(
+        err.contains(&format!("lease {lease}")) && err.contains("not found"),
+        "{err}"
+    );
+    // Revoke deletes the keys at once.
+    let (code, out, err) = cli(&bin, &["--endpoints", &eps, "-o", "json", "lease", "grant", "60"]);
+    assert_eq!(code, 0, "{err}");
+    let id = serde_json::from_str::<serde_json::Value>(&out).expect("json")["id"]
+        .as_u64()
+        .expect("id");
+    let (code, _, err) = cli(
+        &bin,
+        &[
+            "--endpoints",
+            &eps,
+            "kv",
+            "put",
+            "svc/b",
+            "up",
+            "--lease",
+            &id.to_string(),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = cli(
+        &bin,
+        &["--endpoints", &eps, "-o", "json", "lease", "revoke", &id.to_string()],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("\"deleted_keys\":1"), "{out}");
+    let (_, kv) = client.get("svc/b").await.expect("get");
+    assert!(kv.is_none(), "revoking deletes the lease's keys");
+}

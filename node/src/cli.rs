@@ -49,6 +49,9 @@ enum Command {
     /// Key-value store.
     #[command(subcommand)]
     Kv(KvCmd),
+    /// Leases (keys that expire unless kept alive).
+    #[command(subcommand)]
+    Lease(LeaseCmd),
     /// Cluster membership.
     #[command(subcommand)]
     Member(MemberCmd),
@@ -64,6 +67,34 @@ enum Command {
 enum ConfigCmd {
     /// Check a TOML config file (with the environment layered on top).
     Validate { file: PathBuf },
+}
+
+#[derive(Debug, Subcommand)]
+enum LeaseCmd {
+    /// Grant a lease; prints its id.
+    Grant {
+        /// Time to live in seconds.
+        ttl_secs: u64,
+        /// Lease id to use (default: the cluster picks one).
+        #[arg(long, default_value_t = 0)]
+        id: u64,
+    },
+    /// Revoke a lease and delete its keys.
+    Revoke { id: u64 },
+    /// Granted TTL and time left.
+    Ttl {
+        id: u64,
+        /// Also list the attached keys.
+        #[arg(long)]
+        keys: bool,
+    },
+    /// Keep a lease alive: renews every third of its TTL until interrupted
+    /// (or once with --once).
+    Keepalive {
+        id: u64,
+        #[arg(long)]
+        once: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -190,6 +221,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             });
         }
         Command::Kv(cmd) => kv(client()?, out, cmd).await?,
+        Command::Lease(cmd) => lease(client()?, out, cmd).await?,
         Command::Member(cmd) => {
             let c = client()?;
             let r = match cmd {
@@ -293,6 +325,56 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn lease(c: Client, out: Output, cmd: LeaseCmd) -> anyhow::Result<()> {
+    match cmd {
+        LeaseCmd::Grant { ttl_secs, id } => {
+            let r = c.lease_grant(ttl_secs, id).await?;
+            print(out, &json!({"id": r.id, "ttl_secs": r.ttl_secs}), || {
+                format!("lease {} granted with ttl {}s\n", r.id, r.ttl_secs)
+            });
+        }
+        LeaseCmd::Revoke { id } => {
+            let r = c.lease_revoke(id).await?;
+            print(out, &json!({"id": id, "deleted_keys": r.deleted_keys}), || {
+                format!("lease {id} revoked; {} keys deleted\n", r.deleted_keys)
+            });
+        }
+        LeaseCmd::Ttl { id, keys } => {
+            let r = c.lease_ttl(id, keys).await?;
+            let names: Vec<String> = r.keys.iter().map(|k| text(k)).collect();
+            print(
+                out,
+                &json!({"id": r.id, "granted_ttl_secs": r.granted_ttl_secs, "remaining_ms": r.remaining_ms, "keys": names}),
+                || {
+                    let mut s = format!(
+                        "lease {} granted ttl {}s, remaining {:.1}s\n",
+                        r.id,
+                        r.granted_ttl_secs,
+                        r.remaining_ms as f64 / 1000.0
+                    );
+                    for k in &names {
+                        s += &format!("  {k}\n");
+                    }
+                    s
+                },
+            );
+        }
+        LeaseCmd::Keepalive { id, once } => loop {
+            let r = c.lease_keepalive(id).await?;
+            print(out, &json!({"id": r.id, "ttl_secs": r.ttl_secs}), || {
+                format!("lease {} kept alive, ttl {}s\n", r.id, r.ttl_secs)
+            });
+            if once {
+                break;
+            }
+            // Renewal cadence: a third of the TTL leaves two renewals of
+            // slack before expiry.
+            tokio::time::sleep(std::time::Duration::from_millis((r.ttl_secs * 1000 / 3).max(100))).await;
+        },
+    }
+    Ok(())
 }
 
 async fn kv(c: Client, out: Output, cmd: KvCmd) -> anyhow::Result<()> {

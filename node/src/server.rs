@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{error, info, warn};
 
 use crate::config::NodeConfig;
-use crate::service::{ClusterService, ConfigService, Ctx};
+use crate::service::{ClusterService, ConfigService, Ctx, LeaseService};
 use crate::transport::{MAX_MESSAGE_BYTES, Network, PeerPool, RaftService};
 
 /// Version reported in status and metrics.
@@ -174,6 +174,9 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     health_reporter
         .set_serving::<pb::config_server::ConfigServer<ConfigService>>()
         .await;
+    health_reporter
+        .set_serving::<pb::lease_server::LeaseServer<LeaseService>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(esf_proto::FILE_DESCRIPTOR_SET)
         .build_v1()
@@ -194,6 +197,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     let grpc = tonic::transport::Server::builder()
         .add_service(pb::config_server::ConfigServer::new(ConfigService(ctx.clone())))
         .add_service(pb::cluster_server::ClusterServer::new(ClusterService(ctx.clone())))
+        .add_service(pb::lease_server::LeaseServer::new(LeaseService(ctx.clone())))
         .add_service(
             pb::raft_transport_server::RaftTransportServer::new(RaftService {
                 meta: meta.clone(),

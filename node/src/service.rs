@@ -17,6 +17,7 @@ use esf_raft::openraft::async_runtime::WatchReceiver;
 use esf_raft::openraft::{BasicNode, ServerState};
 use pb::cluster_client::ClusterClient;
 use pb::config_client::ConfigClient;
+use pb::lease_client::LeaseClient;
 use tonic::{Request, Response, Status};
 
 use crate::convert;
@@ -65,6 +66,10 @@ impl Ctx {
         Ok(ConfigClient::new(self.pool.channel(addr).map_err(Status::unavailable)?))
     }
 
+    fn lease_client(&self, addr: &str) -> Result<LeaseClient<tonic::transport::Channel>, Status> {
+        Ok(LeaseClient::new(self.pool.channel(addr).map_err(Status::unavailable)?))
+    }
+
     fn cluster_client(&self, addr: &str) -> Result<ClusterClient<tonic::transport::Channel>, Status> {
         Ok(ClusterClient::new(
             self.pool.channel(addr).map_err(Status::unavailable)?,
@@ -81,10 +86,11 @@ impl Ctx {
 pub struct ConfigService(pub Ctx);
 
 macro_rules! forward_or {
-    ($ctx:expr, $req:expr, $err:expr, $method:ident, $msg:expr) => {{
+    ($ctx:expr, $req:expr, $err:expr, $method:ident, $msg:expr) => {{ forward_or!($ctx, config_client, $req, $err, $method, $msg) }};
+    ($ctx:expr, $client:ident, $req:expr, $err:expr, $method:ident, $msg:expr) => {{
         match $ctx.forward_target(&$req, &$err) {
             Some(addr) => {
-                let mut c = $ctx.config_client(&addr)?;
+                let mut c = $ctx.$client(&addr)?;
                 return c.$method(Ctx::forwarded($msg)).await;
             }
             None => return Err(convert::status($err)),
@@ -193,6 +199,107 @@ impl pb::config_server::Config for ConfigService {
             Ok((_, other)) => Err(Status::internal(format!("unexpected result {other:?}"))),
             Err(e) => forward_or!(self.0, req, e, compact, msg),
         }
+    }
+}
+
+/// `esf.v1.Lease`.
+pub struct LeaseService(pub Ctx);
+
+#[tonic::async_trait]
+impl pb::lease_server::Lease for LeaseService {
+    async fn grant(&self, req: Request<pb::LeaseGrantRequest>) -> Result<Response<pb::LeaseGrantResponse>, Status> {
+        let msg = req.get_ref().clone();
+        let cmd = Command {
+            session: convert::session(msg.session),
+            op: Op::LeaseGrant {
+                id: msg.id,
+                ttl_secs: msg.ttl_secs,
+            },
+        };
+        match self.0.write(cmd).await {
+            Ok((h, OpResult::LeaseGranted { id, ttl_secs })) => Ok(Response::new(pb::LeaseGrantResponse {
+                header: Some(h),
+                id,
+                ttl_secs,
+            })),
+            Ok((_, other)) => Err(Status::internal(format!("unexpected result {other:?}"))),
+            Err(e) => forward_or!(self.0, lease_client, req, e, grant, msg),
+        }
+    }
+
+    async fn revoke(&self, req: Request<pb::LeaseRevokeRequest>) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
+        let msg = req.get_ref().clone();
+        let cmd = Command {
+            session: convert::session(msg.session),
+            op: Op::LeaseRevoke {
+                id: msg.id,
+                expired: false,
+            },
+        };
+        match self.0.write(cmd).await {
+            Ok((h, OpResult::LeaseRevoked { deleted_keys })) => Ok(Response::new(pb::LeaseRevokeResponse {
+                header: Some(h),
+                deleted_keys,
+            })),
+            Ok((_, other)) => Err(Status::internal(format!("unexpected result {other:?}"))),
+            Err(e) => forward_or!(self.0, lease_client, req, e, revoke, msg),
+        }
+    }
+
+    async fn keep_alive(
+        &self,
+        req: Request<pb::LeaseKeepAliveRequest>,
+    ) -> Result<Response<pb::LeaseKeepAliveResponse>, Status> {
+        let msg = req.get_ref().clone();
+        if msg.id == 0 {
+            return Err(Status::invalid_argument("lease.id: must not be 0"));
+        }
+        match self.0.meta.lease_keepalive(msg.id).await {
+            Ok((h, ttl)) => Ok(Response::new(pb::LeaseKeepAliveResponse {
+                header: Some(convert::header(h)),
+                id: msg.id,
+                ttl_secs: ttl.as_secs(),
+            })),
+            Err(e) => forward_or!(self.0, lease_client, req, e, keep_alive, msg),
+        }
+    }
+
+    async fn time_to_live(
+        &self,
+        req: Request<pb::LeaseTimeToLiveRequest>,
+    ) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {
+        let msg = req.get_ref().clone();
+        if msg.id == 0 {
+            return Err(Status::invalid_argument("lease.id: must not be 0"));
+        }
+        // Only the leader counts down; a follower forwards.
+        if !self.0.meta.raft().is_leader() {
+            let e = self.0.meta.not_leader_error();
+            forward_or!(self.0, lease_client, req, e, time_to_live, msg);
+        }
+        let lease = self
+            .0
+            .meta
+            .store()
+            .lease(msg.id)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let Some((rec, keys)) = lease else {
+            return Err(convert::status(esf_raft::Error::Rejected(
+                esf_raft::command::Rejection::LeaseNotFound(msg.id),
+            )));
+        };
+        let remaining = self
+            .0
+            .meta
+            .lease_remaining(msg.id)
+            .unwrap_or(std::time::Duration::from_secs(rec.ttl_secs));
+        Ok(Response::new(pb::LeaseTimeToLiveResponse {
+            header: Some(convert::header(self.0.meta.header(self.0.meta.store().revision()))),
+            id: msg.id,
+            granted_ttl_secs: rec.ttl_secs,
+            remaining_ms: remaining.as_millis() as u64,
+            keys: if msg.keys { keys } else { Vec::new() },
+        }))
     }
 }
 
