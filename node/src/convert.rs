@@ -12,7 +12,8 @@ pub fn status(e: esf_raft::Error) -> Status {
     use cmd::Rejection as R;
     match e {
         esf_raft::Error::Rejected(r) => match &r {
-            R::InvalidArgument { .. } => Status::invalid_argument(r.to_string()),
+            // The status code already says "invalid argument".
+            R::InvalidArgument { field, reason } => Status::invalid_argument(format!("{field}: {reason}")),
             R::Compacted { .. } | R::FutureRevision { .. } => Status::out_of_range(r.to_string()),
             R::LeaseNotFound(_) => Status::not_found(r.to_string()),
             R::LeaseExists(_) => Status::already_exists(r.to_string()),
