@@ -28,6 +28,8 @@ pub use esf_proto::v1 as pb;
 use pb::cluster_client::ClusterClient;
 use pb::config_client::ConfigClient;
 use pb::lease_client::LeaseClient;
+/// The stream type of watches.
+pub use tonic::Streaming;
 use tonic::transport::{Channel, Endpoint};
 
 /// Default deadline of one attempt.
@@ -396,6 +398,44 @@ impl Client {
         .await
     }
 
+    /// Opens a watch on the first endpoint that answers. The stream ends
+    /// (or yields an error) if that node goes away: resume with
+    /// `start_revision` = last header revision + 1 (see [`Client::watch_from`]).
+    pub async fn watch(&self, req: pb::WatchRequest) -> Result<tonic::Streaming<pb::WatchResponse>> {
+        self.call("watch", |ch| {
+            let r = req.clone();
+            async move { ConfigClient::new(ch).watch(r).await }
+        })
+        .await
+    }
+
+    /// A watch that survives the loss of its node: see [`ResumableWatch`].
+    pub async fn watch_resumable(&self, mut req: pb::WatchRequest) -> Result<ResumableWatch> {
+        if req.start_revision == 0 {
+            // "From now" must mean one fixed revision, or a resume could skip
+            // changes made before the first response.
+            let key = req.range.as_ref().map(range_anchor).unwrap_or_default();
+            let (h, _) = self.get(key).await?;
+            req.start_revision = h.revision + 1;
+        }
+        Ok(ResumableWatch {
+            client: self.clone(),
+            delivered: req.start_revision - 1,
+            req,
+            stream: None,
+            failures: 0,
+        })
+    }
+
+    /// The request that resumes a watch after a response with header
+    /// revision `delivered`: every change up to it was seen.
+    pub fn watch_from(req: &pb::WatchRequest, delivered: u64) -> pb::WatchRequest {
+        pb::WatchRequest {
+            start_revision: delivered + 1,
+            ..req.clone()
+        }
+    }
+
     // ------------------------------------------------------------- leases
 
     /// Grants a lease of `ttl_secs` seconds (`id` 0: the cluster picks one).
@@ -509,6 +549,71 @@ impl Client {
             out.push((node.uri.clone(), r));
         }
         out
+    }
+}
+
+/// Some key of a range (for a read that only needs the header).
+fn range_anchor(r: &pb::KeyRange) -> Vec<u8> {
+    match &r.kind {
+        Some(pb::key_range::Kind::Key(k)) | Some(pb::key_range::Kind::Prefix(k)) => k.clone(),
+        Some(pb::key_range::Kind::Between(b)) => b.start.clone(),
+        None => Vec::new(),
+    }
+}
+
+/// Reopens of a watch in a row without a response before it gives up.
+pub const WATCH_MAX_REOPENS: u32 = 5;
+
+/// A watch that, when its node goes away (or cancels it as too slow),
+/// reopens on any endpoint from the revision after the last one delivered,
+/// so every change is seen exactly once, in order.
+pub struct ResumableWatch {
+    client: Client,
+    req: pb::WatchRequest,
+    stream: Option<Streaming<pb::WatchResponse>>,
+    /// Every change up to this revision has been returned.
+    delivered: u64,
+    failures: u32,
+}
+
+impl ResumableWatch {
+    /// The next response (events, a snapshot, or a progress notification).
+    pub async fn next(&mut self) -> Result<pb::WatchResponse> {
+        loop {
+            if self.stream.is_none() {
+                if self.failures >= WATCH_MAX_REOPENS {
+                    return Err(Error::Unavailable(format!(
+                        "watch: reopened {WATCH_MAX_REOPENS} times without a response"
+                    )));
+                }
+                self.failures += 1;
+                let req = Client::watch_from(&self.req, self.delivered);
+                self.stream = Some(self.client.watch(req).await?);
+            }
+            let stream = self.stream.as_mut().expect("opened above");
+            match stream.message().await {
+                Ok(Some(resp)) if resp.canceled => {
+                    tracing::info!(reason = %resp.cancel_reason, "watch canceled by the node; resuming");
+                    self.stream = None;
+                }
+                Ok(Some(resp)) => {
+                    self.failures = 0;
+                    if let Some(h) = &resp.header {
+                        self.delivered = self.delivered.max(h.revision);
+                    }
+                    return Ok(resp);
+                }
+                Ok(None) | Err(_) => {
+                    tracing::info!(delivered = self.delivered, "watch stream lost; resuming elsewhere");
+                    self.stream = None;
+                }
+            }
+        }
+    }
+
+    /// Every change up to this revision has been returned.
+    pub fn delivered(&self) -> u64 {
+        self.delivered
     }
 }
 

@@ -443,3 +443,193 @@ async fn leased_key_lives_while_kept_alive_and_goes_when_the_lease_does() {
     let (_, kv) = client.get("svc/b").await.expect("get");
     assert!(kv.is_none(), "revoking deletes the lease's keys");
 }
+
+/// Collects watch events until `n` have arrived; returns (snapshot flags,
+/// events) in arrival order.
+async fn watch_events(stream: &mut esf_client::Streaming<pb::WatchResponse>, n: usize) -> Vec<(bool, pb::Event)> {
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + esf_cluster_tests::READY_DEADLINE;
+    while out.len() < n {
+        let resp = tokio::time::timeout_at(deadline, stream.message())
+            .await
+            .expect("watch events within the deadline")
+            .expect("watch stream")
+            .expect("stream open");
+        assert!(!resp.canceled, "{}", resp.cancel_reason);
+        for e in resp.events {
+            out.push((resp.snapshot, e));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_delivers_every_revision_once_and_a_snapshot_after_compaction() {
+    let c = Cluster::start(&esf_bin(), 3);
+    c.wait_ready().await;
+    let client = c.client();
+    let first = client.put("w/a", "1").await.expect("put").header.unwrap().revision;
+    // A watch on a follower-or-leader node from the first revision, with
+    // previous values: sees history, then live changes, in order.
+    let node = c.nodes[1].client();
+    let req = pb::WatchRequest {
+        range: Some(esf_client::key_range_prefix(b"w/".to_vec())),
+        start_revision: first,
+        prev_kv: true,
+        progress_notify_ms: 0,
+    };
+    let mut stream = node.watch(req).await.expect("watch");
+    client.put("w/a", "2").await.expect("put");
+    client.put("other", "x").await.expect("put outside the range");
+    client.put("w/b", "1").await.expect("put");
+    client
+        .delete(pb::DeleteRequest {
+            range: Some(esf_client::key_range_key(b"w/a".to_vec())),
+            ..Default::default()
+        })
+        .await
+        .expect("delete");
+    let got = watch_events(&mut stream, 4).await;
+    let summary: Vec<(i32, String, String, Option<String>)> = got
+        .iter()
+        .map(|(snap, e)| {
+            assert!(!snap);
+            let kv = e.kv.clone().unwrap();
+            (
+                e.r#type,
+                String::from_utf8(kv.key).unwrap(),
+                String::from_utf8(kv.value).unwrap(),
+                e.prev_kv.clone().map(|p| String::from_utf8(p.value).unwrap()),
+            )
+        })
+        .collect();
+    let put = pb::event::EventType::Put as i32;
+    let del = pb::event::EventType::Delete as i32;
+    assert_eq!(
+        summary,
+        vec![
+            (put, "w/a".into(), "1".into(), None),
+            (put, "w/a".into(), "2".into(), Some("1".into())),
+            (put, "w/b".into(), "1".into(), None),
+            (del, "w/a".into(), "".into(), Some("2".into())),
+        ]
+    );
+    let revs: Vec<u64> = got.iter().map(|(_, e)| e.kv.as_ref().unwrap().mod_revision).collect();
+    assert!(revs.windows(2).all(|w| w[0] < w[1]), "increasing revisions: {revs:?}");
+    // From a compacted revision: the current state as a snapshot, then live.
+    let last = client.put("w/c", "1").await.expect("put").header.unwrap().revision;
+    client.compact(last).await.expect("compact");
+    let req = pb::WatchRequest {
+        range: Some(esf_client::key_range_prefix(b"w/".to_vec())),
+        start_revision: first,
+        prev_kv: false,
+        progress_notify_ms: 0,
+    };
+    let mut stream = c.nodes[2].client().watch(req).await.expect("watch from compacted");
+    let snap = watch_events(&mut stream, 2).await;
+    assert!(snap.iter().all(|(s, _)| *s), "first the snapshot");
+    let keys: Vec<String> = snap
+        .iter()
+        .map(|(_, e)| String::from_utf8(e.kv.clone().unwrap().key).unwrap())
+        .collect();
+    assert_eq!(keys, vec!["w/b".to_string(), "w/c".to_string()]);
+    client.put("w/d", "1").await.expect("put");
+    let live = watch_events(&mut stream, 1).await;
+    assert!(!live[0].0);
+    assert_eq!(live[0].1.kv.clone().unwrap().key, b"w/d".to_vec());
+    // A future start revision is a clear error.
+    let err = node
+        .watch(pb::WatchRequest {
+            range: Some(esf_client::key_range_key(b"w/a".to_vec())),
+            start_revision: 1_000_000,
+            ..Default::default()
+        })
+        .await
+        .expect_err("future revision");
+    assert!(
+        err.to_string().contains("watch.start_revision") && err.to_string().contains("future"),
+        "{err}"
+    );
+    // The CLI prints events and stops after --count.
+    let eps = c.nodes[0].grpc.clone();
+    let (code, out, err) = cli(
+        &esf_bin(),
+        &[
+            "--endpoints",
+            &eps,
+            "kv",
+            "watch",
+            "w/",
+            "--prefix",
+            "--rev",
+            &first.to_string(),
+            "--count",
+            "2",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("SNAPSHOT w/b 1"), "{out}");
+    assert_eq!(out.lines().count(), 2, "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resumable_watch_sees_every_revision_once_when_its_node_is_killed() {
+    let mut c = Cluster::start(&esf_bin(), 3);
+    c.wait_ready().await;
+    let eps: Vec<String> = c.nodes.iter().map(|n| n.grpc.clone()).collect();
+    let watcher = esf_client::Client::new(&eps, esf_client::ClientOptions::default()).expect("client");
+    let mut watch = watcher
+        .watch_resumable(pb::WatchRequest {
+            range: Some(esf_client::key_range_prefix(b"r/".to_vec())),
+            ..Default::default()
+        })
+        .await
+        .expect("watch");
+    let writer = c.client();
+    let mut acked = vec![writer.put("r/first", "v").await.expect("put").header.unwrap().revision];
+    let first = tokio::time::timeout(esf_cluster_tests::READY_DEADLINE, watch.next())
+        .await
+        .expect("first event")
+        .expect("watch");
+    let victim = first.header.as_ref().unwrap().node_id;
+    let mut seen: Vec<u64> = first
+        .events
+        .iter()
+        .map(|e| e.kv.as_ref().unwrap().mod_revision)
+        .collect();
+    let mut served_by = std::collections::BTreeSet::from([victim]);
+    for i in 0..60 {
+        if i == 20 {
+            // Kill the node serving the watch, mid-stream.
+            c.node_mut(victim).kill();
+        }
+        if let Ok(r) = writer.put(format!("r/{i}"), "v").await {
+            acked.push(r.header.unwrap().revision);
+        }
+        // Read what has arrived so far, without waiting for more.
+        while let Ok(Ok(resp)) = tokio::time::timeout(std::time::Duration::ZERO, watch.next()).await {
+            served_by.insert(resp.header.as_ref().unwrap().node_id);
+            seen.extend(resp.events.iter().map(|e| e.kv.as_ref().unwrap().mod_revision));
+        }
+    }
+    let last = *acked.last().expect("some writes were acknowledged");
+    while seen.last().copied().unwrap_or(0) < last {
+        let resp = tokio::time::timeout(esf_cluster_tests::READY_DEADLINE, watch.next())
+            .await
+            .expect("watch keeps delivering after its node died")
+            .expect("watch");
+        served_by.insert(resp.header.as_ref().unwrap().node_id);
+        seen.extend(resp.events.iter().map(|e| e.kv.as_ref().unwrap().mod_revision));
+    }
+    assert!(
+        served_by.contains(&victim) && served_by.len() > 1,
+        "the watch was served by the victim, then elsewhere: {served_by:?}"
+    );
+    assert!(
+        seen.windows(2).all(|w| w[0] < w[1]),
+        "in order, no duplicates: {seen:?}"
+    );
+    for r in &acked {
+        assert!(seen.contains(r), "acknowledged revision {r} never delivered: {seen:?}");
+    }
+}

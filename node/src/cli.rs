@@ -99,6 +99,22 @@ enum LeaseCmd {
 
 #[derive(Debug, Subcommand)]
 enum KvCmd {
+    /// Print changes of a key (or prefix) as they happen.
+    Watch {
+        key: String,
+        /// Watch every key starting with KEY.
+        #[arg(long)]
+        prefix: bool,
+        /// Start at this revision (default: changes from now on).
+        #[arg(long, default_value_t = 0)]
+        rev: u64,
+        /// Include the previous version of each key.
+        #[arg(long)]
+        prev_kv: bool,
+        /// Exit after this many events (default: run until interrupted).
+        #[arg(long)]
+        count: Option<u64>,
+    },
     /// Set a key.
     Put {
         key: String,
@@ -379,6 +395,60 @@ async fn lease(c: Client, out: Output, cmd: LeaseCmd) -> anyhow::Result<()> {
 
 async fn kv(c: Client, out: Output, cmd: KvCmd) -> anyhow::Result<()> {
     match cmd {
+        KvCmd::Watch {
+            key,
+            prefix,
+            rev,
+            prev_kv,
+            count,
+        } => {
+            let range = if prefix {
+                esf_client::key_range_prefix(key.into_bytes())
+            } else {
+                esf_client::key_range_key(key.into_bytes())
+            };
+            let req = pb::WatchRequest {
+                range: Some(range),
+                start_revision: rev,
+                prev_kv,
+                progress_notify_ms: 0,
+            };
+            let mut stream = c.watch(req).await?;
+            let mut seen = 0u64;
+            while let Some(resp) = stream
+                .message()
+                .await
+                .map_err(|s| anyhow::anyhow!("watch: {}", s.message()))?
+            {
+                if resp.canceled {
+                    anyhow::bail!("watch canceled: {}", resp.cancel_reason);
+                }
+                for e in &resp.events {
+                    let kind = if resp.snapshot {
+                        "SNAPSHOT"
+                    } else if e.r#type == pb::event::EventType::Delete as i32 {
+                        "DELETE"
+                    } else {
+                        "PUT"
+                    };
+                    let kv = e.kv.clone().unwrap_or_default();
+                    let v = json!({"type": kind, "key": text(&kv.key), "value": text(&kv.value), "mod_revision": kv.mod_revision, "prev_value": e.prev_kv.as_ref().map(|p| text(&p.value))});
+                    print(out, &v, || {
+                        format!(
+                            "{kind} {} {} (revision {})\n",
+                            text(&kv.key),
+                            text(&kv.value),
+                            kv.mod_revision
+                        )
+                    });
+                    seen += 1;
+                    if count.is_some_and(|n| seen >= n) {
+                        return Ok(());
+                    }
+                }
+            }
+            anyhow::bail!("watch: the node closed the stream");
+        }
         KvCmd::Put { key, value, lease } => {
             let r = c
                 .put_with(pb::PutRequest {

@@ -59,6 +59,19 @@ pub fn header(h: ResponseHeader) -> pb::ResponseHeader {
 }
 
 /// Key-value to proto.
+/// A watch event to proto.
+pub fn event(e: &esf_raft::meta::WatchEvent) -> pb::Event {
+    pb::Event {
+        r#type: if e.deleted {
+            pb::event::EventType::Delete as i32
+        } else {
+            pb::event::EventType::Put as i32
+        },
+        kv: Some(kv(e.kv.clone())),
+        prev_kv: e.prev_kv.clone().map(kv),
+    }
+}
+
 pub fn kv(k: cmd::KeyValue) -> pb::KeyValue {
     pb::KeyValue {
         key: k.key,

@@ -26,6 +26,11 @@ use crate::transport::{ClusterId, PeerPool};
 const FORWARDED: &str = "esf-forwarded";
 /// Deadline of a membership change.
 pub const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Responses a watcher may fall behind by before it is cancelled (it can
+/// resume from the revision in the cancel response).
+pub const WATCH_BUFFER_RESPONSES: usize = 1024;
+/// Most events in one watch response.
+pub const WATCH_MAX_EVENTS_PER_RESPONSE: usize = 1000;
 
 /// Shared state of the services.
 #[derive(Clone)]
@@ -98,8 +103,157 @@ macro_rules! forward_or {
     }};
 }
 
+type WatchStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::WatchResponse, Status>> + Send>>;
+type WatchSender = tokio::sync::mpsc::Sender<Result<pb::WatchResponse, Status>>;
+
+/// One watch: catches up from `next` through the store's changes log, then
+/// follows new revisions. Below the compaction revision it sends the current
+/// state as a snapshot first. Responses go into a bounded channel; a watcher
+/// that lets it fill up is cancelled with the revision to resume from.
+async fn run_watch(
+    meta: Arc<MetaGroup>,
+    range: esf_raft::command::KeyRange,
+    start: u64,
+    prev_kv: bool,
+    progress: Option<Duration>,
+    tx: WatchSender,
+) {
+    use esf_raft::command::Rejection;
+    use esf_raft::meta::ReadError;
+    let store = meta.store().clone();
+    let mut revisions = store.subscribe_revision();
+    let mut next = if start == 0 { store.revision() + 1 } else { start };
+    let response = |revision: u64| pb::WatchResponse {
+        header: Some(convert::header(meta.header(revision))),
+        ..Default::default()
+    };
+    let offer = |tx: &WatchSender, resp: pb::WatchResponse, next: u64| -> bool {
+        // Keep the last slot for the cancel response.
+        if tx.capacity() <= 1 {
+            let mut cancel = response(next.saturating_sub(1));
+            cancel.canceled = true;
+            cancel.cancel_reason = format!(
+                "watcher too slow: {WATCH_BUFFER_RESPONSES} responses not yet received; resume from revision {next}"
+            );
+            let _ = tx.try_send(Ok(cancel));
+            return false;
+        }
+        tx.try_send(Ok(resp)).is_ok()
+    };
+    loop {
+        let current = store.revision();
+        if next <= current {
+            match store.events(&range, next, current, prev_kv) {
+                Ok((events, upto)) => {
+                    let chunks: Vec<&[esf_raft::meta::WatchEvent]> =
+                        events.chunks(WATCH_MAX_EVENTS_PER_RESPONSE).collect();
+                    for (i, chunk) in chunks.iter().enumerate() {
+                        let last = i + 1 == chunks.len();
+                        // A revision split across responses is complete only
+                        // in the response with its last event.
+                        let done = if last {
+                            upto
+                        } else {
+                            let r = chunk.last().map_or(upto, |e| e.revision);
+                            if chunks[i + 1].first().map(|e| e.revision) == Some(r) {
+                                r - 1
+                            } else {
+                                r
+                            }
+                        };
+                        let mut resp = response(done);
+                        resp.events = chunk.iter().map(convert::event).collect();
+                        if !offer(&tx, resp, done + 1) {
+                            return;
+                        }
+                    }
+                    next = upto + 1;
+                }
+                Err(ReadError::Rejected(Rejection::Compacted { .. })) => {
+                    let req = esf_raft::command::RangeRequest {
+                        range: range.clone(),
+                        revision: 0,
+                        limit: 0,
+                        count_only: false,
+                        keys_only: false,
+                    };
+                    match store.range(&req) {
+                        Ok((res, rev)) => {
+                            let mut resp = response(rev);
+                            resp.snapshot = true;
+                            resp.events = res
+                                .kvs
+                                .into_iter()
+                                .map(|kv| pb::Event {
+                                    r#type: pb::event::EventType::Put as i32,
+                                    kv: Some(convert::kv(kv)),
+                                    prev_kv: None,
+                                })
+                                .collect();
+                            if !offer(&tx, resp, rev + 1) {
+                                return;
+                            }
+                            next = rev + 1;
+                        }
+                        Err(e) => {
+                            let _ = tx.try_send(Err(Status::internal(format!("watch snapshot: {e}"))));
+                            return;
+                        }
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.try_send(Err(Status::internal(format!("watch: {e}"))));
+                    return;
+                }
+            }
+            continue;
+        }
+        let idle = tokio::time::sleep(progress.unwrap_or(Duration::from_secs(86_400)));
+        tokio::select! {
+            r = revisions.changed() => {
+                if r.is_err() {
+                    return;
+                }
+            }
+            _ = idle, if progress.is_some() => {
+                let mut resp = response(next - 1);
+                resp.progress = true;
+                if !offer(&tx, resp, next) {
+                    return;
+                }
+            }
+            _ = tx.closed() => return,
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl pb::config_server::Config for ConfigService {
+    type WatchStream = WatchStream;
+
+    async fn watch(&self, req: Request<pb::WatchRequest>) -> Result<Response<WatchStream>, Status> {
+        let msg = req.into_inner();
+        let range = convert::range("watch.range", msg.range)?;
+        let current = self.0.meta.store().revision();
+        if msg.start_revision > current + 1 {
+            return Err(Status::out_of_range(format!(
+                "watch.start_revision: {} is in the future; the current revision is {current}",
+                msg.start_revision
+            )));
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(WATCH_BUFFER_RESPONSES);
+        let progress = (msg.progress_notify_ms > 0).then(|| Duration::from_millis(msg.progress_notify_ms));
+        tokio::spawn(run_watch(
+            self.0.meta.clone(),
+            range,
+            msg.start_revision,
+            msg.prev_kv,
+            progress,
+            tx,
+        ));
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
         let msg = req.get_ref().clone();
         let cmd = Command {

@@ -78,6 +78,20 @@ impl Default for SmState {
     }
 }
 
+/// One change seen by a watcher.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchEvent {
+    /// Revision of the change.
+    pub revision: u64,
+    /// A delete (then `kv` carries the key, the delete's revision, and an
+    /// empty value).
+    pub deleted: bool,
+    /// The key after the change.
+    pub kv: KeyValue,
+    /// The version before, when asked for and still readable.
+    pub prev_kv: Option<KeyValue>,
+}
+
 /// Errors of reads against the store.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
@@ -418,6 +432,84 @@ impl MetaStore {
         }
         it.status().map_err(rocks_err("changes scan"))?;
         Ok(out)
+    }
+
+    /// The events of keys in `range` at revisions `[from, to]` (`to` 0 =
+    /// current), in revision order and, within a revision, in the order the
+    /// ops ran; with `prev_kv`, each carries the version before it (if not
+    /// compacted away). Fails with `Compacted` if `from` is compacted.
+    /// Returns the current revision too. Reads one RocksDB snapshot, so a
+    /// concurrent compaction cannot tear the result.
+    pub fn events(
+        &self,
+        range: &KeyRange,
+        from: u64,
+        to: u64,
+        prev_kv: bool,
+    ) -> Result<(Vec<WatchEvent>, u64), ReadError> {
+        let st = self.state.read().expect("sm state lock");
+        let snap = self.db.rocks().snapshot();
+        let (current, compact) = (st.revision, st.compact_revision);
+        drop(st);
+        if from < compact {
+            return Err(Rejection::Compacted {
+                requested: from,
+                compact_revision: compact,
+            }
+            .into());
+        }
+        let to = if to == 0 { current } else { to.min(current) };
+        let lo = layout::changes_key(self.group, from);
+        let hi = layout::changes_key(self.group, to.saturating_add(1));
+        let mut it = self.sm_iter(&snap, &lo, &hi);
+        let hist_lo = layout::table_prefix(self.group, layout::HISTORY);
+        let hist_hi = prefix_end(&hist_lo).expect("table prefix is not all 0xff");
+        let mut probe = self.sm_iter(&snap, &hist_lo, &hist_hi);
+        let mut out = Vec::new();
+        it.seek(&lo);
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            let rev = u64::from_be_bytes(k[k.len() - 8..].try_into().expect("changes key ends with 8 bytes"));
+            let record = format!("changes at revision {rev}");
+            let changes: Changes = codec::decode(
+                RecordRef {
+                    cf: CF_SM,
+                    group: self.group,
+                    record: &record,
+                },
+                v,
+            )?;
+            for key in changes.keys.into_iter().filter(|k| range.contains(k)) {
+                let Some(rec) = self.history_get(&snap, &key, rev)? else {
+                    continue;
+                };
+                let kv = rec.to_kv(&key, false);
+                let prev = if prev_kv && rev > 1 {
+                    let own = layout::history_key(self.group, &key, 0);
+                    let own = &own[..own.len() - 8];
+                    probe.seek_for_prev(layout::history_key(self.group, &key, rev - 1));
+                    match (probe.key(), probe.value()) {
+                        (Some(pk), Some(pv)) if pk.len() == own.len() + 8 && pk.starts_with(own) => {
+                            let p =
+                                self.decode_kv(&|| format!("history of key {:?}", String::from_utf8_lossy(&key)), pv)?;
+                            p.value.is_some().then(|| p.to_kv(&key, false))
+                        }
+                        _ => None,
+                    }
+                } else {
+                    None
+                };
+                out.push(WatchEvent {
+                    revision: rev,
+                    deleted: rec.value.is_none(),
+                    kv,
+                    prev_kv: prev,
+                });
+            }
+            it.next();
+        }
+        it.status().map_err(rocks_err("events scan"))?;
+        probe.status().map_err(rocks_err("events probe"))?;
+        Ok((out, current))
     }
 
     /// Every lease.
