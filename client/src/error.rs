@@ -28,6 +28,11 @@ pub enum Error {
     /// outcome is unknown (retrying with the same session is safe).
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// A bound was reached: the storage quota (the message starts with
+    /// "quota:"; deletes or compaction free space) or a message size limit.
+    /// Retrying unchanged does not help.
+    #[error("resource exhausted: {0}")]
+    ResourceExhausted(String),
     /// The server failed.
     #[error("internal error: {0}")]
     Internal(String),
@@ -48,12 +53,10 @@ impl Error {
             Code::OutOfRange => Error::OutOfRange(msg),
             Code::NotFound => Error::NotFound(msg),
             Code::FailedPrecondition | Code::AlreadyExists => Error::FailedPrecondition(msg),
-            Code::Unavailable
-            | Code::DeadlineExceeded
-            | Code::Cancelled
-            | Code::Unknown
-            | Code::ResourceExhausted
-            | Code::Aborted => Error::Unavailable(msg),
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown | Code::Aborted => {
+                Error::Unavailable(msg)
+            }
+            Code::ResourceExhausted => Error::ResourceExhausted(msg),
             _ => Error::Internal(format!("{:?}: {msg}", s.code())),
         }
     }

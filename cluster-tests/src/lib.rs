@@ -176,13 +176,22 @@ fn new_node(base: &Path, id: u64, join: &[String], bootstrap_expect: Option<u64>
 impl Cluster {
     /// Starts `n` nodes that form one cluster.
     pub fn start(bin: &Path, n: u64) -> Cluster {
+        Cluster::start_with(bin, n, &[])
+    }
+
+    /// Starts `n` nodes with `extra` arguments each.
+    pub fn start_with(bin: &Path, n: u64, extra: &[&str]) -> Cluster {
         let base = tempfile::tempdir().expect("tempdir");
         let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
         let join: Vec<String> = ports.iter().map(|(g, _)| format!("127.0.0.1:{g}")).collect();
         let nodes: Vec<Node> = ports
             .iter()
             .enumerate()
-            .map(|(i, p)| new_node(base.path(), i as u64 + 1, &join, Some(n), *p))
+            .map(|(i, p)| {
+                let mut node = new_node(base.path(), i as u64 + 1, &join, Some(n), *p);
+                node.args.extend(extra.iter().map(|a| a.to_string()));
+                node
+            })
             .collect();
         let mut c = Cluster {
             nodes,

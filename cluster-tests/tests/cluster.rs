@@ -633,3 +633,56 @@ async fn resumable_watch_sees_every_revision_once_when_its_node_is_killed() {
         assert!(seen.contains(r), "acknowledged revision {r} never delivered: {seen:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_past_the_quota_are_refused_until_compaction_frees_space() {
+    let c = Cluster::start_with(&esf_bin(), 3, &["--quota-bytes", "4194304"]);
+    c.wait_ready().await;
+    let client = c.client();
+    client.put("keep", "small").await.expect("put under the quota");
+    // 256 KiB versions of one key: history keeps them all until compaction.
+    let big = vec![b'x'; 256 << 10];
+    let mut refused = None;
+    for _ in 0..64 {
+        match client.put("big", big.clone()).await {
+            Ok(_) => {}
+            Err(e) => {
+                refused = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    let err = refused.expect("writes past a 4 MiB quota must be refused");
+    assert!(err.contains("quota") && err.contains("quota_bytes"), "{err}");
+    // The alarm shows in status; reads and deletes still work.
+    let eps = c.nodes.iter().map(|n| n.grpc.clone()).collect::<Vec<_>>().join(",");
+    let (code, out, _) = cli(&esf_bin(), &["--endpoints", &eps, "-o", "json", "endpoint", "status"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("\"quota_alarm\":true"), "{out}");
+    let (_, kv) = client.get("keep").await.expect("read past the quota");
+    assert_eq!(kv.unwrap().value, b"small".to_vec());
+    let del = client
+        .delete(pb::DeleteRequest {
+            range: Some(esf_client::key_range_key(b"big".to_vec())),
+            ..Default::default()
+        })
+        .await
+        .expect("delete past the quota");
+    let rev = del.header.unwrap().revision;
+    // Compaction drops the history; the space is reclaimed in the
+    // background and the alarm clears itself.
+    client.compact(rev).await.expect("compact past the quota");
+    let deadline = tokio::time::Instant::now() + esf_cluster_tests::READY_DEADLINE;
+    loop {
+        match client.put("after", "1").await {
+            Ok(_) => break,
+            Err(e) => assert!(
+                tokio::time::Instant::now() < deadline && e.to_string().contains("quota"),
+                "put after compaction: {e}"
+            ),
+        }
+        tokio::time::sleep(esf_cluster_tests::POLL_INTERVAL).await;
+    }
+    let (_, kv) = client.get("after").await.expect("get");
+    assert!(kv.is_some());
+}

@@ -148,6 +148,24 @@ async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
         s.meta.store().db().approximate_size_bytes(),
     );
     gauge(
+        "esf_quota_bytes",
+        "Storage quota of the state machines (quota_bytes).",
+        "",
+        s.meta.quota_bytes(),
+    );
+    gauge(
+        "esf_quota_used_bytes",
+        "Bytes the state machines use against the quota.",
+        "",
+        s.meta.quota_used(),
+    );
+    gauge(
+        "esf_quota_alarm",
+        "1 while writes that add data are refused for lack of quota.",
+        "",
+        u64::from(s.meta.quota_exceeded()),
+    );
+    gauge(
         "esf_node_ready",
         "1 if /readyz reports ready.",
         "",

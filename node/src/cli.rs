@@ -274,7 +274,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         if g.leader_id == 0 {
                             healthy = false;
                         }
-                        rows.push(json!({"endpoint": ep, "healthy": g.leader_id != 0, "node_id": s.node_id, "cluster_id": s.cluster_id, "role": g.role, "term": g.term, "leader_id": g.leader_id, "commit_index": g.commit_index, "applied_index": g.applied_index, "db_size_bytes": s.db_size_bytes, "version": s.version}));
+                        rows.push(json!({"endpoint": ep, "healthy": g.leader_id != 0, "node_id": s.node_id, "cluster_id": s.cluster_id, "role": g.role, "term": g.term, "leader_id": g.leader_id, "commit_index": g.commit_index, "applied_index": g.applied_index, "db_size_bytes": s.db_size_bytes, "quota_alarm": s.quota_alarm, "quota_used_bytes": s.quota_used_bytes, "quota_bytes": s.quota_bytes, "version": s.version}));
                     }
                     Err(e) => {
                         healthy = false;
@@ -286,8 +286,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             match cmd {
                 EndpointCmd::Status => print(out, &v, || {
                     let mut s = format!(
-                        "{:<26} {:<5} {:<9} {:<5} {:<6} {:<8} {:<8} {:<10} {}\n",
-                        "ENDPOINT", "ID", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "DB BYTES", "VERSION"
+                        "{:<26} {:<5} {:<9} {:<5} {:<6} {:<8} {:<8} {:<10} {:<7} {}\n",
+                        "ENDPOINT", "ID", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "DB BYTES", "ALARM", "VERSION"
                     );
                     for r in &rows {
                         if let Some(err) = r.get("error") {
@@ -298,7 +298,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                             );
                         } else {
                             s += &format!(
-                                "{:<26} {:<5} {:<9} {:<5} {:<6} {:<8} {:<8} {:<10} {}\n",
+                                "{:<26} {:<5} {:<9} {:<5} {:<6} {:<8} {:<8} {:<10} {:<7} {}\n",
                                 r["endpoint"].as_str().unwrap_or(""),
                                 r["node_id"].to_string(),
                                 r["role"].as_str().unwrap_or(""),
@@ -307,6 +307,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                                 r["commit_index"].to_string(),
                                 r["applied_index"].to_string(),
                                 r["db_size_bytes"].to_string(),
+                                if r["quota_alarm"] == true { "NOSPACE" } else { "-" },
                                 r["version"].as_str().unwrap_or("")
                             );
                         }

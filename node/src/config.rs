@@ -38,6 +38,10 @@ pub struct NodeConfig {
     pub max_apply_lag: u64,
     /// Leadership hand-over deadline on SIGTERM, ms.
     pub drain_timeout_ms: u64,
+    /// Storage quota of the state machines (the `sm` column family), bytes.
+    /// Past it, writes that add data fail; reads, deletes, lease revokes and
+    /// compaction still work.
+    pub quota_bytes: u64,
     /// Log filter (tracing env-filter syntax); `RUST_LOG` overrides.
     pub log_level: String,
 }
@@ -58,6 +62,7 @@ impl Default for NodeConfig {
             request_timeout_ms: 5000,
             max_apply_lag: 1000,
             drain_timeout_ms: 5000,
+            quota_bytes: 8 << 30,
             log_level: "info".into(),
         }
     }
@@ -118,6 +123,10 @@ pub struct Flags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_level: Option<String>,
+    /// Storage quota of the state machines, bytes.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quota_bytes: Option<u64>,
 }
 
 /// Builds the layered configuration and validates it.

@@ -39,6 +39,7 @@ pub fn status(e: esf_raft::Error) -> Status {
             s
         }
         esf_raft::Error::Unavailable(m) => Status::unavailable(m),
+        e @ esf_raft::Error::NoSpace { .. } => Status::resource_exhausted(e.to_string()),
         esf_raft::Error::Storage(e) => Status::internal(format!("storage: {e}")),
         esf_raft::Error::Fatal(m) => Status::internal(format!("raft stopped: {m}")),
     }

@@ -139,6 +139,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         node_id: cfg.node_id,
         raft: Arc::new(raft_cfg),
         request_timeout: Duration::from_millis(cfg.request_timeout_ms),
+        quota_bytes: cfg.quota_bytes,
     };
     let meta = MetaGroup::start(db.clone(), network, opts)
         .await

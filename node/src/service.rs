@@ -580,6 +580,9 @@ impl pb::cluster_server::Cluster for ClusterService {
             cluster_id: self.0.cluster_id.read().expect("cluster id lock").clone(),
             groups: vec![group],
             db_size_bytes: self.0.meta.store().db().approximate_size_bytes(),
+            quota_alarm: self.0.meta.quota_exceeded(),
+            quota_used_bytes: self.0.meta.quota_used(),
+            quota_bytes: self.0.meta.quota_bytes(),
             advertise: self.0.advertise.clone(),
         }))
     }

@@ -24,6 +24,17 @@ pub enum Error {
     /// Retry with the same session sequence.
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// The storage quota is used up: writes that add data are refused until
+    /// deletes or compaction free space.
+    #[error(
+        "quota: the state machines use {used} bytes, over the quota of {quota} bytes (quota_bytes); delete keys or compact history (esf kv compact) to free space"
+    )]
+    NoSpace {
+        /// Bytes in use.
+        used: u64,
+        /// The quota.
+        quota: u64,
+    },
     /// Storage failed; the node must stop.
     #[error(transparent)]
     Storage(#[from] esf_storage::StorageError),

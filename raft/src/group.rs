@@ -70,6 +70,8 @@ pub struct GroupOptions {
     pub raft: Arc<openraft::Config>,
     /// Deadline of proposals and linearizable reads.
     pub request_timeout: Duration,
+    /// Storage quota of the state machines (`sm` column family), bytes.
+    pub quota_bytes: u64,
 }
 
 /// The meta group of one node.
@@ -159,6 +161,15 @@ impl MetaGroup {
     /// rejection is returned as [`Error::Rejected`].
     pub async fn write(&self, cmd: Command) -> Result<(ResponseHeader, Response)> {
         self.store.limits().check_op(&cmd.op)?;
+        if adds_data(&cmd.op) {
+            let used = self.quota_used();
+            if used > self.opts.quota_bytes {
+                return Err(Error::NoSpace {
+                    used,
+                    quota: self.opts.quota_bytes,
+                });
+            }
+        }
         let deadline = Instant::now() + self.opts.request_timeout;
         let timed_out = || Error::Unavailable(format!("write not applied within {:?}", self.opts.request_timeout));
         let resp = loop {
@@ -229,6 +240,22 @@ impl MetaGroup {
                 Err(e) => warn!(node = id, error = %e, "cannot read replicated members"),
             }
         }
+    }
+
+    /// Bytes the state machines use, as counted against the quota.
+    pub fn quota_used(&self) -> u64 {
+        self.store.db().cf_size_bytes(esf_storage::keys::CF_SM)
+    }
+
+    /// Whether writes that add data are refused (the quota alarm). Clears
+    /// itself once deletes or compaction bring usage under the quota.
+    pub fn quota_exceeded(&self) -> bool {
+        self.quota_used() > self.opts.quota_bytes
+    }
+
+    /// The configured quota, bytes.
+    pub fn quota_bytes(&self) -> u64 {
+        self.opts.quota_bytes
     }
 
     /// Waits until reads here reflect every write acknowledged before now.
@@ -424,5 +451,19 @@ async fn run_lease_keeper(group: std::sync::Weak<MetaGroup>) {
                 _ = tokio::time::sleep_until(wake) => break,
             }
         }
+    }
+}
+
+/// Whether `op` can add data (and so is refused past the quota). Deletes,
+/// lease revokes and compaction free space and always run.
+fn adds_data(op: &Op) -> bool {
+    match op {
+        Op::Put(_) | Op::LeaseGrant { .. } => true,
+        Op::Txn(t) => t.success.iter().chain(&t.failure).any(|o| matches!(o, TxnOp::Put(_))),
+        Op::Delete(_)
+        | Op::Compact { .. }
+        | Op::LeaseRevoke { .. }
+        | Op::SetLimits(_)
+        | Op::MemberReplicated { .. } => false,
     }
 }

@@ -261,6 +261,22 @@ impl Db {
         }
     }
 
+    /// Live SST plus memtable bytes of one column family.
+    pub fn cf_size_bytes(&self, cf: &str) -> u64 {
+        let cf = self.cf(cf);
+        let get = |p: &str| self.db.property_int_value_cf(cf, p).ok().flatten().unwrap_or(0);
+        get("rocksdb.total-sst-files-size") + get("rocksdb.cur-size-all-mem-tables")
+    }
+
+    /// Flushes and compacts one column family so deleted data stops taking
+    /// space (runs on the caller's thread; can take a while).
+    pub fn reclaim(&self, cf: &str) -> Result<()> {
+        let handle = self.cf(cf);
+        self.db.flush_cf(handle).map_err(|e| StorageError::rocks("flush", e))?;
+        self.db.compact_range_cf(handle, None::<&[u8]>, None::<&[u8]>);
+        Ok(())
+    }
+
     /// Live SST plus memtable bytes, for status and metrics.
     pub fn approximate_size_bytes(&self) -> u64 {
         let sst = self

@@ -115,6 +115,7 @@ pub struct MetaStore {
     state: RwLock<SmState>,
     sessions: Mutex<Sessions>,
     revision_tx: watch::Sender<u64>,
+    reclaiming: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for MetaStore {
@@ -148,6 +149,7 @@ impl MetaStore {
             state: RwLock::new(state),
             sessions: Mutex::new(sessions),
             revision_tx,
+            reclaiming: Arc::default(),
         }))
     }
 
@@ -566,6 +568,26 @@ impl MetaStore {
         }
     }
 
+    /// After an explicit compaction: flush and compact the `sm` column
+    /// family in the background so the dropped history stops counting
+    /// against the quota. At most one runs at a time.
+    fn schedule_reclaim(&self) {
+        if self.reclaiming.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        let db = self.db.clone();
+        let flag = self.reclaiming.clone();
+        let spawned = std::thread::Builder::new().name("esf-reclaim".into()).spawn(move || {
+            if let Err(e) = db.reclaim(CF_SM) {
+                tracing::warn!(error = %e, "reclaiming space after compaction failed");
+            }
+            flag.store(false, std::sync::atomic::Ordering::SeqCst);
+        });
+        if spawned.is_err() {
+            self.reclaiming.store(false, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
     /// Whether the leader recorded (with `MemberReplicated`) that it has
     /// replicated to `node_id`.
     pub fn member_replicated(&self, node_id: u64) -> Result<bool, StorageError> {
@@ -714,6 +736,7 @@ impl MetaStore {
                 None => batch.delete_cf(cf, key),
             }
         }
+        let compacted = st.compact_revision > self.state.read().expect("sm state lock").compact_revision;
         st.last_applied = Some(log_id);
         batch.put_cf(cf, layout::state_key(self.group), codec::encode("sm state", &st)?);
         let revision = st.revision;
@@ -721,6 +744,9 @@ impl MetaStore {
             let mut guard = self.state.write().expect("sm state lock");
             self.db.write_buffered(batch)?;
             *guard = st;
+        }
+        if compacted && matches!(&entry.payload, EntryPayload::Normal(c) if matches!(c.op, Op::Compact { .. })) {
+            self.schedule_reclaim();
         }
         self.revision_tx.send_if_modified(|r| {
             let changed = *r != revision;

@@ -276,6 +276,7 @@ impl TestCluster {
             node_id: id,
             raft: self.config.clone(),
             request_timeout: Duration::from_secs(3),
+            quota_bytes: u64::MAX,
         };
         let group = MetaGroup::start(
             db,
