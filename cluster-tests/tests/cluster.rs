@@ -294,6 +294,16 @@ async fn sigterm_hands_over_leadership_and_exits_cleanly() {
     let mut c = Cluster::start(&esf_bin(), 3);
     let leader = c.wait_ready().await;
     c.client().put("k", "v").await.expect("put");
+    // An open watch on the stopping node ends with a cancel, not a hang.
+    let mut watch = c
+        .node(leader)
+        .client()
+        .watch(pb::WatchRequest {
+            range: Some(esf_client::key_range_prefix(b"k".to_vec())),
+            ..Default::default()
+        })
+        .await
+        .expect("watch");
     let status = c.node_mut(leader).terminate().expect("was running");
     assert!(
         status.success(),
@@ -305,10 +315,29 @@ async fn sigterm_hands_over_leadership_and_exits_cleanly() {
         "{}",
         c.node(leader).log()
     );
+    let last = watch
+        .message()
+        .await
+        .expect("cancel response")
+        .expect("a last response");
+    assert!(
+        last.canceled && last.cancel_reason.contains("shutting down"),
+        "{last:?}"
+    );
     let new = c.wait_ready().await;
     assert_ne!(new, leader);
     let (_, kv) = c.client().get("k").await.expect("get after hand-over");
     assert_eq!(kv.unwrap().value, b"v");
+    // A follower of an idle cluster (its replication stream open, nothing
+    // to send) stops promptly too.
+    let follower = c
+        .nodes
+        .iter()
+        .map(|n| n.id)
+        .find(|&id| id != new && id != leader)
+        .expect("a follower");
+    let status = c.node_mut(follower).terminate().expect("was running");
+    assert!(status.success(), "{status:?}\n{}", c.node(follower).log());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

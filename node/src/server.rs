@@ -164,7 +164,9 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     });
 
     // gRPC.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let ctx = Ctx {
+        stop: stop_rx.clone(),
         meta: meta.clone(),
         pool: pool.clone(),
         cluster_id: cluster_id.clone(),
@@ -194,7 +196,6 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     // A node with data takes Raft traffic at once; one without waits for
     // the formation check.
     let gate = Arc::new(AtomicBool::new(has_data));
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let grpc = tonic::transport::Server::builder()
         .add_service(pb::config_server::ConfigServer::new(ConfigService(ctx.clone())))
         .add_service(pb::cluster_server::ClusterServer::new(ClusterService(ctx.clone())))

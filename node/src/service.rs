@@ -35,6 +35,8 @@ pub const WATCH_MAX_EVENTS_PER_RESPONSE: usize = 1000;
 /// Shared state of the services.
 #[derive(Clone)]
 pub struct Ctx {
+    /// Becomes true when the node stops: open watches end with a cancel.
+    pub stop: tokio::sync::watch::Receiver<bool>,
     pub meta: Arc<MetaGroup>,
     pub pool: PeerPool,
     pub cluster_id: ClusterId,
@@ -117,29 +119,45 @@ async fn run_watch(
     prev_kv: bool,
     progress: Option<Duration>,
     tx: WatchSender,
+    meta_stop: tokio::sync::watch::Receiver<bool>,
 ) {
     use esf_raft::command::Rejection;
     use esf_raft::meta::ReadError;
     let store = meta.store().clone();
     let mut revisions = store.subscribe_revision();
     let mut next = if start == 0 { store.revision() + 1 } else { start };
+    // Every change up to this revision has been sent.
+    let mut delivered = next - 1;
     let response = |revision: u64| pb::WatchResponse {
         header: Some(convert::header(meta.header(revision))),
         ..Default::default()
     };
-    let offer = |tx: &WatchSender, resp: pb::WatchResponse, next: u64| -> bool {
+    let cancel = |tx: &WatchSender, delivered: u64, why: &str| {
+        let mut c = response(delivered);
+        c.canceled = true;
+        c.cancel_reason = format!("{why}; resume from revision {}", delivered + 1);
+        let _ = tx.try_send(Ok(c));
+    };
+    // Sends `resp`, which completes revision `done`; false once the watcher
+    // is cancelled (its buffer is full: the cancel names the first revision
+    // it has not been sent).
+    let offer = |tx: &WatchSender, resp: pb::WatchResponse, done: u64, delivered: &mut u64| -> bool {
         // Keep the last slot for the cancel response.
         if tx.capacity() <= 1 {
-            let mut cancel = response(next.saturating_sub(1));
-            cancel.canceled = true;
-            cancel.cancel_reason = format!(
-                "watcher too slow: {WATCH_BUFFER_RESPONSES} responses not yet received; resume from revision {next}"
+            cancel(
+                tx,
+                *delivered,
+                &format!("watcher too slow: {WATCH_BUFFER_RESPONSES} responses not yet received"),
             );
-            let _ = tx.try_send(Ok(cancel));
             return false;
         }
-        tx.try_send(Ok(resp)).is_ok()
+        if tx.try_send(Ok(resp)).is_err() {
+            return false;
+        }
+        *delivered = done;
+        true
     };
+    let mut stop = meta_stop.clone();
     loop {
         let current = store.revision();
         if next <= current {
@@ -163,7 +181,7 @@ async fn run_watch(
                         };
                         let mut resp = response(done);
                         resp.events = chunk.iter().map(convert::event).collect();
-                        if !offer(&tx, resp, done + 1) {
+                        if !offer(&tx, resp, done, &mut delivered) {
                             return;
                         }
                     }
@@ -190,7 +208,7 @@ async fn run_watch(
                                     prev_kv: None,
                                 })
                                 .collect();
-                            if !offer(&tx, resp, rev + 1) {
+                            if !offer(&tx, resp, rev, &mut delivered) {
                                 return;
                             }
                             next = rev + 1;
@@ -218,9 +236,13 @@ async fn run_watch(
             _ = idle, if progress.is_some() => {
                 let mut resp = response(next - 1);
                 resp.progress = true;
-                if !offer(&tx, resp, next) {
+                if !offer(&tx, resp, next - 1, &mut delivered) {
                     return;
                 }
+            }
+            _ = stop.wait_for(|s| *s) => {
+                cancel(&tx, delivered, "this node is shutting down");
+                return;
             }
             _ = tx.closed() => return,
         }
@@ -250,6 +272,7 @@ impl pb::config_server::Config for ConfigService {
             msg.prev_kv,
             progress,
             tx,
+            self.0.stop.clone(),
         ));
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }

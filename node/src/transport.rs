@@ -159,6 +159,9 @@ fn split_by_bytes(rpc: AppendEntriesRequest<TypeConfig>) -> Vec<AppendEntriesReq
 #[derive(Clone, Default)]
 struct Inflight {
     sent: Arc<Mutex<VecDeque<tokio::time::Instant>>>,
+    /// When the last result arrived: an append queued behind others is
+    /// only late once the peer has also stopped answering.
+    last_answer: Arc<Mutex<Option<tokio::time::Instant>>>,
     wake: Arc<tokio::sync::Notify>,
 }
 
@@ -184,10 +187,12 @@ impl Inflight {
     async fn next_answer(&self, responses: &mut Streaming<pb::RaftMessage>, deadline: Duration) -> Answer {
         loop {
             let oldest = self.sent.lock().expect("inflight lock").front().copied();
-            let expires = oldest.map(|t| t + deadline);
+            let last = *self.last_answer.lock().expect("inflight lock");
+            let expires = oldest.map(|t| last.map_or(t, |l| t.max(l)) + deadline);
             tokio::select! {
                 m = responses.message() => {
                     self.sent.lock().expect("inflight lock").pop_front();
+                    *self.last_answer.lock().expect("inflight lock") = Some(tokio::time::Instant::now());
                     return match m {
                         Ok(Some(m)) => Answer::Message(m),
                         Ok(None) => Answer::End,
@@ -316,7 +321,11 @@ impl RaftNetworkV2<TypeConfig> for PeerConn {
             let target = self.target;
             // Each request becomes one or more messages (split by bytes);
             // each message is answered by one result.
-            let requests = input.flat_map(|rpc| futures::stream::iter(split_by_bytes(rpc))).filter_map(move |part| {
+            // The requests end when the results are dropped (a new session
+            // starts): an old request stream must not linger holding
+            // openraft's replication state.
+            let (results_alive, results_gone) = tokio::sync::oneshot::channel::<()>();
+            let requests = input.take_until(results_gone).flat_map(|rpc| futures::stream::iter(split_by_bytes(rpc))).filter_map(move |part| {
                 let msg = match encode(&part) {
                     Ok(payload) => Some(pb::RaftMessage {
                         group,
@@ -324,7 +333,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConn {
                         payload,
                     }),
                     Err(e) => {
-                        tracing::error!(target_node = target, error = %e, "cannot encode an append; ending the stream");
+                        tracing::error!(target_node = target, error = %e, "cannot encode an append; skipping it (the follower will report a conflict and openraft resends)");
                         None
                     }
                 };
@@ -344,20 +353,23 @@ impl RaftNetworkV2<TypeConfig> for PeerConn {
                     )))));
                 }
             };
-            let results = futures::stream::unfold(Some((responses, inflight, deadline, target)), |state| async move {
-                let (mut responses, inflight, deadline, target) = state?;
-                let item = match inflight.next_answer(&mut responses, deadline).await {
-                    Answer::Message(m) => decode::<StreamAppendResult<TypeConfig>>(&m.payload)
-                        .map_err(|e| RPCError::Network(NetworkError::new(&Msg(e)))),
-                    Answer::Status(s) => Err(rpc_err(target, &s)),
-                    Answer::Late => Err(RPCError::Unreachable(Unreachable::new(&Msg(format!(
-                        "node {target}: an append was not answered within {deadline:?}"
-                    ))))),
-                    Answer::End => return None,
-                };
-                let next = item.is_ok().then_some((responses, inflight, deadline, target));
-                Some((item, next))
-            });
+            let results = futures::stream::unfold(
+                Some((responses, inflight, deadline, target, results_alive)),
+                |state| async move {
+                    let (mut responses, inflight, deadline, target, alive) = state?;
+                    let item = match inflight.next_answer(&mut responses, deadline).await {
+                        Answer::Message(m) => decode::<StreamAppendResult<TypeConfig>>(&m.payload)
+                            .map_err(|e| RPCError::Network(NetworkError::new(&Msg(e)))),
+                        Answer::Status(s) => Err(rpc_err(target, &s)),
+                        Answer::Late => Err(RPCError::Unreachable(Unreachable::new(&Msg(format!(
+                            "node {target}: an append was not answered within {deadline:?}"
+                        ))))),
+                        Answer::End => return None,
+                    };
+                    let next = item.is_ok().then_some((responses, inflight, deadline, target, alive));
+                    Some((item, next))
+                },
+            );
             Ok(results.boxed())
         })
     }
@@ -479,8 +491,12 @@ impl RaftService {
         rest: Streaming<pb::RaftMessage>,
     ) -> impl Stream<Item = Result<pb::RaftMessage, Status>> + Send + 'static {
         let (group, cluster) = (first.group, first.cluster_id.clone());
+        let mut stop = self.stop.clone();
         let requests = futures::stream::once(futures::future::ready(Ok(first)))
             .chain(rest)
+            .take_until(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
             .map(move |m| match m {
                 Ok(m) if m.group == group && m.cluster_id == cluster => {
                     decode::<AppendEntriesRequest<TypeConfig>>(&m.payload)

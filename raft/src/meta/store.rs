@@ -439,8 +439,9 @@ impl MetaStore {
     /// The events of keys in `range` at revisions `[from, to]` (`to` 0 =
     /// current), in revision order and, within a revision, in the order the
     /// ops ran; with `prev_kv`, each carries the version before it (if not
-    /// compacted away). Fails with `Compacted` if `from` is compacted.
-    /// Returns the current revision too. Reads one RocksDB snapshot, so a
+    /// compacted away). Fails with `Compacted` if `from` is at or below the
+    /// compaction revision. Returns the revision it read up to (`to`, or the
+    /// current one). Reads one RocksDB snapshot, so a
     /// concurrent compaction cannot tear the result.
     pub fn events(
         &self,
@@ -453,7 +454,10 @@ impl MetaStore {
         let snap = self.db.rocks().snapshot();
         let (current, compact) = (st.revision, st.compact_revision);
         drop(st);
-        if from < compact {
+        // At the compaction revision itself a delete's tombstone may be
+        // gone (compaction drops a tombstone that is a key's latest
+        // version), so changes are only complete above it.
+        if from < compact || (compact > 0 && from == compact) {
             return Err(Rejection::Compacted {
                 requested: from,
                 compact_revision: compact,
@@ -511,7 +515,7 @@ impl MetaStore {
         }
         it.status().map_err(rocks_err("events scan"))?;
         probe.status().map_err(rocks_err("events probe"))?;
-        Ok((out, current))
+        Ok((out, to))
     }
 
     /// Every lease.
