@@ -184,7 +184,19 @@ async fn known_node_with_empty_data_dir_is_refused() {
     let bin = c.bin.clone();
     let n = c.node_mut(victim);
     n.start(&bin);
-    let status = n.child.as_mut().unwrap().wait().expect("node exits");
+    // It must exit by itself (bounded wait: a hang fails the test).
+    let deadline = std::time::Instant::now() + esf_cluster_tests::READY_DEADLINE;
+    let status = loop {
+        if let Some(s) = n.child.as_mut().unwrap().try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a wiped node kept running:\n{}",
+            n.log()
+        );
+        std::thread::sleep(esf_cluster_tests::POLL_INTERVAL);
+    };
     n.child = None;
     assert!(!status.success(), "a wiped known node must refuse to start");
     assert!(
