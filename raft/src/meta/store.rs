@@ -124,6 +124,22 @@ impl std::fmt::Debug for MetaStore {
     }
 }
 
+/// The newest version of `key` below revision `rev` (its revision and raw
+/// record), using `probe`, an iterator over the history table. Check
+/// `probe.status()` afterwards.
+fn version_before(probe: &mut Raw<'_>, group: GroupId, key: &[u8], rev: u64) -> Option<(u64, Vec<u8>)> {
+    let own = layout::history_key(group, key, 0);
+    let own = &own[..own.len() - 8];
+    probe.seek_for_prev(layout::history_key(group, key, rev.checked_sub(1)?));
+    match (probe.key(), probe.value()) {
+        (Some(pk), Some(pv)) if pk.len() == own.len() + 8 && pk.starts_with(own) => {
+            let r = u64::from_be_bytes(pk[pk.len() - 8..].try_into().expect("history key ends with 8 bytes"));
+            Some((r, pv.to_vec()))
+        }
+        _ => None,
+    }
+}
+
 /// Auto-compaction runs once the oldest readable revision trails the kept
 /// window by this many revisions: an eighth of the window, at least 1.
 pub fn auto_compaction_step(history_revisions: u64) -> u64 {
@@ -417,19 +433,7 @@ impl MetaStore {
         it.seek(&lo);
         let mut out = Vec::new();
         while let (Some(k), Some(v)) = (it.key(), it.value()) {
-            let rev = u64::from_be_bytes(k[k.len() - 8..].try_into().expect("changes key ends with 8 bytes"));
-            let record = format!("changes at revision {rev}");
-            out.push((
-                rev,
-                codec::decode(
-                    RecordRef {
-                        cf: CF_SM,
-                        group: self.group,
-                        record: &record,
-                    },
-                    v,
-                )?,
-            ));
+            out.push(self.decode_changes_row(k, v)?);
             it.next();
         }
         it.status().map_err(rocks_err("changes scan"))?;
@@ -474,35 +478,22 @@ impl MetaStore {
         let mut out = Vec::new();
         it.seek(&lo);
         while let (Some(k), Some(v)) = (it.key(), it.value()) {
-            let rev = u64::from_be_bytes(k[k.len() - 8..].try_into().expect("changes key ends with 8 bytes"));
-            let record = format!("changes at revision {rev}");
-            let changes: Changes = codec::decode(
-                RecordRef {
-                    cf: CF_SM,
-                    group: self.group,
-                    record: &record,
-                },
-                v,
-            )?;
+            let (rev, changes) = self.decode_changes_row(k, v)?;
             for key in changes.keys.into_iter().filter(|k| range.contains(k)) {
                 let Some(rec) = self.history_get(&snap, &key, rev)? else {
                     continue;
                 };
                 let kv = rec.to_kv(&key, false);
-                let prev = if prev_kv && rev > 1 {
-                    let own = layout::history_key(self.group, &key, 0);
-                    let own = &own[..own.len() - 8];
-                    probe.seek_for_prev(layout::history_key(self.group, &key, rev - 1));
-                    match (probe.key(), probe.value()) {
-                        (Some(pk), Some(pv)) if pk.len() == own.len() + 8 && pk.starts_with(own) => {
-                            let p =
-                                self.decode_kv(&|| format!("history of key {:?}", String::from_utf8_lossy(&key)), pv)?;
-                            p.value.is_some().then(|| p.to_kv(&key, false))
-                        }
-                        _ => None,
+                let prev = match prev_kv
+                    .then(|| version_before(&mut probe, self.group, &key, rev))
+                    .flatten()
+                {
+                    Some((_, pv)) => {
+                        let p =
+                            self.decode_kv(&|| format!("history of key {:?}", String::from_utf8_lossy(&key)), &pv)?;
+                        p.value.is_some().then(|| p.to_kv(&key, false))
                     }
-                } else {
-                    None
+                    None => None,
                 };
                 out.push(WatchEvent {
                     revision: rev,
@@ -590,6 +581,21 @@ impl MetaStore {
         if spawned.is_err() {
             self.reclaiming.store(false, std::sync::atomic::Ordering::SeqCst);
         }
+    }
+
+    /// Decodes one row of the changes table.
+    fn decode_changes_row(&self, k: &[u8], v: &[u8]) -> Result<(u64, Changes), StorageError> {
+        let rev = u64::from_be_bytes(k[k.len() - 8..].try_into().expect("changes key ends with 8 bytes"));
+        let record = format!("changes at revision {rev}");
+        let changes = codec::decode(
+            RecordRef {
+                cf: CF_SM,
+                group: self.group,
+                record: &record,
+            },
+            v,
+        )?;
+        Ok((rev, changes))
     }
 
     /// Whether the leader recorded (with `MemberReplicated`) that it has
@@ -1125,16 +1131,7 @@ impl MetaStore {
         let mut changed: std::collections::BTreeMap<Vec<u8>, Vec<u64>> = std::collections::BTreeMap::new();
         it.seek(&lo);
         while let (Some(k), Some(v)) = (it.key(), it.value()) {
-            let rev = u64::from_be_bytes(k[k.len() - 8..].try_into().expect("changes key ends with 8 bytes"));
-            let record = format!("changes at revision {rev}");
-            let changes: Changes = codec::decode(
-                RecordRef {
-                    cf: CF_SM,
-                    group: self.group,
-                    record: &record,
-                },
-                v,
-            )?;
+            let (rev, changes) = self.decode_changes_row(k, v)?;
             for key in changes.keys {
                 let revs = changed.entry(key).or_default();
                 if revs.last() != Some(&rev) {
@@ -1166,14 +1163,7 @@ impl MetaStore {
             }
             if from > 0 {
                 // The one live version below the window, kept by the last one.
-                let own = layout::history_key(self.group, &key, 0);
-                let own = &own[..own.len() - 8];
-                probe.seek_for_prev(layout::history_key(self.group, &key, from - 1));
-                if let Some(pk) = probe.key()
-                    && pk.len() == own.len() + 8
-                    && pk.starts_with(own)
-                {
-                    let rev = u64::from_be_bytes(pk[pk.len() - 8..].try_into().expect("history key ends with 8 bytes"));
+                if let Some((rev, _)) = version_before(&mut probe, self.group, &key, from) {
                     drop.push(rev);
                 }
                 probe.status().map_err(rocks_err("compaction probe"))?;
