@@ -470,6 +470,62 @@ impl Client {
         .await
     }
 
+    /// Keeps lease `id` alive over a `KeepAliveStream` at the leader,
+    /// renewing every third of its TTL and calling `on_renewed` after each
+    /// renewal. Reopens at the new leader when its node fails or stops
+    /// leading. Returns `NotFound` once the lease is gone (expired or
+    /// revoked), or an error if no leader answers within the retry deadline.
+    /// Runs until then: drop (or abort) the future to stop keeping it alive.
+    pub async fn lease_keep_alive_forever(
+        &self,
+        id: u64,
+        mut on_renewed: impl FnMut(&pb::LeaseKeepAliveResponse),
+    ) -> Result<()> {
+        loop {
+            let sender: Arc<Mutex<Option<tokio::sync::mpsc::Sender<pb::LeaseKeepAliveRequest>>>> = Arc::default();
+            let slot = sender.clone();
+            let mut responses = self
+                .call("lease keepalive stream", move |ch| {
+                    let (tx, rx) = tokio::sync::mpsc::channel(4);
+                    *slot.lock().expect("keepalive sender lock") = Some(tx);
+                    let requests = tokio_stream::wrappers::ReceiverStream::new(rx);
+                    async move { LeaseClient::new(ch).keep_alive_stream(requests).await }
+                })
+                .await?;
+            let Some(tx) = sender.lock().expect("keepalive sender lock").take() else {
+                continue;
+            };
+            loop {
+                if tx.send(pb::LeaseKeepAliveRequest { id }).await.is_err() {
+                    break;
+                }
+                match tokio::time::timeout(self.inner.opts.request_timeout, responses.message()).await {
+                    Ok(Ok(Some(r))) if r.ttl_secs == 0 => {
+                        return Err(Error::NotFound(format!("lease {id} not found (expired or revoked)")));
+                    }
+                    Ok(Ok(Some(r))) => {
+                        on_renewed(&r);
+                        // Renewal cadence: a third of the TTL leaves two
+                        // renewals of slack before expiry.
+                        tokio::time::sleep(Duration::from_millis((r.ttl_secs * 1000 / 3).max(100))).await;
+                    }
+                    Ok(Err(s)) => {
+                        let err = Error::from_status(&s);
+                        if !err.is_retryable() {
+                            return Err(err);
+                        }
+                        tracing::info!(lease = id, error = %s.message(), "keepalive stream lost; reopening");
+                        break;
+                    }
+                    Ok(Ok(None)) | Err(_) => {
+                        tracing::info!(lease = id, "keepalive stream ended; reopening");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
     /// Granted TTL, time left, and optionally the attached keys.
     pub async fn lease_ttl(&self, id: u64, keys: bool) -> Result<pb::LeaseTimeToLiveResponse> {
         self.call("lease ttl", |ch| {

@@ -727,3 +727,66 @@ async fn writes_past_the_quota_are_refused_until_compaction_frees_space() {
     let (_, kv) = client.get("after").await.expect("get");
     assert!(kv.is_some());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_keepalive_keeps_a_lease_across_a_leader_kill() {
+    let mut c = Cluster::start(&esf_bin(), 3);
+    let leader = c.wait_ready().await;
+    let client = c.client();
+    let lease = client.lease_grant(2, 0).await.expect("grant").id;
+    client
+        .put_with(pb::PutRequest {
+            key: b"svc/k".to_vec(),
+            value: b"up".to_vec(),
+            lease,
+            ..Default::default()
+        })
+        .await
+        .expect("put with lease");
+    let keeper_client = c.client();
+    let renewals = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = renewals.clone();
+    let keeper = tokio::spawn(async move {
+        keeper_client
+            .lease_keep_alive_forever(lease, |_| {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            })
+            .await
+    });
+    // Kill the leader once the keeper is renewing, then let more than two
+    // TTLs pass (keepalive cadence) under the new leader.
+    let deadline = tokio::time::Instant::now() + esf_cluster_tests::READY_DEADLINE;
+    while renewals.load(std::sync::atomic::Ordering::SeqCst) < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "no renewals");
+        tokio::time::sleep(esf_cluster_tests::POLL_INTERVAL).await;
+    }
+    c.node_mut(leader).kill();
+    let deadline = tokio::time::Instant::now() + esf_cluster_tests::READY_DEADLINE;
+    while c.wait_ready().await == leader {
+        assert!(tokio::time::Instant::now() < deadline, "no new leader");
+        tokio::time::sleep(esf_cluster_tests::POLL_INTERVAL).await;
+    }
+    let before = renewals.load(std::sync::atomic::Ordering::SeqCst);
+    let deadline = tokio::time::Instant::now() + esf_cluster_tests::READY_DEADLINE;
+    while renewals.load(std::sync::atomic::Ordering::SeqCst) < before + 6 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the keeper did not resume at the new leader"
+        );
+        assert!(!keeper.is_finished(), "keeper stopped: {:?}", keeper.await);
+        tokio::time::sleep(esf_cluster_tests::POLL_INTERVAL).await;
+    }
+    let (_, kv) = c.client().get("svc/k").await.expect("get");
+    assert!(kv.is_some(), "the lease survived the leader change while kept alive");
+    // Stop keeping it alive: the key goes.
+    keeper.abort();
+    let deadline = tokio::time::Instant::now() + esf_cluster_tests::READY_DEADLINE;
+    loop {
+        let (_, kv) = c.client().get("svc/k").await.expect("get");
+        if kv.is_none() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "key outlived its lease");
+        tokio::time::sleep(esf_cluster_tests::POLL_INTERVAL).await;
+    }
+}

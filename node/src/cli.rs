@@ -378,18 +378,20 @@ async fn lease(c: Client, out: Output, cmd: LeaseCmd) -> anyhow::Result<()> {
                 },
             );
         }
-        LeaseCmd::Keepalive { id, once } => loop {
+        LeaseCmd::Keepalive { id, once: true } => {
             let r = c.lease_keepalive(id).await?;
             print(out, &json!({"id": r.id, "ttl_secs": r.ttl_secs}), || {
                 format!("lease {} kept alive, ttl {}s\n", r.id, r.ttl_secs)
             });
-            if once {
-                break;
-            }
-            // Renewal cadence: a third of the TTL leaves two renewals of
-            // slack before expiry.
-            tokio::time::sleep(std::time::Duration::from_millis((r.ttl_secs * 1000 / 3).max(100))).await;
-        },
+        }
+        LeaseCmd::Keepalive { id, once: false } => {
+            c.lease_keep_alive_forever(id, |r| {
+                print(out, &json!({"id": r.id, "ttl_secs": r.ttl_secs}), || {
+                    format!("lease {} kept alive, ttl {}s\n", r.id, r.ttl_secs)
+                })
+            })
+            .await?
+        }
     }
     Ok(())
 }

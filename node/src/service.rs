@@ -441,6 +441,53 @@ impl pb::lease_server::Lease for LeaseService {
         }
     }
 
+    type KeepAliveStreamStream =
+        std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::LeaseKeepAliveResponse, Status>> + Send>>;
+
+    async fn keep_alive_stream(
+        &self,
+        req: Request<tonic::Streaming<pb::LeaseKeepAliveRequest>>,
+    ) -> Result<Response<Self::KeepAliveStreamStream>, Status> {
+        use futures::StreamExt;
+        // Only the leader counts down; the error names it so the client
+        // reopens there.
+        if !self.0.meta.raft().is_leader() {
+            return Err(convert::status(self.0.meta.not_leader_error()));
+        }
+        let meta = self.0.meta.clone();
+        let mut stop = self.0.stop.clone();
+        let out = req
+            .into_inner()
+            .take_until(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .then(move |r| {
+                let meta = meta.clone();
+                async move {
+                    let r = r?;
+                    if r.id == 0 {
+                        return Err(Status::invalid_argument("lease.id: must not be 0"));
+                    }
+                    match meta.lease_keepalive(r.id).await {
+                        Ok((h, ttl)) => Ok(pb::LeaseKeepAliveResponse {
+                            header: Some(convert::header(h)),
+                            id: r.id,
+                            ttl_secs: ttl.as_secs(),
+                        }),
+                        Err(esf_raft::Error::Rejected(esf_raft::command::Rejection::LeaseNotFound(_))) => {
+                            Ok(pb::LeaseKeepAliveResponse {
+                                header: Some(convert::header(meta.header(meta.store().revision()))),
+                                id: r.id,
+                                ttl_secs: 0,
+                            })
+                        }
+                        Err(e) => Err(convert::status(e)),
+                    }
+                }
+            });
+        Ok(Response::new(Box::pin(out)))
+    }
+
     async fn time_to_live(
         &self,
         req: Request<pb::LeaseTimeToLiveRequest>,
