@@ -414,32 +414,6 @@ impl MetaStore {
         Ok((out, current))
     }
 
-    /// The keys changed at each revision in `[from, to]`, for watchers.
-    pub fn changes(&self, from: u64, to: u64) -> Result<Vec<(u64, Changes)>, ReadError> {
-        let st = self.state.read().expect("sm state lock");
-        let snap = self.db.rocks().snapshot();
-        let compact = st.compact_revision;
-        drop(st);
-        if from < compact {
-            return Err(Rejection::Compacted {
-                requested: from,
-                compact_revision: compact,
-            }
-            .into());
-        }
-        let lo = layout::changes_key(self.group, from);
-        let hi = layout::changes_key(self.group, to.saturating_add(1));
-        let mut it = self.sm_iter(&snap, &lo, &hi);
-        it.seek(&lo);
-        let mut out = Vec::new();
-        while let (Some(k), Some(v)) = (it.key(), it.value()) {
-            out.push(self.decode_changes_row(k, v)?);
-            it.next();
-        }
-        it.status().map_err(rocks_err("changes scan"))?;
-        Ok(out)
-    }
-
     /// The events of keys in `range` at revisions `[from, to]` (`to` 0 =
     /// current), in revision order and, within a revision, in the order the
     /// ops ran; with `prev_kv`, each carries the version before it (if not
@@ -681,6 +655,7 @@ impl MetaStore {
     pub fn apply_entry(&self, entry: &Entry) -> Result<Response, StorageError> {
         let log_id = entry.log_id();
         let mut st = self.state.read().expect("sm state lock").clone();
+        let compact_before = st.compact_revision;
         let mut batch = WriteBatch::default();
         let mut session_updates = Vec::new();
         let response = match &entry.payload {
@@ -746,7 +721,7 @@ impl MetaStore {
                 None => batch.delete_cf(cf, key),
             }
         }
-        let compacted = st.compact_revision > self.state.read().expect("sm state lock").compact_revision;
+        let compacted = st.compact_revision > compact_before;
         st.last_applied = Some(log_id);
         batch.put_cf(cf, layout::state_key(self.group), codec::encode("sm state", &st)?);
         let revision = st.revision;
