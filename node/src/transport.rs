@@ -158,11 +158,16 @@ fn split_by_bytes(rpc: AppendEntriesRequest<TypeConfig>) -> Vec<AppendEntriesReq
 /// shared by the sending and the receiving side.
 #[derive(Clone, Default)]
 struct Inflight {
-    sent: Arc<Mutex<VecDeque<tokio::time::Instant>>>,
+    queue: Arc<Mutex<InflightQueue>>,
+    wake: Arc<tokio::sync::Notify>,
+}
+
+#[derive(Default)]
+struct InflightQueue {
+    sent: VecDeque<tokio::time::Instant>,
     /// When the last result arrived: an append queued behind others is
     /// only late once the peer has also stopped answering.
-    last_answer: Arc<Mutex<Option<tokio::time::Instant>>>,
-    wake: Arc<tokio::sync::Notify>,
+    last_answer: Option<tokio::time::Instant>,
 }
 
 enum Answer {
@@ -175,9 +180,10 @@ enum Answer {
 
 impl Inflight {
     fn push(&self) {
-        self.sent
+        self.queue
             .lock()
             .expect("inflight lock")
+            .sent
             .push_back(tokio::time::Instant::now());
         self.wake.notify_one();
     }
@@ -186,13 +192,18 @@ impl Inflight {
     /// than `deadline`. While nothing is in flight there is no deadline.
     async fn next_answer(&self, responses: &mut Streaming<pb::RaftMessage>, deadline: Duration) -> Answer {
         loop {
-            let oldest = self.sent.lock().expect("inflight lock").front().copied();
-            let last = *self.last_answer.lock().expect("inflight lock");
-            let expires = oldest.map(|t| last.map_or(t, |l| t.max(l)) + deadline);
+            let expires = {
+                let q = self.queue.lock().expect("inflight lock");
+                q.sent
+                    .front()
+                    .map(|&t| q.last_answer.map_or(t, |l| t.max(l)) + deadline)
+            };
             tokio::select! {
                 m = responses.message() => {
-                    self.sent.lock().expect("inflight lock").pop_front();
-                    *self.last_answer.lock().expect("inflight lock") = Some(tokio::time::Instant::now());
+                    let mut q = self.queue.lock().expect("inflight lock");
+                    q.sent.pop_front();
+                    q.last_answer = Some(tokio::time::Instant::now());
+                    drop(q);
                     return match m {
                         Ok(Some(m)) => Answer::Message(m),
                         Ok(None) => Answer::End,
