@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/esf/v1/config.proto",
         "proto/esf/v1/cluster.proto",
         "proto/esf/v1/raft.proto",
+        "proto/esf/v1/registry.proto",
     ];
     let fds = protox::compile(files, ["proto"])?;
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);

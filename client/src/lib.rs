@@ -28,6 +28,7 @@ pub use esf_proto::v1 as pb;
 use pb::cluster_client::ClusterClient;
 use pb::config_client::ConfigClient;
 use pb::lease_client::LeaseClient;
+use pb::registry_client::RegistryClient;
 /// The stream type of watches.
 pub use tonic::Streaming;
 use tonic::transport::{Channel, Endpoint};
@@ -414,17 +415,16 @@ impl Client {
         if req.start_revision == 0 {
             // "From now" must mean one fixed revision, or a resume could skip
             // changes made before the first response.
-            let key = req.range.as_ref().map(range_anchor).unwrap_or_default();
-            let (h, _) = self.get(key).await?;
-            req.start_revision = h.revision + 1;
+            let r = self
+                .range(pb::RangeRequest {
+                    range: req.range.clone(),
+                    count_only: true,
+                    ..Default::default()
+                })
+                .await?;
+            req.start_revision = r.header.map_or(0, |h| h.revision) + 1;
         }
-        Ok(ResumableWatch {
-            client: self.clone(),
-            delivered: req.start_revision - 1,
-            req,
-            stream: None,
-            failures: 0,
-        })
+        Ok(ResumableWatch::new(self.clone(), req))
     }
 
     /// The request that resumes a watch after a response with header
@@ -535,7 +535,83 @@ impl Client {
         .await
     }
 
-    // ----------------------------------------------------------- cluster
+    // ----------------------------------------------------------- registry
+
+    /// Registers (or re-registers) an instance; returns the previous
+    /// registration of the same id, if any.
+    pub async fn register(&self, instance: pb::Instance) -> Result<pb::RegisterResponse> {
+        self.write("register", |ch, s| {
+            let r = pb::RegisterRequest {
+                instance: Some(instance.clone()),
+                session: Some(s),
+            };
+            async move { RegistryClient::new(ch).register(r).await }
+        })
+        .await
+    }
+
+    /// Removes an instance; `deregistered` is false if it was not registered.
+    pub async fn deregister(&self, service: &str, id: &str) -> Result<pb::DeregisterResponse> {
+        self.write("deregister", |ch, s| {
+            let r = pb::DeregisterRequest {
+                service: service.to_string(),
+                id: id.to_string(),
+                session: Some(s),
+            };
+            async move { RegistryClient::new(ch).deregister(r).await }
+        })
+        .await
+    }
+
+    /// The instances of a service carrying every tag in `tags`
+    /// (linearizable).
+    pub async fn lookup(&self, service: &str, tags: &[String]) -> Result<pb::LookupResponse> {
+        self.call("lookup", |ch| {
+            let r = pb::LookupRequest {
+                service: service.to_string(),
+                tags: tags.to_vec(),
+                serializable: false,
+            };
+            async move { RegistryClient::new(ch).lookup(r).await }
+        })
+        .await
+    }
+
+    /// Every service with at least one instance.
+    pub async fn list_services(&self) -> Result<pb::ListServicesResponse> {
+        self.call("list services", |ch| async move {
+            RegistryClient::new(ch)
+                .list_services(pb::ListServicesRequest { serializable: false })
+                .await
+        })
+        .await
+    }
+
+    /// Opens a registry watch on the first endpoint that answers (see
+    /// [`Client::watch`]).
+    pub async fn registry_watch(&self, req: pb::RegistryWatchRequest) -> Result<Streaming<pb::RegistryWatchResponse>> {
+        self.call("registry watch", |ch| {
+            let r = req.clone();
+            async move { RegistryClient::new(ch).watch(r).await }
+        })
+        .await
+    }
+
+    /// A registry watch that survives the loss of its node (see
+    /// [`ResumableWatch`]). With `start_revision` 0 it starts after the
+    /// current revision.
+    pub async fn registry_watch_resumable(
+        &self,
+        mut req: pb::RegistryWatchRequest,
+    ) -> Result<ResumableWatch<pb::RegistryWatchRequest>> {
+        if req.start_revision == 0 {
+            let r = self.list_services().await?;
+            req.start_revision = r.header.map_or(0, |h| h.revision) + 1;
+        }
+        Ok(ResumableWatch::new(self.clone(), req))
+    }
+
+    // ------------------------------------------------------------ cluster
 
     /// Members and the leader.
     pub async fn members(&self) -> Result<pb::MembersResponse> {
@@ -609,32 +685,94 @@ impl Client {
 }
 
 /// Some key of a range (for a read that only needs the header).
-fn range_anchor(r: &pb::KeyRange) -> Vec<u8> {
-    match &r.kind {
-        Some(pb::key_range::Kind::Key(k)) | Some(pb::key_range::Kind::Prefix(k)) => k.clone(),
-        Some(pb::key_range::Kind::Between(b)) => b.start.clone(),
-        None => Vec::new(),
-    }
-}
-
 /// Reopens of a watch in a row without a response before it gives up.
 pub const WATCH_MAX_REOPENS: u32 = 5;
 
+/// A watch request [`ResumableWatch`] can reopen: a config watch or a
+/// registry watch.
+pub trait WatchRequest: Clone + Send + Sync + 'static {
+    /// Responses of the stream.
+    type Response: Send + 'static;
+    /// Opens the stream on the first endpoint that answers.
+    fn open(&self, client: &Client) -> impl Future<Output = Result<Streaming<Self::Response>>> + Send;
+    /// The request starting after revision `delivered`.
+    fn resume_after(&self, delivered: u64) -> Self;
+    /// First revision the request asks for.
+    fn start_revision(&self) -> u64;
+    /// The response's header revision (everything up to it delivered).
+    fn revision(resp: &Self::Response) -> Option<u64>;
+    /// The cancel reason, if the node canceled the watch.
+    fn canceled(resp: &Self::Response) -> Option<&str>;
+}
+
+impl WatchRequest for pb::WatchRequest {
+    type Response = pb::WatchResponse;
+    fn open(&self, client: &Client) -> impl Future<Output = Result<Streaming<pb::WatchResponse>>> + Send {
+        client.watch(self.clone())
+    }
+    fn resume_after(&self, delivered: u64) -> Self {
+        Client::watch_from(self, delivered)
+    }
+    fn start_revision(&self) -> u64 {
+        self.start_revision
+    }
+    fn revision(resp: &pb::WatchResponse) -> Option<u64> {
+        resp.header.as_ref().map(|h| h.revision)
+    }
+    fn canceled(resp: &pb::WatchResponse) -> Option<&str> {
+        resp.canceled.then_some(resp.cancel_reason.as_str())
+    }
+}
+
+impl WatchRequest for pb::RegistryWatchRequest {
+    type Response = pb::RegistryWatchResponse;
+    fn open(&self, client: &Client) -> impl Future<Output = Result<Streaming<pb::RegistryWatchResponse>>> + Send {
+        client.registry_watch(self.clone())
+    }
+    fn resume_after(&self, delivered: u64) -> Self {
+        pb::RegistryWatchRequest {
+            start_revision: delivered + 1,
+            ..self.clone()
+        }
+    }
+    fn start_revision(&self) -> u64 {
+        self.start_revision
+    }
+    fn revision(resp: &pb::RegistryWatchResponse) -> Option<u64> {
+        resp.header.as_ref().map(|h| h.revision)
+    }
+    fn canceled(resp: &pb::RegistryWatchResponse) -> Option<&str> {
+        resp.canceled.then_some(resp.cancel_reason.as_str())
+    }
+}
+
 /// A watch that, when its node goes away (or cancels it as too slow),
 /// reopens on any endpoint from the revision after the last one delivered,
-/// so every change is seen exactly once, in order.
-pub struct ResumableWatch {
+/// so its responses have every change once, in order. Gives up after
+/// [`WATCH_MAX_REOPENS`] reopens in a row without a response.
+pub struct ResumableWatch<R: WatchRequest = pb::WatchRequest> {
     client: Client,
-    req: pb::WatchRequest,
-    stream: Option<Streaming<pb::WatchResponse>>,
+    req: R,
+    stream: Option<Streaming<R::Response>>,
     /// Every change up to this revision has been returned.
     delivered: u64,
     failures: u32,
 }
 
-impl ResumableWatch {
+impl<R: WatchRequest> ResumableWatch<R> {
+    /// Follows `req`, which must name its start revision (not 0).
+    pub fn new(client: Client, req: R) -> Self {
+        ResumableWatch {
+            client,
+            delivered: req.start_revision().saturating_sub(1),
+            req,
+            stream: None,
+            failures: 0,
+        }
+    }
+
     /// The next response (events, a snapshot, or a progress notification).
-    pub async fn next(&mut self) -> Result<pb::WatchResponse> {
+    pub async fn next(&mut self) -> Result<R::Response> {
         loop {
             if self.stream.is_none() {
                 if self.failures >= WATCH_MAX_REOPENS {
@@ -643,19 +781,20 @@ impl ResumableWatch {
                     )));
                 }
                 self.failures += 1;
-                let req = Client::watch_from(&self.req, self.delivered);
-                self.stream = Some(self.client.watch(req).await?);
+                let req = self.req.resume_after(self.delivered);
+                self.stream = Some(req.open(&self.client).await?);
             }
             let stream = self.stream.as_mut().expect("opened above");
             match stream.message().await {
-                Ok(Some(resp)) if resp.canceled => {
-                    tracing::info!(reason = %resp.cancel_reason, "watch canceled by the node; resuming");
-                    self.stream = None;
-                }
                 Ok(Some(resp)) => {
+                    if let Some(reason) = R::canceled(&resp) {
+                        tracing::info!(%reason, "watch canceled by the node; resuming");
+                        self.stream = None;
+                        continue;
+                    }
                     self.failures = 0;
-                    if let Some(h) = &resp.header {
-                        self.delivered = self.delivered.max(h.revision);
+                    if let Some(r) = R::revision(&resp) {
+                        self.delivered = self.delivered.max(r);
                     }
                     return Ok(resp);
                 }

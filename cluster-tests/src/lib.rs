@@ -216,6 +216,11 @@ impl Cluster {
         id
     }
 
+    /// Every node's gRPC address, comma separated (for `--endpoints`).
+    pub fn endpoints(&self) -> String {
+        self.nodes.iter().map(|n| n.grpc.as_str()).collect::<Vec<_>>().join(",")
+    }
+
     /// A client over every node.
     pub fn client(&self) -> Client {
         let eps: Vec<&str> = self.nodes.iter().map(|n| n.grpc.as_str()).collect();
@@ -296,6 +301,72 @@ impl Cluster {
     /// Node `id`, mutable.
     pub fn node_mut(&mut self, id: u64) -> &mut Node {
         self.nodes.iter_mut().find(|n| n.id == id).expect("node id")
+    }
+}
+
+/// A long-running `esf` CLI command (a keeper, a watch) whose stdout lines
+/// are collected as they come; killed on drop.
+pub struct CliProcess {
+    child: Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl CliProcess {
+    /// Starts `esf args...`.
+    pub fn spawn(bin: &Path, args: &[&str]) -> CliProcess {
+        let mut child = Command::new(bin)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn esf");
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let out = child.stdout.take().expect("piped stdout");
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                sink.lock().expect("lines lock").push(line);
+            }
+        });
+        CliProcess { child, lines }
+    }
+
+    /// Stdout lines so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().expect("lines lock").clone()
+    }
+
+    /// Waits (polling, against [`READY_DEADLINE`]) until `n` stdout lines
+    /// contain `needle`.
+    pub async fn wait_lines(&self, needle: &str, n: usize) {
+        let deadline = tokio::time::Instant::now() + READY_DEADLINE;
+        loop {
+            let lines = self.lines();
+            if lines.iter().filter(|l| l.contains(needle)).count() >= n {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "fewer than {n} lines with {needle:?} within {READY_DEADLINE:?}: {lines:?}"
+            );
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    /// Sends `signal` (a `kill` signal name such as TERM or KILL) and waits
+    /// for the exit status.
+    pub fn signal(&mut self, signal: &str) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args([&format!("-{signal}"), &pid]).status();
+        self.child.wait().expect("wait for esf")
+    }
+}
+
+impl Drop for CliProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

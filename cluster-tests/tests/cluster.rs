@@ -790,3 +790,195 @@ async fn streamed_keepalive_keeps_a_lease_across_a_leader_kill() {
         tokio::time::sleep(esf_cluster_tests::POLL_INTERVAL).await;
     }
 }
+
+/// The next registry watch response with events.
+async fn registry_events(w: &mut esf_client::ResumableWatch<pb::RegistryWatchRequest>) -> Vec<pb::RegistryEvent> {
+    loop {
+        let resp = tokio::time::timeout(esf_cluster_tests::READY_DEADLINE, w.next())
+            .await
+            .expect("registry watch event within the deadline")
+            .expect("registry watch");
+        if !resp.events.is_empty() {
+            return resp.events;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_instance_lives_while_kept_alive_across_a_leader_kill() {
+    use pb::registry_event::EventType;
+    let mut c = Cluster::start(&esf_bin(), 3);
+    let leader = c.wait_ready().await;
+    let bin = esf_bin();
+    let eps = c.endpoints();
+    let client = c.client();
+
+    // Bad input: clear errors, nothing registered.
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["registry", "register", "api", "api-1", ""],
+            "instance.address: is required",
+        ),
+        (
+            vec!["registry", "register", "a/b", "api-1", "10.0.0.1:80"],
+            "instance.service: '/' is not allowed",
+        ),
+        (
+            vec!["registry", "register", "api", "api-1", "10.0.0.1:80", "--lease", "4242"],
+            "lease 4242 not found",
+        ),
+        (
+            vec!["registry", "register", "api", "api-1", "10.0.0.1:80", "--meta", "zone"],
+            "--meta: \"zone\" is not KEY=VALUE",
+        ),
+    ];
+    for (args, want) in cases {
+        let mut all = vec!["--endpoints", eps.as_str()];
+        all.extend(args.iter());
+        let (code, _, err) = cli(&bin, &all);
+        assert_ne!(code, 0, "{args:?} must fail");
+        assert!(err.contains(want), "{args:?}: stderr {err:?} should contain {want:?}");
+    }
+    assert!(client.list_services().await.expect("list").services.is_empty());
+    // The registry's keys are not reachable through the config store.
+    let err = client.put(vec![0xff, b'x'], "v").await.expect_err("reserved key");
+    assert!(
+        err.to_string()
+            .contains("put.key: keys starting with byte 0xff are reserved"),
+        "{err}"
+    );
+
+    let mut w = client
+        .registry_watch_resumable(pb::RegistryWatchRequest {
+            service: "api".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("registry watch");
+    let ttl_eps = eps.clone();
+    let mut keeper = esf_cluster_tests::CliProcess::spawn(
+        &bin,
+        &[
+            "--endpoints",
+            &ttl_eps,
+            "-o",
+            "json",
+            "registry",
+            "register",
+            "api",
+            "api-1",
+            "10.0.0.1:8080",
+            "--tag",
+            "v2",
+            "--meta",
+            "zone=a",
+            "--ttl",
+            "2",
+        ],
+    );
+    let up = registry_events(&mut w).await;
+    assert_eq!(up.len(), 1);
+    assert_eq!(up[0].r#type, EventType::Up as i32);
+    let inst = up[0].instance.clone().expect("instance");
+    assert_eq!((inst.service.as_str(), inst.id.as_str()), ("api", "api-1"));
+    assert_eq!(inst.address, "10.0.0.1:8080");
+    assert_eq!(inst.tags, vec!["v2".to_string()]);
+    assert_eq!(inst.metadata.get("zone").map(String::as_str), Some("a"));
+    assert_ne!(inst.lease, 0);
+
+    // Lookup by tag, list, and the CLI's view.
+    assert_eq!(
+        client
+            .lookup("api", &["v2".into()])
+            .await
+            .expect("lookup")
+            .instances
+            .len(),
+        1
+    );
+    assert!(
+        client
+            .lookup("api", &["v1".into()])
+            .await
+            .expect("lookup")
+            .instances
+            .is_empty()
+    );
+    let services = client.list_services().await.expect("list").services;
+    assert_eq!(
+        services
+            .iter()
+            .map(|s| (s.name.as_str(), s.instances))
+            .collect::<Vec<_>>(),
+        vec![("api", 1)]
+    );
+    let (code, out, err) = cli(&bin, &["--endpoints", &eps, "registry", "get", "api", "--tag", "v2"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with("api/api-1 10.0.0.1:8080 tags=v2 zone=a lease="),
+        "{out}"
+    );
+    let (_, out, _) = cli(
+        &bin,
+        &["--endpoints", &eps, "kv", "get", "", "--prefix", "--count-only"],
+    );
+    assert_eq!(out.trim(), "0", "registry keys are not config keys");
+
+    // Kill the leader while the keeper runs; let more than two TTLs of
+    // renewals pass under the new one.
+    keeper.wait_lines("ttl_secs", 2).await;
+    c.node_mut(leader).kill();
+    let deadline = tokio::time::Instant::now() + esf_cluster_tests::READY_DEADLINE;
+    while c.wait_ready().await == leader {
+        assert!(tokio::time::Instant::now() < deadline, "no new leader");
+        tokio::time::sleep(esf_cluster_tests::POLL_INTERVAL).await;
+    }
+    let renewed = keeper.lines().iter().filter(|l| l.contains("ttl_secs")).count();
+    keeper.wait_lines("ttl_secs", renewed + 6).await;
+    let found = client.lookup("api", &[]).await.expect("lookup").instances;
+    assert_eq!(found.len(), 1, "the instance stays while kept alive");
+    assert_eq!(found[0].revision, inst.revision, "not re-registered");
+
+    // Keepalives stop (the keeper dies): the instance goes once the TTL
+    // runs out, and the watch (resumed if its node was the one killed)
+    // sees exactly that next.
+    keeper.signal("KILL");
+    let down = registry_events(&mut w).await;
+    assert_eq!(down.len(), 1, "{down:?}");
+    assert_eq!(down[0].r#type, EventType::Down as i32);
+    let gone = down[0].instance.clone().expect("instance");
+    assert_eq!(
+        (gone.service.as_str(), gone.id.as_str(), gone.address.as_str()),
+        ("api", "api-1", "10.0.0.1:8080")
+    );
+    assert!(client.lookup("api", &[]).await.expect("lookup").instances.is_empty());
+
+    // A keeper stopped with SIGTERM deregisters at once; deregister works
+    // from the CLI.
+    let mut keeper = esf_cluster_tests::CliProcess::spawn(
+        &bin,
+        &[
+            "--endpoints",
+            &eps,
+            "registry",
+            "register",
+            "api",
+            "api-2",
+            "10.0.0.2:8080",
+            "--ttl",
+            "60",
+        ],
+    );
+    assert_eq!(registry_events(&mut w).await[0].r#type, EventType::Up as i32);
+    assert!(keeper.signal("TERM").success());
+    assert_eq!(registry_events(&mut w).await[0].r#type, EventType::Down as i32);
+    let (code, _, err) = cli(
+        &bin,
+        &["--endpoints", &eps, "registry", "register", "web", "w1", "10.0.0.3:80"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = cli(&bin, &["--endpoints", &eps, "registry", "deregister", "web", "w1"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "deregistered web/w1\n");
+    assert!(client.list_services().await.expect("list").services.is_empty());
+}

@@ -93,28 +93,63 @@ pub fn session(s: Option<pb::Session>) -> Option<cmd::SessionRef> {
     })
 }
 
-/// Key range from proto.
+/// First byte of the keys ESF keeps for itself in the meta keyspace (the
+/// service registry). No UTF-8 text starts with it; the Config service
+/// neither reads nor writes such keys.
+pub const RESERVED_KEY_BYTE: u8 = 0xff;
+
+/// Refuses a key of the reserved keyspace.
+pub fn user_key(field: &str, key: &[u8]) -> Result<(), Status> {
+    if key.first() == Some(&RESERVED_KEY_BYTE) {
+        return Err(invalid(
+            field,
+            "keys starting with byte 0xff are reserved for ESF (the service registry)",
+        ));
+    }
+    Ok(())
+}
+
+/// Key range from proto, limited to user keys: an empty prefix (every key)
+/// and a range reaching into the reserved keyspace stop before it.
 pub fn range(field: &str, r: Option<pb::KeyRange>) -> Result<cmd::KeyRange, Status> {
     use pb::key_range::Kind;
+    let reserved = [RESERVED_KEY_BYTE];
     match r.and_then(|r| r.kind) {
         None => Err(invalid(field, "is required (key, prefix or between)")),
-        Some(Kind::Key(k)) => Ok(cmd::KeyRange::Key(k)),
-        Some(Kind::Prefix(p)) => Ok(cmd::KeyRange::Prefix(p)),
-        Some(Kind::Between(b)) => Ok(cmd::KeyRange::Between {
-            start: b.start,
-            end: b.end,
+        Some(Kind::Key(k)) => {
+            user_key(&format!("{field}.key"), &k)?;
+            Ok(cmd::KeyRange::Key(k))
+        }
+        // Keys are never empty, so every user key lies in [0x00, 0xff).
+        Some(Kind::Prefix(p)) if p.is_empty() => Ok(cmd::KeyRange::Between {
+            start: vec![0],
+            end: reserved.to_vec(),
         }),
+        Some(Kind::Prefix(p)) => {
+            user_key(&format!("{field}.prefix"), &p)?;
+            Ok(cmd::KeyRange::Prefix(p))
+        }
+        Some(Kind::Between(b)) => {
+            user_key(&format!("{field}.start"), &b.start)?;
+            let end = if b.end.as_slice() > reserved.as_slice() {
+                reserved.to_vec()
+            } else {
+                b.end
+            };
+            Ok(cmd::KeyRange::Between { start: b.start, end })
+        }
     }
 }
 
 /// Put from proto.
-pub fn put(p: pb::PutRequest) -> cmd::PutRequest {
-    cmd::PutRequest {
+pub fn put(field: &str, p: pb::PutRequest) -> Result<cmd::PutRequest, Status> {
+    user_key(&format!("{field}.key"), &p.key)?;
+    Ok(cmd::PutRequest {
         key: p.key,
         value: p.value,
         lease: p.lease,
         prev_kv: p.prev_kv,
-    }
+    })
 }
 
 /// Range request from proto.
@@ -153,7 +188,7 @@ fn txn_ops(field: &str, ops: Vec<pb::TxnOp>) -> Result<Vec<cmd::TxnOp>, Status> 
             let f = format!("{field}[{i}]");
             match op.op {
                 None => Err(invalid(&f, "op is required (put, delete or range)")),
-                Some(pb::txn_op::Op::Put(p)) => Ok(cmd::TxnOp::Put(put(p))),
+                Some(pb::txn_op::Op::Put(p)) => Ok(cmd::TxnOp::Put(put(&f, p)?)),
                 Some(pb::txn_op::Op::Delete(d)) => Ok(cmd::TxnOp::Delete(delete(&f, d)?)),
                 Some(pb::txn_op::Op::Range(r)) => Ok(cmd::TxnOp::Range(range_request(&f, r)?)),
             }
@@ -186,6 +221,7 @@ pub fn txn(t: pb::TxnRequest) -> Result<cmd::TxnRequest, Status> {
             Some(Target::ModRevision(v)) => cmd::CompareTarget::ModRevision(v),
             Some(Target::Lease(v)) => cmd::CompareTarget::Lease(v),
         };
+        user_key(&format!("txn.compares[{i}].key"), &c.key)?;
         compares.push(cmd::Compare { key: c.key, op, target });
     }
     Ok(cmd::TxnRequest {

@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{error, info, warn};
 
 use crate::config::NodeConfig;
+use crate::registry::RegistryService;
 use crate::service::{ClusterService, ConfigService, Ctx, LeaseService};
 use crate::transport::{MAX_MESSAGE_BYTES, Network, PeerPool, RaftService};
 
@@ -180,6 +181,9 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     health_reporter
         .set_serving::<pb::lease_server::LeaseServer<LeaseService>>()
         .await;
+    health_reporter
+        .set_serving::<pb::registry_server::RegistryServer<RegistryService>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(esf_proto::FILE_DESCRIPTOR_SET)
         .build_v1()
@@ -200,6 +204,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         .add_service(pb::config_server::ConfigServer::new(ConfigService(ctx.clone())))
         .add_service(pb::cluster_server::ClusterServer::new(ClusterService(ctx.clone())))
         .add_service(pb::lease_server::LeaseServer::new(LeaseService(ctx.clone())))
+        .add_service(pb::registry_server::RegistryServer::new(RegistryService(ctx.clone())))
         .add_service(
             pb::raft_transport_server::RaftTransportServer::new(RaftService {
                 meta: meta.clone(),

@@ -18,6 +18,7 @@ use esf_raft::openraft::{BasicNode, ServerState};
 use pb::cluster_client::ClusterClient;
 use pb::config_client::ConfigClient;
 use pb::lease_client::LeaseClient;
+use pb::registry_client::RegistryClient;
 use tonic::{Request, Response, Status};
 
 use crate::convert;
@@ -55,14 +56,14 @@ impl Ctx {
     }
 
     /// The leader's address to forward to, if this request may be forwarded.
-    fn forward_target<T>(&self, req: &Request<T>, e: &esf_raft::Error) -> Option<String> {
+    pub(crate) fn forward_target<T>(&self, req: &Request<T>, e: &esf_raft::Error) -> Option<String> {
         if req.metadata().get(FORWARDED).is_some() {
             return None;
         }
         Self::leader_addr(e).filter(|a| *a != self.advertise)
     }
 
-    fn forwarded<T>(msg: T) -> Request<T> {
+    pub(crate) fn forwarded<T>(msg: T) -> Request<T> {
         let mut r = Request::new(msg);
         r.metadata_mut()
             .insert(FORWARDED, "1".parse().expect("static metadata value"));
@@ -83,7 +84,43 @@ impl Ctx {
         ))
     }
 
-    async fn write(&self, cmd: Command) -> Result<(pb::ResponseHeader, OpResult), esf_raft::Error> {
+    pub(crate) fn registry_client(&self, addr: &str) -> Result<RegistryClient<tonic::transport::Channel>, Status> {
+        Ok(RegistryClient::new(
+            self.pool.channel(addr).map_err(Status::unavailable)?,
+        ))
+    }
+
+    /// Starts a watch served by this node (see [`run_watch`]); `field`
+    /// names the request in errors.
+    pub(crate) fn start_watch(
+        &self,
+        field: &str,
+        range: esf_raft::command::KeyRange,
+        start_revision: u64,
+        prev_kv: bool,
+        progress_notify_ms: u64,
+    ) -> Result<tokio_stream::wrappers::ReceiverStream<Result<pb::WatchResponse, Status>>, Status> {
+        let current = self.meta.store().revision();
+        if start_revision > current + 1 {
+            return Err(Status::out_of_range(format!(
+                "{field}.start_revision: {start_revision} is in the future; the current revision is {current}"
+            )));
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(WATCH_BUFFER_RESPONSES);
+        let progress = (progress_notify_ms > 0).then(|| Duration::from_millis(progress_notify_ms));
+        tokio::spawn(run_watch(
+            self.meta.clone(),
+            range,
+            start_revision,
+            prev_kv,
+            progress,
+            tx,
+            self.stop.clone(),
+        ));
+        Ok(tokio_stream::wrappers::ReceiverStream::new(rx))
+    }
+
+    pub(crate) async fn write(&self, cmd: Command) -> Result<(pb::ResponseHeader, OpResult), esf_raft::Error> {
         let (h, resp) = self.meta.write(cmd).await?;
         Ok((convert::header(h), resp.result))
     }
@@ -92,6 +129,7 @@ impl Ctx {
 /// `esf.v1.Config`.
 pub struct ConfigService(pub Ctx);
 
+/// Forwards a request to the leader named by the error, or fails with it.
 macro_rules! forward_or {
     ($ctx:expr, $req:expr, $err:expr, $method:ident, $msg:expr) => {{ forward_or!($ctx, config_client, $req, $err, $method, $msg) }};
     ($ctx:expr, $client:ident, $req:expr, $err:expr, $method:ident, $msg:expr) => {{
@@ -104,6 +142,7 @@ macro_rules! forward_or {
         }
     }};
 }
+pub(crate) use forward_or;
 
 type WatchStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::WatchResponse, Status>> + Send>>;
 type WatchSender = tokio::sync::mpsc::Sender<Result<pb::WatchResponse, Status>>;
@@ -256,32 +295,17 @@ impl pb::config_server::Config for ConfigService {
     async fn watch(&self, req: Request<pb::WatchRequest>) -> Result<Response<WatchStream>, Status> {
         let msg = req.into_inner();
         let range = convert::range("watch.range", msg.range)?;
-        let current = self.0.meta.store().revision();
-        if msg.start_revision > current + 1 {
-            return Err(Status::out_of_range(format!(
-                "watch.start_revision: {} is in the future; the current revision is {current}",
-                msg.start_revision
-            )));
-        }
-        let (tx, rx) = tokio::sync::mpsc::channel(WATCH_BUFFER_RESPONSES);
-        let progress = (msg.progress_notify_ms > 0).then(|| Duration::from_millis(msg.progress_notify_ms));
-        tokio::spawn(run_watch(
-            self.0.meta.clone(),
-            range,
-            msg.start_revision,
-            msg.prev_kv,
-            progress,
-            tx,
-            self.0.stop.clone(),
-        ));
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        let rx = self
+            .0
+            .start_watch("watch", range, msg.start_revision, msg.prev_kv, msg.progress_notify_ms)?;
+        Ok(Response::new(Box::pin(rx)))
     }
 
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
         let msg = req.get_ref().clone();
         let cmd = Command {
             session: convert::session(msg.session),
-            op: Op::Put(convert::put(msg.clone())),
+            op: Op::Put(convert::put("put", msg.clone())?),
         };
         match self.0.write(cmd).await {
             Ok((h, OpResult::Put { prev_kv })) => Ok(Response::new(pb::PutResponse {
@@ -343,6 +367,7 @@ impl pb::config_server::Config for ConfigService {
 
     async fn history(&self, req: Request<pb::HistoryRequest>) -> Result<Response<pb::HistoryResponse>, Status> {
         let msg = req.get_ref().clone();
+        convert::user_key("history.key", &msg.key)?;
         let c = if msg.serializable {
             Consistency::Serializable
         } else {
