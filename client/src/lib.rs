@@ -535,6 +535,21 @@ impl Client {
         .await
     }
 
+    /// Opens the stream of a snapshot file of the cluster, served by the
+    /// leader (the call follows the leader hint). Read each chunk within a
+    /// deadline: the stream has none of its own.
+    pub async fn snapshot(&self) -> Result<Streaming<pb::BackupChunk>> {
+        self.call("snapshot", |ch| async move {
+            ClusterClient::new(ch).snapshot(pb::BackupRequest {}).await
+        })
+        .await
+    }
+
+    /// Per-attempt deadline, for callers reading streams.
+    pub fn request_timeout(&self) -> Duration {
+        self.inner.opts.request_timeout
+    }
+
     // ----------------------------------------------------------- registry
 
     /// Registers (or re-registers) an instance; returns the previous

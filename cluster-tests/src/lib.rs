@@ -173,6 +173,40 @@ fn new_node(base: &Path, id: u64, join: &[String], bootstrap_expect: Option<u64>
     }
 }
 
+impl Node {
+    /// A node (not started) of its own, on new ports, whose data directory
+    /// `dir` already holds a cluster (e.g. one `esf snapshot restore`
+    /// seeded with advertise address [`Node::grpc`]); logs go to `base`.
+    pub fn standalone(base: &Path, id: u64, dir: PathBuf, grpc_port: u16) -> Node {
+        let mut n = new_node(base, id, &[], None, (grpc_port, free_port()));
+        let at = n.args.iter().position(|a| a == "--data-dir").expect("data dir arg") + 1;
+        n.args[at] = dir.display().to_string();
+        n.dir = dir;
+        let join = n.args.iter().position(|a| a == "--join").expect("join arg");
+        n.args.drain(join..join + 2);
+        n
+    }
+
+    /// Waits until this node reports a leader; returns its id.
+    pub async fn wait_leader(&self) -> u64 {
+        let deadline = tokio::time::Instant::now() + READY_DEADLINE;
+        loop {
+            if let Some((_, Ok(s))) = self.client().status_all().await.first() {
+                if let Some(g) = s.groups.first().filter(|g| g.leader_id != 0) {
+                    return g.leader_id;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "node {} has no leader within {READY_DEADLINE:?}\n{}",
+                self.id,
+                self.log()
+            );
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+}
+
 impl Cluster {
     /// Starts `n` nodes that form one cluster.
     pub fn start(bin: &Path, n: u64) -> Cluster {

@@ -982,3 +982,202 @@ async fn registry_instance_lives_while_kept_alive_across_a_leader_kill() {
     assert_eq!(out, "deregistered web/w1\n");
     assert!(client.list_services().await.expect("list").services.is_empty());
 }
+
+/// Every live key with its metadata, and the store revision, read through
+/// `client`.
+async fn all_keys(client: &esf_client::Client) -> (u64, Vec<pb::KeyValue>) {
+    let r = client
+        .range(pb::RangeRequest {
+            range: Some(esf_client::key_range_prefix(Vec::new())),
+            ..Default::default()
+        })
+        .await
+        .expect("range every key");
+    (r.header.expect("header").revision, r.kvs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_of_a_live_cluster_restores_into_a_new_node_with_the_same_keys_and_revisions() {
+    let c = Cluster::start(&esf_bin(), 3);
+    let leader = c.wait_ready().await;
+    let bin = esf_bin();
+    let client = c.client();
+    for i in 0..40 {
+        client
+            .put(format!("cfg/{}", i % 15), format!("v{i}"))
+            .await
+            .expect("put");
+    }
+    client
+        .delete(pb::DeleteRequest {
+            range: Some(esf_client::key_range_key(b"cfg/3".to_vec())),
+            ..Default::default()
+        })
+        .await
+        .expect("delete");
+    client.compact(20).await.expect("compact");
+    let lease = client.lease_grant(600, 0).await.expect("grant").id;
+    client
+        .put_with(pb::PutRequest {
+            key: b"leased".to_vec(),
+            value: b"x".to_vec(),
+            lease,
+            ..Default::default()
+        })
+        .await
+        .expect("leased put");
+    client
+        .register(pb::Instance {
+            service: "api".into(),
+            id: "a1".into(),
+            address: "10.0.0.1:80".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("register");
+    let (revision, keys) = all_keys(&client).await;
+    let history = client
+        .history(pb::HistoryRequest {
+            key: b"cfg/1".to_vec(),
+            from_revision: 20,
+            ..Default::default()
+        })
+        .await
+        .expect("history")
+        .versions;
+
+    // Save through a follower first in the endpoint list: the call follows
+    // the leader hint.
+    let follower = c.nodes.iter().find(|n| n.id != leader).expect("a follower");
+    let eps = format!("{},{}", follower.grpc, c.endpoints());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("backup.snap");
+    let file_s = file.display().to_string();
+    let (code, out, err) = cli(&bin, &["--endpoints", &eps, "snapshot", "save", &file_s]);
+    assert_eq!(code, 0, "save: {err}");
+    assert!(out.starts_with(&format!("saved {file_s}")), "{out}");
+    assert!(!dir.path().join("backup.snap.part").exists());
+    let (code, out, err) = cli(&bin, &["-o", "json", "snapshot", "inspect", &file_s]);
+    assert_eq!(code, 0, "inspect: {err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("inspect json");
+    let summary = &v["groups"][0]["summary"];
+    assert_eq!(summary["revision"], revision, "{v}");
+    assert_eq!(
+        summary["keys"],
+        keys.len() as u64 + 1,
+        "config keys and the instance: {v}"
+    );
+    assert_eq!(summary["leases"], 1);
+    assert_eq!(summary["compact_revision"], 20);
+
+    // Corrupt and truncated files: a clear error, and no data dir created.
+    let bytes = std::fs::read(&file).expect("read snapshot");
+    let mut flipped = bytes.clone();
+    let mid = flipped.len() / 2;
+    flipped[mid] ^= 0x40;
+    let bad = dir.path().join("bad.snap");
+    let short = dir.path().join("short.snap");
+    std::fs::write(&bad, &flipped).expect("write");
+    std::fs::write(&short, &bytes[..bytes.len() - 7]).expect("write");
+    let target = dir.path().join("restored");
+    for (f, want) in [(&bad, "checksum mismatch"), (&short, "truncated")] {
+        let (code, _, err) = cli(
+            &bin,
+            &[
+                "snapshot",
+                "restore",
+                &f.display().to_string(),
+                "--data-dir",
+                &target.display().to_string(),
+            ],
+        );
+        assert_ne!(code, 0);
+        assert!(err.contains(want), "stderr {err:?} should contain {want:?}");
+        assert!(!target.exists(), "a failed restore leaves nothing behind");
+    }
+
+    // Restore into a new single node and start it.
+    let port = esf_cluster_tests::free_port();
+    let advertise = format!("127.0.0.1:{port}");
+    let (code, out, err) = cli(
+        &bin,
+        &[
+            "snapshot",
+            "restore",
+            &file_s,
+            "--data-dir",
+            &target.display().to_string(),
+            "--node-id",
+            "7",
+            "--advertise",
+            &advertise,
+        ],
+    );
+    assert_eq!(code, 0, "restore: {err}");
+    assert!(out.contains(&format!("restored revision {revision}")), "{out}");
+    let (code, _, err) = cli(
+        &bin,
+        &[
+            "snapshot",
+            "restore",
+            &file_s,
+            "--data-dir",
+            &target.display().to_string(),
+        ],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("is not empty"), "{err}");
+    let mut node = esf_cluster_tests::Node::standalone(dir.path(), 7, target.clone(), port);
+    node.start(&bin);
+    assert_eq!(node.wait_leader().await, 7);
+    let restored = node.client();
+    let (rev2, keys2) = all_keys(&restored).await;
+    assert_eq!(rev2, revision, "same revision");
+    assert_eq!(keys2, keys, "same keys, values, create/mod revisions, versions, leases");
+    let history2 = restored
+        .history(pb::HistoryRequest {
+            key: b"cfg/1".to_vec(),
+            from_revision: 20,
+            ..Default::default()
+        })
+        .await
+        .expect("history")
+        .versions;
+    assert_eq!(history2, history, "same history above the compaction");
+    let members = restored.members().await.expect("members");
+    assert_eq!(
+        members
+            .members
+            .iter()
+            .map(|m| (m.id, m.addr.as_str()))
+            .collect::<Vec<_>>(),
+        vec![(7, advertise.as_str())]
+    );
+    let old_cluster = client
+        .members()
+        .await
+        .expect("members")
+        .header
+        .expect("header")
+        .cluster_id;
+    assert_ne!(
+        members.header.expect("header").cluster_id,
+        old_cluster,
+        "a new cluster id"
+    );
+    assert_eq!(restored.lookup("api", &[]).await.expect("lookup").instances.len(), 1);
+    assert_eq!(
+        restored.lease_ttl(lease, false).await.expect("lease").granted_ttl_secs,
+        600
+    );
+    // It takes writes, continuing the revision sequence.
+    let r = restored.put("after", "restore").await.expect("put after restore");
+    assert_eq!(r.header.expect("header").revision, revision + 1);
+    // And it comes back after a crash with everything.
+    node.kill();
+    node.start(&bin);
+    node.wait_leader().await;
+    let (rev3, keys3) = all_keys(&node.client()).await;
+    assert_eq!(rev3, revision + 1);
+    assert_eq!(keys3.len(), keys.len() + 1);
+}

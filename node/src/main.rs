@@ -11,6 +11,7 @@ mod convert;
 mod registry;
 mod server;
 mod service;
+mod snapshot;
 mod transport;
 
 use std::process::ExitCode;

@@ -44,7 +44,7 @@ pub const HELLO_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Who this data dir belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Identity {
+pub(crate) struct Identity {
     pub node_id: u64,
     /// Empty until the node joins a cluster.
     pub cluster_id: String,
@@ -65,7 +65,7 @@ fn load_identity(dir: &Path) -> anyhow::Result<Option<Identity>> {
     ))
 }
 
-fn save_identity(dir: &Path, id: &Identity) -> anyhow::Result<()> {
+pub(crate) fn save_identity(dir: &Path, id: &Identity) -> anyhow::Result<()> {
     let p = identity_path(dir);
     let tmp = p.with_extension("json.tmp");
     std::fs::write(&tmp, serde_json::to_vec_pretty(id)?).with_context(|| format!("write {}", tmp.display()))?;
@@ -75,7 +75,7 @@ fn save_identity(dir: &Path, id: &Identity) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn new_cluster_id() -> String {
+pub(crate) fn new_cluster_id() -> String {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(

@@ -815,6 +815,45 @@ impl pb::cluster_server::Cluster for ClusterService {
         }))
     }
 
+    type SnapshotStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::BackupChunk, Status>> + Send>>;
+
+    async fn snapshot(&self, _req: Request<pb::BackupRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
+        // Every write acknowledged before this call is applied here after
+        // the barrier (and a follower answers with the leader hint).
+        self.0.meta.linearize().await.map_err(convert::status)?;
+        let store = self.0.meta.store().clone();
+        let (st, blob) = tokio::task::spawn_blocking(move || store.snapshot_rows())
+            .await
+            .map_err(|e| Status::internal(format!("snapshot task: {e}")))?
+            .map_err(|e| Status::internal(format!("snapshot: {e}")))?;
+        let header = crate::snapshot::Header {
+            cluster_id: self.0.cluster_id.read().expect("cluster id lock").clone(),
+            node_id: self.0.meta.node_id(),
+            esf_version: self.0.version.to_string(),
+            created_unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            groups: vec![crate::snapshot::GroupSection {
+                group: esf_raft::group::META_GROUP,
+                kind: "meta".into(),
+                bytes: blob.len() as u64,
+            }],
+        };
+        let file = crate::snapshot::encode(&header, &[&blob]);
+        tracing::info!(bytes = file.len(), revision = st.revision, last_applied = ?st.last_applied, "serving a snapshot");
+        let total_bytes = file.len() as u64;
+        let chunks: Vec<Result<pb::BackupChunk, Status>> = file
+            .chunks(crate::snapshot::CHUNK_BYTES)
+            .map(|c| {
+                Ok(pb::BackupChunk {
+                    total_bytes,
+                    data: c.to_vec(),
+                })
+            })
+            .collect();
+        Ok(Response::new(Box::pin(futures::stream::iter(chunks))))
+    }
+
     async fn hello(&self, req: Request<pb::HelloRequest>) -> Result<Response<pb::HelloResponse>, Status> {
         let r = req.into_inner();
         let m = self.0.meta.raft().metrics().borrow_watched().clone();

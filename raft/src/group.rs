@@ -365,6 +365,37 @@ impl MetaGroup {
     }
 }
 
+/// Seeds the empty database of a new node from a meta snapshot taken from
+/// any cluster (the offline restore): the store holds the snapshot's state
+/// with `node_id` at `addr` as the only member, the log is purged up to the
+/// snapshot's last entry, and the vote carries the snapshot's term, so the
+/// node starts as a one-member cluster that elects itself in a later term
+/// and keeps every revision. Fails, writing nothing, if the database
+/// already holds group state or the snapshot does not decode.
+pub async fn seed_from_snapshot(
+    db: Arc<Db>,
+    data: &[u8],
+    node_id: NodeId,
+    addr: &str,
+) -> Result<crate::meta::store::SnapshotSummary> {
+    use openraft::storage::RaftLogStorage;
+    let store = MetaStore::open(db.clone(), META_GROUP)?;
+    let mut log = LogStore::new(db, META_GROUP);
+    if log.log_state()?.last_log_id.is_some() || log.vote()?.is_some() {
+        return Err(Error::Unavailable(
+            "the data directory already holds a Raft log: restore needs a new, empty one".into(),
+        ));
+    }
+    let (meta, summary) = store.seed_from_snapshot(data, node_id, addr).await?;
+    let last = meta.last_log_id.expect("a seeded snapshot has a last log id");
+    let io = |what: &str, e: std::io::Error| Error::Unavailable(format!("{what}: {e}"));
+    log.save_vote(&openraft::Vote::new(last.leader_id.term, node_id))
+        .await
+        .map_err(|e| io("save vote", e))?;
+    log.purge(last).await.map_err(|e| io("purge log", e))?;
+    Ok(summary)
+}
+
 /// While this node leads: reconcile the lease clock with the store, and
 /// propose a revoke for every lease past its deadline. Wakes at the earliest
 /// deadline, on leadership change, or every `LEASE_RECONCILE_INTERVAL`.

@@ -8,4 +8,4 @@ pub mod store;
 
 pub use layout::{Changes, KvRecord, LeaseRecord};
 pub use state_machine::MetaStateMachine;
-pub use store::{MetaStore, ReadError, SmState, WatchEvent, auto_compaction_step};
+pub use store::{MetaStore, ReadError, SmState, SnapshotSummary, WatchEvent, auto_compaction_step, summarize_snapshot};

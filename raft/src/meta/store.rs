@@ -1300,3 +1300,114 @@ struct SnapshotBlob {
     /// written in one copy instead of byte by byte.
     rows: Vec<(ByteBuf, ByteBuf)>,
 }
+
+/// What a meta snapshot holds (for `esf snapshot inspect`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SnapshotSummary {
+    /// Index of the last log entry the snapshot covers.
+    pub last_index: u64,
+    /// Term of that entry.
+    pub last_term: u64,
+    /// Store revision.
+    pub revision: u64,
+    /// Oldest readable revision.
+    pub compact_revision: u64,
+    /// Live keys (config keys and registry instances).
+    pub keys: u64,
+    /// Leases.
+    pub leases: u64,
+    /// Rows of every table.
+    pub rows: u64,
+    /// Voters of the snapshot's membership.
+    pub voters: Vec<u64>,
+}
+
+fn snapshot_corrupt(reason: String) -> StorageError {
+    StorageError::Corrupt {
+        cf: CF_SNAPSHOT,
+        group: 0,
+        record: "snapshot file".into(),
+        reason,
+    }
+}
+
+/// Decodes a snapshot blob (checksum, format) and its state row.
+fn decode_snapshot(data: &[u8]) -> Result<(SnapshotBlob, SmState), StorageError> {
+    let at = RecordRef {
+        cf: CF_SNAPSHOT,
+        group: 0,
+        record: &"snapshot file",
+    };
+    let blob: SnapshotBlob = codec::decode(at, data)?;
+    if blob.format != SNAPSHOT_FORMAT {
+        return Err(snapshot_corrupt(format!(
+            "snapshot format {} is not {SNAPSHOT_FORMAT}",
+            blob.format
+        )));
+    }
+    let state_suffix = layout::state_key(0)[4..].to_vec();
+    let state = blob
+        .rows
+        .iter()
+        .find(|(k, _)| **k == state_suffix)
+        .ok_or_else(|| snapshot_corrupt("it has no state record".into()))?;
+    let st: SmState = codec::decode(at, &state.1)?;
+    if st.last_applied.is_none() {
+        return Err(snapshot_corrupt("it is the snapshot of an empty group".into()));
+    }
+    Ok((blob, st))
+}
+
+/// Checks a snapshot blob and says what it holds.
+pub fn summarize_snapshot(data: &[u8]) -> Result<SnapshotSummary, StorageError> {
+    let (blob, st) = decode_snapshot(data)?;
+    let count = |table: u8| blob.rows.iter().filter(|(k, _)| k.first() == Some(&table)).count() as u64;
+    let last = st.last_applied.clone().expect("checked by decode_snapshot");
+    Ok(SnapshotSummary {
+        last_index: last.index,
+        last_term: last.leader_id.term,
+        revision: st.revision,
+        compact_revision: st.compact_revision,
+        keys: count(layout::CURRENT),
+        leases: count(layout::LEASE),
+        rows: blob.rows.len() as u64,
+        voters: st.membership.membership().voter_ids().collect(),
+    })
+}
+
+impl MetaStore {
+    /// Makes this empty store the state of a new one-member cluster seeded
+    /// from `data`, a snapshot taken from any cluster: the same keys,
+    /// revisions, history, leases and sessions; membership `node_id` alone at
+    /// `addr`; the record of which members hold data is dropped (it named
+    /// the old cluster's nodes). Durable when it returns. The returned meta
+    /// is the snapshot's; the caller also purges the log up to its last log
+    /// id and stores a vote at least as new.
+    pub async fn seed_from_snapshot(
+        &self,
+        data: &[u8],
+        node_id: u64,
+        addr: &str,
+    ) -> Result<(SnapshotMeta, SnapshotSummary), StorageError> {
+        if self.state().last_applied.is_some() {
+            return Err(snapshot_corrupt(
+                "cannot restore into a store that already has state".into(),
+            ));
+        }
+        let summary = summarize_snapshot(data)?;
+        let (mut blob, st) = decode_snapshot(data)?;
+        blob.rows.retain(|(k, _)| k.first() != Some(&layout::REPLICATED));
+        let membership = openraft::Membership::new(
+            vec![std::collections::BTreeSet::from([node_id])],
+            std::collections::BTreeMap::from([(node_id, openraft::BasicNode { addr: addr.into() })]),
+        )
+        .expect("one voter that is also a node is a valid membership");
+        let meta = SnapshotMeta {
+            last_log_id: st.last_applied.clone(),
+            last_membership: StoredMembership::new(st.last_applied.clone(), membership),
+        };
+        let data = codec::encode("snapshot", &blob)?;
+        self.install_snapshot(&meta, &data).await?;
+        Ok((meta, summary))
+    }
+}
