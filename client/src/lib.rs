@@ -41,6 +41,9 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_RETRY_DEADLINE: Duration = Duration::from_secs(15);
 /// Longest pause between two rounds over the endpoints.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// Largest response the client accepts (a lookup or range of many large
+/// entries), bytes.
+pub const MAX_RESPONSE_BYTES: usize = 64 << 20;
 /// Metadata key carrying the leader's node id on a not-leader error.
 pub const LEADER_ID_METADATA: &str = "esf-leader-id";
 /// Metadata key carrying the leader's address on a not-leader error.
@@ -334,7 +337,12 @@ impl Client {
         self.write("put", |ch, s| {
             let mut r = req.clone();
             r.session = Some(s);
-            async move { ConfigClient::new(ch).put(r).await }
+            async move {
+                ConfigClient::new(ch)
+                    .max_decoding_message_size(MAX_RESPONSE_BYTES)
+                    .put(r)
+                    .await
+            }
         })
         .await
     }
@@ -353,7 +361,12 @@ impl Client {
     pub async fn range(&self, req: pb::RangeRequest) -> Result<pb::RangeResponse> {
         self.call("range", |ch| {
             let r = req.clone();
-            async move { ConfigClient::new(ch).range(r).await }
+            async move {
+                ConfigClient::new(ch)
+                    .max_decoding_message_size(MAX_RESPONSE_BYTES)
+                    .range(r)
+                    .await
+            }
         })
         .await
     }
@@ -363,7 +376,12 @@ impl Client {
         self.write("delete", |ch, s| {
             let mut r = req.clone();
             r.session = Some(s);
-            async move { ConfigClient::new(ch).delete(r).await }
+            async move {
+                ConfigClient::new(ch)
+                    .max_decoding_message_size(MAX_RESPONSE_BYTES)
+                    .delete(r)
+                    .await
+            }
         })
         .await
     }
@@ -373,7 +391,12 @@ impl Client {
         self.write("txn", |ch, s| {
             let mut r = req.clone();
             r.session = Some(s);
-            async move { ConfigClient::new(ch).txn(r).await }
+            async move {
+                ConfigClient::new(ch)
+                    .max_decoding_message_size(MAX_RESPONSE_BYTES)
+                    .txn(r)
+                    .await
+            }
         })
         .await
     }
@@ -382,7 +405,12 @@ impl Client {
     pub async fn history(&self, req: pb::HistoryRequest) -> Result<pb::HistoryResponse> {
         self.call("history", |ch| {
             let r = req.clone();
-            async move { ConfigClient::new(ch).history(r).await }
+            async move {
+                ConfigClient::new(ch)
+                    .max_decoding_message_size(MAX_RESPONSE_BYTES)
+                    .history(r)
+                    .await
+            }
         })
         .await
     }
@@ -394,7 +422,12 @@ impl Client {
                 revision,
                 session: Some(s),
             };
-            async move { ConfigClient::new(ch).compact(r).await }
+            async move {
+                ConfigClient::new(ch)
+                    .max_decoding_message_size(MAX_RESPONSE_BYTES)
+                    .compact(r)
+                    .await
+            }
         })
         .await
     }
@@ -405,7 +438,12 @@ impl Client {
     pub async fn watch(&self, req: pb::WatchRequest) -> Result<tonic::Streaming<pb::WatchResponse>> {
         self.call("watch", |ch| {
             let r = req.clone();
-            async move { ConfigClient::new(ch).watch(r).await }
+            async move {
+                ConfigClient::new(ch)
+                    .max_decoding_message_size(MAX_RESPONSE_BYTES)
+                    .watch(r)
+                    .await
+            }
         })
         .await
     }
@@ -446,7 +484,12 @@ impl Client {
                 id,
                 session: Some(s),
             };
-            async move { LeaseClient::new(ch).grant(r).await }
+            async move {
+                LeaseClient::new(ch)
+                    .max_decoding_message_size(MAX_RESPONSE_BYTES)
+                    .grant(r)
+                    .await
+            }
         })
         .await
     }
@@ -455,7 +498,12 @@ impl Client {
     pub async fn lease_revoke(&self, id: u64) -> Result<pb::LeaseRevokeResponse> {
         self.write("lease revoke", |ch, s| {
             let r = pb::LeaseRevokeRequest { id, session: Some(s) };
-            async move { LeaseClient::new(ch).revoke(r).await }
+            async move {
+                LeaseClient::new(ch)
+                    .max_decoding_message_size(MAX_RESPONSE_BYTES)
+                    .revoke(r)
+                    .await
+            }
         })
         .await
     }
@@ -465,7 +513,12 @@ impl Client {
     pub async fn lease_keepalive(&self, id: u64) -> Result<pb::LeaseKeepAliveResponse> {
         self.call("lease keepalive", |ch| {
             let r = pb::LeaseKeepAliveRequest { id };
-            async move { LeaseClient::new(ch).keep_alive(r).await }
+            async move {
+                LeaseClient::new(ch)
+                    .max_decoding_message_size(MAX_RESPONSE_BYTES)
+                    .keep_alive(r)
+                    .await
+            }
         })
         .await
     }
@@ -489,7 +542,12 @@ impl Client {
                     let (tx, rx) = tokio::sync::mpsc::channel(4);
                     *slot.lock().expect("keepalive sender lock") = Some(tx);
                     let requests = tokio_stream::wrappers::ReceiverStream::new(rx);
-                    async move { LeaseClient::new(ch).keep_alive_stream(requests).await }
+                    async move {
+                        LeaseClient::new(ch)
+                            .max_decoding_message_size(MAX_RESPONSE_BYTES)
+                            .keep_alive_stream(requests)
+                            .await
+                    }
                 })
                 .await?;
             let Some(tx) = sender.lock().expect("keepalive sender lock").take() else {
@@ -530,7 +588,12 @@ impl Client {
     pub async fn lease_ttl(&self, id: u64, keys: bool) -> Result<pb::LeaseTimeToLiveResponse> {
         self.call("lease ttl", |ch| {
             let r = pb::LeaseTimeToLiveRequest { id, keys };
-            async move { LeaseClient::new(ch).time_to_live(r).await }
+            async move {
+                LeaseClient::new(ch)
+                    .max_decoding_message_size(MAX_RESPONSE_BYTES)
+                    .time_to_live(r)
+                    .await
+            }
         })
         .await
     }
@@ -540,7 +603,10 @@ impl Client {
     /// deadline: the stream has none of its own.
     pub async fn snapshot(&self) -> Result<Streaming<pb::BackupChunk>> {
         self.call("snapshot", |ch| async move {
-            ClusterClient::new(ch).snapshot(pb::BackupRequest {}).await
+            ClusterClient::new(ch)
+                .max_decoding_message_size(MAX_RESPONSE_BYTES)
+                .snapshot(pb::BackupRequest {})
+                .await
         })
         .await
     }
@@ -560,7 +626,12 @@ impl Client {
                 instance: Some(instance.clone()),
                 session: Some(s),
             };
-            async move { RegistryClient::new(ch).register(r).await }
+            async move {
+                RegistryClient::new(ch)
+                    .max_decoding_message_size(MAX_RESPONSE_BYTES)
+                    .register(r)
+                    .await
+            }
         })
         .await
     }
@@ -573,7 +644,12 @@ impl Client {
                 id: id.to_string(),
                 session: Some(s),
             };
-            async move { RegistryClient::new(ch).deregister(r).await }
+            async move {
+                RegistryClient::new(ch)
+                    .max_decoding_message_size(MAX_RESPONSE_BYTES)
+                    .deregister(r)
+                    .await
+            }
         })
         .await
     }
@@ -587,7 +663,12 @@ impl Client {
                 tags: tags.to_vec(),
                 serializable: false,
             };
-            async move { RegistryClient::new(ch).lookup(r).await }
+            async move {
+                RegistryClient::new(ch)
+                    .max_decoding_message_size(MAX_RESPONSE_BYTES)
+                    .lookup(r)
+                    .await
+            }
         })
         .await
     }
@@ -596,6 +677,7 @@ impl Client {
     pub async fn list_services(&self) -> Result<pb::ListServicesResponse> {
         self.call("list services", |ch| async move {
             RegistryClient::new(ch)
+                .max_decoding_message_size(MAX_RESPONSE_BYTES)
                 .list_services(pb::ListServicesRequest { serializable: false })
                 .await
         })
@@ -607,7 +689,12 @@ impl Client {
     pub async fn registry_watch(&self, req: pb::RegistryWatchRequest) -> Result<Streaming<pb::RegistryWatchResponse>> {
         self.call("registry watch", |ch| {
             let r = req.clone();
-            async move { RegistryClient::new(ch).watch(r).await }
+            async move {
+                RegistryClient::new(ch)
+                    .max_decoding_message_size(MAX_RESPONSE_BYTES)
+                    .watch(r)
+                    .await
+            }
         })
         .await
     }
@@ -631,7 +718,10 @@ impl Client {
     /// Members and the leader.
     pub async fn members(&self) -> Result<pb::MembersResponse> {
         self.call("members", |ch| async move {
-            ClusterClient::new(ch).members(pb::MembersRequest {}).await
+            ClusterClient::new(ch)
+                .max_decoding_message_size(MAX_RESPONSE_BYTES)
+                .members(pb::MembersRequest {})
+                .await
         })
         .await
     }
@@ -641,7 +731,12 @@ impl Client {
         let addr = addr.to_string();
         self.call("add learner", |ch| {
             let r = pb::AddLearnerRequest { id, addr: addr.clone() };
-            async move { ClusterClient::new(ch).add_learner(r).await }
+            async move {
+                ClusterClient::new(ch)
+                    .max_decoding_message_size(MAX_RESPONSE_BYTES)
+                    .add_learner(r)
+                    .await
+            }
         })
         .await
     }
@@ -649,7 +744,10 @@ impl Client {
     /// Makes a learner a voter.
     pub async fn promote(&self, id: u64) -> Result<pb::MembersResponse> {
         self.call("promote", |ch| async move {
-            ClusterClient::new(ch).promote(pb::PromoteRequest { id }).await
+            ClusterClient::new(ch)
+                .max_decoding_message_size(MAX_RESPONSE_BYTES)
+                .promote(pb::PromoteRequest { id })
+                .await
         })
         .await
     }
@@ -657,7 +755,10 @@ impl Client {
     /// Removes a member.
     pub async fn remove(&self, id: u64) -> Result<pb::MembersResponse> {
         self.call("remove", |ch| async move {
-            ClusterClient::new(ch).remove(pb::RemoveRequest { id }).await
+            ClusterClient::new(ch)
+                .max_decoding_message_size(MAX_RESPONSE_BYTES)
+                .remove(pb::RemoveRequest { id })
+                .await
         })
         .await
     }
@@ -666,6 +767,7 @@ impl Client {
     pub async fn transfer_leader(&self, to: u64) -> Result<pb::TransferLeaderResponse> {
         self.call("transfer leader", |ch| async move {
             ClusterClient::new(ch)
+                .max_decoding_message_size(MAX_RESPONSE_BYTES)
                 .transfer_leader(pb::TransferLeaderRequest { to })
                 .await
         })
@@ -681,7 +783,9 @@ impl Client {
                 Err(e) => Err(e),
                 Ok(ch) => match tokio::time::timeout(
                     self.inner.opts.request_timeout,
-                    ClusterClient::new(ch).status(pb::StatusRequest {}),
+                    ClusterClient::new(ch)
+                        .max_decoding_message_size(MAX_RESPONSE_BYTES)
+                        .status(pb::StatusRequest {}),
                 )
                 .await
                 {

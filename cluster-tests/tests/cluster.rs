@@ -847,6 +847,44 @@ async fn registry_instance_lives_while_kept_alive_across_a_leader_kill() {
             .contains("put.key: keys starting with byte 0xff are reserved"),
         "{err}"
     );
+    let reserved = || esf_client::key_range_prefix(vec![0xff]);
+    let err = client
+        .range(pb::RangeRequest {
+            range: Some(reserved()),
+            ..Default::default()
+        })
+        .await
+        .expect_err("reserved range");
+    assert!(
+        err.to_string()
+            .contains("range.range.prefix: keys starting with byte 0xff"),
+        "{err}"
+    );
+    let err = client
+        .delete(pb::DeleteRequest {
+            range: Some(reserved()),
+            ..Default::default()
+        })
+        .await
+        .expect_err("reserved delete");
+    assert!(err.to_string().contains("delete.range.prefix"), "{err}");
+    let err = client
+        .txn(pb::TxnRequest {
+            success: vec![pb::TxnOp {
+                op: Some(pb::txn_op::Op::Put(pb::PutRequest {
+                    key: vec![0xff, b'r'],
+                    ..Default::default()
+                })),
+            }],
+            ..Default::default()
+        })
+        .await
+        .expect_err("reserved txn put");
+    assert!(
+        err.to_string()
+            .contains("txn.success[0].put.key: keys starting with byte 0xff"),
+        "{err}"
+    );
 
     let mut w = client
         .registry_watch_resumable(pb::RegistryWatchRequest {
@@ -923,6 +961,25 @@ async fn registry_instance_lives_while_kept_alive_across_a_leader_kill() {
         &["--endpoints", &eps, "kv", "get", "", "--prefix", "--count-only"],
     );
     assert_eq!(out.trim(), "0", "registry keys are not config keys");
+    let wide = client
+        .range(pb::RangeRequest {
+            range: Some(pb::KeyRange {
+                kind: Some(pb::key_range::Kind::Between(pb::Between {
+                    start: vec![0x01],
+                    end: vec![0xff, 0xff, 0xff],
+                })),
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("a range reaching past 0xff is cut at 0xff");
+    assert!(wide.kvs.is_empty(), "{:?}", wide.kvs);
+    let ttl = client.lease_ttl(inst.lease, true).await.expect("lease ttl");
+    assert!(
+        ttl.keys.is_empty(),
+        "registry keys are not listed as config keys: {:?}",
+        ttl.keys
+    );
 
     // Kill the leader while the keeper runs; let more than two TTLs of
     // renewals pass under the new one.

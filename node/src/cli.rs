@@ -483,6 +483,10 @@ async fn lease(c: Client, out: Output, cmd: LeaseCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Longest wait for the next chunk of a snapshot (the first one comes once
+/// the leader has read its state).
+const SNAPSHOT_CHUNK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
 }
@@ -509,21 +513,25 @@ fn with_suffix(p: &std::path::Path, suffix: &str) -> PathBuf {
 async fn snapshot_save(c: Client, out: Output, file: &std::path::Path) -> anyhow::Result<()> {
     use std::io::{IsTerminal, Write};
     let part = with_suffix(file, ".part");
-    let mut f = std::fs::File::create(&part).with_context(|| format!("create {}", part.display()))?;
     let mut stream = c.snapshot().await?;
+    let mut f = std::fs::File::create(&part).with_context(|| format!("create {}", part.display()))?;
+    // Removes the partial file on every early return.
+    struct Partial<'a>(&'a std::path::Path, bool);
+    impl Drop for Partial<'_> {
+        fn drop(&mut self) {
+            if !self.1 {
+                let _ = std::fs::remove_file(self.0);
+            }
+        }
+    }
+    let mut partial = Partial(&part, false);
     let bar = std::io::stderr().is_terminal();
     let mut received = 0u64;
     let mut total = 0u64;
     loop {
-        let chunk = match tokio::time::timeout(c.request_timeout(), stream.message()).await {
-            Err(_) => {
-                let _ = std::fs::remove_file(&part);
-                anyhow::bail!("snapshot: no data for {:?}; nothing saved", c.request_timeout());
-            }
-            Ok(Err(s)) => {
-                let _ = std::fs::remove_file(&part);
-                anyhow::bail!("snapshot: {}; nothing saved", s.message());
-            }
+        let chunk = match tokio::time::timeout(SNAPSHOT_CHUNK_TIMEOUT, stream.message()).await {
+            Err(_) => anyhow::bail!("snapshot: no data for {SNAPSHOT_CHUNK_TIMEOUT:?}; nothing saved"),
+            Ok(Err(s)) => anyhow::bail!("snapshot: {}; nothing saved", s.message()),
             Ok(Ok(None)) => break,
             Ok(Ok(Some(chunk))) => chunk,
         };
@@ -547,19 +555,14 @@ async fn snapshot_save(c: Client, out: Output, file: &std::path::Path) -> anyhow
         eprintln!();
     }
     if received != total {
-        let _ = std::fs::remove_file(&part);
         anyhow::bail!("snapshot: the stream ended after {received} of {total} bytes; nothing saved");
     }
     f.sync_all().with_context(|| format!("sync {}", part.display()))?;
     drop(f);
-    let (header, groups) = match crate::snapshot::read(&part) {
-        Ok(x) => x,
-        Err(e) => {
-            let _ = std::fs::remove_file(&part);
-            return Err(e.context("the received snapshot does not check out; nothing saved"));
-        }
-    };
+    let (header, groups) =
+        crate::snapshot::read(&part).context("the received snapshot does not check out; nothing saved")?;
     std::fs::rename(&part, file).with_context(|| format!("rename {} to {}", part.display(), file.display()))?;
+    partial.1 = true;
     sync_dir(&parent_dir(file))?;
     let summary = esf_raft::meta::summarize_snapshot(&groups[0].1)?;
     print(
@@ -751,7 +754,10 @@ async fn registry(c: Client, out: Output, cmd: RegistryCmd) -> anyhow::Result<()
                 meta.insert(k.to_string(), v.to_string());
             }
             // Caught before registering, so an early signal still revokes.
-            let mut interrupts = Interrupts::catch()?;
+            let mut interrupts = match ttl {
+                Some(_) => Some(Interrupts::catch()?),
+                None => None,
+            };
             let lease = match ttl {
                 Some(t) => c.lease_grant(t, 0).await?.id,
                 None => lease,
@@ -785,20 +791,37 @@ async fn registry(c: Client, out: Output, cmd: RegistryCmd) -> anyhow::Result<()
                     registered.revision
                 )
             });
-            if ttl.is_none() {
+            let Some(interrupts) = interrupts.as_mut() else {
                 return Ok(());
-            }
-            tokio::select! {
-                r = c.lease_keep_alive_forever(lease, |k| {
-                    print(out, &json!({"lease": k.id, "ttl_secs": k.ttl_secs}), || {
-                        format!("lease {} kept alive, ttl {}s\n", k.id, k.ttl_secs)
-                    })
-                }) => {
-                    r?;
-                    anyhow::bail!("lease {lease} is gone: the instance was removed");
+            };
+            let keep = async {
+                loop {
+                    let r = c
+                        .lease_keep_alive_forever(lease, |k| {
+                            print(out, &json!({"lease": k.id, "ttl_secs": k.ttl_secs}), || {
+                                format!("lease {} kept alive, ttl {}s\n", k.id, k.ttl_secs)
+                            })
+                        })
+                        .await;
+                    match r {
+                        Err(esf_client::Error::NotFound(_)) => {
+                            return anyhow::anyhow!("lease {lease} is gone: the instance was removed");
+                        }
+                        // The cluster is unreachable for now; the lease may
+                        // still be alive: keep trying until it is known gone.
+                        Err(e) => eprintln!("warning: keepalive of lease {lease}: {e}; retrying"),
+                        Ok(()) => {}
+                    }
                 }
+            };
+            tokio::select! {
+                e = keep => return Err(e),
                 _ = interrupts.recv() => {
-                    c.lease_revoke(lease).await?;
+                    // A second signal exits at once, without revoking.
+                    tokio::select! {
+                        r = c.lease_revoke(lease) => { r?; }
+                        _ = interrupts.recv() => anyhow::bail!("interrupted again; lease {lease} left to expire"),
+                    }
                     print(out, &json!({"deregistered": instance_json(&registered)}), || {
                         format!("deregistered {}/{} (lease {lease} revoked)\n", registered.service, registered.id)
                     });

@@ -17,7 +17,8 @@ pub fn status(e: esf_raft::Error) -> Status {
             R::Compacted { .. } | R::FutureRevision { .. } => Status::out_of_range(r.to_string()),
             R::LeaseNotFound(_) => Status::not_found(r.to_string()),
             R::LeaseExists(_) => Status::already_exists(r.to_string()),
-            R::SessionExpired { .. } => Status::failed_precondition(r.to_string()),
+            R::SessionExpired { .. } | R::WrongExpectedVersion { .. } => Status::failed_precondition(r.to_string()),
+            R::StreamDeleted(_) => Status::not_found(r.to_string()),
         },
         esf_raft::Error::NotLeader {
             leader, leader_addr, ..
@@ -188,9 +189,9 @@ fn txn_ops(field: &str, ops: Vec<pb::TxnOp>) -> Result<Vec<cmd::TxnOp>, Status> 
             let f = format!("{field}[{i}]");
             match op.op {
                 None => Err(invalid(&f, "op is required (put, delete or range)")),
-                Some(pb::txn_op::Op::Put(p)) => Ok(cmd::TxnOp::Put(put(&f, p)?)),
-                Some(pb::txn_op::Op::Delete(d)) => Ok(cmd::TxnOp::Delete(delete(&f, d)?)),
-                Some(pb::txn_op::Op::Range(r)) => Ok(cmd::TxnOp::Range(range_request(&f, r)?)),
+                Some(pb::txn_op::Op::Put(p)) => Ok(cmd::TxnOp::Put(put(&format!("{f}.put"), p)?)),
+                Some(pb::txn_op::Op::Delete(d)) => Ok(cmd::TxnOp::Delete(delete(&format!("{f}.delete"), d)?)),
+                Some(pb::txn_op::Op::Range(r)) => Ok(cmd::TxnOp::Range(range_request(&format!("{f}.range"), r)?)),
             }
         })
         .collect()

@@ -33,6 +33,11 @@ pub const WATCH_BUFFER_RESPONSES: usize = 1024;
 /// Most events in one watch response.
 pub const WATCH_MAX_EVENTS_PER_RESPONSE: usize = 1000;
 
+/// One snapshot served at a time per node (each holds the meta group's
+/// encoded state in memory while it streams).
+static SNAPSHOTS_IN_PROGRESS: std::sync::LazyLock<Arc<tokio::sync::Semaphore>> =
+    std::sync::LazyLock::new(|| Arc::new(tokio::sync::Semaphore::new(1)));
+
 /// Shared state of the services.
 #[derive(Clone)]
 pub struct Ctx {
@@ -71,23 +76,27 @@ impl Ctx {
     }
 
     fn config_client(&self, addr: &str) -> Result<ConfigClient<tonic::transport::Channel>, Status> {
-        Ok(ConfigClient::new(self.pool.channel(addr).map_err(Status::unavailable)?))
+        Ok(ConfigClient::new(self.pool.channel(addr).map_err(Status::unavailable)?)
+            .max_decoding_message_size(esf_client::MAX_RESPONSE_BYTES))
     }
 
     fn lease_client(&self, addr: &str) -> Result<LeaseClient<tonic::transport::Channel>, Status> {
-        Ok(LeaseClient::new(self.pool.channel(addr).map_err(Status::unavailable)?))
+        Ok(LeaseClient::new(self.pool.channel(addr).map_err(Status::unavailable)?)
+            .max_decoding_message_size(esf_client::MAX_RESPONSE_BYTES))
     }
 
     fn cluster_client(&self, addr: &str) -> Result<ClusterClient<tonic::transport::Channel>, Status> {
-        Ok(ClusterClient::new(
-            self.pool.channel(addr).map_err(Status::unavailable)?,
-        ))
+        Ok(
+            ClusterClient::new(self.pool.channel(addr).map_err(Status::unavailable)?)
+                .max_decoding_message_size(esf_client::MAX_RESPONSE_BYTES),
+        )
     }
 
     pub(crate) fn registry_client(&self, addr: &str) -> Result<RegistryClient<tonic::transport::Channel>, Status> {
-        Ok(RegistryClient::new(
-            self.pool.channel(addr).map_err(Status::unavailable)?,
-        ))
+        Ok(
+            RegistryClient::new(self.pool.channel(addr).map_err(Status::unavailable)?)
+                .max_decoding_message_size(esf_client::MAX_RESPONSE_BYTES),
+        )
     }
 
     /// Starts a watch served by this node (see [`run_watch`]); `field`
@@ -547,7 +556,14 @@ impl pb::lease_server::Lease for LeaseService {
             id: msg.id,
             granted_ttl_secs: rec.ttl_secs,
             remaining_ms: remaining.as_millis() as u64,
-            keys: if msg.keys { keys } else { Vec::new() },
+            // Registry instances bound to the lease are not config keys.
+            keys: if msg.keys {
+                keys.into_iter()
+                    .filter(|k| k.first() != Some(&convert::RESERVED_KEY_BYTE))
+                    .collect()
+            } else {
+                Vec::new()
+            },
         }))
     }
 }
@@ -821,37 +837,58 @@ impl pb::cluster_server::Cluster for ClusterService {
         // Every write acknowledged before this call is applied here after
         // the barrier (and a follower answers with the leader hint).
         self.0.meta.linearize().await.map_err(convert::status)?;
+        let permit = SNAPSHOTS_IN_PROGRESS.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted("a snapshot is already being served by this node; try again after it")
+        })?;
+        let (tx, rx) = tokio::sync::mpsc::channel(crate::snapshot::CHUNKS_IN_FLIGHT);
         let store = self.0.meta.store().clone();
-        let (st, blob) = tokio::task::spawn_blocking(move || store.snapshot_rows())
-            .await
-            .map_err(|e| Status::internal(format!("snapshot task: {e}")))?
-            .map_err(|e| Status::internal(format!("snapshot: {e}")))?;
-        let header = crate::snapshot::Header {
-            cluster_id: self.0.cluster_id.read().expect("cluster id lock").clone(),
-            node_id: self.0.meta.node_id(),
-            esf_version: self.0.version.to_string(),
-            created_unix_ms: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64),
-            groups: vec![crate::snapshot::GroupSection {
-                group: esf_raft::group::META_GROUP,
-                kind: "meta".into(),
-                bytes: blob.len() as u64,
-            }],
-        };
-        let file = crate::snapshot::encode(&header, &[&blob]);
-        tracing::info!(bytes = file.len(), revision = st.revision, last_applied = ?st.last_applied, "serving a snapshot");
-        let total_bytes = file.len() as u64;
-        let chunks: Vec<Result<pb::BackupChunk, Status>> = file
-            .chunks(crate::snapshot::CHUNK_BYTES)
-            .map(|c| {
-                Ok(pb::BackupChunk {
+        let cluster_id = self.0.cluster_id.read().expect("cluster id lock").clone();
+        let node_id = self.0.meta.node_id();
+        let version = self.0.version;
+        tokio::spawn(async move {
+            let _permit = permit;
+            // The rows are read under one RocksDB snapshot, off the runtime.
+            let built = tokio::task::spawn_blocking(move || store.snapshot_rows()).await;
+            let (st, blob) = match built {
+                Ok(Ok(x)) => x,
+                Ok(Err(e)) => {
+                    let _ = tx.send(Err(Status::internal(format!("snapshot: {e}")))).await;
+                    return;
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(Status::internal(format!("snapshot task: {e}")))).await;
+                    return;
+                }
+            };
+            let header = crate::snapshot::Header {
+                cluster_id,
+                node_id,
+                esf_version: version.to_string(),
+                created_unix_ms: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64),
+                groups: vec![crate::snapshot::GroupSection {
+                    group: esf_raft::group::META_GROUP,
+                    kind: "meta".into(),
+                    bytes: blob.len() as u64,
+                }],
+            };
+            let head = crate::snapshot::encode_head(&header);
+            let total_bytes = (head.len() + blob.len()) as u64;
+            tracing::info!(bytes = total_bytes, revision = st.revision, last_applied = ?st.last_applied, "serving a snapshot");
+            let pieces = std::iter::once(head.as_slice()).chain(blob.chunks(crate::snapshot::CHUNK_BYTES));
+            for data in pieces {
+                let chunk = pb::BackupChunk {
                     total_bytes,
-                    data: c.to_vec(),
-                })
-            })
-            .collect();
-        Ok(Response::new(Box::pin(futures::stream::iter(chunks))))
+                    data: data.to_vec(),
+                };
+                // Bounded: a slow reader holds at most CHUNKS_IN_FLIGHT copies.
+                if tx.send(Ok(chunk)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
     async fn hello(&self, req: Request<pb::HelloRequest>) -> Result<Response<pb::HelloResponse>, Status> {

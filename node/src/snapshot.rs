@@ -51,14 +51,25 @@ pub struct GroupSection {
     pub bytes: u64,
 }
 
-/// Encodes a snapshot file from its header and the sections it lists.
-pub fn encode(header: &Header, sections: &[&[u8]]) -> Vec<u8> {
+/// Chunks a node queues ahead of a slow reader.
+pub const CHUNKS_IN_FLIGHT: usize = 4;
+
+/// The start of a snapshot file: magic, header, header checksum. The
+/// sections the header lists follow it.
+pub fn encode_head(header: &Header) -> Vec<u8> {
     let h = serde_json::to_vec(header).expect("a header always serializes");
-    let mut out = Vec::with_capacity(16 + h.len() + sections.iter().map(|s| s.len()).sum::<usize>());
+    let mut out = Vec::with_capacity(16 + h.len());
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&(h.len() as u32).to_be_bytes());
     out.extend_from_slice(&h);
     out.extend_from_slice(&crc32fast::hash(&h).to_be_bytes());
+    out
+}
+
+/// A whole snapshot file from its header and the sections it lists.
+#[cfg(test)]
+pub fn encode(header: &Header, sections: &[&[u8]]) -> Vec<u8> {
+    let mut out = encode_head(header);
     for s in sections {
         out.extend_from_slice(s);
     }

@@ -92,6 +92,81 @@ impl std::fmt::Debug for MetaGroup {
     }
 }
 
+/// Proposes `cmd` to `raft` (group `group`) and waits until it is applied,
+/// within `timeout`. A leader without its quorum lease yet (just elected)
+/// is waited for, `heartbeat` at a time, until the deadline: the command
+/// was not appended, so retrying is safe.
+pub(crate) async fn propose<SM>(
+    raft: &openraft::Raft<TypeConfig, SM>,
+    group: u32,
+    cmd: Command,
+    timeout: Duration,
+    heartbeat: Duration,
+) -> Result<Response>
+where
+    SM: openraft::storage::RaftStateMachine<TypeConfig>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        let fut = raft.client_write(cmd.clone());
+        match tokio::time::timeout_at(deadline, fut).await {
+            Err(_) => return Err(Error::Unavailable(format!("write not applied within {timeout:?}"))),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                if f.reason != ForwardReason::LeaseExpired {
+                    return Err(not_leader(group, &f));
+                }
+                if Instant::now() >= deadline {
+                    return Err(Error::Unavailable(
+                        "this leader cannot reach a quorum (its leader lease expired)".into(),
+                    ));
+                }
+                let mut m = raft.metrics();
+                let _ = tokio::time::timeout_at(deadline.min(Instant::now() + heartbeat), m.changed()).await;
+            }
+            Ok(Err(RaftError::APIError(e))) => return Err(Error::Unavailable(e.to_string())),
+            Ok(Err(RaftError::Fatal(f))) => return Err(Error::Fatal(f.to_string())),
+            Ok(Ok(r)) => return Ok(r.data),
+        }
+    }
+}
+
+/// ReadIndex on `raft` (group `group`) within `timeout`: afterwards the
+/// local state reflects every write acknowledged before the call.
+pub(crate) async fn linearize<SM>(raft: &openraft::Raft<TypeConfig, SM>, group: u32, timeout: Duration) -> Result<()>
+where
+    SM: openraft::storage::RaftStateMachine<TypeConfig>,
+{
+    let fut = raft.ensure_linearizable(ReadPolicy::ReadIndex);
+    match tokio::time::timeout(timeout, fut).await {
+        Err(_) => Err(Error::Unavailable(format!(
+            "read index not confirmed within {timeout:?}"
+        ))),
+        Ok(Err(RaftError::APIError(openraft::error::LinearizableReadError::ForwardToLeader(f)))) => {
+            Err(not_leader(group, &f))
+        }
+        Ok(Err(RaftError::APIError(e))) => Err(Error::Unavailable(e.to_string())),
+        Ok(Err(RaftError::Fatal(f))) => Err(Error::Fatal(f.to_string())),
+        Ok(Ok(_)) => Ok(()),
+    }
+}
+
+/// The "not the leader" error of `raft`'s current view, naming the leader
+/// and its address when known.
+pub(crate) fn not_leader_of<SM>(raft: &openraft::Raft<TypeConfig, SM>, group: u32) -> Error
+where
+    SM: openraft::storage::RaftStateMachine<TypeConfig>,
+{
+    let m = raft.metrics().borrow_watched().clone();
+    let leader_addr = m
+        .current_leader
+        .and_then(|l| m.membership_config.membership().get_node(&l).map(|n| n.addr.clone()));
+    Error::NotLeader {
+        group,
+        leader: m.current_leader,
+        leader_addr,
+    }
+}
+
 fn not_leader(group: u32, f: &openraft::error::ForwardToLeader<TypeConfig>) -> Error {
     Error::NotLeader {
         group,
@@ -170,33 +245,14 @@ impl MetaGroup {
                 });
             }
         }
-        let deadline = Instant::now() + self.opts.request_timeout;
-        let timed_out = || Error::Unavailable(format!("write not applied within {:?}", self.opts.request_timeout));
-        let resp = loop {
-            let fut = self.raft.client_write(cmd.clone());
-            match tokio::time::timeout_at(deadline, fut).await {
-                Err(_) => return Err(timed_out()),
-                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-                    if f.reason != ForwardReason::LeaseExpired {
-                        return Err(not_leader(META_GROUP, &f));
-                    }
-                    // A new leader has no quorum lease until followers answer
-                    // its first heartbeat; a partitioned one never gets it
-                    // back. The write was not appended, so retrying is safe.
-                    if Instant::now() >= deadline {
-                        return Err(Error::Unavailable(
-                            "this leader cannot reach a quorum (its leader lease expired)".into(),
-                        ));
-                    }
-                    let mut m = self.raft.metrics();
-                    let pause = Duration::from_millis(self.opts.raft.heartbeat_interval);
-                    let _ = tokio::time::timeout_at(deadline.min(Instant::now() + pause), m.changed()).await;
-                }
-                Ok(Err(RaftError::APIError(e))) => return Err(Error::Unavailable(e.to_string())),
-                Ok(Err(RaftError::Fatal(f))) => return Err(Error::Fatal(f.to_string())),
-                Ok(Ok(r)) => break r.data,
-            }
-        };
+        let resp = propose(
+            &self.raft,
+            META_GROUP,
+            cmd,
+            self.opts.request_timeout,
+            Duration::from_millis(self.opts.raft.heartbeat_interval),
+        )
+        .await?;
         if let OpResult::Rejected(rej) = resp.result {
             return Err(Error::Rejected(rej));
         }
@@ -260,19 +316,7 @@ impl MetaGroup {
 
     /// Waits until reads here reflect every write acknowledged before now.
     pub async fn linearize(&self) -> Result<()> {
-        let fut = self.raft.ensure_linearizable(ReadPolicy::ReadIndex);
-        match tokio::time::timeout(self.opts.request_timeout, fut).await {
-            Err(_) => Err(Error::Unavailable(format!(
-                "read index not confirmed within {:?}",
-                self.opts.request_timeout
-            ))),
-            Ok(Err(RaftError::APIError(openraft::error::LinearizableReadError::ForwardToLeader(f)))) => {
-                Err(not_leader(META_GROUP, &f))
-            }
-            Ok(Err(RaftError::APIError(e))) => Err(Error::Unavailable(e.to_string())),
-            Ok(Err(RaftError::Fatal(f))) => Err(Error::Fatal(f.to_string())),
-            Ok(Ok(_)) => Ok(()),
-        }
+        linearize(&self.raft, META_GROUP, self.opts.request_timeout).await
     }
 
     async fn before_read(&self, c: Consistency) -> Result<()> {
@@ -305,15 +349,7 @@ impl MetaGroup {
     /// The "not the leader" error for this node's current view, naming the
     /// leader and its address when known.
     pub fn not_leader_error(&self) -> Error {
-        let m = self.raft.metrics().borrow_watched().clone();
-        let leader_addr = m
-            .current_leader
-            .and_then(|l| m.membership_config.membership().get_node(&l).map(|n| n.addr.clone()));
-        Error::NotLeader {
-            group: META_GROUP,
-            leader: m.current_leader,
-            leader_addr,
-        }
+        not_leader_of(&self.raft, META_GROUP)
     }
 
     /// Restarts a lease's countdown; only the leader can. Returns the TTL.
@@ -489,12 +525,13 @@ async fn run_lease_keeper(group: std::sync::Weak<MetaGroup>) {
 /// lease revokes and compaction free space and always run.
 fn adds_data(op: &Op) -> bool {
     match op {
-        Op::Put(_) | Op::LeaseGrant { .. } => true,
+        Op::Put(_) | Op::LeaseGrant { .. } | Op::Append(_) => true,
         Op::Txn(t) => t.success.iter().chain(&t.failure).any(|o| matches!(o, TxnOp::Put(_))),
         Op::Delete(_)
         | Op::Compact { .. }
         | Op::LeaseRevoke { .. }
         | Op::SetLimits(_)
-        | Op::MemberReplicated { .. } => false,
+        | Op::MemberReplicated { .. }
+        | Op::DeleteStream { .. } => false,
     }
 }

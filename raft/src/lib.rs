@@ -8,6 +8,8 @@
 //!   store with history, compaction, txn, leases and client sessions.
 //! - [`group`]: a running meta group: proposing, linearizable and
 //!   serializable reads, response headers, and the leader's lease keeper.
+//! - [`events`]: event partitions: append-only event logs, one Raft group
+//!   each, idempotent by event id, with stream versions.
 //! - [`limits`]: named bounds with errors that name the field.
 //!
 //! Not here: networking (the node crate carries Raft RPCs over tonic; tests
@@ -16,6 +18,7 @@
 
 pub mod command;
 pub mod error;
+pub mod events;
 pub mod group;
 pub mod lease_keeper;
 pub mod limits;

@@ -225,6 +225,8 @@ impl Limits {
                 }
                 Ok(())
             }
+            Op::Append(a) => crate::events::check_append(a),
+            Op::DeleteStream { stream, .. } => crate::events::check_stream_id("stream", stream),
         }
     }
 }

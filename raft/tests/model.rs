@@ -268,6 +268,7 @@ impl Model {
                 OpResult::LimitsSet
             }
             Op::MemberReplicated { .. } => OpResult::None,
+            Op::Append(_) | Op::DeleteStream { .. } => unreachable!("the model generates no event ops"),
             Op::LeaseGrant { ttl_secs, .. } => {
                 let id = self.next_lease;
                 self.next_lease += 1;

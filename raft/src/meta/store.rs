@@ -795,6 +795,12 @@ impl MetaStore {
                 batch.put_cf(self.db.cf(CF_SM), layout::replicated_key(self.group, *node_id), []);
                 OpResult::None
             }
+            Op::Append(_) | Op::DeleteStream { .. } => {
+                return Ok(Err(Rejection::InvalidArgument {
+                    field: "op".into(),
+                    reason: "event operations go to an event partition, not the meta group".into(),
+                }));
+            }
             Op::LeaseGrant { id, ttl_secs } => {
                 let id = if *id == 0 {
                     let mut candidate = st.next_lease_id.max(1);

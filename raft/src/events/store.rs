@@ -1,0 +1,652 @@
+//! The data of one event partition, in the group's range of the `sm` column
+//! family. Every key is `group:u32 BE ++ table:u8 ++ rest`:
+//!
+//! | table | rest | value |
+//! |---|---|---|
+//! | `STATE` | — | [`PartitionState`]: applied log id, membership, next offset |
+//! | `EVENT` | `offset:u64 BE` | [`EventRecord`] |
+//! | `BY_ID` | `id:16 bytes` | `offset:u64 BE` |
+//! | `STREAM` | `enc(stream)` | [`StreamRecord`] |
+//! | `STREAM_EVENT` | `enc(stream) ++ version:u64 BE` | `offset:u64 BE` |
+//!
+//! Semantics:
+//! - Offsets count from 0 in append order; a stream's versions from 1.
+//! - Append is idempotent by event id for as long as the event is kept: an
+//!   append whose ids were all appended before (in the same order, to the
+//!   same stream) returns the first attempt's position and writes nothing;
+//!   one that mixes new and old ids is rejected.
+//! - A deleted stream keeps its events in the partition log, but no read
+//!   returns them and it cannot be appended to again.
+//! - Apply is deterministic: the timestamp comes from the entry.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+
+use esf_storage::codec::{self, RecordRef};
+use esf_storage::keys::encode_bytes;
+use esf_storage::keys::{CF_SM, CF_SNAPSHOT, GroupId, group_prefix, prefix_end};
+use esf_storage::rocksdb::{self, ReadOptions, WriteBatch};
+use esf_storage::{Db, StorageError};
+use openraft::EntryPayload;
+use openraft::entry::RaftEntry;
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+use tokio::sync::watch;
+
+use crate::command::*;
+use crate::types::{Entry, LogId, SnapshotMeta, StoredMembership};
+
+const STATE: u8 = 1;
+const EVENT: u8 = 2;
+const BY_ID: u8 = 3;
+const STREAM: u8 = 4;
+const STREAM_EVENT: u8 = 5;
+
+/// Replicated scalar state of a partition.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionState {
+    /// Last applied log id.
+    pub last_applied: Option<LogId>,
+    /// Last applied membership.
+    pub membership: StoredMembership,
+    /// Offset the next event gets (= events appended).
+    pub next_offset: u64,
+}
+
+/// One stored event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventRecord {
+    /// Event id (UUID bytes).
+    pub id: [u8; 16],
+    /// Stream id.
+    pub stream: String,
+    /// Event type.
+    pub event_type: String,
+    /// Correlation id.
+    pub correlation_id: String,
+    /// Causation id.
+    pub causation_id: String,
+    /// Assigned by the leader when proposed, ms since the Unix epoch.
+    pub timestamp_ms: u64,
+    /// JSON payload.
+    #[serde(with = "serde_bytes")]
+    pub data: Vec<u8>,
+    /// Metadata.
+    pub metadata: BTreeMap<String, String>,
+    /// Position in the partition.
+    pub offset: u64,
+    /// Version in the stream (from 1).
+    pub version: u64,
+}
+
+/// A stream's record.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamRecord {
+    /// Events in the stream (the last one's version).
+    pub version: u64,
+    /// Tombstoned.
+    pub deleted: bool,
+}
+
+fn table_prefix(group: GroupId, table: u8) -> Vec<u8> {
+    let mut k = Vec::with_capacity(32);
+    k.extend_from_slice(&group_prefix(group));
+    k.push(table);
+    k
+}
+
+fn event_key(group: GroupId, offset: u64) -> Vec<u8> {
+    let mut k = table_prefix(group, EVENT);
+    k.extend_from_slice(&offset.to_be_bytes());
+    k
+}
+
+fn id_key(group: GroupId, id: &[u8; 16]) -> Vec<u8> {
+    let mut k = table_prefix(group, BY_ID);
+    k.extend_from_slice(id);
+    k
+}
+
+fn stream_key(group: GroupId, stream: &str) -> Vec<u8> {
+    let mut k = table_prefix(group, STREAM);
+    encode_bytes(&mut k, stream.as_bytes());
+    k
+}
+
+fn stream_event_key(group: GroupId, stream: &str, version: u64) -> Vec<u8> {
+    let mut k = table_prefix(group, STREAM_EVENT);
+    encode_bytes(&mut k, stream.as_bytes());
+    k.extend_from_slice(&version.to_be_bytes());
+    k
+}
+
+fn rocks_err(context: &'static str) -> impl Fn(rocksdb::Error) -> StorageError {
+    move |e| StorageError::Rocks {
+        context: context.to_string(),
+        source: e,
+    }
+}
+
+fn offset_of(group: GroupId, what: &str, v: &[u8]) -> Result<u64, StorageError> {
+    v.try_into().map(u64::from_be_bytes).map_err(|_| StorageError::Corrupt {
+        cf: CF_SM,
+        group,
+        record: what.to_string(),
+        reason: format!("an offset is 8 bytes, not {}", v.len()),
+    })
+}
+
+/// Direction of a stream read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Oldest first, from the given version up.
+    Forward,
+    /// Newest first, from the given version down.
+    Backward,
+}
+
+const SNAPSHOT_FORMAT: u32 = 1;
+
+#[derive(Serialize, Deserialize)]
+struct SnapshotBlob {
+    format: u32,
+    /// Rows without the 4-byte group prefix.
+    rows: Vec<(ByteBuf, ByteBuf)>,
+}
+
+/// The store of one partition. Shared between openraft's state machine
+/// worker (writes) and readers.
+pub struct PartitionStore {
+    db: Arc<Db>,
+    group: GroupId,
+    state: RwLock<PartitionState>,
+    /// The next offset after every applied entry that appended.
+    offset_tx: watch::Sender<u64>,
+}
+
+impl std::fmt::Debug for PartitionStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PartitionStore").field("group", &self.group).finish()
+    }
+}
+
+impl PartitionStore {
+    /// Opens the store of partition `group`.
+    pub fn open(db: Arc<Db>, group: GroupId) -> Result<Arc<PartitionStore>, StorageError> {
+        let raw = db
+            .rocks()
+            .get_cf(db.cf(CF_SM), table_prefix(group, STATE))
+            .map_err(rocks_err("read partition state"))?;
+        let state: PartitionState = match raw {
+            None => PartitionState::default(),
+            Some(b) => codec::decode(
+                RecordRef {
+                    cf: CF_SM,
+                    group,
+                    record: &"partition state",
+                },
+                &b,
+            )?,
+        };
+        let (offset_tx, _) = watch::channel(state.next_offset);
+        Ok(Arc::new(PartitionStore {
+            db,
+            group,
+            state: RwLock::new(state),
+            offset_tx,
+        }))
+    }
+
+    /// The group id.
+    pub fn group(&self) -> GroupId {
+        self.group
+    }
+
+    /// A copy of the replicated scalar state.
+    pub fn state(&self) -> PartitionState {
+        self.state.read().expect("partition state lock").clone()
+    }
+
+    /// Offset the next event gets.
+    pub fn next_offset(&self) -> u64 {
+        self.state.read().expect("partition state lock").next_offset
+    }
+
+    /// Notified with the next offset whenever events are appended.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.offset_tx.subscribe()
+    }
+
+    fn decode<T: serde::de::DeserializeOwned>(
+        &self,
+        what: &dyn std::fmt::Display,
+        v: &[u8],
+    ) -> Result<T, StorageError> {
+        codec::decode(
+            RecordRef {
+                cf: CF_SM,
+                group: self.group,
+                record: what,
+            },
+            v,
+        )
+    }
+
+    fn get_raw(&self, key: &[u8], context: &'static str) -> Result<Option<Vec<u8>>, StorageError> {
+        self.db
+            .rocks()
+            .get_cf(self.db.cf(CF_SM), key)
+            .map_err(rocks_err(context))
+    }
+
+    /// The stream's record.
+    pub fn stream(&self, stream: &str) -> Result<Option<StreamRecord>, StorageError> {
+        match self.get_raw(&stream_key(self.group, stream), "read stream")? {
+            None => Ok(None),
+            Some(v) => self.decode(&format_args!("stream {stream:?}"), &v).map(Some),
+        }
+    }
+
+    /// The event at `offset`.
+    pub fn event_at(&self, offset: u64) -> Result<Option<EventRecord>, StorageError> {
+        match self.get_raw(&event_key(self.group, offset), "read event")? {
+            None => Ok(None),
+            Some(v) => self.decode(&format_args!("event at offset {offset}"), &v).map(Some),
+        }
+    }
+
+    /// Offset of the event with `id`, deleted stream or not.
+    fn offset_of_id(&self, id: &[u8; 16]) -> Result<Option<u64>, StorageError> {
+        match self.get_raw(&id_key(self.group, id), "read event id")? {
+            None => Ok(None),
+            Some(v) => offset_of(self.group, "event id index", &v).map(Some),
+        }
+    }
+
+    /// The event with `id`, unless its stream was deleted.
+    pub fn get(&self, id: &[u8; 16]) -> Result<Option<EventRecord>, StorageError> {
+        let Some(off) = self.offset_of_id(id)? else {
+            return Ok(None);
+        };
+        let Some(e) = self.event_at(off)? else {
+            return Err(StorageError::Corrupt {
+                cf: CF_SM,
+                group: self.group,
+                record: format!("event id index entry for offset {off}"),
+                reason: "no event at that offset".into(),
+            });
+        };
+        if self.stream(&e.stream)?.is_some_and(|s| s.deleted) {
+            return Ok(None);
+        }
+        Ok(Some(e))
+    }
+
+    /// Up to `limit` events of `stream` from version `from` in `dir`
+    /// (`from` 0 means the start: version 1 forward, the last backward).
+    /// `Err(StreamDeleted)` for a deleted stream; an unknown stream reads
+    /// as empty with version 0.
+    pub fn read_stream(
+        &self,
+        stream: &str,
+        from: u64,
+        dir: Direction,
+        limit: usize,
+    ) -> Result<Result<(Vec<EventRecord>, StreamRecord), Rejection>, StorageError> {
+        let rec = self.stream(stream)?.unwrap_or_default();
+        if rec.deleted {
+            return Ok(Err(Rejection::StreamDeleted(stream.to_string())));
+        }
+        let versions: Vec<u64> = match dir {
+            Direction::Forward => (from.max(1)..=rec.version).take(limit).collect(),
+            Direction::Backward => {
+                let top = if from == 0 { rec.version } else { from.min(rec.version) };
+                (1..=top).rev().take(limit).collect()
+            }
+        };
+        let mut out = Vec::with_capacity(versions.len());
+        for v in versions {
+            let key = stream_event_key(self.group, stream, v);
+            let Some(raw) = self.get_raw(&key, "read stream index")? else {
+                return Err(StorageError::Corrupt {
+                    cf: CF_SM,
+                    group: self.group,
+                    record: format!("stream {stream:?} version {v}"),
+                    reason: "missing from the stream index".into(),
+                });
+            };
+            let off = offset_of(self.group, "stream index", &raw)?;
+            match self.event_at(off)? {
+                Some(e) => out.push(e),
+                None => {
+                    return Err(StorageError::Corrupt {
+                        cf: CF_SM,
+                        group: self.group,
+                        record: format!("stream {stream:?} version {v}"),
+                        reason: format!("no event at offset {off}"),
+                    });
+                }
+            }
+        }
+        Ok(Ok((out, rec)))
+    }
+
+    /// Up to `limit` events from `offset` on, in offset order, skipping
+    /// deleted streams. Returns them and the offset to continue from.
+    pub fn read_partition(&self, offset: u64, limit: usize) -> Result<(Vec<EventRecord>, u64), StorageError> {
+        let lo = event_key(self.group, offset);
+        let hi = prefix_end(&table_prefix(self.group, EVENT)).expect("table prefix is never all 0xff");
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(hi);
+        let mut it = self.db.rocks().raw_iterator_cf_opt(self.db.cf(CF_SM), ro);
+        it.seek(&lo);
+        let mut out = Vec::new();
+        let mut next = offset;
+        let mut deleted: HashMap<String, bool> = HashMap::new();
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            if out.len() >= limit {
+                break;
+            }
+            let off = offset_of(self.group, "event key", &k[k.len() - 8..])?;
+            let e: EventRecord = self.decode(&format_args!("event at offset {off}"), v)?;
+            next = off + 1;
+            let gone = match deleted.get(&e.stream) {
+                Some(d) => *d,
+                None => {
+                    let d = self.stream(&e.stream)?.is_some_and(|s| s.deleted);
+                    deleted.insert(e.stream.clone(), d);
+                    d
+                }
+            };
+            if !gone {
+                out.push(e);
+            }
+            it.next();
+        }
+        it.status().map_err(rocks_err("scan events"))?;
+        Ok((out, next))
+    }
+
+    // ---------------------------------------------------------------- apply
+
+    /// Applies one committed entry; returns its response (`revision` is the
+    /// next offset after it).
+    pub fn apply_entry(&self, entry: &Entry) -> Result<Response, StorageError> {
+        let log_id = entry.log_id();
+        let mut st = self.state();
+        let mut batch = WriteBatch::default();
+        let result = match &entry.payload {
+            EntryPayload::Blank => OpResult::None,
+            EntryPayload::Membership(m) => {
+                st.membership = StoredMembership::new(Some(log_id.clone()), m.clone());
+                OpResult::None
+            }
+            // Every rejection happens before execute writes anything.
+            EntryPayload::Normal(cmd) => match self.execute(&mut st, &mut batch, &cmd.op)? {
+                Ok(r) => r,
+                Err(rej) => OpResult::Rejected(rej),
+            },
+        };
+        st.last_applied = Some(log_id);
+        batch.put_cf(
+            self.db.cf(CF_SM),
+            table_prefix(self.group, STATE),
+            codec::encode("partition state", &st)?,
+        );
+        let next = st.next_offset;
+        {
+            let mut guard = self.state.write().expect("partition state lock");
+            self.db.write_buffered(batch)?;
+            *guard = st;
+        }
+        self.offset_tx.send_if_modified(|n| {
+            let changed = *n != next;
+            *n = next;
+            changed
+        });
+        Ok(Response { revision: next, result })
+    }
+
+    fn check_expected(stream: &str, rec: &StreamRecord, expected: ExpectedVersion) -> Result<(), Rejection> {
+        let ok = match expected {
+            ExpectedVersion::Any => true,
+            ExpectedVersion::NoStream => rec.version == 0,
+            ExpectedVersion::Exists => rec.version > 0,
+            ExpectedVersion::Exact(v) => rec.version == v,
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(Rejection::WrongExpectedVersion {
+                stream: stream.to_string(),
+                expected,
+                actual: rec.version,
+            })
+        }
+    }
+
+    fn execute(
+        &self,
+        st: &mut PartitionState,
+        batch: &mut WriteBatch,
+        op: &Op,
+    ) -> Result<Result<OpResult, Rejection>, StorageError> {
+        let cf = self.db.cf(CF_SM);
+        match op {
+            Op::Append(a) => {
+                if let Err(r) = super::check_append(a) {
+                    return Ok(Err(r));
+                }
+                // Retries: every id known means the first attempt landed.
+                let mut known = Vec::new();
+                for e in &a.events {
+                    if let Some(off) = self.offset_of_id(&e.id)? {
+                        known.push(off);
+                    }
+                }
+                if !known.is_empty() {
+                    let first = self.event_at(known[0])?;
+                    let same = known.len() == a.events.len()
+                        && known.windows(2).all(|w| w[1] == w[0] + 1)
+                        && first.as_ref().is_some_and(|f| f.stream == a.stream);
+                    return Ok(match (same, first) {
+                        (true, Some(f)) => Ok(OpResult::Appended {
+                            first_offset: f.offset,
+                            first_version: f.version,
+                            count: a.events.len() as u64,
+                            duplicate: true,
+                        }),
+                        _ => Err(Rejection::InvalidArgument {
+                            field: "append.events".into(),
+                            reason: format!(
+                                "{} of {} event ids were already appended (first at offset {}) and the rest were not: retry the same append or use new ids",
+                                known.len(),
+                                a.events.len(),
+                                known[0]
+                            ),
+                        }),
+                    });
+                }
+                let mut rec = self.stream(&a.stream)?.unwrap_or_default();
+                if rec.deleted {
+                    return Ok(Err(Rejection::StreamDeleted(a.stream.clone())));
+                }
+                if let Err(r) = Self::check_expected(&a.stream, &rec, a.expected) {
+                    return Ok(Err(r));
+                }
+                let first_offset = st.next_offset;
+                let first_version = rec.version + 1;
+                for e in &a.events {
+                    rec.version += 1;
+                    let record = EventRecord {
+                        id: e.id,
+                        stream: a.stream.clone(),
+                        event_type: e.event_type.clone(),
+                        correlation_id: e.correlation_id.clone(),
+                        causation_id: e.causation_id.clone(),
+                        timestamp_ms: a.timestamp_ms,
+                        data: e.data.clone(),
+                        metadata: e.metadata.clone(),
+                        offset: st.next_offset,
+                        version: rec.version,
+                    };
+                    let off = st.next_offset.to_be_bytes();
+                    batch.put_cf(
+                        cf,
+                        event_key(self.group, st.next_offset),
+                        codec::encode("event", &record)?,
+                    );
+                    batch.put_cf(cf, id_key(self.group, &e.id), off);
+                    batch.put_cf(cf, stream_event_key(self.group, &a.stream, rec.version), off);
+                    st.next_offset += 1;
+                }
+                batch.put_cf(cf, stream_key(self.group, &a.stream), codec::encode("stream", &rec)?);
+                Ok(Ok(OpResult::Appended {
+                    first_offset,
+                    first_version,
+                    count: a.events.len() as u64,
+                    duplicate: false,
+                }))
+            }
+            Op::DeleteStream { stream, expected } => {
+                if let Err(r) = super::check_stream_id("stream", stream) {
+                    return Ok(Err(r));
+                }
+                let mut rec = self.stream(stream)?.unwrap_or_default();
+                if rec.deleted {
+                    return Ok(Err(Rejection::StreamDeleted(stream.clone())));
+                }
+                if let Err(r) = Self::check_expected(stream, &rec, *expected) {
+                    return Ok(Err(r));
+                }
+                rec.deleted = true;
+                batch.put_cf(cf, stream_key(self.group, stream), codec::encode("stream", &rec)?);
+                Ok(Ok(OpResult::StreamDeleted { version: rec.version }))
+            }
+            _ => Ok(Err(Rejection::InvalidArgument {
+                field: "op".into(),
+                reason: "an event partition takes only appends and stream deletes".into(),
+            })),
+        }
+    }
+
+    // ------------------------------------------------------------ snapshots
+
+    fn group_bounds(&self) -> (Vec<u8>, Vec<u8>) {
+        let lo = group_prefix(self.group).to_vec();
+        let hi = prefix_end(&lo).unwrap_or_else(|| vec![0xff; 5]);
+        (lo, hi)
+    }
+
+    /// Serializes every row of the partition under one RocksDB snapshot.
+    pub fn snapshot_rows(&self) -> Result<(PartitionState, Vec<u8>), StorageError> {
+        let guard = self.state.read().expect("partition state lock");
+        let snap = self.db.rocks().snapshot();
+        let st = guard.clone();
+        drop(guard);
+        let (lo, hi) = self.group_bounds();
+        let mut ro = ReadOptions::default();
+        ro.set_snapshot(&snap);
+        ro.set_iterate_upper_bound(hi);
+        let mut it = self.db.rocks().raw_iterator_cf_opt(self.db.cf(CF_SM), ro);
+        it.seek(&lo);
+        let mut rows = Vec::new();
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            rows.push((ByteBuf::from(&k[4..]), ByteBuf::from(v)));
+            it.next();
+        }
+        it.status().map_err(rocks_err("partition snapshot scan"))?;
+        let blob = SnapshotBlob {
+            format: SNAPSHOT_FORMAT,
+            rows,
+        };
+        Ok((st, codec::encode("partition snapshot", &blob)?))
+    }
+
+    /// Persists a built or received snapshot as the partition's current one.
+    pub async fn save_snapshot(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
+        let mut batch = WriteBatch::default();
+        batch.put_cf(
+            self.db.cf(CF_SNAPSHOT),
+            group_prefix(self.group),
+            codec::encode("snapshot record", &(meta, data))?,
+        );
+        self.db.write_durable(batch).await
+    }
+
+    /// The partition's current persisted snapshot.
+    pub fn load_snapshot(&self) -> Result<Option<(SnapshotMeta, Vec<u8>)>, StorageError> {
+        let raw = self
+            .db
+            .rocks()
+            .get_pinned_cf(self.db.cf(CF_SNAPSHOT), group_prefix(self.group))
+            .map_err(rocks_err("read snapshot"))?;
+        match raw {
+            None => Ok(None),
+            Some(v) => codec::decode(
+                RecordRef {
+                    cf: CF_SNAPSHOT,
+                    group: self.group,
+                    record: &"snapshot",
+                },
+                &v,
+            )
+            .map(Some),
+        }
+    }
+
+    /// Replaces the partition's whole state with a snapshot, atomically and
+    /// durably, and persists it as the current snapshot.
+    pub async fn install_snapshot(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
+        let blob: SnapshotBlob = codec::decode(
+            RecordRef {
+                cf: CF_SNAPSHOT,
+                group: self.group,
+                record: &"incoming snapshot",
+            },
+            data,
+        )?;
+        if blob.format != SNAPSHOT_FORMAT {
+            return Err(StorageError::Corrupt {
+                cf: CF_SNAPSHOT,
+                group: self.group,
+                record: "incoming snapshot".into(),
+                reason: format!("format {} is not {SNAPSHOT_FORMAT}", blob.format),
+            });
+        }
+        let cf = self.db.cf(CF_SM);
+        let (lo, hi) = self.group_bounds();
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(cf, &lo, &hi);
+        let mut st = PartitionState::default();
+        for (k, v) in &blob.rows {
+            if k.as_slice() == [STATE] {
+                st = self.decode(&"snapshot state", v)?;
+            }
+            let mut full = lo.clone();
+            full.extend_from_slice(k);
+            batch.put_cf(cf, full, v);
+        }
+        st.last_applied = meta.last_log_id.clone();
+        st.membership = meta.last_membership.clone();
+        batch.put_cf(
+            cf,
+            table_prefix(self.group, STATE),
+            codec::encode("partition state", &st)?,
+        );
+        batch.put_cf(
+            self.db.cf(CF_SNAPSHOT),
+            group_prefix(self.group),
+            codec::encode("snapshot record", &(meta, data))?,
+        );
+        let next = st.next_offset;
+        {
+            let mut guard = self.state.write().expect("partition state lock");
+            self.db.write_buffered(batch)?;
+            *guard = st;
+        }
+        self.db.sync().await?;
+        self.offset_tx.send_replace(next);
+        Ok(())
+    }
+}
