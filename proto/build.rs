@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/esf/v1/cluster.proto",
         "proto/esf/v1/raft.proto",
         "proto/esf/v1/registry.proto",
+        "proto/esf/v1/events.proto",
     ];
     let fds = protox::compile(files, ["proto"])?;
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);

@@ -665,6 +665,8 @@ async fn snapshot_restore(
         &crate::server::Identity {
             node_id,
             cluster_id: cluster_id.clone(),
+            // The count recorded in the restored meta state applies.
+            partitions: 0,
         },
     )?;
     if data_dir.exists() {

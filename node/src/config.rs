@@ -44,6 +44,10 @@ pub struct NodeConfig {
     pub quota_bytes: u64,
     /// Log filter (tracing env-filter syntax); `RUST_LOG` overrides.
     pub log_level: String,
+    /// Event partitions of a new cluster (1..=256). Fixed when the cluster
+    /// is created and recorded in meta; a node of an existing cluster uses
+    /// the recorded count.
+    pub partitions: u32,
 }
 
 impl Default for NodeConfig {
@@ -64,6 +68,7 @@ impl Default for NodeConfig {
             drain_timeout_ms: 5000,
             quota_bytes: 8 << 30,
             log_level: "info".into(),
+            partitions: crate::partitions::DEFAULT_PARTITIONS,
         }
     }
 }
@@ -127,6 +132,10 @@ pub struct Flags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub quota_bytes: Option<u64>,
+    /// Event partitions of a new cluster.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partitions: Option<u32>,
 }
 
 /// Builds the layered configuration and validates it.
@@ -189,6 +198,13 @@ pub fn validate(c: &NodeConfig) -> anyhow::Result<()> {
     }
     if c.memory_budget_mb < 16 {
         anyhow::bail!("memory_budget_mb: must be at least 16");
+    }
+    if c.partitions == 0 || c.partitions > crate::partitions::MAX_PARTITIONS {
+        anyhow::bail!(
+            "partitions: must be 1 to {}, not {}",
+            crate::partitions::MAX_PARTITIONS,
+            c.partitions
+        );
     }
     if c.request_timeout_ms == 0 {
         anyhow::bail!("request_timeout_ms: must be at least 1");

@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use esf_client::pb;
+use esf_raft::events::PartitionGroup;
 use esf_raft::group::{GroupOptions, MetaGroup};
 use esf_raft::openraft::async_runtime::WatchReceiver;
 use esf_raft::openraft::{self, BasicNode};
@@ -48,6 +49,9 @@ pub(crate) struct Identity {
     pub node_id: u64,
     /// Empty until the node joins a cluster.
     pub cluster_id: String,
+    /// Event partitions this node runs (0: not recorded yet).
+    #[serde(default)]
+    pub partitions: u32,
 }
 
 fn identity_path(dir: &Path) -> PathBuf {
@@ -103,6 +107,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
             let id = Identity {
                 node_id: cfg.node_id,
                 cluster_id: String::new(),
+                partitions: 0,
             };
             save_identity(&cfg.data_dir, &id)?;
             id
@@ -142,10 +147,42 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         request_timeout: Duration::from_millis(cfg.request_timeout_ms),
         quota_bytes: cfg.quota_bytes,
     };
-    let meta = MetaGroup::start(db.clone(), network, opts)
+    let meta = MetaGroup::start(db.clone(), network, opts.clone())
         .await
         .context("start meta group")?;
     meta.set_cluster_id(&identity.cluster_id);
+
+    // Event partitions: the count recorded in meta, else in the data dir,
+    // else the configured one (a new node or cluster).
+    let recorded = crate::partitions::recorded_partitions(&meta);
+    let partition_count = recorded
+        .or((identity.partitions != 0).then_some(identity.partitions))
+        .unwrap_or(cfg.partitions);
+    if partition_count != cfg.partitions {
+        info!(
+            configured = cfg.partitions,
+            recorded = partition_count,
+            "partitions: using the count fixed when the cluster was created"
+        );
+    }
+    let mut identity = identity;
+    if identity.partitions != partition_count {
+        identity.partitions = partition_count;
+        save_identity(&cfg.data_dir, &identity)?;
+    }
+    let mut groups = Vec::with_capacity(partition_count as usize);
+    for g in 1..=partition_count {
+        let network = Network {
+            group: g,
+            pool: pool.clone(),
+            cluster_id: cluster_id.clone(),
+        };
+        let p = PartitionGroup::start(db.clone(), g, network, opts.clone())
+            .await
+            .with_context(|| format!("start partition {g}"))?;
+        groups.push(p);
+    }
+    let partitions: crate::partitions::Partitions = Arc::new(groups);
 
     let data_dir = cfg.data_dir.clone();
     let node_id = cfg.node_id;
@@ -157,6 +194,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
             &Identity {
                 node_id,
                 cluster_id: cid.to_string(),
+                partitions: partition_count,
             },
         ) {
             error!(error = %e, "cannot persist cluster id");
@@ -169,6 +207,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     let ctx = Ctx {
         stop: stop_rx.clone(),
         meta: meta.clone(),
+        partitions: partitions.clone(),
         pool: pool.clone(),
         cluster_id: cluster_id.clone(),
         advertise: advertise.clone(),
@@ -208,6 +247,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         .add_service(
             pb::raft_transport_server::RaftTransportServer::new(RaftService {
                 meta: meta.clone(),
+                partitions: partitions.clone(),
                 cluster_id: cluster_id.clone(),
                 on_adopt,
                 gate: gate.clone(),
@@ -241,9 +281,16 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     let form = tokio::spawn(form_cluster(
         cfg.clone(),
         meta.clone(),
+        partitions.clone(),
         cluster_id.clone(),
         gate,
         has_data,
+    ));
+
+    let reconciler = tokio::spawn(crate::partitions::run_reconciler(
+        meta.clone(),
+        partitions.clone(),
+        stop_rx.clone(),
     ));
 
     let mut sigterm =
@@ -267,10 +314,17 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     });
     info!("shutting down");
     draining.store(true, Ordering::SeqCst);
+    crate::partitions::hand_over_all(&partitions).await;
     hand_over_leadership(&meta, Duration::from_millis(cfg.drain_timeout_ms)).await;
     let _ = stop_tx.send(true);
     let _ = grpc_task.await;
     let _ = admin_task.await;
+    let _ = reconciler.await;
+    for p in partitions.iter() {
+        p.shutdown()
+            .await
+            .map_err(|e| anyhow::anyhow!("partition {} raft shutdown: {e}", p.group()))?;
+    }
     meta.shutdown()
         .await
         .map_err(|e| anyhow::anyhow!("raft shutdown: {e}"))?;
@@ -358,6 +412,7 @@ pub(crate) async fn hello_checked(
 async fn form_cluster(
     cfg: NodeConfig,
     meta: Arc<MetaGroup>,
+    partitions: crate::partitions::Partitions,
     cluster_id: crate::transport::ClusterId,
     gate: Arc<AtomicBool>,
     has_data: bool,
@@ -382,8 +437,10 @@ async fn form_cluster(
         let cid = new_cluster_id();
         adopt(&cfg, &meta, &cluster_id, &cid)?;
         open_gate();
+        let members = BTreeMap::from([(cfg.node_id, me)]);
+        crate::partitions::initialize_all(&partitions, &members).await;
         meta.raft()
-            .initialize(BTreeMap::from([(cfg.node_id, me)]))
+            .initialize(members)
             .await
             .context("initialize single-node cluster")?;
         info!(cluster_id = %cid, "initialised a single-node cluster");
@@ -470,6 +527,7 @@ async fn form_cluster(
                 adopt(&cfg, &meta, &cluster_id, &cid)?;
                 let members: BTreeMap<u64, BasicNode> =
                     seen.into_iter().map(|(id, addr)| (id, BasicNode { addr })).collect();
+                crate::partitions::initialize_all(&partitions, &members).await;
                 meta.raft()
                     .initialize(members.clone())
                     .await
@@ -504,6 +562,7 @@ fn adopt(
         &Identity {
             node_id: cfg.node_id,
             cluster_id: cid.to_string(),
+            partitions: load_identity(&cfg.data_dir)?.map_or(0, |i| i.partitions),
         },
     )
 }

@@ -13,8 +13,8 @@ use std::time::Duration;
 use esf_client::pb;
 use esf_raft::command::{Command, Op, OpResult};
 use esf_raft::group::{Consistency, MetaGroup};
+use esf_raft::openraft::BasicNode;
 use esf_raft::openraft::async_runtime::WatchReceiver;
-use esf_raft::openraft::{BasicNode, ServerState};
 use pb::cluster_client::ClusterClient;
 use pb::config_client::ConfigClient;
 use pb::lease_client::LeaseClient;
@@ -44,6 +44,8 @@ pub struct Ctx {
     /// Becomes true when the node stops: open watches end with a cancel.
     pub stop: tokio::sync::watch::Receiver<bool>,
     pub meta: Arc<MetaGroup>,
+    /// Event partitions (group `g` is `partitions[g - 1]`).
+    pub partitions: crate::partitions::Partitions,
     pub pool: PeerPool,
     pub cluster_id: ClusterId,
     pub advertise: String,
@@ -571,16 +573,6 @@ impl pb::lease_server::Lease for LeaseService {
 /// `esf.v1.Cluster`.
 pub struct ClusterService(pub Ctx);
 
-fn role(s: ServerState) -> &'static str {
-    match s {
-        ServerState::Leader => "leader",
-        ServerState::Follower => "follower",
-        ServerState::Candidate => "candidate",
-        ServerState::Learner => "learner",
-        ServerState::Shutdown => "shutdown",
-    }
-}
-
 impl ClusterService {
     fn members_response(&self) -> pb::MembersResponse {
         let m = self.0.meta.raft().metrics().borrow_watched().clone();
@@ -673,23 +665,19 @@ impl pb::cluster_server::Cluster for ClusterService {
     }
 
     async fn status(&self, _req: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
-        let m = self.0.meta.raft().metrics().borrow_watched().clone();
-        let group = pb::GroupStatus {
-            group: 0,
-            role: role(m.state).into(),
-            term: m.current_term,
-            leader_id: m.current_leader.unwrap_or(0),
-            commit_index: m.local_committed.as_ref().map_or(0, |l| l.index),
-            applied_index: m.last_applied.as_ref().map_or(0, |l| l.index),
-            last_log_index: m.last_log_index.unwrap_or(0),
-            snapshot_index: m.snapshot.as_ref().map_or(0, |l| l.index),
-        };
+        let mut groups = vec![crate::partitions::group_status(0, self.0.meta.raft())];
+        groups.extend(
+            self.0
+                .partitions
+                .iter()
+                .map(|p| crate::partitions::group_status(p.group(), p.raft())),
+        );
         Ok(Response::new(pb::StatusResponse {
             header: Some(convert::header(self.0.meta.header(self.0.meta.store().revision()))),
             node_id: self.0.meta.node_id(),
             version: self.0.version.into(),
             cluster_id: self.0.cluster_id.read().expect("cluster id lock").clone(),
-            groups: vec![group],
+            groups,
             db_size_bytes: self.0.meta.store().db().approximate_size_bytes(),
             quota_alarm: self.0.meta.quota_exceeded(),
             quota_used_bytes: self.0.meta.quota_used(),

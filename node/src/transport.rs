@@ -31,6 +31,7 @@ use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
 
 use esf_proto::v1 as pb;
+use esf_raft::events::PartitionGroup;
 use esf_raft::group::MetaGroup;
 use esf_raft::openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use esf_raft::openraft::network::RPCOption;
@@ -460,10 +461,29 @@ impl RaftNetworkV2<TypeConfig> for PeerConn {
     }
 }
 
+/// Runs `$body` with `$raft` bound to the openraft handle of group `$group`
+/// (meta or a partition: different types, the same calls). The group must
+/// have passed `RaftService::check`.
+macro_rules! on_group {
+    ($svc:expr, $group:expr, |$raft:ident| $body:expr) => {{
+        let g = $group;
+        if g == esf_raft::group::META_GROUP {
+            let $raft = $svc.meta.raft();
+            $body
+        } else {
+            let p = $svc.partitions[g as usize - 1].clone();
+            let $raft = p.raft();
+            $body
+        }
+    }};
+}
+
 /// Server side: hands incoming Raft RPCs to the local group.
 #[derive(Clone)]
 pub struct RaftService {
     pub meta: Arc<MetaGroup>,
+    /// Event partitions: group `g` is `partitions[g - 1]`.
+    pub partitions: Arc<Vec<Arc<PartitionGroup>>>,
     pub cluster_id: ClusterId,
     /// Closed while a node without data checks whether it may join (see
     /// `server::form_cluster`): Raft traffic is refused meanwhile, so a
@@ -487,7 +507,10 @@ impl RaftService {
 
     fn check(&self, group: u32, cluster_id: &str) -> Result<(), Status> {
         self.check_gate()?;
-        if let Admission::Adopt = admit(&self.cluster_id, group, cluster_id)? {
+        if group as usize > self.partitions.len() {
+            return Err(Status::not_found(format!("group {group} is not served by this node")));
+        }
+        if let Admission::Adopt = admit(&self.cluster_id, cluster_id)? {
             (self.on_adopt)(cluster_id);
         }
         Ok(())
@@ -526,7 +549,8 @@ impl RaftService {
             })
             .filter_map(|r| futures::future::ready(r.ok()));
         let cluster_id = self.cluster_id.clone();
-        self.meta.raft().stream_append(requests).map(move |r| match r {
+        let results = on_group!(self, group, |raft| raft.stream_append(requests).boxed());
+        results.map(move |r| match r {
             Ok(result) => Ok(pb::RaftMessage {
                 group,
                 cluster_id: cluster_id.read().expect("cluster id lock").clone(),
@@ -536,10 +560,10 @@ impl RaftService {
         })
     }
 
-    fn reply<T: Serialize>(&self, v: &T) -> Result<Response<pb::RaftMessage>, Status> {
+    fn reply<T: Serialize>(&self, group: u32, v: &T) -> Result<Response<pb::RaftMessage>, Status> {
         let payload = encode(v).map_err(Status::internal)?;
         Ok(Response::new(pb::RaftMessage {
-            group: 0,
+            group,
             cluster_id: self.cluster_id.read().expect("cluster id lock").clone(),
             payload,
         }))
@@ -558,10 +582,7 @@ enum Admission {
 /// Admits traffic of our own cluster; a node without a cluster adopts the
 /// sender's (a new node learns its cluster from the first leader that calls
 /// it); traffic of another cluster is PERMISSION_DENIED.
-fn admit(mine: &ClusterId, group: u32, theirs: &str) -> Result<Admission, Status> {
-    if group != esf_raft::group::META_GROUP {
-        return Err(Status::not_found(format!("group {group} is not served by this node")));
-    }
+fn admit(mine: &ClusterId, theirs: &str) -> Result<Admission, Status> {
     let mut guard = mine.write().expect("cluster id lock");
     if guard.is_empty() && !theirs.is_empty() {
         *guard = theirs.to_string();
@@ -583,10 +604,10 @@ mod tests {
     #[test]
     fn traffic_of_another_cluster_is_refused_and_a_new_node_adopts() {
         let mine: ClusterId = Arc::new(RwLock::new(String::new()));
-        assert_eq!(admit(&mine, 0, "esf-a").unwrap(), Admission::Adopt);
+        assert_eq!(admit(&mine, "esf-a").unwrap(), Admission::Adopt);
         assert_eq!(*mine.read().unwrap(), "esf-a");
-        assert_eq!(admit(&mine, 0, "esf-a").unwrap(), Admission::Accept);
-        let err = admit(&mine, 0, "esf-b").unwrap_err();
+        assert_eq!(admit(&mine, "esf-a").unwrap(), Admission::Accept);
+        let err = admit(&mine, "esf-b").unwrap_err();
         assert_eq!(err.code(), tonic::Code::PermissionDenied);
         assert!(
             err.message().contains("belongs to cluster esf-a, not esf-b"),
@@ -594,7 +615,6 @@ mod tests {
             err.message()
         );
         assert_eq!(*mine.read().unwrap(), "esf-a", "a refused message changes nothing");
-        assert_eq!(admit(&mine, 7, "esf-a").unwrap_err().code(), tonic::Code::NotFound);
     }
 }
 
@@ -637,32 +657,35 @@ impl pb::raft_transport_server::RaftTransport for RaftService {
         let m = req.into_inner();
         self.check(m.group, &m.cluster_id)?;
         let rpc: AppendEntriesRequest<TypeConfig> = decode(&m.payload).map_err(Status::invalid_argument)?;
-        let resp = self.meta.raft().append_entries(rpc).await.map_err(fatal)?;
-        self.reply(&resp)
+        let resp = on_group!(self, m.group, |raft| raft.append_entries(rpc).await.map_err(fatal)?);
+        self.reply(m.group, &resp)
     }
 
     async fn vote(&self, req: Request<pb::RaftMessage>) -> Result<Response<pb::RaftMessage>, Status> {
         let m = req.into_inner();
         self.check(m.group, &m.cluster_id)?;
         let rpc: VoteRequest<TypeConfig> = decode(&m.payload).map_err(Status::invalid_argument)?;
-        let resp = self.meta.raft().vote(rpc).await.map_err(fatal)?;
-        self.reply(&resp)
+        let resp = on_group!(self, m.group, |raft| raft.vote(rpc).await.map_err(fatal)?);
+        self.reply(m.group, &resp)
     }
 
     async fn pre_vote(&self, req: Request<pb::RaftMessage>) -> Result<Response<pb::RaftMessage>, Status> {
         let m = req.into_inner();
         self.check(m.group, &m.cluster_id)?;
         let rpc: VoteRequest<TypeConfig> = decode(&m.payload).map_err(Status::invalid_argument)?;
-        let resp = self.meta.raft().pre_vote(rpc).await.map_err(fatal)?;
-        self.reply(&resp)
+        let resp = on_group!(self, m.group, |raft| raft.pre_vote(rpc).await.map_err(fatal)?);
+        self.reply(m.group, &resp)
     }
 
     async fn transfer_leader(&self, req: Request<pb::RaftMessage>) -> Result<Response<pb::RaftMessage>, Status> {
         let m = req.into_inner();
         self.check(m.group, &m.cluster_id)?;
         let rpc: TransferLeaderRequest<TypeConfig> = decode(&m.payload).map_err(Status::invalid_argument)?;
-        let resp = self.meta.raft().handle_transfer_leader(rpc).await.map_err(fatal)?;
-        self.reply(&resp)
+        let resp = on_group!(self, m.group, |raft| raft
+            .handle_transfer_leader(rpc)
+            .await
+            .map_err(fatal)?);
+        self.reply(m.group, &resp)
     }
 
     async fn install_snapshot(
@@ -672,11 +695,13 @@ impl pb::raft_transport_server::RaftTransport for RaftService {
         let mut stream = req.into_inner();
         let mut vote: Option<Vote> = None;
         let mut meta: Option<SnapshotMeta> = None;
+        let mut group = 0;
         let mut data = Vec::new();
         let mut done = false;
         while let Some(chunk) = stream.message().await? {
             if vote.is_none() {
                 self.check(chunk.group, &chunk.cluster_id)?;
+                group = chunk.group;
                 vote = Some(decode(&chunk.vote).map_err(Status::invalid_argument)?);
                 meta = Some(decode(&chunk.meta).map_err(Status::invalid_argument)?);
             }
@@ -693,12 +718,10 @@ impl pb::raft_transport_server::RaftTransport for RaftService {
             meta,
             snapshot: std::io::Cursor::new(data),
         };
-        let resp = self
-            .meta
-            .raft()
+        let resp = on_group!(self, group, |raft| raft
             .install_full_snapshot(vote, snapshot)
             .await
-            .map_err(fatal)?;
-        self.reply(&resp)
+            .map_err(fatal)?);
+        self.reply(group, &resp)
     }
 }

@@ -58,6 +58,7 @@ impl std::fmt::Display for Command {
             Op::SetLimits(_) => write!(f, "set_limits"),
             Op::Append(a) => write!(f, "append({} events to a stream)", a.events.len()),
             Op::DeleteStream { .. } => write!(f, "delete_stream"),
+            Op::RecordPartitions { count } => write!(f, "record_partitions({count})"),
         }
     }
 }
@@ -109,6 +110,13 @@ pub enum Op {
         stream: String,
         /// Version the stream must be at.
         expected: ExpectedVersion,
+    },
+    /// Records the event partition count of the cluster, once: a second
+    /// record with another count is rejected. Changes no key and no
+    /// revision.
+    RecordPartitions {
+        /// Partitions.
+        count: u32,
     },
 }
 

@@ -532,6 +532,7 @@ fn adds_data(op: &Op) -> bool {
         | Op::LeaseRevoke { .. }
         | Op::SetLimits(_)
         | Op::MemberReplicated { .. }
+        | Op::RecordPartitions { .. }
         | Op::DeleteStream { .. } => false,
     }
 }

@@ -268,7 +268,9 @@ impl Model {
                 OpResult::LimitsSet
             }
             Op::MemberReplicated { .. } => OpResult::None,
-            Op::Append(_) | Op::DeleteStream { .. } => unreachable!("the model generates no event ops"),
+            Op::Append(_) | Op::DeleteStream { .. } | Op::RecordPartitions { .. } => {
+                unreachable!("the model generates no event ops")
+            }
             Op::LeaseGrant { ttl_secs, .. } => {
                 let id = self.next_lease;
                 self.next_lease += 1;

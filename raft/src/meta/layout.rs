@@ -12,6 +12,7 @@
 //! | `LEASE_KEY` | `id:u64 BE ++ enc(key)` | empty: key attached to lease |
 //! | `SESSION` | `client_id:u64 BE` | [`Session`](super::session::Session) |
 //! | `REPLICATED` | `node_id:u64 BE` | empty: the leader has replicated to that node |
+//! | `PARTITIONS` | — | `count:u32 BE`: event partitions, fixed at cluster creation |
 //!
 //! `enc` is the order-preserving, prefix-free byte encoding of esf-storage,
 //! so `HISTORY` sorts by (key, revision) and a prefix of user keys is a
@@ -31,6 +32,7 @@ pub(crate) const LEASE: u8 = 5;
 pub(crate) const LEASE_KEY: u8 = 6;
 pub(crate) const SESSION: u8 = 7;
 pub(crate) const REPLICATED: u8 = 8;
+pub(crate) const PARTITIONS: u8 = 9;
 
 /// One version of a key. `value == None` is a tombstone (the key was deleted
 /// at `mod_revision`).

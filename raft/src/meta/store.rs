@@ -572,6 +572,27 @@ impl MetaStore {
         Ok((rev, changes))
     }
 
+    /// The event partition count recorded by [`Op::RecordPartitions`].
+    pub fn partitions(&self) -> Result<Option<u32>, StorageError> {
+        let raw = self
+            .db
+            .rocks()
+            .get_pinned_cf(self.db.cf(CF_SM), layout::table_prefix(self.group, layout::PARTITIONS))
+            .map_err(rocks_err("partition count read"))?;
+        match raw {
+            None => Ok(None),
+            Some(v) => (*v)
+                .try_into()
+                .map(|b| Some(u32::from_be_bytes(b)))
+                .map_err(|_| StorageError::Corrupt {
+                    cf: CF_SM,
+                    group: self.group,
+                    record: "partition count".into(),
+                    reason: format!("4 bytes expected, found {}", v.len()),
+                }),
+        }
+    }
+
     /// Whether the leader recorded (with `MemberReplicated`) that it has
     /// replicated to `node_id`.
     pub fn member_replicated(&self, node_id: u64) -> Result<bool, StorageError> {
@@ -793,6 +814,22 @@ impl MetaStore {
             }
             Op::MemberReplicated { node_id } => {
                 batch.put_cf(self.db.cf(CF_SM), layout::replicated_key(self.group, *node_id), []);
+                OpResult::None
+            }
+            Op::RecordPartitions { count } => {
+                match self.partitions()? {
+                    Some(c) if c != *count => {
+                        return Ok(Err(Rejection::InvalidArgument {
+                            field: "partitions".into(),
+                            reason: format!("the cluster has {c} partitions, fixed at creation; not {count}"),
+                        }));
+                    }
+                    _ => batch.put_cf(
+                        self.db.cf(CF_SM),
+                        layout::table_prefix(self.group, layout::PARTITIONS),
+                        count.to_be_bytes(),
+                    ),
+                }
                 OpResult::None
             }
             Op::Append(_) | Op::DeleteStream { .. } => {
