@@ -15,6 +15,7 @@
 //! It depends on neither RocksDB nor openraft.
 
 mod error;
+pub mod uuid;
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -27,6 +28,7 @@ pub use error::{Error, Result};
 pub use esf_proto::v1 as pb;
 use pb::cluster_client::ClusterClient;
 use pb::config_client::ConfigClient;
+use pb::events_client::EventsClient;
 use pb::lease_client::LeaseClient;
 use pb::registry_client::RegistryClient;
 /// The stream type of watches.
@@ -616,6 +618,136 @@ impl Client {
         self.inner.opts.request_timeout
     }
 
+    // ------------------------------------------------------------- events
+
+    /// Appends `events` to `stream` atomically (`expected`: the stream's
+    /// version check, `None` for any). Events without an id get a random
+    /// one before the first attempt, so a retried append (by this call or
+    /// by the caller with the same ids) is applied once.
+    pub async fn append(
+        &self,
+        stream: &str,
+        mut events: Vec<pb::EventData>,
+        expected: Option<pb::ExpectedVersion>,
+    ) -> Result<pb::AppendResponse> {
+        for e in &mut events {
+            if e.id.is_empty() {
+                e.id = uuid::format(&uuid::new_v4());
+            }
+        }
+        let req = pb::AppendRequest {
+            stream: stream.to_string(),
+            events,
+            expected,
+        };
+        self.call("append", |ch| {
+            let r = req.clone();
+            async move {
+                EventsClient::new(ch)
+                    .max_decoding_message_size(MAX_RESPONSE_BYTES)
+                    .append(r)
+                    .await
+            }
+        })
+        .await
+    }
+
+    /// The event with `id` (give its stream if known: one partition is
+    /// asked instead of all).
+    pub async fn get_event(&self, id: &str, stream: &str) -> Result<pb::GetEventResponse> {
+        let req = pb::GetEventRequest {
+            id: id.to_string(),
+            stream: stream.to_string(),
+            ..Default::default()
+        };
+        self.call("get event", |ch| {
+            let r = req.clone();
+            async move {
+                EventsClient::new(ch)
+                    .max_decoding_message_size(MAX_RESPONSE_BYTES)
+                    .get(r)
+                    .await
+            }
+        })
+        .await
+    }
+
+    /// A stream's events.
+    pub async fn read_stream(&self, req: pb::ReadStreamRequest) -> Result<pb::ReadStreamResponse> {
+        self.call("read stream", |ch| {
+            let r = req.clone();
+            async move {
+                EventsClient::new(ch)
+                    .max_decoding_message_size(MAX_RESPONSE_BYTES)
+                    .read_stream(r)
+                    .await
+            }
+        })
+        .await
+    }
+
+    /// A partition's events from an offset.
+    pub async fn read_partition(&self, req: pb::ReadPartitionRequest) -> Result<pb::ReadPartitionResponse> {
+        self.call("read partition", |ch| {
+            let r = req.clone();
+            async move {
+                EventsClient::new(ch)
+                    .max_decoding_message_size(MAX_RESPONSE_BYTES)
+                    .read_partition(r)
+                    .await
+            }
+        })
+        .await
+    }
+
+    /// Tombstones a stream.
+    pub async fn delete_stream(
+        &self,
+        stream: &str,
+        expected: Option<pb::ExpectedVersion>,
+    ) -> Result<pb::DeleteStreamResponse> {
+        let req = pb::DeleteStreamRequest {
+            stream: stream.to_string(),
+            expected,
+        };
+        self.call("delete stream", |ch| {
+            let r = req.clone();
+            async move {
+                EventsClient::new(ch)
+                    .max_decoding_message_size(MAX_RESPONSE_BYTES)
+                    .delete_stream(r)
+                    .await
+            }
+        })
+        .await
+    }
+
+    /// Opens a subscription on the first endpoint that answers.
+    pub async fn subscribe(&self, req: pb::SubscribeRequest) -> Result<Streaming<pb::SubscribeResponse>> {
+        self.call("subscribe", |ch| {
+            let r = req.clone();
+            async move {
+                EventsClient::new(ch)
+                    .max_decoding_message_size(MAX_RESPONSE_BYTES)
+                    .subscribe(r)
+                    .await
+            }
+        })
+        .await
+    }
+
+    /// A subscription that survives the loss of its node: see
+    /// [`ResumableSubscription`].
+    pub fn subscribe_resumable(&self, req: pb::SubscribeRequest) -> ResumableSubscription {
+        ResumableSubscription {
+            client: self.clone(),
+            req,
+            next: None,
+            stream: None,
+            failures: 0,
+        }
+    }
+
     // ----------------------------------------------------------- registry
 
     /// Registers (or re-registers) an instance; returns the previous
@@ -928,6 +1060,68 @@ impl<R: WatchRequest> ResumableWatch<R> {
     /// Every change up to this revision has been returned.
     pub fn delivered(&self) -> u64 {
         self.delivered
+    }
+}
+
+/// A subscription that, when its node goes away (or cancels it as too
+/// slow), reopens on any endpoint from the next offset of every partition,
+/// so its events arrive once each, in order per partition. Gives up after
+/// [`WATCH_MAX_REOPENS`] reopens in a row without a response.
+pub struct ResumableSubscription {
+    client: Client,
+    req: pb::SubscribeRequest,
+    /// Next offset per partition, once the first response fixed them.
+    next: Option<std::collections::BTreeMap<u32, u64>>,
+    stream: Option<Streaming<pb::SubscribeResponse>>,
+    failures: u32,
+}
+
+impl ResumableSubscription {
+    /// The next response (events, the caught-up mark, or the start).
+    pub async fn next(&mut self) -> Result<pb::SubscribeResponse> {
+        loop {
+            if self.stream.is_none() {
+                if self.failures >= WATCH_MAX_REOPENS {
+                    return Err(Error::Unavailable(format!(
+                        "subscription: reopened {WATCH_MAX_REOPENS} times without a response"
+                    )));
+                }
+                self.failures += 1;
+                let mut req = self.req.clone();
+                if let Some(next) = &self.next {
+                    req.from_offsets = next.clone().into_iter().collect();
+                    req.partitions = next.keys().copied().collect();
+                    req.from_now = false;
+                }
+                self.stream = Some(self.client.subscribe(req).await?);
+            }
+            let stream = self.stream.as_mut().expect("opened above");
+            match stream.message().await {
+                Ok(Some(resp)) => {
+                    let next = self.next.get_or_insert_with(Default::default);
+                    for (p, o) in &resp.next_offsets {
+                        let e = next.entry(*p).or_insert(*o);
+                        *e = (*e).max(*o);
+                    }
+                    if resp.canceled {
+                        tracing::info!(reason = %resp.cancel_reason, "subscription canceled by the node; resuming");
+                        self.stream = None;
+                        continue;
+                    }
+                    self.failures = 0;
+                    return Ok(resp);
+                }
+                Ok(None) | Err(_) => {
+                    tracing::info!("subscription stream lost; resuming elsewhere");
+                    self.stream = None;
+                }
+            }
+        }
+    }
+
+    /// The next offset per partition (every event before it was returned).
+    pub fn next_offsets(&self) -> Option<&std::collections::BTreeMap<u32, u64>> {
+        self.next.as_ref()
     }
 }
 

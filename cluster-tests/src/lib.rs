@@ -299,31 +299,47 @@ impl Cluster {
         }
     }
 
-    /// Waits until every running node has applied at least what the leader committed.
+    /// Waits until every running node has applied, in every group (meta
+    /// and event partitions), at least what that group's leader committed.
     pub async fn wait_converged(&self) {
-        let leader = self.wait_ready().await;
-        let target = self.node(leader).client().status_all().await[0]
-            .1
-            .as_ref()
-            .expect("leader status")
-            .groups[0]
-            .commit_index;
+        self.wait_ready().await;
         let deadline = tokio::time::Instant::now() + READY_DEADLINE;
-        for n in self.nodes.iter().filter(|n| n.child.is_some()) {
-            loop {
-                let st = n.client().status_all().await;
-                if let Some((_, Ok(s))) = st.first() {
-                    if s.groups[0].applied_index >= target {
-                        break;
-                    }
+        loop {
+            let mut statuses = Vec::new();
+            for n in self.nodes.iter().filter(|n| n.child.is_some()) {
+                if let Some((_, Ok(s))) = n.client().status_all().await.first() {
+                    statuses.push(s.clone());
                 }
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "node {} did not apply {target}",
-                    n.id
-                );
-                tokio::time::sleep(POLL_INTERVAL).await;
             }
+            let running = self.nodes.iter().filter(|n| n.child.is_some()).count();
+            let converged = statuses.len() == running
+                && statuses.iter().all(|s| {
+                    s.groups.iter().all(|g| {
+                        // The group's leader's commit index, as the leader reports it.
+                        let target = statuses
+                            .iter()
+                            .find(|l| l.node_id == g.leader_id)
+                            .and_then(|l| l.groups.iter().find(|lg| lg.group == g.group))
+                            .map(|lg| lg.commit_index);
+                        g.leader_id != 0 && target.is_some_and(|t| g.applied_index >= t)
+                    })
+                });
+            if converged {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "groups did not converge within {READY_DEADLINE:?}: {statuses:?}"
+            );
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    /// The leader of group `group` as node `via` sees it (0: none).
+    pub async fn group_leader(&self, via: u64, group: u32) -> u64 {
+        match self.node(via).client().status_all().await.first() {
+            Some((_, Ok(s))) => s.groups.iter().find(|g| g.group == group).map_or(0, |g| g.leader_id),
+            _ => 0,
         }
     }
 

@@ -1238,3 +1238,211 @@ async fn snapshot_of_a_live_cluster_restores_into_a_new_node_with_the_same_keys_
     assert_eq!(rev3, revision + 1);
     assert_eq!(keys3.len(), keys.len() + 1);
 }
+
+/// Every event of partitions `1..=partitions` as `node` holds them
+/// (serializable reads of its own replica): per partition, (id, stream,
+/// version) in offset order, offsets checked to be 0, 1, 2, ...
+async fn partition_logs(node: &esf_cluster_tests::Node, partitions: u32) -> Vec<Vec<(String, String, u64)>> {
+    let client = node.client();
+    let mut out = Vec::new();
+    for p in 1..=partitions {
+        let mut log = Vec::new();
+        let mut from = 0;
+        loop {
+            let r = client
+                .read_partition(pb::ReadPartitionRequest {
+                    partition: p,
+                    from_offset: from,
+                    limit: 0,
+                    serializable: true,
+                })
+                .await
+                .expect("read partition");
+            if r.events.is_empty() {
+                break;
+            }
+            for e in &r.events {
+                assert_eq!(e.offset, log.len() as u64, "partition {p} offsets are dense");
+                log.push((e.id.clone(), e.stream.clone(), e.version));
+            }
+            from = r.next_offset;
+        }
+        out.push(log);
+    }
+    out
+}
+
+fn event(t: &str, n: u64) -> pb::EventData {
+    pb::EventData {
+        r#type: t.into(),
+        data: format!("{{\"n\":{n}}}").into_bytes(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_events_survive_a_partition_leader_kill_once_on_every_replica() {
+    let mut c = Cluster::start(&esf_bin(), 3);
+    c.wait_converged().await;
+    let partitions = {
+        let st = c.client().status_all().await;
+        st[0].1.as_ref().expect("status").groups.len() as u32 - 1
+    };
+    assert_eq!(partitions, 8, "default partition count");
+    let client = c.client();
+    let first = client
+        .append("victim", vec![event("Init", 0)], None)
+        .await
+        .expect("first append");
+    let part = first.partition;
+    let deadline = tokio::time::Instant::now() + esf_cluster_tests::READY_DEADLINE;
+    let leader = loop {
+        let l = c.group_leader(1, part).await;
+        if l != 0 {
+            break l;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "partition {part} has no leader");
+        tokio::time::sleep(esf_cluster_tests::POLL_INTERVAL).await;
+    };
+    // A subscription served by the node that will be killed.
+    let mut eps = vec![c.node(leader).grpc.clone()];
+    eps.extend(c.nodes.iter().filter(|n| n.id != leader).map(|n| n.grpc.clone()));
+    let sub_client = esf_client::Client::new(&eps, Default::default()).expect("client");
+    let mut sub = sub_client.subscribe_resumable(pb::SubscribeRequest::default());
+    sub.next().await.expect("subscription start");
+
+    // Writers append (with ids the client picks, so retries deduplicate)
+    // while the partition's leader is killed.
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut writers = Vec::new();
+    for w in 0..4u64 {
+        let client = c.client();
+        let acked = acked.clone();
+        writers.push(tokio::spawn(async move {
+            let mut failed = 0;
+            for i in 0..40u64 {
+                let stream = if w == 0 {
+                    "victim".to_string()
+                } else {
+                    format!("s-{w}-{}", i % 7)
+                };
+                match client.append(&stream, vec![event("Tick", i)], None).await {
+                    Ok(r) => acked
+                        .lock()
+                        .expect("acked")
+                        .push((r.ids[0].clone(), stream, r.partition, r.first_offset)),
+                    Err(_) => failed += 1,
+                }
+            }
+            failed
+        }));
+    }
+    let deadline = tokio::time::Instant::now() + esf_cluster_tests::READY_DEADLINE;
+    while acked.lock().expect("acked").len() < 30 {
+        assert!(tokio::time::Instant::now() < deadline, "writers made no progress");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    c.node_mut(leader).kill();
+    let mut failed = 0;
+    for w in writers {
+        failed += w.await.expect("writer");
+    }
+    let acked = acked.lock().expect("acked").clone();
+    assert!(
+        acked.len() as u64 + failed == 160 && acked.len() >= 150,
+        "acked {} failed {failed}",
+        acked.len()
+    );
+
+    // A retried append (same ids) is applied once: same positions.
+    let (id, stream, p, off) = acked[0].clone();
+    let again = client
+        .append(
+            &stream,
+            vec![pb::EventData {
+                id: id.clone(),
+                ..event("Tick", 0)
+            }],
+            None,
+        )
+        .await
+        .expect("retry");
+    assert!(again.duplicate);
+    assert_eq!((again.partition, again.first_offset), (p, off));
+
+    // Every acked event once, at its position, the same on every replica.
+    let bin = c.bin.clone();
+    c.node_mut(leader).start(&bin);
+    c.wait_converged().await;
+    let logs: Vec<_> = {
+        let mut v = Vec::new();
+        for n in &c.nodes {
+            v.push(partition_logs(n, partitions).await);
+        }
+        v
+    };
+    assert_eq!(logs[0], logs[1], "replicas 1 and 2 hold the same events");
+    assert_eq!(logs[0], logs[2], "replicas 1 and 3 hold the same events");
+    let mut seen = std::collections::HashSet::new();
+    for log in &logs[0] {
+        for (id, _, _) in log {
+            assert!(seen.insert(id.clone()), "event {id} is stored twice");
+        }
+    }
+    for (id, stream, p, off) in &acked {
+        let at = &logs[0][*p as usize - 1][*off as usize];
+        assert_eq!(
+            (&at.0, &at.1),
+            (id, stream),
+            "acked event at partition {p} offset {off}"
+        );
+    }
+    // Stream versions are dense per stream.
+    let victim = client
+        .read_stream(pb::ReadStreamRequest {
+            stream: "victim".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("read victim");
+    let versions: Vec<u64> = victim.events.iter().map(|e| e.version).collect();
+    assert_eq!(versions, (1..=victim.stream_version).collect::<Vec<_>>());
+
+    // The subscription (its node was killed) delivers every stored event
+    // once, in offset order per partition.
+    let total: usize = logs[0].iter().map(Vec::len).sum();
+    let mut got: std::collections::BTreeMap<u32, Vec<u64>> = Default::default();
+    let mut n = 0;
+    while n < total {
+        let r = tokio::time::timeout(esf_cluster_tests::READY_DEADLINE, sub.next())
+            .await
+            .expect("subscription progress")
+            .expect("subscription");
+        for e in r.events {
+            got.entry(e.partition).or_default().push(e.offset);
+            n += 1;
+        }
+    }
+    for (p, offs) in &got {
+        assert_eq!(
+            *offs,
+            (0..offs.len() as u64).collect::<Vec<_>>(),
+            "partition {p} delivered once, in order"
+        );
+        assert_eq!(offs.len(), logs[0][*p as usize - 1].len());
+    }
+
+    // Restarting every node keeps every event.
+    for n in &mut c.nodes {
+        n.kill();
+    }
+    for n in &mut c.nodes {
+        n.start(&bin);
+    }
+    c.wait_converged().await;
+    assert_eq!(
+        partition_logs(&c.nodes[0], partitions).await,
+        logs[0],
+        "after a full restart"
+    );
+}

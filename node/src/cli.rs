@@ -1,5 +1,6 @@
 //! Command-line interface: `esf serve`, `esf config validate`, and client
-//! commands (kv, lease, registry, snapshot, member, endpoint, leader).
+//! commands (kv, lease, registry, events, snapshot, member, endpoint,
+//! leader).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -59,6 +60,9 @@ enum Command {
     /// Backups: save a snapshot of a live cluster, restore it offline.
     #[command(subcommand)]
     Snapshot(SnapshotCmd),
+    /// Event store: append, read, subscribe.
+    #[command(subcommand)]
+    Events(EventsCmd),
     /// Cluster membership.
     #[command(subcommand)]
     Member(MemberCmd),
@@ -101,6 +105,83 @@ enum LeaseCmd {
         id: u64,
         #[arg(long)]
         once: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum EventsCmd {
+    /// Append one event (--type and --data), or a batch (--batch FILE, one
+    /// JSON object per line: {"type", "data", "id", "correlation_id",
+    /// "causation_id", "metadata"}; - reads stdin), atomically.
+    Append {
+        stream: String,
+        #[arg(long = "type", required_unless_present = "batch")]
+        event_type: Option<String>,
+        /// JSON payload.
+        #[arg(long, default_value = "{}")]
+        data: String,
+        /// Event id (UUID; default: a random one).
+        #[arg(long)]
+        id: Option<String>,
+        #[arg(long, default_value = "")]
+        correlation_id: String,
+        #[arg(long, default_value = "")]
+        causation_id: String,
+        /// Metadata KEY=VALUE (repeatable).
+        #[arg(long = "meta")]
+        metadata: Vec<String>,
+        /// any, no_stream, exists or a version number.
+        #[arg(long, default_value = "any")]
+        expected_version: String,
+        #[arg(long, conflicts_with_all = ["event_type", "id"])]
+        batch: Option<String>,
+    },
+    /// One event by id.
+    Get {
+        id: String,
+        /// Its stream, if known.
+        #[arg(long, default_value = "")]
+        stream: String,
+    },
+    /// A stream's events (or, with --partition, a partition's).
+    Read {
+        #[arg(required_unless_present = "partition")]
+        stream: Option<String>,
+        /// First version (stream) or offset (partition).
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        #[arg(long)]
+        backward: bool,
+        #[arg(long, default_value_t = 0)]
+        limit: u32,
+        #[arg(long, conflicts_with = "stream")]
+        partition: Option<u32>,
+    },
+    /// Follow events (catch-up, then live), resuming on another node if
+    /// this one goes away.
+    Subscribe {
+        /// Start at the end instead of the beginning.
+        #[arg(long)]
+        from_now: bool,
+        /// Only this event type.
+        #[arg(long = "type", default_value = "")]
+        event_type: String,
+        /// Only streams starting with this.
+        #[arg(long, default_value = "")]
+        stream_prefix: String,
+        /// Only these partitions (repeatable).
+        #[arg(long = "partition")]
+        partitions: Vec<u32>,
+        /// Exit after this many events.
+        #[arg(long)]
+        count: Option<u64>,
+    },
+    /// Tombstone a stream: its events are no longer returned and it cannot
+    /// be appended to again.
+    DeleteStream {
+        stream: String,
+        #[arg(long, default_value = "any")]
+        expected_version: String,
     },
 }
 
@@ -317,6 +398,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Kv(cmd) => kv(client()?, out, cmd).await?,
         Command::Lease(cmd) => lease(client()?, out, cmd).await?,
         Command::Registry(cmd) => registry(client()?, out, cmd).await?,
+        Command::Events(cmd) => events(client()?, out, cmd).await?,
         Command::Snapshot(SnapshotCmd::Save { file }) => snapshot_save(client()?, out, &file).await?,
         Command::Snapshot(SnapshotCmd::Inspect { file }) => snapshot_inspect(out, &file)?,
         Command::Snapshot(SnapshotCmd::Restore {
@@ -690,6 +772,206 @@ async fn snapshot_restore(
             )
         },
     );
+    Ok(())
+}
+
+fn expected_version(s: &str) -> anyhow::Result<Option<pb::ExpectedVersion>> {
+    use pb::expected_version::Kind;
+    let kind = match s {
+        "any" => return Ok(None),
+        "no_stream" => Kind::NoStream(true),
+        "exists" => Kind::Exists(true),
+        n => Kind::Exact(
+            n.parse()
+                .map_err(|_| anyhow::anyhow!("--expected-version: {n:?} is not any, no_stream, exists or a number"))?,
+        ),
+    };
+    Ok(Some(pb::ExpectedVersion { kind: Some(kind) }))
+}
+
+fn event_json(e: &pb::RecordedEvent) -> Value {
+    let data: Value = serde_json::from_slice(&e.data).unwrap_or_else(|_| Value::String(text(&e.data)));
+    json!({"id": e.id, "stream": e.stream, "type": e.r#type, "version": e.version, "partition": e.partition, "offset": e.offset, "timestamp_ms": e.timestamp_ms, "correlation_id": e.correlation_id, "causation_id": e.causation_id, "metadata": e.metadata, "data": data})
+}
+
+fn event_line(e: &pb::RecordedEvent) -> String {
+    format!(
+        "{}@{} {} {} (partition {} offset {}) {}\n",
+        e.stream,
+        e.version,
+        e.r#type,
+        e.id,
+        e.partition,
+        e.offset,
+        text(&e.data)
+    )
+}
+
+fn print_events(out: Output, events: &[pb::RecordedEvent]) {
+    for e in events {
+        print(out, &event_json(e), || event_line(e));
+    }
+}
+
+/// One line of `esf events append --batch`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchLine {
+    #[serde(rename = "type")]
+    event_type: String,
+    #[serde(default)]
+    data: Option<Value>,
+    #[serde(default)]
+    id: String,
+    #[serde(default)]
+    correlation_id: String,
+    #[serde(default)]
+    causation_id: String,
+    #[serde(default)]
+    metadata: std::collections::HashMap<String, String>,
+}
+
+async fn events(c: Client, out: Output, cmd: EventsCmd) -> anyhow::Result<()> {
+    match cmd {
+        EventsCmd::Append {
+            stream,
+            event_type,
+            data,
+            id,
+            correlation_id,
+            causation_id,
+            metadata,
+            expected_version: ev,
+            batch,
+        } => {
+            let expected = expected_version(&ev)?;
+            let events = match batch {
+                Some(src) => {
+                    let body = if src == "-" {
+                        std::io::read_to_string(std::io::stdin()).context("read the batch from stdin")?
+                    } else {
+                        std::fs::read_to_string(&src).with_context(|| format!("--batch: read {src}"))?
+                    };
+                    let mut events = Vec::new();
+                    for (n, line) in body.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+                        let l: BatchLine =
+                            serde_json::from_str(line).map_err(|e| anyhow::anyhow!("--batch: line {}: {e}", n + 1))?;
+                        events.push(pb::EventData {
+                            id: l.id,
+                            r#type: l.event_type,
+                            correlation_id: l.correlation_id,
+                            causation_id: l.causation_id,
+                            data: serde_json::to_vec(&l.data.unwrap_or(Value::Object(Default::default())))?,
+                            metadata: l.metadata,
+                        });
+                    }
+                    events
+                }
+                None => {
+                    let mut meta = std::collections::HashMap::new();
+                    for m in metadata {
+                        let Some((k, v)) = m.split_once('=') else {
+                            anyhow::bail!("--meta: {m:?} is not KEY=VALUE");
+                        };
+                        meta.insert(k.to_string(), v.to_string());
+                    }
+                    vec![pb::EventData {
+                        id: id.unwrap_or_default(),
+                        r#type: event_type.unwrap_or_default(),
+                        correlation_id,
+                        causation_id,
+                        data: data.into_bytes(),
+                        metadata: meta,
+                    }]
+                }
+            };
+            let r = c.append(&stream, events, expected).await?;
+            print(
+                out,
+                &json!({"stream": stream, "partition": r.partition, "first_offset": r.first_offset, "first_version": r.first_version, "count": r.count, "duplicate": r.duplicate, "ids": r.ids}),
+                || {
+                    format!(
+                        "appended {} event(s) to {stream} at version {} (partition {} offset {}){}\n",
+                        r.count,
+                        r.first_version,
+                        r.partition,
+                        r.first_offset,
+                        if r.duplicate { ", already appended before" } else { "" }
+                    )
+                },
+            );
+        }
+        EventsCmd::Get { id, stream } => {
+            let r = c.get_event(&id, &stream).await?;
+            print_events(out, r.event.as_slice());
+        }
+        EventsCmd::Read {
+            stream,
+            from,
+            backward,
+            limit,
+            partition,
+        } => match partition {
+            Some(p) => {
+                let r = c
+                    .read_partition(pb::ReadPartitionRequest {
+                        partition: p,
+                        from_offset: from,
+                        limit,
+                        serializable: false,
+                    })
+                    .await?;
+                print_events(out, &r.events);
+            }
+            None => {
+                let r = c
+                    .read_stream(pb::ReadStreamRequest {
+                        stream: stream.unwrap_or_default(),
+                        from_version: from,
+                        backward,
+                        limit,
+                        serializable: false,
+                    })
+                    .await?;
+                print_events(out, &r.events);
+            }
+        },
+        EventsCmd::Subscribe {
+            from_now,
+            event_type,
+            stream_prefix,
+            partitions,
+            count,
+        } => {
+            let mut sub = c.subscribe_resumable(pb::SubscribeRequest {
+                from_offsets: Default::default(),
+                from_now,
+                r#type: event_type,
+                stream_prefix,
+                partitions,
+            });
+            let mut seen = 0u64;
+            loop {
+                let resp = sub.next().await?;
+                for e in &resp.events {
+                    print(out, &event_json(e), || event_line(e));
+                    seen += 1;
+                    if count.is_some_and(|n| seen >= n) {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        EventsCmd::DeleteStream {
+            stream,
+            expected_version: ev,
+        } => {
+            let r = c.delete_stream(&stream, expected_version(&ev)?).await?;
+            print(out, &json!({"stream": stream, "version": r.version}), || {
+                format!("deleted stream {stream} at version {}\n", r.version)
+            });
+        }
+    }
     Ok(())
 }
 

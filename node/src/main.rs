@@ -8,6 +8,7 @@ mod admin;
 mod cli;
 mod config;
 mod convert;
+mod events;
 mod partitions;
 mod registry;
 mod server;

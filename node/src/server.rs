@@ -245,6 +245,10 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         .add_service(pb::lease_server::LeaseServer::new(LeaseService(ctx.clone())))
         .add_service(pb::registry_server::RegistryServer::new(RegistryService(ctx.clone())))
         .add_service(
+            pb::events_server::EventsServer::new(crate::events::EventsService(ctx.clone()))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
             pb::raft_transport_server::RaftTransportServer::new(RaftService {
                 meta: meta.clone(),
                 partitions: partitions.clone(),

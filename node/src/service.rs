@@ -94,6 +94,16 @@ impl Ctx {
         )
     }
 
+    pub(crate) fn events_client(
+        &self,
+        addr: &str,
+    ) -> Result<pb::events_client::EventsClient<tonic::transport::Channel>, Status> {
+        Ok(
+            pb::events_client::EventsClient::new(self.pool.channel(addr).map_err(Status::unavailable)?)
+                .max_decoding_message_size(esf_client::MAX_RESPONSE_BYTES),
+        )
+    }
+
     pub(crate) fn registry_client(&self, addr: &str) -> Result<RegistryClient<tonic::transport::Channel>, Status> {
         Ok(
             RegistryClient::new(self.pool.channel(addr).map_err(Status::unavailable)?)

@@ -1,0 +1,458 @@
+//! `esf.v1.Events`: the event store over the node's partitions.
+//!
+//! A stream lives in partition `partition_of(stream)`. Appends, deletes and
+//! linearizable reads go to that partition's leader (forwarded once, like
+//! config writes); serializable reads and subscriptions are served from this
+//! node's replicas. Response headers carry the partition's next offset as
+//! `revision`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use esf_client::{pb, uuid};
+use esf_raft::command::{AppendRequest, Command, ExpectedVersion, NewEvent, Op, OpResult};
+use esf_raft::events::store::{Direction, EventRecord};
+use esf_raft::events::{MAX_APPEND_EVENTS, PartitionGroup};
+use esf_raft::group::Consistency;
+use tonic::{Request, Response, Status};
+
+use crate::convert;
+use crate::partitions::partition_of;
+use crate::service::{Ctx, forward_or};
+
+/// Most events in one read or subscription response.
+pub const MAX_EVENTS_PER_RESPONSE: usize = MAX_APPEND_EVENTS;
+/// Responses a subscriber may fall behind by before it is cancelled (it
+/// resumes from the offsets in the cancel response).
+pub const SUBSCRIBE_BUFFER_RESPONSES: usize = 1024;
+
+fn invalid(field: &str, reason: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(format!("{field}: {reason}"))
+}
+
+fn expected(field: &str, e: Option<pb::ExpectedVersion>) -> Result<ExpectedVersion, Status> {
+    use pb::expected_version::Kind;
+    Ok(match e.and_then(|e| e.kind) {
+        None | Some(Kind::Any(_)) => ExpectedVersion::Any,
+        Some(Kind::NoStream(true)) => ExpectedVersion::NoStream,
+        Some(Kind::Exists(true)) => ExpectedVersion::Exists,
+        Some(Kind::Exact(v)) => ExpectedVersion::Exact(v),
+        Some(Kind::NoStream(false) | Kind::Exists(false)) => {
+            return Err(invalid(field, "no_stream and exists must be true when set"));
+        }
+    })
+}
+
+/// A stored event to proto.
+pub fn recorded(partition: u32, e: EventRecord) -> pb::RecordedEvent {
+    pb::RecordedEvent {
+        id: uuid::format(&e.id),
+        stream: e.stream,
+        r#type: e.event_type,
+        correlation_id: e.correlation_id,
+        causation_id: e.causation_id,
+        timestamp_ms: e.timestamp_ms,
+        data: e.data,
+        metadata: e.metadata.into_iter().collect(),
+        partition,
+        offset: e.offset,
+        version: e.version,
+    }
+}
+
+fn consistency(serializable: bool) -> Consistency {
+    if serializable {
+        Consistency::Serializable
+    } else {
+        Consistency::Linearizable
+    }
+}
+
+fn limit(n: u32) -> usize {
+    if n == 0 {
+        MAX_EVENTS_PER_RESPONSE
+    } else {
+        (n as usize).min(MAX_EVENTS_PER_RESPONSE)
+    }
+}
+
+/// `esf.v1.Events`.
+pub struct EventsService(pub Ctx);
+
+impl EventsService {
+    fn partition_of(&self, stream: &str) -> &Arc<PartitionGroup> {
+        let p = partition_of(stream, self.0.partitions.len() as u32);
+        &self.0.partitions[p as usize - 1]
+    }
+
+    fn partition(&self, field: &str, p: u32) -> Result<&Arc<PartitionGroup>, Status> {
+        let n = self.0.partitions.len();
+        if p == 0 || p as usize > n {
+            return Err(invalid(field, format!("partition {p} does not exist (1 to {n})")));
+        }
+        Ok(&self.0.partitions[p as usize - 1])
+    }
+
+    fn header(&self, p: &PartitionGroup) -> Option<pb::ResponseHeader> {
+        Some(convert::header(self.0.meta.header(p.store().next_offset())))
+    }
+}
+
+type SubscribeStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::SubscribeResponse, Status>> + Send>>;
+type SubscribeSender = tokio::sync::mpsc::Sender<Result<pb::SubscribeResponse, Status>>;
+
+/// State shared by the per-partition feeds of one subscription.
+struct Feed {
+    tx: SubscribeSender,
+    /// Next offset to read per partition, as far as responses were queued.
+    next: std::sync::Mutex<BTreeMap<u32, u64>>,
+    canceled: AtomicBool,
+    /// Partitions not yet caught up.
+    catching_up: AtomicUsize,
+    type_filter: String,
+    stream_prefix: String,
+}
+
+impl Feed {
+    /// Queues `resp` (which brings partition `p` to `next`); false once
+    /// the subscription is canceled (the buffer is full: the cancel names
+    /// every partition's next offset).
+    fn offer(&self, p: u32, next: u64, mut resp: pb::SubscribeResponse) -> bool {
+        if self.canceled.load(Ordering::SeqCst) {
+            return false;
+        }
+        let mut offsets = self.next.lock().expect("feed offsets lock");
+        if self.tx.capacity() <= 1 {
+            self.cancel_locked(
+                &offsets,
+                &format!("subscriber too slow: {SUBSCRIBE_BUFFER_RESPONSES} responses not yet received"),
+            );
+            return false;
+        }
+        offsets.insert(p, next);
+        resp.next_offsets = BTreeMap::from([(p, next)]).into_iter().collect();
+        self.tx.try_send(Ok(resp)).is_ok()
+    }
+
+    fn cancel_locked(&self, offsets: &BTreeMap<u32, u64>, why: &str) {
+        if self.canceled.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let _ = self.tx.try_send(Ok(pb::SubscribeResponse {
+            canceled: true,
+            cancel_reason: format!("{why}; resume from next_offsets"),
+            next_offsets: offsets.clone().into_iter().collect(),
+            ..Default::default()
+        }));
+    }
+
+    fn cancel(&self, why: &str) {
+        let offsets = self.next.lock().expect("feed offsets lock");
+        self.cancel_locked(&offsets, why);
+    }
+
+    fn wanted(&self, e: &EventRecord) -> bool {
+        (self.type_filter.is_empty() || e.event_type == self.type_filter)
+            && (self.stream_prefix.is_empty() || e.stream.starts_with(&self.stream_prefix))
+    }
+}
+
+/// Reads partition `p` from `offset` on through this node's replica and
+/// follows it live.
+async fn feed_partition(
+    p: Arc<PartitionGroup>,
+    mut offset: u64,
+    feed: Arc<Feed>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let store = p.store().clone();
+    let group = p.group();
+    let mut appended = store.subscribe();
+    let mut caught_up = false;
+    loop {
+        if offset < store.next_offset() {
+            let read = {
+                let store = store.clone();
+                tokio::task::spawn_blocking(move || store.read_partition(offset, MAX_EVENTS_PER_RESPONSE)).await
+            };
+            let (events, next) = match read {
+                Ok(Ok(x)) => x,
+                Ok(Err(e)) => return feed.cancel(&format!("partition {group}: {e}")),
+                Err(e) => return feed.cancel(&format!("partition {group}: read task: {e}")),
+            };
+            let events: Vec<pb::RecordedEvent> = events
+                .into_iter()
+                .filter(|e| feed.wanted(e))
+                .map(|e| recorded(group, e))
+                .collect();
+            offset = next;
+            if !feed.offer(
+                group,
+                offset,
+                pb::SubscribeResponse {
+                    events,
+                    ..Default::default()
+                },
+            ) {
+                return;
+            }
+            continue;
+        }
+        if !caught_up {
+            caught_up = true;
+            if feed.catching_up.fetch_sub(1, Ordering::SeqCst) == 1
+                && !feed.offer(
+                    group,
+                    offset,
+                    pb::SubscribeResponse {
+                        caught_up: true,
+                        ..Default::default()
+                    },
+                )
+            {
+                return;
+            }
+        }
+        tokio::select! {
+            r = appended.changed() => if r.is_err() { return },
+            _ = stop.wait_for(|s| *s) => return feed.cancel("this node is shutting down"),
+            _ = feed.tx.closed() => return,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::events_server::Events for EventsService {
+    type SubscribeStream = SubscribeStream;
+
+    async fn append(&self, req: Request<pb::AppendRequest>) -> Result<Response<pb::AppendResponse>, Status> {
+        let mut msg = req.get_ref().clone();
+        let expected = expected("append.expected", msg.expected)?;
+        let mut events = Vec::with_capacity(msg.events.len());
+        for (i, e) in msg.events.iter_mut().enumerate() {
+            let id = if e.id.is_empty() {
+                let id = uuid::new_v4();
+                e.id = uuid::format(&id);
+                id
+            } else {
+                uuid::parse(&e.id).map_err(|r| invalid(&format!("append.events[{i}].id"), r))?
+            };
+            if let Err(err) = serde_json::from_slice::<serde::de::IgnoredAny>(&e.data) {
+                return Err(invalid(
+                    &format!("append.events[{i}].data"),
+                    format!("is not valid JSON: {err}"),
+                ));
+            }
+            events.push(NewEvent {
+                id,
+                event_type: e.r#type.clone(),
+                correlation_id: e.correlation_id.clone(),
+                causation_id: e.causation_id.clone(),
+                data: e.data.clone(),
+                metadata: e.metadata.clone().into_iter().collect(),
+            });
+        }
+        let ids: Vec<String> = msg.events.iter().map(|e| e.id.clone()).collect();
+        let p = self.partition_of(&msg.stream).clone();
+        let cmd = Command::new(Op::Append(AppendRequest {
+            stream: msg.stream.clone(),
+            expected,
+            timestamp_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            events,
+        }));
+        match p.write(cmd).await {
+            Ok(resp) => match resp.result {
+                OpResult::Appended {
+                    first_offset,
+                    first_version,
+                    count,
+                    duplicate,
+                } => Ok(Response::new(pb::AppendResponse {
+                    header: self.header(&p),
+                    partition: p.group(),
+                    first_offset,
+                    first_version,
+                    count,
+                    duplicate,
+                    ids,
+                })),
+                other => Err(Status::internal(format!("unexpected result {other:?}"))),
+            },
+            Err(e) => forward_or!(self.0, events_client, req, e, append, msg),
+        }
+    }
+
+    async fn get(&self, req: Request<pb::GetEventRequest>) -> Result<Response<pb::GetEventResponse>, Status> {
+        let msg = req.get_ref().clone();
+        let id = uuid::parse(&msg.id).map_err(|r| invalid("get.id", r))?;
+        let candidates: Vec<Arc<PartitionGroup>> = if msg.partition != 0 {
+            vec![self.partition("get.partition", msg.partition)?.clone()]
+        } else if msg.stream.is_empty() {
+            self.0.partitions.iter().cloned().collect()
+        } else {
+            vec![self.partition_of(&msg.stream).clone()]
+        };
+        for p in candidates {
+            match p.get(&id, consistency(msg.serializable)).await {
+                Ok(Some(e)) if msg.stream.is_empty() || e.stream == msg.stream => {
+                    return Ok(Response::new(pb::GetEventResponse {
+                        header: self.header(&p),
+                        event: Some(recorded(p.group(), e)),
+                    }));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    // This partition's leader is elsewhere: ask it there.
+                    let Some(addr) = self.0.forward_target(&req, &e) else {
+                        return Err(convert::status(e));
+                    };
+                    let mut c = self.0.events_client(&addr)?;
+                    let ask = pb::GetEventRequest {
+                        partition: p.group(),
+                        ..msg.clone()
+                    };
+                    match c.get(Ctx::forwarded(ask)).await {
+                        Ok(found) => return Ok(found),
+                        Err(s) if s.code() == tonic::Code::NotFound => {}
+                        Err(s) => return Err(s),
+                    }
+                }
+            }
+        }
+        Err(Status::not_found(format!("get.id: no event {}", msg.id)))
+    }
+
+    async fn read_stream(
+        &self,
+        req: Request<pb::ReadStreamRequest>,
+    ) -> Result<Response<pb::ReadStreamResponse>, Status> {
+        let msg = req.get_ref().clone();
+        esf_raft::events::check_stream_id("read.stream", &msg.stream).map_err(|r| convert::status(r.into()))?;
+        let p = self.partition_of(&msg.stream).clone();
+        let dir = if msg.backward {
+            Direction::Backward
+        } else {
+            Direction::Forward
+        };
+        match p
+            .read_stream(
+                &msg.stream,
+                msg.from_version,
+                dir,
+                limit(msg.limit),
+                consistency(msg.serializable),
+            )
+            .await
+        {
+            Ok((events, rec)) => Ok(Response::new(pb::ReadStreamResponse {
+                header: self.header(&p),
+                events: events.into_iter().map(|e| recorded(p.group(), e)).collect(),
+                stream_version: rec.version,
+            })),
+            Err(e) => forward_or!(self.0, events_client, req, e, read_stream, msg),
+        }
+    }
+
+    async fn read_partition(
+        &self,
+        req: Request<pb::ReadPartitionRequest>,
+    ) -> Result<Response<pb::ReadPartitionResponse>, Status> {
+        let msg = req.get_ref().clone();
+        let p = self.partition("read.partition", msg.partition)?.clone();
+        match p
+            .read_partition(msg.from_offset, limit(msg.limit), consistency(msg.serializable))
+            .await
+        {
+            Ok((events, next_offset)) => Ok(Response::new(pb::ReadPartitionResponse {
+                header: self.header(&p),
+                events: events.into_iter().map(|e| recorded(p.group(), e)).collect(),
+                next_offset,
+            })),
+            Err(e) => forward_or!(self.0, events_client, req, e, read_partition, msg),
+        }
+    }
+
+    async fn delete_stream(
+        &self,
+        req: Request<pb::DeleteStreamRequest>,
+    ) -> Result<Response<pb::DeleteStreamResponse>, Status> {
+        let msg = req.get_ref().clone();
+        let expected = expected("delete.expected", msg.expected)?;
+        let p = self.partition_of(&msg.stream).clone();
+        let cmd = Command::new(Op::DeleteStream {
+            stream: msg.stream.clone(),
+            expected,
+        });
+        match p.write(cmd).await {
+            Ok(resp) => match resp.result {
+                OpResult::StreamDeleted { version } => Ok(Response::new(pb::DeleteStreamResponse {
+                    header: self.header(&p),
+                    version,
+                })),
+                other => Err(Status::internal(format!("unexpected result {other:?}"))),
+            },
+            Err(e) => forward_or!(self.0, events_client, req, e, delete_stream, msg),
+        }
+    }
+
+    async fn subscribe(&self, req: Request<pb::SubscribeRequest>) -> Result<Response<SubscribeStream>, Status> {
+        let msg = req.into_inner();
+        let all: Vec<u32> = (1..=self.0.partitions.len() as u32).collect();
+        let chosen = if msg.partitions.is_empty() {
+            all
+        } else {
+            for (i, p) in msg.partitions.iter().enumerate() {
+                self.partition(&format!("subscribe.partitions[{i}]"), *p)?;
+            }
+            let mut v = msg.partitions.clone();
+            v.sort_unstable();
+            v.dedup();
+            v
+        };
+        for (p, off) in &msg.from_offsets {
+            let g = self.partition("subscribe.from_offsets", *p)?;
+            let next = g.store().next_offset();
+            if *off > next {
+                return Err(Status::out_of_range(format!(
+                    "subscribe.from_offsets[{p}]: {off} is beyond the end of partition {p} ({next}) on this node"
+                )));
+            }
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(SUBSCRIBE_BUFFER_RESPONSES);
+        let starts: BTreeMap<u32, u64> = chosen
+            .iter()
+            .map(|p| {
+                let g = &self.0.partitions[*p as usize - 1];
+                let start = match msg.from_offsets.get(p) {
+                    Some(o) => *o,
+                    None if msg.from_now => g.store().next_offset(),
+                    None => 0,
+                };
+                (*p, start)
+            })
+            .collect();
+        // The first response fixes where every partition starts, so a
+        // client resuming after it never skips an event.
+        let _ = tx.try_send(Ok(pb::SubscribeResponse {
+            next_offsets: starts.clone().into_iter().collect(),
+            ..Default::default()
+        }));
+        let feed = Arc::new(Feed {
+            tx,
+            next: std::sync::Mutex::new(BTreeMap::new()),
+            canceled: AtomicBool::new(false),
+            catching_up: AtomicUsize::new(chosen.len()),
+            type_filter: msg.r#type.clone(),
+            stream_prefix: msg.stream_prefix.clone(),
+        });
+        *feed.next.lock().expect("feed offsets lock") = starts.clone();
+        for (p, start) in starts {
+            let g = self.0.partitions[p as usize - 1].clone();
+            tokio::spawn(feed_partition(g, start, feed.clone(), self.0.stop.clone()));
+        }
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+}
