@@ -31,6 +31,7 @@ use pb::config_client::ConfigClient;
 use pb::events_client::EventsClient;
 use pb::lease_client::LeaseClient;
 use pb::registry_client::RegistryClient;
+use pb::subscriptions_client::SubscriptionsClient;
 /// The stream type of watches.
 pub use tonic::Streaming;
 use tonic::transport::{Channel, Endpoint};
@@ -746,6 +747,102 @@ impl Client {
             stream: None,
             failures: 0,
         }
+    }
+
+    /// Creates a durable named subscription.
+    pub async fn create_subscription(
+        &self,
+        name: &str,
+        event_type: &str,
+        stream_prefix: &str,
+        from_now: bool,
+    ) -> Result<pb::SubscriptionResponse> {
+        let req = pb::CreateSubscriptionRequest {
+            name: name.into(),
+            r#type: event_type.into(),
+            stream_prefix: stream_prefix.into(),
+            from_now,
+        };
+        self.call("create subscription", |ch| {
+            let r = req.clone();
+            async move { SubscriptionsClient::new(ch).create(r).await }
+        })
+        .await
+    }
+
+    /// A durable subscription and its positions.
+    pub async fn get_subscription(&self, name: &str) -> Result<pb::SubscriptionResponse> {
+        let req = pb::SubscriptionNameRequest { name: name.into() };
+        self.call("get subscription", |ch| {
+            let r = req.clone();
+            async move { SubscriptionsClient::new(ch).get(r).await }
+        })
+        .await
+    }
+
+    /// Every durable subscription.
+    pub async fn list_subscriptions(&self) -> Result<pb::ListSubscriptionsResponse> {
+        self.call("list subscriptions", |ch| async move {
+            SubscriptionsClient::new(ch)
+                .max_decoding_message_size(MAX_RESPONSE_BYTES)
+                .list(pb::ListSubscriptionsRequest {})
+                .await
+        })
+        .await
+    }
+
+    /// Deletes a durable subscription.
+    pub async fn delete_subscription(&self, name: &str) -> Result<pb::DeleteSubscriptionResponse> {
+        let req = pb::SubscriptionNameRequest { name: name.into() };
+        self.call("delete subscription", |ch| {
+            let r = req.clone();
+            async move { SubscriptionsClient::new(ch).delete(r).await }
+        })
+        .await
+    }
+
+    /// Records that every event before `next_offsets[p]` in partition `p`
+    /// was processed (positions never move back).
+    pub async fn ack(
+        &self,
+        name: &str,
+        next_offsets: &std::collections::BTreeMap<u32, u64>,
+    ) -> Result<pb::SubscriptionResponse> {
+        let req = pb::AckRequest {
+            name: name.into(),
+            next_offsets: next_offsets.clone().into_iter().collect(),
+        };
+        self.call("ack", |ch| {
+            let r = req.clone();
+            async move { SubscriptionsClient::new(ch).ack(r).await }
+        })
+        .await
+    }
+
+    /// Consumes durable subscription `name` as consumer `member` of
+    /// `members` (it takes the partitions p with `(p - 1) % members ==
+    /// member`): a resumable subscription from the acknowledged positions
+    /// with the subscription's filter. Ack with [`Client::ack`].
+    pub async fn consume(&self, name: &str, member: u32, members: u32) -> Result<ResumableSubscription> {
+        if members == 0 || member >= members {
+            return Err(Error::InvalidArgument(format!(
+                "member: {member} is not below members ({members})"
+            )));
+        }
+        let info = self.get_subscription(name).await?.subscription.unwrap_or_default();
+        let mine: std::collections::BTreeMap<u32, u64> = info
+            .positions
+            .iter()
+            .filter(|(p, _)| (**p - 1) % members == member)
+            .map(|(p, o)| (*p, *o))
+            .collect();
+        Ok(self.subscribe_resumable(pb::SubscribeRequest {
+            partitions: mine.keys().copied().collect(),
+            from_offsets: mine.into_iter().collect(),
+            from_now: false,
+            r#type: info.r#type,
+            stream_prefix: info.stream_prefix,
+        }))
     }
 
     // ----------------------------------------------------------- registry

@@ -1446,3 +1446,167 @@ async fn acknowledged_events_survive_a_partition_leader_kill_once_on_every_repli
         "after a full restart"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_subscription_continues_from_its_acknowledged_position_and_bad_events_are_refused() {
+    let c = Cluster::start(&esf_bin(), 3);
+    c.wait_converged().await;
+    let bin = esf_bin();
+    let eps = c.endpoints();
+    let client = c.client();
+    let mut a_ids = std::collections::BTreeSet::new();
+    for i in 0..6 {
+        let r = client
+            .append(&format!("acct-{i}"), vec![event("A", i)], None)
+            .await
+            .expect("append A");
+        a_ids.insert(r.ids[0].clone());
+        client
+            .append(&format!("acct-{i}"), vec![event("B", i)], None)
+            .await
+            .expect("append B");
+    }
+
+    // Bad input: a clear error naming the field, nothing written.
+    let big = pb::EventData {
+        data: format!("\"{}\"", "x".repeat(1 << 20)).into_bytes(),
+        ..event("A", 0)
+    };
+    let err = client.append("acct-0", vec![big], None).await.expect_err("oversized");
+    assert!(err.to_string().contains("append.events[0].data: the event is"), "{err}");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["events", "append", "acct-0", "--type", "A", "--data", "{\"n\":"],
+            "append.events[0].data: is not valid JSON",
+        ),
+        (
+            vec!["events", "append", "acct-0", "--type", "A", "--id", "1234"],
+            "append.events[0].id: \"1234\" is not a UUID",
+        ),
+        (
+            vec!["events", "append", "acct-0", "--type", "A", "--expected-version", "1"],
+            "stream \"acct-0\": expected version 1, actual 2",
+        ),
+        (
+            vec![
+                "events",
+                "append",
+                "acct-0",
+                "--type",
+                "A",
+                "--expected-version",
+                "no_stream",
+            ],
+            "expected version no_stream, actual 2",
+        ),
+        (
+            vec!["events", "append", "", "--type", "A"],
+            "append.stream: is required",
+        ),
+        (
+            vec!["subscription", "consume", "nope"],
+            "subscription \"nope\" does not exist",
+        ),
+        (vec!["subscription", "create", "a/b"], "name: '/' is not allowed"),
+    ];
+    for (args, want) in cases {
+        let mut all = vec!["--endpoints", eps.as_str()];
+        all.extend(args.iter());
+        let (code, _, err) = cli(&bin, &all);
+        assert_ne!(code, 0, "{args:?} must fail");
+        assert!(err.contains(want), "{args:?}: stderr {err:?} should contain {want:?}");
+    }
+    let acct0 = client
+        .read_stream(pb::ReadStreamRequest {
+            stream: "acct-0".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("read");
+    assert_eq!(acct0.stream_version, 2, "nothing was written by the refused appends");
+
+    // A durable subscription of type A, consumed in two runs of the CLI:
+    // the second continues where the first acknowledged.
+    let (code, _, err) = cli(
+        &bin,
+        &["--endpoints", &eps, "subscription", "create", "billing", "--type", "A"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = cli(&bin, &["--endpoints", &eps, "subscription", "create", "billing"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("already exists"), "{err}");
+    let ids_of = |out: &str| -> Vec<String> {
+        out.lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).expect("json line");
+                assert_eq!(v["type"], "A", "the filter applies: {v}");
+                v["id"].as_str().expect("id").to_string()
+            })
+            .collect()
+    };
+    let consume = |n: &str| {
+        cli(
+            &bin,
+            &[
+                "--endpoints",
+                &eps,
+                "-o",
+                "json",
+                "subscription",
+                "consume",
+                "billing",
+                "--count",
+                n,
+            ],
+        )
+    };
+    let (code, out, err) = consume("4");
+    assert_eq!(code, 0, "{err}");
+    let first = ids_of(&out);
+    let (code, out, err) = consume("2");
+    assert_eq!(code, 0, "{err}");
+    let second = ids_of(&out);
+    assert_eq!(first.len(), 4);
+    assert_eq!(second.len(), 2);
+    let all: std::collections::BTreeSet<String> = first.iter().chain(&second).cloned().collect();
+    assert_eq!(all, a_ids, "every A event once across the consumer restart");
+    let (code, out, _) = cli(
+        &bin,
+        &["--endpoints", &eps, "-o", "json", "subscription", "info", "billing"],
+    );
+    assert_eq!(code, 0);
+    let info: serde_json::Value = serde_json::from_str(out.trim()).expect("info json");
+    assert_eq!(info["type"], "A");
+
+    // Two consumers of one name share the partitions.
+    client
+        .create_subscription("audit", "", "", false)
+        .await
+        .expect("create");
+    let mut seen = Vec::new();
+    let mut parts = Vec::new();
+    for member in 0..2 {
+        let mut sub = client.consume("audit", member, 2).await.expect("consume");
+        let mut mine = std::collections::BTreeSet::new();
+        loop {
+            let r = tokio::time::timeout(esf_cluster_tests::READY_DEADLINE, sub.next())
+                .await
+                .expect("progress")
+                .expect("next");
+            for e in &r.events {
+                mine.insert(e.partition);
+                seen.push(e.id.clone());
+            }
+            if r.caught_up {
+                break;
+            }
+        }
+        parts.push(mine);
+    }
+    assert!(parts[0].is_disjoint(&parts[1]), "{parts:?}");
+    assert_eq!(seen.len(), 12, "every event once over both consumers");
+    let (code, _, err) = cli(&bin, &["--endpoints", &eps, "subscription", "delete", "audit"]);
+    assert_eq!(code, 0, "{err}");
+    let (_, out, _) = cli(&bin, &["--endpoints", &eps, "subscription", "list"]);
+    assert!(out.starts_with("billing ") && !out.contains("audit"), "{out}");
+}

@@ -63,6 +63,9 @@ enum Command {
     /// Event store: append, read, subscribe.
     #[command(subcommand)]
     Events(EventsCmd),
+    /// Durable named subscriptions.
+    #[command(subcommand)]
+    Subscription(SubscriptionCmd),
     /// Cluster membership.
     #[command(subcommand)]
     Member(MemberCmd),
@@ -182,6 +185,42 @@ enum EventsCmd {
         stream: String,
         #[arg(long, default_value = "any")]
         expected_version: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SubscriptionCmd {
+    /// Create one (positions at the start of every partition, or the end
+    /// with --from-now).
+    Create {
+        name: String,
+        #[arg(long = "type", default_value = "")]
+        event_type: String,
+        #[arg(long, default_value = "")]
+        stream_prefix: String,
+        #[arg(long)]
+        from_now: bool,
+    },
+    /// Every subscription with its positions.
+    List,
+    /// One subscription's filter and positions.
+    Info {
+        name: String,
+    },
+    Delete {
+        name: String,
+    },
+    /// Print its events from the acknowledged positions, acknowledging each
+    /// response once printed (as consumer MEMBER of MEMBERS).
+    Consume {
+        name: String,
+        #[arg(long, default_value_t = 0)]
+        member: u32,
+        #[arg(long, default_value_t = 1)]
+        members: u32,
+        /// Exit after this many events (acknowledged up to the last one).
+        #[arg(long)]
+        count: Option<u64>,
     },
 }
 
@@ -399,6 +438,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Lease(cmd) => lease(client()?, out, cmd).await?,
         Command::Registry(cmd) => registry(client()?, out, cmd).await?,
         Command::Events(cmd) => events(client()?, out, cmd).await?,
+        Command::Subscription(cmd) => subscription(client()?, out, cmd).await?,
         Command::Snapshot(SnapshotCmd::Save { file }) => snapshot_save(client()?, out, &file).await?,
         Command::Snapshot(SnapshotCmd::Inspect { file }) => snapshot_inspect(out, &file)?,
         Command::Snapshot(SnapshotCmd::Restore {
@@ -970,6 +1010,89 @@ async fn events(c: Client, out: Output, cmd: EventsCmd) -> anyhow::Result<()> {
             print(out, &json!({"stream": stream, "version": r.version}), || {
                 format!("deleted stream {stream} at version {}\n", r.version)
             });
+        }
+    }
+    Ok(())
+}
+
+fn subscription_json(s: &pb::SubscriptionInfo) -> Value {
+    let positions: std::collections::BTreeMap<u32, u64> = s.positions.iter().map(|(p, o)| (*p, *o)).collect();
+    json!({"name": s.name, "type": s.r#type, "stream_prefix": s.stream_prefix, "positions": positions, "created_revision": s.created_revision})
+}
+
+fn subscription_line(s: &pb::SubscriptionInfo) -> String {
+    let positions: std::collections::BTreeMap<u32, u64> = s.positions.iter().map(|(p, o)| (*p, *o)).collect();
+    let pos: Vec<String> = positions.iter().map(|(p, o)| format!("{p}:{o}")).collect();
+    format!(
+        "{} type={} stream_prefix={} positions={}\n",
+        s.name,
+        if s.r#type.is_empty() { "*" } else { &s.r#type },
+        if s.stream_prefix.is_empty() {
+            "*"
+        } else {
+            &s.stream_prefix
+        },
+        pos.join(",")
+    )
+}
+
+async fn subscription(c: Client, out: Output, cmd: SubscriptionCmd) -> anyhow::Result<()> {
+    match cmd {
+        SubscriptionCmd::Create {
+            name,
+            event_type,
+            stream_prefix,
+            from_now,
+        } => {
+            let r = c
+                .create_subscription(&name, &event_type, &stream_prefix, from_now)
+                .await?;
+            let s = r.subscription.unwrap_or_default();
+            print(out, &subscription_json(&s), || {
+                format!("created {}", subscription_line(&s))
+            });
+        }
+        SubscriptionCmd::List => {
+            let r = c.list_subscriptions().await?;
+            let v = Value::Array(r.subscriptions.iter().map(subscription_json).collect());
+            print(out, &v, || r.subscriptions.iter().map(subscription_line).collect());
+        }
+        SubscriptionCmd::Info { name } => {
+            let s = c.get_subscription(&name).await?.subscription.unwrap_or_default();
+            print(out, &subscription_json(&s), || subscription_line(&s));
+        }
+        SubscriptionCmd::Delete { name } => {
+            c.delete_subscription(&name).await?;
+            print(out, &json!({"name": name, "deleted": true}), || {
+                format!("deleted subscription {name}\n")
+            });
+        }
+        SubscriptionCmd::Consume {
+            name,
+            member,
+            members,
+            count,
+        } => {
+            let mut sub = c.consume(&name, member, members).await?;
+            let mut seen = 0u64;
+            loop {
+                let resp = sub.next().await?;
+                let mut done = std::collections::BTreeMap::new();
+                for e in &resp.events {
+                    print(out, &event_json(e), || event_line(e));
+                    done.insert(e.partition, e.offset + 1);
+                    seen += 1;
+                    if count.is_some_and(|n| seen >= n) {
+                        c.ack(&name, &done).await?;
+                        return Ok(());
+                    }
+                }
+                // The whole response is processed: filtered events too.
+                done.extend(resp.next_offsets.iter().map(|(p, o)| (*p, *o)));
+                if !done.is_empty() {
+                    c.ack(&name, &done).await?;
+                }
+            }
         }
     }
     Ok(())

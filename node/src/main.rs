@@ -14,6 +14,7 @@ mod registry;
 mod server;
 mod service;
 mod snapshot;
+mod subscriptions;
 mod transport;
 
 use std::process::ExitCode;

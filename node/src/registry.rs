@@ -41,7 +41,7 @@ fn invalid(field: &str, reason: impl std::fmt::Display) -> Status {
 
 /// Checks a service name or an instance id: 1 to [`MAX_NAME_BYTES`] bytes of
 /// `[A-Za-z0-9._-]` (and `:` in ids).
-fn check_name(field: &str, name: &str, colon: bool) -> Result<(), Status> {
+pub(crate) fn check_name(field: &str, name: &str, colon: bool) -> Result<(), Status> {
     if name.is_empty() {
         return Err(invalid(field, "is required"));
     }

@@ -244,6 +244,9 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         .add_service(pb::cluster_server::ClusterServer::new(ClusterService(ctx.clone())))
         .add_service(pb::lease_server::LeaseServer::new(LeaseService(ctx.clone())))
         .add_service(pb::registry_server::RegistryServer::new(RegistryService(ctx.clone())))
+        .add_service(pb::subscriptions_server::SubscriptionsServer::new(
+            crate::subscriptions::SubscriptionsService(ctx.clone()),
+        ))
         .add_service(
             pb::events_server::EventsServer::new(crate::events::EventsService(ctx.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),

@@ -104,6 +104,16 @@ impl Ctx {
         )
     }
 
+    pub(crate) fn subscriptions_client(
+        &self,
+        addr: &str,
+    ) -> Result<pb::subscriptions_client::SubscriptionsClient<tonic::transport::Channel>, Status> {
+        Ok(
+            pb::subscriptions_client::SubscriptionsClient::new(self.pool.channel(addr).map_err(Status::unavailable)?)
+                .max_decoding_message_size(esf_client::MAX_RESPONSE_BYTES),
+        )
+    }
+
     pub(crate) fn registry_client(&self, addr: &str) -> Result<RegistryClient<tonic::transport::Channel>, Status> {
         Ok(
             RegistryClient::new(self.pool.channel(addr).map_err(Status::unavailable)?)
