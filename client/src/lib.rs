@@ -1097,7 +1097,8 @@ impl WatchRequest for pb::RegistryWatchRequest {
 /// A watch that, when its node goes away (or cancels it as too slow),
 /// reopens on any endpoint from the revision after the last one delivered,
 /// so its responses have every change once, in order. Gives up after
-/// [`WATCH_MAX_REOPENS`] reopens in a row without a response.
+/// [`WATCH_MAX_REOPENS`] lost streams in a row without a response. `next`
+/// is cancel-safe (dropping it, e.g. on a timeout, loses nothing).
 pub struct ResumableWatch<R: WatchRequest = pb::WatchRequest> {
     client: Client,
     req: R,
@@ -1128,7 +1129,7 @@ impl<R: WatchRequest> ResumableWatch<R> {
                         "watch: reopened {WATCH_MAX_REOPENS} times without a response"
                     )));
                 }
-                self.failures += 1;
+                // Cancel-safe: nothing changes until the open completes.
                 let req = self.req.resume_after(self.delivered);
                 self.stream = Some(req.open(&self.client).await?);
             }
@@ -1138,6 +1139,7 @@ impl<R: WatchRequest> ResumableWatch<R> {
                     if let Some(reason) = R::canceled(&resp) {
                         tracing::info!(%reason, "watch canceled by the node; resuming");
                         self.stream = None;
+                        self.failures += 1;
                         continue;
                     }
                     self.failures = 0;
@@ -1149,6 +1151,7 @@ impl<R: WatchRequest> ResumableWatch<R> {
                 Ok(None) | Err(_) => {
                     tracing::info!(delivered = self.delivered, "watch stream lost; resuming elsewhere");
                     self.stream = None;
+                    self.failures += 1;
                 }
             }
         }
@@ -1183,7 +1186,6 @@ impl ResumableSubscription {
                         "subscription: reopened {WATCH_MAX_REOPENS} times without a response"
                     )));
                 }
-                self.failures += 1;
                 let mut req = self.req.clone();
                 if let Some(next) = &self.next {
                     req.from_offsets = next.clone().into_iter().collect();
@@ -1203,6 +1205,7 @@ impl ResumableSubscription {
                     if resp.canceled {
                         tracing::info!(reason = %resp.cancel_reason, "subscription canceled by the node; resuming");
                         self.stream = None;
+                        self.failures += 1;
                         continue;
                     }
                     self.failures = 0;
@@ -1211,6 +1214,7 @@ impl ResumableSubscription {
                 Ok(None) | Err(_) => {
                     tracing::info!("subscription stream lost; resuming elsewhere");
                     self.stream = None;
+                    self.failures += 1;
                 }
             }
         }

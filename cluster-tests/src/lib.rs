@@ -34,19 +34,48 @@ pub fn esf_bin() -> PathBuf {
 /// (32768 and up), so an outgoing connection never takes a port a node is
 /// about to bind.
 pub const PORT_BASE: u16 = 20_000;
-/// Ports reserved per test process before another process's block starts.
-const PORTS_PER_PROCESS: u16 = 40;
+/// Ports the harness hands out, from [`PORT_BASE`].
+const PORT_SPAN: u16 = 12_000;
 
-/// A loopback port that is free now, from a block chosen by this process's
-/// id, so concurrently running test processes do not hand out the same one.
+fn pid_alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// A loopback port that is free now and claimed by this test process for
+/// its whole life: a claim is a file `esf-test-ports/PORT` (created with
+/// `create_new`, holding the owner's pid) in the temp dir, so no other test
+/// process hands the port out, even after the node that used it is killed
+/// (a client of this test still dialling it must never reach another test's
+/// cluster). Claims of dead processes are taken over.
 pub fn free_port() -> u16 {
+    use std::io::Write;
     use std::sync::atomic::{AtomicU16, Ordering};
     static NEXT: AtomicU16 = AtomicU16::new(0);
-    let block = (std::process::id() % 300) as u16;
-    for _ in 0..1000 {
+    let dir = std::env::temp_dir().join("esf-test-ports");
+    std::fs::create_dir_all(&dir).expect("create the port claim dir");
+    let me = std::process::id();
+    let start = (me % u32::from(PORT_SPAN)) as u16;
+    for _ in 0..PORT_SPAN {
         let offset = NEXT.fetch_add(1, Ordering::SeqCst);
-        let port = PORT_BASE + (block * PORTS_PER_PROCESS + offset) % 12_000;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        let port = PORT_BASE + (start + offset) % PORT_SPAN;
+        let claim = dir.join(port.to_string());
+        let claimed = match std::fs::OpenOptions::new().write(true).create_new(true).open(&claim) {
+            Ok(mut f) => f.write_all(me.to_string().as_bytes()).is_ok(),
+            Err(_) => {
+                let owner: Option<u32> = std::fs::read_to_string(&claim).ok().and_then(|s| s.trim().parse().ok());
+                match owner {
+                    Some(pid) if pid != me && !pid_alive(pid) => {
+                        // Take over a dead process's claim (the rename is atomic).
+                        let tmp = dir.join(format!("{port}.{me}"));
+                        std::fs::write(&tmp, me.to_string()).is_ok()
+                            && std::fs::rename(&tmp, &claim).is_ok()
+                            && std::fs::read_to_string(&claim).is_ok_and(|s| s.trim() == me.to_string())
+                    }
+                    _ => false,
+                }
+            }
+        };
+        if claimed && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
     }

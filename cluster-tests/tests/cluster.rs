@@ -211,6 +211,12 @@ async fn fourth_node_joins_as_learner_is_promoted_and_removed() {
     let mut c = Cluster::start(&esf_bin(), 3);
     c.wait_ready().await;
     c.client().put("before", "1").await.expect("put");
+    for i in 0..16 {
+        c.client()
+            .append(&format!("before-{i}"), vec![event("Before", i)], None)
+            .await
+            .expect("append before the join");
+    }
     let id = c.spawn_joining_node();
     let addr = c.node(id).grpc.clone();
     // The operator adds a node once it is up and waiting to be added.
@@ -253,6 +259,29 @@ async fn fourth_node_joins_as_learner_is_promoted_and_removed() {
         .await
         .expect("range on new node");
     assert_eq!(r.count, 2, "new node holds every key");
+    // ... and every event: the reconciler makes it a voter of every
+    // partition.
+    let deadline = tokio::time::Instant::now() + esf_cluster_tests::READY_DEADLINE;
+    let partitions = loop {
+        let status = c.node(1).client().status_all().await;
+        let groups = status[0].1.as_ref().expect("status").groups.clone();
+        if groups.iter().all(|g| g.voters.len() == 4) {
+            break groups.len() as u32 - 1;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "partitions did not take node {id}: {groups:?}"
+        );
+        tokio::time::sleep(esf_cluster_tests::POLL_INTERVAL).await;
+    };
+    c.wait_converged().await;
+    let on_new = partition_logs(c.node(id), partitions).await;
+    assert_eq!(
+        on_new,
+        partition_logs(c.node(1), partitions).await,
+        "the new node holds every event"
+    );
+    assert_eq!(on_new.iter().map(Vec::len).sum::<usize>(), 16);
     assert!(
         r.header.unwrap().cluster_id.starts_with("esf-"),
         "new node adopted the cluster id"
@@ -261,6 +290,45 @@ async fn fourth_node_joins_as_learner_is_promoted_and_removed() {
     let (code, out, err) = cli(&bin, &["--endpoints", &eps, "member", "remove", &id.to_string()]);
     assert_eq!(code, 0, "member remove: {err}");
     assert!(!out.contains(&addr), "{out}");
+    // Every partition drops it too (the reconciler runs on each partition's
+    // leader).
+    let deadline = tokio::time::Instant::now() + esf_cluster_tests::READY_DEADLINE;
+    loop {
+        let status = c.node(1).client().status_all().await;
+        let groups = status[0].1.as_ref().expect("status").groups.clone();
+        if groups
+            .iter()
+            .all(|g| !g.voters.contains(&id) && !g.learners.contains(&id) && g.leader_id != 0)
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "partitions kept node {id}: {groups:?}"
+        );
+        tokio::time::sleep(esf_cluster_tests::POLL_INTERVAL).await;
+    }
+    for i in 0..16 {
+        c.client()
+            .append(&format!("after-{i}"), vec![event("After", i)], None)
+            .await
+            .expect("append after the removal");
+    }
+    let on_new = partition_logs(c.node(id), partitions).await;
+    assert_eq!(
+        on_new.iter().map(Vec::len).sum::<usize>(),
+        16,
+        "a removed node receives no events"
+    );
+    assert_eq!(
+        partition_logs(c.node(1), partitions)
+            .await
+            .iter()
+            .map(Vec::len)
+            .sum::<usize>(),
+        32,
+        "no acknowledged event lost"
+    );
     c.client().put("later", "3").await.expect("put after removal");
     let r = c
         .node(id)
@@ -560,6 +628,8 @@ async fn watch_delivers_every_revision_once_and_a_snapshot_after_compaction() {
     // From a compacted revision: the current state as a snapshot, then live.
     let last = client.put("w/c", "1").await.expect("put").header.unwrap().revision;
     client.compact(last).await.expect("compact");
+    // The watch goes to a follower: let it apply the compaction first.
+    c.wait_converged().await;
     let req = pb::WatchRequest {
         range: Some(esf_client::key_range_prefix(b"w/".to_vec())),
         start_revision: first,
@@ -1367,7 +1437,7 @@ async fn acknowledged_events_survive_a_partition_leader_kill_once_on_every_repli
         )
         .await
         .expect("retry");
-    assert!(again.duplicate);
+    assert!(again.duplicate, "retry of {:?} answered {again:?}", acked[0]);
     assert_eq!((again.partition, again.first_offset), (p, off));
 
     // Every acked event once, at its position, the same on every replica.

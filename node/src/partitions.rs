@@ -28,6 +28,8 @@ pub const DEFAULT_PARTITIONS: u32 = 8;
 pub const MAX_PARTITIONS: u32 = 256;
 /// Longest pause between two reconciler passes.
 pub const RECONCILE_INTERVAL: Duration = Duration::from_secs(1);
+/// Pause between two checks that a node being removed leads no partition.
+pub const HAND_OVER_POLL: Duration = Duration::from_millis(100);
 /// Deadline of one membership step of one partition.
 pub const RECONCILE_STEP_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -66,7 +68,12 @@ where
     SM: esf_raft::openraft::storage::RaftStateMachine<esf_raft::types::TypeConfig>,
 {
     let m = raft.metrics().borrow_watched().clone();
+    let mem = m.membership_config.membership();
+    let voters: Vec<u64> = mem.voter_ids().collect();
+    let learners: Vec<u64> = mem.learner_ids().collect();
     pb::GroupStatus {
+        voters,
+        learners,
         group,
         role: role(m.state).into(),
         term: m.current_term,
@@ -202,10 +209,20 @@ async fn spread_leaders(me: u64, partitions: &Partitions, voters: &BTreeSet<u64>
 pub async fn run_reconciler(
     meta: Arc<MetaGroup>,
     partitions: Partitions,
+    draining: Arc<std::sync::atomic::AtomicBool>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let me = meta.node_id();
     loop {
+        if draining.load(std::sync::atomic::Ordering::SeqCst) {
+            // Being removed: lead nothing, change nothing.
+            hand_over_all(&partitions).await;
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                _ = tokio::time::sleep(RECONCILE_INTERVAL) => {}
+            }
+            continue;
+        }
         let (voters, nodes) = membership_of(meta.raft());
         if !nodes.is_empty() {
             if meta.raft().is_leader() {

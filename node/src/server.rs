@@ -204,10 +204,12 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
 
     // gRPC.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let draining_partitions = Arc::new(AtomicBool::new(false));
     let ctx = Ctx {
         stop: stop_rx.clone(),
         meta: meta.clone(),
         partitions: partitions.clone(),
+        draining: draining_partitions.clone(),
         pool: pool.clone(),
         cluster_id: cluster_id.clone(),
         advertise: advertise.clone(),
@@ -297,6 +299,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     let reconciler = tokio::spawn(crate::partitions::run_reconciler(
         meta.clone(),
         partitions.clone(),
+        draining_partitions,
         stop_rx.clone(),
     ));
 

@@ -46,6 +46,8 @@ pub struct Ctx {
     pub meta: Arc<MetaGroup>,
     /// Event partitions (group `g` is `partitions[g - 1]`).
     pub partitions: crate::partitions::Partitions,
+    /// Set when this node is being removed: it leads no partition.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
     pub pool: PeerPool,
     pub cluster_id: ClusterId,
     pub advertise: String,
@@ -648,6 +650,41 @@ macro_rules! leader_only {
 }
 
 impl ClusterService {
+    /// Makes node `id` (at `addr`) stop leading event partitions and waits,
+    /// within [`MEMBERSHIP_TIMEOUT`], until this node sees none led by it.
+    /// An unreachable node is not asked (its partitions elect others).
+    async fn drain_partitions(&self, id: u64, addr: &str) -> Result<(), Status> {
+        if id == self.0.meta.node_id() {
+            self.0.draining.store(true, std::sync::atomic::Ordering::SeqCst);
+            crate::partitions::hand_over_all(&self.0.partitions).await;
+        } else if let Ok(mut c) = self.0.cluster_client(addr) {
+            let mut r = Request::new(pb::HandOverRequest {});
+            r.set_timeout(Duration::from_secs(5));
+            if let Err(s) = c.hand_over(r).await {
+                tracing::warn!(node = id, error = %s, "hand-over request failed; waiting for its partitions anyway");
+            }
+        }
+        let deadline = tokio::time::Instant::now() + MEMBERSHIP_TIMEOUT;
+        loop {
+            let led: Vec<u32> = self
+                .0
+                .partitions
+                .iter()
+                .filter(|p| p.raft().metrics().borrow_watched().current_leader == Some(id))
+                .map(|p| p.group())
+                .collect();
+            if led.is_empty() {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Status::unavailable(format!(
+                    "id: node {id} still leads partitions {led:?}; nothing was removed, retry"
+                )));
+            }
+            tokio::time::sleep(crate::partitions::HAND_OVER_POLL).await;
+        }
+    }
+
     /// Before adding node `id` at `addr`: it must answer, carry that id, and
     /// belong to no other cluster (a node of another cluster would refuse
     /// every append, and the add would only time out).
@@ -751,6 +788,10 @@ impl pb::cluster_server::Cluster for ClusterService {
             return Err(Status::not_found(format!("id: node {id} is not a member")));
         }
         let mut voters: BTreeSet<u64> = membership.voter_ids().collect();
+        let addr = membership.get_node(&id).map(|n| n.addr.clone()).unwrap_or_default();
+        // Once out of meta the node may never learn it was removed, so it
+        // must give up its partitions first.
+        self.drain_partitions(id, &addr).await?;
         if voters.remove(&id) {
             if voters.is_empty() {
                 return Err(Status::failed_precondition("id: cannot remove the last voter"));
@@ -897,6 +938,13 @@ impl pb::cluster_server::Cluster for ClusterService {
             }
         });
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn hand_over(&self, _req: Request<pb::HandOverRequest>) -> Result<Response<pb::HandOverResponse>, Status> {
+        self.0.draining.store(true, std::sync::atomic::Ordering::SeqCst);
+        crate::partitions::hand_over_all(&self.0.partitions).await;
+        let still_leading = self.0.partitions.iter().filter(|p| p.raft().is_leader()).count() as u32;
+        Ok(Response::new(pb::HandOverResponse { still_leading }))
     }
 
     async fn hello(&self, req: Request<pb::HelloRequest>) -> Result<Response<pb::HelloResponse>, Status> {
