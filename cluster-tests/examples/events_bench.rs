@@ -43,7 +43,10 @@ async fn measure(c: &Cluster, producers: usize, batch: usize, run: Duration) -> 
                 while start.elapsed() < run {
                     let stream = format!("bench-{i}-{}", n % 32);
                     let t = Instant::now();
-                    client.append(&stream, vec![event(); batch], None).await.expect("append");
+                    client
+                        .append(&stream, vec![event(); batch], None)
+                        .await
+                        .expect("append");
                     lat.push(t.elapsed());
                     n += 1;
                 }
@@ -74,7 +77,13 @@ fn rss_mib(pid: u32) -> u64 {
 fn rss_all(c: &Cluster) -> String {
     c.nodes
         .iter()
-        .map(|n| format!("node {}: {} MiB", n.id, rss_mib(n.child.as_ref().expect("running").id())))
+        .map(|n| {
+            format!(
+                "node {}: {} MiB",
+                n.id,
+                rss_mib(n.child.as_ref().expect("running").id())
+            )
+        })
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -96,7 +105,11 @@ async fn main() {
         }
         println!(
             "| append{} | {producers} | {rate:.0} | {:.2} ms | {:.2} ms | {:.1}x |",
-            if batch > 1 { format!(" (batches of {batch})") } else { String::new() },
+            if batch > 1 {
+                format!(" (batches of {batch})")
+            } else {
+                String::new()
+            },
             p50.as_secs_f64() * 1e3,
             p99.as_secs_f64() * 1e3,
             rate / base

@@ -1162,6 +1162,12 @@ async fn snapshot_of_a_live_cluster_restores_into_a_new_node_with_the_same_keys_
         })
         .await
         .expect("register");
+    for i in 0..20 {
+        client
+            .append(&format!("ledger-{}", i % 6), vec![event("Entry", i)], None)
+            .await
+            .expect("append");
+    }
     let (revision, keys) = all_keys(&client).await;
     let history = client
         .history(pb::HistoryRequest {
@@ -1196,6 +1202,12 @@ async fn snapshot_of_a_live_cluster_restores_into_a_new_node_with_the_same_keys_
     );
     assert_eq!(summary["leases"], 1);
     assert_eq!(summary["compact_revision"], 20);
+    let groups = v["groups"].as_array().expect("groups");
+    assert_eq!(groups.len(), 9, "meta and 8 partitions: {v}");
+    let events: u64 = groups.iter().filter_map(|g| g["summary"]["events"].as_u64()).sum();
+    assert_eq!(events, 20, "{v}");
+    c.wait_converged().await;
+    let logs = partition_logs(&c.nodes[0], 8).await;
 
     // Corrupt and truncated files: a clear error, and no data dir created.
     let bytes = std::fs::read(&file).expect("read snapshot");
@@ -1297,6 +1309,17 @@ async fn snapshot_of_a_live_cluster_restores_into_a_new_node_with_the_same_keys_
         restored.lease_ttl(lease, false).await.expect("lease").granted_ttl_secs,
         600
     );
+    node.wait_leader().await;
+    assert_eq!(
+        partition_logs(&node, 8).await,
+        logs,
+        "the same events at the same offsets"
+    );
+    let appended = restored
+        .append("ledger-0", vec![event("Entry", 99)], None)
+        .await
+        .expect("append after restore");
+    assert!(!appended.duplicate);
     // It takes writes, continuing the revision sequence.
     let r = restored.put("after", "restore").await.expect("put after restore");
     assert_eq!(r.header.expect("header").revision, revision + 1);

@@ -708,14 +708,26 @@ async fn snapshot_save(c: Client, out: Output, file: &std::path::Path) -> anyhow
 fn snapshot_inspect(out: Output, file: &std::path::Path) -> anyhow::Result<()> {
     let (header, groups) = crate::snapshot::read(file)?;
     let mut rows = Vec::new();
+    let mut parts = Vec::new();
     for (g, data) in &groups {
-        let s = esf_raft::meta::summarize_snapshot(data)?;
-        rows.push((g.clone(), s));
+        if g.kind == "partition" {
+            parts.push((g.clone(), esf_raft::events::store::summarize_snapshot(g.group, data)?));
+        } else {
+            rows.push((g.clone(), esf_raft::meta::summarize_snapshot(data)?));
+        }
     }
+    let mut list: Vec<Value> = rows
+        .iter()
+        .map(|(g, s)| json!({"group": g.group, "kind": g.kind, "bytes": g.bytes, "summary": s}))
+        .collect();
+    list.extend(
+        parts
+            .iter()
+            .map(|(g, s)| json!({"group": g.group, "kind": g.kind, "bytes": g.bytes, "summary": s})),
+    );
     let v = json!({
         "cluster_id": header.cluster_id, "node_id": header.node_id, "esf_version": header.esf_version,
-        "created_unix_ms": header.created_unix_ms,
-        "groups": rows.iter().map(|(g, s)| json!({"group": g.group, "kind": g.kind, "bytes": g.bytes, "summary": s})).collect::<Vec<_>>(),
+        "created_unix_ms": header.created_unix_ms, "groups": list,
     });
     print(out, &v, || {
         let mut t = format!(
@@ -723,13 +735,19 @@ fn snapshot_inspect(out: Output, file: &std::path::Path) -> anyhow::Result<()> {
             header.cluster_id, header.node_id, header.esf_version, header.created_unix_ms
         );
         t += &format!(
-            "{:<6} {:<5} {:<10} {:<10} {:<10} {:<8} {:<7} {:<10} {}\n",
+            "{:<6} {:<9} {:<10} {:<10} {:<10} {:<8} {:<7} {:<10} {}\n",
             "GROUP", "KIND", "BYTES", "INDEX", "REVISION", "KEYS", "LEASES", "COMPACTED", "VOTERS"
         );
         for (g, s) in &rows {
             t += &format!(
-                "{:<6} {:<5} {:<10} {:<10} {:<10} {:<8} {:<7} {:<10} {:?}\n",
+                "{:<6} {:<9} {:<10} {:<10} {:<10} {:<8} {:<7} {:<10} {:?}\n",
                 g.group, g.kind, g.bytes, s.last_index, s.revision, s.keys, s.leases, s.compact_revision, s.voters
+            );
+        }
+        for (g, s) in &parts {
+            t += &format!(
+                "{:<6} {:<9} {:<10} {:<10} events: {}\n",
+                g.group, g.kind, g.bytes, s.last_index, s.events
             );
         }
         t
@@ -770,11 +788,17 @@ async fn snapshot_restore(
             .iter()
             .find(|(g, _)| g.kind == "meta")
             .expect("decode checks a meta group");
-        let summary = esf_raft::group::seed_from_snapshot(db, meta, node_id, advertise).await?;
-        anyhow::Ok(summary)
+        let summary = esf_raft::group::seed_from_snapshot(db.clone(), meta, node_id, advertise).await?;
+        let mut events = 0;
+        for (g, data) in groups.iter().filter(|(g, _)| g.kind == "partition") {
+            events += esf_raft::events::group::seed_from_snapshot(db.clone(), g.group, data, node_id, advertise)
+                .await?
+                .events;
+        }
+        anyhow::Ok((summary, events))
     }
     .await;
-    let summary = match seeded {
+    let (summary, events) = match seeded {
         Ok(s) => s,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&tmp);
@@ -787,8 +811,7 @@ async fn snapshot_restore(
         &crate::server::Identity {
             node_id,
             cluster_id: cluster_id.clone(),
-            // The count recorded in the restored meta state applies.
-            partitions: 0,
+            partitions: groups.iter().filter(|(g, _)| g.kind == "partition").count() as u32,
         },
     )?;
     if data_dir.exists() {
@@ -798,10 +821,10 @@ async fn snapshot_restore(
     sync_dir(&parent_dir(data_dir))?;
     print(
         out,
-        &json!({"data_dir": data_dir.display().to_string(), "node_id": node_id, "advertise": advertise, "cluster_id": cluster_id, "from_cluster_id": header.cluster_id, "revision": summary.revision, "keys": summary.keys}),
+        &json!({"data_dir": data_dir.display().to_string(), "node_id": node_id, "advertise": advertise, "cluster_id": cluster_id, "from_cluster_id": header.cluster_id, "revision": summary.revision, "keys": summary.keys, "events": events}),
         || {
             format!(
-                "restored revision {} ({} keys) of {} into {} as node {} of new cluster {}; start it with: esf serve --node-id {node_id} --data-dir {} --advertise {advertise}\n",
+                "restored revision {} ({} keys, {events} events) of {} into {} as node {} of new cluster {}; start it with: esf serve --node-id {node_id} --data-dir {} --advertise {advertise}\n",
                 summary.revision,
                 summary.keys,
                 header.cluster_id,

@@ -891,24 +891,58 @@ impl pb::cluster_server::Cluster for ClusterService {
         })?;
         let (tx, rx) = tokio::sync::mpsc::channel(crate::snapshot::CHUNKS_IN_FLIGHT);
         let store = self.0.meta.store().clone();
+        let partitions = self.0.partitions.clone();
         let cluster_id = self.0.cluster_id.read().expect("cluster id lock").clone();
         let node_id = self.0.meta.node_id();
         let version = self.0.version;
         tokio::spawn(async move {
             let _permit = permit;
-            // The rows are read under one RocksDB snapshot, off the runtime.
+            let fail = |tx: &tokio::sync::mpsc::Sender<Result<pb::BackupChunk, Status>>, m: String| {
+                let _ = tx.try_send(Err(Status::internal(m)));
+            };
+            // The rows are read under one RocksDB snapshot per group, off
+            // the runtime.
             let built = tokio::task::spawn_blocking(move || store.snapshot_rows()).await;
             let (st, blob) = match built {
                 Ok(Ok(x)) => x,
-                Ok(Err(e)) => {
-                    let _ = tx.send(Err(Status::internal(format!("snapshot: {e}")))).await;
-                    return;
-                }
-                Err(e) => {
-                    let _ = tx.send(Err(Status::internal(format!("snapshot task: {e}")))).await;
-                    return;
-                }
+                Ok(Err(e)) => return fail(&tx, format!("snapshot: {e}")),
+                Err(e) => return fail(&tx, format!("snapshot task: {e}")),
             };
+            let mut sections = vec![(
+                crate::snapshot::GroupSection {
+                    group: esf_raft::group::META_GROUP,
+                    kind: "meta".into(),
+                    bytes: blob.len() as u64,
+                },
+                blob,
+            )];
+            for p in partitions.iter() {
+                // Everything acknowledged is here on the partition's leader;
+                // a follower's replica is taken once it applied what it
+                // knows committed.
+                if p.raft().is_leader() {
+                    if let Err(e) = p.linearize().await {
+                        return fail(&tx, format!("snapshot: partition {}: {e}", p.group()));
+                    }
+                } else {
+                    p.caught_up_locally(std::time::Duration::from_secs(5)).await;
+                }
+                let store = p.store().clone();
+                let built = tokio::task::spawn_blocking(move || store.snapshot_rows()).await;
+                let data = match built {
+                    Ok(Ok((_, d))) => d,
+                    Ok(Err(e)) => return fail(&tx, format!("snapshot: partition {}: {e}", p.group())),
+                    Err(e) => return fail(&tx, format!("snapshot task: {e}")),
+                };
+                sections.push((
+                    crate::snapshot::GroupSection {
+                        group: p.group(),
+                        kind: "partition".into(),
+                        bytes: data.len() as u64,
+                    },
+                    data,
+                ));
+            }
             let header = crate::snapshot::Header {
                 cluster_id,
                 node_id,
@@ -916,16 +950,16 @@ impl pb::cluster_server::Cluster for ClusterService {
                 created_unix_ms: std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_millis() as u64),
-                groups: vec![crate::snapshot::GroupSection {
-                    group: esf_raft::group::META_GROUP,
-                    kind: "meta".into(),
-                    bytes: blob.len() as u64,
-                }],
+                groups: sections.iter().map(|(g, _)| g.clone()).collect(),
             };
             let head = crate::snapshot::encode_head(&header);
-            let total_bytes = (head.len() + blob.len()) as u64;
+            let total_bytes = (head.len() + sections.iter().map(|(_, d)| d.len()).sum::<usize>()) as u64;
             tracing::info!(bytes = total_bytes, revision = st.revision, last_applied = ?st.last_applied, "serving a snapshot");
-            let pieces = std::iter::once(head.as_slice()).chain(blob.chunks(crate::snapshot::CHUNK_BYTES));
+            let pieces = std::iter::once(head.as_slice()).chain(
+                sections
+                    .iter()
+                    .flat_map(|(_, d)| d.chunks(crate::snapshot::CHUNK_BYTES)),
+            );
             for data in pieces {
                 let chunk = pb::BackupChunk {
                     total_bytes,

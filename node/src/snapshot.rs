@@ -12,8 +12,8 @@
 //!                                 carries its own crc32 and format)
 //! ```
 //!
-//! Only the meta group (0) exists today; event partitions will add
-//! sections.
+//! Sections: the meta group (0, kind "meta"), then each event partition
+//! (1..=P, kind "partition").
 
 use std::path::Path;
 
@@ -45,7 +45,7 @@ pub struct Header {
 pub struct GroupSection {
     /// Raft group id.
     pub group: u32,
-    /// "meta".
+    /// "meta" or "partition".
     pub kind: String,
     /// Section length in bytes.
     pub bytes: u64,
@@ -115,6 +115,9 @@ pub fn decode<'a>(name: &str, bytes: &'a [u8]) -> anyhow::Result<(Header, Vec<(G
         let (section, tail) = body.split_at(n);
         if g.kind == "meta" {
             esf_raft::meta::summarize_snapshot(section)
+                .map_err(|e| anyhow::anyhow!("{name}: group {}: {e}", g.group))?;
+        } else if g.kind == "partition" {
+            esf_raft::events::store::summarize_snapshot(g.group, section)
                 .map_err(|e| anyhow::anyhow!("{name}: group {}: {e}", g.group))?;
         } else {
             bail!(

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use esf_storage::Db;
 use openraft::RaftNetworkFactory;
+use openraft::async_runtime::WatchReceiver;
 
 use super::state_machine::PartitionStateMachine;
 use super::store::{Direction, EventRecord, PartitionStore, StreamRecord};
@@ -128,8 +129,66 @@ impl PartitionGroup {
         Ok(self.store.read_partition(offset, limit)?)
     }
 
+    /// ReadIndex on this partition (its leader only).
+    pub async fn linearize(&self) -> Result<()> {
+        linearize(&self.raft, self.group, self.opts.request_timeout).await
+    }
+
+    /// Waits, up to `max`, until this replica applied everything it knows
+    /// committed.
+    pub async fn caught_up_locally(&self, max: Duration) {
+        let mut m = self.raft.metrics();
+        let _ = tokio::time::timeout(max, async {
+            loop {
+                let (committed, applied) = {
+                    let x = m.borrow_watched();
+                    (
+                        x.local_committed.as_ref().map(|l| l.index),
+                        x.last_applied.as_ref().map(|l| l.index),
+                    )
+                };
+                if applied >= committed || m.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+    }
+
     /// Stops openraft.
     pub async fn shutdown(&self) -> Result<()> {
         self.raft.shutdown().await.map_err(|e| Error::Fatal(e.to_string()))
     }
+}
+
+/// Seeds the empty partition `group` of a new node from a partition
+/// snapshot (the offline restore; see `crate::group::seed_from_snapshot`).
+/// A partition that never applied anything is left empty (the restored
+/// node initializes it).
+pub async fn seed_from_snapshot(
+    db: Arc<Db>,
+    group: u32,
+    data: &[u8],
+    node_id: u64,
+    addr: &str,
+) -> Result<super::store::PartitionSummary> {
+    use openraft::storage::RaftLogStorage;
+    let summary = super::store::summarize_snapshot(group, data)?;
+    let store = PartitionStore::open(db.clone(), group)?;
+    let mut log = LogStore::new(db, group);
+    if log.log_state()?.last_log_id.is_some() || log.vote()?.is_some() {
+        return Err(Error::Unavailable(format!(
+            "partition {group}: the data directory already holds a Raft log: restore needs a new, empty one"
+        )));
+    }
+    let Some(meta) = store.seed_from_snapshot(data, node_id, addr).await? else {
+        return Ok(summary);
+    };
+    let last = meta.last_log_id.expect("a seeded snapshot has a last log id");
+    let io = |what: &str, e: std::io::Error| Error::Unavailable(format!("partition {group}: {what}: {e}"));
+    log.save_vote(&openraft::Vote::new(last.leader_id.term, node_id))
+        .await
+        .map_err(|e| io("save vote", e))?;
+    log.purge(last).await.map_err(|e| io("purge log", e))?;
+    Ok(summary)
 }

@@ -650,3 +650,93 @@ impl PartitionStore {
         Ok(())
     }
 }
+
+/// What a partition snapshot holds (for `esf snapshot inspect`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PartitionSummary {
+    /// Index of the last log entry the snapshot covers (0: none).
+    pub last_index: u64,
+    /// Term of that entry.
+    pub last_term: u64,
+    /// Events in the partition (its next offset).
+    pub events: u64,
+    /// Rows of every table.
+    pub rows: u64,
+}
+
+fn snapshot_corrupt(group: GroupId, reason: String) -> StorageError {
+    StorageError::Corrupt {
+        cf: CF_SNAPSHOT,
+        group,
+        record: "partition snapshot".into(),
+        reason,
+    }
+}
+
+fn decode_snapshot(group: GroupId, data: &[u8]) -> Result<(SnapshotBlob, PartitionState), StorageError> {
+    let at = RecordRef {
+        cf: CF_SNAPSHOT,
+        group,
+        record: &"partition snapshot",
+    };
+    let blob: SnapshotBlob = codec::decode(at, data)?;
+    if blob.format != SNAPSHOT_FORMAT {
+        return Err(snapshot_corrupt(
+            group,
+            format!("format {} is not {SNAPSHOT_FORMAT}", blob.format),
+        ));
+    }
+    let st = match blob.rows.iter().find(|(k, _)| k.as_slice() == [STATE]) {
+        Some((_, v)) => codec::decode(at, v)?,
+        None => PartitionState::default(),
+    };
+    Ok((blob, st))
+}
+
+/// Checks a partition snapshot blob and says what it holds.
+pub fn summarize_snapshot(group: GroupId, data: &[u8]) -> Result<PartitionSummary, StorageError> {
+    let (blob, st) = decode_snapshot(group, data)?;
+    Ok(PartitionSummary {
+        last_index: st.last_applied.as_ref().map_or(0, |l| l.index),
+        last_term: st.last_applied.as_ref().map_or(0, |l| l.leader_id.term),
+        events: st.next_offset,
+        rows: blob.rows.len() as u64,
+    })
+}
+
+impl PartitionStore {
+    /// Makes this empty partition the state of a new one-member cluster
+    /// seeded from `data` (a partition snapshot from any cluster): the same
+    /// events at the same offsets; membership `node_id` alone at `addr`.
+    /// Returns the snapshot meta (`None` last log id for a partition that
+    /// never applied anything: then nothing is seeded). The caller purges
+    /// the log and stores a vote, as for the meta group.
+    pub async fn seed_from_snapshot(
+        &self,
+        data: &[u8],
+        node_id: u64,
+        addr: &str,
+    ) -> Result<Option<SnapshotMeta>, StorageError> {
+        if self.state().last_applied.is_some() {
+            return Err(snapshot_corrupt(
+                self.group,
+                "cannot restore into a partition that already has state".into(),
+            ));
+        }
+        let (_, st) = decode_snapshot(self.group, data)?;
+        let Some(last) = st.last_applied.clone() else {
+            return Ok(None);
+        };
+        let membership = openraft::Membership::new(
+            vec![std::collections::BTreeSet::from([node_id])],
+            std::collections::BTreeMap::from([(node_id, openraft::BasicNode { addr: addr.into() })]),
+        )
+        .expect("one voter that is also a node is a valid membership");
+        let meta = SnapshotMeta {
+            last_log_id: Some(last.clone()),
+            last_membership: StoredMembership::new(Some(last), membership),
+        };
+        self.install_snapshot(&meta, data).await?;
+        Ok(Some(meta))
+    }
+}
