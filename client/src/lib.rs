@@ -836,6 +836,12 @@ impl Client {
             .filter(|(p, _)| (**p - 1) % members == member)
             .map(|(p, o)| (*p, *o))
             .collect();
+        if mine.is_empty() {
+            return Err(Error::InvalidArgument(format!(
+                "member: consumer {member} of {members} gets none of the {} partitions; use fewer members",
+                info.positions.len()
+            )));
+        }
         Ok(self.subscribe_resumable(pb::SubscribeRequest {
             partitions: mine.keys().copied().collect(),
             from_offsets: mine.into_iter().collect(),

@@ -271,9 +271,15 @@ impl Cluster {
     /// Starts one more node that joins the running cluster (it waits to be
     /// added as a member). Returns its id.
     pub fn spawn_joining_node(&mut self) -> u64 {
+        self.spawn_joining_node_with(&[])
+    }
+
+    /// As [`Cluster::spawn_joining_node`], with `extra` arguments.
+    pub fn spawn_joining_node_with(&mut self, extra: &[&str]) -> u64 {
         let id = self.nodes.iter().map(|n| n.id).max().unwrap_or(0) + 1;
         let join: Vec<String> = self.nodes.iter().map(|n| n.grpc.clone()).collect();
         let mut node = new_node(self._base.path(), id, &join, None, (free_port(), free_port()));
+        node.args.extend(extra.iter().map(|a| a.to_string()));
         node.start(&self.bin);
         self.nodes.push(node);
         id

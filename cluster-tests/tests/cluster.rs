@@ -217,6 +217,31 @@ async fn fourth_node_joins_as_learner_is_promoted_and_removed() {
             .await
             .expect("append before the join");
     }
+    // A node started with another partition count is refused.
+    let odd = c.spawn_joining_node_with(&["--partitions", "4"]);
+    let deadline = tokio::time::Instant::now() + esf_cluster_tests::READY_DEADLINE;
+    while !c.node(odd).log().contains("waiting to be added") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node {odd} never waited to be added"
+        );
+        tokio::time::sleep(esf_cluster_tests::POLL_INTERVAL).await;
+    }
+    let odd_addr = c.node(odd).grpc.clone();
+    let (code, _, err) = cli(
+        &esf_bin(),
+        &[
+            "--endpoints",
+            &c.nodes[0].grpc,
+            "member",
+            "add",
+            &odd.to_string(),
+            &odd_addr,
+        ],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("runs 4 event partitions, this cluster 8"), "{err}");
+    c.node_mut(odd).kill();
     let id = c.spawn_joining_node();
     let addr = c.node(id).grpc.clone();
     // The operator adds a node once it is up and waiting to be added.

@@ -483,7 +483,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         if g.leader_id == 0 {
                             healthy = false;
                         }
-                        rows.push(json!({"endpoint": ep, "healthy": g.leader_id != 0, "node_id": s.node_id, "cluster_id": s.cluster_id, "role": g.role, "term": g.term, "leader_id": g.leader_id, "commit_index": g.commit_index, "applied_index": g.applied_index, "db_size_bytes": s.db_size_bytes, "quota_alarm": s.quota_alarm, "quota_used_bytes": s.quota_used_bytes, "quota_bytes": s.quota_bytes, "version": s.version}));
+                        let led = s.groups.iter().skip(1).filter(|g| g.role == "leader").count();
+                        let partitions = s.groups.len().saturating_sub(1);
+                        let leaderless = s.groups.iter().skip(1).filter(|g| g.leader_id == 0).count();
+                        if leaderless > 0 {
+                            healthy = false;
+                        }
+                        rows.push(json!({"endpoint": ep, "healthy": g.leader_id != 0 && leaderless == 0, "partitions": partitions, "partitions_led": led, "partitions_without_leader": leaderless, "node_id": s.node_id, "cluster_id": s.cluster_id, "role": g.role, "term": g.term, "leader_id": g.leader_id, "commit_index": g.commit_index, "applied_index": g.applied_index, "db_size_bytes": s.db_size_bytes, "quota_alarm": s.quota_alarm, "quota_used_bytes": s.quota_used_bytes, "quota_bytes": s.quota_bytes, "version": s.version}));
                     }
                     Err(e) => {
                         healthy = false;
@@ -495,8 +501,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             match cmd {
                 EndpointCmd::Status => print(out, &v, || {
                     let mut s = format!(
-                        "{:<26} {:<5} {:<9} {:<5} {:<6} {:<8} {:<8} {:<10} {:<7} {}\n",
-                        "ENDPOINT", "ID", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "DB BYTES", "ALARM", "VERSION"
+                        "{:<26} {:<5} {:<9} {:<5} {:<6} {:<8} {:<8} {:<10} {:<7} {:<9} {}\n",
+                        "ENDPOINT",
+                        "ID",
+                        "ROLE",
+                        "TERM",
+                        "LEADER",
+                        "COMMIT",
+                        "APPLIED",
+                        "DB BYTES",
+                        "ALARM",
+                        "PARTS LED",
+                        "VERSION"
                     );
                     for r in &rows {
                         if let Some(err) = r.get("error") {
@@ -507,7 +523,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                             );
                         } else {
                             s += &format!(
-                                "{:<26} {:<5} {:<9} {:<5} {:<6} {:<8} {:<8} {:<10} {:<7} {}\n",
+                                "{:<26} {:<5} {:<9} {:<5} {:<6} {:<8} {:<8} {:<10} {:<7} {:<9} {}\n",
                                 r["endpoint"].as_str().unwrap_or(""),
                                 r["node_id"].to_string(),
                                 r["role"].as_str().unwrap_or(""),
@@ -517,6 +533,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                                 r["applied_index"].to_string(),
                                 r["db_size_bytes"].to_string(),
                                 if r["quota_alarm"] == true { "NOSPACE" } else { "-" },
+                                format!("{}/{}", r["partitions_led"], r["partitions"]),
                                 r["version"].as_str().unwrap_or("")
                             );
                         }

@@ -81,6 +81,18 @@ fn limit(n: u32) -> usize {
 pub struct EventsService(pub Ctx);
 
 impl EventsService {
+    /// Refuses events on a node whose partition count is not the cluster's
+    /// (streams would route to other partitions than on the other nodes).
+    fn check_count(&self) -> Result<(), Status> {
+        let local = self.0.partitions.len() as u32;
+        match crate::partitions::recorded_partitions(&self.0.meta) {
+            Some(cluster) if cluster != local => Err(Status::failed_precondition(format!(
+                "partitions: this node runs {local} event partitions but the cluster has {cluster}; restart it with an empty data dir and --partitions {cluster}"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     fn partition_of(&self, stream: &str) -> &Arc<PartitionGroup> {
         let p = partition_of(stream, self.0.partitions.len() as u32);
         &self.0.partitions[p as usize - 1]
@@ -227,6 +239,7 @@ impl pb::events_server::Events for EventsService {
     type SubscribeStream = SubscribeStream;
 
     async fn append(&self, req: Request<pb::AppendRequest>) -> Result<Response<pb::AppendResponse>, Status> {
+        self.check_count()?;
         let mut msg = req.get_ref().clone();
         let expected = expected("append.expected", msg.expected)?;
         let mut events = Vec::with_capacity(msg.events.len());
@@ -286,6 +299,7 @@ impl pb::events_server::Events for EventsService {
     }
 
     async fn get(&self, req: Request<pb::GetEventRequest>) -> Result<Response<pb::GetEventResponse>, Status> {
+        self.check_count()?;
         let msg = req.get_ref().clone();
         let id = uuid::parse(&msg.id).map_err(|r| invalid("get.id", r))?;
         let candidates: Vec<Arc<PartitionGroup>> = if msg.partition != 0 {
@@ -329,6 +343,7 @@ impl pb::events_server::Events for EventsService {
         &self,
         req: Request<pb::ReadStreamRequest>,
     ) -> Result<Response<pb::ReadStreamResponse>, Status> {
+        self.check_count()?;
         let msg = req.get_ref().clone();
         esf_raft::events::check_stream_id("read.stream", &msg.stream).map_err(|r| convert::status(r.into()))?;
         let p = self.partition_of(&msg.stream).clone();
@@ -360,6 +375,7 @@ impl pb::events_server::Events for EventsService {
         &self,
         req: Request<pb::ReadPartitionRequest>,
     ) -> Result<Response<pb::ReadPartitionResponse>, Status> {
+        self.check_count()?;
         let msg = req.get_ref().clone();
         let p = self.partition("read.partition", msg.partition)?.clone();
         match p
@@ -379,6 +395,7 @@ impl pb::events_server::Events for EventsService {
         &self,
         req: Request<pb::DeleteStreamRequest>,
     ) -> Result<Response<pb::DeleteStreamResponse>, Status> {
+        self.check_count()?;
         let msg = req.get_ref().clone();
         let expected = expected("delete.expected", msg.expected)?;
         let p = self.partition_of(&msg.stream).clone();
@@ -399,6 +416,7 @@ impl pb::events_server::Events for EventsService {
     }
 
     async fn subscribe(&self, req: Request<pb::SubscribeRequest>) -> Result<Response<SubscribeStream>, Status> {
+        self.check_count()?;
         let msg = req.into_inner();
         let all: Vec<u32> = (1..=self.0.partitions.len() as u32).collect();
         let chosen = if msg.partitions.is_empty() {
@@ -416,7 +434,9 @@ impl pb::events_server::Events for EventsService {
             let g = self.partition("subscribe.from_offsets", *p)?;
             let next = g.store().next_offset();
             if *off > next {
-                return Err(Status::out_of_range(format!(
+                // This replica lags (or the offset is wrong): another node
+                // may have it; the client tries elsewhere.
+                return Err(Status::unavailable(format!(
                     "subscribe.from_offsets[{p}]: {off} is beyond the end of partition {p} ({next}) on this node"
                 )));
             }

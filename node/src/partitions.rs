@@ -112,13 +112,31 @@ pub async fn initialize_all(partitions: &Partitions, members: &BTreeMap<u64, Bas
     }
 }
 
-/// On shutdown: asks another voter to take over every partition this node
-/// leads (without waiting: the meta hand-over that follows waits).
+/// Whether voter `target` of a group this node leads has every entry of
+/// the leader's log (a transfer to a lagging node leaves the group without
+/// a leader until an election).
+fn caught_up(raft: &PartitionRaft, target: u64) -> bool {
+    let m = raft.metrics().borrow_watched().clone();
+    let last = m.last_log_index;
+    m.replication
+        .as_ref()
+        .and_then(|r| r.get(&target).cloned())
+        .flatten()
+        .is_some_and(|matched| Some(matched.index) >= last)
+}
+
+/// On shutdown: asks a caught-up voter to take over every partition this
+/// node leads (without waiting: the meta hand-over that follows waits).
 pub async fn hand_over_all(partitions: &Partitions) {
     for p in partitions.iter().filter(|p| p.raft().is_leader()) {
         let (voters, _) = membership_of(p.raft());
         let me = p.raft().metrics().borrow_watched().id;
-        if let Some(to) = voters.into_iter().find(|v| *v != me) {
+        let target = voters
+            .iter()
+            .copied()
+            .find(|v| *v != me && caught_up(p.raft(), *v))
+            .or_else(|| voters.iter().copied().find(|v| *v != me));
+        if let Some(to) = target {
             if let Err(e) = p.raft().trigger().transfer_leader(to).await {
                 warn!(group = p.group(), error = %e, "partition leader transfer not started");
             }
@@ -194,6 +212,9 @@ async fn spread_leaders(me: u64, partitions: &Partitions, voters: &BTreeSet<u64>
     }
     let group = mine[mine.len() - 1];
     let p = &partitions[group as usize - 1];
+    if !caught_up(p.raft(), target) {
+        return;
+    }
     info!(
         group,
         to = target,

@@ -711,6 +711,13 @@ impl ClusterService {
                 r.node_id
             )));
         }
+        let ours = self.0.partitions.len() as u32;
+        if r.partitions != ours {
+            return Err(Status::failed_precondition(format!(
+                "addr: the node at {addr} runs {} event partitions, this cluster {ours}; restart it with an empty data dir and --partitions {ours}",
+                r.partitions
+            )));
+        }
         Ok(())
     }
 }
@@ -789,13 +796,18 @@ impl pb::cluster_server::Cluster for ClusterService {
         }
         let mut voters: BTreeSet<u64> = membership.voter_ids().collect();
         let addr = membership.get_node(&id).map(|n| n.addr.clone()).unwrap_or_default();
+        if voters.contains(&id) && voters.len() == 1 {
+            return Err(Status::failed_precondition("id: cannot remove the last voter"));
+        }
         // Once out of meta the node may never learn it was removed, so it
         // must give up its partitions first.
-        self.drain_partitions(id, &addr).await?;
-        if voters.remove(&id) {
-            if voters.is_empty() {
-                return Err(Status::failed_precondition("id: cannot remove the last voter"));
+        if let Err(e) = self.drain_partitions(id, &addr).await {
+            if id == self.0.meta.node_id() {
+                self.0.draining.store(false, std::sync::atomic::Ordering::SeqCst);
             }
+            return Err(e);
+        }
+        if voters.remove(&id) {
             let fut = self.0.meta.raft().change_membership(voters, false);
             tokio::time::timeout(MEMBERSHIP_TIMEOUT, fut)
                 .await
@@ -1018,6 +1030,7 @@ impl pb::cluster_server::Cluster for ClusterService {
             is_leader,
             leader_addr,
             committed_index: m.local_committed.as_ref().map_or(0, |l| l.index),
+            partitions: self.0.partitions.len() as u32,
         }))
     }
 }

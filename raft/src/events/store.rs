@@ -147,6 +147,10 @@ pub enum Direction {
 
 const SNAPSHOT_FORMAT: u32 = 1;
 
+/// A read stops once its events reach this many bytes (it returns at least
+/// one event), so a response fits the client's message limit.
+pub const MAX_READ_BYTES: usize = 16 << 20;
+
 #[derive(Serialize, Deserialize)]
 struct SnapshotBlob {
     format: u32,
@@ -200,6 +204,11 @@ impl PartitionStore {
     /// The group id.
     pub fn group(&self) -> GroupId {
         self.group
+    }
+
+    /// The shared DB.
+    pub fn db(&self) -> &Arc<Db> {
+        &self.db
     }
 
     /// A copy of the replicated scalar state.
@@ -305,7 +314,11 @@ impl PartitionStore {
             }
         };
         let mut out = Vec::with_capacity(versions.len());
+        let mut bytes = 0usize;
         for v in versions {
+            if bytes >= MAX_READ_BYTES {
+                break;
+            }
             let key = stream_event_key(self.group, stream, v);
             let Some(raw) = self.get_raw(&key, "read stream index")? else {
                 return Err(StorageError::Corrupt {
@@ -317,7 +330,10 @@ impl PartitionStore {
             };
             let off = offset_of(self.group, "stream index", &raw)?;
             match self.event_at(off)? {
-                Some(e) => out.push(e),
+                Some(e) => {
+                    bytes += e.data.len() + e.stream.len() + 64;
+                    out.push(e);
+                }
                 None => {
                     return Err(StorageError::Corrupt {
                         cf: CF_SM,
@@ -331,8 +347,8 @@ impl PartitionStore {
         Ok(Ok((out, rec)))
     }
 
-    /// Up to `limit` events from `offset` on, in offset order, skipping
-    /// deleted streams. Returns them and the offset to continue from.
+    /// Up to `limit` events (and about [`MAX_READ_BYTES`]) from `offset`
+    /// on, in offset order, skipping deleted streams. Returns them and the offset to continue from.
     pub fn read_partition(&self, offset: u64, limit: usize) -> Result<(Vec<EventRecord>, u64), StorageError> {
         let lo = event_key(self.group, offset);
         let hi = prefix_end(&table_prefix(self.group, EVENT)).expect("table prefix is never all 0xff");
@@ -342,11 +358,13 @@ impl PartitionStore {
         it.seek(&lo);
         let mut out = Vec::new();
         let mut next = offset;
+        let mut bytes = 0usize;
         let mut deleted: HashMap<String, bool> = HashMap::new();
         while let (Some(k), Some(v)) = (it.key(), it.value()) {
-            if out.len() >= limit {
+            if out.len() >= limit || bytes >= MAX_READ_BYTES {
                 break;
             }
+            bytes += v.len();
             let off = offset_of(self.group, "event key", &k[k.len() - 8..])?;
             let e: EventRecord = self.decode(&format_args!("event at offset {off}"), v)?;
             next = off + 1;
