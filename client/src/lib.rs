@@ -47,6 +47,94 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// Largest response the client accepts (a lookup or range of many large
 /// entries), bytes.
 pub const MAX_RESPONSE_BYTES: usize = 64 << 20;
+/// Request metadata carrying the cluster id the client talks to.
+pub const CLUSTER_ID_METADATA: &str = "esf-cluster-id";
+
+/// The cluster id a client is pinned to, sent with every request.
+#[derive(Clone, Default)]
+pub struct ClusterPin(Arc<Mutex<Option<String>>>);
+
+impl ClusterPin {
+    fn learn(&self, id: &str) {
+        if id.is_empty() {
+            return;
+        }
+        let mut g = self.0.lock().expect("cluster pin lock");
+        if g.is_none() {
+            *g = Some(id.to_string());
+        }
+    }
+
+    /// The pinned id, if any yet.
+    pub fn get(&self) -> Option<String> {
+        self.0.lock().expect("cluster pin lock").clone()
+    }
+}
+
+impl tonic::service::Interceptor for ClusterPin {
+    fn call(&mut self, mut req: tonic::Request<()>) -> std::result::Result<tonic::Request<()>, tonic::Status> {
+        if let Some(id) = self.get() {
+            if let Ok(v) = id.parse() {
+                req.metadata_mut().insert(CLUSTER_ID_METADATA, v);
+            }
+        }
+        Ok(req)
+    }
+}
+
+/// A channel to one node that carries the cluster pin.
+pub type PinnedChannel = tonic::service::interceptor::InterceptedService<Channel, ClusterPin>;
+
+/// A response whose header names the answering node's cluster.
+pub trait Headed {
+    /// The cluster id in the response header, if it has one.
+    fn cluster_id(&self) -> Option<&str>;
+}
+
+macro_rules! headed {
+    ($($t:ty),* $(,)?) => {$(
+        impl Headed for $t {
+            fn cluster_id(&self) -> Option<&str> {
+                self.header.as_ref().map(|h| h.cluster_id.as_str())
+            }
+        }
+    )*};
+}
+
+headed!(
+    pb::PutResponse,
+    pb::RangeResponse,
+    pb::DeleteResponse,
+    pb::TxnResponse,
+    pb::HistoryResponse,
+    pb::CompactResponse,
+    pb::LeaseGrantResponse,
+    pb::LeaseRevokeResponse,
+    pb::LeaseKeepAliveResponse,
+    pb::LeaseTimeToLiveResponse,
+    pb::MembersResponse,
+    pb::TransferLeaderResponse,
+    pb::StatusResponse,
+    pb::RegisterResponse,
+    pb::DeregisterResponse,
+    pb::LookupResponse,
+    pb::ListServicesResponse,
+    pb::AppendResponse,
+    pb::GetEventResponse,
+    pb::ReadStreamResponse,
+    pb::ReadPartitionResponse,
+    pb::DeleteStreamResponse,
+    pb::SubscriptionResponse,
+    pb::ListSubscriptionsResponse,
+    pb::DeleteSubscriptionResponse,
+);
+
+impl<T> Headed for Streaming<T> {
+    fn cluster_id(&self) -> Option<&str> {
+        None
+    }
+}
+
 /// Metadata key carrying the leader's node id on a not-leader error.
 pub const LEADER_ID_METADATA: &str = "esf-leader-id";
 /// Metadata key carrying the leader's address on a not-leader error.
@@ -61,6 +149,12 @@ pub struct ClientOptions {
     pub connect_timeout: Duration,
     /// Deadline of a call including all retries.
     pub retry_deadline: Duration,
+    /// The cluster the client must talk to. `None`: the first cluster
+    /// that answers; from then on the client sends it with every request
+    /// and a node of another cluster refuses (the client moves on to the
+    /// next endpoint), so a stale endpoint list never reaches a different
+    /// cluster.
+    pub cluster_id: Option<String>,
 }
 
 impl Default for ClientOptions {
@@ -69,6 +163,7 @@ impl Default for ClientOptions {
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             retry_deadline: DEFAULT_RETRY_DEADLINE,
+            cluster_id: None,
         }
     }
 }
@@ -118,6 +213,8 @@ pub struct Client {
 }
 
 struct Inner {
+    /// The pinned cluster id (see [`ClientOptions::cluster_id`]).
+    cluster: ClusterPin,
     nodes: Mutex<Vec<Arc<Node>>>,
     preferred: Mutex<usize>,
     opts: ClientOptions,
@@ -162,6 +259,7 @@ impl Client {
         }
         Ok(Client {
             inner: Arc::new(Inner {
+                cluster: ClusterPin(Arc::new(Mutex::new(opts.cluster_id.clone()))),
                 nodes: Mutex::new(nodes),
                 preferred: Mutex::new(0),
                 opts,
@@ -186,6 +284,13 @@ impl Client {
             .iter()
             .map(|n| n.uri.clone())
             .collect()
+    }
+
+    fn pinned(&self, node: &Node) -> Result<PinnedChannel> {
+        Ok(tonic::service::interceptor::InterceptedService::new(
+            self.channel(node)?,
+            self.inner.cluster.clone(),
+        ))
     }
 
     fn channel(&self, node: &Node) -> Result<Channel> {
@@ -226,8 +331,9 @@ impl Client {
     /// leader hints until it succeeds, fails for good, or the deadline passes.
     async fn call<T, F, Fut>(&self, what: &str, f: F) -> Result<T>
     where
-        F: Fn(Channel) -> Fut,
+        F: Fn(PinnedChannel) -> Fut,
         Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+        T: Headed,
     {
         let deadline = tokio::time::Instant::now() + self.inner.opts.retry_deadline;
         let mut tried_this_round = 0usize;
@@ -239,9 +345,15 @@ impl Client {
                 let idx = *self.inner.preferred.lock().expect("preferred lock") % nodes.len();
                 (idx, nodes[idx].clone(), nodes.len())
             };
-            let status = match self.channel(&node) {
+            let status = match self.pinned(&node) {
                 Ok(ch) => match tokio::time::timeout(self.inner.opts.request_timeout, f(ch)).await {
-                    Ok(Ok(resp)) => return Ok(resp.into_inner()),
+                    Ok(Ok(resp)) => {
+                        let resp = resp.into_inner();
+                        if let Some(id) = resp.cluster_id() {
+                            self.inner.cluster.learn(id);
+                        }
+                        return Ok(resp);
+                    }
                     Ok(Err(s)) => s,
                     Err(_) => tonic::Status::deadline_exceeded(format!(
                         "no answer within {:?}",
@@ -314,8 +426,9 @@ impl Client {
 
     async fn write<T, F, Fut>(&self, what: &str, f: F) -> Result<T>
     where
-        F: Fn(Channel, pb::Session) -> Fut,
+        F: Fn(PinnedChannel, pb::Session) -> Fut,
         Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+        T: Headed,
     {
         let session = self.begin_write();
         let r = self.call(what, |ch| f(ch, session)).await;
@@ -612,6 +725,11 @@ impl Client {
                 .await
         })
         .await
+    }
+
+    /// The cluster this client is pinned to (once one answered).
+    pub fn cluster_id(&self) -> Option<String> {
+        self.inner.cluster.get()
     }
 
     /// Per-attempt deadline, for callers reading streams.
@@ -1014,7 +1132,7 @@ impl Client {
         let nodes: Vec<Arc<Node>> = self.inner.nodes.lock().expect("nodes lock").clone();
         let mut out = Vec::new();
         for node in nodes {
-            let r = match self.channel(&node) {
+            let r = match self.pinned(&node) {
                 Err(e) => Err(e),
                 Ok(ch) => match tokio::time::timeout(
                     self.inner.opts.request_timeout,

@@ -469,6 +469,44 @@ async fn node_of_another_cluster_cannot_be_added_and_keeps_its_data() {
     assert!(!out.contains(&other), "{out}");
     let (_, kv) = b.client().get("b-key").await.expect("get from cluster b");
     assert_eq!(kv.map(|kv| kv.value), Some(b"b-value".to_vec()));
+
+    // A client learns its cluster from the first answer and is pinned to
+    // it: an endpoint that now belongs to another cluster (say, a reused
+    // address) refuses it, and the client moves on.
+    let learner = a.client();
+    learner.put("a-key", "1").await.expect("put into cluster a");
+    let a_id = learner.cluster_id().expect("learned the cluster id");
+    let mut eps = vec![other.clone()];
+    eps.extend(a.nodes.iter().map(|n| n.grpc.clone()));
+    let pinned = esf_client::Client::new(
+        &eps,
+        esf_client::ClientOptions {
+            cluster_id: Some(a_id.clone()),
+            ..Default::default()
+        },
+    )
+    .expect("client");
+    let r = pinned.put("pinned-key", "v").await.expect("put reaches cluster a");
+    assert_eq!(r.header.expect("header").cluster_id, a_id);
+    let (_, kv) = b.client().get("pinned-key").await.expect("get from cluster b");
+    assert!(kv.is_none(), "cluster b never saw the pinned client's write");
+    let only_b = esf_client::Client::new(
+        &[other.as_str()],
+        esf_client::ClientOptions {
+            cluster_id: Some(a_id),
+            retry_deadline: std::time::Duration::from_secs(2),
+            ..Default::default()
+        },
+    )
+    .expect("client");
+    let err = only_b
+        .put("x", "y")
+        .await
+        .expect_err("a node of another cluster refuses");
+    assert!(
+        err.to_string().contains("cluster: this node belongs to cluster esf-"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

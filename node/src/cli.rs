@@ -31,6 +31,9 @@ pub struct Cli {
     /// Deadline of a client call including retries, in seconds.
     #[arg(long, global = true, default_value_t = 15)]
     timeout_secs: u64,
+    /// Only talk to nodes of this cluster (default: the first that answers).
+    #[arg(long, global = true, env = "ESF_CLUSTER_ID")]
+    cluster_id: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -418,6 +421,7 @@ fn print(out: Output, v: &Value, table: impl FnOnce() -> String) {
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let opts = ClientOptions {
         retry_deadline: std::time::Duration::from_secs(cli.timeout_secs),
+        cluster_id: cli.cluster_id.clone(),
         ..Default::default()
     };
     let client = || Client::new(&cli.endpoints, opts.clone()).map_err(|e| anyhow::anyhow!("endpoints: {e}"));

@@ -241,18 +241,49 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     // A node with data takes Raft traffic at once; one without waits for
     // the formation check.
     let gate = Arc::new(AtomicBool::new(has_data));
+    // Requests pinned to another cluster are refused (UNAVAILABLE, so the
+    // client moves on to its next endpoint).
+    let ours = cluster_id.clone();
+    let pin = move |req: tonic::Request<()>| -> Result<tonic::Request<()>, tonic::Status> {
+        let theirs = req
+            .metadata()
+            .get(esf_client::CLUSTER_ID_METADATA)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let mine = ours.read().expect("cluster id lock").clone();
+        if !theirs.is_empty() && !mine.is_empty() && theirs != mine {
+            return Err(tonic::Status::unavailable(format!(
+                "cluster: this node belongs to cluster {mine}, not {theirs}"
+            )));
+        }
+        Ok(req)
+    };
     let grpc = tonic::transport::Server::builder()
-        .add_service(pb::config_server::ConfigServer::new(ConfigService(ctx.clone())))
-        .add_service(pb::cluster_server::ClusterServer::new(ClusterService(ctx.clone())))
-        .add_service(pb::lease_server::LeaseServer::new(LeaseService(ctx.clone())))
-        .add_service(pb::registry_server::RegistryServer::new(RegistryService(ctx.clone())))
-        .add_service(pb::subscriptions_server::SubscriptionsServer::new(
-            crate::subscriptions::SubscriptionsService(ctx.clone()),
+        .add_service(pb::config_server::ConfigServer::with_interceptor(
+            ConfigService(ctx.clone()),
+            pin.clone(),
         ))
-        .add_service(
+        .add_service(pb::cluster_server::ClusterServer::with_interceptor(
+            ClusterService(ctx.clone()),
+            pin.clone(),
+        ))
+        .add_service(pb::lease_server::LeaseServer::with_interceptor(
+            LeaseService(ctx.clone()),
+            pin.clone(),
+        ))
+        .add_service(pb::registry_server::RegistryServer::with_interceptor(
+            RegistryService(ctx.clone()),
+            pin.clone(),
+        ))
+        .add_service(pb::subscriptions_server::SubscriptionsServer::with_interceptor(
+            crate::subscriptions::SubscriptionsService(ctx.clone()),
+            pin.clone(),
+        ))
+        .add_service(tonic::service::interceptor::InterceptedService::new(
             pb::events_server::EventsServer::new(crate::events::EventsService(ctx.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
-        )
+            pin,
+        ))
         .add_service(
             pb::raft_transport_server::RaftTransportServer::new(RaftService {
                 meta: meta.clone(),
