@@ -936,8 +936,14 @@ impl pb::cluster_server::Cluster for ClusterService {
                     if let Err(e) = p.linearize().await {
                         return fail(&tx, format!("snapshot: partition {}: {e}", p.group()));
                     }
-                } else {
-                    p.caught_up_locally(std::time::Duration::from_secs(5)).await;
+                } else if !p.caught_up_locally(std::time::Duration::from_secs(5)).await {
+                    return fail(
+                        &tx,
+                        format!(
+                            "snapshot: partition {}: this node's replica did not apply what it knows committed within 5 s; retry",
+                            p.group()
+                        ),
+                    );
                 }
                 let store = p.store().clone();
                 let built = tokio::task::spawn_blocking(move || store.snapshot_rows()).await;

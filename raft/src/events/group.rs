@@ -144,10 +144,10 @@ impl PartitionGroup {
     }
 
     /// Waits, up to `max`, until this replica applied everything it knows
-    /// committed.
-    pub async fn caught_up_locally(&self, max: Duration) {
+    /// committed; false if it did not in time.
+    pub async fn caught_up_locally(&self, max: Duration) -> bool {
         let mut m = self.raft.metrics();
-        let _ = tokio::time::timeout(max, async {
+        tokio::time::timeout(max, async {
             loop {
                 let (committed, applied) = {
                     let x = m.borrow_watched();
@@ -161,7 +161,8 @@ impl PartitionGroup {
                 }
             }
         })
-        .await;
+        .await
+        .is_ok()
     }
 
     /// Stops openraft.
