@@ -92,6 +92,16 @@ impl std::fmt::Debug for MetaGroup {
     }
 }
 
+/// Refuses a write that adds data once the state machines (`sm` column
+/// family, every group) use more than `quota` bytes.
+pub(crate) fn check_quota(db: &Db, quota: u64) -> Result<()> {
+    let used = db.cf_size_bytes(esf_storage::keys::CF_SM);
+    if used > quota {
+        return Err(Error::NoSpace { used, quota });
+    }
+    Ok(())
+}
+
 /// Proposes `cmd` to `raft` (group `group`) and waits until it is applied,
 /// within `timeout`. A leader without its quorum lease yet (just elected)
 /// is waited for, `heartbeat` at a time, until the deadline: the command
@@ -237,13 +247,7 @@ impl MetaGroup {
     pub async fn write(&self, cmd: Command) -> Result<(ResponseHeader, Response)> {
         self.store.limits().check_op(&cmd.op)?;
         if adds_data(&cmd.op) {
-            let used = self.quota_used();
-            if used > self.opts.quota_bytes {
-                return Err(Error::NoSpace {
-                    used,
-                    quota: self.opts.quota_bytes,
-                });
-            }
+            check_quota(self.store.db(), self.opts.quota_bytes)?;
         }
         let resp = propose(
             &self.raft,

@@ -23,6 +23,7 @@ pub mod group;
 pub mod lease_keeper;
 pub mod limits;
 pub mod meta;
+mod snapshot_record;
 pub mod types;
 
 pub use error::{Error, Result};

@@ -80,15 +80,8 @@ impl PartitionGroup {
     pub async fn write(&self, cmd: Command) -> Result<Response> {
         if let Op::Append(a) = &cmd.op {
             super::check_append(a)?;
-            // The quota covers every state machine of the node (meta and
-            // partitions share the `sm` column family).
-            let used = self.store.db().cf_size_bytes(esf_storage::keys::CF_SM);
-            if used > self.opts.quota_bytes {
-                return Err(Error::NoSpace {
-                    used,
-                    quota: self.opts.quota_bytes,
-                });
-            }
+            // The quota covers every state machine of the node.
+            crate::group::check_quota(self.store.db(), self.opts.quota_bytes)?;
         }
         let resp = propose(
             &self.raft,

@@ -551,9 +551,7 @@ impl PartitionStore {
     // ------------------------------------------------------------ snapshots
 
     fn group_bounds(&self) -> (Vec<u8>, Vec<u8>) {
-        let lo = group_prefix(self.group).to_vec();
-        let hi = prefix_end(&lo).unwrap_or_else(|| vec![0xff; 5]);
-        (lo, hi)
+        crate::snapshot_record::group_bounds(self.group)
     }
 
     /// Serializes every row of the partition under one RocksDB snapshot.
@@ -562,55 +560,21 @@ impl PartitionStore {
         let snap = self.db.rocks().snapshot();
         let st = guard.clone();
         drop(guard);
-        let (lo, hi) = self.group_bounds();
-        let mut ro = ReadOptions::default();
-        ro.set_snapshot(&snap);
-        ro.set_iterate_upper_bound(hi);
-        let mut it = self.db.rocks().raw_iterator_cf_opt(self.db.cf(CF_SM), ro);
-        it.seek(&lo);
-        let mut rows = Vec::new();
-        while let (Some(k), Some(v)) = (it.key(), it.value()) {
-            rows.push((ByteBuf::from(&k[4..]), ByteBuf::from(v)));
-            it.next();
-        }
-        it.status().map_err(rocks_err("partition snapshot scan"))?;
         let blob = SnapshotBlob {
             format: SNAPSHOT_FORMAT,
-            rows,
+            rows: crate::snapshot_record::dump_rows(&self.db, &snap, self.group)?,
         };
         Ok((st, codec::encode("partition snapshot", &blob)?))
     }
 
     /// Persists a built or received snapshot as the partition's current one.
     pub async fn save_snapshot(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
-        let mut batch = WriteBatch::default();
-        batch.put_cf(
-            self.db.cf(CF_SNAPSHOT),
-            group_prefix(self.group),
-            codec::encode("snapshot record", &(meta, data))?,
-        );
-        self.db.write_durable(batch).await
+        crate::snapshot_record::save(&self.db, self.group, meta, data).await
     }
 
     /// The partition's current persisted snapshot.
     pub fn load_snapshot(&self) -> Result<Option<(SnapshotMeta, Vec<u8>)>, StorageError> {
-        let raw = self
-            .db
-            .rocks()
-            .get_pinned_cf(self.db.cf(CF_SNAPSHOT), group_prefix(self.group))
-            .map_err(rocks_err("read snapshot"))?;
-        match raw {
-            None => Ok(None),
-            Some(v) => codec::decode(
-                RecordRef {
-                    cf: CF_SNAPSHOT,
-                    group: self.group,
-                    record: &"snapshot",
-                },
-                &v,
-            )
-            .map(Some),
-        }
+        crate::snapshot_record::load(&self.db, self.group)
     }
 
     /// Replaces the partition's whole state with a snapshot, atomically and
