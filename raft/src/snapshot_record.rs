@@ -75,3 +75,55 @@ pub(crate) fn load(db: &Db, group: GroupId) -> Result<Option<(SnapshotMeta, Vec<
         .map(Some),
     }
 }
+
+/// Format number of a snapshot blob.
+pub(crate) const FORMAT: u32 = 1;
+
+/// A group's snapshot: every `sm` row without the 4-byte group prefix (so
+/// it can be installed into another group id, e.g. by a restore). Byte
+/// strings as `ByteBuf`: the same bincode encoding as `Vec<u8>`, written in
+/// one copy instead of byte by byte.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(crate) struct Blob {
+    pub(crate) format: u32,
+    pub(crate) rows: Vec<(ByteBuf, ByteBuf)>,
+}
+
+/// The checksummed encoding of `rows`.
+pub(crate) fn encode_rows(rows: Vec<(ByteBuf, ByteBuf)>) -> Result<Vec<u8>, StorageError> {
+    codec::encode("snapshot", &Blob { format: FORMAT, rows })
+}
+
+/// Decodes a blob of `group` (checksum and format); `what` names it in
+/// errors.
+pub(crate) fn decode_blob(group: GroupId, what: &str, data: &[u8]) -> Result<Blob, StorageError> {
+    let blob: Blob = codec::decode(
+        RecordRef {
+            cf: CF_SNAPSHOT,
+            group,
+            record: &what,
+        },
+        data,
+    )?;
+    if blob.format != FORMAT {
+        return Err(StorageError::Corrupt {
+            cf: CF_SNAPSHOT,
+            group,
+            record: what.to_string(),
+            reason: format!("snapshot format {} is not {FORMAT}", blob.format),
+        });
+    }
+    Ok(blob)
+}
+
+/// Adds to `batch`: delete every row of `group`, then write `rows`.
+pub(crate) fn replace_rows(batch: &mut WriteBatch, db: &Db, group: GroupId, rows: &[(ByteBuf, ByteBuf)]) {
+    let cf = db.cf(CF_SM);
+    let (lo, hi) = group_bounds(group);
+    batch.delete_range_cf(cf, &lo, &hi);
+    for (k, v) in rows {
+        let mut full = lo.clone();
+        full.extend_from_slice(k);
+        batch.put_cf(cf, full, v);
+    }
+}

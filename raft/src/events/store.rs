@@ -30,7 +30,6 @@ use esf_storage::{Db, StorageError};
 use openraft::EntryPayload;
 use openraft::entry::RaftEntry;
 use serde::{Deserialize, Serialize};
-use serde_bytes::ByteBuf;
 use tokio::sync::watch;
 
 use crate::command::*;
@@ -136,6 +135,10 @@ fn offset_of(group: GroupId, what: &str, v: &[u8]) -> Result<u64, StorageError> 
     })
 }
 
+/// A read stops once its events reach this many bytes (it returns at least
+/// one event), so a response fits the client's message limit.
+pub const MAX_READ_BYTES: usize = 16 << 20;
+
 /// Direction of a stream read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
@@ -143,19 +146,6 @@ pub enum Direction {
     Forward,
     /// Newest first, from the given version down.
     Backward,
-}
-
-const SNAPSHOT_FORMAT: u32 = 1;
-
-/// A read stops once its events reach this many bytes (it returns at least
-/// one event), so a response fits the client's message limit.
-pub const MAX_READ_BYTES: usize = 16 << 20;
-
-#[derive(Serialize, Deserialize)]
-struct SnapshotBlob {
-    format: u32,
-    /// Rows without the 4-byte group prefix.
-    rows: Vec<(ByteBuf, ByteBuf)>,
 }
 
 /// The store of one partition. Shared between openraft's state machine
@@ -550,21 +540,14 @@ impl PartitionStore {
 
     // ------------------------------------------------------------ snapshots
 
-    fn group_bounds(&self) -> (Vec<u8>, Vec<u8>) {
-        crate::snapshot_record::group_bounds(self.group)
-    }
-
     /// Serializes every row of the partition under one RocksDB snapshot.
     pub fn snapshot_rows(&self) -> Result<(PartitionState, Vec<u8>), StorageError> {
         let guard = self.state.read().expect("partition state lock");
         let snap = self.db.rocks().snapshot();
         let st = guard.clone();
         drop(guard);
-        let blob = SnapshotBlob {
-            format: SNAPSHOT_FORMAT,
-            rows: crate::snapshot_record::dump_rows(&self.db, &snap, self.group)?,
-        };
-        Ok((st, codec::encode("partition snapshot", &blob)?))
+        let rows = crate::snapshot_record::dump_rows(&self.db, &snap, self.group)?;
+        Ok((st, crate::snapshot_record::encode_rows(rows)?))
     }
 
     /// Persists a built or received snapshot as the partition's current one.
@@ -580,34 +563,13 @@ impl PartitionStore {
     /// Replaces the partition's whole state with a snapshot, atomically and
     /// durably, and persists it as the current snapshot.
     pub async fn install_snapshot(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
-        let blob: SnapshotBlob = codec::decode(
-            RecordRef {
-                cf: CF_SNAPSHOT,
-                group: self.group,
-                record: &"incoming snapshot",
-            },
-            data,
-        )?;
-        if blob.format != SNAPSHOT_FORMAT {
-            return Err(StorageError::Corrupt {
-                cf: CF_SNAPSHOT,
-                group: self.group,
-                record: "incoming snapshot".into(),
-                reason: format!("format {} is not {SNAPSHOT_FORMAT}", blob.format),
-            });
-        }
+        let blob = crate::snapshot_record::decode_blob(self.group, "incoming snapshot", data)?;
         let cf = self.db.cf(CF_SM);
-        let (lo, hi) = self.group_bounds();
         let mut batch = WriteBatch::default();
-        batch.delete_range_cf(cf, &lo, &hi);
+        crate::snapshot_record::replace_rows(&mut batch, &self.db, self.group, &blob.rows);
         let mut st = PartitionState::default();
-        for (k, v) in &blob.rows {
-            if k.as_slice() == [STATE] {
-                st = self.decode(&"snapshot state", v)?;
-            }
-            let mut full = lo.clone();
-            full.extend_from_slice(k);
-            batch.put_cf(cf, full, v);
+        if let Some((_, v)) = blob.rows.iter().find(|(k, _)| k.as_slice() == [STATE]) {
+            st = self.decode(&"snapshot state", v)?;
         }
         st.last_applied = meta.last_log_id.clone();
         st.membership = meta.last_membership.clone();
@@ -655,19 +617,16 @@ fn snapshot_corrupt(group: GroupId, reason: String) -> StorageError {
     }
 }
 
-fn decode_snapshot(group: GroupId, data: &[u8]) -> Result<(SnapshotBlob, PartitionState), StorageError> {
+fn decode_snapshot(
+    group: GroupId,
+    data: &[u8],
+) -> Result<(crate::snapshot_record::Blob, PartitionState), StorageError> {
     let at = RecordRef {
         cf: CF_SNAPSHOT,
         group,
         record: &"partition snapshot",
     };
-    let blob: SnapshotBlob = codec::decode(at, data)?;
-    if blob.format != SNAPSHOT_FORMAT {
-        return Err(snapshot_corrupt(
-            group,
-            format!("format {} is not {SNAPSHOT_FORMAT}", blob.format),
-        ));
-    }
+    let blob = crate::snapshot_record::decode_blob(group, "partition snapshot", data)?;
     let st = match blob.rows.iter().find(|(k, _)| k.as_slice() == [STATE]) {
         Some((_, v)) => codec::decode(at, v)?,
         None => PartitionState::default(),

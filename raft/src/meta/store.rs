@@ -39,7 +39,6 @@ use esf_storage::{Db, StorageError};
 use openraft::EntryPayload;
 use openraft::entry::RaftEntry;
 use serde::{Deserialize, Serialize};
-use serde_bytes::ByteBuf;
 use tokio::sync::watch;
 
 use super::layout::{self, Changes, KvRecord, LeaseRecord};
@@ -1219,11 +1218,8 @@ impl MetaStore {
         let snap = self.db.rocks().snapshot();
         let st = st_guard.clone();
         drop(st_guard);
-        let blob = SnapshotBlob {
-            format: SNAPSHOT_FORMAT,
-            rows: crate::snapshot_record::dump_rows(&self.db, &snap, self.group)?,
-        };
-        Ok((st, codec::encode("snapshot", &blob)?))
+        let rows = crate::snapshot_record::dump_rows(&self.db, &snap, self.group)?;
+        Ok((st, crate::snapshot_record::encode_rows(rows)?))
     }
 
     /// Persists a built or received snapshot as the group's current one.
@@ -1239,29 +1235,12 @@ impl MetaStore {
     /// Replaces the group's whole state with a snapshot, atomically and
     /// durably, and persists it as the current snapshot.
     pub async fn install_snapshot(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
-        let blob: SnapshotBlob = codec::decode(
-            RecordRef {
-                cf: CF_SNAPSHOT,
-                group: self.group,
-                record: &"incoming snapshot",
-            },
-            data,
-        )?;
-        if blob.format != SNAPSHOT_FORMAT {
-            return Err(StorageError::Corrupt {
-                cf: CF_SNAPSHOT,
-                group: self.group,
-                record: "incoming snapshot".into(),
-                reason: format!("format {} is not {SNAPSHOT_FORMAT}", blob.format),
-            });
-        }
+        let blob = crate::snapshot_record::decode_blob(self.group, "incoming snapshot", data)?;
         let cf = self.db.cf(CF_SM);
-        let lo = group_prefix(self.group).to_vec();
-        let hi = prefix_end(&lo).unwrap_or_else(|| vec![0xff; 5]);
         let mut batch = WriteBatch::default();
-        batch.delete_range_cf(cf, &lo, &hi);
-        let mut new_state: Option<SmState> = None;
+        crate::snapshot_record::replace_rows(&mut batch, &self.db, self.group, &blob.rows);
         let state_suffix = layout::state_key(self.group)[4..].to_vec();
+        let mut new_state: Option<SmState> = None;
         for (k, v) in &blob.rows {
             if *k == state_suffix {
                 new_state = Some(codec::decode(
@@ -1273,9 +1252,6 @@ impl MetaStore {
                     v,
                 )?);
             }
-            let mut full = lo.clone();
-            full.extend_from_slice(k);
-            batch.put_cf(cf, full, v);
         }
         let mut st = new_state.unwrap_or_default();
         // The snapshot's meta is authoritative for what it covers.
@@ -1298,18 +1274,6 @@ impl MetaStore {
         self.revision_tx.send_replace(revision);
         Ok(())
     }
-}
-
-const SNAPSHOT_FORMAT: u32 = 1;
-
-#[derive(Serialize, Deserialize)]
-struct SnapshotBlob {
-    format: u32,
-    /// Rows of the group without the 4-byte group prefix (so a snapshot can
-    /// be installed into another group id, e.g. a restore).
-    /// Byte strings as `ByteBuf`: the same bincode encoding as `Vec<u8>`,
-    /// written in one copy instead of byte by byte.
-    rows: Vec<(ByteBuf, ByteBuf)>,
 }
 
 /// What a meta snapshot holds (for `esf snapshot inspect`).
@@ -1343,19 +1307,13 @@ fn snapshot_corrupt(reason: String) -> StorageError {
 }
 
 /// Decodes a snapshot blob (checksum, format) and its state row.
-fn decode_snapshot(data: &[u8]) -> Result<(SnapshotBlob, SmState), StorageError> {
+fn decode_snapshot(data: &[u8]) -> Result<(crate::snapshot_record::Blob, SmState), StorageError> {
     let at = RecordRef {
         cf: CF_SNAPSHOT,
         group: 0,
         record: &"snapshot file",
     };
-    let blob: SnapshotBlob = codec::decode(at, data)?;
-    if blob.format != SNAPSHOT_FORMAT {
-        return Err(snapshot_corrupt(format!(
-            "snapshot format {} is not {SNAPSHOT_FORMAT}",
-            blob.format
-        )));
-    }
+    let blob = crate::snapshot_record::decode_blob(0, "snapshot file", data)?;
     let state_suffix = layout::state_key(0)[4..].to_vec();
     let state = blob
         .rows
@@ -1417,7 +1375,7 @@ impl MetaStore {
             last_log_id: st.last_applied.clone(),
             last_membership: StoredMembership::new(st.last_applied.clone(), membership),
         };
-        let data = codec::encode("snapshot", &blob)?;
+        let data = crate::snapshot_record::encode_rows(blob.rows)?;
         self.install_snapshot(&meta, &data).await?;
         Ok((meta, summary))
     }
