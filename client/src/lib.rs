@@ -212,9 +212,35 @@ pub struct Client {
     inner: Arc<Inner>,
 }
 
+/// Where each event partition's leader is, as last seen.
+struct PartitionMap {
+    /// Leader node id per partition (0: none), partition `p` at `p - 1`.
+    leaders: Vec<u64>,
+    /// Member addresses.
+    addrs: std::collections::HashMap<u64, String>,
+    at: std::time::Instant,
+}
+
+/// How long the client trusts its map of partition leaders before asking
+/// again (a stale entry costs one forwarding hop, never correctness).
+pub const PARTITION_MAP_TTL: Duration = Duration::from_secs(5);
+
+/// The event partition (1..=count) of a stream: FNV-1a 64 of its bytes
+/// modulo the count, the same on every node and client, stable across
+/// versions.
+pub fn partition_of(stream: &str, count: u32) -> u32 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in stream.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (h % u64::from(count.max(1))) as u32 + 1
+}
+
 struct Inner {
     /// The pinned cluster id (see [`ClientOptions::cluster_id`]).
     cluster: ClusterPin,
+    partitions: Mutex<Option<PartitionMap>>,
     nodes: Mutex<Vec<Arc<Node>>>,
     preferred: Mutex<usize>,
     opts: ClientOptions,
@@ -260,6 +286,7 @@ impl Client {
         Ok(Client {
             inner: Arc::new(Inner {
                 cluster: ClusterPin(Arc::new(Mutex::new(opts.cluster_id.clone()))),
+                partitions: Mutex::new(None),
                 nodes: Mutex::new(nodes),
                 preferred: Mutex::new(0),
                 opts,
@@ -311,10 +338,11 @@ impl Client {
         Ok(ch)
     }
 
-    fn prefer_addr(&self, addr: &str) {
-        let Ok(uri) = parse_endpoint(addr) else { return };
+    /// The index of the endpoint `addr` (added if unknown).
+    fn node_index(&self, addr: &str) -> Option<usize> {
+        let uri = parse_endpoint(addr).ok()?;
         let mut nodes = self.inner.nodes.lock().expect("nodes lock");
-        let idx = match nodes.iter().position(|n| n.uri == uri) {
+        Some(match nodes.iter().position(|n| n.uri == uri) {
             Some(i) => i,
             None => {
                 nodes.push(Arc::new(Node {
@@ -323,8 +351,13 @@ impl Client {
                 }));
                 nodes.len() - 1
             }
-        };
-        *self.inner.preferred.lock().expect("preferred lock") = idx;
+        })
+    }
+
+    fn prefer_addr(&self, addr: &str) {
+        if let Some(idx) = self.node_index(addr) {
+            *self.inner.preferred.lock().expect("preferred lock") = idx;
+        }
     }
 
     /// Runs `f` against the preferred endpoint, failing over and following
@@ -335,14 +368,27 @@ impl Client {
         Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
         T: Headed,
     {
+        self.call_at(None, what, f).await
+    }
+
+    /// [`Client::call`], trying the endpoint `first` (if given) before the
+    /// preferred one.
+    async fn call_at<T, F, Fut>(&self, first: Option<&str>, what: &str, f: F) -> Result<T>
+    where
+        F: Fn(PinnedChannel) -> Fut,
+        Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+        T: Headed,
+    {
         let deadline = tokio::time::Instant::now() + self.inner.opts.retry_deadline;
         let mut tried_this_round = 0usize;
         let mut round = 0u32;
         let mut last;
+        let mut first = first.and_then(|a| self.node_index(a));
         loop {
             let (idx, node, n) = {
                 let nodes = self.inner.nodes.lock().expect("nodes lock");
-                let idx = *self.inner.preferred.lock().expect("preferred lock") % nodes.len();
+                let preferred = *self.inner.preferred.lock().expect("preferred lock");
+                let idx = first.take().unwrap_or(preferred) % nodes.len();
                 (idx, nodes[idx].clone(), nodes.len())
             };
             let status = match self.pinned(&node) {
@@ -759,16 +805,80 @@ impl Client {
             events,
             expected,
         };
-        self.call("append", |ch| {
-            let r = req.clone();
-            async move {
-                EventsClient::new(ch)
+        // Straight to the partition's leader when known (else any node
+        // forwards it there).
+        let leader = self.partition_leader(stream).await;
+        let r = self
+            .call_at(leader.as_deref(), "append", |ch| {
+                let r = req.clone();
+                async move {
+                    EventsClient::new(ch)
+                        .max_decoding_message_size(MAX_RESPONSE_BYTES)
+                        .append(r)
+                        .await
+                }
+            })
+            .await?;
+        // The answer comes from the leader (a forwarded append too): learn it.
+        if let Some(h) = &r.header {
+            self.learn_partition_leader(r.partition, h.node_id);
+        }
+        Ok(r)
+    }
+
+    /// The address of the leader of `stream`'s partition, from a map
+    /// refreshed every [`PARTITION_MAP_TTL`] (`None` if unknown).
+    async fn partition_leader(&self, stream: &str) -> Option<String> {
+        let fresh = {
+            let map = self.inner.partitions.lock().expect("partition map lock");
+            map.as_ref().is_some_and(|m| m.at.elapsed() < PARTITION_MAP_TTL)
+        };
+        if !fresh {
+            self.refresh_partition_map().await;
+        }
+        let map = self.inner.partitions.lock().expect("partition map lock");
+        let m = map.as_ref()?;
+        let p = partition_of(stream, m.leaders.len() as u32);
+        let leader = m.leaders[p as usize - 1];
+        m.addrs.get(&leader).cloned()
+    }
+
+    /// Asks one node for every group's leader and every member's address.
+    async fn refresh_partition_map(&self) {
+        let status = self
+            .call("status", |ch| async move {
+                ClusterClient::new(ch)
                     .max_decoding_message_size(MAX_RESPONSE_BYTES)
-                    .append(r)
+                    .status(pb::StatusRequest {})
                     .await
+            })
+            .await;
+        let members = self.members().await;
+        let mut map = self.inner.partitions.lock().expect("partition map lock");
+        match (status, members) {
+            (Ok(s), Ok(m)) if s.groups.len() > 1 => {
+                *map = Some(PartitionMap {
+                    leaders: s.groups.iter().skip(1).map(|g| g.leader_id).collect(),
+                    addrs: m.members.iter().map(|m| (m.id, m.addr.clone())).collect(),
+                    at: std::time::Instant::now(),
+                });
             }
-        })
-        .await
+            // Unknown for now: appends go to any node, which forwards.
+            _ => {
+                if let Some(m) = map.as_mut() {
+                    m.at = std::time::Instant::now();
+                }
+            }
+        }
+    }
+
+    fn learn_partition_leader(&self, partition: u32, node: u64) {
+        let mut map = self.inner.partitions.lock().expect("partition map lock");
+        if let Some(m) = map.as_mut() {
+            if let Some(slot) = m.leaders.get_mut((partition as usize).wrapping_sub(1)) {
+                *slot = node;
+            }
+        }
     }
 
     /// The event with `id` (give its stream if known: one partition is

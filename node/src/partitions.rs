@@ -41,16 +41,7 @@ pub fn recorded_partitions(meta: &MetaGroup) -> Option<u32> {
     meta.store().partitions().ok().flatten()
 }
 
-/// Partition (1..=count) of a stream: FNV-1a 64 of its bytes, stable across
-/// versions and platforms.
-pub fn partition_of(stream: &str, count: u32) -> u32 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in stream.as_bytes() {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    (h % u64::from(count)) as u32 + 1
-}
+pub use esf_client::partition_of;
 
 fn role(s: ServerState) -> &'static str {
     match s {
