@@ -681,6 +681,8 @@ impl ClusterService {
                     "id: node {id} still leads partitions {led:?}; nothing was removed, retry"
                 )));
             }
+            // Polled: the leaders of every partition change independently
+            // (one metrics watch each); the loop ends at the deadline.
             tokio::time::sleep(crate::partitions::HAND_OVER_POLL).await;
         }
     }
