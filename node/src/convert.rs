@@ -46,8 +46,18 @@ pub fn status(e: esf_raft::Error) -> Status {
     }
 }
 
-fn invalid(field: &str, reason: &str) -> Status {
+/// INVALID_ARGUMENT naming the field and the reason.
+pub(crate) fn invalid(field: &str, reason: impl std::fmt::Display) -> Status {
     Status::invalid_argument(format!("{field}: {reason}"))
+}
+
+/// The read consistency a request's `serializable` flag asks for.
+pub(crate) fn consistency(serializable: bool) -> esf_raft::group::Consistency {
+    if serializable {
+        esf_raft::group::Consistency::Serializable
+    } else {
+        esf_raft::group::Consistency::Linearizable
+    }
 }
 
 /// Header to proto.

@@ -14,10 +14,9 @@ use esf_client::{pb, uuid};
 use esf_raft::command::{AppendRequest, Command, ExpectedVersion, NewEvent, Op, OpResult};
 use esf_raft::events::store::{Direction, EventRecord};
 use esf_raft::events::{MAX_APPEND_EVENTS, PartitionGroup};
-use esf_raft::group::Consistency;
 use tonic::{Request, Response, Status};
 
-use crate::convert;
+use crate::convert::{self, consistency, invalid};
 use crate::partitions::partition_of;
 use crate::service::{Ctx, forward_or};
 
@@ -26,10 +25,6 @@ pub const MAX_EVENTS_PER_RESPONSE: usize = MAX_APPEND_EVENTS;
 /// Responses a subscriber may fall behind by before it is cancelled (it
 /// resumes from the offsets in the cancel response).
 pub const SUBSCRIBE_BUFFER_RESPONSES: usize = 1024;
-
-fn invalid(field: &str, reason: impl std::fmt::Display) -> Status {
-    Status::invalid_argument(format!("{field}: {reason}"))
-}
 
 fn expected(field: &str, e: Option<pb::ExpectedVersion>) -> Result<ExpectedVersion, Status> {
     use pb::expected_version::Kind;
@@ -61,14 +56,6 @@ pub fn recorded(partition: u32, e: EventRecord) -> pb::RecordedEvent {
     }
 }
 
-fn consistency(serializable: bool) -> Consistency {
-    if serializable {
-        Consistency::Serializable
-    } else {
-        Consistency::Linearizable
-    }
-}
-
 fn limit(n: u32) -> usize {
     if n == 0 {
         MAX_EVENTS_PER_RESPONSE
@@ -85,7 +72,12 @@ impl EventsService {
     /// (streams would route to other partitions than on the other nodes).
     fn check_count(&self) -> Result<(), Status> {
         let local = self.0.partitions.len() as u32;
-        match crate::partitions::recorded_partitions(&self.0.meta) {
+        let recorded = match self.0.recorded_partitions.get() {
+            Some(c) => Some(*c),
+            None => crate::partitions::recorded_partitions(&self.0.meta)
+                .map(|c| *self.0.recorded_partitions.get_or_init(|| c)),
+        };
+        match recorded {
             Some(cluster) if cluster != local => Err(Status::failed_precondition(format!(
                 "partitions: this node runs {local} event partitions but the cluster has {cluster}; restart it with an empty data dir and --partitions {cluster}"
             ))),

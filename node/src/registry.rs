@@ -12,12 +12,11 @@ use std::collections::BTreeMap;
 
 use esf_client::pb;
 use esf_raft::command::{Command, DeleteRequest, KeyRange, KeyValue, Op, OpResult, PutRequest, RangeRequest};
-use esf_raft::group::Consistency;
 use futures::StreamExt;
 use prost::Message;
 use tonic::{Request, Response, Status};
 
-use crate::convert::{self, RESERVED_KEY_BYTE};
+use crate::convert::{self, RESERVED_KEY_BYTE, consistency, invalid};
 use crate::service::{Ctx, forward_or};
 
 /// Longest service name and instance id, in bytes.
@@ -34,10 +33,6 @@ pub const MAX_TAG_BYTES: usize = 128;
 pub const MAX_METADATA_VALUE_BYTES: usize = 1024;
 
 const KEY_PREFIX: &[u8] = b"registry/";
-
-fn invalid(field: &str, reason: impl std::fmt::Display) -> Status {
-    Status::invalid_argument(format!("{field}: {reason}"))
-}
 
 /// Checks a service name or an instance id: 1 to [`MAX_NAME_BYTES`] bytes of
 /// `[A-Za-z0-9._-]` (and `:` in ids).
@@ -197,14 +192,6 @@ fn watch_response(r: pb::WatchResponse) -> pb::RegistryWatchResponse {
         progress: r.progress,
         canceled: r.canceled,
         cancel_reason: r.cancel_reason,
-    }
-}
-
-fn consistency(serializable: bool) -> Consistency {
-    if serializable {
-        Consistency::Serializable
-    } else {
-        Consistency::Linearizable
     }
 }
 

@@ -210,6 +210,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         meta: meta.clone(),
         partitions: partitions.clone(),
         draining: draining_partitions.clone(),
+        recorded_partitions: Arc::default(),
         pool: pool.clone(),
         cluster_id: cluster_id.clone(),
         advertise: advertise.clone(),

@@ -46,6 +46,9 @@ pub struct Ctx {
     pub meta: Arc<MetaGroup>,
     /// Event partitions (group `g` is `partitions[g - 1]`).
     pub partitions: crate::partitions::Partitions,
+    /// The cluster's partition count once meta has it (it never changes
+    /// after; read once instead of on every events request).
+    pub recorded_partitions: Arc<std::sync::OnceLock<u32>>,
     /// Set when this node is being removed: it leads no partition.
     pub draining: Arc<std::sync::atomic::AtomicBool>,
     pub pool: PeerPool,
