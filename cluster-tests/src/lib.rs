@@ -12,6 +12,8 @@ use esf_client::{Client, ClientOptions};
 pub const READY_DEADLINE: Duration = Duration::from_secs(60);
 /// Pause between two readiness polls.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// Replicas of each event partition (the nodes' default).
+pub const PARTITION_REPLICAS: usize = 3;
 
 /// The `esf` binary built beside this test (target/<profile>/esf). The
 /// test scripts build the whole workspace first.
@@ -306,11 +308,24 @@ impl Cluster {
     /// Waits until every running node is a member and sees the same leader;
     /// returns the leader's id.
     pub async fn wait_ready(&self) -> u64 {
+        self.wait_ready_without(&[]).await
+    }
+
+    /// Running nodes that are not in `skip` (nodes removed from the
+    /// cluster but still running).
+    fn members_without<'a>(&'a self, skip: &'a [u64]) -> impl Iterator<Item = &'a Node> + 'a {
+        self.nodes
+            .iter()
+            .filter(move |n| n.child.is_some() && !skip.contains(&n.id))
+    }
+
+    /// [`Cluster::wait_ready`] ignoring the nodes in `skip`.
+    pub async fn wait_ready_without(&self, skip: &[u64]) -> u64 {
         let deadline = tokio::time::Instant::now() + READY_DEADLINE;
         loop {
             let mut leaders = std::collections::BTreeSet::new();
             let mut all = true;
-            for n in self.nodes.iter().filter(|n| n.child.is_some()) {
+            for n in self.members_without(skip) {
                 let st = n.client().status_all().await;
                 match st.first().map(|(_, r)| r) {
                     Some(Ok(s)) if !s.cluster_id.is_empty() && s.groups.first().is_some_and(|g| g.leader_id != 0) => {
@@ -337,26 +352,53 @@ impl Cluster {
     /// Waits until every running node has applied, in every group (meta
     /// and event partitions), at least what that group's leader committed.
     pub async fn wait_converged(&self) {
-        self.wait_ready().await;
+        self.wait_converged_without(&[]).await
+    }
+
+    /// [`Cluster::wait_converged`] ignoring the nodes in `skip`.
+    pub async fn wait_converged_without(&self, skip: &[u64]) {
+        self.wait_ready_without(skip).await;
         let deadline = tokio::time::Instant::now() + READY_DEADLINE;
         loop {
             let mut statuses = Vec::new();
-            for n in self.nodes.iter().filter(|n| n.child.is_some()) {
+            for n in self.members_without(skip) {
                 if let Some((_, Ok(s))) = n.client().status_all().await.first() {
                     statuses.push(s.clone());
                 }
             }
-            let running = self.nodes.iter().filter(|n| n.child.is_some()).count();
+            let running = self.members_without(skip).count();
+            // Every node sees the same placement, planned over the meta
+            // voters ([`PARTITION_REPLICAS`] each); every replica (a group
+            // the node holds) applied what its leader committed, and each
+            // leader's membership is the planned one.
+            let placed = |s: &esf_client::pb::StatusResponse| {
+                let Some(meta) = s.groups.first() else { return false };
+                let rf = PARTITION_REPLICAS.min(meta.voters.len());
+                s.groups.iter().skip(1).all(|g| {
+                    g.planned.len() == rf
+                        && g.planned.iter().all(|n| meta.voters.contains(n))
+                        && statuses
+                            .iter()
+                            .all(|o| o.groups.get(g.group as usize).is_some_and(|og| og.planned == g.planned))
+                })
+            };
             let converged = statuses.len() == running
+                && statuses.iter().all(placed)
                 && statuses.iter().all(|s| {
-                    s.groups.iter().all(|g| {
-                        // The group's leader's commit index, as the leader reports it.
-                        let target = statuses
+                    s.groups.iter().filter(|g| g.held).all(|g| {
+                        let leader = statuses
                             .iter()
                             .find(|l| l.node_id == g.leader_id)
-                            .and_then(|l| l.groups.iter().find(|lg| lg.group == g.group))
-                            .map(|lg| lg.commit_index);
-                        g.leader_id != 0 && target.is_some_and(|t| g.applied_index >= t)
+                            .and_then(|l| l.groups.iter().find(|lg| lg.group == g.group));
+                        g.leader_id != 0
+                            && leader.is_some_and(|l| {
+                                let mut voters = l.voters.clone();
+                                let mut planned = l.planned.clone();
+                                voters.sort_unstable();
+                                planned.sort_unstable();
+                                g.applied_index >= l.commit_index
+                                    && (planned.is_empty() || (voters == planned && l.learners.is_empty()))
+                            })
                     })
                 });
             if converged {

@@ -284,46 +284,54 @@ async fn fourth_node_joins_as_learner_is_promoted_and_removed() {
         .await
         .expect("range on new node");
     assert_eq!(r.count, 2, "new node holds every key");
-    // ... and every event: the reconciler makes it a voter of every
-    // partition.
-    let deadline = tokio::time::Instant::now() + esf_cluster_tests::READY_DEADLINE;
-    let partitions = loop {
-        let status = c.node(1).client().status_all().await;
-        let groups = status[0].1.as_ref().expect("status").groups.clone();
-        if groups.iter().all(|g| g.voters.len() == 4) {
-            break groups.len() as u32 - 1;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "partitions did not take node {id}: {groups:?}"
-        );
-        tokio::time::sleep(esf_cluster_tests::POLL_INTERVAL).await;
-    };
+    // ... and its share of the event partitions: with 4 voters each of the
+    // 8 partitions keeps 3 replicas, so the plan gives every node 6, and
+    // moves little (each partition the new node takes drops one replica).
     c.wait_converged().await;
+    let status = c.node(id).client().status_all().await;
+    let groups = status[0].1.as_ref().expect("status").groups.clone();
+    let partitions = groups.len() as u32 - 1;
+    let held: Vec<u32> = groups
+        .iter()
+        .filter(|g| g.group != 0 && g.held)
+        .map(|g| g.group)
+        .collect();
+    assert_eq!(held.len(), 6, "node {id} holds its share: {groups:?}");
+    for g in groups.iter().filter(|g| g.group != 0) {
+        assert_eq!(g.planned.len(), 3, "3 replicas per partition: {g:?}");
+    }
+    let replicas_on =
+        |groups: &[pb::GroupStatus]| -> usize { groups.iter().filter(|g| g.group != 0 && g.held).count() };
+    for n in 1..=3 {
+        let s = c.node(n).client().status_all().await;
+        let gs = s[0].1.as_ref().expect("status").groups.clone();
+        assert_eq!(replicas_on(&gs), 6, "node {n} holds 6 partitions: {gs:?}");
+    }
+    // Every node answers for every partition (its own replica, or one
+    // elsewhere), with the same events at the same offsets.
     let on_new = partition_logs(c.node(id), partitions).await;
     assert_eq!(
         on_new,
         partition_logs(c.node(1), partitions).await,
-        "the new node holds every event"
+        "the new node serves every event"
     );
     assert_eq!(on_new.iter().map(Vec::len).sum::<usize>(), 16);
     assert!(
         r.header.unwrap().cluster_id.starts_with("esf-"),
         "new node adopted the cluster id"
     );
-    // Removed: it no longer receives writes.
+    // Removed: its replicas move to the other nodes first.
     let (code, out, err) = cli(&bin, &["--endpoints", &eps, "member", "remove", &id.to_string()]);
     assert_eq!(code, 0, "member remove: {err}");
     assert!(!out.contains(&addr), "{out}");
-    // Every partition drops it too (the reconciler runs on each partition's
-    // leader).
     let deadline = tokio::time::Instant::now() + esf_cluster_tests::READY_DEADLINE;
     loop {
         let status = c.node(1).client().status_all().await;
         let groups = status[0].1.as_ref().expect("status").groups.clone();
+        // With 3 voters left every node holds every partition again.
         if groups
             .iter()
-            .all(|g| !g.voters.contains(&id) && !g.learners.contains(&id) && g.leader_id != 0)
+            .all(|g| g.held && !g.voters.contains(&id) && !g.learners.contains(&id) && g.leader_id != 0)
         {
             break;
         }
@@ -333,27 +341,51 @@ async fn fourth_node_joins_as_learner_is_promoted_and_removed() {
         );
         tokio::time::sleep(esf_cluster_tests::POLL_INTERVAL).await;
     }
+    let removed = c.node(id).client().status_all().await;
+    let before: Vec<(u32, bool, u64)> = removed[0]
+        .1
+        .as_ref()
+        .expect("status of the removed node")
+        .groups
+        .iter()
+        .filter(|g| g.group != 0)
+        .map(|g| (g.group, g.held, g.last_log_index))
+        .collect();
+    assert!(
+        before.iter().all(|(_, held, _)| !held),
+        "the removed node holds nothing: {before:?}"
+    );
     for i in 0..16 {
         c.client()
             .append(&format!("after-{i}"), vec![event("After", i)], None)
             .await
             .expect("append after the removal");
     }
-    let on_new = partition_logs(c.node(id), partitions).await;
+    let removed = c.node(id).client().status_all().await;
+    let after: Vec<(u32, bool, u64)> = removed[0]
+        .1
+        .as_ref()
+        .expect("status of the removed node")
+        .groups
+        .iter()
+        .filter(|g| g.group != 0)
+        .map(|g| (g.group, g.held, g.last_log_index))
+        .collect();
+    assert_eq!(before, after, "a removed node receives no events");
+    c.wait_converged_without(&[id]).await;
+    let logs = partition_logs(c.node(1), partitions).await;
     assert_eq!(
-        on_new.iter().map(Vec::len).sum::<usize>(),
-        16,
-        "a removed node receives no events"
-    );
-    assert_eq!(
-        partition_logs(c.node(1), partitions)
-            .await
-            .iter()
-            .map(Vec::len)
-            .sum::<usize>(),
+        logs.iter().map(Vec::len).sum::<usize>(),
         32,
         "no acknowledged event lost"
     );
+    for n in 2..=3 {
+        assert_eq!(
+            partition_logs(c.node(n), partitions).await,
+            logs,
+            "node {n} has the same events"
+        );
+    }
     c.client().put("later", "3").await.expect("put after removal");
     let r = c
         .node(id)
@@ -1765,4 +1797,189 @@ async fn durable_subscription_continues_from_its_acknowledged_position_and_bad_e
     assert_eq!(code, 0, "{err}");
     let (_, out, _) = cli(&bin, &["--endpoints", &eps, "subscription", "list"]);
     assert!(out.starts_with("billing ") && !out.contains("audit"), "{out}");
+}
+
+/// A stream name that lives in partition `p` of `count`.
+fn stream_in(p: u32, count: u32) -> String {
+    (0..)
+        .map(|i| format!("placed-{i}"))
+        .find(|s| esf_client::partition_of(s, count) == p)
+        .expect("some stream lands in every partition")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_nodes_keep_three_replicas_and_forward_to_them() {
+    let bin = esf_bin();
+    let mut c = Cluster::start(&bin, 5);
+    c.wait_converged().await;
+    // Placement: 8 partitions x 3 replicas over 5 nodes: 4 or 5 each, and
+    // every node sees the same plan.
+    let mut statuses = BTreeMap::new();
+    for n in 1..=5u64 {
+        let s = c.node(n).client().status_all().await;
+        statuses.insert(n, s[0].1.as_ref().expect("status").clone());
+    }
+    for (n, s) in &statuses {
+        let held = s.groups.iter().skip(1).filter(|g| g.held).count();
+        assert!((4..=5).contains(&held), "node {n} holds {held} partitions: {s:?}");
+        for g in s.groups.iter().skip(1) {
+            assert_eq!(g.planned.len(), 3, "{g:?}");
+            assert_eq!(
+                g.held,
+                g.planned.contains(n),
+                "node {n} holds exactly what is planned: {g:?}"
+            );
+        }
+    }
+    // A partition and a node without a replica of it.
+    let (p, outsider) = (1..=8u32)
+        .find_map(|p| {
+            statuses
+                .iter()
+                .find(|(_, s)| !s.groups[p as usize].held)
+                .map(|(n, _)| (p, *n))
+        })
+        .expect("with 5 nodes and 3 replicas some node lacks some partition");
+    let planned = statuses[&outsider].groups[p as usize].planned.clone();
+    let stream = stream_in(p, 8);
+    // Everything through the outsider alone (a raw gRPC client: no client
+    // routing), so the node forwards.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", c.node(outsider).grpc))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect to the outsider");
+    let mut raw = pb::events_client::EventsClient::new(channel);
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let r = raw
+            .append(pb::AppendRequest {
+                stream: stream.clone(),
+                events: vec![event("Placed", i)],
+                expected: None,
+            })
+            .await
+            .expect("append through a node without a replica")
+            .into_inner();
+        assert_eq!((r.partition, r.first_offset, r.first_version), (p, i, i + 1));
+        ids.push(r.ids[0].clone());
+    }
+    // A retry through it is a duplicate at the same position.
+    let again = raw
+        .append(pb::AppendRequest {
+            stream: stream.clone(),
+            events: vec![pb::EventData {
+                id: ids[3].clone(),
+                ..event("Placed", 3)
+            }],
+            expected: None,
+        })
+        .await
+        .expect("retried append")
+        .into_inner();
+    assert!(again.duplicate && again.first_offset == 3, "{again:?}");
+    for serializable in [false, true] {
+        let r = raw
+            .read_stream(pb::ReadStreamRequest {
+                stream: stream.clone(),
+                serializable,
+                ..Default::default()
+            })
+            .await
+            .expect("read through the outsider")
+            .into_inner();
+        assert_eq!(r.events.len(), 20, "serializable {serializable}");
+        assert_eq!(r.stream_version, 20);
+    }
+    let got = raw
+        .get(pb::GetEventRequest {
+            id: ids[7].clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("get by id through the outsider")
+        .into_inner();
+    assert_eq!(got.event.expect("event").offset, 7);
+    // Bad input is still refused with the field named.
+    let bad = raw
+        .append(pb::AppendRequest {
+            stream: stream.clone(),
+            events: vec![pb::EventData {
+                data: b"{nope".to_vec(),
+                ..event("Placed", 0)
+            }],
+            expected: None,
+        })
+        .await
+        .expect_err("malformed JSON");
+    assert!(bad.message().contains("append.events[0].data"), "{bad:?}");
+
+    // A subscription through the outsider follows a replica elsewhere; when
+    // that replica's node dies it continues on another, without a gap.
+    let mut sub = raw
+        .subscribe(pb::SubscribeRequest {
+            partitions: vec![p],
+            ..Default::default()
+        })
+        .await
+        .expect("subscribe through the outsider")
+        .into_inner();
+    let mut seen: Vec<u64> = Vec::new();
+    let mut caught_up = false;
+    while !caught_up || seen.len() < 20 {
+        let m = sub.message().await.expect("subscription").expect("open");
+        assert!(!m.canceled, "{m:?}");
+        caught_up |= m.caught_up;
+        seen.extend(m.events.iter().map(|e| e.offset));
+    }
+    let leader = c.group_leader(planned[0], p).await;
+    assert!(planned.contains(&leader), "the leader of {p} is a planned replica");
+    c.node_mut(leader).kill();
+    let client = c.client();
+    for i in 20..30 {
+        client
+            .append(&stream, vec![event("Placed", i)], None)
+            .await
+            .expect("append after the replica's node died");
+    }
+    while seen.len() < 30 {
+        let m = sub.message().await.expect("subscription").expect("open");
+        assert!(!m.canceled, "{m:?}");
+        seen.extend(m.events.iter().map(|e| e.offset));
+    }
+    assert_eq!(seen, (0..30).collect::<Vec<u64>>(), "every event once, in order");
+    assert!(
+        c.node(outsider)
+            .log()
+            .contains("subscription followed on another replica"),
+        "the outsider's subscription moved to another replica"
+    );
+
+    // A snapshot served by the meta leader holds every partition, also the
+    // ones it has no replica of (fetched from a node that has).
+    c.node_mut(leader).start(&bin);
+    c.wait_converged().await;
+    let logs = partition_logs(c.node(outsider), 8).await;
+    for n in 1..=5 {
+        assert_eq!(partition_logs(c.node(n), 8).await, logs, "node {n} answers the same");
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("placed.snap").display().to_string();
+    let (code, _, err) = cli(&bin, &["--endpoints", &c.node(1).grpc, "snapshot", "save", &file]);
+    assert_eq!(code, 0, "save: {err}");
+    let (code, out, err) = cli(&bin, &["-o", "json", "snapshot", "inspect", &file]);
+    assert_eq!(code, 0, "inspect: {err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("inspect json");
+    let per_partition: Vec<u64> = v["groups"]
+        .as_array()
+        .expect("groups")
+        .iter()
+        .skip(1)
+        .map(|g| g["summary"]["events"].as_u64().expect("events"))
+        .collect();
+    assert_eq!(
+        per_partition,
+        logs.iter().map(|l| l.len() as u64).collect::<Vec<_>>(),
+        "{v}"
+    );
 }

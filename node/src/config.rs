@@ -48,6 +48,9 @@ pub struct NodeConfig {
     /// is created and recorded in meta; a node of an existing cluster uses
     /// the recorded count.
     pub partitions: u32,
+    /// Replicas of each event partition (1..=7; fewer while the cluster has
+    /// fewer voters). Planned by the meta leader: give every node the same.
+    pub partition_replicas: u32,
 }
 
 impl Default for NodeConfig {
@@ -69,6 +72,7 @@ impl Default for NodeConfig {
             quota_bytes: 8 << 30,
             log_level: "info".into(),
             partitions: crate::partitions::DEFAULT_PARTITIONS,
+            partition_replicas: crate::placement::DEFAULT_PARTITION_REPLICAS,
         }
     }
 }
@@ -136,6 +140,10 @@ pub struct Flags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub partitions: Option<u32>,
+    /// Replicas of each event partition.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partition_replicas: Option<u32>,
 }
 
 /// Builds the layered configuration and validates it.
@@ -204,6 +212,13 @@ pub fn validate(c: &NodeConfig) -> anyhow::Result<()> {
             "partitions: must be 1 to {}, not {}",
             crate::partitions::MAX_PARTITIONS,
             c.partitions
+        );
+    }
+    if c.partition_replicas == 0 || c.partition_replicas > crate::placement::MAX_PARTITION_REPLICAS {
+        anyhow::bail!(
+            "partition_replicas: must be 1 to {}, not {}",
+            crate::placement::MAX_PARTITION_REPLICAS,
+            c.partition_replicas
         );
     }
     if c.request_timeout_ms == 0 {

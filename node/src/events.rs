@@ -3,8 +3,11 @@
 //! A stream lives in partition `partition_of(stream)`. Appends, deletes and
 //! linearizable reads go to that partition's leader (forwarded once, like
 //! config writes); serializable reads and subscriptions are served from this
-//! node's replicas. Response headers carry the partition's next offset as
-//! `revision`.
+//! node's replicas. A partition this node holds no replica of is served by
+//! one that does: requests are forwarded (following the leader hint of a
+//! replica that is not the leader), and a subscription follows it through a
+//! subscription to that replica, resumed on another one if it breaks.
+//! Response headers carry the partition's next offset as `revision`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -25,6 +28,11 @@ pub const MAX_EVENTS_PER_RESPONSE: usize = MAX_APPEND_EVENTS;
 /// Responses a subscriber may fall behind by before it is cancelled (it
 /// resumes from the offsets in the cancel response).
 pub const SUBSCRIBE_BUFFER_RESPONSES: usize = 1024;
+/// Deadline of one request forwarded to another replica (and of opening a
+/// subscription there).
+pub const FORWARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Pause before a broken subscription to another replica is reopened.
+pub const RESUBSCRIBE_PAUSE: std::time::Duration = std::time::Duration::from_millis(200);
 
 fn expected(field: &str, e: Option<pb::ExpectedVersion>) -> Result<ExpectedVersion, Status> {
     use pb::expected_version::Kind;
@@ -101,6 +109,73 @@ impl EventsService {
     fn header(&self, p: &PartitionGroup) -> Option<pb::ResponseHeader> {
         Some(convert::header(self.0.meta.header(p.store().next_offset())))
     }
+
+    /// Whether this node serves partition `p` from its own replica.
+    fn held(&self, p: &PartitionGroup) -> bool {
+        crate::partitions::holds(self.0.meta.node_id(), p, &self.0.routes)
+    }
+
+    /// Runs `call` against a replica of partition `p` on another node:
+    /// the one that last answered, else the planned replicas in turn,
+    /// following a replica's leader hint. A request that was forwarded here
+    /// already is not forwarded again: it is refused with a hint.
+    async fn on_replica<Req, Resp, F, Fut>(
+        &self,
+        forwarded: bool,
+        p: u32,
+        msg: Req,
+        call: F,
+    ) -> Result<Response<Resp>, Status>
+    where
+        Req: Clone,
+        F: Fn(pb::events_client::EventsClient<tonic::transport::Channel>, Request<Req>) -> Fut,
+        Fut: std::future::Future<Output = Result<Response<Resp>, Status>>,
+    {
+        let mut targets: std::collections::VecDeque<String> =
+            crate::partitions::replica_addrs(&self.0.meta, &self.0.routes, p, &self.0.advertise).into();
+        if forwarded {
+            let mut s = Status::unavailable(format!("partition {p}: this node holds no replica of it"));
+            if let Some(v) = targets.front().and_then(|a| a.parse().ok()) {
+                s.metadata_mut().insert(esf_client::LEADER_ADDR_METADATA, v);
+            }
+            return Err(s);
+        }
+        let mut tried = std::collections::BTreeSet::new();
+        let mut last = Status::unavailable(format!("partition {p}: no replica of it is known"));
+        while let Some(addr) = targets.pop_front() {
+            if addr == self.0.advertise || !tried.insert(addr.clone()) {
+                continue;
+            }
+            let client = self.0.events_client(&addr)?;
+            let mut r = Ctx::forwarded(msg.clone());
+            r.set_timeout(FORWARD_TIMEOUT);
+            match tokio::time::timeout(FORWARD_TIMEOUT, call(client, r)).await {
+                Ok(Ok(resp)) => {
+                    self.0.routes.learn(p, &addr);
+                    return Ok(resp);
+                }
+                Ok(Err(s)) if s.code() == tonic::Code::Unavailable => {
+                    if let Some(hint) = s
+                        .metadata()
+                        .get(esf_client::LEADER_ADDR_METADATA)
+                        .and_then(|v| v.to_str().ok())
+                    {
+                        targets.push_front(hint.to_string());
+                    }
+                    last = s;
+                }
+                // A real answer: refused, not found, conflict.
+                Ok(Err(s)) => return Err(s),
+                Err(_) => {
+                    last = Status::unavailable(format!(
+                        "partition {p}: {addr} did not answer within {FORWARD_TIMEOUT:?}"
+                    ))
+                }
+            }
+        }
+        self.0.routes.forget(p);
+        Err(last)
+    }
 }
 
 type SubscribeStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::SubscribeResponse, Status>> + Send>>;
@@ -156,6 +231,22 @@ impl Feed {
         self.cancel_locked(&offsets, why);
     }
 
+    /// Partition `p` read up to its end (at `offset`): once every
+    /// partition is, the subscriber is told. False once canceled.
+    fn partition_caught_up(&self, p: u32, offset: u64) -> bool {
+        if self.catching_up.fetch_sub(1, Ordering::SeqCst) != 1 {
+            return true;
+        }
+        self.offer(
+            p,
+            offset,
+            pb::SubscribeResponse {
+                caught_up: true,
+                ..Default::default()
+            },
+        )
+    }
+
     fn wanted(&self, e: &EventRecord) -> bool {
         (self.type_filter.is_empty() || e.event_type == self.type_filter)
             && (self.stream_prefix.is_empty() || e.stream.starts_with(&self.stream_prefix))
@@ -205,16 +296,7 @@ async fn feed_partition(
         }
         if !caught_up {
             caught_up = true;
-            if feed.catching_up.fetch_sub(1, Ordering::SeqCst) == 1
-                && !feed.offer(
-                    group,
-                    offset,
-                    pb::SubscribeResponse {
-                        caught_up: true,
-                        ..Default::default()
-                    },
-                )
-            {
+            if !feed.partition_caught_up(group, offset) {
                 return;
             }
         }
@@ -222,6 +304,137 @@ async fn feed_partition(
             r = appended.changed() => if r.is_err() { return },
             _ = stop.wait_for(|s| *s) => return feed.cancel("this node is shutting down"),
             _ = feed.tx.closed() => return,
+        }
+    }
+}
+
+/// Opens a subscription to partition `p` on another node's replica, from
+/// `from` (`None`: from its end). Returns the stream and its start offset.
+async fn open_remote(
+    ctx: &Ctx,
+    p: u32,
+    from: Option<u64>,
+    type_filter: &str,
+    stream_prefix: &str,
+) -> Result<(tonic::Streaming<pb::SubscribeResponse>, u64), Status> {
+    let mut last = Status::unavailable(format!("partition {p}: no replica of it is known"));
+    for addr in crate::partitions::replica_addrs(&ctx.meta, &ctx.routes, p, &ctx.advertise) {
+        let mut c = match ctx.events_client(&addr) {
+            Ok(c) => c,
+            Err(s) => {
+                last = s;
+                continue;
+            }
+        };
+        let req = pb::SubscribeRequest {
+            from_offsets: from.map(|o| [(p, o)].into_iter().collect()).unwrap_or_default(),
+            from_now: from.is_none(),
+            r#type: type_filter.to_string(),
+            stream_prefix: stream_prefix.to_string(),
+            partitions: vec![p],
+        };
+        let opened = tokio::time::timeout(FORWARD_TIMEOUT, async {
+            let mut st = c.subscribe(Ctx::forwarded(req)).await?.into_inner();
+            let first = st
+                .message()
+                .await?
+                .ok_or_else(|| Status::unavailable(format!("partition {p}: {addr} closed the subscription")))?;
+            let start = first
+                .next_offsets
+                .get(&p)
+                .copied()
+                .ok_or_else(|| Status::internal(format!("partition {p}: {addr} sent no start offset")))?;
+            Ok::<_, Status>((st, start))
+        })
+        .await;
+        match opened {
+            Ok(Ok(x)) => {
+                ctx.routes.learn(p, &addr);
+                return Ok(x);
+            }
+            Ok(Err(s)) => last = s,
+            Err(_) => {
+                last = Status::unavailable(format!(
+                    "partition {p}: {addr} did not open a subscription within {FORWARD_TIMEOUT:?}"
+                ))
+            }
+        }
+    }
+    ctx.routes.forget(p);
+    Err(last)
+}
+
+/// Failed attempts in a row to reopen a subscription to another replica
+/// before the subscriber is canceled (it resumes elsewhere).
+pub const REMOTE_REOPEN_ATTEMPTS: u32 = 25;
+
+/// Follows partition `p` through a subscription to another node's replica
+/// (`stream`, at `offset`), reopened from the last relayed offset on
+/// another replica when it breaks.
+async fn feed_remote(
+    ctx: Ctx,
+    p: u32,
+    stream: tonic::Streaming<pb::SubscribeResponse>,
+    mut offset: u64,
+    feed: Arc<Feed>,
+) {
+    let mut stop = ctx.stop.clone();
+    let mut stream = Some(stream);
+    let mut caught_up = false;
+    let mut failures = 0;
+    loop {
+        let mut st = match stream.take() {
+            Some(st) => st,
+            None => {
+                tokio::select! {
+                    _ = tokio::time::sleep(RESUBSCRIBE_PAUSE) => {}
+                    _ = stop.wait_for(|s| *s) => return feed.cancel("this node is shutting down"),
+                    _ = feed.tx.closed() => return,
+                }
+                match open_remote(&ctx, p, Some(offset), &feed.type_filter, &feed.stream_prefix).await {
+                    Ok((st, _)) => {
+                        tracing::info!(partition = p, offset, "subscription followed on another replica");
+                        st
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        if failures >= REMOTE_REOPEN_ATTEMPTS {
+                            return feed.cancel(&format!("partition {p}: no replica answers: {}", e.message()));
+                        }
+                        continue;
+                    }
+                }
+            }
+        };
+        loop {
+            tokio::select! {
+                m = st.message() => match m {
+                    Ok(Some(resp)) if !resp.canceled => {
+                        failures = 0;
+                        if resp.caught_up {
+                            if !caught_up {
+                                caught_up = true;
+                                if !feed.partition_caught_up(p, offset) {
+                                    return;
+                                }
+                            }
+                            continue;
+                        }
+                        offset = resp.next_offsets.get(&p).copied().unwrap_or(offset).max(offset);
+                        let relayed = pb::SubscribeResponse {
+                            events: resp.events,
+                            ..Default::default()
+                        };
+                        if !feed.offer(p, offset, relayed) {
+                            return;
+                        }
+                    }
+                    // Canceled, closed or broken: reopen from `offset`.
+                    _ => break,
+                },
+                _ = stop.wait_for(|s| *s) => return feed.cancel("this node is shutting down"),
+                _ = feed.tx.closed() => return,
+            }
         }
     }
 }
@@ -260,6 +473,15 @@ impl pb::events_server::Events for EventsService {
         }
         let ids: Vec<String> = msg.events.iter().map(|e| e.id.clone()).collect();
         let p = self.partition_of(&msg.stream).clone();
+        if !self.held(&p) {
+            // Ids generated here travel with the request: a retry by the
+            // replica's leader stays idempotent.
+            return self
+                .on_replica(Ctx::is_forwarded(&req), p.group(), msg, |mut c, r| async move {
+                    c.append(r).await
+                })
+                .await;
+        }
         let cmd = Command::new(Op::Append(AppendRequest {
             stream: msg.stream.clone(),
             expected,
@@ -302,6 +524,22 @@ impl pb::events_server::Events for EventsService {
             vec![self.partition_of(&msg.stream).clone()]
         };
         for p in candidates {
+            if !self.held(&p) {
+                let ask = pb::GetEventRequest {
+                    partition: p.group(),
+                    ..msg.clone()
+                };
+                match self
+                    .on_replica(Ctx::is_forwarded(&req), p.group(), ask, |mut c, r| async move {
+                        c.get(r).await
+                    })
+                    .await
+                {
+                    Ok(found) => return Ok(found),
+                    Err(s) if s.code() == tonic::Code::NotFound => continue,
+                    Err(s) => return Err(s),
+                }
+            }
             match p.get(&id, consistency(msg.serializable)).await {
                 Ok(Some(e)) if msg.stream.is_empty() || e.stream == msg.stream => {
                     return Ok(Response::new(pb::GetEventResponse {
@@ -339,6 +577,13 @@ impl pb::events_server::Events for EventsService {
         let msg = req.get_ref().clone();
         esf_raft::events::check_stream_id("read.stream", &msg.stream).map_err(|r| convert::status(r.into()))?;
         let p = self.partition_of(&msg.stream).clone();
+        if !self.held(&p) {
+            return self
+                .on_replica(Ctx::is_forwarded(&req), p.group(), msg, |mut c, r| async move {
+                    c.read_stream(r).await
+                })
+                .await;
+        }
         let dir = if msg.backward {
             Direction::Backward
         } else {
@@ -370,6 +615,13 @@ impl pb::events_server::Events for EventsService {
         self.check_count()?;
         let msg = req.get_ref().clone();
         let p = self.partition("read.partition", msg.partition)?.clone();
+        if !self.held(&p) {
+            return self
+                .on_replica(Ctx::is_forwarded(&req), p.group(), msg, |mut c, r| async move {
+                    c.read_partition(r).await
+                })
+                .await;
+        }
         match p
             .read_partition(msg.from_offset, limit(msg.limit), consistency(msg.serializable))
             .await
@@ -391,6 +643,13 @@ impl pb::events_server::Events for EventsService {
         let msg = req.get_ref().clone();
         let expected = expected("delete.expected", msg.expected)?;
         let p = self.partition_of(&msg.stream).clone();
+        if !self.held(&p) {
+            return self
+                .on_replica(Ctx::is_forwarded(&req), p.group(), msg, |mut c, r| async move {
+                    c.delete_stream(r).await
+                })
+                .await;
+        }
         let cmd = Command::new(Op::DeleteStream {
             stream: msg.stream.clone(),
             expected,
@@ -409,6 +668,7 @@ impl pb::events_server::Events for EventsService {
 
     async fn subscribe(&self, req: Request<pb::SubscribeRequest>) -> Result<Response<SubscribeStream>, Status> {
         self.check_count()?;
+        let forwarded = Ctx::is_forwarded(&req);
         let msg = req.into_inner();
         let all: Vec<u32> = (1..=self.0.partitions.len() as u32).collect();
         let chosen = if msg.partitions.is_empty() {
@@ -425,7 +685,7 @@ impl pb::events_server::Events for EventsService {
         for (p, off) in &msg.from_offsets {
             let g = self.partition("subscribe.from_offsets", *p)?;
             let next = g.store().next_offset();
-            if *off > next {
+            if self.held(g) && *off > next {
                 // This replica lags (or the offset is wrong): another node
                 // may have it; the client tries elsewhere.
                 return Err(Status::unavailable(format!(
@@ -434,18 +694,30 @@ impl pb::events_server::Events for EventsService {
             }
         }
         let (tx, rx) = tokio::sync::mpsc::channel(SUBSCRIBE_BUFFER_RESPONSES);
-        let starts: BTreeMap<u32, u64> = chosen
-            .iter()
-            .map(|p| {
-                let g = &self.0.partitions[*p as usize - 1];
-                let start = match msg.from_offsets.get(p) {
-                    Some(o) => *o,
-                    None if msg.from_now => g.store().next_offset(),
-                    None => 0,
-                };
-                (*p, start)
-            })
-            .collect();
+        let mut starts: BTreeMap<u32, u64> = BTreeMap::new();
+        // Partitions without a replica here: followed through another node.
+        let mut remote = Vec::new();
+        let mut local = Vec::new();
+        for p in &chosen {
+            let g = &self.0.partitions[*p as usize - 1];
+            let from = match msg.from_offsets.get(p) {
+                Some(o) => Some(*o),
+                None if msg.from_now => None,
+                None => Some(0),
+            };
+            if self.held(g) {
+                starts.insert(*p, from.unwrap_or_else(|| g.store().next_offset()));
+                local.push(g.clone());
+            } else if forwarded {
+                return Err(Status::unavailable(format!(
+                    "partition {p}: this node holds no replica of it"
+                )));
+            } else {
+                let (st, start) = open_remote(&self.0, *p, from, &msg.r#type, &msg.stream_prefix).await?;
+                starts.insert(*p, start);
+                remote.push((*p, st));
+            }
+        }
         // The first response fixes where every partition starts, so a
         // client resuming after it never skips an event.
         let _ = tx.try_send(Ok(pb::SubscribeResponse {
@@ -461,8 +733,11 @@ impl pb::events_server::Events for EventsService {
             stream_prefix: msg.stream_prefix.clone(),
         });
         *feed.next.lock().expect("feed offsets lock") = starts.clone();
-        for (p, start) in starts {
-            let g = self.0.partitions[p as usize - 1].clone();
+        for (p, st) in remote {
+            tokio::spawn(feed_remote(self.0.clone(), p, st, starts[&p], feed.clone()));
+        }
+        for g in local {
+            let start = starts[&g.group()];
             tokio::spawn(feed_partition(g, start, feed.clone(), self.0.stop.clone()));
         }
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))

@@ -10,6 +10,7 @@ mod config;
 mod convert;
 mod events;
 mod partitions;
+mod placement;
 mod registry;
 mod server;
 mod service;

@@ -1,23 +1,28 @@
-//! The node's event partitions: which partition a stream lives in, the
-//! reconciler that keeps every partition's Raft membership equal to the
-//! meta group's and spreads their leaders, and their status.
+//! The node's event partitions: which partition a stream lives in, which
+//! nodes hold it, the reconciler that applies the placement recorded in
+//! meta, and their status.
 //!
-//! Placement: every member of the meta group (voter or learner) holds every
-//! partition in the same role. The desired state is the meta membership
-//! itself, so the reconciler is idempotent and resumable: each node, for
-//! each partition it leads, adds missing members as learners, replaces the
-//! voters with the meta voters and removes nodes that left meta. The meta
-//! leader initializes partitions that have no membership yet (a restored
-//! cluster) and records the partition count in meta.
+//! Placement: the meta leader plans every partition's replicas (3 by
+//! default, `--partition-replicas`) over the meta voters with
+//! [`crate::placement::plan`] and records the plan in meta
+//! (`PlacePartitions`). With 3 voters every node holds every partition;
+//! with more, each holds its share. Each node, for each partition it leads,
+//! brings the partition's Raft membership to the plan one step at a time
+//! (add the new replicas as learners, make the planned replicas the voters
+//! once caught up, remove the rest) and hands leadership to the planned
+//! preferred leader. Every step is idempotent, so the reconciler resumes
+//! wherever a crash left it. A node that holds no replica of a partition
+//! forwards that partition's requests to one that does.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use esf_client::pb;
 use esf_raft::command::{Command, Op};
 use esf_raft::events::{PartitionGroup, PartitionRaft};
 use esf_raft::group::MetaGroup;
+use esf_raft::meta::Placement;
 use esf_raft::openraft::async_runtime::WatchReceiver;
 use esf_raft::openraft::{BasicNode, ServerState};
 use tracing::{info, warn};
@@ -28,13 +33,86 @@ pub const DEFAULT_PARTITIONS: u32 = 8;
 pub const MAX_PARTITIONS: u32 = 256;
 /// Longest pause between two reconciler passes.
 pub const RECONCILE_INTERVAL: Duration = Duration::from_secs(1);
-/// Pause between two checks that a node being removed leads no partition.
-pub const HAND_OVER_POLL: Duration = Duration::from_millis(100);
+/// Pause between two checks that a node being removed holds no replica.
+pub const MOVE_POLL: Duration = Duration::from_millis(250);
+/// How long `member remove` waits for the node's replicas to move.
+pub const MOVE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Deadline of one status request while waiting for replicas to move.
+pub const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a node leads a partition before handing it to the partition's
+/// preferred leader.
+pub const PREFERRED_LEADER_DELAY: Duration = Duration::from_secs(10);
 /// Deadline of one membership step of one partition.
 pub const RECONCILE_STEP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The partitions of this node: group `g` is `[g - 1]`.
 pub type Partitions = Arc<Vec<Arc<PartitionGroup>>>;
+
+/// This node's view of where partitions live: the placement recorded in
+/// meta (re-read by the reconciler on every pass) and, for partitions this
+/// node holds no replica of, the last node that answered for them.
+#[derive(Default)]
+pub struct Routes {
+    placement: RwLock<Placement>,
+    hints: Mutex<BTreeMap<u32, String>>,
+}
+
+impl Routes {
+    /// The recorded placement, as of the last reconciler pass.
+    pub fn placement(&self) -> Placement {
+        self.placement.read().expect("routes lock").clone()
+    }
+
+    /// Partition `p`'s planned replicas (`None` before the first plan).
+    pub fn planned(&self, p: u32) -> Option<Vec<u64>> {
+        self.placement.read().expect("routes lock").plan.get(&p).cloned()
+    }
+
+    fn set(&self, placement: Placement) {
+        *self.placement.write().expect("routes lock") = placement;
+    }
+
+    /// The node that last answered for partition `p`.
+    pub fn hint(&self, p: u32) -> Option<String> {
+        self.hints.lock().expect("routes lock").get(&p).cloned()
+    }
+
+    pub fn learn(&self, p: u32, addr: &str) {
+        self.hints.lock().expect("routes lock").insert(p, addr.to_string());
+    }
+
+    pub fn forget(&self, p: u32) {
+        self.hints.lock().expect("routes lock").remove(&p);
+    }
+}
+
+/// Whether this node (`me`) serves partition `p` from its own replica: the
+/// plan names it and the partition's membership (as this node knows it)
+/// includes it. Before the first plan every member holds every partition.
+pub fn holds(me: u64, p: &PartitionGroup, routes: &Routes) -> bool {
+    match routes.planned(p.group()) {
+        None => true,
+        Some(r) => r.contains(&me) && membership_of(p.raft()).1.contains_key(&me),
+    }
+}
+
+/// Addresses to ask about partition `p`, best first: the node that last
+/// answered for it, then its planned replicas (preferred leader first),
+/// never this node (`me_addr`).
+pub fn replica_addrs(meta: &MetaGroup, routes: &Routes, p: u32, me_addr: &str) -> Vec<String> {
+    let (_, nodes) = membership_of(meta.raft());
+    let planned: Vec<u64> = routes.planned(p).unwrap_or_else(|| nodes.keys().copied().collect());
+    let mut out: Vec<String> = routes.hint(p).into_iter().collect();
+    for n in planned {
+        if let Some(node) = nodes.get(&n) {
+            if !out.contains(&node.addr) {
+                out.push(node.addr.clone());
+            }
+        }
+    }
+    out.retain(|a| a != me_addr);
+    out
+}
 
 /// The partition count recorded in the local meta state, if any.
 pub fn recorded_partitions(meta: &MetaGroup) -> Option<u32> {
@@ -73,11 +151,13 @@ where
         applied_index: m.last_applied.as_ref().map_or(0, |l| l.index),
         last_log_index: m.last_log_index.unwrap_or(0),
         snapshot_index: m.snapshot.as_ref().map_or(0, |l| l.index),
+        planned: Vec::new(),
+        held: false,
     }
 }
 
 /// (voters, every node) of a group's current membership.
-fn membership_of<SM>(
+pub fn membership_of<SM>(
     raft: &esf_raft::openraft::Raft<esf_raft::types::TypeConfig, SM>,
 ) -> (BTreeSet<u64>, BTreeMap<u64, BasicNode>)
 where
@@ -135,32 +215,36 @@ pub async fn hand_over_all(partitions: &Partitions) {
     }
 }
 
-/// Brings partition `p`'s membership to the meta membership; only on its
-/// leader. One step per call (add learners, or replace voters, or remove
-/// leftovers); the next pass continues.
-async fn reconcile_partition(p: &PartitionGroup, voters: &BTreeSet<u64>, nodes: &BTreeMap<u64, BasicNode>) {
+/// Brings partition `p`'s membership to its planned replicas `want`; only
+/// on its leader. One step per call (add a learner, or make the planned
+/// replicas the voters once the new ones caught up, or remove leftovers);
+/// the next pass continues.
+async fn reconcile_partition(p: &PartitionGroup, want: &BTreeSet<u64>, nodes: &BTreeMap<u64, BasicNode>) {
     let raft: &PartitionRaft = p.raft();
     let (pv, pn) = membership_of(raft);
     let step = async {
-        for (id, node) in nodes {
+        for id in want {
             if !pn.contains_key(id) {
-                info!(group = p.group(), node = id, "partition: adding member as learner");
-                raft.add_learner(*id, node.clone(), true)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let node = nodes[id].clone();
+                info!(group = p.group(), node = id, "partition: adding replica as learner");
+                raft.add_learner(*id, node, true).await.map_err(|e| e.to_string())?;
                 return Ok(());
             }
         }
-        if &pv != voters {
-            info!(group = p.group(), from = ?pv, to = ?voters, "partition: replacing voters");
-            raft.change_membership(voters.clone(), false)
+        if &pv != want {
+            // A voter that lags would hold up commits until it catches up.
+            if want.iter().any(|id| !pv.contains(id) && !caught_up(raft, *id)) {
+                return Ok(());
+            }
+            info!(group = p.group(), from = ?pv, to = ?want, "partition: replacing voters");
+            raft.change_membership(want.clone(), false)
                 .await
                 .map_err(|e| e.to_string())?;
             return Ok(());
         }
-        let gone: BTreeSet<u64> = pn.keys().filter(|id| !nodes.contains_key(id)).copied().collect();
+        let gone: BTreeSet<u64> = pn.keys().filter(|id| !want.contains(id)).copied().collect();
         if !gone.is_empty() {
-            info!(group = p.group(), nodes = ?gone, "partition: removing nodes that left the cluster");
+            info!(group = p.group(), nodes = ?gone, "partition: removing replicas not in the plan");
             raft.change_membership(esf_raft::openraft::ChangeMembers::RemoveNodes(gone), false)
                 .await
                 .map_err(|e| e.to_string())?;
@@ -174,60 +258,104 @@ async fn reconcile_partition(p: &PartitionGroup, voters: &BTreeSet<u64>, nodes: 
     }
 }
 
-/// If this node leads more partitions than its share, hands one to the
-/// voter that leads the fewest (by this node's view of every partition).
-async fn spread_leaders(me: u64, partitions: &Partitions, voters: &BTreeSet<u64>) {
-    if voters.len() < 2 {
+/// Hands leadership of partition `p` (led here since `since`) to its
+/// planned preferred leader once that is a caught-up voter. Not before
+/// [`PREFERRED_LEADER_DELAY`]: a node that just handed its partitions over
+/// (it is shutting down) does not get them back.
+async fn prefer_leader(me: u64, p: &PartitionGroup, preferred: u64, since: std::time::Instant) {
+    if preferred == me || since.elapsed() < PREFERRED_LEADER_DELAY {
         return;
     }
-    let mut led: BTreeMap<u64, Vec<u32>> = voters.iter().map(|v| (*v, Vec::new())).collect();
-    for p in partitions.iter() {
-        if let Some(l) = p.raft().metrics().borrow_watched().current_leader {
-            led.entry(l).or_default().push(p.group());
-        }
-    }
-    let share = (partitions.len() as u64).div_ceil(voters.len() as u64) as usize;
-    let mine = led.get(&me).cloned().unwrap_or_default();
-    if mine.len() <= share {
-        return;
-    }
-    let Some((&target, theirs)) = led
-        .iter()
-        .filter(|(v, _)| voters.contains(v))
-        .min_by_key(|(_, g)| g.len())
-    else {
-        return;
-    };
-    if target == me || theirs.len() + 1 >= mine.len() {
-        return;
-    }
-    let group = mine[mine.len() - 1];
-    let p = &partitions[group as usize - 1];
-    if !caught_up(p.raft(), target) {
+    let (pv, _) = membership_of(p.raft());
+    if !pv.contains(&preferred) || !caught_up(p.raft(), preferred) {
         return;
     }
     info!(
-        group,
-        to = target,
-        "handing partition leadership over to spread leaders"
+        group = p.group(),
+        to = preferred,
+        "handing partition leadership to its preferred leader"
     );
-    if let Err(e) = p.raft().trigger().transfer_leader(target).await {
-        warn!(group, error = %e, "partition leader transfer not started");
+    if let Err(e) = p.raft().trigger().transfer_leader(preferred).await {
+        warn!(group = p.group(), error = %e, "partition leader transfer not started");
     }
 }
 
-/// Runs until `stop`: every [`RECONCILE_INTERVAL`], reconcile the
-/// partitions this node leads.
+/// The meta leader's part: records the partition count, and a new plan
+/// when the voters or the excluded nodes changed.
+async fn plan_placement(meta: &MetaGroup, count: u32, replicas: u32, current: &Placement) {
+    match recorded_partitions(meta) {
+        None => {
+            let cmd = Command::new(Op::RecordPartitions { count });
+            if let Err(e) = meta.write(cmd).await {
+                warn!(error = %e, "cannot record the partition count yet");
+            }
+            return;
+        }
+        // A node started with another count serves no events and plans
+        // nothing (the events service says why).
+        Some(c) if c != count => return,
+        Some(_) => {}
+    }
+    let (voters, nodes) = membership_of(meta.raft());
+    let excluded: BTreeSet<u64> = current.excluded.iter().copied().collect();
+    let eligible: BTreeSet<u64> = voters.difference(&excluded).copied().collect();
+    let desired = crate::placement::plan(&current.plan, &eligible, count, replicas);
+    let changed: Vec<(u32, Vec<u64>)> = desired
+        .into_iter()
+        .filter(|(p, r)| !r.is_empty() && current.plan.get(p) != Some(r))
+        .collect();
+    // Nodes that left the cluster need no exclusion any more.
+    let still: Vec<u64> = excluded.iter().copied().filter(|n| nodes.contains_key(n)).collect();
+    let exclude = (still.len() != excluded.len()).then_some(still);
+    if changed.is_empty() && exclude.is_none() {
+        return;
+    }
+    info!(partitions = changed.len(), "recording a new partition placement");
+    if let Err(e) = meta
+        .write(Command::new(Op::PlacePartitions { plan: changed, exclude }))
+        .await
+    {
+        warn!(error = %e, "cannot record the partition placement yet");
+    }
+}
+
+/// The placement without `node`: every partition replica moves elsewhere
+/// (used by `member remove` before the node leaves meta).
+pub fn plan_without(meta: &MetaGroup, node: u64, count: u32, replicas: u32) -> Result<Op, String> {
+    let current = meta.store().placement().map_err(|e| e.to_string())?;
+    let (voters, _) = membership_of(meta.raft());
+    let mut excluded: BTreeSet<u64> = current.excluded.iter().copied().collect();
+    excluded.insert(node);
+    let eligible: BTreeSet<u64> = voters.difference(&excluded).copied().collect();
+    if eligible.is_empty() {
+        return Err(format!(
+            "no voter other than node {node} is left to hold the partitions"
+        ));
+    }
+    let plan = crate::placement::plan(&current.plan, &eligible, count, replicas);
+    Ok(Op::PlacePartitions {
+        plan: plan.into_iter().collect(),
+        exclude: Some(excluded.into_iter().collect()),
+    })
+}
+
+/// Runs until `stop`: every [`RECONCILE_INTERVAL`], refresh the routes
+/// from meta, plan (on the meta leader) and reconcile the partitions this
+/// node leads.
 pub async fn run_reconciler(
     meta: Arc<MetaGroup>,
     partitions: Partitions,
+    routes: Arc<Routes>,
+    replicas: u32,
     draining: Arc<std::sync::atomic::AtomicBool>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let me = meta.node_id();
+    // Partition -> (term, when this node was first seen leading it in it).
+    let mut led_since: BTreeMap<u32, (u64, std::time::Instant)> = BTreeMap::new();
     loop {
         if draining.load(std::sync::atomic::Ordering::SeqCst) {
-            // Being removed: lead nothing, change nothing.
+            // Shutting down: lead nothing, change nothing.
             hand_over_all(&partitions).await;
             tokio::select! {
                 _ = stop.wait_for(|s| *s) => return,
@@ -236,16 +364,14 @@ pub async fn run_reconciler(
             continue;
         }
         let (voters, nodes) = membership_of(meta.raft());
+        match meta.store().placement() {
+            Ok(pl) => routes.set(pl),
+            Err(e) => warn!(error = %e, "cannot read the partition placement"),
+        }
         if !nodes.is_empty() {
+            let placement = routes.placement();
             if meta.raft().is_leader() {
-                if recorded_partitions(&meta).is_none() {
-                    let cmd = Command::new(Op::RecordPartitions {
-                        count: partitions.len() as u32,
-                    });
-                    if let Err(e) = meta.write(cmd).await {
-                        warn!(error = %e, "cannot record the partition count yet");
-                    }
-                }
+                plan_placement(&meta, partitions.len() as u32, replicas, &placement).await;
                 // Only a one-member cluster (a restored one) initializes
                 // here: with more members, a partition without membership on
                 // this node may simply not have been replicated to it yet,
@@ -268,11 +394,35 @@ pub async fn run_reconciler(
                 }
             }
             for p in partitions.iter() {
-                if p.raft().is_leader() {
-                    reconcile_partition(p, &voters, &nodes).await;
+                if !p.raft().is_leader() {
+                    led_since.remove(&p.group());
+                    continue;
+                }
+                let term = p.raft().metrics().borrow_watched().current_term;
+                let since = led_since
+                    .entry(p.group())
+                    .and_modify(|e| {
+                        if e.0 != term {
+                            *e = (term, std::time::Instant::now());
+                        }
+                    })
+                    .or_insert((term, std::time::Instant::now()))
+                    .1;
+                // Before the first plan: every meta voter.
+                let planned: Vec<u64> = placement
+                    .plan
+                    .get(&p.group())
+                    .cloned()
+                    .unwrap_or_else(|| voters.iter().copied().collect());
+                let want: BTreeSet<u64> = planned.iter().copied().filter(|n| nodes.contains_key(n)).collect();
+                if want.is_empty() {
+                    continue;
+                }
+                reconcile_partition(p, &want, &nodes).await;
+                if let Some(first) = planned.first() {
+                    prefer_leader(me, p, *first, since).await;
                 }
             }
-            spread_leaders(me, &partitions, &voters).await;
         }
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return,

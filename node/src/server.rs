@@ -205,12 +205,14 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     // gRPC.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let draining_partitions = Arc::new(AtomicBool::new(false));
+    let routes = Arc::new(crate::partitions::Routes::default());
     let ctx = Ctx {
         stop: stop_rx.clone(),
         meta: meta.clone(),
         partitions: partitions.clone(),
-        draining: draining_partitions.clone(),
         recorded_partitions: Arc::default(),
+        routes: routes.clone(),
+        partition_replicas: cfg.partition_replicas,
         pool: pool.clone(),
         cluster_id: cluster_id.clone(),
         advertise: advertise.clone(),
@@ -331,7 +333,9 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     let reconciler = tokio::spawn(crate::partitions::run_reconciler(
         meta.clone(),
         partitions.clone(),
-        draining_partitions,
+        routes,
+        cfg.partition_replicas,
+        draining_partitions.clone(),
         stop_rx.clone(),
     ));
 
@@ -356,6 +360,8 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     });
     info!("shutting down");
     draining.store(true, Ordering::SeqCst);
+    // The reconciler keeps handing over what comes back until it stops.
+    draining_partitions.store(true, Ordering::SeqCst);
     crate::partitions::hand_over_all(&partitions).await;
     hand_over_leadership(&meta, Duration::from_millis(cfg.drain_timeout_ms)).await;
     let _ = stop_tx.send(true);

@@ -49,8 +49,10 @@ pub struct Ctx {
     /// The cluster's partition count once meta has it (it never changes
     /// after; read once instead of on every events request).
     pub recorded_partitions: Arc<std::sync::OnceLock<u32>>,
-    /// Set when this node is being removed: it leads no partition.
-    pub draining: Arc<std::sync::atomic::AtomicBool>,
+    /// Where partitions live, as of the reconciler's last pass.
+    pub routes: Arc<crate::partitions::Routes>,
+    /// Replicas of each partition (`--partition-replicas`).
+    pub partition_replicas: u32,
     pub pool: PeerPool,
     pub cluster_id: ClusterId,
     pub advertise: String,
@@ -73,6 +75,10 @@ impl Ctx {
             return None;
         }
         Self::leader_addr(e).filter(|a| *a != self.advertise)
+    }
+
+    pub(crate) fn is_forwarded<T>(req: &Request<T>) -> bool {
+        req.metadata().get(FORWARDED).is_some()
     }
 
     pub(crate) fn forwarded<T>(msg: T) -> Request<T> {
@@ -652,42 +658,147 @@ macro_rules! leader_only {
     }};
 }
 
-impl ClusterService {
-    /// Makes node `id` (at `addr`) stop leading event partitions and waits,
-    /// within [`MEMBERSHIP_TIMEOUT`], until this node sees none led by it.
-    /// An unreachable node is not asked (its partitions elect others).
-    async fn drain_partitions(&self, id: u64, addr: &str) -> Result<(), Status> {
-        if id == self.0.meta.node_id() {
-            self.0.draining.store(true, std::sync::atomic::Ordering::SeqCst);
-            crate::partitions::hand_over_all(&self.0.partitions).await;
-        } else if let Ok(mut c) = self.0.cluster_client(addr) {
-            let mut r = Request::new(pb::HandOverRequest {});
-            r.set_timeout(Duration::from_secs(5));
-            if let Err(s) = c.hand_over(r).await {
-                tracing::warn!(node = id, error = %s, "hand-over request failed; waiting for its partitions anyway");
+/// The rows of partition `p` from this node's replica, holding everything
+/// acknowledged: on the leader after a read-index barrier; on a follower
+/// once it applied what it knows committed.
+async fn partition_rows(p: &esf_raft::events::PartitionGroup) -> Result<Vec<u8>, String> {
+    let g = p.group();
+    if p.raft().is_leader() {
+        p.linearize().await.map_err(|e| format!("partition {g}: {e}"))?;
+    } else if !p.caught_up_locally(PARTITION_CATCH_UP).await {
+        return Err(format!(
+            "partition {g}: this node's replica did not apply what it knows committed within {PARTITION_CATCH_UP:?}; retry"
+        ));
+    }
+    let store = p.store().clone();
+    match tokio::task::spawn_blocking(move || store.snapshot_rows()).await {
+        Ok(Ok((_, d))) => Ok(d),
+        Ok(Err(e)) => Err(format!("partition {g}: {e}")),
+        Err(e) => Err(format!("partition {g}: snapshot task: {e}")),
+    }
+}
+
+/// How long a follower's replica may take to apply what it knows committed
+/// before its rows go into a snapshot.
+const PARTITION_CATCH_UP: Duration = Duration::from_secs(5);
+/// Deadline of one chunk of a partition's rows fetched from another node.
+const PARTITION_CHUNK_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The rows of partition `g` from a node that holds it (its planned
+/// replicas in turn), for a snapshot served by a node that does not.
+async fn fetch_partition_rows(ctx: &Ctx, g: u32) -> Result<Vec<u8>, String> {
+    let mut last = format!("partition {g}: no replica of it is known");
+    for addr in crate::partitions::replica_addrs(&ctx.meta, &ctx.routes, g, &ctx.advertise) {
+        let fetched = async {
+            let mut c = ctx.cluster_client(&addr)?;
+            let mut st = tokio::time::timeout(
+                PARTITION_CHUNK_TIMEOUT,
+                c.partition_snapshot(pb::PartitionSnapshotRequest { partition: g }),
+            )
+            .await
+            .map_err(|_| Status::unavailable("no answer"))??
+            .into_inner();
+            let mut data = Vec::new();
+            let mut announced = None;
+            while let Some(chunk) = tokio::time::timeout(PARTITION_CHUNK_TIMEOUT, st.message())
+                .await
+                .map_err(|_| Status::unavailable("a chunk did not arrive in time"))??
+            {
+                data.extend_from_slice(&chunk.data);
+                announced = Some(chunk.total_bytes);
+                if data.len() as u64 > chunk.total_bytes {
+                    return Err(Status::data_loss("more bytes than announced"));
+                }
             }
+            if announced.is_some_and(|t| t != data.len() as u64) {
+                return Err(Status::data_loss("fewer bytes than announced"));
+            }
+            Ok::<_, Status>(data)
+        };
+        match fetched.await {
+            Ok(d) => return Ok(d),
+            Err(s) => last = format!("partition {g} from {addr}: {}", s.message()),
         }
-        let deadline = tokio::time::Instant::now() + MEMBERSHIP_TIMEOUT;
+    }
+    Err(last)
+}
+
+impl ClusterService {
+    /// Before node `id` leaves meta: records a placement without it, then
+    /// waits until no partition's leader counts it as a replica (its
+    /// replicas moved to other nodes). Once out of meta the node may never
+    /// learn it was removed, so it must be out of every partition first.
+    async fn drain_partitions(&self, id: u64) -> Result<(), Status> {
+        let count = self.0.partitions.len() as u32;
+        let op = crate::partitions::plan_without(&self.0.meta, id, count, self.0.partition_replicas)
+            .map_err(|e| Status::failed_precondition(format!("id: {e}")))?;
+        self.0
+            .meta
+            .write(esf_raft::command::Command::new(op))
+            .await
+            .map_err(convert::status)?;
+        let deadline = tokio::time::Instant::now() + crate::partitions::MOVE_TIMEOUT;
         loop {
-            let led: Vec<u32> = self
-                .0
-                .partitions
-                .iter()
-                .filter(|p| p.raft().metrics().borrow_watched().current_leader == Some(id))
-                .map(|p| p.group())
-                .collect();
-            if led.is_empty() {
+            let still = self.partitions_on(id).await;
+            if still.is_empty() {
                 return Ok(());
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err(Status::unavailable(format!(
-                    "id: node {id} still leads partitions {led:?}; nothing was removed, retry"
+                    "id: partitions {still:?} still have a replica on node {id} after {:?}; the placement without it is recorded and its replicas keep moving: retry to finish the removal",
+                    crate::partitions::MOVE_TIMEOUT
                 )));
             }
-            // Polled: the leaders of every partition change independently
-            // (one metrics watch each); the loop ends at the deadline.
-            tokio::time::sleep(crate::partitions::HAND_OVER_POLL).await;
+            // Polled: the replicas of every partition move independently,
+            // on whichever node leads it; the loop ends at the deadline.
+            tokio::time::sleep(crate::partitions::MOVE_POLL).await;
         }
+    }
+
+    /// Partitions whose leader (as the highest-term leader among the
+    /// members' own reports) counts node `id` as a replica, or that have
+    /// no reported leader.
+    async fn partitions_on(&self, id: u64) -> Vec<u32> {
+        let m = self.0.meta.raft().metrics().borrow_watched().clone();
+        let me = self.0.meta.node_id();
+        let mut reports: Vec<pb::GroupStatus> = self
+            .0
+            .partitions
+            .iter()
+            .map(|p| crate::partitions::group_status(p.group(), p.raft()))
+            .collect();
+        let others: Vec<String> = m
+            .membership_config
+            .membership()
+            .nodes()
+            .filter(|(n, _)| **n != me)
+            .map(|(_, node)| node.addr.clone())
+            .collect();
+        let asks = others.iter().map(|addr| async move {
+            let mut c = self.0.cluster_client(addr).ok()?;
+            let mut r = Request::new(pb::StatusRequest {});
+            r.set_timeout(crate::partitions::STATUS_TIMEOUT);
+            tokio::time::timeout(crate::partitions::STATUS_TIMEOUT, c.status(r))
+                .await
+                .ok()?
+                .ok()
+                .map(|s| s.into_inner().groups)
+        });
+        for groups in futures::future::join_all(asks).await.into_iter().flatten() {
+            reports.extend(groups.into_iter().filter(|g| g.group != 0));
+        }
+        (1..=self.0.partitions.len() as u32)
+            .filter(|g| {
+                let leader = reports
+                    .iter()
+                    .filter(|r| r.group == *g && r.role == "leader")
+                    .max_by_key(|r| r.term);
+                match leader {
+                    None => true,
+                    Some(r) => r.voters.contains(&id) || r.learners.contains(&id),
+                }
+            })
+            .collect()
     }
 
     /// Before adding node `id` at `addr`: it must answer, carry that id, and
@@ -734,13 +845,15 @@ impl pb::cluster_server::Cluster for ClusterService {
     }
 
     async fn status(&self, _req: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
-        let mut groups = vec![crate::partitions::group_status(0, self.0.meta.raft())];
-        groups.extend(
-            self.0
-                .partitions
-                .iter()
-                .map(|p| crate::partitions::group_status(p.group(), p.raft())),
-        );
+        let mut meta = crate::partitions::group_status(0, self.0.meta.raft());
+        meta.held = true;
+        let mut groups = vec![meta];
+        let me = self.0.meta.node_id();
+        groups.extend(self.0.partitions.iter().map(|p| pb::GroupStatus {
+            planned: self.0.routes.planned(p.group()).unwrap_or_default(),
+            held: crate::partitions::holds(me, p, &self.0.routes),
+            ..crate::partitions::group_status(p.group(), p.raft())
+        }));
         Ok(Response::new(pb::StatusResponse {
             header: Some(convert::header(self.0.meta.header(self.0.meta.store().revision()))),
             node_id: self.0.meta.node_id(),
@@ -800,18 +913,10 @@ impl pb::cluster_server::Cluster for ClusterService {
             return Err(Status::not_found(format!("id: node {id} is not a member")));
         }
         let mut voters: BTreeSet<u64> = membership.voter_ids().collect();
-        let addr = membership.get_node(&id).map(|n| n.addr.clone()).unwrap_or_default();
         if voters.contains(&id) && voters.len() == 1 {
             return Err(Status::failed_precondition("id: cannot remove the last voter"));
         }
-        // Once out of meta the node may never learn it was removed, so it
-        // must give up its partitions first.
-        if let Err(e) = self.drain_partitions(id, &addr).await {
-            if id == self.0.meta.node_id() {
-                self.0.draining.store(false, std::sync::atomic::Ordering::SeqCst);
-            }
-            return Err(e);
-        }
+        self.drain_partitions(id).await?;
         if voters.remove(&id) {
             let fut = self.0.meta.raft().change_membership(voters, false);
             tokio::time::timeout(MEMBERSHIP_TIMEOUT, fut)
@@ -898,6 +1003,8 @@ impl pb::cluster_server::Cluster for ClusterService {
     }
 
     type SnapshotStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::BackupChunk, Status>> + Send>>;
+    type PartitionSnapshotStream =
+        std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::BackupChunk, Status>> + Send>>;
 
     async fn snapshot(&self, _req: Request<pb::BackupRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
         // Every write acknowledged before this call is applied here after
@@ -909,6 +1016,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         let (tx, rx) = tokio::sync::mpsc::channel(crate::snapshot::CHUNKS_IN_FLIGHT);
         let store = self.0.meta.store().clone();
         let partitions = self.0.partitions.clone();
+        let ctx = self.0.clone();
         let cluster_id = self.0.cluster_id.read().expect("cluster id lock").clone();
         let node_id = self.0.meta.node_id();
         let version = self.0.version;
@@ -934,28 +1042,14 @@ impl pb::cluster_server::Cluster for ClusterService {
                 blob,
             )];
             for p in partitions.iter() {
-                // Everything acknowledged is here on the partition's leader;
-                // a follower's replica is taken once it applied what it
-                // knows committed.
-                if p.raft().is_leader() {
-                    if let Err(e) = p.linearize().await {
-                        return fail(&tx, format!("snapshot: partition {}: {e}", p.group()));
-                    }
-                } else if !p.caught_up_locally(std::time::Duration::from_secs(5)).await {
-                    return fail(
-                        &tx,
-                        format!(
-                            "snapshot: partition {}: this node's replica did not apply what it knows committed within 5 s; retry",
-                            p.group()
-                        ),
-                    );
-                }
-                let store = p.store().clone();
-                let built = tokio::task::spawn_blocking(move || store.snapshot_rows()).await;
+                let built = if crate::partitions::holds(ctx.meta.node_id(), p, &ctx.routes) {
+                    partition_rows(p).await
+                } else {
+                    fetch_partition_rows(&ctx, p.group()).await
+                };
                 let data = match built {
-                    Ok(Ok((_, d))) => d,
-                    Ok(Err(e)) => return fail(&tx, format!("snapshot: partition {}: {e}", p.group())),
-                    Err(e) => return fail(&tx, format!("snapshot task: {e}")),
+                    Ok(d) => d,
+                    Err(e) => return fail(&tx, format!("snapshot: {e}")),
                 };
                 sections.push((
                     crate::snapshot::GroupSection {
@@ -997,11 +1091,38 @@ impl pb::cluster_server::Cluster for ClusterService {
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
-    async fn hand_over(&self, _req: Request<pb::HandOverRequest>) -> Result<Response<pb::HandOverResponse>, Status> {
-        self.0.draining.store(true, std::sync::atomic::Ordering::SeqCst);
-        crate::partitions::hand_over_all(&self.0.partitions).await;
-        let still_leading = self.0.partitions.iter().filter(|p| p.raft().is_leader()).count() as u32;
-        Ok(Response::new(pb::HandOverResponse { still_leading }))
+    async fn partition_snapshot(
+        &self,
+        req: Request<pb::PartitionSnapshotRequest>,
+    ) -> Result<Response<Self::PartitionSnapshotStream>, Status> {
+        let g = req.into_inner().partition;
+        let n = self.0.partitions.len();
+        if g == 0 || g as usize > n {
+            return Err(Status::invalid_argument(format!(
+                "partition: {g} does not exist (1 to {n})"
+            )));
+        }
+        let p = self.0.partitions[g as usize - 1].clone();
+        if !crate::partitions::holds(self.0.meta.node_id(), &p, &self.0.routes) {
+            return Err(Status::unavailable(format!(
+                "partition {g}: this node holds no replica of it"
+            )));
+        }
+        let data = partition_rows(&p).await.map_err(Status::unavailable)?;
+        let total_bytes = data.len() as u64;
+        let (tx, rx) = tokio::sync::mpsc::channel(crate::snapshot::CHUNKS_IN_FLIGHT);
+        tokio::spawn(async move {
+            for piece in data.chunks(crate::snapshot::CHUNK_BYTES) {
+                let chunk = pb::BackupChunk {
+                    total_bytes,
+                    data: piece.to_vec(),
+                };
+                if tx.send(Ok(chunk)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
     async fn hello(&self, req: Request<pb::HelloRequest>) -> Result<Response<pb::HelloResponse>, Status> {

@@ -59,6 +59,7 @@ impl std::fmt::Display for Command {
             Op::Append(a) => write!(f, "append({} events to a stream)", a.events.len()),
             Op::DeleteStream { .. } => write!(f, "delete_stream"),
             Op::RecordPartitions { count } => write!(f, "record_partitions({count})"),
+            Op::PlacePartitions { plan, .. } => write!(f, "place_partitions({} partitions)", plan.len()),
         }
     }
 }
@@ -117,6 +118,17 @@ pub enum Op {
     RecordPartitions {
         /// Partitions.
         count: u32,
+    },
+    /// Sets the desired replica set of event partitions (partition ->
+    /// node ids, the first one its preferred leader), as planned by the
+    /// meta leader; partitions not named keep theirs. Changes no key and no
+    /// revision.
+    PlacePartitions {
+        /// (partition, replicas) pairs.
+        plan: Vec<(u32, Vec<u64>)>,
+        /// If set, the nodes no partition may be placed on from now on
+        /// (members being removed), replacing the previous set.
+        exclude: Option<Vec<u64>>,
     },
 }
 

@@ -537,6 +537,7 @@ fn adds_data(op: &Op) -> bool {
         | Op::SetLimits(_)
         | Op::MemberReplicated { .. }
         | Op::RecordPartitions { .. }
+        | Op::PlacePartitions { .. }
         | Op::DeleteStream { .. } => false,
     }
 }

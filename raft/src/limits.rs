@@ -233,6 +233,27 @@ impl Limits {
                 }
                 Ok(())
             }
+            Op::PlacePartitions { plan, exclude } => {
+                if exclude.as_ref().is_some_and(|e| e.contains(&0)) {
+                    return Err(invalid("exclude", "node ids must not be 0"));
+                }
+                for (i, (p, replicas)) in plan.iter().enumerate() {
+                    if *p == 0 {
+                        return Err(invalid(&format!("plan[{i}].partition"), "must be at least 1"));
+                    }
+                    if replicas.is_empty() || replicas.contains(&0) {
+                        return Err(invalid(
+                            &format!("plan[{i}].replicas"),
+                            "must be non-zero node ids, at least one",
+                        ));
+                    }
+                    let distinct: std::collections::BTreeSet<&u64> = replicas.iter().collect();
+                    if distinct.len() != replicas.len() {
+                        return Err(invalid(&format!("plan[{i}].replicas"), "a node is named twice"));
+                    }
+                }
+                Ok(())
+            }
         }
     }
 }

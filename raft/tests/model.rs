@@ -268,7 +268,7 @@ impl Model {
                 OpResult::LimitsSet
             }
             Op::MemberReplicated { .. } => OpResult::None,
-            Op::Append(_) | Op::DeleteStream { .. } | Op::RecordPartitions { .. } => {
+            Op::Append(_) | Op::DeleteStream { .. } | Op::RecordPartitions { .. } | Op::PlacePartitions { .. } => {
                 unreachable!("the model generates no event ops")
             }
             Op::LeaseGrant { ttl_secs, .. } => {

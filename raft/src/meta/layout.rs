@@ -13,6 +13,7 @@
 //! | `SESSION` | `client_id:u64 BE` | [`Session`](super::session::Session) |
 //! | `REPLICATED` | `node_id:u64 BE` | empty: the leader has replicated to that node |
 //! | `PARTITIONS` | — | `count:u32 BE`: event partitions, fixed at cluster creation |
+//! | `PLACEMENT` | `partition:u32 BE` | `[node_id:u64 BE]`: the partition's desired replicas, preferred leader first; partition 0 lists the nodes excluded from placement |
 //!
 //! `enc` is the order-preserving, prefix-free byte encoding of esf-storage,
 //! so `HISTORY` sorts by (key, revision) and a prefix of user keys is a
@@ -33,6 +34,7 @@ pub(crate) const LEASE_KEY: u8 = 6;
 pub(crate) const SESSION: u8 = 7;
 pub(crate) const REPLICATED: u8 = 8;
 pub(crate) const PARTITIONS: u8 = 9;
+pub(crate) const PLACEMENT: u8 = 10;
 
 /// One version of a key. `value == None` is a tombstone (the key was deleted
 /// at `mod_revision`).

@@ -8,4 +8,6 @@ pub mod store;
 
 pub use layout::{Changes, KvRecord, LeaseRecord};
 pub use state_machine::MetaStateMachine;
-pub use store::{MetaStore, ReadError, SmState, SnapshotSummary, WatchEvent, auto_compaction_step, summarize_snapshot};
+pub use store::{
+    MetaStore, Placement, ReadError, SmState, SnapshotSummary, WatchEvent, auto_compaction_step, summarize_snapshot,
+};

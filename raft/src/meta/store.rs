@@ -145,6 +145,18 @@ pub fn auto_compaction_step(history_revisions: u64) -> u64 {
     (history_revisions / 8).max(1)
 }
 
+/// Where event partitions should live, as recorded in meta.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Placement {
+    /// Partition -> desired replicas, the preferred leader first.
+    pub plan: std::collections::BTreeMap<u32, Vec<u64>>,
+    /// Nodes no partition may be placed on (members being removed).
+    pub excluded: Vec<u64>,
+}
+
+/// The placement row that holds the excluded nodes (partitions start at 1).
+const EXCLUDED_FROM_PLACEMENT: u32 = 0;
+
 fn rocks_err(context: &str) -> impl Fn(rocksdb::Error) -> StorageError + '_ {
     move |e| StorageError::Rocks {
         context: context.to_string(),
@@ -571,6 +583,47 @@ impl MetaStore {
         Ok((rev, changes))
     }
 
+    /// The desired replicas of every placed partition, preferred leader
+    /// first, and the nodes excluded from placement (set by
+    /// [`Op::PlacePartitions`]).
+    pub fn placement(&self) -> Result<Placement, StorageError> {
+        let prefix = layout::table_prefix(self.group, layout::PLACEMENT);
+        let corrupt = |reason: String| StorageError::Corrupt {
+            cf: CF_SM,
+            group: self.group,
+            record: "partition placement".into(),
+            reason,
+        };
+        let mut out = Placement::default();
+        let iter = self.db.rocks().iterator_cf(
+            self.db.cf(CF_SM),
+            rocksdb::IteratorMode::From(&prefix, rocksdb::Direction::Forward),
+        );
+        for item in iter {
+            let (k, v) = item.map_err(rocks_err("partition placement read"))?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            let p: [u8; 4] = k[prefix.len()..]
+                .try_into()
+                .map_err(|_| corrupt(format!("key of {} bytes", k.len())))?;
+            if v.len() % 8 != 0 {
+                return Err(corrupt(format!("value of {} bytes is not a list of u64", v.len())));
+            }
+            let nodes = v
+                .chunks_exact(8)
+                .map(|c| u64::from_be_bytes(c.try_into().expect("chunks of 8")))
+                .collect();
+            match u32::from_be_bytes(p) {
+                EXCLUDED_FROM_PLACEMENT => out.excluded = nodes,
+                p => {
+                    out.plan.insert(p, nodes);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// The event partition count recorded by [`Op::RecordPartitions`].
     pub fn partitions(&self) -> Result<Option<u32>, StorageError> {
         let raw = self
@@ -828,6 +881,19 @@ impl MetaStore {
                         layout::table_prefix(self.group, layout::PARTITIONS),
                         count.to_be_bytes(),
                     ),
+                }
+                OpResult::None
+            }
+            Op::PlacePartitions { plan, exclude } => {
+                let rows = plan
+                    .iter()
+                    .map(|(p, r)| (*p, r))
+                    .chain(exclude.as_ref().map(|e| (EXCLUDED_FROM_PLACEMENT, e)));
+                for (p, nodes) in rows {
+                    let mut key = layout::table_prefix(self.group, layout::PLACEMENT);
+                    key.extend_from_slice(&p.to_be_bytes());
+                    let value: Vec<u8> = nodes.iter().flat_map(|n| n.to_be_bytes()).collect();
+                    batch.put_cf(self.db.cf(CF_SM), key, value);
                 }
                 OpResult::None
             }
