@@ -1237,6 +1237,16 @@ impl Client {
         .await
     }
 
+    /// Status of every member the cluster lists (besides the endpoints
+    /// given), each node answering for itself.
+    pub async fn status_members(&self) -> Result<Vec<(String, Result<pb::StatusResponse>)>> {
+        let m = self.members().await?;
+        for member in &m.members {
+            self.node_index(&member.addr);
+        }
+        Ok(self.status_all().await)
+    }
+
     /// Status of every endpoint, each asked directly (no failover).
     pub async fn status_all(&self) -> Vec<(String, Result<pb::StatusResponse>)> {
         let nodes: Vec<Arc<Node>> = self.inner.nodes.lock().expect("nodes lock").clone();

@@ -397,6 +397,7 @@ impl Cluster {
                                 voters.sort_unstable();
                                 planned.sort_unstable();
                                 g.applied_index >= l.commit_index
+                                    && l.voters.contains(&g.leader_id)
                                     && (planned.is_empty() || (voters == planned && l.learners.is_empty()))
                             })
                     })

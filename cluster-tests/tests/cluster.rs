@@ -1831,6 +1831,33 @@ async fn five_nodes_keep_three_replicas_and_forward_to_them() {
             );
         }
     }
+    // The CLI shows every partition across the cluster from one endpoint.
+    let (code, out, err) = cli(
+        &bin,
+        &["--endpoints", &c.node(2).grpc, "-o", "json", "endpoint", "partitions"],
+    );
+    assert_eq!(code, 0, "endpoint partitions: {err}");
+    let rows: Vec<serde_json::Value> = serde_json::from_str(out.trim()).expect("partitions json");
+    assert_eq!(rows.len(), 8, "{out}");
+    for r in &rows {
+        let mut planned: Vec<u64> = serde_json::from_value(r["planned"].clone()).expect("planned");
+        let voters: Vec<u64> = serde_json::from_value(r["voters"].clone()).expect("voters");
+        planned.sort_unstable();
+        assert_eq!(planned, voters, "{r}");
+        assert!(voters.contains(&r["leader_id"].as_u64().expect("leader")), "{r}");
+        let lag = r["lag"].as_object().expect("lag");
+        assert_eq!(lag.len(), 3, "{r}");
+        assert!(
+            lag.values().all(|l| l.as_u64().is_some()),
+            "every replica answered: {r}"
+        );
+    }
+    let (code, out, err) = cli(&bin, &["--endpoints", &c.node(2).grpc, "endpoint", "partitions"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("PARTITION") && out.lines().count() == 9, "{out}");
+    let eps: Vec<&str> = c.nodes.iter().map(|n| n.grpc.as_str()).collect();
+    let (code, out, err) = cli(&bin, &["--endpoints", &eps.join(","), "endpoint", "health"]);
+    assert_eq!(code, 0, "every node is healthy: {out} {err}");
     // A partition and a node without a replica of it.
     let (p, outsider) = (1..=8u32)
         .find_map(|p| {

@@ -381,6 +381,10 @@ enum EndpointCmd {
     Status,
     /// Whether each endpoint answers and sees a leader; exit 1 if any does not.
     Health,
+    /// Every event partition across the cluster: leader, term, planned
+    /// replicas, members, and how far each replica's applied index lags
+    /// its leader's commit index (every member is asked).
+    Partitions,
 }
 
 #[derive(Debug, Subcommand)]
@@ -391,6 +395,47 @@ enum LeaderCmd {
         #[arg(long, default_value_t = 0)]
         to: u64,
     },
+}
+
+/// One row per event partition from every member's status: the view of
+/// the highest-term node that reports leading it, its planned replicas,
+/// and each replica's lag (leader commit index minus the replica's applied
+/// index; null if the replica did not answer). False if some partition has
+/// no leader.
+fn partition_rows(all: &[(String, esf_client::Result<pb::StatusResponse>)]) -> (Vec<Value>, bool) {
+    let views: Vec<&pb::StatusResponse> = all.iter().filter_map(|(_, r)| r.as_ref().ok()).collect();
+    let count = views
+        .iter()
+        .map(|s| s.groups.len().saturating_sub(1))
+        .max()
+        .unwrap_or(0) as u32;
+    let mut ok = true;
+    let rows = (1..=count)
+        .map(|p| {
+            let of = |s: &pb::StatusResponse| s.groups.iter().find(|g| g.group == p).cloned();
+            let leader = views
+                .iter()
+                .filter_map(|s| of(s))
+                .filter(|g| g.role == "leader")
+                .max_by_key(|g| g.term);
+            let planned = views.iter().filter_map(|s| of(s)).map(|g| g.planned).find(|pl| !pl.is_empty());
+            let Some(l) = leader else {
+                ok = false;
+                return json!({"partition": p, "leader_id": 0, "term": 0, "planned": planned, "voters": [], "learners": [], "commit_index": 0, "lag": {}});
+            };
+            let mut lag = serde_json::Map::new();
+            for n in l.voters.iter().chain(&l.learners) {
+                let applied = views
+                    .iter()
+                    .find(|s| s.node_id == *n)
+                    .and_then(|s| of(s))
+                    .map(|g| l.commit_index.saturating_sub(g.applied_index));
+                lag.insert(n.to_string(), json!(applied));
+            }
+            json!({"partition": p, "leader_id": l.leader_id, "term": l.term, "planned": planned.unwrap_or_default(), "voters": l.voters, "learners": l.learners, "commit_index": l.commit_index, "lag": lag})
+        })
+        .collect();
+    (rows, ok)
 }
 
 fn text(b: &[u8]) -> String {
@@ -475,6 +520,49 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 s
             });
         }
+        Command::Endpoint(EndpointCmd::Partitions) => {
+            let c = client()?;
+            let all = c.status_members().await?;
+            let (rows, ok) = partition_rows(&all);
+            let v = Value::Array(rows.clone());
+            print(out, &v, || {
+                let mut s = format!(
+                    "{:<9} {:<6} {:<5} {:<12} {:<12} {:<9} {:<7} {}\n",
+                    "PARTITION", "LEADER", "TERM", "PLANNED", "VOTERS", "LEARNERS", "COMMIT", "LAG (node:entries)"
+                );
+                let ids = |v: &Value| {
+                    v.as_array()
+                        .map(|a| a.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(","))
+                        .unwrap_or_default()
+                };
+                for r in &rows {
+                    let lag = r["lag"]
+                        .as_object()
+                        .map(|m| {
+                            m.iter()
+                                .map(|(n, l)| format!("{n}:{}", if l.is_null() { "?".into() } else { l.to_string() }))
+                                .collect::<Vec<_>>()
+                                .join(" ")
+                        })
+                        .unwrap_or_default();
+                    s += &format!(
+                        "{:<9} {:<6} {:<5} {:<12} {:<12} {:<9} {:<7} {}\n",
+                        r["partition"].to_string(),
+                        r["leader_id"].to_string(),
+                        r["term"].to_string(),
+                        ids(&r["planned"]),
+                        ids(&r["voters"]),
+                        ids(&r["learners"]),
+                        r["commit_index"].to_string(),
+                        lag
+                    );
+                }
+                s
+            });
+            if !ok {
+                return Ok(ExitCode::from(1));
+            }
+        }
         Command::Endpoint(cmd) => {
             let c = client()?;
             let all = c.status_all().await;
@@ -487,9 +575,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         if g.leader_id == 0 {
                             healthy = false;
                         }
-                        let led = s.groups.iter().skip(1).filter(|g| g.role == "leader").count();
-                        let partitions = s.groups.len().saturating_sub(1);
-                        let leaderless = s.groups.iter().skip(1).filter(|g| g.leader_id == 0).count();
+                        // Partitions this node holds a replica of (it
+                        // forwards the others).
+                        let held: Vec<&pb::GroupStatus> = s.groups.iter().skip(1).filter(|g| g.held).collect();
+                        let led = held.iter().filter(|g| g.role == "leader").count();
+                        let partitions = held.len();
+                        let leaderless = held.iter().filter(|g| g.leader_id == 0).count();
                         if leaderless > 0 {
                             healthy = false;
                         }
@@ -502,8 +593,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
             let v = Value::Array(rows.clone());
-            match cmd {
-                EndpointCmd::Status => print(out, &v, || {
+            let health = matches!(cmd, EndpointCmd::Health);
+            if !health {
+                print(out, &v, || {
                     let mut s = format!(
                         "{:<26} {:<5} {:<9} {:<5} {:<6} {:<8} {:<8} {:<10} {:<7} {:<9} {}\n",
                         "ENDPOINT",
@@ -543,8 +635,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         }
                     }
                     s
-                }),
-                EndpointCmd::Health => print(out, &v, || {
+                })
+            } else {
+                print(out, &v, || {
                     rows.iter()
                         .map(|r| {
                             format!(
@@ -558,9 +651,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                             )
                         })
                         .collect()
-                }),
+                })
             }
-            if !healthy && matches!(cmd, EndpointCmd::Health) {
+            if !healthy && health {
                 return Ok(ExitCode::from(1));
             }
         }

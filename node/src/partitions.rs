@@ -236,6 +236,20 @@ async fn reconcile_partition(p: &PartitionGroup, want: &BTreeSet<u64>, nodes: &B
             if want.iter().any(|id| !pv.contains(id) && !caught_up(raft, *id)) {
                 return Ok(());
             }
+            // A leader that is not planned hands the change to one that is
+            // (a leader that removes itself would keep leading outside the
+            // membership until it steps down).
+            let me = raft.metrics().borrow_watched().id;
+            if !want.contains(&me) {
+                if let Some(to) = want.iter().copied().find(|v| pv.contains(v) && caught_up(raft, *v)) {
+                    info!(
+                        group = p.group(),
+                        to, "partition: handing leadership to a planned replica before leaving"
+                    );
+                    raft.trigger().transfer_leader(to).await.map_err(|e| e.to_string())?;
+                    return Ok(());
+                }
+            }
             info!(group = p.group(), from = ?pv, to = ?want, "partition: replacing voters");
             raft.change_membership(want.clone(), false)
                 .await
