@@ -127,6 +127,7 @@ headed!(
     pb::SubscriptionResponse,
     pb::ListSubscriptionsResponse,
     pb::DeleteSubscriptionResponse,
+    pb::ConsumersResponse,
 );
 
 impl<T> Headed for Streaming<T> {
@@ -1047,6 +1048,72 @@ impl Client {
         .await
     }
 
+    /// Adds consumer `consumer_id` ("" for a generated id) to the consumer
+    /// group of subscription `name` while lease `lease_id` lives.
+    pub async fn join_consumers(&self, name: &str, consumer_id: &str, lease_id: u64) -> Result<pb::ConsumersResponse> {
+        let req = pb::JoinRequest {
+            name: name.into(),
+            lease_id,
+            consumer_id: consumer_id.into(),
+        };
+        self.call("join", |ch| {
+            let r = req.clone();
+            async move { SubscriptionsClient::new(ch).join(r).await }
+        })
+        .await
+    }
+
+    /// Removes consumer `consumer_id` from the group of subscription `name`.
+    pub async fn leave_consumers(&self, name: &str, consumer_id: &str) -> Result<pb::ConsumersResponse> {
+        let req = pb::LeaveRequest {
+            name: name.into(),
+            consumer_id: consumer_id.into(),
+        };
+        self.call("leave", |ch| {
+            let r = req.clone();
+            async move { SubscriptionsClient::new(ch).leave(r).await }
+        })
+        .await
+    }
+
+    /// The consumer group of subscription `name`, sorted.
+    pub async fn consumers(&self, name: &str) -> Result<pb::ConsumersResponse> {
+        let req = pb::SubscriptionNameRequest { name: name.into() };
+        self.call("consumers", |ch| {
+            let r = req.clone();
+            async move { SubscriptionsClient::new(ch).consumers(r).await }
+        })
+        .await
+    }
+
+    /// Joins the consumer group of durable subscription `name` with a lease
+    /// of `ttl_secs` kept alive in the background: see [`GroupConsumer`].
+    pub async fn consume_group(&self, name: &str, consumer_id: &str, ttl_secs: u64) -> Result<GroupConsumer> {
+        let lease = self.lease_grant(ttl_secs, 0).await?.id;
+        let joined = match self.join_consumers(name, consumer_id, lease).await {
+            Ok(j) => j,
+            Err(e) => {
+                let _ = self.lease_revoke(lease).await;
+                return Err(e);
+            }
+        };
+        let keeper = {
+            let c = self.clone();
+            tokio::spawn(async move { c.lease_keep_alive_forever(lease, |_| {}).await })
+        };
+        Ok(GroupConsumer {
+            client: self.clone(),
+            name: name.into(),
+            consumer_id: joined.consumer_id,
+            lease,
+            keeper,
+            members: Vec::new(),
+            assigned: Vec::new(),
+            sub: None,
+            checked: tokio::time::Instant::now(),
+        })
+    }
+
     /// Consumes durable subscription `name` as consumer `member` of
     /// `members` (it takes the partitions p with `(p - 1) % members ==
     /// member`): a resumable subscription from the acknowledged positions
@@ -1467,6 +1534,126 @@ impl ResumableSubscription {
     /// The next offset per partition (every event before it was returned).
     pub fn next_offsets(&self) -> Option<&std::collections::BTreeMap<u32, u64>> {
         self.next.as_ref()
+    }
+}
+
+/// How often a [`GroupConsumer`] re-reads its group's members.
+pub const REBALANCE_CHECK: Duration = Duration::from_secs(1);
+
+/// Partitions consumer `index` of `members` takes, of `partitions`.
+pub fn assigned_partitions(index: usize, members: usize, partitions: impl Iterator<Item = u32>) -> Vec<u32> {
+    let mut mine: Vec<u32> = partitions.filter(|p| ((*p - 1) as usize) % members == index).collect();
+    mine.sort_unstable();
+    mine
+}
+
+/// A member of a durable subscription's consumer group. It holds a lease
+/// (kept alive in the background) and takes the partitions p with
+/// `(p - 1) % n == k`, k being its place among the n sorted members. Every
+/// [`REBALANCE_CHECK`] it re-reads the members; when they changed (one
+/// joined, left, or its lease expired) it resubscribes to its new share
+/// from the acknowledged positions. At least once: after a rebalance the
+/// events after the last ack of a moved partition come again. Ack with
+/// [`Client::ack`]; [`GroupConsumer::leave`] hands the share over at once
+/// (dropping it leaves when the lease expires).
+pub struct GroupConsumer {
+    client: Client,
+    name: String,
+    consumer_id: String,
+    lease: u64,
+    keeper: tokio::task::JoinHandle<Result<()>>,
+    members: Vec<String>,
+    assigned: Vec<u32>,
+    sub: Option<ResumableSubscription>,
+    checked: tokio::time::Instant,
+}
+
+impl GroupConsumer {
+    /// This consumer's id in the group.
+    pub fn consumer_id(&self) -> &str {
+        &self.consumer_id
+    }
+
+    /// The partitions this consumer currently takes.
+    pub fn assigned(&self) -> &[u32] {
+        &self.assigned
+    }
+
+    /// Re-reads the members; on a change, resubscribes to the new share.
+    async fn rebalance(&mut self) -> Result<()> {
+        self.checked = tokio::time::Instant::now();
+        if self.keeper.is_finished() {
+            return Err(Error::NotFound(format!(
+                "consumer {}: its lease {} is gone; join again",
+                self.consumer_id, self.lease
+            )));
+        }
+        let members = self.client.consumers(&self.name).await?.consumer_ids;
+        if members == self.members && self.sub.is_some() {
+            return Ok(());
+        }
+        let Some(index) = members.iter().position(|m| *m == self.consumer_id) else {
+            return Err(Error::NotFound(format!(
+                "consumer {}: no longer a member of {:?} (its lease expired)",
+                self.consumer_id, self.name
+            )));
+        };
+        let info = self
+            .client
+            .get_subscription(&self.name)
+            .await?
+            .subscription
+            .unwrap_or_default();
+        let mine: Vec<u32> = assigned_partitions(index, members.len(), info.positions.keys().copied());
+        tracing::info!(consumer = %self.consumer_id, partitions = ?mine, members = members.len(), "consumer group rebalanced");
+        self.sub = (!mine.is_empty()).then(|| {
+            self.client.subscribe_resumable(pb::SubscribeRequest {
+                from_offsets: mine.iter().map(|p| (*p, info.positions[p])).collect(),
+                partitions: mine.clone(),
+                from_now: false,
+                r#type: info.r#type.clone(),
+                stream_prefix: info.stream_prefix.clone(),
+            })
+        });
+        self.assigned = mine;
+        self.members = members;
+        Ok(())
+    }
+
+    /// The next response of this consumer's share (the first one after a
+    /// rebalance carries no events and the start offsets).
+    pub async fn next(&mut self) -> Result<pb::SubscribeResponse> {
+        loop {
+            if self.sub.is_none() || self.checked.elapsed() >= REBALANCE_CHECK {
+                self.rebalance().await?;
+            }
+            let check_at = self.checked + REBALANCE_CHECK;
+            match self.sub.as_mut() {
+                // Cancel-safe: a response not yet taken stays in the stream.
+                Some(sub) => tokio::select! {
+                    r = sub.next() => return r,
+                    _ = tokio::time::sleep_until(check_at) => {}
+                },
+                // More members than partitions: wait for a share.
+                None => tokio::time::sleep_until(check_at).await,
+            }
+        }
+    }
+
+    /// Leaves the group now (its share moves on the others' next check).
+    pub async fn leave(self) -> Result<()> {
+        self.keeper.abort();
+        self.client.leave_consumers(&self.name, &self.consumer_id).await?;
+        self.client.lease_revoke(self.lease).await?;
+        Ok(())
+    }
+}
+
+impl Drop for GroupConsumer {
+    fn drop(&mut self) {
+        // Not renewed any more: the group drops this member when the
+        // lease expires.
+        self.keeper.abort();
     }
 }
 

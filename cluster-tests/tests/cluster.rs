@@ -1799,6 +1799,161 @@ async fn durable_subscription_continues_from_its_acknowledged_position_and_bad_e
     assert!(out.starts_with("billing ") && !out.contains("audit"), "{out}");
 }
 
+/// What the consumers of a group test saw: per consumer, its latest
+/// share and the (partition, event id) pairs it received.
+#[derive(Default)]
+struct GroupSeen {
+    assigned: BTreeMap<String, Vec<u32>>,
+    events: Vec<(String, u32, String)>,
+}
+
+/// Runs group consumer `g` until aborted: records its share and events and
+/// acknowledges each response.
+fn drive(
+    client: esf_client::Client,
+    mut g: esf_client::GroupConsumer,
+    seen: std::sync::Arc<std::sync::Mutex<GroupSeen>>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let me = g.consumer_id().to_string();
+        loop {
+            let r = g.next().await.expect("group consumer");
+            {
+                let mut s = seen.lock().expect("seen lock");
+                s.assigned.insert(me.clone(), g.assigned().to_vec());
+                for e in &r.events {
+                    s.events.push((me.clone(), e.partition, e.id.clone()));
+                }
+            }
+            let done: BTreeMap<u32, u64> = r.next_offsets.iter().map(|(p, o)| (*p, *o)).collect();
+            if !done.is_empty() {
+                client.ack("orders", &done).await.expect("ack");
+            }
+        }
+    })
+}
+
+/// Polls `cond` on what the consumers saw until it holds.
+async fn wait_seen(seen: &std::sync::Mutex<GroupSeen>, what: &str, cond: impl Fn(&GroupSeen) -> bool) {
+    let deadline = tokio::time::Instant::now() + esf_cluster_tests::READY_DEADLINE;
+    while !cond(&seen.lock().expect("seen lock")) {
+        let s = seen.lock().expect("seen lock");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: shares {:?}, {} events",
+            s.assigned,
+            s.events.len()
+        );
+        drop(s);
+        tokio::time::sleep(esf_cluster_tests::POLL_INTERVAL).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_group_shares_partitions_and_rebalances_when_a_member_dies() {
+    let bin = esf_bin();
+    let c = Cluster::start(&bin, 3);
+    c.wait_converged().await;
+    let client = c.client();
+    client
+        .create_subscription("orders", "", "", false)
+        .await
+        .expect("create");
+    // Bad input names the field.
+    let lease = client.lease_grant(5, 0).await.expect("lease").id;
+    for (name, id, lease, want) in [
+        ("orders", "a", 0, "lease_id: is required"),
+        ("orders", "a", 987_654, "lease_id: lease 987654 does not exist"),
+        ("orders", "a/b", lease, "consumer_id: '/' is not allowed"),
+        ("nope", "a", lease, "subscription \"nope\" does not exist"),
+    ] {
+        let err = client.join_consumers(name, id, lease).await.expect_err(want);
+        assert!(err.to_string().contains(want), "{err} should contain {want}");
+    }
+    assert!(
+        client
+            .consumers("orders")
+            .await
+            .expect("consumers")
+            .consumer_ids
+            .is_empty()
+    );
+
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(GroupSeen::default()));
+    let a = client.consume_group("orders", "a", 2).await.expect("join a");
+    let b = client.consume_group("orders", "b", 2).await.expect("join b");
+    let task_a = drive(client.clone(), a, seen.clone());
+    let task_b = drive(client.clone(), b, seen.clone());
+    let all: Vec<u32> = (1..=8).collect();
+    let split = |s: &GroupSeen| {
+        let (Some(a), Some(b)) = (s.assigned.get("a"), s.assigned.get("b")) else {
+            return false;
+        };
+        let mut both: Vec<u32> = a.iter().chain(b).copied().collect();
+        both.sort_unstable();
+        !a.is_empty() && !b.is_empty() && both == (1..=8).collect::<Vec<u32>>()
+    };
+    wait_seen(&seen, "a and b split the partitions", split).await;
+    let (code, out, err) = cli(
+        &bin,
+        &["--endpoints", &c.endpoints(), "subscription", "consumers", "orders"],
+    );
+    assert_eq!((code, out.as_str()), (0, "a\nb\n"), "{err}");
+    let mut ids = Vec::new();
+    for i in 0..24 {
+        let r = client
+            .append(&format!("order-{i}"), vec![event("Order", i)], None)
+            .await
+            .expect("append");
+        ids.push(r.ids[0].clone());
+    }
+    wait_seen(&seen, "every event delivered once", |s| s.events.len() >= 24).await;
+    {
+        let s = seen.lock().expect("seen lock");
+        assert_eq!(s.events.len(), 24, "no duplicates while the group is stable");
+        for (who, p, _) in &s.events {
+            assert!(
+                s.assigned[who].contains(p),
+                "{who} got an event of partition {p} it does not own"
+            );
+        }
+        assert!(s.events.iter().any(|e| e.0 == "a") && s.events.iter().any(|e| e.0 == "b"));
+    }
+
+    // Consumer a dies without leaving: when its lease expires, b takes
+    // every partition from the acknowledged positions.
+    task_a.abort();
+    let _ = task_a.await;
+    wait_seen(&seen, "b takes over", |s| s.assigned.get("b") == Some(&all)).await;
+    for i in 24..40 {
+        let r = client
+            .append(&format!("order-{i}"), vec![event("Order", i)], None)
+            .await
+            .expect("append");
+        ids.push(r.ids[0].clone());
+    }
+    let want: std::collections::BTreeSet<String> = ids.iter().cloned().collect();
+    wait_seen(&seen, "b delivers the rest", |s| {
+        let got: std::collections::BTreeSet<String> = s.events.iter().map(|e| e.2.clone()).collect();
+        got == want
+    })
+    .await;
+    assert_eq!(
+        client.consumers("orders").await.expect("consumers").consumer_ids,
+        vec!["b".to_string()]
+    );
+    task_b.abort();
+    // Every acknowledged position is at the partition's end.
+    let info = client
+        .get_subscription("orders")
+        .await
+        .expect("get")
+        .subscription
+        .expect("info");
+    let acked: u64 = info.positions.values().sum();
+    assert_eq!(acked, 40, "{info:?}");
+}
+
 /// A stream name that lives in partition `p` of `count`.
 fn stream_in(p: u32, count: u32) -> String {
     (0..)

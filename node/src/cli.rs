@@ -214,16 +214,32 @@ enum SubscriptionCmd {
         name: String,
     },
     /// Print its events from the acknowledged positions, acknowledging each
-    /// response once printed (as consumer MEMBER of MEMBERS).
+    /// response once printed. By default as a member of the subscription's
+    /// consumer group (sharing its partitions with the other members,
+    /// rebalanced as they come and go); with --member/--members as a fixed
+    /// share.
     Consume {
         name: String,
-        #[arg(long, default_value_t = 0)]
-        member: u32,
-        #[arg(long, default_value_t = 1)]
-        members: u32,
+        /// Fixed share: this consumer's index (0-based) ...
+        #[arg(long, requires = "members")]
+        member: Option<u32>,
+        /// ... of this many consumers.
+        #[arg(long, requires = "member")]
+        members: Option<u32>,
+        /// Group member: the lease TTL in seconds (the group drops a member
+        /// that stops renewing after it).
+        #[arg(long, default_value_t = 10)]
+        ttl: u64,
+        /// Group member: this consumer's id (default: generated).
+        #[arg(long, default_value = "")]
+        consumer_id: String,
         /// Exit after this many events (acknowledged up to the last one).
         #[arg(long)]
         count: Option<u64>,
+    },
+    /// The members of a subscription's consumer group.
+    Consumers {
+        name: String,
     },
 }
 
@@ -1204,16 +1220,40 @@ async fn subscription(c: Client, out: Output, cmd: SubscriptionCmd) -> anyhow::R
                 format!("deleted subscription {name}\n")
             });
         }
+        SubscriptionCmd::Consumers { name } => {
+            let r = c.consumers(&name).await?;
+            print(out, &json!({"name": name, "consumers": r.consumer_ids}), || {
+                r.consumer_ids.iter().map(|id| format!("{id}\n")).collect()
+            });
+        }
         SubscriptionCmd::Consume {
             name,
             member,
             members,
+            ttl,
+            consumer_id,
             count,
         } => {
-            let mut sub = c.consume(&name, member, members).await?;
+            let mut source = match (member, members) {
+                (Some(m), Some(n)) => Consumer::Fixed(c.consume(&name, m, n).await?),
+                _ => {
+                    let g = c.consume_group(&name, &consumer_id, ttl).await?;
+                    eprintln!("joined the consumer group of {name} as {}", g.consumer_id());
+                    Consumer::Group(Box::new(g))
+                }
+            };
+            let mut stop = Interrupts::catch()?;
             let mut seen = 0u64;
             loop {
-                let resp = sub.next().await?;
+                let resp = tokio::select! {
+                    r = source.next() => r?,
+                    _ = stop.recv() => return source.finish().await,
+                };
+                if let Consumer::Group(g) = &source {
+                    if resp.events.is_empty() && !resp.caught_up && !resp.next_offsets.is_empty() {
+                        eprintln!("consuming partitions {:?}", g.assigned());
+                    }
+                }
                 let mut done = std::collections::BTreeMap::new();
                 for e in &resp.events {
                     print(out, &event_json(e), || event_line(e));
@@ -1221,7 +1261,7 @@ async fn subscription(c: Client, out: Output, cmd: SubscriptionCmd) -> anyhow::R
                     seen += 1;
                     if count.is_some_and(|n| seen >= n) {
                         c.ack(&name, &done).await?;
-                        return Ok(());
+                        return source.finish().await;
                     }
                 }
                 // The whole response is processed: filtered events too.
@@ -1256,6 +1296,29 @@ fn instance_line(i: &pb::Instance) -> String {
 }
 
 /// SIGINT and SIGTERM, caught from the moment this is called.
+/// Where `subscription consume` reads from.
+enum Consumer {
+    Fixed(esf_client::ResumableSubscription),
+    Group(Box<esf_client::GroupConsumer>),
+}
+
+impl Consumer {
+    async fn next(&mut self) -> esf_client::Result<pb::SubscribeResponse> {
+        match self {
+            Consumer::Fixed(s) => s.next().await,
+            Consumer::Group(g) => g.next().await,
+        }
+    }
+
+    /// A group member leaves at once (its share moves to the others).
+    async fn finish(self) -> anyhow::Result<()> {
+        if let Consumer::Group(g) = self {
+            g.leave().await?;
+        }
+        Ok(())
+    }
+}
+
 struct Interrupts {
     int: tokio::signal::unix::Signal,
     term: tokio::signal::unix::Signal,

@@ -115,6 +115,29 @@ impl EventsService {
         crate::partitions::holds(self.0.meta.node_id(), p, &self.0.routes)
     }
 
+    /// Partition `p`'s next offset: from this node's replica, else as a
+    /// replica elsewhere reports it (in the header of a one-event read).
+    pub(crate) async fn partition_end(&self, p: &PartitionGroup) -> Result<u64, Status> {
+        if self.held(p) {
+            return Ok(p.store().next_offset());
+        }
+        let ask = pb::ReadPartitionRequest {
+            partition: p.group(),
+            from_offset: 0,
+            limit: 1,
+            serializable: true,
+        };
+        let r = self
+            .on_replica(
+                false,
+                p.group(),
+                ask,
+                |mut c, r| async move { c.read_partition(r).await },
+            )
+            .await?;
+        Ok(r.into_inner().header.map_or(0, |h| h.revision))
+    }
+
     /// Runs `call` against a replica of partition `p` on another node:
     /// the one that last answered, else the planned replicas in turn,
     /// following a replica's leader hint. A request that was forwarded here

@@ -34,6 +34,16 @@ fn key(name: &str) -> Vec<u8> {
     k
 }
 
+/// Consumer group members of subscription `name`: one key each,
+/// `0xff "sub-consumer/" NAME "/" ID`, bound to the consumer's lease.
+fn consumers_prefix(name: &str) -> Vec<u8> {
+    let mut k = vec![RESERVED_KEY_BYTE];
+    k.extend_from_slice(b"sub-consumer/");
+    k.extend_from_slice(name.as_bytes());
+    k.push(b'/');
+    k
+}
+
 fn decode(kv: &KeyValue) -> Result<pb::SubscriptionInfo, Status> {
     pb::SubscriptionInfo::decode(kv.value.as_slice())
         .map_err(|e| Status::internal(format!("subscription record does not decode: {e}")))
@@ -47,6 +57,25 @@ fn not_found(name: &str) -> Status {
 pub struct SubscriptionsService(pub Ctx);
 
 impl SubscriptionsService {
+    /// The sorted consumer ids of subscription `name` (linearizable).
+    async fn consumers_of(&self, name: &str) -> Result<(pb::ResponseHeader, Vec<String>), esf_raft::Error> {
+        let prefix = consumers_prefix(name);
+        let r = RangeRequest {
+            range: KeyRange::Prefix(prefix.clone()),
+            revision: 0,
+            limit: 0,
+            count_only: false,
+            keys_only: true,
+        };
+        let (h, res) = self.0.meta.range(&r, Consistency::Linearizable).await?;
+        let ids = res
+            .kvs
+            .iter()
+            .map(|kv| String::from_utf8_lossy(&kv.key[prefix.len()..]).into_owned())
+            .collect();
+        Ok((convert::header(h), ids))
+    }
+
     /// The subscription's record (linearizable), or NOT_FOUND.
     async fn read(&self, name: &str) -> Result<Result<(KeyValue, pb::SubscriptionInfo), Status>, esf_raft::Error> {
         let (_, res) = self
@@ -75,12 +104,16 @@ impl pb::subscriptions_server::Subscriptions for SubscriptionsService {
         if msg.stream_prefix.len() > esf_raft::events::MAX_NAME_BYTES {
             return Err(Status::invalid_argument("stream_prefix: over 256 bytes"));
         }
-        let positions: BTreeMap<u32, u64> = self
-            .0
-            .partitions
-            .iter()
-            .map(|p| (p.group(), if msg.from_now { p.store().next_offset() } else { 0 }))
-            .collect();
+        let mut positions: BTreeMap<u32, u64> = BTreeMap::new();
+        let events = crate::events::EventsService(self.0.clone());
+        for p in self.0.partitions.iter() {
+            let at = if msg.from_now {
+                events.partition_end(p).await?
+            } else {
+                0
+            };
+            positions.insert(p.group(), at);
+        }
         let mut info = pb::SubscriptionInfo {
             name: msg.name.clone(),
             r#type: msg.r#type.clone(),
@@ -183,6 +216,15 @@ impl pb::subscriptions_server::Subscriptions for SubscriptionsService {
                 if deleted == 0 {
                     return Err(not_found(&msg.name));
                 }
+                // Its consumer group goes too (its members fail on their
+                // next read of the subscription anyway).
+                let members = Command::new(Op::Delete(DeleteRequest {
+                    range: KeyRange::Prefix(consumers_prefix(&msg.name)),
+                    prev_kv: false,
+                }));
+                if let Err(e) = self.0.write(members).await {
+                    tracing::warn!(name = %msg.name, error = %e, "consumer group not deleted (the keys go with their leases)");
+                }
                 Ok(Response::new(pb::DeleteSubscriptionResponse {
                     header: Some(h),
                     deleted: true,
@@ -190,6 +232,98 @@ impl pb::subscriptions_server::Subscriptions for SubscriptionsService {
             }
             Ok((_, other)) => Err(Status::internal(format!("unexpected result {other:?}"))),
             Err(e) => forward_or!(self.0, subscriptions_client, req, e, delete, msg),
+        }
+    }
+
+    async fn join(&self, req: Request<pb::JoinRequest>) -> Result<Response<pb::ConsumersResponse>, Status> {
+        let mut msg = req.get_ref().clone();
+        check_name("name", &msg.name, false)?;
+        if msg.consumer_id.is_empty() {
+            msg.consumer_id = esf_client::uuid::format(&esf_client::uuid::new_v4());
+        }
+        check_name("consumer_id", &msg.consumer_id, false)?;
+        if msg.lease_id == 0 {
+            return Err(convert::invalid(
+                "lease_id",
+                "is required (a consumer is a member while its lease lives)",
+            ));
+        }
+        let mut member = consumers_prefix(&msg.name);
+        member.extend_from_slice(msg.consumer_id.as_bytes());
+        // Only while the subscription exists (a txn: it cannot be deleted
+        // in between).
+        let cmd = Command::new(Op::Txn(TxnRequest {
+            compares: vec![Compare {
+                key: key(&msg.name),
+                op: CompareOp::Greater,
+                target: CompareTarget::Version(0),
+            }],
+            success: vec![TxnOp::Put(PutRequest {
+                key: member,
+                value: Vec::new(),
+                lease: msg.lease_id,
+                prev_kv: false,
+            })],
+            failure: vec![],
+        }));
+        match self.0.write(cmd).await {
+            Ok((_, OpResult::Txn { succeeded: true, .. })) => {}
+            Ok((_, OpResult::Txn { succeeded: false, .. })) => return Err(not_found(&msg.name)),
+            Ok((_, other)) => return Err(Status::internal(format!("unexpected result {other:?}"))),
+            Err(esf_raft::Error::Rejected(esf_raft::command::Rejection::LeaseNotFound(id))) => {
+                return Err(Status::not_found(format!(
+                    "lease_id: lease {id} does not exist (expired or revoked)"
+                )));
+            }
+            Err(e) => forward_or!(self.0, subscriptions_client, req, e, join, msg),
+        }
+        match self.consumers_of(&msg.name).await {
+            Ok((h, ids)) => Ok(Response::new(pb::ConsumersResponse {
+                header: Some(h),
+                consumer_ids: ids,
+                consumer_id: msg.consumer_id,
+            })),
+            Err(e) => Err(convert::status(e)),
+        }
+    }
+
+    async fn leave(&self, req: Request<pb::LeaveRequest>) -> Result<Response<pb::ConsumersResponse>, Status> {
+        let msg = req.get_ref().clone();
+        check_name("name", &msg.name, false)?;
+        check_name("consumer_id", &msg.consumer_id, false)?;
+        let mut member = consumers_prefix(&msg.name);
+        member.extend_from_slice(msg.consumer_id.as_bytes());
+        let cmd = Command::new(Op::Delete(DeleteRequest {
+            range: KeyRange::Key(member),
+            prev_kv: false,
+        }));
+        match self.0.write(cmd).await {
+            Ok(_) => {}
+            Err(e) => forward_or!(self.0, subscriptions_client, req, e, leave, msg),
+        }
+        match self.consumers_of(&msg.name).await {
+            Ok((h, ids)) => Ok(Response::new(pb::ConsumersResponse {
+                header: Some(h),
+                consumer_ids: ids,
+                consumer_id: msg.consumer_id,
+            })),
+            Err(e) => Err(convert::status(e)),
+        }
+    }
+
+    async fn consumers(
+        &self,
+        req: Request<pb::SubscriptionNameRequest>,
+    ) -> Result<Response<pb::ConsumersResponse>, Status> {
+        let msg = req.get_ref().clone();
+        check_name("name", &msg.name, false)?;
+        match self.consumers_of(&msg.name).await {
+            Ok((h, ids)) => Ok(Response::new(pb::ConsumersResponse {
+                header: Some(h),
+                consumer_ids: ids,
+                consumer_id: String::new(),
+            })),
+            Err(e) => forward_or!(self.0, subscriptions_client, req, e, consumers, msg),
         }
     }
 
