@@ -1878,6 +1878,15 @@ async fn consumer_group_shares_partitions_and_rebalances_when_a_member_dies() {
             .consumer_ids
             .is_empty()
     );
+    let err = client
+        .ack("orders", &BTreeMap::from([(1, 999)]))
+        .await
+        .expect_err("an ack past the end");
+    assert!(
+        err.to_string()
+            .contains("next_offsets[1]: 999 is beyond the end of partition 1 (0)"),
+        "{err}"
+    );
 
     let seen = std::sync::Arc::new(std::sync::Mutex::new(GroupSeen::default()));
     let a = client.consume_group("orders", "a", 2).await.expect("join a");

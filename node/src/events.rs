@@ -115,25 +115,18 @@ impl EventsService {
         crate::partitions::holds(self.0.meta.node_id(), p, &self.0.routes)
     }
 
-    /// Partition `p`'s next offset: from this node's replica, else as a
-    /// replica elsewhere reports it (in the header of a one-event read).
-    pub(crate) async fn partition_end(&self, p: &PartitionGroup) -> Result<u64, Status> {
-        if self.held(p) {
-            return Ok(p.store().next_offset());
-        }
-        let ask = pb::ReadPartitionRequest {
-            partition: p.group(),
-            from_offset: 0,
-            limit: 1,
-            serializable: true,
-        };
+    /// Partition `p`'s next offset, linearizable: every append
+    /// acknowledged before the call is below it (from a one-event read at
+    /// the partition's leader, whose header carries it).
+    pub(crate) async fn partition_end(&self, p: u32) -> Result<u64, Status> {
+        use pb::events_server::Events;
         let r = self
-            .on_replica(
-                false,
-                p.group(),
-                ask,
-                |mut c, r| async move { c.read_partition(r).await },
-            )
+            .read_partition(Request::new(pb::ReadPartitionRequest {
+                partition: p,
+                from_offset: 0,
+                limit: 1,
+                serializable: false,
+            }))
             .await?;
         Ok(r.into_inner().header.map_or(0, |h| h.revision))
     }

@@ -108,7 +108,7 @@ impl pb::subscriptions_server::Subscriptions for SubscriptionsService {
         let events = crate::events::EventsService(self.0.clone());
         for p in self.0.partitions.iter() {
             let at = if msg.from_now {
-                events.partition_end(p).await?
+                events.partition_end(p.group()).await?
             } else {
                 0
             };
@@ -331,11 +331,21 @@ impl pb::subscriptions_server::Subscriptions for SubscriptionsService {
         let msg = req.get_ref().clone();
         check_name("name", &msg.name, false)?;
         let n = self.0.partitions.len() as u32;
-        for (p, _) in &msg.next_offsets {
+        let events = crate::events::EventsService(self.0.clone());
+        for (p, off) in &msg.next_offsets {
             if *p == 0 || *p > n {
                 return Err(Status::invalid_argument(format!(
                     "next_offsets: partition {p} does not exist (1 to {n})"
                 )));
+            }
+            // An ack past the end would skip events not yet appended.
+            if *off > 0 {
+                let end = events.partition_end(*p).await?;
+                if *off > end {
+                    return Err(Status::invalid_argument(format!(
+                        "next_offsets[{p}]: {off} is beyond the end of partition {p} ({end})"
+                    )));
+                }
             }
         }
         for _ in 0..ACK_ATTEMPTS {
