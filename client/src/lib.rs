@@ -1088,29 +1088,63 @@ impl Client {
 
     /// Joins the consumer group of durable subscription `name` with a lease
     /// of `ttl_secs` kept alive in the background: see [`GroupConsumer`].
+    /// An empty `consumer_id` gets a random one (made here, so a retried
+    /// join cannot add a second member).
     pub async fn consume_group(&self, name: &str, consumer_id: &str, ttl_secs: u64) -> Result<GroupConsumer> {
-        let lease = self.lease_grant(ttl_secs, 0).await?.id;
-        let joined = match self.join_consumers(name, consumer_id, lease).await {
-            Ok(j) => j,
-            Err(e) => {
-                let _ = self.lease_revoke(lease).await;
-                return Err(e);
-            }
+        let consumer_id = if consumer_id.is_empty() {
+            uuid::format(&uuid::new_v4())
+        } else {
+            consumer_id.to_string()
         };
+        let lease = self.lease_grant(ttl_secs, 0).await?.id;
+        if let Err(e) = self.join_consumers(name, &consumer_id, lease).await {
+            let _ = self.lease_revoke(lease).await;
+            return Err(e);
+        }
+        let (tx, members) = tokio::sync::watch::channel(Ok(Vec::new()));
         let keeper = {
             let c = self.clone();
             tokio::spawn(async move { c.lease_keep_alive_forever(lease, |_| {}).await })
         };
+        let watcher = {
+            let c = self.clone();
+            let name = name.to_string();
+            tokio::spawn(async move {
+                // Publishes the members whenever they change (and stops on
+                // an error that retrying cannot help).
+                loop {
+                    match c.consumers(&name).await {
+                        Ok(r) => {
+                            tx.send_if_modified(|cur| {
+                                let changed = cur.as_ref().map_or(true, |m| *m != r.consumer_ids);
+                                if changed {
+                                    *cur = Ok(r.consumer_ids);
+                                }
+                                changed
+                            });
+                        }
+                        Err(e) if !e.is_retryable() => {
+                            let _ = tx.send(Err(e.to_string()));
+                            return;
+                        }
+                        Err(e) => tracing::info!(error = %e, "consumer group not read; retrying"),
+                    }
+                    tokio::time::sleep(REBALANCE_CHECK).await;
+                }
+            })
+        };
         Ok(GroupConsumer {
             client: self.clone(),
             name: name.into(),
-            consumer_id: joined.consumer_id,
+            consumer_id,
             lease,
             keeper,
-            members: Vec::new(),
+            watcher,
+            members,
             assigned: Vec::new(),
             sub: None,
-            checked: tokio::time::Instant::now(),
+            started: false,
+            stale: false,
         })
     }
 
@@ -1549,23 +1583,29 @@ pub fn assigned_partitions(index: usize, members: usize, partitions: impl Iterat
 
 /// A member of a durable subscription's consumer group. It holds a lease
 /// (kept alive in the background) and takes the partitions p with
-/// `(p - 1) % n == k`, k being its place among the n sorted members. Every
-/// [`REBALANCE_CHECK`] it re-reads the members; when they changed (one
-/// joined, left, or its lease expired) it resubscribes to its new share
-/// from the acknowledged positions. At least once: after a rebalance the
-/// events after the last ack of a moved partition come again. Ack with
-/// [`Client::ack`]; [`GroupConsumer::leave`] hands the share over at once
-/// (dropping it leaves when the lease expires).
+/// `(p - 1) % n == k`, k being its place among the n sorted members. A
+/// background task re-reads the members every [`REBALANCE_CHECK`]; when
+/// they changed (one joined, left, or its lease expired) the consumer
+/// resubscribes to its new share from the acknowledged positions. At least
+/// once: after a rebalance the events after the last ack of a moved
+/// partition come again. Ack with [`Client::ack`];
+/// [`GroupConsumer::leave`] hands the share over at once (dropping it
+/// leaves when the lease expires).
 pub struct GroupConsumer {
     client: Client,
     name: String,
     consumer_id: String,
     lease: u64,
     keeper: tokio::task::JoinHandle<Result<()>>,
-    members: Vec<String>,
+    watcher: tokio::task::JoinHandle<()>,
+    /// The members as last read (an error that ends the watcher).
+    members: tokio::sync::watch::Receiver<std::result::Result<Vec<String>, String>>,
     assigned: Vec<u32>,
     sub: Option<ResumableSubscription>,
-    checked: tokio::time::Instant,
+    /// Whether the first share was taken.
+    started: bool,
+    /// The members changed since the share was taken.
+    stale: bool,
 }
 
 impl GroupConsumer {
@@ -1579,18 +1619,13 @@ impl GroupConsumer {
         &self.assigned
     }
 
-    /// Re-reads the members; on a change, resubscribes to the new share.
-    async fn rebalance(&mut self) -> Result<()> {
-        self.checked = tokio::time::Instant::now();
+    /// Resubscribes to this consumer's share of `members`.
+    async fn rebalance(&mut self, members: Vec<String>) -> Result<()> {
         if self.keeper.is_finished() {
             return Err(Error::NotFound(format!(
                 "consumer {}: its lease {} is gone; join again",
                 self.consumer_id, self.lease
             )));
-        }
-        let members = self.client.consumers(&self.name).await?.consumer_ids;
-        if members == self.members && self.sub.is_some() {
-            return Ok(());
         }
         let Some(index) = members.iter().position(|m| *m == self.consumer_id) else {
             return Err(Error::NotFound(format!(
@@ -1616,26 +1651,46 @@ impl GroupConsumer {
             })
         });
         self.assigned = mine;
-        self.members = members;
         Ok(())
     }
 
     /// The next response of this consumer's share (the first one after a
     /// rebalance carries no events and the start offsets).
     pub async fn next(&mut self) -> Result<pb::SubscribeResponse> {
+        let stopped = || Error::Unavailable("consumer group watcher stopped".into());
         loop {
-            if self.sub.is_none() || self.checked.elapsed() >= REBALANCE_CHECK {
-                self.rebalance().await?;
+            // `changed()` below marks the members seen: take them once.
+            if self.members.has_changed().unwrap_or(false) || self.stale || !self.started {
+                let members = self.members.borrow_and_update().clone();
+                self.stale = false;
+                match members {
+                    Err(e) => return Err(Error::Unavailable(format!("consumer group of {:?}: {e}", self.name))),
+                    // Not read yet.
+                    Ok(m) if m.is_empty() => {
+                        self.members.changed().await.map_err(|_| stopped())?;
+                        continue;
+                    }
+                    Ok(m) => {
+                        self.rebalance(m).await?;
+                        self.started = true;
+                    }
+                }
             }
-            let check_at = self.checked + REBALANCE_CHECK;
             match self.sub.as_mut() {
-                // Cancel-safe: a response not yet taken stays in the stream.
+                // Only a change of members interrupts a read (the read is
+                // cancel-safe: a response not yet taken stays queued).
                 Some(sub) => tokio::select! {
                     r = sub.next() => return r,
-                    _ = tokio::time::sleep_until(check_at) => {}
+                    c = self.members.changed() => {
+                        c.map_err(|_| stopped())?;
+                        self.stale = true;
+                    }
                 },
                 // More members than partitions: wait for a share.
-                None => tokio::time::sleep_until(check_at).await,
+                None => {
+                    self.members.changed().await.map_err(|_| stopped())?;
+                    self.stale = true;
+                }
             }
         }
     }
@@ -1643,6 +1698,7 @@ impl GroupConsumer {
     /// Leaves the group now (its share moves on the others' next check).
     pub async fn leave(self) -> Result<()> {
         self.keeper.abort();
+        self.watcher.abort();
         self.client.leave_consumers(&self.name, &self.consumer_id).await?;
         self.client.lease_revoke(self.lease).await?;
         Ok(())
@@ -1654,6 +1710,7 @@ impl Drop for GroupConsumer {
         // Not renewed any more: the group drops this member when the
         // lease expires.
         self.keeper.abort();
+        self.watcher.abort();
     }
 }
 

@@ -320,6 +320,21 @@ async fn fourth_node_joins_as_learner_is_promoted_and_removed() {
         r.header.unwrap().cluster_id.starts_with("esf-"),
         "new node adopted the cluster id"
     );
+    // A subscription through the new node, which serves 6 partitions from
+    // its own replicas: when they move away it continues elsewhere.
+    let mut sub = c.node(id).client().subscribe_resumable(pb::SubscribeRequest::default());
+    let mut delivered = std::collections::BTreeSet::new();
+    loop {
+        let r = tokio::time::timeout(esf_cluster_tests::READY_DEADLINE, sub.next())
+            .await
+            .expect("subscription progress")
+            .expect("subscription");
+        delivered.extend(r.events.iter().map(|e| e.id.clone()));
+        if r.caught_up {
+            break;
+        }
+    }
+    assert_eq!(delivered.len(), 16);
     // Removed: its replicas move to the other nodes first.
     let (code, out, err) = cli(&bin, &["--endpoints", &eps, "member", "remove", &id.to_string()]);
     assert_eq!(code, 0, "member remove: {err}");
@@ -372,6 +387,15 @@ async fn fourth_node_joins_as_learner_is_promoted_and_removed() {
         .map(|g| (g.group, g.held, g.last_log_index))
         .collect();
     assert_eq!(before, after, "a removed node receives no events");
+    while delivered.len() < 32 {
+        let r = tokio::time::timeout(esf_cluster_tests::READY_DEADLINE, sub.next())
+            .await
+            .expect("the subscription goes on after its replicas moved")
+            .expect("subscription");
+        for e in &r.events {
+            assert!(delivered.insert(e.id.clone()), "delivered twice: {e:?}");
+        }
+    }
     c.wait_converged_without(&[id]).await;
     let logs = partition_logs(c.node(1), partitions).await;
     assert_eq!(

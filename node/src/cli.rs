@@ -454,6 +454,10 @@ fn partition_rows(all: &[(String, esf_client::Result<pb::StatusResponse>)]) -> (
     (rows, ok)
 }
 
+/// Least time `esf member remove` keeps retrying while the removed node's
+/// partition replicas move (`--timeout-secs` raises it).
+const MEMBER_REMOVE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(150);
+
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -486,6 +490,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         ..Default::default()
     };
     let client = || Client::new(&cli.endpoints, opts.clone()).map_err(|e| anyhow::anyhow!("endpoints: {e}"));
+    // `member remove` retries while the node's partition replicas move.
+    let remove_client = || {
+        let opts = ClientOptions {
+            retry_deadline: opts.retry_deadline.max(MEMBER_REMOVE_DEADLINE),
+            ..opts.clone()
+        };
+        Client::new(&cli.endpoints, opts).map_err(|e| anyhow::anyhow!("endpoints: {e}"))
+    };
     let out = cli.output;
     match cli.command {
         Command::Serve(flags) => {
@@ -518,7 +530,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 MemberCmd::List => c.members().await?,
                 MemberCmd::Add { id, addr } => c.add_learner(id, &addr).await?,
                 MemberCmd::Promote { id } => c.promote(id).await?,
-                MemberCmd::Remove { id } => c.remove(id).await?,
+                MemberCmd::Remove { id } => remove_client()?.remove(id).await?,
             };
             let v = json!({"leader_id": r.leader_id, "members": r.members.iter().map(|m| json!({"id": m.id, "addr": m.addr, "voter": m.voter, "holds_data": m.holds_data, "leader": m.id == r.leader_id})).collect::<Vec<_>>()});
             print(out, &v, || {

@@ -31,6 +31,9 @@ pub const SUBSCRIBE_BUFFER_RESPONSES: usize = 1024;
 /// Deadline of one request forwarded to another replica (and of opening a
 /// subscription there).
 pub const FORWARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How often an idle subscription feed checks that this node still holds
+/// its partition.
+pub const HOLD_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 /// Pause before a broken subscription to another replica is reopened.
 pub const RESUBSCRIBE_PAUSE: std::time::Duration = std::time::Duration::from_millis(200);
 
@@ -162,7 +165,13 @@ impl EventsService {
             if addr == self.0.advertise || !tried.insert(addr.clone()) {
                 continue;
             }
-            let client = self.0.events_client(&addr)?;
+            let client = match self.0.events_client(&addr) {
+                Ok(c) => c,
+                Err(s) => {
+                    last = s;
+                    continue;
+                }
+            };
             let mut r = Ctx::forwarded(msg.clone());
             r.set_timeout(FORWARD_TIMEOUT);
             match tokio::time::timeout(FORWARD_TIMEOUT, call(client, r)).await {
@@ -271,17 +280,18 @@ impl Feed {
 
 /// Reads partition `p` from `offset` on through this node's replica and
 /// follows it live.
-async fn feed_partition(
-    p: Arc<PartitionGroup>,
-    mut offset: u64,
-    feed: Arc<Feed>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
+async fn feed_partition(ctx: Ctx, p: Arc<PartitionGroup>, mut offset: u64, feed: Arc<Feed>) {
+    let mut stop = ctx.stop.clone();
     let store = p.store().clone();
     let group = p.group();
     let mut appended = store.subscribe();
     let mut caught_up = false;
     loop {
+        // A replica that moved off this node stops growing: the subscriber
+        // resumes elsewhere.
+        if !crate::partitions::holds(ctx.meta.node_id(), &p, &ctx.routes) {
+            return feed.cancel(&format!("partition {group} moved off this node"));
+        }
         if offset < store.next_offset() {
             let read = {
                 let store = store.clone();
@@ -318,6 +328,7 @@ async fn feed_partition(
         }
         tokio::select! {
             r = appended.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep(HOLD_CHECK) => {}
             _ = stop.wait_for(|s| *s) => return feed.cancel("this node is shutting down"),
             _ = feed.tx.closed() => return,
         }
@@ -754,7 +765,7 @@ impl pb::events_server::Events for EventsService {
         }
         for g in local {
             let start = starts[&g.group()];
-            tokio::spawn(feed_partition(g, start, feed.clone(), self.0.stop.clone()));
+            tokio::spawn(feed_partition(self.0.clone(), g, start, feed.clone()));
         }
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }

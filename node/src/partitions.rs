@@ -35,8 +35,10 @@ pub const MAX_PARTITIONS: u32 = 256;
 pub const RECONCILE_INTERVAL: Duration = Duration::from_secs(1);
 /// Pause between two checks that a node being removed holds no replica.
 pub const MOVE_POLL: Duration = Duration::from_millis(250);
-/// How long `member remove` waits for the node's replicas to move.
-pub const MOVE_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long one `member remove` call waits for the node's replicas to
+/// move before it answers UNAVAILABLE (the client retries: the moves go
+/// on meanwhile, and each retry waits again).
+pub const MOVE_WAIT_PER_CALL: Duration = Duration::from_secs(3);
 /// Deadline of one status request while waiting for replicas to move.
 pub const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a node leads a partition before handing it to the partition's
@@ -72,6 +74,15 @@ impl Routes {
         *self.placement.write().expect("routes lock") = placement;
     }
 
+    /// Reads the placement recorded in the local meta state (before the
+    /// node serves, so it never answers for partitions it does not hold).
+    pub fn load(&self, meta: &MetaGroup) {
+        match meta.store().placement() {
+            Ok(pl) => self.set(pl),
+            Err(e) => warn!(error = %e, "cannot read the partition placement"),
+        }
+    }
+
     /// The node that last answered for partition `p`.
     pub fn hint(&self, p: u32) -> Option<String> {
         self.hints.lock().expect("routes lock").get(&p).cloned()
@@ -86,14 +97,15 @@ impl Routes {
     }
 }
 
-/// Whether this node (`me`) serves partition `p` from its own replica: the
-/// plan names it and the partition's membership (as this node knows it)
-/// includes it. Before the first plan every member holds every partition.
+/// Whether this node (`me`) serves partition `p` from its own replica: it
+/// leads it (even while leaving it: it hands over first), or it is in the
+/// partition's membership (as this node knows it) and the plan, if there
+/// is one yet, names it.
 pub fn holds(me: u64, p: &PartitionGroup, routes: &Routes) -> bool {
-    match routes.planned(p.group()) {
-        None => true,
-        Some(r) => r.contains(&me) && membership_of(p.raft()).1.contains_key(&me),
+    if p.raft().is_leader() {
+        return true;
     }
+    membership_of(p.raft()).1.contains_key(&me) && routes.planned(p.group()).is_none_or(|r| r.contains(&me))
 }
 
 /// Addresses to ask about partition `p`, best first: the node that last
@@ -215,46 +227,51 @@ pub async fn hand_over_all(partitions: &Partitions) {
     }
 }
 
-/// Brings partition `p`'s membership to its planned replicas `want`; only
-/// on its leader. One step per call (add a learner, or make the planned
-/// replicas the voters once the new ones caught up, or remove leftovers);
-/// the next pass continues.
-async fn reconcile_partition(p: &PartitionGroup, want: &BTreeSet<u64>, nodes: &BTreeMap<u64, BasicNode>) {
+/// Brings partition `p`'s membership to its planned replicas `planned`
+/// (preferred leader first); only on its leader. One step per call (add a
+/// learner without waiting for it, or make the planned replicas the voters
+/// once the new ones caught up, or remove leftovers); the next pass
+/// continues. Returns whether it took a step or is waiting for one.
+async fn reconcile_partition(p: &PartitionGroup, planned: &[u64], nodes: &BTreeMap<u64, BasicNode>) -> bool {
     let raft: &PartitionRaft = p.raft();
+    let want: BTreeSet<u64> = planned.iter().copied().collect();
     let (pv, pn) = membership_of(raft);
     let step = async {
-        for id in want {
+        for id in &want {
             if !pn.contains_key(id) {
                 let node = nodes[id].clone();
                 info!(group = p.group(), node = id, "partition: adding replica as learner");
-                raft.add_learner(*id, node, true).await.map_err(|e| e.to_string())?;
-                return Ok(());
+                // Not blocking: the voter change below waits for it to
+                // catch up, and other partitions are not held up meanwhile.
+                raft.add_learner(*id, node, false).await.map_err(|e| e.to_string())?;
+                return Ok(true);
             }
         }
-        if &pv != want {
+        if pv != want {
             // A voter that lags would hold up commits until it catches up.
             if want.iter().any(|id| !pv.contains(id) && !caught_up(raft, *id)) {
-                return Ok(());
+                return Ok(true);
             }
-            // A leader that is not planned hands the change to one that is
-            // (a leader that removes itself would keep leading outside the
-            // membership until it steps down).
+            // A leader that is not planned hands the change to one that is,
+            // the preferred one if it can (a leader that removes itself
+            // would keep leading outside the membership until it steps
+            // down).
             let me = raft.metrics().borrow_watched().id;
             if !want.contains(&me) {
-                if let Some(to) = want.iter().copied().find(|v| pv.contains(v) && caught_up(raft, *v)) {
+                if let Some(to) = planned.iter().copied().find(|v| pv.contains(v) && caught_up(raft, *v)) {
                     info!(
                         group = p.group(),
                         to, "partition: handing leadership to a planned replica before leaving"
                     );
                     raft.trigger().transfer_leader(to).await.map_err(|e| e.to_string())?;
-                    return Ok(());
+                    return Ok(true);
                 }
             }
             info!(group = p.group(), from = ?pv, to = ?want, "partition: replacing voters");
             raft.change_membership(want.clone(), false)
                 .await
                 .map_err(|e| e.to_string())?;
-            return Ok(());
+            return Ok(true);
         }
         let gone: BTreeSet<u64> = pn.keys().filter(|id| !want.contains(id)).copied().collect();
         if !gone.is_empty() {
@@ -262,13 +279,20 @@ async fn reconcile_partition(p: &PartitionGroup, want: &BTreeSet<u64>, nodes: &B
             raft.change_membership(esf_raft::openraft::ChangeMembers::RemoveNodes(gone), false)
                 .await
                 .map_err(|e| e.to_string())?;
+            return Ok(true);
         }
-        Ok::<(), String>(())
+        Ok::<bool, String>(false)
     };
     match tokio::time::timeout(RECONCILE_STEP_TIMEOUT, step).await {
-        Err(_) => warn!(group = p.group(), "partition membership step timed out; retrying"),
-        Ok(Err(e)) => warn!(group = p.group(), error = %e, "partition membership step failed; retrying"),
-        Ok(Ok(())) => {}
+        Err(_) => {
+            warn!(group = p.group(), "partition membership step timed out; retrying");
+            true
+        }
+        Ok(Err(e)) => {
+            warn!(group = p.group(), error = %e, "partition membership step failed; retrying");
+            true
+        }
+        Ok(Ok(stepped)) => stepped,
     }
 }
 
@@ -319,16 +343,17 @@ async fn plan_placement(meta: &MetaGroup, count: u32, replicas: u32, current: &P
         .filter(|(p, r)| !r.is_empty() && current.plan.get(p) != Some(r))
         .collect();
     // Nodes that left the cluster need no exclusion any more.
-    let still: Vec<u64> = excluded.iter().copied().filter(|n| nodes.contains_key(n)).collect();
-    let exclude = (still.len() != excluded.len()).then_some(still);
-    if changed.is_empty() && exclude.is_none() {
+    let include: Vec<u64> = excluded.iter().copied().filter(|n| !nodes.contains_key(n)).collect();
+    if changed.is_empty() && include.is_empty() {
         return;
     }
     info!(partitions = changed.len(), "recording a new partition placement");
-    if let Err(e) = meta
-        .write(Command::new(Op::PlacePartitions { plan: changed, exclude }))
-        .await
-    {
+    let op = Op::PlacePartitions {
+        plan: changed,
+        exclude: Vec::new(),
+        include,
+    };
+    if let Err(e) = meta.write(Command::new(op)).await {
         warn!(error = %e, "cannot record the partition placement yet");
     }
 }
@@ -349,7 +374,8 @@ pub fn plan_without(meta: &MetaGroup, node: u64, count: u32, replicas: u32) -> R
     let plan = crate::placement::plan(&current.plan, &eligible, count, replicas);
     Ok(Op::PlacePartitions {
         plan: plan.into_iter().collect(),
-        exclude: Some(excluded.into_iter().collect()),
+        exclude: vec![node],
+        include: Vec::new(),
     })
 }
 
@@ -378,10 +404,7 @@ pub async fn run_reconciler(
             continue;
         }
         let (voters, nodes) = membership_of(meta.raft());
-        match meta.store().placement() {
-            Ok(pl) => routes.set(pl),
-            Err(e) => warn!(error = %e, "cannot read the partition placement"),
-        }
+        routes.load(&meta);
         if !nodes.is_empty() {
             let placement = routes.placement();
             if meta.raft().is_leader() {
@@ -428,13 +451,13 @@ pub async fn run_reconciler(
                     .get(&p.group())
                     .cloned()
                     .unwrap_or_else(|| voters.iter().copied().collect());
-                let want: BTreeSet<u64> = planned.iter().copied().filter(|n| nodes.contains_key(n)).collect();
-                if want.is_empty() {
+                let planned: Vec<u64> = planned.into_iter().filter(|n| nodes.contains_key(n)).collect();
+                if planned.is_empty() {
                     continue;
                 }
-                reconcile_partition(p, &want, &nodes).await;
-                if let Some(first) = planned.first() {
-                    prefer_leader(me, p, *first, since).await;
+                // One leadership move at a time: not while membership moves.
+                if !reconcile_partition(p, &planned, &nodes).await {
+                    prefer_leader(me, p, planned[0], since).await;
                 }
             }
         }

@@ -206,6 +206,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let draining_partitions = Arc::new(AtomicBool::new(false));
     let routes = Arc::new(crate::partitions::Routes::default());
+    routes.load(&meta);
     let ctx = Ctx {
         stop: stop_rx.clone(),
         meta: meta.clone(),

@@ -658,37 +658,41 @@ macro_rules! leader_only {
     }};
 }
 
-/// The rows of partition `p` from this node's replica, holding everything
-/// acknowledged: on the leader after a read-index barrier; on a follower
-/// once it applied what it knows committed.
-async fn partition_rows(p: &esf_raft::events::PartitionGroup) -> Result<Vec<u8>, String> {
+/// The rows of partition `p` on its leader (this node), after a read-index
+/// barrier: everything acknowledged before the call is in them.
+async fn partition_rows(p: &esf_raft::events::PartitionGroup) -> Result<Vec<u8>, esf_raft::Error> {
     let g = p.group();
-    if p.raft().is_leader() {
-        p.linearize().await.map_err(|e| format!("partition {g}: {e}"))?;
-    } else if !p.caught_up_locally(PARTITION_CATCH_UP).await {
-        return Err(format!(
-            "partition {g}: this node's replica did not apply what it knows committed within {PARTITION_CATCH_UP:?}; retry"
-        ));
-    }
+    p.linearize().await?;
     let store = p.store().clone();
     match tokio::task::spawn_blocking(move || store.snapshot_rows()).await {
         Ok(Ok((_, d))) => Ok(d),
-        Ok(Err(e)) => Err(format!("partition {g}: {e}")),
-        Err(e) => Err(format!("partition {g}: snapshot task: {e}")),
+        Ok(Err(e)) => Err(esf_raft::Error::Storage(e)),
+        Err(e) => Err(esf_raft::Error::Unavailable(format!(
+            "partition {g}: snapshot task: {e}"
+        ))),
     }
 }
-
-/// How long a follower's replica may take to apply what it knows committed
-/// before its rows go into a snapshot.
-const PARTITION_CATCH_UP: Duration = Duration::from_secs(5);
 /// Deadline of one chunk of a partition's rows fetched from another node.
 const PARTITION_CHUNK_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The rows of partition `g` from a node that holds it (its planned
-/// replicas in turn), for a snapshot served by a node that does not.
+/// The rows of partition `g` from its leader on another node (the leader
+/// this node knows, then the planned replicas, following their hints), for
+/// a snapshot served by a node that does not lead it.
 async fn fetch_partition_rows(ctx: &Ctx, g: u32) -> Result<Vec<u8>, String> {
     let mut last = format!("partition {g}: no replica of it is known");
-    for addr in crate::partitions::replica_addrs(&ctx.meta, &ctx.routes, g, &ctx.advertise) {
+    let mut targets: std::collections::VecDeque<String> =
+        crate::partitions::replica_addrs(&ctx.meta, &ctx.routes, g, &ctx.advertise).into();
+    if let esf_raft::Error::NotLeader {
+        leader_addr: Some(a), ..
+    } = ctx.partitions[g as usize - 1].not_leader_error()
+    {
+        targets.push_front(a);
+    }
+    let mut tried = std::collections::BTreeSet::new();
+    while let Some(addr) = targets.pop_front() {
+        if addr == ctx.advertise || !tried.insert(addr.clone()) {
+            continue;
+        }
         let fetched = async {
             let mut c = ctx.cluster_client(&addr)?;
             let mut st = tokio::time::timeout(
@@ -717,7 +721,16 @@ async fn fetch_partition_rows(ctx: &Ctx, g: u32) -> Result<Vec<u8>, String> {
         };
         match fetched.await {
             Ok(d) => return Ok(d),
-            Err(s) => last = format!("partition {g} from {addr}: {}", s.message()),
+            Err(s) => {
+                if let Some(hint) = s
+                    .metadata()
+                    .get(esf_client::LEADER_ADDR_METADATA)
+                    .and_then(|v| v.to_str().ok())
+                {
+                    targets.push_front(hint.to_string());
+                }
+                last = format!("partition {g} from {addr}: {}", s.message());
+            }
         }
     }
     Err(last)
@@ -737,7 +750,7 @@ impl ClusterService {
             .write(esf_raft::command::Command::new(op))
             .await
             .map_err(convert::status)?;
-        let deadline = tokio::time::Instant::now() + crate::partitions::MOVE_TIMEOUT;
+        let deadline = tokio::time::Instant::now() + crate::partitions::MOVE_WAIT_PER_CALL;
         loop {
             let still = self.partitions_on(id).await;
             if still.is_empty() {
@@ -745,8 +758,7 @@ impl ClusterService {
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err(Status::unavailable(format!(
-                    "id: partitions {still:?} still have a replica on node {id} after {:?}; the placement without it is recorded and its replicas keep moving: retry to finish the removal",
-                    crate::partitions::MOVE_TIMEOUT
+                    "id: partitions {still:?} still have a replica on node {id}; the placement without it is recorded and its replicas are moving: retry to finish the removal"
                 )));
             }
             // Polled: the replicas of every partition move independently,
@@ -1042,8 +1054,10 @@ impl pb::cluster_server::Cluster for ClusterService {
                 blob,
             )];
             for p in partitions.iter() {
-                let built = if crate::partitions::holds(ctx.meta.node_id(), p, &ctx.routes) {
-                    partition_rows(p).await
+                let built = if p.raft().is_leader() {
+                    partition_rows(p)
+                        .await
+                        .map_err(|e| format!("partition {}: {e}", p.group()))
                 } else {
                     fetch_partition_rows(&ctx, p.group()).await
                 };
@@ -1103,12 +1117,9 @@ impl pb::cluster_server::Cluster for ClusterService {
             )));
         }
         let p = self.0.partitions[g as usize - 1].clone();
-        if !crate::partitions::holds(self.0.meta.node_id(), &p, &self.0.routes) {
-            return Err(Status::unavailable(format!(
-                "partition {g}: this node holds no replica of it"
-            )));
-        }
-        let data = partition_rows(&p).await.map_err(Status::unavailable)?;
+        // Only the leader has everything acknowledged; others answer with
+        // its address.
+        let data = partition_rows(&p).await.map_err(convert::status)?;
         let total_bytes = data.len() as u64;
         let (tx, rx) = tokio::sync::mpsc::channel(crate::snapshot::CHUNKS_IN_FLIGHT);
         tokio::spawn(async move {

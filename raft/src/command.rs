@@ -126,9 +126,12 @@ pub enum Op {
     PlacePartitions {
         /// (partition, replicas) pairs.
         plan: Vec<(u32, Vec<u64>)>,
-        /// If set, the nodes no partition may be placed on from now on
-        /// (members being removed), replacing the previous set.
-        exclude: Option<Vec<u64>>,
+        /// Nodes no partition may be placed on from now on (members being
+        /// removed), added to those already excluded.
+        exclude: Vec<u64>,
+        /// Nodes excluded before that may be placed on again (they left
+        /// the cluster).
+        include: Vec<u64>,
     },
 }
 

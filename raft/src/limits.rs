@@ -233,8 +233,8 @@ impl Limits {
                 }
                 Ok(())
             }
-            Op::PlacePartitions { plan, exclude } => {
-                if exclude.as_ref().is_some_and(|e| e.contains(&0)) {
+            Op::PlacePartitions { plan, exclude, include } => {
+                if exclude.contains(&0) || include.contains(&0) {
                     return Err(invalid("exclude", "node ids must not be 0"));
                 }
                 for (i, (p, replicas)) in plan.iter().enumerate() {

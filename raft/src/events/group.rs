@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use esf_storage::Db;
 use openraft::RaftNetworkFactory;
-use openraft::async_runtime::WatchReceiver;
 
 use super::state_machine::PartitionStateMachine;
 use super::store::{Direction, EventRecord, PartitionStore, StreamRecord};
@@ -134,28 +133,6 @@ impl PartitionGroup {
     /// ReadIndex on this partition (its leader only).
     pub async fn linearize(&self) -> Result<()> {
         linearize(&self.raft, self.group, self.opts.request_timeout).await
-    }
-
-    /// Waits, up to `max`, until this replica applied everything it knows
-    /// committed; false if it did not in time.
-    pub async fn caught_up_locally(&self, max: Duration) -> bool {
-        let mut m = self.raft.metrics();
-        tokio::time::timeout(max, async {
-            loop {
-                let (committed, applied) = {
-                    let x = m.borrow_watched();
-                    (
-                        x.local_committed.as_ref().map(|l| l.index),
-                        x.last_applied.as_ref().map(|l| l.index),
-                    )
-                };
-                if applied >= committed || m.changed().await.is_err() {
-                    return;
-                }
-            }
-        })
-        .await
-        .is_ok()
     }
 
     /// Stops openraft.

@@ -884,11 +884,22 @@ impl MetaStore {
                 }
                 OpResult::None
             }
-            Op::PlacePartitions { plan, exclude } => {
+            Op::PlacePartitions { plan, exclude, include } => {
+                // The excluded set changes by delta, so concurrent removals
+                // cannot drop each other's exclusion.
+                let mut excluded = self.placement()?.excluded;
+                excluded.retain(|n| !include.contains(n));
+                for n in exclude {
+                    if !excluded.contains(n) {
+                        excluded.push(*n);
+                    }
+                }
+                excluded.sort_unstable();
+                let changed = !exclude.is_empty() || !include.is_empty();
                 let rows = plan
                     .iter()
                     .map(|(p, r)| (*p, r))
-                    .chain(exclude.as_ref().map(|e| (EXCLUDED_FROM_PLACEMENT, e)));
+                    .chain(changed.then_some((EXCLUDED_FROM_PLACEMENT, &excluded)));
                 for (p, nodes) in rows {
                     let mut key = layout::table_prefix(self.group, layout::PLACEMENT);
                     key.extend_from_slice(&p.to_be_bytes());
@@ -1431,7 +1442,10 @@ impl MetaStore {
         }
         let summary = summarize_snapshot(data)?;
         let (mut blob, st) = decode_snapshot(data)?;
-        blob.rows.retain(|(k, _)| k.first() != Some(&layout::REPLICATED));
+        // The old cluster's members: which held data, where partitions
+        // were placed (the new cluster plans again over its one member).
+        blob.rows
+            .retain(|(k, _)| k.first() != Some(&layout::REPLICATED) && k.first() != Some(&layout::PLACEMENT));
         let membership = openraft::Membership::new(
             vec![std::collections::BTreeSet::from([node_id])],
             std::collections::BTreeMap::from([(node_id, openraft::BasicNode { addr: addr.into() })]),
