@@ -18,3 +18,4 @@
 pub mod history;
 pub mod queue;
 pub mod register;
+pub mod runner;

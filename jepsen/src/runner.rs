@@ -1,0 +1,552 @@
+//! A Jepsen-style run against a real cluster: concurrent logical processes
+//! drive a workload through esf-client while a nemesis injects faults; the
+//! history and the nemesis log are written as JSON lines and checked, and
+//! the run ends with a verdict that needs evidence:
+//!
+//! - `INVALID`: a checker found an anomaly;
+//! - `INCONCLUSIVE`: no anomaly, but too little evidence (a fault that did
+//!   not take effect, too few acknowledged operations per key, too many
+//!   operations with an unknown outcome);
+//! - `VALID`: no anomaly, with that evidence.
+//!
+//! Nodes run as real `esf` processes on loopback (the cluster-tests
+//! harness). Workload: `register` (per-key read, write of unique values,
+//! compare-and-set, checked for linearizability). Nemesis: `kill` (SIGKILL
+//! the meta leader, restart it after 0-3 s, in a loop) or `none`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use esf_client::{Client, ClientOptions, pb};
+use esf_cluster_tests::Cluster;
+use serde_json::json;
+
+use crate::history::{Kind, Record, pair, write_jsonl};
+use crate::register::{self, KeyVerdict};
+
+/// Fewest acknowledged operations per key for a verdict.
+pub const MIN_OK_PER_KEY: usize = 20;
+/// Largest share of operations with an unknown outcome for a verdict.
+pub const MAX_INFO_SHARE: f64 = 0.25;
+/// Deadline of one client operation (attempts and retries included).
+pub const OP_DEADLINE: Duration = Duration::from_secs(3);
+/// Pause between two faults of the kill nemesis.
+pub const KILL_INTERVAL: Duration = Duration::from_secs(4);
+/// How long a killed node may take to be replaced as leader.
+pub const NEW_LEADER_DEADLINE: Duration = Duration::from_secs(15);
+
+/// What the clients do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workload {
+    /// Per-key registers.
+    Register,
+}
+
+impl std::str::FromStr for Workload {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "register" => Ok(Workload::Register),
+            other => Err(format!("workload: {other:?} is not one of: register")),
+        }
+    }
+}
+
+/// What goes wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Nemesis {
+    /// SIGKILL the meta leader, restart it, in a loop.
+    Kill,
+}
+
+impl std::str::FromStr for Nemesis {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "kill" => Ok(Nemesis::Kill),
+            other => Err(format!("nemesis: {other:?} is not one of: kill, none")),
+        }
+    }
+}
+
+/// One run.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// The `esf` binary.
+    pub esf_bin: PathBuf,
+    /// Workload.
+    pub workload: Workload,
+    /// Faults (empty: none).
+    pub nemeses: Vec<Nemesis>,
+    /// How long the workload runs.
+    pub time: Duration,
+    /// Keys of the register workload.
+    pub keys: usize,
+    /// Concurrent logical processes.
+    pub concurrency: usize,
+    /// Where the history, the nemesis log and the summary go.
+    pub out: PathBuf,
+}
+
+/// The verdict of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// No anomaly, enough evidence.
+    Valid,
+    /// An anomaly.
+    Invalid,
+    /// No anomaly, too little evidence.
+    Inconclusive,
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Verdict::Valid => "VALID",
+            Verdict::Invalid => "INVALID",
+            Verdict::Inconclusive => "INCONCLUSIVE",
+        })
+    }
+}
+
+/// What a run found.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// Verdict.
+    pub verdict: Verdict,
+    /// Operations by outcome.
+    pub ok: usize,
+    /// Refused operations.
+    pub fail: usize,
+    /// Operations with an unknown outcome.
+    pub info: usize,
+    /// Anomalies, each with its shortest failing sub-history.
+    pub anomalies: Vec<String>,
+    /// Why the evidence is short (for INCONCLUSIVE).
+    pub missing_evidence: Vec<String>,
+    /// Faults with their times (seconds since the start).
+    pub faults: Vec<String>,
+}
+
+impl Report {
+    /// The summary, ending with the `verdict:` line.
+    pub fn summary(&self) -> String {
+        let mut s = format!(
+            "operations: {} (ok {}, fail {}, info {})\n",
+            self.ok + self.fail + self.info,
+            self.ok,
+            self.fail,
+            self.info
+        );
+        for f in &self.faults {
+            s += &format!("fault: {f}\n");
+        }
+        for a in &self.anomalies {
+            s += &format!("anomaly: {a}\n");
+        }
+        for m in &self.missing_evidence {
+            s += &format!("insufficient evidence: {m}\n");
+        }
+        s += &format!("verdict: {}\n", self.verdict);
+        s
+    }
+}
+
+/// The history being recorded.
+struct Recorder {
+    start: Instant,
+    records: Mutex<Vec<Record>>,
+    next_process: AtomicU64,
+}
+
+impl Recorder {
+    fn now(&self) -> u64 {
+        self.start.elapsed().as_nanos() as u64
+    }
+
+    fn push(&self, process: u64, kind: Kind, f: &str, key: &str, value: serde_json::Value, error: String) {
+        let r = Record {
+            process,
+            kind,
+            f: f.into(),
+            key: key.into(),
+            value,
+            time_ns: self.now(),
+            node: String::new(),
+            error,
+        };
+        self.records.lock().expect("history lock").push(r);
+    }
+}
+
+/// A small deterministic generator (xorshift64*).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn client(endpoints: &[String]) -> anyhow::Result<Client> {
+    let eps: Vec<&str> = endpoints.iter().map(String::as_str).collect();
+    Ok(Client::new(
+        &eps,
+        ClientOptions {
+            retry_deadline: OP_DEADLINE,
+            ..Default::default()
+        },
+    )?)
+}
+
+/// How a client error ends an operation: `Fail` when the cluster certainly
+/// did not apply it, else `Info`.
+fn classify(e: &esf_client::Error) -> Kind {
+    use esf_client::Error as E;
+    match e {
+        E::InvalidArgument(_)
+        | E::InvalidEndpoint { .. }
+        | E::OutOfRange(_)
+        | E::NotFound(_)
+        | E::FailedPrecondition(_)
+        | E::ResourceExhausted(_) => Kind::Fail,
+        E::Unavailable(_) | E::Internal(_) => Kind::Info,
+    }
+}
+
+fn parse_value(kv: Option<pb::KeyValue>) -> serde_json::Value {
+    kv.and_then(|kv| String::from_utf8(kv.value).ok())
+        .and_then(|s| s.parse::<i64>().ok())
+        .map_or(serde_json::Value::Null, |v| json!(v))
+}
+
+/// One logical process after another (a new one after each `info`) doing
+/// register operations until `until`.
+async fn register_worker(
+    rec: Arc<Recorder>,
+    endpoints: Vec<String>,
+    keys: usize,
+    until: Instant,
+    seed: u64,
+    values: Arc<AtomicU64>,
+) {
+    let mut rng = Rng(seed | 1);
+    let mut process = rec.next_process.fetch_add(1, Ordering::SeqCst);
+    let Ok(mut c) = client(&endpoints) else { return };
+    while Instant::now() < until {
+        let key = format!("jepsen/r{}", rng.below(keys as u64));
+        let pick = rng.below(10);
+        let (kind, f, value, error) = if pick < 4 {
+            rec.push(
+                process,
+                Kind::Invoke,
+                "read",
+                &key,
+                serde_json::Value::Null,
+                String::new(),
+            );
+            match c.get(key.clone()).await {
+                Ok((_, kv)) => (Kind::Ok, "read", parse_value(kv), String::new()),
+                // A read that failed says nothing: reads have no effect.
+                Err(e) => (Kind::Fail, "read", serde_json::Value::Null, e.to_string()),
+            }
+        } else if pick < 8 {
+            let v = values.fetch_add(1, Ordering::SeqCst) as i64;
+            rec.push(process, Kind::Invoke, "write", &key, json!(v), String::new());
+            match c.put(key.clone(), v.to_string()).await {
+                Ok(_) => (Kind::Ok, "write", json!(v), String::new()),
+                Err(e) => (classify(&e), "write", json!(v), e.to_string()),
+            }
+        } else {
+            // CAS from a recently written value (the counter's last few) to
+            // a new one.
+            let last = values.load(Ordering::SeqCst) as i64;
+            let from = (last - 1 - rng.below(3) as i64).max(0);
+            let to = values.fetch_add(1, Ordering::SeqCst) as i64;
+            rec.push(process, Kind::Invoke, "cas", &key, json!([from, to]), String::new());
+            let req = pb::TxnRequest {
+                compares: vec![pb::Compare {
+                    key: key.clone().into_bytes(),
+                    op: pb::compare::Op::Equal as i32,
+                    target: Some(pb::compare::Target::Value(from.to_string().into_bytes())),
+                }],
+                success: vec![pb::TxnOp {
+                    op: Some(pb::txn_op::Op::Put(pb::PutRequest {
+                        key: key.clone().into_bytes(),
+                        value: to.to_string().into_bytes(),
+                        ..Default::default()
+                    })),
+                }],
+                ..Default::default()
+            };
+            match c.txn(req).await {
+                Ok(r) if r.succeeded => (Kind::Ok, "cas", json!([from, to]), String::new()),
+                Ok(_) => (Kind::Fail, "cas", json!([from, to]), "precondition".to_string()),
+                Err(e) => (classify(&e), "cas", json!([from, to]), e.to_string()),
+            }
+        };
+        rec.push(process, kind, f, &key, value, error);
+        if kind == Kind::Info {
+            // The process may still have that op in flight: retire it, and
+            // its session.
+            process = rec.next_process.fetch_add(1, Ordering::SeqCst);
+            match client(&endpoints) {
+                Ok(n) => c = n,
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+/// The meta leader as the running nodes see it (0: none agreed).
+async fn meta_leader(cluster: &Cluster) -> u64 {
+    for n in cluster.nodes.iter().filter(|n| n.child.is_some()) {
+        if let Some((_, Ok(s))) = n.client().status_all().await.first() {
+            if let Some(g) = s.groups.first() {
+                if g.leader_id != 0 {
+                    return g.leader_id;
+                }
+            }
+        }
+    }
+    0
+}
+
+/// Runs one test and writes `history.jsonl`, `nemesis.jsonl` and
+/// `summary.txt` into `cfg.out`.
+pub async fn run(cfg: &RunConfig) -> anyhow::Result<Report> {
+    std::fs::create_dir_all(&cfg.out)?;
+    let cluster = Cluster::start(&cfg.esf_bin, 3);
+    cluster.wait_converged().await;
+    let endpoints: Vec<String> = cluster.nodes.iter().map(|n| n.grpc.clone()).collect();
+    let cluster = Arc::new(tokio::sync::Mutex::new(cluster));
+    let rec = Arc::new(Recorder {
+        start: Instant::now(),
+        records: Mutex::new(Vec::new()),
+        next_process: AtomicU64::new(1),
+    });
+    let nemesis_log: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+    let until = Instant::now() + cfg.time;
+    let values = Arc::new(AtomicU64::new(1));
+    let workers: Vec<_> = (0..cfg.concurrency)
+        .map(|i| {
+            let (rec, eps, values) = (rec.clone(), endpoints.clone(), values.clone());
+            let keys = cfg.keys;
+            match cfg.workload {
+                Workload::Register => {
+                    tokio::spawn(register_worker(rec, eps, keys, until, 0x51ed + i as u64 * 7919, values))
+                }
+            }
+        })
+        .collect();
+    let nemesis = cfg.nemeses.contains(&Nemesis::Kill).then(|| {
+        tokio::spawn(kill_nemesis(
+            cluster.clone(),
+            rec.clone(),
+            until,
+            nemesis_log.clone(),
+            cfg.esf_bin.clone(),
+        ))
+    });
+    for w in workers {
+        w.await?;
+    }
+    if let Some(n) = nemesis {
+        n.await?;
+    }
+    // Heal: every node up, every group converged; then one final read of
+    // every key.
+    {
+        let mut c = cluster.lock().await;
+        for n in c.nodes.iter_mut().filter(|n| n.child.is_none()) {
+            n.start(&cfg.esf_bin);
+        }
+        nemesis_log
+            .lock()
+            .expect("nemesis log")
+            .push(json!({"fault": "heal", "time_ns": rec.now()}));
+        c.wait_converged().await;
+    }
+    let final_client = client(&endpoints)?;
+    for k in 0..cfg.keys {
+        let key = format!("jepsen/r{k}");
+        let process = rec.next_process.fetch_add(1, Ordering::SeqCst);
+        rec.push(
+            process,
+            Kind::Invoke,
+            "read",
+            &key,
+            serde_json::Value::Null,
+            String::new(),
+        );
+        match final_client.get(key.clone()).await {
+            Ok((_, kv)) => rec.push(process, Kind::Ok, "read", &key, parse_value(kv), String::new()),
+            Err(e) => rec.push(
+                process,
+                Kind::Fail,
+                "read",
+                &key,
+                serde_json::Value::Null,
+                e.to_string(),
+            ),
+        }
+    }
+    let records = rec.records.lock().expect("history lock").clone();
+    let faults = nemesis_log.lock().expect("nemesis log").clone();
+    write_jsonl(&mut std::fs::File::create(cfg.out.join("history.jsonl"))?, &records)?;
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(cfg.out.join("nemesis.jsonl"))?;
+        for v in &faults {
+            writeln!(f, "{v}")?;
+        }
+    }
+    let report = judge(&records, &faults, cfg)?;
+    std::fs::write(cfg.out.join("summary.txt"), report.summary())?;
+    drop(cluster);
+    Ok(report)
+}
+
+/// SIGKILLs the meta leader every [`KILL_INTERVAL`] and restarts it (with
+/// `bin`) after 0-3 s, until `until`. Each kill is logged with the node
+/// that took over and when (the evidence that it took effect).
+async fn kill_nemesis(
+    cluster: Arc<tokio::sync::Mutex<Cluster>>,
+    rec: Arc<Recorder>,
+    until: Instant,
+    log: Arc<Mutex<Vec<serde_json::Value>>>,
+    bin: PathBuf,
+) {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    while Instant::now() + KILL_INTERVAL < until {
+        tokio::time::sleep(KILL_INTERVAL).await;
+        let mut c = cluster.lock().await;
+        let leader = meta_leader(&c).await;
+        if leader == 0 {
+            continue;
+        }
+        c.node_mut(leader).kill();
+        let killed_at = rec.now();
+        let deadline = Instant::now() + NEW_LEADER_DEADLINE;
+        let mut replaced_by = 0;
+        while Instant::now() < deadline {
+            let l = meta_leader(&c).await;
+            if l != 0 && l != leader {
+                replaced_by = l;
+                break;
+            }
+            tokio::time::sleep(esf_cluster_tests::POLL_INTERVAL).await;
+        }
+        log.lock().expect("nemesis log").push(json!({
+            "fault": "kill", "node": leader, "time_ns": killed_at,
+            "new_leader": replaced_by, "new_leader_time_ns": rec.now(),
+        }));
+        drop(c);
+        tokio::time::sleep(Duration::from_millis(rng.below(3000))).await;
+        let mut c = cluster.lock().await;
+        c.node_mut(leader).start(&bin);
+        log.lock()
+            .expect("nemesis log")
+            .push(json!({"fault": "restart", "node": leader, "time_ns": rec.now()}));
+    }
+}
+
+/// Checks the history and weighs the evidence.
+pub fn judge(records: &[Record], faults: &[serde_json::Value], cfg: &RunConfig) -> anyhow::Result<Report> {
+    let ops = pair(records)?;
+    let (mut ok, mut fail, mut info) = (0, 0, 0);
+    let mut ok_per_key: BTreeMap<String, usize> = BTreeMap::new();
+    for o in &ops {
+        match o.kind() {
+            Kind::Ok => {
+                ok += 1;
+                *ok_per_key.entry(o.invoke.key.clone()).or_default() += 1;
+            }
+            Kind::Fail => fail += 1,
+            _ => info += 1,
+        }
+    }
+    let mut anomalies = Vec::new();
+    for (key, v) in register::check(&ops, register::DEFAULT_STEP_BUDGET)? {
+        match v {
+            KeyVerdict::Linearizable => {}
+            KeyVerdict::Unknown => anomalies.push(format!("{key}: the search ran out of steps (no verdict)")),
+            KeyVerdict::NotLinearizable { witness } => anomalies.push(format!(
+                "{key}: not linearizable; shortest failing sub-history: {witness:?}"
+            )),
+        }
+    }
+    let mut missing = Vec::new();
+    for k in 0..cfg.keys {
+        let key = format!("jepsen/r{k}");
+        let n = ok_per_key.get(&key).copied().unwrap_or(0);
+        if n < MIN_OK_PER_KEY {
+            missing.push(format!(
+                "{key}: {n} acknowledged operations, fewer than {MIN_OK_PER_KEY}"
+            ));
+        }
+    }
+    let total = ok + fail + info;
+    if total > 0 && info as f64 / total as f64 > MAX_INFO_SHARE {
+        missing.push(format!(
+            "{info} of {total} operations have an unknown outcome, over {:.0}%",
+            MAX_INFO_SHARE * 100.0
+        ));
+    }
+    let kills: Vec<&serde_json::Value> = faults.iter().filter(|f| f["fault"] == "kill").collect();
+    if cfg.nemeses.contains(&Nemesis::Kill) {
+        if kills.is_empty() {
+            missing.push("the kill nemesis never killed a leader".into());
+        }
+        for k in &kills {
+            if k["new_leader"] == 0 {
+                missing.push(format!("killing node {} was not followed by a new leader", k["node"]));
+            }
+        }
+    }
+    let secs = |v: &serde_json::Value| v.as_u64().unwrap_or(0) as f64 / 1e9;
+    let fault_lines = faults
+        .iter()
+        .map(|f| match f["fault"].as_str() {
+            Some("kill") => format!(
+                "{:.1}s kill node {} (leader); node {} leads from {:.1}s",
+                secs(&f["time_ns"]),
+                f["node"],
+                f["new_leader"],
+                secs(&f["new_leader_time_ns"])
+            ),
+            Some(other) => format!(
+                "{:.1}s {other} {}",
+                secs(&f["time_ns"]),
+                f.get("node").cloned().unwrap_or_default()
+            ),
+            None => f.to_string(),
+        })
+        .collect();
+    let verdict = if !anomalies.is_empty() {
+        Verdict::Invalid
+    } else if !missing.is_empty() {
+        Verdict::Inconclusive
+    } else {
+        Verdict::Valid
+    };
+    Ok(Report {
+        verdict,
+        ok,
+        fail,
+        info,
+        anomalies,
+        missing_evidence: missing,
+        faults: fault_lines,
+    })
+}

@@ -1,0 +1,78 @@
+//! Short Jepsen-style runs against real `esf` processes (CI runs each for
+//! a few seconds; longer runs by hand with scripts/jepsen.sh).
+
+use std::time::Duration;
+
+use esf_jepsen::history::{Kind, Record};
+use esf_jepsen::runner::{Nemesis, RunConfig, Verdict, Workload, judge, run};
+
+fn config(nemeses: Vec<Nemesis>, secs: u64, out: &std::path::Path) -> RunConfig {
+    RunConfig {
+        esf_bin: esf_cluster_tests::esf_bin(),
+        workload: Workload::Register,
+        nemeses,
+        time: Duration::from_secs(secs),
+        keys: 3,
+        concurrency: 6,
+        out: out.to_path_buf(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registers_stay_linearizable_while_leaders_are_killed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config(vec![Nemesis::Kill], 14, dir.path());
+    let report = run(&cfg).await.expect("run");
+    assert_eq!(report.verdict, Verdict::Valid, "{}", report.summary());
+    assert!(report.faults.iter().any(|f| f.contains("kill")), "{}", report.summary());
+    let history = std::fs::read_to_string(dir.path().join("history.jsonl")).expect("history");
+    assert!(history.lines().count() > 1000, "a real history was written");
+    let summary = std::fs::read_to_string(dir.path().join("summary.txt")).expect("summary");
+    assert!(summary.trim_end().ends_with("verdict: VALID"), "{summary}");
+}
+
+fn rec(process: u64, kind: Kind, f: &str, value: serde_json::Value, t: u64) -> Record {
+    Record {
+        process,
+        kind,
+        f: f.into(),
+        key: "jepsen/r0".into(),
+        value,
+        time_ns: t,
+        node: String::new(),
+        error: String::new(),
+    }
+}
+
+#[test]
+fn the_verdict_needs_evidence_and_fails_on_a_stale_read() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = config(vec![], 1, dir.path());
+    cfg.keys = 1;
+    // Enough acknowledged writes, then a read of an old value: INVALID.
+    let mut h = Vec::new();
+    let mut t = 0;
+    for v in 1..=25 {
+        h.push(rec(v, Kind::Invoke, "write", v.into(), t));
+        h.push(rec(v, Kind::Ok, "write", v.into(), t + 1));
+        t += 2;
+    }
+    h.push(rec(100, Kind::Invoke, "read", serde_json::Value::Null, t));
+    h.push(rec(100, Kind::Ok, "read", 3.into(), t + 1));
+    let r = judge(&h, &[], &cfg).expect("judge");
+    assert_eq!(r.verdict, Verdict::Invalid, "{}", r.summary());
+    assert!(r.anomalies[0].contains("not linearizable"), "{}", r.summary());
+    // The same history without the stale read: VALID.
+    let r = judge(&h[..h.len() - 2], &[], &cfg).expect("judge");
+    assert_eq!(r.verdict, Verdict::Valid, "{}", r.summary());
+    // Too few operations: INCONCLUSIVE, whatever the checker says.
+    let r = judge(&h[..10], &[], &cfg).expect("judge");
+    assert_eq!(r.verdict, Verdict::Inconclusive, "{}", r.summary());
+    // A kill nemesis whose kill was not followed by a new leader: no
+    // evidence that the fault took effect.
+    cfg.nemeses = vec![Nemesis::Kill];
+    let faults = vec![serde_json::json!({"fault": "kill", "node": 1, "time_ns": 5, "new_leader": 0})];
+    let r = judge(&h[..h.len() - 2], &faults, &cfg).expect("judge");
+    assert_eq!(r.verdict, Verdict::Inconclusive, "{}", r.summary());
+    assert!(r.summary().contains("not followed by a new leader"), "{}", r.summary());
+}
