@@ -10,9 +10,13 @@
 //! - `VALID`: no anomaly, with that evidence.
 //!
 //! Nodes run as real `esf` processes on loopback (the cluster-tests
-//! harness). Workload: `register` (per-key read, write of unique values,
-//! compare-and-set, checked for linearizability). Nemesis: `kill` (SIGKILL
-//! the meta leader, restart it after 0-3 s, in a loop) or `none`.
+//! harness). Workloads: `register` (per-key read, write of unique values,
+//! compare-and-set, checked for linearizability) and `events` (appends of
+//! unique events to streams over every partition, re-appended once by the
+//! next process after an unknown outcome; a subscription resumed across
+//! node loss; a final read of every partition on every node; checked by
+//! the queue checker). Nemesis: `kill` (SIGKILL the meta leader, restart it
+//! after 0-3 s, in a loop) or `none`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -27,8 +31,11 @@ use serde_json::json;
 use crate::history::{Kind, Record, pair, write_jsonl};
 use crate::register::{self, KeyVerdict};
 
-/// Fewest acknowledged operations per key for a verdict.
+/// Fewest acknowledged operations per key (register) or partition
+/// (events) for a verdict.
 pub const MIN_OK_PER_KEY: usize = 20;
+/// Streams the events workload appends to (spread over the partitions).
+pub const EVENT_STREAMS: usize = 32;
 /// Largest share of operations with an unknown outcome for a verdict.
 pub const MAX_INFO_SHARE: f64 = 0.25;
 /// Deadline of one client operation (attempts and retries included).
@@ -43,6 +50,8 @@ pub const NEW_LEADER_DEADLINE: Duration = Duration::from_secs(15);
 pub enum Workload {
     /// Per-key registers.
     Register,
+    /// Event appends, reads and a subscription.
+    Events,
 }
 
 impl std::str::FromStr for Workload {
@@ -50,7 +59,8 @@ impl std::str::FromStr for Workload {
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
             "register" => Ok(Workload::Register),
-            other => Err(format!("workload: {other:?} is not one of: register")),
+            "events" => Ok(Workload::Events),
+            other => Err(format!("workload: {other:?} is not one of: register, events")),
         }
     }
 }
@@ -308,6 +318,80 @@ async fn register_worker(
     }
 }
 
+/// One logical process after another appending unique events until
+/// `until`. After an `info`, the next process appends the same event once
+/// more (as an application retrying would): it must not be duplicated.
+async fn events_worker(rec: Arc<Recorder>, endpoints: Vec<String>, until: Instant, seed: u64) {
+    let mut rng = Rng(seed | 1);
+    let mut process = rec.next_process.fetch_add(1, Ordering::SeqCst);
+    let Ok(mut c) = client(&endpoints) else { return };
+    let mut retry: Option<(String, String)> = None;
+    while Instant::now() < until {
+        let (stream, id) = retry
+            .take()
+            .unwrap_or_else(|| (format!("jepsen-s{}", rng.below(EVENT_STREAMS as u64)), new_id()));
+        rec.push(
+            process,
+            Kind::Invoke,
+            "append",
+            &stream,
+            json!({"id": id}),
+            String::new(),
+        );
+        let event = pb::EventData {
+            id: id.clone(),
+            r#type: "Jepsen".into(),
+            data: b"{}".to_vec(),
+            ..Default::default()
+        };
+        let (kind, value, error) = match c.append(&stream, vec![event], None).await {
+            Ok(r) => (
+                Kind::Ok,
+                json!({"id": id, "partition": r.partition, "offset": r.first_offset, "duplicate": r.duplicate}),
+                String::new(),
+            ),
+            Err(e) => (classify(&e), json!({"id": id}), e.to_string()),
+        };
+        rec.push(process, kind, "append", &stream, value, error);
+        if kind == Kind::Info {
+            retry = Some((stream, id));
+            process = rec.next_process.fetch_add(1, Ordering::SeqCst);
+            match client(&endpoints) {
+                Ok(n) => c = n,
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+fn new_id() -> String {
+    esf_client::uuid::format(&esf_client::uuid::new_v4())
+}
+
+/// Follows every partition from the start through a subscription that
+/// esf-client resumes on another node when its node dies; records each
+/// delivery (f `deliver`, value `{partition, offset, id}`) until `until`.
+async fn subscriber(rec: Arc<Recorder>, endpoints: Vec<String>, until: Instant) {
+    let Ok(c) = client(&endpoints) else { return };
+    let mut sub = c.subscribe_resumable(pb::SubscribeRequest::default());
+    let process = rec.next_process.fetch_add(1, Ordering::SeqCst);
+    while Instant::now() < until {
+        let Ok(Ok(r)) = tokio::time::timeout(OP_DEADLINE, sub.next()).await else {
+            continue;
+        };
+        for e in r.events {
+            rec.push(
+                process,
+                Kind::Ok,
+                "deliver",
+                &e.stream,
+                json!({"partition": e.partition, "offset": e.offset, "id": e.id}),
+                String::new(),
+            );
+        }
+    }
+}
+
 /// The meta leader as the running nodes see it (0: none agreed).
 async fn meta_leader(cluster: &Cluster) -> u64 {
     for n in cluster.nodes.iter().filter(|n| n.child.is_some()) {
@@ -342,13 +426,15 @@ pub async fn run(cfg: &RunConfig) -> anyhow::Result<Report> {
         .map(|i| {
             let (rec, eps, values) = (rec.clone(), endpoints.clone(), values.clone());
             let keys = cfg.keys;
+            let seed = 0x51ed + i as u64 * 7919;
             match cfg.workload {
-                Workload::Register => {
-                    tokio::spawn(register_worker(rec, eps, keys, until, 0x51ed + i as u64 * 7919, values))
-                }
+                Workload::Register => tokio::spawn(register_worker(rec, eps, keys, until, seed, values)),
+                Workload::Events => tokio::spawn(events_worker(rec, eps, until, seed)),
             }
         })
         .collect();
+    let sub =
+        (cfg.workload == Workload::Events).then(|| tokio::spawn(subscriber(rec.clone(), endpoints.clone(), until)));
     let nemesis = cfg.nemeses.contains(&Nemesis::Kill).then(|| {
         tokio::spawn(kill_nemesis(
             cluster.clone(),
@@ -360,6 +446,9 @@ pub async fn run(cfg: &RunConfig) -> anyhow::Result<Report> {
     });
     for w in workers {
         w.await?;
+    }
+    if let Some(s) = sub {
+        s.await?;
     }
     if let Some(n) = nemesis {
         n.await?;
@@ -378,7 +467,12 @@ pub async fn run(cfg: &RunConfig) -> anyhow::Result<Report> {
         c.wait_converged().await;
     }
     let final_client = client(&endpoints)?;
-    for k in 0..cfg.keys {
+    let final_keys = if cfg.workload == Workload::Register {
+        cfg.keys
+    } else {
+        0
+    };
+    for k in 0..final_keys {
         let key = format!("jepsen/r{k}");
         let process = rec.next_process.fetch_add(1, Ordering::SeqCst);
         rec.push(
@@ -401,6 +495,11 @@ pub async fn run(cfg: &RunConfig) -> anyhow::Result<Report> {
             ),
         }
     }
+    let final_reads = if cfg.workload == Workload::Events {
+        read_every_partition(&cluster).await?
+    } else {
+        Vec::new()
+    };
     let records = rec.records.lock().expect("history lock").clone();
     let faults = nemesis_log.lock().expect("nemesis log").clone();
     write_jsonl(&mut std::fs::File::create(cfg.out.join("history.jsonl"))?, &records)?;
@@ -411,7 +510,22 @@ pub async fn run(cfg: &RunConfig) -> anyhow::Result<Report> {
             writeln!(f, "{v}")?;
         }
     }
-    let report = judge(&records, &faults, cfg)?;
+    if !final_reads.is_empty() {
+        use std::io::Write;
+        let mut f = std::fs::File::create(cfg.out.join("final-reads.jsonl"))?;
+        for r in &final_reads {
+            writeln!(
+                f,
+                "{}",
+                json!({"reader": r.reader, "partition": r.partition, "events": r.events})
+            )?;
+        }
+    }
+    let report = if cfg.workload == Workload::Events {
+        judge_events(&records, &final_reads, &faults, cfg)?
+    } else {
+        judge(&records, &faults, cfg)?
+    };
     std::fs::write(cfg.out.join("summary.txt"), report.summary())?;
     drop(cluster);
     Ok(report)
@@ -461,6 +575,148 @@ async fn kill_nemesis(
     }
 }
 
+/// After healing: every partition read in full from every node's own
+/// replica (serializable reads, each node asked alone).
+async fn read_every_partition(cluster: &tokio::sync::Mutex<Cluster>) -> anyhow::Result<Vec<crate::queue::Read>> {
+    let c = cluster.lock().await;
+    let mut out = Vec::new();
+    for n in &c.nodes {
+        let client = n.client();
+        let status = client.status_all().await;
+        let partitions = status
+            .first()
+            .and_then(|(_, s)| s.as_ref().ok())
+            .map_or(0, |s| s.groups.len().saturating_sub(1) as u32);
+        for p in 1..=partitions {
+            let mut events = Vec::new();
+            let mut from = 0;
+            loop {
+                let r = client
+                    .read_partition(pb::ReadPartitionRequest {
+                        partition: p,
+                        from_offset: from,
+                        limit: 0,
+                        serializable: true,
+                    })
+                    .await?;
+                if r.events.is_empty() {
+                    break;
+                }
+                events.extend(r.events.iter().map(|e| (e.offset, e.id.clone())));
+                from = r.next_offset;
+            }
+            out.push(crate::queue::Read {
+                reader: format!("node {} final read", n.id),
+                partition: p,
+                from: 0,
+                events,
+                complete: true,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Checks an events history (appends, deliveries) and the final reads,
+/// and weighs the evidence.
+pub fn judge_events(
+    records: &[Record],
+    final_reads: &[crate::queue::Read],
+    faults: &[serde_json::Value],
+    cfg: &RunConfig,
+) -> anyhow::Result<Report> {
+    use crate::queue::{Append, Outcome};
+    let appends_only: Vec<Record> = records.iter().filter(|r| r.f == "append").cloned().collect();
+    let ops = pair(&appends_only)?;
+    let (mut ok, mut fail, mut info) = (0, 0, 0);
+    let mut ok_per_partition: BTreeMap<u32, usize> = BTreeMap::new();
+    // One outcome per event id: acknowledged if any attempt was (every
+    // acknowledgement must name the same position), failed only if every
+    // attempt failed.
+    let mut by_id: BTreeMap<String, Vec<Outcome>> = BTreeMap::new();
+    let mut anomalies = Vec::new();
+    for o in &ops {
+        let id = o.invoke.value["id"].as_str().unwrap_or_default().to_string();
+        let outcome = match o.kind() {
+            Kind::Ok => {
+                ok += 1;
+                let v = &o.complete.as_ref().expect("ok has a completion").value;
+                let partition = v["partition"].as_u64().unwrap_or(0) as u32;
+                *ok_per_partition.entry(partition).or_default() += 1;
+                Outcome::Ok {
+                    partition,
+                    offset: v["offset"].as_u64().unwrap_or(u64::MAX),
+                }
+            }
+            Kind::Fail => {
+                fail += 1;
+                Outcome::Fail
+            }
+            _ => {
+                info += 1;
+                Outcome::Info
+            }
+        };
+        by_id.entry(id).or_default().push(outcome);
+    }
+    let mut appends = Vec::new();
+    for (id, outcomes) in by_id {
+        let acks: std::collections::BTreeSet<(u32, u64)> = outcomes
+            .iter()
+            .filter_map(|o| match o {
+                Outcome::Ok { partition, offset } => Some((*partition, *offset)),
+                _ => None,
+            })
+            .collect();
+        if acks.len() > 1 {
+            anomalies.push(format!("{id}: acknowledged at several positions {acks:?}"));
+        }
+        let outcome = match acks.iter().next() {
+            Some((partition, offset)) => Outcome::Ok {
+                partition: *partition,
+                offset: *offset,
+            },
+            None if outcomes.iter().all(|o| *o == Outcome::Fail) => Outcome::Fail,
+            None => Outcome::Info,
+        };
+        appends.push(Append { id, outcome });
+    }
+    // The subscription's deliveries, per partition in delivery order.
+    let mut delivered: BTreeMap<u32, Vec<(u64, String)>> = BTreeMap::new();
+    for d in records.iter().filter(|r| r.f == "deliver") {
+        let p = d.value["partition"].as_u64().unwrap_or(0) as u32;
+        delivered.entry(p).or_default().push((
+            d.value["offset"].as_u64().unwrap_or(u64::MAX),
+            d.value["id"].as_str().unwrap_or_default().to_string(),
+        ));
+    }
+    let mut reads: Vec<crate::queue::Read> = final_reads.to_vec();
+    reads.extend(delivered.into_iter().map(|(p, events)| crate::queue::Read {
+        reader: "subscription".into(),
+        partition: p,
+        from: 0,
+        events,
+        complete: false,
+    }));
+    for a in crate::queue::check(&appends, &reads) {
+        anomalies.push(format!("partition {}: {}: {}", a.partition, a.kind, a.detail));
+    }
+    let mut missing = Vec::new();
+    let partitions = final_reads.iter().map(|r| r.partition).max().unwrap_or(0);
+    if partitions == 0 {
+        missing.push("no final read of any partition".into());
+    }
+    for p in 1..=partitions {
+        let n = ok_per_partition.get(&p).copied().unwrap_or(0);
+        if n < MIN_OK_PER_KEY {
+            missing.push(format!(
+                "partition {p}: {n} acknowledged appends, fewer than {MIN_OK_PER_KEY}"
+            ));
+        }
+    }
+    Ok(weigh(ok, fail, info, anomalies, missing, faults, cfg))
+}
+
 /// Checks the history and weighs the evidence.
 pub fn judge(records: &[Record], faults: &[serde_json::Value], cfg: &RunConfig) -> anyhow::Result<Report> {
     let ops = pair(records)?;
@@ -496,6 +752,20 @@ pub fn judge(records: &[Record], faults: &[serde_json::Value], cfg: &RunConfig) 
             ));
         }
     }
+    Ok(weigh(ok, fail, info, anomalies, missing, faults, cfg))
+}
+
+/// The verdict from the anomalies and the evidence: the share of unknown
+/// outcomes, and proof that every fault took effect.
+fn weigh(
+    ok: usize,
+    fail: usize,
+    info: usize,
+    anomalies: Vec<String>,
+    mut missing: Vec<String>,
+    faults: &[serde_json::Value],
+    cfg: &RunConfig,
+) -> Report {
     let total = ok + fail + info;
     if total > 0 && info as f64 / total as f64 > MAX_INFO_SHARE {
         missing.push(format!(
@@ -540,7 +810,7 @@ pub fn judge(records: &[Record], faults: &[serde_json::Value], cfg: &RunConfig) 
     } else {
         Verdict::Valid
     };
-    Ok(Report {
+    Report {
         verdict,
         ok,
         fail,
@@ -548,5 +818,5 @@ pub fn judge(records: &[Record], faults: &[serde_json::Value], cfg: &RunConfig) 
         anomalies,
         missing_evidence: missing,
         faults: fault_lines,
-    })
+    }
 }

@@ -31,6 +31,19 @@ async fn registers_stay_linearizable_while_leaders_are_killed() {
     assert!(summary.trim_end().ends_with("verdict: VALID"), "{summary}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acknowledged_event_stays_once_in_place_while_leaders_are_killed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = config(vec![Nemesis::Kill], 14, dir.path());
+    cfg.workload = Workload::Events;
+    let report = run(&cfg).await.expect("run");
+    assert_eq!(report.verdict, Verdict::Valid, "{}", report.summary());
+    let history = std::fs::read_to_string(dir.path().join("history.jsonl")).expect("history");
+    assert!(history.contains("\"deliver\""), "the subscription delivered events");
+    let finals = std::fs::read_to_string(dir.path().join("final-reads.jsonl")).expect("final reads");
+    assert_eq!(finals.lines().count(), 3 * 8, "every partition read on every node");
+}
+
 fn rec(process: u64, kind: Kind, f: &str, value: serde_json::Value, t: u64) -> Record {
     Record {
         process,
