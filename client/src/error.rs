@@ -48,6 +48,11 @@ impl Error {
     pub(crate) fn from_status(s: &tonic::Status) -> Error {
         use tonic::Code;
         let msg = s.message().to_string();
+        // A broken connection (tonic gives HTTP/2 errors various codes):
+        // another attempt, maybe on another endpoint, can succeed.
+        if msg.contains("h2 protocol error") || msg.contains("transport error") {
+            return Error::Unavailable(msg);
+        }
         match s.code() {
             Code::InvalidArgument => Error::InvalidArgument(msg),
             Code::OutOfRange => Error::OutOfRange(msg),

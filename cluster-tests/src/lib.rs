@@ -50,39 +50,48 @@ fn pid_alive(pid: u32) -> bool {
 /// (a client of this test still dialling it must never reach another test's
 /// cluster). Claims of dead processes are taken over.
 pub fn free_port() -> u16 {
-    use std::io::Write;
     use std::sync::atomic::{AtomicU16, Ordering};
     static NEXT: AtomicU16 = AtomicU16::new(0);
-    let dir = std::env::temp_dir().join("esf-test-ports");
-    std::fs::create_dir_all(&dir).expect("create the port claim dir");
-    let me = std::process::id();
-    let start = (me % u32::from(PORT_SPAN)) as u16;
+    let start = (std::process::id() % u32::from(PORT_SPAN)) as u16;
     for _ in 0..PORT_SPAN {
         let offset = NEXT.fetch_add(1, Ordering::SeqCst);
         let port = PORT_BASE + (start + offset) % PORT_SPAN;
-        let claim = dir.join(port.to_string());
-        let claimed = match std::fs::OpenOptions::new().write(true).create_new(true).open(&claim) {
-            Ok(mut f) => f.write_all(me.to_string().as_bytes()).is_ok(),
-            Err(_) => {
-                let owner: Option<u32> = std::fs::read_to_string(&claim).ok().and_then(|s| s.trim().parse().ok());
-                match owner {
-                    Some(pid) if pid != me && !pid_alive(pid) => {
-                        // Take over a dead process's claim (the rename is atomic).
-                        let tmp = dir.join(format!("{port}.{me}"));
-                        std::fs::write(&tmp, me.to_string()).is_ok()
-                            && std::fs::rename(&tmp, &claim).is_ok()
-                            && std::fs::read_to_string(&claim).is_ok_and(|s| s.trim() == me.to_string())
-                    }
-                    _ => false,
-                }
-            }
-        };
-        if claimed && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        if claim(&port.to_string()) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
     }
     panic!("no free loopback port found from {PORT_BASE}");
 }
+
+/// Claims `name` (a port, a subnet) for this test process: a file
+/// `esf-test-ports/NAME` created with `create_new` holding the owner's
+/// pid. Claims of dead processes are taken over. False if another live
+/// process holds it.
+pub fn claim(name: &str) -> bool {
+    use std::io::Write;
+    let dir = std::env::temp_dir().join("esf-test-ports");
+    std::fs::create_dir_all(&dir).expect("create the claim dir");
+    let me = std::process::id();
+    let claim = dir.join(name);
+    match std::fs::OpenOptions::new().write(true).create_new(true).open(&claim) {
+        Ok(mut f) => f.write_all(me.to_string().as_bytes()).is_ok(),
+        Err(_) => {
+            let owner: Option<u32> = std::fs::read_to_string(&claim).ok().and_then(|s| s.trim().parse().ok());
+            match owner {
+                Some(pid) if pid != me && !pid_alive(pid) => {
+                    // Take over a dead process's claim (the rename is atomic).
+                    let tmp = dir.join(format!("{name}.{me}"));
+                    std::fs::write(&tmp, me.to_string()).is_ok()
+                        && std::fs::rename(&tmp, &claim).is_ok()
+                        && std::fs::read_to_string(&claim).is_ok_and(|s| s.trim() == me.to_string())
+                }
+                _ => false,
+            }
+        }
+    }
+}
+
+pub mod netns;
 
 /// One node process.
 pub struct Node {
@@ -98,6 +107,8 @@ pub struct Node {
     pub child: Option<Child>,
     args: Vec<String>,
     log: PathBuf,
+    /// The network namespace it runs in, if any.
+    pub netns: Option<String>,
 }
 
 impl Node {
@@ -109,7 +120,16 @@ impl Node {
             .append(true)
             .open(&self.log)
             .expect("open node log");
-        let child = Command::new(bin)
+        // `ip netns exec` execs the node in place: the child is the node.
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let child = cmd
             .arg("serve")
             .args(&self.args)
             .env("RUST_LOG", "info")
@@ -118,6 +138,14 @@ impl Node {
             .spawn()
             .expect("spawn esf serve");
         self.child = Some(child);
+    }
+
+    /// SIGSTOP (`true`) or SIGCONT (`false`) of the running process.
+    pub fn pause(&self, stop: bool) {
+        if let Some(c) = &self.child {
+            let sig = if stop { "-STOP" } else { "-CONT" };
+            let _ = Command::new("kill").args([sig, &c.id().to_string()]).status();
+        }
     }
 
     /// SIGKILL.
@@ -167,6 +195,9 @@ pub struct Cluster {
     /// The `esf` binary.
     pub bin: PathBuf,
     _base: tempfile::TempDir,
+    /// The network namespaces the nodes run in, if any (dropped after the
+    /// nodes, which are killed first).
+    pub net: Option<netns::Net>,
 }
 
 /// Builds (does not start) node `id` listening on `ports` (gRPC, admin).
@@ -201,6 +232,7 @@ fn new_node(base: &Path, id: u64, join: &[String], bootstrap_expect: Option<u64>
         child: None,
         args,
         log,
+        netns: None,
     }
 }
 
@@ -262,6 +294,40 @@ impl Cluster {
             nodes,
             bin: bin.to_path_buf(),
             _base: base,
+            net: None,
+        };
+        for i in 0..c.nodes.len() {
+            let bin = c.bin.clone();
+            c.nodes[i].start(&bin);
+        }
+        c
+    }
+
+    /// Starts `n` nodes, node i in its own network namespace of `net` at
+    /// its own address (port 2379, admin 2380), joined over a bridge; the
+    /// test process reaches them from the host side of the bridge.
+    pub fn start_in(bin: &Path, n: u64, net: netns::Net) -> Cluster {
+        let base = tempfile::tempdir().expect("tempdir");
+        let join: Vec<String> = (1..=n).map(|i| format!("{}:2379", net.ip(i))).collect();
+        let nodes: Vec<Node> = (1..=n)
+            .map(|i| {
+                let mut node = new_node(base.path(), i, &join, Some(n), (2379, 2380));
+                let ip = net.ip(i);
+                for (flag, port) in [("--listen", 2379), ("--admin-listen", 2380)] {
+                    let at = node.args.iter().position(|a| a == flag).expect("address flag") + 1;
+                    node.args[at] = format!("{ip}:{port}");
+                }
+                node.grpc = format!("{ip}:2379");
+                node.admin = format!("{ip}:2380");
+                node.netns = Some(net.ns(i));
+                node
+            })
+            .collect();
+        let mut c = Cluster {
+            nodes,
+            bin: bin.to_path_buf(),
+            _base: base,
+            net: Some(net),
         };
         for i in 0..c.nodes.len() {
             let bin = c.bin.clone();

@@ -2198,3 +2198,69 @@ async fn five_nodes_keep_three_replicas_and_forward_to_them() {
         "{v}"
     );
 }
+
+/// A network-namespace cluster, or why not: SKIPPED outside CI, a failure
+/// under CI (where every scenario must run).
+fn netns_or_skip(n: u64) -> Option<esf_cluster_tests::netns::Net> {
+    match esf_cluster_tests::netns::Net::create(n) {
+        Ok(net) => Some(net),
+        Err(why) if std::env::var("CI").as_deref() != Ok("true") => {
+            eprintln!("SKIPPED: {why}");
+            None
+        }
+        Err(why) => panic!("SKIPPED under CI counts as a failure: {why}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolated_leader_acknowledges_nothing_and_is_replaced() {
+    let Some(net) = netns_or_skip(3) else { return };
+    let bin = esf_bin();
+    let c = Cluster::start_in(&bin, 3, net);
+    let leader = c.wait_ready().await;
+    c.client().put("before", "1").await.expect("put before the partition");
+    let net = c.net.as_ref().expect("netns cluster");
+    for other in (1..=3).filter(|n| *n != leader) {
+        net.cut_both(leader, other).expect("cut");
+    }
+    // A client that only reaches the old leader: no write is acknowledged,
+    // no linearizable read answered.
+    let lonely = esf_client::Client::new(
+        &[c.node(leader).grpc.as_str()],
+        esf_client::ClientOptions {
+            retry_deadline: std::time::Duration::from_secs(4),
+            ..Default::default()
+        },
+    )
+    .expect("client");
+    let w = lonely.put("during", "lost?").await;
+    assert!(w.is_err(), "an isolated leader acknowledged a write: {w:?}");
+    let r = lonely.get("before").await;
+    assert!(r.is_err(), "an isolated leader answered a linearizable read: {r:?}");
+    // The others elect a new leader and take writes.
+    let others: Vec<&str> = c
+        .nodes
+        .iter()
+        .filter(|n| n.id != leader)
+        .map(|n| n.grpc.as_str())
+        .collect();
+    let majority = esf_client::Client::new(&others, Default::default()).expect("client");
+    majority.put("during", "2").await.expect("the majority takes writes");
+    let new_leader = c.group_leader(others_id(leader), 0).await;
+    assert!(new_leader != 0 && new_leader != leader, "a new leader: {new_leader}");
+    // Healed: the old leader follows and has every acknowledged write.
+    c.net.as_ref().expect("netns cluster").heal().expect("heal");
+    c.wait_converged().await;
+    let (_, kv) = c
+        .node(leader)
+        .client()
+        .get("during")
+        .await
+        .expect("read through the old leader");
+    assert_eq!(kv.expect("the write made during the partition").value, b"2");
+}
+
+/// Some node other than `leader` (of 3).
+fn others_id(leader: u64) -> u64 {
+    if leader == 1 { 2 } else { 1 }
+}

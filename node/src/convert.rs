@@ -46,6 +46,19 @@ pub fn status(e: esf_raft::Error) -> Status {
     }
 }
 
+/// A status from a call to another node: a failure of the connection
+/// itself (an HTTP/2 or transport error, whatever code tonic gave it)
+/// becomes UNAVAILABLE, so the client retries instead of giving up.
+pub(crate) fn peer_status(s: Status) -> Status {
+    let m = s.message();
+    let transport = m.contains("h2 protocol error") || m.contains("transport error") || m.contains("connection error");
+    if transport && s.code() != tonic::Code::Unavailable {
+        Status::unavailable(format!("a peer node's connection failed: {m}"))
+    } else {
+        s
+    }
+}
+
 /// INVALID_ARGUMENT naming the field and the reason.
 pub(crate) fn invalid(field: &str, reason: impl std::fmt::Display) -> Status {
     Status::invalid_argument(format!("{field}: {reason}"))

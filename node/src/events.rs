@@ -174,7 +174,11 @@ impl EventsService {
             };
             let mut r = Ctx::forwarded(msg.clone());
             r.set_timeout(FORWARD_TIMEOUT);
-            match tokio::time::timeout(FORWARD_TIMEOUT, call(client, r)).await {
+            match tokio::time::timeout(FORWARD_TIMEOUT, async {
+                call(client, r).await.map_err(convert::peer_status)
+            })
+            .await
+            {
                 Ok(Ok(resp)) => {
                     self.0.routes.learn(p, &addr);
                     return Ok(resp);

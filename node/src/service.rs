@@ -178,7 +178,7 @@ macro_rules! forward_or {
         match $ctx.forward_target(&$req, &$err) {
             Some(addr) => {
                 let mut c = $ctx.$client(&addr)?;
-                return c.$method(Ctx::forwarded($msg)).await;
+                return c.$method(Ctx::forwarded($msg)).await.map_err(convert::peer_status);
             }
             None => return Err(convert::status($err)),
         }
@@ -646,12 +646,12 @@ macro_rules! leader_only {
         if !$svc.0.meta.raft().is_leader() {
             let e = $svc.0.meta.not_leader_error();
             return match $svc.0.forward_target(&$req, &e) {
-                Some(addr) => {
-                    $svc.0
-                        .cluster_client(&addr)?
-                        .$method(Ctx::forwarded($req.into_inner()))
-                        .await
-                }
+                Some(addr) => $svc
+                    .0
+                    .cluster_client(&addr)?
+                    .$method(Ctx::forwarded($req.into_inner()))
+                    .await
+                    .map_err(convert::peer_status),
                 None => Err(convert::status(e)),
             };
         }

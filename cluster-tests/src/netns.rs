@@ -1,0 +1,134 @@
+//! Test hosts: each node in its own Linux network namespace with its own
+//! address on a bridge, so faults can cut the network between nodes while
+//! the test process (on the host side of the bridge) still reaches every
+//! node.
+//!
+//! Names carry a per-run id (`esb-ID` bridge, `esf-ID-I` namespaces,
+//! `esv-ID-I` / `esp-ID-I` veth pairs) and the subnet `10.77.S.0/24` is
+//! claimed per run, so concurrent runs never collide. Everything is removed
+//! when the [`Net`] is dropped (also when a test panics). Needs root and
+//! iproute2; [`Net::unavailable`] says why not, so a test can report
+//! SKIPPED (which CI counts as a failure).
+//!
+//! Faults use blackhole routes inside the namespaces (iproute2 only): a
+//! route to a peer's address drops what this node sends it. Cutting both
+//! directions isolates two nodes; one direction makes a one-way partition.
+
+use std::process::Command;
+
+/// Why network namespaces cannot be used here, if they cannot.
+pub fn unavailable() -> Option<String> {
+    let uid = Command::new("id").arg("-u").output().ok()?;
+    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+        return Some("not root: network namespaces need root".into());
+    }
+    match Command::new("ip").arg("-V").output() {
+        Ok(o) if o.status.success() => None,
+        _ => Some("iproute2 (`ip`) is not installed".into()),
+    }
+}
+
+/// A bridge and one namespace per node.
+pub struct Net {
+    id: String,
+    subnet: u8,
+    nodes: u64,
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip").args(args).output().map_err(|e| format!("ip: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+impl Net {
+    /// Creates the bridge and `nodes` namespaces (node ids 1..=nodes).
+    pub fn create(nodes: u64) -> Result<Net, String> {
+        if let Some(why) = unavailable() {
+            return Err(why);
+        }
+        let subnet = (1..=250u8)
+            .map(|i| (std::process::id() as u8).wrapping_add(i).max(1))
+            .find(|s| crate::claim(&format!("subnet-{s}")))
+            .ok_or("no free 10.77.S.0/24 subnet to claim")?;
+        let id = format!("{:x}{:02x}", std::process::id() % 0xfff, subnet);
+        let net = Net { id, subnet, nodes };
+        net.build()?;
+        Ok(net)
+    }
+
+    fn bridge(&self) -> String {
+        format!("esb-{}", self.id)
+    }
+
+    /// The namespace of node `i`.
+    pub fn ns(&self, i: u64) -> String {
+        format!("esf-{}-{i}", self.id)
+    }
+
+    /// The address of node `i`.
+    pub fn ip(&self, i: u64) -> String {
+        format!("10.77.{}.{}", self.subnet, 10 + i)
+    }
+
+    fn build(&self) -> Result<(), String> {
+        let br = self.bridge();
+        ip(&["link", "add", &br, "type", "bridge"])?;
+        ip(&["addr", "add", &format!("10.77.{}.1/24", self.subnet), "dev", &br])?;
+        ip(&["link", "set", &br, "up"])?;
+        for i in 1..=self.nodes {
+            let ns = self.ns(i);
+            let (host, peer) = (format!("esv-{}-{i}", self.id), format!("esp-{}-{i}", self.id));
+            ip(&["netns", "add", &ns])?;
+            ip(&["link", "add", &host, "type", "veth", "peer", "name", &peer])?;
+            ip(&["link", "set", &peer, "netns", &ns])?;
+            ip(&["link", "set", &host, "master", &br])?;
+            ip(&["link", "set", &host, "up"])?;
+            ip(&["-n", &ns, "addr", "add", &format!("{}/24", self.ip(i)), "dev", &peer])?;
+            ip(&["-n", &ns, "link", "set", &peer, "up"])?;
+            ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        }
+        Ok(())
+    }
+
+    /// Node `from` can no longer send to node `to` (one direction).
+    pub fn cut(&self, from: u64, to: u64) -> Result<(), String> {
+        ip(&["-n", &self.ns(from), "route", "add", "blackhole", &self.ip(to)])
+    }
+
+    /// Nodes `a` and `b` can no longer reach each other.
+    pub fn cut_both(&self, a: u64, b: u64) -> Result<(), String> {
+        self.cut(a, b)?;
+        self.cut(b, a)
+    }
+
+    /// Every cut removed.
+    pub fn heal(&self) -> Result<(), String> {
+        for i in 1..=self.nodes {
+            ip(&["-n", &self.ns(i), "route", "flush", "type", "blackhole"])?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        for i in 1..=self.nodes {
+            // The veth pair goes with its namespace.
+            let _ = ip(&["netns", "del", &self.ns(i)]);
+        }
+        let _ = ip(&["link", "del", &self.bridge()]);
+        let _ = std::fs::remove_file(
+            std::env::temp_dir()
+                .join("esf-test-ports")
+                .join(format!("subnet-{}", self.subnet)),
+        );
+    }
+}
