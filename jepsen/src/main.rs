@@ -6,15 +6,21 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use esf_jepsen::runner::{Nemesis, RunConfig, Verdict, Workload, run};
+use esf_jepsen::runner::{Hosts, Nemesis, RunConfig, Verdict, Workload, run};
 
-const USAGE: &str = "usage: esf-jepsen [--workload register] [--nemesis kill|none[,...]] [--time SECS] [--keys N] [--concurrency N] [--out DIR] [--esf PATH]";
+const USAGE: &str = "usage: esf-jepsen [--workload register|events] [--nemesis kill|partition|pause|none[,...]] [--hosts netns|loopback] [--time SECS] [--keys N] [--concurrency N] [--out DIR] [--esf PATH]";
 
 fn parse(args: &[String]) -> Result<RunConfig, String> {
     let mut cfg = RunConfig {
         esf_bin: default_esf_bin(),
         workload: Workload::Register,
         nemeses: vec![Nemesis::Kill],
+        // Network namespaces when this machine allows them.
+        hosts: if esf_cluster_tests::netns::unavailable().is_none() {
+            Hosts::Netns
+        } else {
+            Hosts::Loopback
+        },
         time: Duration::from_secs(30),
         keys: 4,
         concurrency: 8,
@@ -60,6 +66,13 @@ fn parse(args: &[String]) -> Result<RunConfig, String> {
                     .ok_or(format!("concurrency: {v:?} is not a positive number"))?;
             }
             "--out" => cfg.out = PathBuf::from(value("out")?),
+            "--hosts" => {
+                cfg.hosts = match value("hosts")?.as_str() {
+                    "netns" => Hosts::Netns,
+                    "loopback" => Hosts::Loopback,
+                    other => return Err(format!("hosts: {other:?} is not one of: netns, loopback")),
+                }
+            }
             "--esf" => cfg.esf_bin = PathBuf::from(value("esf")?),
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("{other:?} is not an option\n{USAGE}")),

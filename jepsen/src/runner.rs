@@ -36,12 +36,16 @@ use crate::register::{self, KeyVerdict};
 pub const MIN_OK_PER_KEY: usize = 20;
 /// Streams the events workload appends to (spread over the partitions).
 pub const EVENT_STREAMS: usize = 32;
+/// One append in this many re-sends an acknowledged event.
+pub const REAPPEND_ONE_IN: u64 = 20;
 /// Largest share of operations with an unknown outcome for a verdict.
 pub const MAX_INFO_SHARE: f64 = 0.25;
 /// Deadline of one client operation (attempts and retries included).
 pub const OP_DEADLINE: Duration = Duration::from_secs(3);
-/// Pause between two faults of the kill nemesis.
+/// Pause between two faults.
 pub const KILL_INTERVAL: Duration = Duration::from_secs(4);
+/// How long a partition lasts once the majority has a new leader.
+pub const PARTITION_HOLD: Duration = Duration::from_secs(3);
 /// How long a killed node may take to be replaced as leader.
 pub const NEW_LEADER_DEADLINE: Duration = Duration::from_secs(15);
 
@@ -65,11 +69,25 @@ impl std::str::FromStr for Workload {
     }
 }
 
-/// What goes wrong.
+/// What goes wrong (several take turns).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Nemesis {
-    /// SIGKILL the meta leader, restart it, in a loop.
+    /// SIGKILL the meta leader, restart it after 0-3 s.
     Kill,
+    /// Cut the meta leader off from the other nodes (clients still reach
+    /// it) for [`PARTITION_HOLD`], then heal (network namespaces only).
+    Partition,
+    /// SIGSTOP the meta leader until another node leads, then SIGCONT.
+    Pause,
+}
+
+/// Where the nodes run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hosts {
+    /// Loopback ports of this host (no network faults).
+    Loopback,
+    /// A network namespace and address per node (needs root).
+    Netns,
 }
 
 impl std::str::FromStr for Nemesis {
@@ -77,7 +95,11 @@ impl std::str::FromStr for Nemesis {
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
             "kill" => Ok(Nemesis::Kill),
-            other => Err(format!("nemesis: {other:?} is not one of: kill, none")),
+            "partition" => Ok(Nemesis::Partition),
+            "pause" => Ok(Nemesis::Pause),
+            other => Err(format!(
+                "nemesis: {other:?} is not one of: kill, partition, pause, none"
+            )),
         }
     }
 }
@@ -89,8 +111,10 @@ pub struct RunConfig {
     pub esf_bin: PathBuf,
     /// Workload.
     pub workload: Workload,
-    /// Faults (empty: none).
+    /// Faults (empty: none), taking turns.
     pub nemeses: Vec<Nemesis>,
+    /// Where the nodes run.
+    pub hosts: Hosts,
     /// How long the workload runs.
     pub time: Duration,
     /// Keys of the register workload.
@@ -320,13 +344,19 @@ async fn register_worker(
 
 /// One logical process after another appending unique events until
 /// `until`. After an `info`, the next process appends the same event once
-/// more (as an application retrying would): it must not be duplicated.
+/// more, and one append in [`REAPPEND_ONE_IN`] re-sends the process's last
+/// acknowledged event (as an application whose acknowledgement got lost
+/// would): neither may be stored twice.
 async fn events_worker(rec: Arc<Recorder>, endpoints: Vec<String>, until: Instant, seed: u64) {
     let mut rng = Rng(seed | 1);
     let mut process = rec.next_process.fetch_add(1, Ordering::SeqCst);
     let Ok(mut c) = client(&endpoints) else { return };
     let mut retry: Option<(String, String)> = None;
+    let mut last_acked: Option<(String, String)> = None;
     while Instant::now() < until {
+        if rng.below(REAPPEND_ONE_IN) == 0 {
+            retry = retry.or_else(|| last_acked.clone());
+        }
         let (stream, id) = retry
             .take()
             .unwrap_or_else(|| (format!("jepsen-s{}", rng.below(EVENT_STREAMS as u64)), new_id()));
@@ -353,6 +383,9 @@ async fn events_worker(rec: Arc<Recorder>, endpoints: Vec<String>, until: Instan
             Err(e) => (classify(&e), json!({"id": id}), e.to_string()),
         };
         rec.push(process, kind, "append", &stream, value, error);
+        if kind == Kind::Ok {
+            last_acked = Some((stream.clone(), id.clone()));
+        }
         if kind == Kind::Info {
             retry = Some((stream, id));
             process = rec.next_process.fetch_add(1, Ordering::SeqCst);
@@ -410,7 +443,16 @@ async fn meta_leader(cluster: &Cluster) -> u64 {
 /// `summary.txt` into `cfg.out`.
 pub async fn run(cfg: &RunConfig) -> anyhow::Result<Report> {
     std::fs::create_dir_all(&cfg.out)?;
-    let cluster = Cluster::start(&cfg.esf_bin, 3);
+    if cfg.nemeses.contains(&Nemesis::Partition) && cfg.hosts != Hosts::Netns {
+        anyhow::bail!("nemesis: partition needs --hosts netns");
+    }
+    let cluster = match cfg.hosts {
+        Hosts::Loopback => Cluster::start(&cfg.esf_bin, 3),
+        Hosts::Netns => {
+            let net = esf_cluster_tests::netns::Net::create(3).map_err(|e| anyhow::anyhow!("hosts: {e}"))?;
+            Cluster::start_in(&cfg.esf_bin, 3, net)
+        }
+    };
     cluster.wait_converged().await;
     let endpoints: Vec<String> = cluster.nodes.iter().map(|n| n.grpc.clone()).collect();
     let cluster = Arc::new(tokio::sync::Mutex::new(cluster));
@@ -428,20 +470,26 @@ pub async fn run(cfg: &RunConfig) -> anyhow::Result<Report> {
             let keys = cfg.keys;
             let seed = 0x51ed + i as u64 * 7919;
             match cfg.workload {
-                Workload::Register => tokio::spawn(register_worker(rec, eps, keys, until, seed, values)),
+                // Each register process is bound to one node (as Jepsen
+                // binds them), so a node cut off still gets requests.
+                Workload::Register => {
+                    let pinned = vec![eps[i % eps.len()].clone()];
+                    tokio::spawn(register_worker(rec, pinned, keys, until, seed, values))
+                }
                 Workload::Events => tokio::spawn(events_worker(rec, eps, until, seed)),
             }
         })
         .collect();
     let sub =
         (cfg.workload == Workload::Events).then(|| tokio::spawn(subscriber(rec.clone(), endpoints.clone(), until)));
-    let nemesis = cfg.nemeses.contains(&Nemesis::Kill).then(|| {
-        tokio::spawn(kill_nemesis(
+    let nemesis = (!cfg.nemeses.is_empty()).then(|| {
+        tokio::spawn(nemesis(
             cluster.clone(),
             rec.clone(),
             until,
             nemesis_log.clone(),
             cfg.esf_bin.clone(),
+            cfg.nemeses.clone(),
         ))
     });
     for w in workers {
@@ -457,8 +505,14 @@ pub async fn run(cfg: &RunConfig) -> anyhow::Result<Report> {
     // every key.
     {
         let mut c = cluster.lock().await;
-        for n in c.nodes.iter_mut().filter(|n| n.child.is_none()) {
-            n.start(&cfg.esf_bin);
+        if let Some(net) = &c.net {
+            net.heal().map_err(|e| anyhow::anyhow!("heal: {e}"))?;
+        }
+        for n in c.nodes.iter_mut() {
+            n.pause(false);
+            if n.child.is_none() {
+                n.start(&cfg.esf_bin);
+            }
         }
         nemesis_log
             .lock()
@@ -531,47 +585,98 @@ pub async fn run(cfg: &RunConfig) -> anyhow::Result<Report> {
     Ok(report)
 }
 
-/// SIGKILLs the meta leader every [`KILL_INTERVAL`] and restarts it (with
-/// `bin`) after 0-3 s, until `until`. Each kill is logged with the node
-/// that took over and when (the evidence that it took effect).
-async fn kill_nemesis(
+/// A leader other than `old` as the nodes other than `old` see it,
+/// within [`NEW_LEADER_DEADLINE`] (0: none).
+async fn new_leader(cluster: &Cluster, old: u64) -> u64 {
+    let deadline = Instant::now() + NEW_LEADER_DEADLINE;
+    while Instant::now() < deadline {
+        for n in cluster.nodes.iter().filter(|n| n.id != old && n.child.is_some()) {
+            if let Some((_, Ok(s))) = n.client().status_all().await.first() {
+                if let Some(g) = s.groups.first() {
+                    if g.leader_id != 0 && g.leader_id != old {
+                        return g.leader_id;
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(esf_cluster_tests::POLL_INTERVAL).await;
+    }
+    0
+}
+
+/// Every [`KILL_INTERVAL`] until `until`, the next of `kinds` strikes the
+/// meta leader and is undone. Each fault is logged with the node that led
+/// instead and when: the evidence that it took effect.
+async fn nemesis(
     cluster: Arc<tokio::sync::Mutex<Cluster>>,
     rec: Arc<Recorder>,
     until: Instant,
     log: Arc<Mutex<Vec<serde_json::Value>>>,
     bin: PathBuf,
+    kinds: Vec<Nemesis>,
 ) {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut turn = 0;
     while Instant::now() + KILL_INTERVAL < until {
         tokio::time::sleep(KILL_INTERVAL).await;
+        let kind = kinds[turn % kinds.len()];
+        turn += 1;
         let mut c = cluster.lock().await;
         let leader = meta_leader(&c).await;
         if leader == 0 {
             continue;
         }
-        c.node_mut(leader).kill();
-        let killed_at = rec.now();
-        let deadline = Instant::now() + NEW_LEADER_DEADLINE;
-        let mut replaced_by = 0;
-        while Instant::now() < deadline {
-            let l = meta_leader(&c).await;
-            if l != 0 && l != leader {
-                replaced_by = l;
-                break;
+        let at = rec.now();
+        let name = match kind {
+            Nemesis::Kill => {
+                c.node_mut(leader).kill();
+                "kill"
             }
-            tokio::time::sleep(esf_cluster_tests::POLL_INTERVAL).await;
-        }
+            Nemesis::Pause => {
+                c.node(leader).pause(true);
+                "pause"
+            }
+            Nemesis::Partition => {
+                let net = c.net.as_ref().expect("partition runs on netns hosts");
+                for other in c.nodes.iter().map(|n| n.id).filter(|n| *n != leader) {
+                    if let Err(e) = net.cut_both(leader, other) {
+                        log.lock()
+                            .expect("nemesis log")
+                            .push(json!({"fault": "error", "error": e}));
+                    }
+                }
+                "partition"
+            }
+        };
+        let replaced_by = new_leader(&c, leader).await;
         log.lock().expect("nemesis log").push(json!({
-            "fault": "kill", "node": leader, "time_ns": killed_at,
+            "fault": name, "node": leader, "time_ns": at,
             "new_leader": replaced_by, "new_leader_time_ns": rec.now(),
         }));
-        drop(c);
-        tokio::time::sleep(Duration::from_millis(rng.below(3000))).await;
-        let mut c = cluster.lock().await;
-        c.node_mut(leader).start(&bin);
+        match kind {
+            Nemesis::Kill => {
+                drop(c);
+                tokio::time::sleep(Duration::from_millis(rng.below(3000))).await;
+                c = cluster.lock().await;
+                c.node_mut(leader).start(&bin);
+            }
+            Nemesis::Pause => c.node(leader).pause(false),
+            Nemesis::Partition => {
+                drop(c);
+                tokio::time::sleep(PARTITION_HOLD).await;
+                c = cluster.lock().await;
+                if let Some(net) = &c.net {
+                    if let Err(e) = net.heal() {
+                        log.lock()
+                            .expect("nemesis log")
+                            .push(json!({"fault": "error", "error": e}));
+                    }
+                }
+            }
+        }
         log.lock()
             .expect("nemesis log")
-            .push(json!({"fault": "restart", "node": leader, "time_ns": rec.now()}));
+            .push(json!({"fault": format!("end {name}"), "node": leader, "time_ns": rec.now()}));
     }
 }
 
@@ -773,23 +878,33 @@ fn weigh(
             MAX_INFO_SHARE * 100.0
         ));
     }
-    let kills: Vec<&serde_json::Value> = faults.iter().filter(|f| f["fault"] == "kill").collect();
-    if cfg.nemeses.contains(&Nemesis::Kill) {
-        if kills.is_empty() {
-            missing.push("the kill nemesis never killed a leader".into());
+    for (kind, name) in [
+        (Nemesis::Kill, "kill"),
+        (Nemesis::Pause, "pause"),
+        (Nemesis::Partition, "partition"),
+    ] {
+        if !cfg.nemeses.contains(&kind) {
+            continue;
         }
-        for k in &kills {
-            if k["new_leader"] == 0 {
-                missing.push(format!("killing node {} was not followed by a new leader", k["node"]));
+        let struck: Vec<&serde_json::Value> = faults.iter().filter(|f| f["fault"] == name).collect();
+        if struck.is_empty() {
+            missing.push(format!("the {name} nemesis never struck a leader"));
+        }
+        for f in struck {
+            if f["new_leader"] == 0 {
+                missing.push(format!("{name} of node {} was not followed by a new leader", f["node"]));
             }
         }
+    }
+    for e in faults.iter().filter(|f| f["fault"] == "error") {
+        missing.push(format!("a fault could not be applied: {}", e["error"]));
     }
     let secs = |v: &serde_json::Value| v.as_u64().unwrap_or(0) as f64 / 1e9;
     let fault_lines = faults
         .iter()
         .map(|f| match f["fault"].as_str() {
-            Some("kill") => format!(
-                "{:.1}s kill node {} (leader); node {} leads from {:.1}s",
+            Some(kind @ ("kill" | "pause" | "partition")) => format!(
+                "{:.1}s {kind} node {} (leader); node {} leads from {:.1}s",
                 secs(&f["time_ns"]),
                 f["node"],
                 f["new_leader"],

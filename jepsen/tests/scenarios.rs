@@ -4,13 +4,14 @@
 use std::time::Duration;
 
 use esf_jepsen::history::{Kind, Record};
-use esf_jepsen::runner::{Nemesis, RunConfig, Verdict, Workload, judge, run};
+use esf_jepsen::runner::{Hosts, Nemesis, RunConfig, Verdict, Workload, judge, run};
 
 fn config(nemeses: Vec<Nemesis>, secs: u64, out: &std::path::Path) -> RunConfig {
     RunConfig {
         esf_bin: esf_cluster_tests::esf_bin(),
         workload: Workload::Register,
         nemeses,
+        hosts: Hosts::Loopback,
         time: Duration::from_secs(secs),
         keys: 3,
         concurrency: 6,

@@ -155,7 +155,7 @@ pub fn load(file: Option<&std::path::Path>, flags: &Flags) -> anyhow::Result<Nod
         }
         fig = fig.merge(Toml::file(f));
     }
-    fig = fig.merge(Env::prefixed("ESF_").ignore(&["join", "endpoints", "output", "cluster_id"]));
+    fig = fig.merge(Env::prefixed("ESF_").ignore(&["join", "endpoints", "output", "cluster_id", "failpoints"]));
     if let Ok(join) = std::env::var("ESF_JOIN") {
         let list: Vec<String> = join
             .split(',')

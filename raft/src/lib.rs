@@ -19,6 +19,7 @@
 pub mod command;
 pub mod error;
 pub mod events;
+pub mod failpoint;
 pub mod group;
 pub mod lease_keeper;
 pub mod limits;
