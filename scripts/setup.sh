@@ -5,7 +5,8 @@ set -euo pipefail
 
 # Debian packages: libclang-dev and clang for librocksdb-sys's bindgen and C++
 # build; pkg-config for -sys crates.
-PACKAGES=(libclang-dev clang pkg-config)
+# iproute2 (`ip`) for the network-namespace test hosts.
+PACKAGES=(libclang-dev clang pkg-config iproute2)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
