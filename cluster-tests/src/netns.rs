@@ -109,10 +109,33 @@ impl Net {
         self.cut(b, a)
     }
 
-    /// Every cut removed.
+    /// Degrades node `i`'s link with a `tc netem` spec (e.g. `delay 100ms
+    /// 50ms loss 10% reorder 25%`), replacing any earlier one.
+    pub fn netem(&self, i: u64, spec: &str) -> Result<(), String> {
+        let (ns, dev) = (self.ns(i), format!("esp-{}-{i}", self.id));
+        let out = Command::new("ip")
+            .args([
+                "netns", "exec", &ns, "tc", "qdisc", "replace", "dev", &dev, "root", "netem",
+            ])
+            .args(spec.split_whitespace())
+            .output()
+            .map_err(|e| format!("tc: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!("tc {spec}: {}", String::from_utf8_lossy(&out.stderr).trim()))
+        }
+    }
+
+    /// Every cut and every netem removed.
     pub fn heal(&self) -> Result<(), String> {
         for i in 1..=self.nodes {
             ip(&["-n", &self.ns(i), "route", "flush", "type", "blackhole"])?;
+            let dev = format!("esp-{}-{i}", self.id);
+            // No qdisc to delete is fine.
+            let _ = Command::new("ip")
+                .args(["netns", "exec", &self.ns(i), "tc", "qdisc", "del", "dev", &dev, "root"])
+                .output();
         }
         Ok(())
     }

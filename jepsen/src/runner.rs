@@ -44,8 +44,17 @@ pub const MAX_INFO_SHARE: f64 = 0.25;
 pub const OP_DEADLINE: Duration = Duration::from_secs(3);
 /// Pause between two faults.
 pub const KILL_INTERVAL: Duration = Duration::from_secs(4);
-/// How long a partition lasts once the majority has a new leader.
+/// How long a partition lasts once the majority has a new leader (and a
+/// follower partition or netem in all).
 pub const PARTITION_HOLD: Duration = Duration::from_secs(3);
+/// Cut/heal cycles of the flapping partition.
+pub const FLAP_CYCLES: usize = 5;
+/// Half a cycle of the flapping partition.
+pub const FLAP_PERIOD: Duration = Duration::from_millis(300);
+/// The degraded network of the netem nemesis (every node's link).
+pub const NETEM_SPEC: &str = "delay 100ms 50ms loss 10% reorder 25% 50%";
+/// Least round trip of a status call that shows netem took effect.
+pub const NETEM_MIN_RTT: Duration = Duration::from_millis(100);
 /// How long a killed node may take to be replaced as leader.
 pub const NEW_LEADER_DEADLINE: Duration = Duration::from_secs(15);
 
@@ -69,16 +78,62 @@ impl std::str::FromStr for Workload {
     }
 }
 
-/// What goes wrong (several take turns).
+/// What goes wrong (several take turns). Network faults need netns hosts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Nemesis {
-    /// SIGKILL the meta leader, restart it after 0-3 s.
+    /// SIGKILL the meta leader, restart it after 0-3 s. Evidence: another
+    /// node leads.
     Kill,
     /// Cut the meta leader off from the other nodes (clients still reach
-    /// it) for [`PARTITION_HOLD`], then heal (network namespaces only).
+    /// it) until another leads, then [`PARTITION_HOLD`] more. Evidence:
+    /// another node leads.
     Partition,
+    /// Cut a follower off (a minority of one) for [`PARTITION_HOLD`].
+    /// Evidence: the leader commits past what the follower applied.
+    PartitionFollower,
+    /// The meta leader can receive but not send to the other nodes.
+    /// Evidence: another node leads.
+    OneWay,
+    /// Cut the leader off and heal, [`FLAP_CYCLES`] times every
+    /// [`FLAP_PERIOD`]. Evidence: every cut and heal applied.
+    Flap,
     /// SIGSTOP the meta leader until another node leads, then SIGCONT.
+    /// Evidence: another node leads.
     Pause,
+    /// Every link delayed, lossy and reordered ([`NETEM_SPEC`]) for
+    /// [`PARTITION_HOLD`]. Evidence: a status call takes at least
+    /// [`NETEM_MIN_RTT`].
+    Netem,
+}
+
+impl Nemesis {
+    /// Its name on the command line and in the nemesis log.
+    pub fn name(self) -> &'static str {
+        match self {
+            Nemesis::Kill => "kill",
+            Nemesis::Partition => "partition",
+            Nemesis::PartitionFollower => "partition-follower",
+            Nemesis::OneWay => "one-way",
+            Nemesis::Flap => "flap",
+            Nemesis::Pause => "pause",
+            Nemesis::Netem => "netem",
+        }
+    }
+
+    /// Whether it needs network namespaces.
+    pub fn needs_netns(self) -> bool {
+        !matches!(self, Nemesis::Kill | Nemesis::Pause)
+    }
+
+    const ALL: [Nemesis; 7] = [
+        Nemesis::Kill,
+        Nemesis::Partition,
+        Nemesis::PartitionFollower,
+        Nemesis::OneWay,
+        Nemesis::Flap,
+        Nemesis::Pause,
+        Nemesis::Netem,
+    ];
 }
 
 /// Where the nodes run.
@@ -94,12 +149,10 @@ impl std::str::FromStr for Nemesis {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
-            "kill" => Ok(Nemesis::Kill),
-            "partition" => Ok(Nemesis::Partition),
-            "pause" => Ok(Nemesis::Pause),
-            other => Err(format!(
-                "nemesis: {other:?} is not one of: kill, partition, pause, none"
-            )),
+            other => Nemesis::ALL.into_iter().find(|n| n.name() == other).ok_or_else(|| {
+                let names: Vec<&str> = Nemesis::ALL.iter().map(|n| n.name()).collect();
+                format!("nemesis: {other:?} is not one of: {}, none", names.join(", "))
+            }),
         }
     }
 }
@@ -443,8 +496,10 @@ async fn meta_leader(cluster: &Cluster) -> u64 {
 /// `summary.txt` into `cfg.out`.
 pub async fn run(cfg: &RunConfig) -> anyhow::Result<Report> {
     std::fs::create_dir_all(&cfg.out)?;
-    if cfg.nemeses.contains(&Nemesis::Partition) && cfg.hosts != Hosts::Netns {
-        anyhow::bail!("nemesis: partition needs --hosts netns");
+    if let Some(n) = cfg.nemeses.iter().find(|n| n.needs_netns()) {
+        if cfg.hosts != Hosts::Netns {
+            anyhow::bail!("nemesis: {} needs --hosts netns", n.name());
+        }
     }
     let cluster = match cfg.hosts {
         Hosts::Loopback => Cluster::start(&cfg.esf_bin, 3),
@@ -604,9 +659,16 @@ async fn new_leader(cluster: &Cluster, old: u64) -> u64 {
     0
 }
 
-/// Every [`KILL_INTERVAL`] until `until`, the next of `kinds` strikes the
-/// meta leader and is undone. Each fault is logged with the node that led
-/// instead and when: the evidence that it took effect.
+/// A node's view of the meta group: (leader, commit index, applied index).
+async fn meta_view(cluster: &Cluster, node: u64) -> Option<(u64, u64, u64)> {
+    let (_, s) = cluster.node(node).client().status_all().await.into_iter().next()?;
+    let g = s.ok()?.groups.into_iter().next()?;
+    Some((g.leader_id, g.commit_index, g.applied_index))
+}
+
+/// Every [`KILL_INTERVAL`] until `until`, the next of `kinds` strikes and is
+/// undone. Each fault is logged with its evidence (`evidence`: whether it
+/// took effect, `detail`: how that shows).
 async fn nemesis(
     cluster: Arc<tokio::sync::Mutex<Cluster>>,
     rec: Arc<Recorder>,
@@ -617,6 +679,7 @@ async fn nemesis(
 ) {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mut turn = 0;
+    let push = |v: serde_json::Value| log.lock().expect("nemesis log").push(v);
     while Instant::now() + KILL_INTERVAL < until {
         tokio::time::sleep(KILL_INTERVAL).await;
         let kind = kinds[turn % kinds.len()];
@@ -626,57 +689,117 @@ async fn nemesis(
         if leader == 0 {
             continue;
         }
+        let others: Vec<u64> = c.nodes.iter().map(|n| n.id).filter(|n| *n != leader).collect();
         let at = rec.now();
-        let name = match kind {
-            Nemesis::Kill => {
-                c.node_mut(leader).kill();
-                "kill"
-            }
-            Nemesis::Pause => {
-                c.node(leader).pause(true);
-                "pause"
-            }
-            Nemesis::Partition => {
-                let net = c.net.as_ref().expect("partition runs on netns hosts");
-                for other in c.nodes.iter().map(|n| n.id).filter(|n| *n != leader) {
-                    if let Err(e) = net.cut_both(leader, other) {
-                        log.lock()
-                            .expect("nemesis log")
-                            .push(json!({"fault": "error", "error": e}));
-                    }
-                }
-                "partition"
-            }
-        };
-        let replaced_by = new_leader(&c, leader).await;
-        log.lock().expect("nemesis log").push(json!({
-            "fault": name, "node": leader, "time_ns": at,
-            "new_leader": replaced_by, "new_leader_time_ns": rec.now(),
-        }));
+        let name = kind.name();
+        let mut errors = Vec::new();
+        let mut target = leader;
+        // Strike.
         match kind {
-            Nemesis::Kill => {
-                drop(c);
-                tokio::time::sleep(Duration::from_millis(rng.below(3000))).await;
-                c = cluster.lock().await;
-                c.node_mut(leader).start(&bin);
+            Nemesis::Kill => c.node_mut(leader).kill(),
+            Nemesis::Pause => c.node(leader).pause(true),
+            Nemesis::Partition | Nemesis::OneWay | Nemesis::Flap => {
+                let net = c.net.as_ref().expect("network faults run on netns hosts");
+                for o in &others {
+                    let r = if kind == Nemesis::OneWay {
+                        net.cut(leader, *o)
+                    } else {
+                        net.cut_both(leader, *o)
+                    };
+                    errors.extend(r.err());
+                }
             }
-            Nemesis::Pause => c.node(leader).pause(false),
-            Nemesis::Partition => {
-                drop(c);
-                tokio::time::sleep(PARTITION_HOLD).await;
-                c = cluster.lock().await;
-                if let Some(net) = &c.net {
-                    if let Err(e) = net.heal() {
-                        log.lock()
-                            .expect("nemesis log")
-                            .push(json!({"fault": "error", "error": e}));
-                    }
+            Nemesis::PartitionFollower => {
+                target = others[rng.below(others.len() as u64) as usize];
+                let net = c.net.as_ref().expect("network faults run on netns hosts");
+                for o in c.nodes.iter().map(|n| n.id).filter(|n| *n != target) {
+                    errors.extend(net.cut_both(target, o).err());
+                }
+            }
+            Nemesis::Netem => {
+                let net = c.net.as_ref().expect("network faults run on netns hosts");
+                for n in c.nodes.iter().map(|n| n.id) {
+                    errors.extend(net.netem(n, NETEM_SPEC).err());
                 }
             }
         }
-        log.lock()
-            .expect("nemesis log")
-            .push(json!({"fault": format!("end {name}"), "node": leader, "time_ns": rec.now()}));
+        // Evidence, and undo.
+        let (evidence, detail) = match kind {
+            Nemesis::Kill | Nemesis::Pause | Nemesis::Partition | Nemesis::OneWay => {
+                let by = new_leader(&c, leader).await;
+                let detail = format!("node {by} leads from {:.1}s", rec.now() as f64 / 1e9);
+                match kind {
+                    Nemesis::Kill => {
+                        drop(c);
+                        tokio::time::sleep(Duration::from_millis(rng.below(3000))).await;
+                        c = cluster.lock().await;
+                        c.node_mut(leader).start(&bin);
+                    }
+                    Nemesis::Pause => c.node(leader).pause(false),
+                    _ => {
+                        drop(c);
+                        tokio::time::sleep(PARTITION_HOLD).await;
+                        c = cluster.lock().await;
+                    }
+                }
+                (by != 0, detail)
+            }
+            Nemesis::PartitionFollower => {
+                // The others go on committing without it.
+                drop(c);
+                tokio::time::sleep(PARTITION_HOLD).await;
+                c = cluster.lock().await;
+                let cut_off = meta_view(&c, target).await.map_or(0, |v| v.2);
+                let ahead = meta_view(&c, leader).await.map_or(0, |v| v.1);
+                (
+                    ahead > cut_off,
+                    format!("leader committed {ahead}, node {target} applied {cut_off}"),
+                )
+            }
+            Nemesis::Flap => {
+                let mut cycles = 0;
+                for _ in 0..FLAP_CYCLES {
+                    drop(c);
+                    tokio::time::sleep(FLAP_PERIOD).await;
+                    c = cluster.lock().await;
+                    let net = c.net.as_ref().expect("netns");
+                    let healed = net.heal();
+                    drop(c);
+                    tokio::time::sleep(FLAP_PERIOD).await;
+                    c = cluster.lock().await;
+                    let net = c.net.as_ref().expect("netns");
+                    let cut = others.iter().try_for_each(|o| net.cut_both(leader, *o));
+                    match healed.and(cut) {
+                        Ok(()) => cycles += 1,
+                        Err(e) => errors.push(e),
+                    }
+                }
+                (
+                    cycles == FLAP_CYCLES,
+                    format!("{cycles} cut/heal cycles of {FLAP_PERIOD:?}"),
+                )
+            }
+            Nemesis::Netem => {
+                // A status call crosses two degraded links.
+                let t = Instant::now();
+                let answered = meta_view(&c, leader).await.is_some();
+                let rtt = t.elapsed();
+                drop(c);
+                tokio::time::sleep(PARTITION_HOLD).await;
+                c = cluster.lock().await;
+                (
+                    answered && rtt >= NETEM_MIN_RTT,
+                    format!("a status call took {} ms", rtt.as_millis()),
+                )
+            }
+        };
+        if let Some(net) = &c.net {
+            errors.extend(net.heal().err());
+        }
+        push(json!({
+            "fault": name, "node": target, "time_ns": at, "end_time_ns": rec.now(),
+            "evidence": evidence && errors.is_empty(), "detail": detail, "errors": errors,
+        }));
     }
 }
 
@@ -878,37 +1001,31 @@ fn weigh(
             MAX_INFO_SHARE * 100.0
         ));
     }
-    for (kind, name) in [
-        (Nemesis::Kill, "kill"),
-        (Nemesis::Pause, "pause"),
-        (Nemesis::Partition, "partition"),
-    ] {
-        if !cfg.nemeses.contains(&kind) {
-            continue;
-        }
+    for kind in &cfg.nemeses {
+        let name = kind.name();
         let struck: Vec<&serde_json::Value> = faults.iter().filter(|f| f["fault"] == name).collect();
         if struck.is_empty() {
-            missing.push(format!("the {name} nemesis never struck a leader"));
+            missing.push(format!("the {name} nemesis never struck"));
         }
         for f in struck {
-            if f["new_leader"] == 0 {
-                missing.push(format!("{name} of node {} was not followed by a new leader", f["node"]));
+            if f["evidence"] != true {
+                missing.push(format!(
+                    "{name} of node {} shows no effect: {} {}",
+                    f["node"], f["detail"], f["errors"]
+                ));
             }
         }
-    }
-    for e in faults.iter().filter(|f| f["fault"] == "error") {
-        missing.push(format!("a fault could not be applied: {}", e["error"]));
     }
     let secs = |v: &serde_json::Value| v.as_u64().unwrap_or(0) as f64 / 1e9;
     let fault_lines = faults
         .iter()
         .map(|f| match f["fault"].as_str() {
-            Some(kind @ ("kill" | "pause" | "partition")) => format!(
-                "{:.1}s {kind} node {} (leader); node {} leads from {:.1}s",
+            Some(kind) if f.get("evidence").is_some() => format!(
+                "{:.1}s-{:.1}s {kind} node {}: {}",
                 secs(&f["time_ns"]),
+                secs(&f["end_time_ns"]),
                 f["node"],
-                f["new_leader"],
-                secs(&f["new_leader_time_ns"])
+                f["detail"].as_str().unwrap_or_default()
             ),
             Some(other) => format!(
                 "{:.1}s {other} {}",
