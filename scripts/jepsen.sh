@@ -5,7 +5,8 @@
 # `verdict: VALID|INVALID|INCONCLUSIVE` (exit status 0 only for VALID).
 #
 # Usage: scripts/jepsen.sh [--workload register|events]
-#                          [--nemesis kill,partition,pause|none] [--time SECS]
+#                          [--nemesis kill,pause,partition,partition-follower,one-way,flap,netem|none]
+#                          [--time SECS]
 #                          [--hosts netns|loopback] [--keys N] [--concurrency N]
 #                          [--out DIR] [--failpoints local-reads,no-dedup]
 # Example: scripts/jepsen.sh --workload register --nemesis partition,kill --time 60

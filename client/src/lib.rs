@@ -128,6 +128,7 @@ headed!(
     pb::ListSubscriptionsResponse,
     pb::DeleteSubscriptionResponse,
     pb::ConsumersResponse,
+    pb::ConsistencyResponse,
 );
 
 impl<T> Headed for Streaming<T> {
@@ -1333,6 +1334,18 @@ impl Client {
             ClusterClient::new(ch)
                 .max_decoding_message_size(MAX_RESPONSE_BYTES)
                 .transfer_leader(pb::TransferLeaderRequest { to })
+                .await
+        })
+        .await
+    }
+
+    /// For tests: the answering node's state fingerprint per group and the
+    /// leaders it saw per term.
+    pub async fn consistency(&self) -> Result<pb::ConsistencyResponse> {
+        self.call("consistency", |ch| async move {
+            ClusterClient::new(ch)
+                .max_decoding_message_size(MAX_RESPONSE_BYTES)
+                .consistency(pb::ConsistencyRequest {})
                 .await
         })
         .await

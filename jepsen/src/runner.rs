@@ -216,6 +216,8 @@ pub struct Report {
     pub missing_evidence: Vec<String>,
     /// Faults with their times (seconds since the start).
     pub faults: Vec<String>,
+    /// What was checked beyond the history (replicas, leaders).
+    pub checked: Vec<String>,
 }
 
 impl Report {
@@ -230,6 +232,9 @@ impl Report {
         );
         for f in &self.faults {
             s += &format!("fault: {f}\n");
+        }
+        for c in &self.checked {
+            s += &format!("checked: {c}\n");
         }
         for a in &self.anomalies {
             s += &format!("anomaly: {a}\n");
@@ -609,6 +614,7 @@ pub async fn run(cfg: &RunConfig) -> anyhow::Result<Report> {
     } else {
         Vec::new()
     };
+    let replicas = replica_views(&cluster).await;
     let records = rec.records.lock().expect("history lock").clone();
     let faults = nemesis_log.lock().expect("nemesis log").clone();
     write_jsonl(&mut std::fs::File::create(cfg.out.join("history.jsonl"))?, &records)?;
@@ -634,6 +640,23 @@ pub async fn run(cfg: &RunConfig) -> anyhow::Result<Report> {
         judge_events(&records, &final_reads, &faults, cfg)?
     } else {
         judge(&records, &faults, cfg)?
+    };
+    let mut report = report;
+    let (anomalies, missing) = check_replicas(&replicas);
+    report.anomalies.extend(anomalies);
+    report.missing_evidence.extend(missing);
+    let groups = replicas.first().map_or(0, |v| v.hashes.len());
+    let terms: usize = replicas.iter().map(|v| v.leaders.len()).sum();
+    report.checked.push(format!(
+        "{groups} groups compared on {} nodes (state fingerprint at one applied index); {terms} (group, term, leader) observations, one leader per term",
+        replicas.len()
+    ));
+    report.verdict = if !report.anomalies.is_empty() {
+        Verdict::Invalid
+    } else if !report.missing_evidence.is_empty() {
+        Verdict::Inconclusive
+    } else {
+        Verdict::Valid
     };
     std::fs::write(cfg.out.join("summary.txt"), report.summary())?;
     drop(cluster);
@@ -801,6 +824,85 @@ async fn nemesis(
             "evidence": evidence && errors.is_empty(), "detail": detail, "errors": errors,
         }));
     }
+}
+
+/// Most time the replicas get to reach the same applied index per group
+/// after healing.
+pub const REPLICAS_SETTLE: Duration = Duration::from_secs(20);
+
+/// Every node's fingerprints and leader log, once every group's replicas
+/// report the same applied index (or [`REPLICAS_SETTLE`] passed).
+async fn replica_views(cluster: &tokio::sync::Mutex<Cluster>) -> Vec<pb::ConsistencyResponse> {
+    let c = cluster.lock().await;
+    let deadline = Instant::now() + REPLICAS_SETTLE;
+    loop {
+        let mut views = Vec::new();
+        for n in &c.nodes {
+            if let Ok(v) = n.client().consistency().await {
+                views.push(v);
+            }
+        }
+        let settled = views.len() == c.nodes.len() && {
+            let mut applied: BTreeMap<u32, std::collections::BTreeSet<u64>> = BTreeMap::new();
+            for v in &views {
+                for h in &v.hashes {
+                    applied.entry(h.group).or_default().insert(h.applied_index);
+                }
+            }
+            applied.values().all(|a| a.len() == 1)
+        };
+        if settled || Instant::now() >= deadline {
+            return views;
+        }
+        tokio::time::sleep(esf_cluster_tests::POLL_INTERVAL).await;
+    }
+}
+
+/// "Same state on every replica" and "at most one leader per term", from
+/// every node's view: anomalies, and what could not be checked.
+pub fn check_replicas(views: &[pb::ConsistencyResponse]) -> (Vec<String>, Vec<String>) {
+    let (mut anomalies, mut missing) = (Vec::new(), Vec::new());
+    if views.is_empty() {
+        missing.push("no node reported its replicas' state".into());
+    }
+    // (group, applied index) -> hash -> nodes.
+    let mut states: BTreeMap<(u32, u64), BTreeMap<u64, Vec<u64>>> = BTreeMap::new();
+    let mut applied: BTreeMap<u32, std::collections::BTreeSet<u64>> = BTreeMap::new();
+    let mut leaders: BTreeMap<(u32, u64), std::collections::BTreeSet<u64>> = BTreeMap::new();
+    for v in views {
+        for h in &v.hashes {
+            states
+                .entry((h.group, h.applied_index))
+                .or_default()
+                .entry(h.hash)
+                .or_default()
+                .push(v.node_id);
+            applied.entry(h.group).or_default().insert(h.applied_index);
+        }
+        for l in &v.leaders {
+            leaders.entry((l.group, l.term)).or_default().insert(l.leader_id);
+        }
+    }
+    for ((group, index), by_hash) in &states {
+        if by_hash.len() > 1 {
+            anomalies.push(format!(
+                "group {group}: replicas differ at applied index {index}: {by_hash:x?} (hash -> nodes)"
+            ));
+        }
+    }
+    for (group, indexes) in &applied {
+        if indexes.len() > 1 {
+            missing.push(format!(
+                "group {group}: replicas did not reach one applied index within {REPLICAS_SETTLE:?}: {indexes:?}"
+            ));
+        }
+    }
+    for ((group, term), who) in &leaders {
+        if who.len() > 1 {
+            anomalies.push(format!("group {group}: term {term} had leaders {who:?}"));
+        }
+    }
+    (anomalies, missing)
 }
 
 /// After healing: every partition read in full from every node's own
@@ -1050,5 +1152,6 @@ fn weigh(
         anomalies,
         missing_evidence: missing,
         faults: fault_lines,
+        checked: Vec::new(),
     }
 }

@@ -121,3 +121,36 @@ fn the_verdict_needs_evidence_and_fails_on_a_stale_read() {
         r.summary()
     );
 }
+
+#[test]
+fn diverged_replicas_and_two_leaders_in_a_term_are_anomalies() {
+    use esf_client::pb;
+    use esf_jepsen::runner::check_replicas;
+    let view = |node: u64, hash: u64, applied: u64, leaders: &[(u64, u64)]| pb::ConsistencyResponse {
+        node_id: node,
+        hashes: vec![pb::GroupHash {
+            group: 0,
+            applied_index: applied,
+            hash,
+        }],
+        leaders: leaders
+            .iter()
+            .map(|(term, leader_id)| pb::TermLeader {
+                group: 0,
+                term: *term,
+                leader_id: *leader_id,
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let same = [view(1, 7, 10, &[(1, 1)]), view(2, 7, 10, &[(1, 1), (2, 2)])];
+    assert_eq!(check_replicas(&same), (vec![], vec![]));
+    let diverged = [view(1, 7, 10, &[]), view(2, 8, 10, &[])];
+    assert!(check_replicas(&diverged).0[0].contains("replicas differ at applied index 10"));
+    let two_leaders = [view(1, 7, 10, &[(3, 1)]), view(2, 7, 10, &[(3, 2)])];
+    assert!(check_replicas(&two_leaders).0[0].contains("term 3 had leaders {1, 2}"));
+    let behind = [view(1, 7, 10, &[]), view(2, 9, 12, &[])];
+    let (anomalies, missing) = check_replicas(&behind);
+    assert!(anomalies.is_empty(), "different indexes are not compared");
+    assert!(missing[0].contains("did not reach one applied index"), "{missing:?}");
+}

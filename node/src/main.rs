@@ -9,6 +9,7 @@ mod cli;
 mod config;
 mod convert;
 mod events;
+mod observer;
 mod partitions;
 mod placement;
 mod registry;

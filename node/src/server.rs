@@ -207,6 +207,21 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     let draining_partitions = Arc::new(AtomicBool::new(false));
     let routes = Arc::new(crate::partitions::Routes::default());
     routes.load(&meta);
+    let leaders = Arc::new(crate::observer::LeaderLog::default());
+    tokio::spawn(crate::observer::watch_leaders(
+        esf_raft::group::META_GROUP,
+        meta.raft().clone(),
+        leaders.clone(),
+        stop_rx.clone(),
+    ));
+    for p in partitions.iter() {
+        tokio::spawn(crate::observer::watch_leaders(
+            p.group(),
+            p.raft().clone(),
+            leaders.clone(),
+            stop_rx.clone(),
+        ));
+    }
     let ctx = Ctx {
         stop: stop_rx.clone(),
         meta: meta.clone(),
@@ -214,6 +229,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         recorded_partitions: Arc::default(),
         routes: routes.clone(),
         partition_replicas: cfg.partition_replicas,
+        leaders,
         pool: pool.clone(),
         cluster_id: cluster_id.clone(),
         advertise: advertise.clone(),

@@ -53,6 +53,8 @@ pub struct Ctx {
     pub routes: Arc<crate::partitions::Routes>,
     /// Replicas of each partition (`--partition-replicas`).
     pub partition_replicas: u32,
+    /// The leaders each group saw, per term.
+    pub leaders: Arc<crate::observer::LeaderLog>,
     pub pool: PeerPool,
     pub cluster_id: ClusterId,
     pub advertise: String,
@@ -1103,6 +1105,48 @@ impl pb::cluster_server::Cluster for ClusterService {
             }
         });
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn consistency(
+        &self,
+        _req: Request<pb::ConsistencyRequest>,
+    ) -> Result<Response<pb::ConsistencyResponse>, Status> {
+        let mut hashes = Vec::new();
+        let store = self.0.meta.store().clone();
+        let meta = tokio::task::spawn_blocking(move || store.snapshot_rows())
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::internal(e.to_string()))?;
+        hashes.push(pb::GroupHash {
+            group: esf_raft::group::META_GROUP,
+            applied_index: meta.0.last_applied.as_ref().map_or(0, |l| l.index),
+            hash: crate::observer::fingerprint(&meta.1),
+        });
+        for p in self.0.partitions.iter() {
+            let store = p.store().clone();
+            let (st, rows) = tokio::task::spawn_blocking(move || store.snapshot_rows())
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .map_err(|e| Status::internal(e.to_string()))?;
+            hashes.push(pb::GroupHash {
+                group: p.group(),
+                applied_index: st.last_applied.as_ref().map_or(0, |l| l.index),
+                hash: crate::observer::fingerprint(&rows),
+            });
+        }
+        let leaders = self
+            .0
+            .leaders
+            .all()
+            .into_iter()
+            .map(|(group, term, leader_id)| pb::TermLeader { group, term, leader_id })
+            .collect();
+        Ok(Response::new(pb::ConsistencyResponse {
+            header: Some(convert::header(self.0.meta.header(self.0.meta.store().revision()))),
+            node_id: self.0.meta.node_id(),
+            hashes,
+            leaders,
+        }))
     }
 
     async fn partition_snapshot(
