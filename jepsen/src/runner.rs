@@ -104,6 +104,10 @@ pub enum Nemesis {
     /// [`PARTITION_HOLD`]. Evidence: a status call takes at least
     /// [`NETEM_MIN_RTT`].
     Netem,
+    /// SIGKILL every node at once, restart them all after 0-3 s.
+    /// Evidence: no node answered while down, and a leader is elected
+    /// after the restart.
+    KillAll,
 }
 
 impl Nemesis {
@@ -117,15 +121,17 @@ impl Nemesis {
             Nemesis::Flap => "flap",
             Nemesis::Pause => "pause",
             Nemesis::Netem => "netem",
+            Nemesis::KillAll => "kill-all",
         }
     }
 
     /// Whether it needs network namespaces.
     pub fn needs_netns(self) -> bool {
-        !matches!(self, Nemesis::Kill | Nemesis::Pause)
+        !matches!(self, Nemesis::Kill | Nemesis::Pause | Nemesis::KillAll)
     }
 
-    const ALL: [Nemesis; 7] = [
+    const ALL: [Nemesis; 8] = [
+        Nemesis::KillAll,
         Nemesis::Kill,
         Nemesis::Partition,
         Nemesis::PartitionFollower,
@@ -615,6 +621,11 @@ pub async fn run(cfg: &RunConfig) -> anyhow::Result<Report> {
         Vec::new()
     };
     let replicas = replica_views(&cluster).await;
+    // The nodes' logs go with the history (the cluster's directory goes
+    // when it stops).
+    for n in &cluster.lock().await.nodes {
+        std::fs::write(cfg.out.join(format!("node-{}.log", n.id)), n.log())?;
+    }
     let records = rec.records.lock().expect("history lock").clone();
     let faults = nemesis_log.lock().expect("nemesis log").clone();
     write_jsonl(&mut std::fs::File::create(cfg.out.join("history.jsonl"))?, &records)?;
@@ -720,6 +731,11 @@ async fn nemesis(
         // Strike.
         match kind {
             Nemesis::Kill => c.node_mut(leader).kill(),
+            Nemesis::KillAll => {
+                for n in c.nodes.iter_mut() {
+                    n.kill();
+                }
+            }
             Nemesis::Pause => c.node(leader).pause(true),
             Nemesis::Partition | Nemesis::OneWay | Nemesis::Flap => {
                 let net = c.net.as_ref().expect("network faults run on netns hosts");
@@ -766,6 +782,23 @@ async fn nemesis(
                     }
                 }
                 (by != 0, detail)
+            }
+            Nemesis::KillAll => {
+                let mut answered = 0;
+                for n in &c.nodes {
+                    answered += usize::from(meta_view(&c, n.id).await.is_some());
+                }
+                drop(c);
+                tokio::time::sleep(Duration::from_millis(rng.below(3000))).await;
+                c = cluster.lock().await;
+                for n in c.nodes.iter_mut() {
+                    n.start(&bin);
+                }
+                let by = new_leader(&c, 0).await;
+                (
+                    answered == 0 && by != 0,
+                    format!("{answered} nodes answered while down; node {by} leads after the restart"),
+                )
             }
             Nemesis::PartitionFollower => {
                 // The others go on committing without it.

@@ -128,6 +128,15 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         election_timeout_min: cfg.election_timeout_ms,
         election_timeout_max: cfg.election_timeout_ms * 2,
         enable_pre_vote: Some(true),
+        // A restarted leader must win a new election. Restoring leadership
+        // in the same term (openraft's default) is unsafe here: the leader's
+        // last log entries and applied state are not fsynced before its
+        // followers acknowledge, so after a whole-cluster crash it could
+        // come back without entries its followers committed and append
+        // different ones at the same (term, index), which the followers
+        // would take as already matching. Found by the kill-all Jepsen
+        // scenario (replicas diverged, acknowledged events moved).
+        enable_leader_restore: Some(false),
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(10_000),
         max_in_snapshot_log_to_keep: 1_000,
         ..Default::default()

@@ -217,6 +217,8 @@ pub fn test_config(snapshot_every: Option<u64>) -> Arc<openraft::Config> {
         election_timeout_min: 300,
         election_timeout_max: 600,
         enable_pre_vote: Some(true),
+        // As the node runs it (node/src/server.rs says why).
+        enable_leader_restore: Some(false),
         ..Default::default()
     };
     if let Some(n) = snapshot_every {
