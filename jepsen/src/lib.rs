@@ -16,6 +16,7 @@
 //! effect; it is never counted as failed.
 
 pub mod history;
+pub mod plot;
 pub mod queue;
 pub mod register;
 pub mod runner;

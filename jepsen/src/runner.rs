@@ -670,6 +670,11 @@ pub async fn run(cfg: &RunConfig) -> anyhow::Result<Report> {
         Verdict::Valid
     };
     std::fs::write(cfg.out.join("summary.txt"), report.summary())?;
+    let plotted: Vec<Record> = records.iter().filter(|r| r.f != "deliver").cloned().collect();
+    std::fs::write(
+        cfg.out.join("latency.svg"),
+        crate::plot::latency_svg(&pair(&plotted)?, &faults),
+    )?;
     drop(cluster);
     Ok(report)
 }
