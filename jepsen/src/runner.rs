@@ -906,7 +906,8 @@ pub fn check_replicas(views: &[pb::ConsistencyResponse]) -> (Vec<String>, Vec<St
     // (group, applied index) -> hash -> nodes.
     let mut states: BTreeMap<(u32, u64), BTreeMap<u64, Vec<u64>>> = BTreeMap::new();
     let mut applied: BTreeMap<u32, std::collections::BTreeSet<u64>> = BTreeMap::new();
-    let mut leaders: BTreeMap<(u32, u64), std::collections::BTreeSet<u64>> = BTreeMap::new();
+    // (group, term) -> leader -> the nodes that saw it lead.
+    let mut leaders: BTreeMap<(u32, u64), BTreeMap<u64, Vec<u64>>> = BTreeMap::new();
     for v in views {
         for h in &v.hashes {
             states
@@ -918,7 +919,12 @@ pub fn check_replicas(views: &[pb::ConsistencyResponse]) -> (Vec<String>, Vec<St
             applied.entry(h.group).or_default().insert(h.applied_index);
         }
         for l in &v.leaders {
-            leaders.entry((l.group, l.term)).or_default().insert(l.leader_id);
+            leaders
+                .entry((l.group, l.term))
+                .or_default()
+                .entry(l.leader_id)
+                .or_default()
+                .push(v.node_id);
         }
     }
     for ((group, index), by_hash) in &states {
@@ -937,7 +943,10 @@ pub fn check_replicas(views: &[pb::ConsistencyResponse]) -> (Vec<String>, Vec<St
     }
     for ((group, term), who) in &leaders {
         if who.len() > 1 {
-            anomalies.push(format!("group {group}: term {term} had leaders {who:?}"));
+            anomalies.push(format!(
+                "group {group}: term {term} had leaders {:?} (leader -> nodes that saw it: {who:?})",
+                who.keys().collect::<Vec<_>>()
+            ));
         }
     }
     (anomalies, missing)

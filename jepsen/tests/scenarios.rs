@@ -150,7 +150,7 @@ fn diverged_replicas_and_two_leaders_in_a_term_are_anomalies() {
     let diverged = [view(1, 7, 10, &[]), view(2, 8, 10, &[])];
     assert!(check_replicas(&diverged).0[0].contains("replicas differ at applied index 10"));
     let two_leaders = [view(1, 7, 10, &[(3, 1)]), view(2, 7, 10, &[(3, 2)])];
-    assert!(check_replicas(&two_leaders).0[0].contains("term 3 had leaders {1, 2}"));
+    assert!(check_replicas(&two_leaders).0[0].contains("term 3 had leaders [1, 2]"));
     let behind = [view(1, 7, 10, &[]), view(2, 9, 12, &[])];
     let (anomalies, missing) = check_replicas(&behind);
     assert!(anomalies.is_empty(), "different indexes are not compared");

@@ -11,12 +11,16 @@ use crate::command::{Command, Response};
 pub type NodeId = u64;
 
 openraft::declare_raft_types!(
-    /// ESF's openraft configuration: one for all groups (meta and event partitions).
+    /// ESF's openraft configuration: one for all groups (meta and event
+    /// partitions). Standard Raft leader ids: at most one leader per term
+    /// (openraft's default lets several nodes lead one term, each with its
+    /// own leader id), which the Jepsen-style tests check.
     pub TypeConfig:
         D = Command,
         R = Response,
         NodeId = NodeId,
         Node = openraft::BasicNode,
+        LeaderId = openraft::impls::leader_id_std::LeaderId<u64, NodeId>,
 );
 
 /// A Raft node handle for a group served by the meta state machine.

@@ -28,7 +28,8 @@ use crate::flusher::Flusher;
 use crate::keys::{ALL_CFS, CF_RAFT_META, FORMAT_VERSION_KEY};
 
 /// On-disk format version written at creation and checked at every open.
-pub const FORMAT_VERSION: u32 = 1;
+/// 2: Raft votes and log ids use standard (one leader per term) leader ids.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Default total memory budget for block cache plus memtables.
 pub const DEFAULT_MEMORY_BUDGET_BYTES: usize = 256 << 20;
