@@ -356,16 +356,7 @@ async fn fourth_node_joins_as_learner_is_promoted_and_removed() {
         );
         tokio::time::sleep(esf_cluster_tests::POLL_INTERVAL).await;
     }
-    let removed = c.node(id).client().status_all().await;
-    let before: Vec<(u32, bool, u64)> = removed[0]
-        .1
-        .as_ref()
-        .expect("status of the removed node")
-        .groups
-        .iter()
-        .filter(|g| g.group != 0)
-        .map(|g| (g.group, g.held, g.last_log_index))
-        .collect();
+    let before = partitions_seen_by(c.node(id)).await;
     assert!(
         before.iter().all(|(_, held, _)| !held),
         "the removed node holds nothing: {before:?}"
@@ -376,16 +367,7 @@ async fn fourth_node_joins_as_learner_is_promoted_and_removed() {
             .await
             .expect("append after the removal");
     }
-    let removed = c.node(id).client().status_all().await;
-    let after: Vec<(u32, bool, u64)> = removed[0]
-        .1
-        .as_ref()
-        .expect("status of the removed node")
-        .groups
-        .iter()
-        .filter(|g| g.group != 0)
-        .map(|g| (g.group, g.held, g.last_log_index))
-        .collect();
+    let after = partitions_seen_by(c.node(id)).await;
     assert_eq!(before, after, "a removed node receives no events");
     while delivered.len() < 32 {
         let r = tokio::time::timeout(esf_cluster_tests::READY_DEADLINE, sub.next())
@@ -424,6 +406,20 @@ async fn fourth_node_joins_as_learner_is_promoted_and_removed() {
         r.map(|r| r.count).unwrap_or(0) == 0,
         "a removed node must not receive new writes"
     );
+}
+
+/// (partition, held, last log index) as `node` reports them.
+async fn partitions_seen_by(node: &esf_cluster_tests::Node) -> Vec<(u32, bool, u64)> {
+    let status = node.client().status_all().await;
+    status[0]
+        .1
+        .as_ref()
+        .expect("status")
+        .groups
+        .iter()
+        .filter(|g| g.group != 0)
+        .map(|g| (g.group, g.held, g.last_log_index))
+        .collect()
 }
 
 #[test]

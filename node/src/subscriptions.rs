@@ -57,6 +57,20 @@ fn not_found(name: &str) -> Status {
 pub struct SubscriptionsService(pub Ctx);
 
 impl SubscriptionsService {
+    /// The group's members after a join or leave by `consumer_id`.
+    async fn members_response(
+        &self,
+        name: &str,
+        consumer_id: String,
+    ) -> Result<Response<pb::ConsumersResponse>, Status> {
+        let (h, ids) = self.consumers_of(name).await.map_err(convert::status)?;
+        Ok(Response::new(pb::ConsumersResponse {
+            header: Some(h),
+            consumer_ids: ids,
+            consumer_id,
+        }))
+    }
+
     /// The sorted consumer ids of subscription `name` (linearizable).
     async fn consumers_of(&self, name: &str) -> Result<(pb::ResponseHeader, Vec<String>), esf_raft::Error> {
         let prefix = consumers_prefix(name);
@@ -277,14 +291,7 @@ impl pb::subscriptions_server::Subscriptions for SubscriptionsService {
             }
             Err(e) => forward_or!(self.0, subscriptions_client, req, e, join, msg),
         }
-        match self.consumers_of(&msg.name).await {
-            Ok((h, ids)) => Ok(Response::new(pb::ConsumersResponse {
-                header: Some(h),
-                consumer_ids: ids,
-                consumer_id: msg.consumer_id,
-            })),
-            Err(e) => Err(convert::status(e)),
-        }
+        self.members_response(&msg.name, msg.consumer_id).await
     }
 
     async fn leave(&self, req: Request<pb::LeaveRequest>) -> Result<Response<pb::ConsumersResponse>, Status> {
@@ -301,14 +308,7 @@ impl pb::subscriptions_server::Subscriptions for SubscriptionsService {
             Ok(_) => {}
             Err(e) => forward_or!(self.0, subscriptions_client, req, e, leave, msg),
         }
-        match self.consumers_of(&msg.name).await {
-            Ok((h, ids)) => Ok(Response::new(pb::ConsumersResponse {
-                header: Some(h),
-                consumer_ids: ids,
-                consumer_id: msg.consumer_id,
-            })),
-            Err(e) => Err(convert::status(e)),
-        }
+        self.members_response(&msg.name, msg.consumer_id).await
     }
 
     async fn consumers(
