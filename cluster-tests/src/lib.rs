@@ -290,17 +290,7 @@ impl Cluster {
                 node
             })
             .collect();
-        let mut c = Cluster {
-            nodes,
-            bin: bin.to_path_buf(),
-            _base: base,
-            net: None,
-        };
-        for i in 0..c.nodes.len() {
-            let bin = c.bin.clone();
-            c.nodes[i].start(&bin);
-        }
-        c
+        Cluster::launch(nodes, bin, base, None)
     }
 
     /// Starts `n` nodes, node i in its own network namespace of `net` at
@@ -323,15 +313,19 @@ impl Cluster {
                 node
             })
             .collect();
+        Cluster::launch(nodes, bin, base, Some(net))
+    }
+
+    /// Starts every node of a new cluster.
+    fn launch(nodes: Vec<Node>, bin: &Path, base: tempfile::TempDir, net: Option<netns::Net>) -> Cluster {
         let mut c = Cluster {
             nodes,
             bin: bin.to_path_buf(),
             _base: base,
-            net: Some(net),
+            net,
         };
-        for i in 0..c.nodes.len() {
-            let bin = c.bin.clone();
-            c.nodes[i].start(&bin);
+        for n in c.nodes.iter_mut() {
+            n.start(bin);
         }
         c
     }
@@ -495,6 +489,28 @@ impl Cluster {
     /// Node `id`, mutable.
     pub fn node_mut(&mut self, id: u64) -> &mut Node {
         self.nodes.iter_mut().find(|n| n.id == id).expect("node id")
+    }
+}
+
+/// Every event of partition `p` from `client`'s node, in offset order
+/// (serializable reads: that node's replica when it holds one).
+pub async fn read_whole_partition(client: &Client, p: u32) -> esf_client::Result<Vec<esf_client::pb::RecordedEvent>> {
+    let mut out = Vec::new();
+    let mut from = 0;
+    loop {
+        let r = client
+            .read_partition(esf_client::pb::ReadPartitionRequest {
+                partition: p,
+                from_offset: from,
+                limit: 0,
+                serializable: true,
+            })
+            .await?;
+        if r.events.is_empty() {
+            return Ok(out);
+        }
+        out.extend(r.events);
+        from = r.next_offset;
     }
 }
 

@@ -1455,25 +1455,12 @@ async fn partition_logs(node: &esf_cluster_tests::Node, partitions: u32) -> Vec<
     let mut out = Vec::new();
     for p in 1..=partitions {
         let mut log = Vec::new();
-        let mut from = 0;
-        loop {
-            let r = client
-                .read_partition(pb::ReadPartitionRequest {
-                    partition: p,
-                    from_offset: from,
-                    limit: 0,
-                    serializable: true,
-                })
-                .await
-                .expect("read partition");
-            if r.events.is_empty() {
-                break;
-            }
-            for e in &r.events {
-                assert_eq!(e.offset, log.len() as u64, "partition {p} offsets are dense");
-                log.push((e.id.clone(), e.stream.clone(), e.version));
-            }
-            from = r.next_offset;
+        for e in esf_cluster_tests::read_whole_partition(&client, p)
+            .await
+            .expect("read partition")
+        {
+            assert_eq!(e.offset, log.len() as u64, "partition {p} offsets are dense");
+            log.push((e.id, e.stream, e.version));
         }
         out.push(log);
     }

@@ -154,12 +154,10 @@ pub enum Hosts {
 impl std::str::FromStr for Nemesis {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            other => Nemesis::ALL.into_iter().find(|n| n.name() == other).ok_or_else(|| {
-                let names: Vec<&str> = Nemesis::ALL.iter().map(|n| n.name()).collect();
-                format!("nemesis: {other:?} is not one of: {}, none", names.join(", "))
-            }),
-        }
+        Nemesis::ALL.into_iter().find(|n| n.name() == s).ok_or_else(|| {
+            let names: Vec<&str> = Nemesis::ALL.iter().map(|n| n.name()).collect();
+            format!("nemesis: {s:?} is not one of: {}, none", names.join(", "))
+        })
     }
 }
 
@@ -491,12 +489,16 @@ async fn subscriber(rec: Arc<Recorder>, endpoints: Vec<String>, until: Instant) 
 
 /// The meta leader as the running nodes see it (0: none agreed).
 async fn meta_leader(cluster: &Cluster) -> u64 {
-    for n in cluster.nodes.iter().filter(|n| n.child.is_some()) {
-        if let Some((_, Ok(s))) = n.client().status_all().await.first() {
-            if let Some(g) = s.groups.first() {
-                if g.leader_id != 0 {
-                    return g.leader_id;
-                }
+    leader_other_than(cluster, 0).await
+}
+
+/// The meta leader as the first running node other than `old` sees it, if
+/// it is not `old` (0: none).
+async fn leader_other_than(cluster: &Cluster, old: u64) -> u64 {
+    for n in cluster.nodes.iter().filter(|n| n.id != old && n.child.is_some()) {
+        if let Some((leader, _, _)) = meta_view(cluster, n.id).await {
+            if leader != 0 && leader != old {
+                return leader;
             }
         }
     }
@@ -684,15 +686,11 @@ pub async fn run(cfg: &RunConfig) -> anyhow::Result<Report> {
 async fn new_leader(cluster: &Cluster, old: u64) -> u64 {
     let deadline = Instant::now() + NEW_LEADER_DEADLINE;
     while Instant::now() < deadline {
-        for n in cluster.nodes.iter().filter(|n| n.id != old && n.child.is_some()) {
-            if let Some((_, Ok(s))) = n.client().status_all().await.first() {
-                if let Some(g) = s.groups.first() {
-                    if g.leader_id != 0 && g.leader_id != old {
-                        return g.leader_id;
-                    }
-                }
-            }
+        let l = leader_other_than(cluster, old).await;
+        if l != 0 {
+            return l;
         }
+        // Polled: the leader shows in each node's status; bounded above.
         tokio::time::sleep(esf_cluster_tests::POLL_INTERVAL).await;
     }
     0
@@ -965,23 +963,11 @@ async fn read_every_partition(cluster: &tokio::sync::Mutex<Cluster>) -> anyhow::
             .and_then(|(_, s)| s.as_ref().ok())
             .map_or(0, |s| s.groups.len().saturating_sub(1) as u32);
         for p in 1..=partitions {
-            let mut events = Vec::new();
-            let mut from = 0;
-            loop {
-                let r = client
-                    .read_partition(pb::ReadPartitionRequest {
-                        partition: p,
-                        from_offset: from,
-                        limit: 0,
-                        serializable: true,
-                    })
-                    .await?;
-                if r.events.is_empty() {
-                    break;
-                }
-                events.extend(r.events.iter().map(|e| (e.offset, e.id.clone())));
-                from = r.next_offset;
-            }
+            let events = esf_cluster_tests::read_whole_partition(&client, p)
+                .await?
+                .into_iter()
+                .map(|e| (e.offset, e.id))
+                .collect();
             out.push(crate::queue::Read {
                 reader: format!("node {} final read", n.id),
                 partition: p,

@@ -70,6 +70,17 @@ impl Routes {
         self.placement.read().expect("routes lock").plan.get(&p).cloned()
     }
 
+    /// Whether the plan names `node` for partition `p` (`None` before the
+    /// first plan). Copies nothing: it runs on every events request.
+    pub fn plans(&self, p: u32, node: u64) -> Option<bool> {
+        self.placement
+            .read()
+            .expect("routes lock")
+            .plan
+            .get(&p)
+            .map(|r| r.contains(&node))
+    }
+
     fn set(&self, placement: Placement) {
         *self.placement.write().expect("routes lock") = placement;
     }
@@ -105,7 +116,16 @@ pub fn holds(me: u64, p: &PartitionGroup, routes: &Routes) -> bool {
     if p.raft().is_leader() {
         return true;
     }
-    membership_of(p.raft()).1.contains_key(&me) && routes.planned(p.group()).is_none_or(|r| r.contains(&me))
+    // Borrowed, not cloned: this runs on every events request.
+    let member = p
+        .raft()
+        .metrics()
+        .borrow_watched()
+        .membership_config
+        .membership()
+        .get_node(&me)
+        .is_some();
+    member && routes.plans(p.group(), me).unwrap_or(true)
 }
 
 /// Addresses to ask about partition `p`, best first: the node that last
