@@ -73,7 +73,7 @@ impl Ctx {
 
     /// The leader's address to forward to, if this request may be forwarded.
     pub(crate) fn forward_target<T>(&self, req: &Request<T>, e: &esf_raft::Error) -> Option<String> {
-        if req.metadata().get(FORWARDED).is_some() {
+        if Self::is_forwarded(req) {
             return None;
         }
         Self::leader_addr(e).filter(|a| *a != self.advertise)
