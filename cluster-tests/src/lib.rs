@@ -164,6 +164,28 @@ impl Node {
         c.wait().ok()
     }
 
+    /// Waits (up to [`READY_DEADLINE`]) for a process that must exit by
+    /// itself, and returns its exit status; panics, with the log, if it
+    /// keeps running.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + READY_DEADLINE;
+        let child = self.child.as_mut().expect("node is running");
+        let status = loop {
+            if let Some(s) = child.try_wait().expect("wait for node") {
+                break s;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "node {} kept running:\n{}",
+                self.id,
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+            std::thread::sleep(POLL_INTERVAL);
+        };
+        self.child = None;
+        status
+    }
+
     /// The node's log so far (for failure messages).
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

@@ -185,19 +185,7 @@ async fn known_node_with_empty_data_dir_is_refused() {
     let n = c.node_mut(victim);
     n.start(&bin);
     // It must exit by itself (bounded wait: a hang fails the test).
-    let deadline = std::time::Instant::now() + esf_cluster_tests::READY_DEADLINE;
-    let status = loop {
-        if let Some(s) = n.child.as_mut().unwrap().try_wait().expect("wait") {
-            break s;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "a wiped node kept running:\n{}",
-            n.log()
-        );
-        std::thread::sleep(esf_cluster_tests::POLL_INTERVAL);
-    };
-    n.child = None;
+    let status = n.wait_exit();
     assert!(!status.success(), "a wiped known node must refuse to start");
     assert!(
         n.log().contains("already a member of cluster") && n.log().contains("esf member remove"),
@@ -2246,4 +2234,109 @@ async fn an_isolated_leader_acknowledges_nothing_and_is_replaced() {
 /// Some node other than `leader` (of 3).
 fn others_id(leader: u64) -> u64 {
     if leader == 1 { 2 } else { 1 }
+}
+
+/// The add-on scenario of testing.md: a node whose WAL is damaged while it
+/// is down refuses to start (RocksDB's default recovery would have opened
+/// without every write after the damaged record), the cluster goes on, and
+/// the node is rebuilt from its peers with every write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_a_damaged_wal_refuses_to_start_and_is_rebuilt_from_its_peers() {
+    let mut c = Cluster::start(&esf_bin(), 3);
+    let leader = c.wait_ready().await;
+    let victim = c
+        .nodes
+        .iter()
+        .map(|n| n.id)
+        .find(|id| *id != leader)
+        .expect("a follower");
+    for i in 0..300 {
+        c.client().put(format!("k{i:03}"), i.to_string()).await.expect("put");
+    }
+    c.wait_converged().await;
+    let n = c.node_mut(victim);
+    n.kill();
+    let db = n.dir.join("db");
+    let mut wal: Vec<_> = std::fs::read_dir(&db)
+        .expect("data dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    wal.sort_by_key(|p| std::cmp::Reverse(std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)));
+    let file = wal.first().expect("a WAL file").clone();
+    let mut bytes = std::fs::read(&file).expect("read WAL");
+    assert!(bytes.len() > 4096, "the writes are in the WAL: {} bytes", bytes.len());
+    let mid = bytes.len() / 2;
+    for b in &mut bytes[mid..mid + 16] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&file, bytes).expect("damage WAL");
+    // The other two go on.
+    for i in 300..320 {
+        c.client()
+            .put(format!("k{i:03}"), i.to_string())
+            .await
+            .expect("put without the victim");
+    }
+    let bin = c.bin.clone();
+    let n = c.node_mut(victim);
+    n.start(&bin);
+    let status = n.wait_exit();
+    assert!(!status.success(), "a node with a damaged WAL must not start");
+    let log = n.log();
+    assert!(
+        log.contains("Corruption") && log.contains("is damaged") && log.contains("esf member remove"),
+        "{log}"
+    );
+    // Rebuild from the peers: remove, empty the data dir, add it again.
+    let eps = c
+        .nodes
+        .iter()
+        .filter(|n| n.id != victim)
+        .map(|n| n.grpc.clone())
+        .collect::<Vec<_>>()
+        .join(",");
+    let (code, _, err) = cli(&bin, &["--endpoints", &eps, "member", "remove", &victim.to_string()]);
+    assert_eq!(code, 0, "member remove: {err}");
+    let n = c.node_mut(victim);
+    std::fs::remove_dir_all(&n.dir).expect("empty the data dir");
+    n.start(&bin);
+    let deadline = tokio::time::Instant::now() + esf_cluster_tests::READY_DEADLINE;
+    while !c.node(victim).log().contains("waiting to be added") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node {victim} never waited to be added:\n{}",
+            c.node(victim).log()
+        );
+        tokio::time::sleep(esf_cluster_tests::POLL_INTERVAL).await;
+    }
+    let addr = c.node(victim).grpc.clone();
+    let (code, _, err) = cli(
+        &bin,
+        &["--endpoints", &eps, "member", "add", &victim.to_string(), &addr],
+    );
+    assert_eq!(code, 0, "member add: {err}");
+    let (code, _, err) = cli(&bin, &["--endpoints", &eps, "member", "promote", &victim.to_string()]);
+    assert_eq!(code, 0, "member promote: {err}");
+    c.wait_converged().await;
+    let kvs = c
+        .node(victim)
+        .client()
+        .range(pb::RangeRequest {
+            range: Some(esf_client::key_range_prefix(b"k".to_vec())),
+            serializable: true,
+            ..Default::default()
+        })
+        .await
+        .expect("range on the rebuilt node's own replica")
+        .kvs;
+    assert_eq!(kvs.len(), 320, "the rebuilt node holds every write");
+    for (i, kv) in kvs.iter().enumerate() {
+        assert_eq!(
+            kv.value,
+            i.to_string().into_bytes(),
+            "{:?}",
+            String::from_utf8_lossy(&kv.key)
+        );
+    }
 }

@@ -51,6 +51,15 @@ pub struct NodeConfig {
     /// Replicas of each event partition (1..=7; fewer while the cluster has
     /// fewer voters). Planned by the meta leader: give every node the same.
     pub partition_replicas: u32,
+    /// Read every stored block once at start and refuse to start on
+    /// damage (see docs/operations.md, "Damaged storage").
+    pub verify_on_start: bool,
+    /// A Raft group snapshots its state machine after this many log
+    /// entries since its last snapshot.
+    pub snapshot_logs: u64,
+    /// Log entries a group keeps behind its last snapshot, so a follower
+    /// that lags by fewer catches up from the log instead of a snapshot.
+    pub snapshot_keep_logs: u64,
 }
 
 impl Default for NodeConfig {
@@ -73,6 +82,9 @@ impl Default for NodeConfig {
             log_level: "info".into(),
             partitions: crate::partitions::DEFAULT_PARTITIONS,
             partition_replicas: crate::placement::DEFAULT_PARTITION_REPLICAS,
+            verify_on_start: true,
+            snapshot_logs: 10_000,
+            snapshot_keep_logs: 1_000,
         }
     }
 }
@@ -144,6 +156,18 @@ pub struct Flags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub partition_replicas: Option<u32>,
+    /// Verify every stored block's checksum at start (true/false).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verify_on_start: Option<bool>,
+    /// Snapshot a group after this many log entries.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot_logs: Option<u64>,
+    /// Log entries kept behind a snapshot.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot_keep_logs: Option<u64>,
 }
 
 /// Builds the layered configuration and validates it.
@@ -203,6 +227,9 @@ pub fn validate(c: &NodeConfig) -> anyhow::Result<()> {
             "election_timeout_ms: must be more than twice heartbeat_interval_ms ({})",
             c.heartbeat_interval_ms
         );
+    }
+    if c.snapshot_logs == 0 {
+        anyhow::bail!("snapshot_logs: must be at least 1");
     }
     if c.memory_budget_mb < 16 {
         anyhow::bail!("memory_budget_mb: must be at least 16");

@@ -378,6 +378,20 @@ async fn plan_placement(meta: &MetaGroup, count: u32, replicas: u32, current: &P
     }
 }
 
+/// The operation that lets `node` hold partition replicas again, if an
+/// earlier `member remove` excluded it. Adding a node clears it: the
+/// planner clears an exclusion only once it sees the node out of meta,
+/// and a node removed and added back between two of its passes would
+/// otherwise stay excluded, a voter that holds no partition.
+pub fn readmit(meta: &MetaGroup, node: u64) -> Result<Option<Op>, String> {
+    let current = meta.store().placement().map_err(|e| e.to_string())?;
+    Ok(current.excluded.contains(&node).then(|| Op::PlacePartitions {
+        plan: Vec::new(),
+        exclude: Vec::new(),
+        include: vec![node],
+    }))
+}
+
 /// The placement without `node`: every partition replica moves elsewhere
 /// (used by `member remove` before the node leaves meta).
 pub fn plan_without(meta: &MetaGroup, node: u64, count: u32, replicas: u32) -> Result<Op, String> {

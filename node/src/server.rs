@@ -120,7 +120,20 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     let mut scfg = StorageConfig::new(cfg.data_dir.join("db"));
     scfg.memory_budget_bytes = (cfg.memory_budget_mb as usize) << 20;
     scfg.write_buffer_bytes = scfg.memory_budget_bytes / 4;
-    let db = Db::open(&scfg).context("open storage")?;
+    scfg.verify_on_open = cfg.verify_on_start;
+    let db = Db::open(&scfg).map_err(|e| {
+        if e.is_corruption() {
+            anyhow::anyhow!(
+                "open storage: {e}: the data dir {} is damaged and this node will not start on it; \
+                 rebuild it from its peers: `esf member remove {id}`, empty the data dir, start the node \
+                 with --join and `esf member add {id} ADDR` (docs/operations.md, \"Damaged storage\")",
+                cfg.data_dir.display(),
+                id = cfg.node_id
+            )
+        } else {
+            anyhow::anyhow!("open storage: {e}")
+        }
+    })?;
 
     let raft_cfg = openraft::Config {
         cluster_name: "esf".into(),
@@ -137,8 +150,8 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         // would take as already matching. Found by the kill-all Jepsen
         // scenario (replicas diverged, acknowledged events moved).
         enable_leader_restore: Some(false),
-        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(10_000),
-        max_in_snapshot_log_to_keep: 1_000,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(cfg.snapshot_logs),
+        max_in_snapshot_log_to_keep: cfg.snapshot_keep_logs,
         ..Default::default()
     }
     .validate()

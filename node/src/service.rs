@@ -890,6 +890,13 @@ impl pb::cluster_server::Cluster for ClusterService {
         }
         esf_client::parse_endpoint(&r.addr).map_err(|e| Status::invalid_argument(format!("addr: {e}")))?;
         self.check_new_member(r.id, &r.addr).await?;
+        if let Some(op) = crate::partitions::readmit(&self.0.meta, r.id).map_err(Status::internal)? {
+            self.0
+                .meta
+                .write(esf_raft::command::Command::new(op))
+                .await
+                .map_err(convert::status)?;
+        }
         let fut = self.0.meta.raft().add_learner(r.id, BasicNode { addr: r.addr }, true);
         tokio::time::timeout(MEMBERSHIP_TIMEOUT, fut)
             .await
