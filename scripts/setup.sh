@@ -5,8 +5,9 @@ set -euo pipefail
 
 # Debian packages: libclang-dev and clang for librocksdb-sys's bindgen and C++
 # build; pkg-config for -sys crates.
-# iproute2 (`ip`) for the network-namespace test hosts.
-PACKAGES=(libclang-dev clang pkg-config iproute2)
+# iproute2 (`ip`) for the network-namespace test hosts; faketime (libfaketime)
+# for the clock nemesis.
+PACKAGES=(libclang-dev clang pkg-config iproute2 faketime)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

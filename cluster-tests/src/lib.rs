@@ -109,6 +109,8 @@ pub struct Node {
     log: PathBuf,
     /// The network namespace it runs in, if any.
     pub netns: Option<String>,
+    /// Extra environment of the process (e.g. libfaketime's).
+    pub env: Vec<(String, String)>,
 }
 
 impl Node {
@@ -133,6 +135,7 @@ impl Node {
             .arg("serve")
             .args(&self.args)
             .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
             .spawn()
@@ -255,6 +258,7 @@ fn new_node(base: &Path, id: u64, join: &[String], bootstrap_expect: Option<u64>
         args,
         log,
         netns: None,
+        env: Vec::new(),
     }
 }
 
@@ -300,42 +304,54 @@ impl Cluster {
 
     /// Starts `n` nodes with `extra` arguments each.
     pub fn start_with(bin: &Path, n: u64, extra: &[&str]) -> Cluster {
-        let base = tempfile::tempdir().expect("tempdir");
-        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
-        let join: Vec<String> = ports.iter().map(|(g, _)| format!("127.0.0.1:{g}")).collect();
-        let nodes: Vec<Node> = ports
-            .iter()
-            .enumerate()
-            .map(|(i, p)| {
-                let mut node = new_node(base.path(), i as u64 + 1, &join, Some(n), *p);
-                node.args.extend(extra.iter().map(|a| a.to_string()));
-                node
-            })
-            .collect();
-        Cluster::launch(nodes, bin, base, None)
+        Cluster::create(bin, n, None, extra, &|_| {})
     }
 
     /// Starts `n` nodes, node i in its own network namespace of `net` at
     /// its own address (port 2379, admin 2380), joined over a bridge; the
     /// test process reaches them from the host side of the bridge.
     pub fn start_in(bin: &Path, n: u64, net: netns::Net) -> Cluster {
+        Cluster::create(bin, n, Some(net), &[], &|_| {})
+    }
+
+    /// Starts `n` nodes that form one cluster: on loopback ports, or each
+    /// in its own network namespace of `net`; each with `extra` arguments,
+    /// and `prepare`d (e.g. given an environment) before it starts.
+    pub fn create(bin: &Path, n: u64, net: Option<netns::Net>, extra: &[&str], prepare: &dyn Fn(&mut Node)) -> Cluster {
         let base = tempfile::tempdir().expect("tempdir");
-        let join: Vec<String> = (1..=n).map(|i| format!("{}:2379", net.ip(i))).collect();
-        let nodes: Vec<Node> = (1..=n)
-            .map(|i| {
-                let mut node = new_node(base.path(), i, &join, Some(n), (2379, 2380));
-                let ip = net.ip(i);
-                for (flag, port) in [("--listen", 2379), ("--admin-listen", 2380)] {
-                    let at = node.args.iter().position(|a| a == flag).expect("address flag") + 1;
-                    node.args[at] = format!("{ip}:{port}");
-                }
-                node.grpc = format!("{ip}:2379");
-                node.admin = format!("{ip}:2380");
-                node.netns = Some(net.ns(i));
-                node
-            })
-            .collect();
-        Cluster::launch(nodes, bin, base, Some(net))
+        let mut nodes: Vec<Node> = match &net {
+            None => {
+                let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+                let join: Vec<String> = ports.iter().map(|(g, _)| format!("127.0.0.1:{g}")).collect();
+                ports
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| new_node(base.path(), i as u64 + 1, &join, Some(n), *p))
+                    .collect()
+            }
+            Some(net) => {
+                let join: Vec<String> = (1..=n).map(|i| format!("{}:2379", net.ip(i))).collect();
+                (1..=n)
+                    .map(|i| {
+                        let mut node = new_node(base.path(), i, &join, Some(n), (2379, 2380));
+                        let ip = net.ip(i);
+                        for (flag, port) in [("--listen", 2379), ("--admin-listen", 2380)] {
+                            let at = node.args.iter().position(|a| a == flag).expect("address flag") + 1;
+                            node.args[at] = format!("{ip}:{port}");
+                        }
+                        node.grpc = format!("{ip}:2379");
+                        node.admin = format!("{ip}:2380");
+                        node.netns = Some(net.ns(i));
+                        node
+                    })
+                    .collect()
+            }
+        };
+        for node in nodes.iter_mut() {
+            node.args.extend(extra.iter().map(|a| a.to_string()));
+            prepare(node);
+        }
+        Cluster::launch(nodes, bin, base, net)
     }
 
     /// Starts every node of a new cluster.

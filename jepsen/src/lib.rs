@@ -12,6 +12,12 @@
 //!   append present exactly once at its position, the same order for every
 //!   reader, failed appends absent.
 //!
+//! - [`watch`]: puts watched from the first revision: every revision once,
+//!   in order, as a reference watch after healing has it; every
+//!   acknowledged put there, no failed one.
+//! - [`registry`]: instances under leases kept alive: visible to every
+//!   lookup while their lease certainly runs, never after deregistration.
+//!
 //! An `info` operation (timeout, connection lost) may or may not have taken
 //! effect; it is never counted as failed.
 
@@ -19,4 +25,6 @@ pub mod history;
 pub mod plot;
 pub mod queue;
 pub mod register;
+pub mod registry;
 pub mod runner;
+pub mod watch;

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use esf_jepsen::runner::{Hosts, Nemesis, RunConfig, Verdict, Workload, run};
 
-const USAGE: &str = "usage: esf-jepsen [--workload register|events] [--nemesis kill|partition|pause|none[,...]] [--hosts netns|loopback] [--time SECS] [--keys N] [--concurrency N] [--out DIR] [--esf PATH]";
+const USAGE: &str = "usage: esf-jepsen [--workload register|events|watch|registry] [--nemesis NAME[,NAME...]|none] [--hosts netns|loopback] [--nodes N] [--time SECS] [--keys N] [--concurrency N] [--out DIR] [--esf PATH]
+nemeses: kill, kill-all, pause, partition, partition-follower, one-way, flap, bridge (--nodes 5), netem, clock, member, snapshot";
 
 fn parse(args: &[String]) -> Result<RunConfig, String> {
     let mut cfg = RunConfig {
@@ -16,6 +17,7 @@ fn parse(args: &[String]) -> Result<RunConfig, String> {
         workload: Workload::Register,
         nemeses: vec![Nemesis::Kill],
         // Network namespaces when this machine allows them.
+        nodes: 3,
         hosts: if esf_cluster_tests::netns::unavailable().is_none() {
             Hosts::Netns
         } else {
@@ -64,6 +66,14 @@ fn parse(args: &[String]) -> Result<RunConfig, String> {
                     .ok()
                     .filter(|n| *n > 0)
                     .ok_or(format!("concurrency: {v:?} is not a positive number"))?;
+            }
+            "--nodes" => {
+                let v = value("nodes")?;
+                cfg.nodes = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (3..=7).contains(n))
+                    .ok_or(format!("nodes: {v:?} is not a number from 3 to 7"))?;
             }
             "--out" => cfg.out = PathBuf::from(value("out")?),
             "--hosts" => {

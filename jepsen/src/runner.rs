@@ -57,6 +57,26 @@ pub const NETEM_SPEC: &str = "delay 100ms 50ms loss 10% reorder 25% 50%";
 pub const NETEM_MIN_RTT: Duration = Duration::from_millis(100);
 /// How long a killed node may take to be replaced as leader.
 pub const NEW_LEADER_DEADLINE: Duration = Duration::from_secs(15);
+/// TTL of the registry workload's leases (kept alive every third of it).
+pub const REGISTRY_TTL_SECS: u64 = 4;
+/// Instances a registry process keeps registered at most.
+pub const REGISTRY_LIVE_PER_PROCESS: usize = 3;
+/// The service the registry workload registers instances of.
+pub const REGISTRY_SERVICE: &str = "jepsen-svc";
+/// libfaketime (Debian's `faketime` package), preloaded into every node
+/// under the clock nemesis.
+pub const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+/// The wall-clock offsets (seconds) the clock nemesis gives the leader, in
+/// turn: jumps forward and back, held for [`PARTITION_HOLD`], then a jump
+/// back to the true time.
+pub const CLOCK_OFFSETS: [i64; 4] = [600, -3600, 86_400, -90];
+/// Under the snapshot nemesis the nodes snapshot every this many entries
+/// (`--snapshot-logs`) ...
+pub const SNAPSHOT_LOGS: u64 = 200;
+/// ... and keep this many behind a snapshot (`--snapshot-keep-logs`).
+pub const SNAPSHOT_KEEP_LOGS: u64 = 50;
+/// How long a membership change (with its retries) may take.
+pub const MEMBERSHIP_DEADLINE: Duration = Duration::from_secs(60);
 
 /// What the clients do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +85,11 @@ pub enum Workload {
     Register,
     /// Event appends, reads and a subscription.
     Events,
+    /// Puts watched from the first revision by a watcher per node.
+    Watch,
+    /// Instances registered under leases kept alive, looked up,
+    /// deregistered.
+    Registry,
 }
 
 impl std::str::FromStr for Workload {
@@ -73,7 +98,11 @@ impl std::str::FromStr for Workload {
         match s {
             "register" => Ok(Workload::Register),
             "events" => Ok(Workload::Events),
-            other => Err(format!("workload: {other:?} is not one of: register, events")),
+            "watch" => Ok(Workload::Watch),
+            "registry" => Ok(Workload::Registry),
+            other => Err(format!(
+                "workload: {other:?} is not one of: register, events, watch, registry"
+            )),
         }
     }
 }
@@ -108,6 +137,24 @@ pub enum Nemesis {
     /// Evidence: no node answered while down, and a leader is elected
     /// after the restart.
     KillAll,
+    /// Jump the meta leader's wall clock (libfaketime) by the next of
+    /// [`CLOCK_OFFSETS`] for [`PARTITION_HOLD`], then back. Evidence: its
+    /// status reports the skewed time; a node that exits is an anomaly.
+    Clock,
+    /// Remove a follower from the cluster while the leader is killed, then
+    /// wipe it and add it back (learner, then voter) while the leader is
+    /// killed again. Evidence: the follower left and came back, and each
+    /// kill was followed by a new leader.
+    Member,
+    /// SIGSTOP a follower until the leader's log is purged past it, SIGCONT
+    /// it, SIGKILL it again during the snapshot it then receives, restart
+    /// it. Evidence: the leader purged past it, it installed a snapshot and
+    /// caught up.
+    Snapshot,
+    /// Five or more nodes: one follower is a bridge between two halves
+    /// that cannot reach each other, for [`PARTITION_HOLD`]. Evidence: the
+    /// leader kept committing.
+    Bridge,
 }
 
 impl Nemesis {
@@ -122,15 +169,22 @@ impl Nemesis {
             Nemesis::Pause => "pause",
             Nemesis::Netem => "netem",
             Nemesis::KillAll => "kill-all",
+            Nemesis::Clock => "clock",
+            Nemesis::Member => "member",
+            Nemesis::Snapshot => "snapshot",
+            Nemesis::Bridge => "bridge",
         }
     }
 
     /// Whether it needs network namespaces.
     pub fn needs_netns(self) -> bool {
-        !matches!(self, Nemesis::Kill | Nemesis::Pause | Nemesis::KillAll)
+        !matches!(
+            self,
+            Nemesis::Kill | Nemesis::Pause | Nemesis::KillAll | Nemesis::Clock | Nemesis::Member | Nemesis::Snapshot
+        )
     }
 
-    const ALL: [Nemesis; 8] = [
+    const ALL: [Nemesis; 12] = [
         Nemesis::KillAll,
         Nemesis::Kill,
         Nemesis::Partition,
@@ -139,6 +193,10 @@ impl Nemesis {
         Nemesis::Flap,
         Nemesis::Pause,
         Nemesis::Netem,
+        Nemesis::Clock,
+        Nemesis::Member,
+        Nemesis::Snapshot,
+        Nemesis::Bridge,
     ];
 }
 
@@ -172,6 +230,8 @@ pub struct RunConfig {
     pub nemeses: Vec<Nemesis>,
     /// Where the nodes run.
     pub hosts: Hosts,
+    /// Nodes in the cluster (3; the bridge needs 5).
+    pub nodes: u64,
     /// How long the workload runs.
     pub time: Duration,
     /// Keys of the register workload.
@@ -487,6 +547,302 @@ async fn subscriber(rec: Arc<Recorder>, endpoints: Vec<String>, until: Instant) 
     }
 }
 
+/// How many revisions back the reference watch starts: within the
+/// history the nodes keep (esf's default is 10,000 revisions).
+pub const REFERENCE_HISTORY: u64 = 9_000;
+
+/// The prefix the watch workload writes under.
+pub const WATCH_PREFIX: &str = "jepsen/w";
+
+/// One logical process after another putting unique values to
+/// [`WATCH_PREFIX`] keys until `until` (the acknowledgement's revision is
+/// recorded).
+async fn watch_writer(
+    rec: Arc<Recorder>,
+    endpoints: Vec<String>,
+    keys: usize,
+    until: Instant,
+    seed: u64,
+    values: Arc<AtomicU64>,
+) {
+    let mut rng = Rng(seed | 1);
+    let mut process = rec.next_process.fetch_add(1, Ordering::SeqCst);
+    let Ok(mut c) = client(&endpoints) else { return };
+    while Instant::now() < until {
+        let key = format!("{WATCH_PREFIX}{}", rng.below(keys as u64));
+        let v = values.fetch_add(1, Ordering::SeqCst);
+        rec.push(process, Kind::Invoke, "put", &key, json!({"value": v}), String::new());
+        let (kind, value, error) = match c.put(key.clone(), v.to_string()).await {
+            Ok(r) => (
+                Kind::Ok,
+                json!({"value": v, "revision": r.header.map_or(0, |h| h.revision)}),
+                String::new(),
+            ),
+            Err(e) => (classify(&e), json!({"value": v}), e.to_string()),
+        };
+        rec.push(process, kind, "put", &key, value, error);
+        if kind == Kind::Info {
+            process = rec.next_process.fetch_add(1, Ordering::SeqCst);
+            match client(&endpoints) {
+                Ok(n) => c = n,
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+/// The watch request of the watch workload: every change under
+/// [`WATCH_PREFIX`] from the first revision.
+fn watch_request() -> pb::WatchRequest {
+    pb::WatchRequest {
+        range: Some(esf_client::key_range_prefix(WATCH_PREFIX.as_bytes().to_vec())),
+        start_revision: 1,
+        ..Default::default()
+    }
+}
+
+/// One change of a watch response as a history value.
+fn change_value(watcher: &str, e: &pb::Event) -> (String, serde_json::Value) {
+    let kv = e.kv.clone().unwrap_or_default();
+    let value = (e.r#type == pb::event::EventType::Put as i32).then(|| String::from_utf8_lossy(&kv.value).into_owned());
+    (
+        String::from_utf8_lossy(&kv.key).into_owned(),
+        json!({"watcher": watcher, "revision": kv.mod_revision, "value": value}),
+    )
+}
+
+/// A watcher (its client tries `endpoints` in order, so each prefers
+/// another node) recording every change it is delivered (f `watch`) until
+/// `until`; esf-client resumes it on another node when its node dies.
+async fn watcher(rec: Arc<Recorder>, endpoints: Vec<String>, until: Instant, name: String) {
+    let Ok(c) = client(&endpoints) else { return };
+    let process = rec.next_process.fetch_add(1, Ordering::SeqCst);
+    let mut w = loop {
+        match c.watch_resumable(watch_request()).await {
+            Ok(w) => break w,
+            Err(_) if Instant::now() < until => tokio::time::sleep(esf_cluster_tests::POLL_INTERVAL).await,
+            Err(_) => return,
+        }
+    };
+    while Instant::now() < until {
+        let Ok(Ok(r)) = tokio::time::timeout(OP_DEADLINE, w.next()).await else {
+            continue;
+        };
+        if r.snapshot {
+            // A resume below the compaction revision: the state at that
+            // revision, then the changes after it (a new run).
+            let revision = r.header.map_or(0, |h| h.revision);
+            rec.push(
+                process,
+                Kind::Ok,
+                "watch-snapshot",
+                WATCH_PREFIX,
+                json!({"watcher": name, "revision": revision}),
+                String::new(),
+            );
+            continue;
+        }
+        for e in &r.events {
+            let (key, value) = change_value(&name, e);
+            rec.push(process, Kind::Ok, "watch", &key, value, String::new());
+        }
+    }
+}
+
+/// After healing: every change under [`WATCH_PREFIX`] from the first
+/// revision still in the history, through a new watch, up to the last
+/// revision a linearizable range reports there. Returns the changes and
+/// the first revision they cover (1, or the one after the snapshot the
+/// watch starts with when history was compacted).
+async fn reference_watch(endpoints: &[String]) -> anyhow::Result<(Vec<crate::watch::Change>, u64)> {
+    let c = client(endpoints)?;
+    let now = c
+        .range(pb::RangeRequest {
+            range: Some(esf_client::key_range_prefix(WATCH_PREFIX.as_bytes().to_vec())),
+            ..Default::default()
+        })
+        .await?;
+    let last = now.kvs.iter().map(|kv| kv.mod_revision).max().unwrap_or(0);
+    // As far back as the nodes keep history.
+    let mut from = now
+        .header
+        .map_or(0, |h| h.revision)
+        .saturating_sub(REFERENCE_HISTORY)
+        .max(1);
+    let mut out = Vec::new();
+    let deadline = Instant::now() + REPLICAS_SETTLE;
+    let mut w = c
+        .watch_resumable(pb::WatchRequest {
+            start_revision: from,
+            ..watch_request()
+        })
+        .await?;
+    while out.last().is_none_or(|c: &crate::watch::Change| c.revision < last) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let r = tokio::time::timeout(left, w.next()).await.map_err(|_| {
+            anyhow::anyhow!(
+                "reference watch: revision {last} not reached within {REPLICAS_SETTLE:?} (got {} changes, up to {:?})",
+                out.len(),
+                out.last()
+            )
+        })??;
+        if r.snapshot {
+            from = r.header.map_or(0, |h| h.revision) + 1;
+            if from > last {
+                break;
+            }
+            continue;
+        }
+        for e in &r.events {
+            let (key, v) = change_value("reference", e);
+            out.push(crate::watch::Change {
+                revision: v["revision"].as_u64().unwrap_or(0),
+                key,
+                value: v["value"].as_str().map(String::from),
+            });
+        }
+    }
+    Ok((out, from))
+}
+
+/// One logical process after another registering instances of
+/// [`REGISTRY_SERVICE`] under leases of [`REGISTRY_TTL_SECS`] that it keeps
+/// alive, looking the service up and deregistering instances, until
+/// `until`. Records `grant`, `register`, `keepalive`, `lookup` (value: the
+/// ids seen) and `deregister`, each keyed by instance id.
+async fn registry_worker(rec: Arc<Recorder>, endpoints: Vec<String>, until: Instant, seed: u64, ids: Arc<AtomicU64>) {
+    let mut rng = Rng(seed | 1);
+    let mut process = rec.next_process.fetch_add(1, Ordering::SeqCst);
+    let Ok(mut c) = client(&endpoints) else { return };
+    // (instance id, lease, last acknowledged refresh).
+    let mut live: Vec<(String, u64, Instant)> = Vec::new();
+    let ttl = Duration::from_secs(REGISTRY_TTL_SECS);
+    while Instant::now() < until {
+        let mut ended = Vec::new();
+        // Keep the leases alive.
+        for (id, lease, refreshed) in live.iter_mut() {
+            if refreshed.elapsed() < ttl / 3 || ended.iter().any(|k| *k == Kind::Info) {
+                continue;
+            }
+            rec.push(
+                process,
+                Kind::Invoke,
+                "keepalive",
+                id,
+                json!({"lease": lease}),
+                String::new(),
+            );
+            let (kind, error) = match c.lease_keepalive(*lease).await {
+                Ok(_) => (Kind::Ok, String::new()),
+                Err(e) => (classify(&e), e.to_string()),
+            };
+            rec.push(process, kind, "keepalive", id, json!({"lease": lease}), error);
+            if kind == Kind::Ok {
+                *refreshed = Instant::now();
+            }
+            ended.push(kind);
+        }
+        if !ended.contains(&Kind::Info) {
+            let pick = rng.below(10);
+            if pick < 3 && live.len() < REGISTRY_LIVE_PER_PROCESS {
+                let id = format!("i{}", ids.fetch_add(1, Ordering::SeqCst));
+                let ttl_ms = ttl.as_millis() as u64;
+                rec.push(
+                    process,
+                    Kind::Invoke,
+                    "grant",
+                    &id,
+                    json!({"ttl_ms": ttl_ms}),
+                    String::new(),
+                );
+                let granted = c.lease_grant(REGISTRY_TTL_SECS, 0).await;
+                let (kind, lease, error) = match &granted {
+                    Ok(r) => (Kind::Ok, r.id, String::new()),
+                    Err(e) => (classify(e), 0, e.to_string()),
+                };
+                let at = Instant::now();
+                rec.push(
+                    process,
+                    kind,
+                    "grant",
+                    &id,
+                    json!({"ttl_ms": ttl_ms, "lease": lease}),
+                    error,
+                );
+                ended.push(kind);
+                if kind == Kind::Ok {
+                    rec.push(
+                        process,
+                        Kind::Invoke,
+                        "register",
+                        &id,
+                        json!({"lease": lease}),
+                        String::new(),
+                    );
+                    let instance = pb::Instance {
+                        service: REGISTRY_SERVICE.into(),
+                        id: id.clone(),
+                        address: "10.77.255.1:1".into(),
+                        lease,
+                        ..Default::default()
+                    };
+                    let (kind, error) = match c.register(instance).await {
+                        Ok(_) => (Kind::Ok, String::new()),
+                        Err(e) => (classify(&e), e.to_string()),
+                    };
+                    rec.push(process, kind, "register", &id, json!({"lease": lease}), error);
+                    if kind == Kind::Ok {
+                        live.push((id, lease, at));
+                    }
+                    ended.push(kind);
+                }
+            } else if pick < 5 && !live.is_empty() {
+                let (id, _, _) = live.remove(rng.below(live.len() as u64) as usize);
+                rec.push(
+                    process,
+                    Kind::Invoke,
+                    "deregister",
+                    &id,
+                    serde_json::Value::Null,
+                    String::new(),
+                );
+                let (kind, error) = match c.deregister(REGISTRY_SERVICE, &id).await {
+                    Ok(_) => (Kind::Ok, String::new()),
+                    Err(e) => (classify(&e), e.to_string()),
+                };
+                rec.push(process, kind, "deregister", &id, serde_json::Value::Null, error);
+                ended.push(kind);
+            } else {
+                rec.push(
+                    process,
+                    Kind::Invoke,
+                    "lookup",
+                    REGISTRY_SERVICE,
+                    serde_json::Value::Null,
+                    String::new(),
+                );
+                let (kind, value, error) = match c.lookup(REGISTRY_SERVICE, &[]).await {
+                    Ok(r) => (
+                        Kind::Ok,
+                        json!(r.instances.iter().map(|i| i.id.clone()).collect::<Vec<_>>()),
+                        String::new(),
+                    ),
+                    // A lookup that failed says nothing: it changes nothing.
+                    Err(e) => (Kind::Fail, serde_json::Value::Null, e.to_string()),
+                };
+                rec.push(process, kind, "lookup", REGISTRY_SERVICE, value, error);
+            }
+        }
+        if ended.contains(&Kind::Info) {
+            process = rec.next_process.fetch_add(1, Ordering::SeqCst);
+            match client(&endpoints) {
+                Ok(n) => c = n,
+                Err(_) => return,
+            }
+        }
+    }
+}
+
 /// The meta leader as the running nodes see it (0: none agreed).
 async fn meta_leader(cluster: &Cluster) -> u64 {
     leader_other_than(cluster, 0).await
@@ -514,13 +870,49 @@ pub async fn run(cfg: &RunConfig) -> anyhow::Result<Report> {
             anyhow::bail!("nemesis: {} needs --hosts netns", n.name());
         }
     }
-    let cluster = match cfg.hosts {
-        Hosts::Loopback => Cluster::start(&cfg.esf_bin, 3),
+    if cfg.nemeses.contains(&Nemesis::Bridge) && cfg.nodes < 5 {
+        anyhow::bail!("nemesis: bridge needs --nodes 5 or more, not {}", cfg.nodes);
+    }
+    if cfg.nodes < 3 {
+        anyhow::bail!("nodes: must be at least 3, not {}", cfg.nodes);
+    }
+    let clock = cfg.nemeses.contains(&Nemesis::Clock);
+    if clock && !std::path::Path::new(LIBFAKETIME).exists() {
+        anyhow::bail!("nemesis: clock needs {LIBFAKETIME} (Debian's faketime package; scripts/setup.sh installs it)");
+    }
+    let net = match cfg.hosts {
+        Hosts::Loopback => None,
         Hosts::Netns => {
-            let net = esf_cluster_tests::netns::Net::create(3).map_err(|e| anyhow::anyhow!("hosts: {e}"))?;
-            Cluster::start_in(&cfg.esf_bin, 3, net)
+            Some(esf_cluster_tests::netns::Net::create(cfg.nodes).map_err(|e| anyhow::anyhow!("hosts: {e}"))?)
         }
     };
+    let snapshot_args = [
+        "--snapshot-logs".to_string(),
+        SNAPSHOT_LOGS.to_string(),
+        "--snapshot-keep-logs".to_string(),
+        SNAPSHOT_KEEP_LOGS.to_string(),
+    ];
+    let extra: Vec<&str> = if cfg.nemeses.contains(&Nemesis::Snapshot) {
+        snapshot_args.iter().map(String::as_str).collect()
+    } else {
+        Vec::new()
+    };
+    let prepare = |n: &mut esf_cluster_tests::Node| {
+        if clock {
+            // Only the wall clock is faked: elections, leases and deadlines
+            // run on the monotonic clock, as on a real host whose clock
+            // NTP steps.
+            let file = clock_file(n);
+            std::fs::write(&file, "+0").expect("write the faketime file");
+            n.env = vec![
+                ("LD_PRELOAD".into(), LIBFAKETIME.into()),
+                ("FAKETIME_TIMESTAMP_FILE".into(), file.display().to_string()),
+                ("FAKETIME_CACHE_DURATION".into(), "1".into()),
+                ("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()),
+            ];
+        }
+    };
+    let cluster = Cluster::create(&cfg.esf_bin, cfg.nodes, net, &extra, &prepare);
     cluster.wait_converged().await;
     let endpoints: Vec<String> = cluster.nodes.iter().map(|n| n.grpc.clone()).collect();
     let cluster = Arc::new(tokio::sync::Mutex::new(cluster));
@@ -532,7 +924,7 @@ pub async fn run(cfg: &RunConfig) -> anyhow::Result<Report> {
     let nemesis_log: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
     let until = Instant::now() + cfg.time;
     let values = Arc::new(AtomicU64::new(1));
-    let workers: Vec<_> = (0..cfg.concurrency)
+    let mut workers: Vec<_> = (0..cfg.concurrency)
         .map(|i| {
             let (rec, eps, values) = (rec.clone(), endpoints.clone(), values.clone());
             let keys = cfg.keys;
@@ -545,9 +937,20 @@ pub async fn run(cfg: &RunConfig) -> anyhow::Result<Report> {
                     tokio::spawn(register_worker(rec, pinned, keys, until, seed, values))
                 }
                 Workload::Events => tokio::spawn(events_worker(rec, eps, until, seed)),
+                Workload::Watch => tokio::spawn(watch_writer(rec, eps, keys, until, seed, values)),
+                Workload::Registry => tokio::spawn(registry_worker(rec, eps, until, seed, values)),
             }
         })
         .collect();
+    if cfg.workload == Workload::Watch {
+        // A watcher per node, each trying its node first.
+        for i in 0..endpoints.len() {
+            let mut eps = endpoints.clone();
+            eps.rotate_left(i);
+            let name = format!("watcher {}", i + 1);
+            workers.push(tokio::spawn(watcher(rec.clone(), eps, until, name)));
+        }
+    }
     let sub =
         (cfg.workload == Workload::Events).then(|| tokio::spawn(subscriber(rec.clone(), endpoints.clone(), until)));
     let nemesis = (!cfg.nemeses.is_empty()).then(|| {
@@ -578,6 +981,9 @@ pub async fn run(cfg: &RunConfig) -> anyhow::Result<Report> {
         }
         for n in c.nodes.iter_mut() {
             n.pause(false);
+            if clock {
+                std::fs::write(clock_file(n), "+0")?;
+            }
             if n.child.is_none() {
                 n.start(&cfg.esf_bin);
             }
@@ -622,6 +1028,11 @@ pub async fn run(cfg: &RunConfig) -> anyhow::Result<Report> {
     } else {
         Vec::new()
     };
+    let reference = if cfg.workload == Workload::Watch {
+        reference_watch(&endpoints).await?
+    } else {
+        (Vec::new(), 1)
+    };
     let replicas = replica_views(&cluster).await;
     // The nodes' logs go with the history (the cluster's directory goes
     // when it stops).
@@ -649,10 +1060,11 @@ pub async fn run(cfg: &RunConfig) -> anyhow::Result<Report> {
             )?;
         }
     }
-    let report = if cfg.workload == Workload::Events {
-        judge_events(&records, &final_reads, &faults, cfg)?
-    } else {
-        judge(&records, &faults, cfg)?
+    let report = match cfg.workload {
+        Workload::Events => judge_events(&records, &final_reads, &faults, cfg)?,
+        Workload::Register => judge(&records, &faults, cfg)?,
+        Workload::Watch => judge_watch(&records, &reference.0, reference.1, &faults, cfg)?,
+        Workload::Registry => judge_registry(&records, &faults, cfg)?,
     };
     let mut report = report;
     let (anomalies, missing) = check_replicas(&replicas);
@@ -672,13 +1084,22 @@ pub async fn run(cfg: &RunConfig) -> anyhow::Result<Report> {
         Verdict::Valid
     };
     std::fs::write(cfg.out.join("summary.txt"), report.summary())?;
-    let plotted: Vec<Record> = records.iter().filter(|r| r.f != "deliver").cloned().collect();
+    let plotted: Vec<Record> = records
+        .iter()
+        .filter(|r| r.f != "deliver" && !r.f.starts_with("watch"))
+        .cloned()
+        .collect();
     std::fs::write(
         cfg.out.join("latency.svg"),
         crate::plot::latency_svg(&pair(&plotted)?, &faults),
     )?;
     drop(cluster);
     Ok(report)
+}
+
+/// The libfaketime offset file of node `n` (beside its data dir).
+fn clock_file(n: &esf_cluster_tests::Node) -> PathBuf {
+    n.dir.with_extension("faketime")
 }
 
 /// A leader other than `old` as the nodes other than `old` see it,
@@ -696,11 +1117,97 @@ async fn new_leader(cluster: &Cluster, old: u64) -> u64 {
     0
 }
 
+/// A node's status (its first answer).
+async fn node_status(cluster: &Cluster, node: u64) -> Option<pb::StatusResponse> {
+    let (_, s) = cluster.node(node).client().status_all().await.into_iter().next()?;
+    s.ok()
+}
+
 /// A node's view of the meta group: (leader, commit index, applied index).
 async fn meta_view(cluster: &Cluster, node: u64) -> Option<(u64, u64, u64)> {
-    let (_, s) = cluster.node(node).client().status_all().await.into_iter().next()?;
-    let g = s.ok()?.groups.into_iter().next()?;
+    let g = node_status(cluster, node).await?.groups.into_iter().next()?;
     Some((g.leader_id, g.commit_index, g.applied_index))
+}
+
+/// Waits (up to 5 s: the node reads its faketime file every second) until
+/// node `id` reports a wall clock `offset` seconds off the true time, to
+/// within 2 s; returns the offset it reported last (seconds).
+async fn skew_seen(c: &Cluster, id: u64, offset: i64) -> (bool, i64) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut seen = 0;
+    loop {
+        if let Some(s) = node_status(c, id).await {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64);
+            seen = (s.time_unix_ms as i64 - now) / 1000;
+            if (seen - offset).abs() <= 2 {
+                return (true, seen);
+            }
+        }
+        if Instant::now() >= deadline {
+            return (false, seen);
+        }
+        tokio::time::sleep(esf_cluster_tests::POLL_INTERVAL).await;
+    }
+}
+
+/// A membership change the member nemesis makes.
+#[derive(Debug, Clone)]
+enum MemberChange {
+    /// Remove the node.
+    Remove(u64),
+    /// Add the node at this address as a learner, then promote it.
+    Add(u64, String),
+}
+
+/// Drives `change` to its end through `admin`, one idempotent step at a
+/// time from the current membership (a step whose outcome is unknown, e.g.
+/// because the leader died, is simply looked at again), within
+/// [`MEMBERSHIP_DEADLINE`].
+async fn change_membership(admin: Client, change: MemberChange) -> Result<(), String> {
+    let deadline = Instant::now() + MEMBERSHIP_DEADLINE;
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        let step = match admin.members().await {
+            Err(e) => Err(e),
+            Ok(m) => {
+                let me = |id: u64| m.members.iter().find(|x| x.id == id).cloned();
+                match &change {
+                    MemberChange::Remove(id) => match me(*id) {
+                        None => return Ok(()),
+                        Some(_) => admin.remove(*id).await.map(drop),
+                    },
+                    MemberChange::Add(id, addr) => match me(*id) {
+                        Some(x) if x.voter => return Ok(()),
+                        Some(_) => admin.promote(*id).await.map(drop),
+                        None => admin.add_learner(*id, addr).await.map(drop),
+                    },
+                }
+            }
+        };
+        if let Err(e) = step {
+            last = e.to_string();
+            tokio::time::sleep(esf_cluster_tests::POLL_INTERVAL).await;
+        }
+    }
+    Err(format!("{change:?} not done within {MEMBERSHIP_DEADLINE:?}: {last}"))
+}
+
+/// Voters as the cluster reports them (sorted), through `admin`.
+async fn voters(admin: &Client) -> Vec<u64> {
+    let mut v: Vec<u64> = admin
+        .members()
+        .await
+        .map(|m| m.members.iter().filter(|x| x.voter).map(|x| x.id).collect())
+        .unwrap_or_default();
+    v.sort_unstable();
+    v
+}
+
+/// Meta snapshots node `n` installed from a leader so far (its log).
+fn snapshot_installs(n: &esf_cluster_tests::Node) -> usize {
+    n.log().matches("snapshot installed group=0").count()
 }
 
 /// Every [`KILL_INTERVAL`] until `until`, the next of `kinds` strikes and is
@@ -764,7 +1271,32 @@ async fn nemesis(
                     errors.extend(net.netem(n, NETEM_SPEC).err());
                 }
             }
+            Nemesis::Bridge => {
+                // A follower bridges two halves of the others that cannot
+                // reach each other.
+                target = others[rng.below(others.len() as u64) as usize];
+                let rest: Vec<u64> = c.nodes.iter().map(|n| n.id).filter(|n| *n != target).collect();
+                let (a, b) = rest.split_at(rest.len() / 2);
+                let net = c.net.as_ref().expect("network faults run on netns hosts");
+                for x in a {
+                    for y in b {
+                        errors.extend(net.cut_both(*x, *y).err());
+                    }
+                }
+            }
+            Nemesis::Clock => {
+                let offset = CLOCK_OFFSETS[(turn - 1) % CLOCK_OFFSETS.len()];
+                errors.extend(
+                    std::fs::write(clock_file(c.node(leader)), format!("{offset:+}"))
+                        .err()
+                        .map(|e| format!("faketime file: {e}")),
+                );
+            }
+            Nemesis::Member | Nemesis::Snapshot => {
+                target = others[rng.below(others.len() as u64) as usize];
+            }
         }
+        let mut crashed = false;
         // Evidence, and undo.
         let (evidence, detail) = match kind {
             Nemesis::Kill | Nemesis::Pause | Nemesis::Partition | Nemesis::OneWay => {
@@ -838,6 +1370,146 @@ async fn nemesis(
                     format!("{cycles} cut/heal cycles of {FLAP_PERIOD:?}"),
                 )
             }
+            Nemesis::Bridge => {
+                let before = meta_view(&c, leader).await.map_or(0, |v| v.1);
+                drop(c);
+                tokio::time::sleep(PARTITION_HOLD).await;
+                c = cluster.lock().await;
+                let now = meta_leader(&c).await;
+                let after = meta_view(&c, now).await.map_or(0, |v| v.1);
+                let ids: Vec<u64> = c.nodes.iter().map(|n| n.id).filter(|n| *n != target).collect();
+                let (a, b) = ids.split_at(ids.len() / 2);
+                (
+                    after > before,
+                    format!(
+                        "node {target} bridges {a:?} and {b:?}; meta commit index {before} -> {after} (node {now} leads)"
+                    ),
+                )
+            }
+            Nemesis::Clock => {
+                let offset = CLOCK_OFFSETS[(turn - 1) % CLOCK_OFFSETS.len()];
+                let (took, seen) = skew_seen(&c, leader, offset).await;
+                drop(c);
+                tokio::time::sleep(PARTITION_HOLD).await;
+                c = cluster.lock().await;
+                errors.extend(
+                    std::fs::write(clock_file(c.node(leader)), "+0")
+                        .err()
+                        .map(|e| format!("faketime file: {e}")),
+                );
+                let n = c.node_mut(leader);
+                if let Some(status) = n.child.as_mut().and_then(|ch| ch.try_wait().ok().flatten()) {
+                    crashed = true;
+                    n.child = None;
+                    errors.push(format!(
+                        "node {leader} exited ({status}) with its clock {offset:+} s off"
+                    ));
+                }
+                (took, format!("wall clock {offset:+} s; its status read {seen:+} s off"))
+            }
+            Nemesis::Member => {
+                let admin_eps: Vec<String> = c
+                    .nodes
+                    .iter()
+                    .filter(|n| n.id != target)
+                    .map(|n| n.grpc.clone())
+                    .collect();
+                let admin = match client(&admin_eps) {
+                    Ok(a) => a,
+                    Err(e) => {
+                        errors.push(e.to_string());
+                        continue;
+                    }
+                };
+                let all: Vec<u64> = c.nodes.iter().map(|n| n.id).collect();
+                // Remove the follower while the leader is killed.
+                let removing = tokio::spawn(change_membership(admin.clone(), MemberChange::Remove(target)));
+                tokio::time::sleep(Duration::from_millis(rng.below(500))).await;
+                c.node_mut(leader).kill();
+                let by1 = new_leader(&c, leader).await;
+                c.node_mut(leader).start(&bin);
+                let removed = removing.await.map_err(|e| e.to_string()).and_then(|r| r);
+                let without = voters(&admin).await;
+                errors.extend(removed.err());
+                // Wipe it and add it back while the leader is killed again.
+                let waiting = |c: &Cluster| c.node(target).log().matches("waiting to be added").count();
+                let waited = waiting(&c);
+                let n = c.node_mut(target);
+                n.kill();
+                errors.extend(std::fs::remove_dir_all(&n.dir).err().map(|e| format!("wipe: {e}")));
+                n.start(&bin);
+                let deadline = Instant::now() + NEW_LEADER_DEADLINE;
+                while waiting(&c) == waited {
+                    if Instant::now() >= deadline {
+                        errors.push(format!("node {target} never waited to be added"));
+                        break;
+                    }
+                    tokio::time::sleep(esf_cluster_tests::POLL_INTERVAL).await;
+                }
+                let addr = c.node(target).grpc.clone();
+                let adding = tokio::spawn(change_membership(admin.clone(), MemberChange::Add(target, addr)));
+                tokio::time::sleep(Duration::from_millis(rng.below(500))).await;
+                let leader2 = leader_other_than(&c, target).await;
+                let mut by2 = 0;
+                if leader2 != 0 {
+                    c.node_mut(leader2).kill();
+                    by2 = new_leader(&c, leader2).await;
+                    c.node_mut(leader2).start(&bin);
+                }
+                let added = adding.await.map_err(|e| e.to_string()).and_then(|r| r);
+                errors.extend(added.err());
+                let with = voters(&admin).await;
+                (
+                    !without.contains(&target) && with == all && by1 != 0 && by2 != 0,
+                    format!(
+                        "voters {without:?} after removing node {target} while node {leader} was killed (node {by1} led next); {with:?} after adding it back while node {leader2} was killed (node {by2} led next)"
+                    ),
+                )
+            }
+            Nemesis::Snapshot => {
+                let applied = meta_view(&c, target).await.map_or(0, |v| v.2);
+                c.node(target).pause(true);
+                // The leader snapshots and purges its log past what the
+                // paused follower has.
+                let deadline = Instant::now() + NEW_LEADER_DEADLINE;
+                let mut snap = 0;
+                while Instant::now() < deadline {
+                    let now = leader_other_than(&c, target).await;
+                    snap = node_status(&c, now)
+                        .await
+                        .and_then(|s| s.groups.first().map(|g| g.snapshot_index))
+                        .unwrap_or(0);
+                    if snap > applied + SNAPSHOT_KEEP_LOGS {
+                        break;
+                    }
+                    tokio::time::sleep(esf_cluster_tests::POLL_INTERVAL).await;
+                }
+                let purged = snap > applied + SNAPSHOT_KEEP_LOGS;
+                let before = snapshot_installs(c.node(target));
+                c.node(target).pause(false);
+                // Killed again while it receives or installs the snapshot.
+                tokio::time::sleep(Duration::from_millis(rng.below(300))).await;
+                let during = snapshot_installs(c.node(target)) > before;
+                c.node_mut(target).kill();
+                c.node_mut(target).start(&bin);
+                let deadline = Instant::now() + REPLICAS_SETTLE;
+                let mut caught = 0;
+                while Instant::now() < deadline {
+                    caught = meta_view(&c, target).await.map_or(0, |v| v.2);
+                    if caught >= snap && snapshot_installs(c.node(target)) > before {
+                        break;
+                    }
+                    tokio::time::sleep(esf_cluster_tests::POLL_INTERVAL).await;
+                }
+                let installs = snapshot_installs(c.node(target)) - before;
+                (
+                    purged && installs > 0 && caught >= snap,
+                    format!(
+                        "node {target} paused at applied {applied}, leader snapshot at {snap}; killed {} its install; {installs} snapshot(s) installed; applied {caught} after restart",
+                        if during { "after" } else { "before the end of" }
+                    ),
+                )
+            }
             Nemesis::Netem => {
                 // A status call crosses two degraded links.
                 let t = Instant::now();
@@ -858,6 +1530,7 @@ async fn nemesis(
         push(json!({
             "fault": name, "node": target, "time_ns": at, "end_time_ns": rec.now(),
             "evidence": evidence && errors.is_empty(), "detail": detail, "errors": errors,
+            "crashed": crashed,
         }));
     }
 }
@@ -1080,6 +1753,171 @@ pub fn judge_events(
     Ok(weigh(ok, fail, info, anomalies, missing, faults, cfg))
 }
 
+/// Tallies the outcomes of `ops`: (ok, fail, info).
+fn tally(ops: &[crate::history::Completed]) -> (usize, usize, usize) {
+    ops.iter().fold((0, 0, 0), |(ok, fail, info), o| match o.kind() {
+        Kind::Ok => (ok + 1, fail, info),
+        Kind::Fail => (ok, fail + 1, info),
+        _ => (ok, fail, info + 1),
+    })
+}
+
+/// Checks a watch history (puts, deliveries) against the reference watch,
+/// and weighs the evidence.
+pub fn judge_watch(
+    records: &[Record],
+    reference: &[crate::watch::Change],
+    reference_from: u64,
+    faults: &[serde_json::Value],
+    cfg: &RunConfig,
+) -> anyhow::Result<Report> {
+    use crate::watch::{Change, Put, PutOutcome, Watcher};
+    let puts_only: Vec<Record> = records.iter().filter(|r| r.f == "put").cloned().collect();
+    let ops = pair(&puts_only)?;
+    let (ok, fail, info) = tally(&ops);
+    let mut ok_per_key: BTreeMap<String, usize> = BTreeMap::new();
+    let puts: Vec<Put> = ops
+        .iter()
+        .map(|o| {
+            let outcome = match (o.kind(), &o.complete) {
+                (Kind::Ok, Some(c)) => {
+                    *ok_per_key.entry(o.invoke.key.clone()).or_default() += 1;
+                    PutOutcome::Ok(c.value["revision"].as_u64().unwrap_or(0))
+                }
+                (Kind::Fail, _) => PutOutcome::Fail,
+                _ => PutOutcome::Info,
+            };
+            Put {
+                key: o.invoke.key.clone(),
+                value: o.invoke.value["value"].to_string(),
+                outcome,
+            }
+        })
+        .collect();
+    let mut watchers: BTreeMap<String, Vec<Vec<Change>>> = BTreeMap::new();
+    for r in records.iter().filter(|r| r.f.starts_with("watch")) {
+        let runs = watchers
+            .entry(r.value["watcher"].as_str().unwrap_or_default().to_string())
+            .or_insert_with(|| vec![Vec::new()]);
+        if r.f == "watch-snapshot" {
+            runs.push(Vec::new());
+            continue;
+        }
+        runs.last_mut().expect("one run at least").push(Change {
+            revision: r.value["revision"].as_u64().unwrap_or(0),
+            key: r.key.clone(),
+            value: r.value["value"].as_str().map(String::from),
+        });
+    }
+    let watchers: Vec<Watcher> = watchers
+        .into_iter()
+        .map(|(name, runs)| Watcher { name, runs })
+        .collect();
+    let anomalies = crate::watch::check(&puts, reference, reference_from, &watchers)
+        .into_iter()
+        .map(|a| format!("{}: {}", a.kind, a.detail))
+        .collect();
+    let mut missing = Vec::new();
+    for k in 0..cfg.keys {
+        let key = format!("{WATCH_PREFIX}{k}");
+        let n = ok_per_key.get(&key).copied().unwrap_or(0);
+        if n < MIN_OK_PER_KEY {
+            missing.push(format!("{key}: {n} acknowledged puts, fewer than {MIN_OK_PER_KEY}"));
+        }
+    }
+    let expected = cfg.nodes as usize;
+    if watchers.len() < expected {
+        missing.push(format!("{} of {expected} watchers delivered anything", watchers.len()));
+    }
+    for w in &watchers {
+        let n: usize = w.runs.iter().map(Vec::len).sum();
+        if n < MIN_OK_PER_KEY {
+            missing.push(format!(
+                "{}: {n} changes delivered, fewer than {MIN_OK_PER_KEY}",
+                w.name
+            ));
+        }
+    }
+    let mut report = weigh(ok, fail, info, anomalies, missing, faults, cfg);
+    report.checked.push(format!(
+        "{} watchers against a reference watch of {} changes from revision {reference_from}",
+        watchers.len(),
+        reference.len()
+    ));
+    Ok(report)
+}
+
+/// Checks a registry history (grants, registrations, keep-alives, lookups,
+/// deregistrations) and weighs the evidence.
+pub fn judge_registry(records: &[Record], faults: &[serde_json::Value], cfg: &RunConfig) -> anyhow::Result<Report> {
+    use crate::registry::{Instance, Lookup};
+    let ops = pair(records)?;
+    let (ok, fail, info) = tally(&ops);
+    let mut instances: BTreeMap<String, Instance> = BTreeMap::new();
+    let mut lookups = Vec::new();
+    let mut registered = 0;
+    for o in &ops {
+        let (start, kind) = (o.start(), o.kind());
+        let end = o.complete.as_ref().map_or(u64::MAX, |c| c.time_ns);
+        if o.invoke.f == "lookup" {
+            if let (Kind::Ok, Some(c)) = (kind, &o.complete) {
+                let seen = c.value.as_array().into_iter().flatten();
+                lookups.push(Lookup {
+                    called: start,
+                    answered: end,
+                    seen: seen.filter_map(|v| v.as_str().map(String::from)).collect(),
+                });
+            }
+            continue;
+        }
+        let i = instances.entry(o.invoke.key.clone()).or_default();
+        match (o.invoke.f.as_str(), kind) {
+            ("grant", k) => {
+                i.ttl_ns = o.invoke.value["ttl_ms"].as_u64().unwrap_or(0) * 1_000_000;
+                if k == Kind::Ok {
+                    i.refreshed.push((start, end));
+                }
+            }
+            ("keepalive", Kind::Ok) => i.refreshed.push((start, end)),
+            ("register", Kind::Ok) => {
+                registered += 1;
+                i.registered = Some((start, end));
+            }
+            ("register", Kind::Fail) => i.register_failed = true,
+            ("deregister", k) => {
+                i.deregister_called = Some(i.deregister_called.map_or(start, |d| d.min(start)));
+                if k == Kind::Ok {
+                    i.deregistered = Some(i.deregistered.map_or(end, |d| d.min(end)));
+                }
+            }
+            _ => {}
+        }
+    }
+    let anomalies = crate::registry::check(&instances, &lookups)
+        .into_iter()
+        .map(|a| format!("{}: {}", a.kind, a.detail))
+        .collect();
+    let mut missing = Vec::new();
+    if lookups.len() < MIN_OK_PER_KEY {
+        missing.push(format!(
+            "{} acknowledged lookups, fewer than {MIN_OK_PER_KEY}",
+            lookups.len()
+        ));
+    }
+    if registered < MIN_OK_PER_KEY {
+        missing.push(format!(
+            "{registered} acknowledged registrations, fewer than {MIN_OK_PER_KEY}"
+        ));
+    }
+    let mut report = weigh(ok, fail, info, anomalies, missing, faults, cfg);
+    report.checked.push(format!(
+        "{} lookups against {} instances ({registered} registered)",
+        lookups.len(),
+        instances.len()
+    ));
+    Ok(report)
+}
+
 /// Checks the history and weighs the evidence.
 pub fn judge(records: &[Record], faults: &[serde_json::Value], cfg: &RunConfig) -> anyhow::Result<Report> {
     let ops = pair(records)?;
@@ -1124,11 +1962,14 @@ fn weigh(
     ok: usize,
     fail: usize,
     info: usize,
-    anomalies: Vec<String>,
+    mut anomalies: Vec<String>,
     mut missing: Vec<String>,
     faults: &[serde_json::Value],
     cfg: &RunConfig,
 ) -> Report {
+    for f in faults.iter().filter(|f| f["crashed"] == true) {
+        anomalies.push(format!("{} made node {} exit: {}", f["fault"], f["node"], f["errors"]));
+    }
     let total = ok + fail + info;
     if total > 0 && info as f64 / total as f64 > MAX_INFO_SHARE {
         missing.push(format!(

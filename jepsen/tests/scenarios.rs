@@ -12,6 +12,7 @@ fn config(nemeses: Vec<Nemesis>, secs: u64, out: &std::path::Path) -> RunConfig 
         workload: Workload::Register,
         nemeses,
         hosts: Hosts::Loopback,
+        nodes: 3,
         time: Duration::from_secs(secs),
         keys: 3,
         concurrency: 6,

@@ -879,6 +879,9 @@ impl pb::cluster_server::Cluster for ClusterService {
             quota_used_bytes: self.0.meta.quota_used(),
             quota_bytes: self.0.meta.quota_bytes(),
             advertise: self.0.advertise.clone(),
+            time_unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
         }))
     }
 
