@@ -5,9 +5,10 @@ set -euo pipefail
 
 # Debian packages: libclang-dev and clang for librocksdb-sys's bindgen and C++
 # build; pkg-config for -sys crates.
-# iproute2 (`ip`) for the network-namespace test hosts; faketime (libfaketime)
-# for the clock nemesis.
-PACKAGES=(libclang-dev clang pkg-config iproute2 faketime)
+# iproute2 (`ip`) for the network-namespace test hosts, nftables for packet
+# loss on kernels without sch_netem; faketime (libfaketime) for the clock
+# nemesis.
+PACKAGES=(libclang-dev clang pkg-config iproute2 nftables faketime)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -48,6 +48,48 @@ fn ip(args: &[&str]) -> Result<(), String> {
     }
 }
 
+/// Runs `cmd args` inside namespace `ns`.
+fn run_in(ns: &str, cmd: &str, args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, cmd])
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("{cmd}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{cmd} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Feeds an nftables script to `nft -f -` inside namespace `ns`.
+fn nft_script(ns: &str, script: &str) -> Result<(), String> {
+    use std::io::Write;
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns, "nft", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("nft: {e}"))?;
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(script.as_bytes())
+        .map_err(|e| format!("nft: {e}"))?;
+    let out = child.wait_with_output().map_err(|e| format!("nft: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("nft: {}", String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
 impl Net {
     /// Creates the bridge and `nodes` namespaces (node ids 1..=nodes).
     pub fn create(nodes: u64) -> Result<Net, String> {
@@ -127,9 +169,56 @@ impl Net {
         }
     }
 
+    /// Degrades node `i`'s link without `sch_netem` (kernels that lack it):
+    /// a token bucket of `rate_kbit` that queues up to `latency_ms` (delay
+    /// under load, drops past it) and nftables dropping `loss_percent` of
+    /// the packets it sends, at random. No reordering.
+    pub fn degrade(&self, i: u64, rate_kbit: u64, latency_ms: u64, loss_percent: u64) -> Result<(), String> {
+        let (ns, dev) = (self.ns(i), format!("esp-{}-{i}", self.id));
+        let rate = format!("{rate_kbit}kbit");
+        let latency = format!("{latency_ms}ms");
+        run_in(
+            &ns,
+            "tc",
+            &[
+                "qdisc", "replace", "dev", &dev, "root", "tbf", "rate", &rate, "burst", "4kb", "latency", &latency,
+            ],
+        )?;
+        let rule = format!(
+            "add table inet esf\nadd chain inet esf out {{ type filter hook output priority 0; }}\nadd rule inet esf out numgen random mod 100 < {loss_percent} counter drop\n"
+        );
+        nft_script(&ns, &rule)
+    }
+
+    /// What [`Net::degrade`] did to node `i` so far: (packets nftables
+    /// dropped, times the token bucket held packets back).
+    pub fn degraded(&self, i: u64) -> (u64, u64) {
+        let (ns, dev) = (self.ns(i), format!("esp-{}-{i}", self.id));
+        let out = |args: &[&str]| {
+            Command::new("ip")
+                .args(["netns", "exec", &ns])
+                .args(args)
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default()
+        };
+        let after = |text: &str, word: &str| -> u64 {
+            text.split_whitespace()
+                .skip_while(|w| *w != word)
+                .nth(1)
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0)
+        };
+        let dropped = after(&out(&["nft", "list", "table", "inet", "esf"]), "packets");
+        let held = after(&out(&["tc", "-s", "qdisc", "show", "dev", &dev]), "overlimits");
+        (dropped, held)
+    }
+
     /// Every cut and every netem removed.
     pub fn heal(&self) -> Result<(), String> {
         for i in 1..=self.nodes {
+            // No degradation table to delete is fine.
+            let _ = run_in(&self.ns(i), "nft", &["delete", "table", "inet", "esf"]);
             ip(&["-n", &self.ns(i), "route", "flush", "type", "blackhole"])?;
             let dev = format!("esp-{}-{i}", self.id);
             // No qdisc to delete is fine.

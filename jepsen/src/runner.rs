@@ -53,6 +53,13 @@ pub const FLAP_CYCLES: usize = 5;
 pub const FLAP_PERIOD: Duration = Duration::from_millis(300);
 /// The degraded network of the netem nemesis (every node's link).
 pub const NETEM_SPEC: &str = "delay 100ms 50ms loss 10% reorder 25% 50%";
+/// Without `sch_netem`: each node's link is a token bucket of this rate
+/// ...
+pub const DEGRADE_RATE_KBIT: u64 = 512;
+/// ... that queues packets up to this long (then drops them) ...
+pub const DEGRADE_LATENCY_MS: u64 = 400;
+/// ... and nftables drops this share of what each node sends.
+pub const DEGRADE_LOSS_PERCENT: u64 = 10;
 /// Least round trip of a status call that shows netem took effect.
 pub const NETEM_MIN_RTT: Duration = Duration::from_millis(100);
 /// How long a killed node may take to be replaced as leader.
@@ -1238,6 +1245,7 @@ async fn nemesis(
         let name = kind.name();
         let mut errors = Vec::new();
         let mut target = leader;
+        let mut degraded = false;
         // Strike.
         match kind {
             Nemesis::Kill => c.node_mut(leader).kill(),
@@ -1268,7 +1276,19 @@ async fn nemesis(
             Nemesis::Netem => {
                 let net = c.net.as_ref().expect("network faults run on netns hosts");
                 for n in c.nodes.iter().map(|n| n.id) {
-                    errors.extend(net.netem(n, NETEM_SPEC).err());
+                    match net.netem(n, NETEM_SPEC) {
+                        Ok(()) => {}
+                        // A kernel without sch_netem: a token bucket and
+                        // nftables instead.
+                        Err(e) if e.contains("qdisc kind is unknown") => {
+                            degraded = true;
+                            errors.extend(
+                                net.degrade(n, DEGRADE_RATE_KBIT, DEGRADE_LATENCY_MS, DEGRADE_LOSS_PERCENT)
+                                    .err(),
+                            );
+                        }
+                        Err(e) => errors.push(e),
+                    }
                 }
             }
             Nemesis::Bridge => {
@@ -1507,6 +1527,26 @@ async fn nemesis(
                     format!(
                         "node {target} paused at applied {applied}, leader snapshot at {snap}; killed {} its install; {installs} snapshot(s) installed; applied {caught} after restart",
                         if during { "after" } else { "before the end of" }
+                    ),
+                )
+            }
+            Nemesis::Netem if degraded => {
+                drop(c);
+                tokio::time::sleep(PARTITION_HOLD).await;
+                c = cluster.lock().await;
+                let net = c.net.as_ref().expect("netns");
+                let seen: Vec<(u64, u64, u64)> = c
+                    .nodes
+                    .iter()
+                    .map(|n| {
+                        let (dropped, held) = net.degraded(n.id);
+                        (n.id, dropped, held)
+                    })
+                    .collect();
+                (
+                    seen.iter().all(|(_, dropped, _)| *dropped > 0) && seen.iter().any(|(_, _, held)| *held > 0),
+                    format!(
+                        "no sch_netem: tbf {DEGRADE_RATE_KBIT} kbit queueing up to {DEGRADE_LATENCY_MS} ms and {DEGRADE_LOSS_PERCENT}% random loss (no reordering); (node, packets dropped, packets held back): {seen:?}"
                     ),
                 )
             }

@@ -1132,7 +1132,15 @@ impl pb::cluster_server::Cluster for ClusterService {
             applied_index: meta.0.last_applied.as_ref().map_or(0, |l| l.index),
             hash: crate::observer::fingerprint(&meta.1),
         });
-        for p in self.0.partitions.iter() {
+        let me = self.0.meta.node_id();
+        // Only the replicas this node holds: a replica moved away keeps its
+        // old rows and applied index, and is no longer a replica to compare.
+        for p in self
+            .0
+            .partitions
+            .iter()
+            .filter(|p| crate::partitions::holds(me, p, &self.0.routes))
+        {
             let store = p.store().clone();
             let (st, rows) = tokio::task::spawn_blocking(move || store.snapshot_rows())
                 .await
