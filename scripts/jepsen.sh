@@ -4,9 +4,10 @@
 # and prints its summary; the last line is
 # `verdict: VALID|INVALID|INCONCLUSIVE` (exit status 0 only for VALID).
 #
-# Usage: scripts/jepsen.sh [--workload register|events]
-#                          [--nemesis kill,pause,partition,partition-follower,one-way,flap,netem|none]
-#                          [--time SECS]
+# Usage: scripts/jepsen.sh [--workload register|events|watch|registry]
+#                          [--nemesis kill,kill-all,pause,partition,partition-follower,one-way,flap,
+#                                     bridge,netem,clock,member,snapshot|none]
+#                          [--time SECS] [--nodes N]
 #                          [--hosts netns|loopback] [--keys N] [--concurrency N]
 #                          [--out DIR] [--failpoints local-reads,no-dedup]
 # Example: scripts/jepsen.sh --workload register --nemesis partition,kill --time 60

@@ -9,14 +9,18 @@
 //!   operations with an unknown outcome);
 //! - `VALID`: no anomaly, with that evidence.
 //!
-//! Nodes run as real `esf` processes on loopback (the cluster-tests
-//! harness). Workloads: `register` (per-key read, write of unique values,
-//! compare-and-set, checked for linearizability) and `events` (appends of
-//! unique events to streams over every partition, re-appended once by the
-//! next process after an unknown outcome; a subscription resumed across
-//! node loss; a final read of every partition on every node; checked by
-//! the queue checker). Nemesis: `kill` (SIGKILL the meta leader, restart it
-//! after 0-3 s, in a loop) or `none`.
+//! Nodes run as real `esf` processes (the cluster-tests harness), on
+//! loopback or each in its own network namespace. Workloads: `register`
+//! (per-key read, write of unique values, compare-and-set, checked for
+//! linearizability), `events` (unique appends re-sent after unknown
+//! outcomes, a resumed subscription, a final read of every partition on
+//! every node; the queue checker), `watch` (puts watched from the first
+//! revision by a watcher per node; the watch checker) and `registry`
+//! (instances under leases kept alive, lookups, deregistrations; the
+//! registry checker). Nemeses ([`Nemesis`]) take turns every
+//! [`KILL_INTERVAL`]; after the run everything is healed, every group must
+//! converge, and every node's state fingerprints and leader log are
+//! compared.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
