@@ -154,8 +154,9 @@ pub enum Nemesis {
     Clock,
     /// Remove a follower from the cluster while the leader is killed, then
     /// wipe it and add it back (learner, then voter) while the leader is
-    /// killed again. Evidence: the follower left and came back, and each
-    /// kill was followed by a new leader.
+    /// killed again (each restarted after 0-1 s: with two voters left
+    /// nobody can lead while it is down). Evidence: the follower left and
+    /// came back, and each kill was followed by a leader in a later term.
     Member,
     /// SIGSTOP a follower until the leader's log is purged past it, SIGCONT
     /// it, SIGKILL it again during the snapshot it then receives, restart
@@ -1134,6 +1135,31 @@ async fn node_status(cluster: &Cluster, node: u64) -> Option<pb::StatusResponse>
     s.ok()
 }
 
+/// Node `id`'s current meta term (0 if it does not answer).
+async fn meta_term(c: &Cluster, id: u64) -> u64 {
+    node_status(c, id)
+        .await
+        .and_then(|s| s.groups.first().map(|g| g.term))
+        .unwrap_or(0)
+}
+
+/// A meta leader in a term after `term` as some running node sees it,
+/// within [`NEW_LEADER_DEADLINE`] (0: none).
+async fn leader_after(c: &Cluster, term: u64) -> u64 {
+    let deadline = Instant::now() + NEW_LEADER_DEADLINE;
+    while Instant::now() < deadline {
+        for n in c.nodes.iter().filter(|n| n.child.is_some()) {
+            if let Some(g) = node_status(c, n.id).await.and_then(|s| s.groups.into_iter().next()) {
+                if g.leader_id != 0 && g.term > term {
+                    return g.leader_id;
+                }
+            }
+        }
+        tokio::time::sleep(esf_cluster_tests::POLL_INTERVAL).await;
+    }
+    0
+}
+
 /// A node's view of the meta group: (leader, commit index, applied index).
 async fn meta_view(cluster: &Cluster, node: u64) -> Option<(u64, u64, u64)> {
     let g = node_status(cluster, node).await?.groups.into_iter().next()?;
@@ -1449,9 +1475,14 @@ async fn nemesis(
                 // Remove the follower while the leader is killed.
                 let removing = tokio::spawn(change_membership(admin.clone(), MemberChange::Remove(target)));
                 tokio::time::sleep(Duration::from_millis(rng.below(500))).await;
+                let term1 = meta_term(&c, leader).await;
                 c.node_mut(leader).kill();
-                let by1 = new_leader(&c, leader).await;
+                // With two voters left (the removal done first) nobody can
+                // lead while it is down: restart it after 0-1 s, then some
+                // node must lead.
+                tokio::time::sleep(Duration::from_millis(rng.below(1000))).await;
                 c.node_mut(leader).start(&bin);
+                let by1 = leader_after(&c, term1).await;
                 let removed = removing.await.map_err(|e| e.to_string()).and_then(|r| r);
                 let without = voters(&admin).await;
                 errors.extend(removed.err());
@@ -1476,9 +1507,11 @@ async fn nemesis(
                 let leader2 = leader_other_than(&c, target).await;
                 let mut by2 = 0;
                 if leader2 != 0 {
+                    let term2 = meta_term(&c, leader2).await;
                     c.node_mut(leader2).kill();
-                    by2 = new_leader(&c, leader2).await;
+                    tokio::time::sleep(Duration::from_millis(rng.below(1000))).await;
                     c.node_mut(leader2).start(&bin);
+                    by2 = leader_after(&c, term2).await;
                 }
                 let added = adding.await.map_err(|e| e.to_string()).and_then(|r| r);
                 errors.extend(added.err());
@@ -1486,7 +1519,7 @@ async fn nemesis(
                 (
                     !without.contains(&target) && with == all && by1 != 0 && by2 != 0,
                     format!(
-                        "voters {without:?} after removing node {target} while node {leader} was killed (node {by1} led next); {with:?} after adding it back while node {leader2} was killed (node {by2} led next)"
+                        "voters {without:?} after removing node {target} while node {leader} was killed (and restarted; node {by1} led after); {with:?} after adding it back while node {leader2} was killed (and restarted; node {by2} led after)"
                     ),
                 )
             }
