@@ -10,9 +10,11 @@
 //! iproute2; [`Net::unavailable`] says why not, so a test can report
 //! SKIPPED (which CI counts as a failure).
 //!
-//! Faults use blackhole routes inside the namespaces (iproute2 only): a
-//! route to a peer's address drops what this node sends it. Cutting both
-//! directions isolates two nodes; one direction makes a one-way partition.
+//! Faults are nftables rules inside the namespaces: a rule drops, silently,
+//! what this node sends to a peer's address (the sender times out, as
+//! across a real partition). Cutting both directions isolates two nodes;
+//! one direction makes a one-way partition. Needs nftables (and iproute2's
+//! `tc` for netem or, without `sch_netem`, a token bucket).
 
 use std::process::Command;
 
@@ -22,10 +24,17 @@ pub fn unavailable() -> Option<String> {
     if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
         return Some("not root: network namespaces need root".into());
     }
-    match Command::new("ip").arg("-V").output() {
-        Ok(o) if o.status.success() => None,
-        _ => Some("iproute2 (`ip`) is not installed".into()),
+    for (tool, arg, package) in [("ip", "-V", "iproute2"), ("nft", "--version", "nftables")] {
+        match Command::new(tool).arg(arg).output() {
+            Ok(o) if o.status.success() => {}
+            _ => {
+                return Some(format!(
+                    "{package} (`{tool}`) is not installed (scripts/setup.sh installs it)"
+                ));
+            }
+        }
     }
+    None
 }
 
 /// A bridge and one namespace per node.
@@ -140,9 +149,15 @@ impl Net {
         Ok(())
     }
 
-    /// Node `from` can no longer send to node `to` (one direction).
+    /// Node `from` can no longer send to node `to` (one direction): an
+    /// nftables rule in `from`'s namespace silently drops those packets, so
+    /// the sender sees timeouts, as across a real partition.
     pub fn cut(&self, from: u64, to: u64) -> Result<(), String> {
-        ip(&["-n", &self.ns(from), "route", "add", "blackhole", &self.ip(to)])
+        let script = format!(
+            "add table inet esf-cut\nadd chain inet esf-cut out {{ type filter hook output priority 0; }}\nadd rule inet esf-cut out ip daddr {} drop\n",
+            self.ip(to)
+        );
+        nft_script(&self.ns(from), &script)
     }
 
     /// Nodes `a` and `b` can no longer reach each other.
@@ -217,9 +232,10 @@ impl Net {
     /// Every cut and every netem removed.
     pub fn heal(&self) -> Result<(), String> {
         for i in 1..=self.nodes {
-            // No degradation table to delete is fine.
-            let _ = run_in(&self.ns(i), "nft", &["delete", "table", "inet", "esf"]);
-            ip(&["-n", &self.ns(i), "route", "flush", "type", "blackhole"])?;
+            // No cut or degradation table to delete is fine.
+            for table in ["esf-cut", "esf"] {
+                let _ = run_in(&self.ns(i), "nft", &["delete", "table", "inet", table]);
+            }
             let dev = format!("esp-{}-{i}", self.id);
             // No qdisc to delete is fine.
             let _ = Command::new("ip")
