@@ -377,6 +377,13 @@ fn client(endpoints: &[String]) -> anyhow::Result<Client> {
     )?)
 }
 
+/// A new logical process: its id and its own client (and so its own
+/// session). A process whose operation ended `info` is retired for one.
+fn session(rec: &Recorder, endpoints: &[String]) -> Option<(u64, Client)> {
+    let c = client(endpoints).ok()?;
+    Some((rec.next_process.fetch_add(1, Ordering::SeqCst), c))
+}
+
 /// How a client error ends an operation: `Fail` when the cluster certainly
 /// did not apply it, else `Info`.
 fn classify(e: &esf_client::Error) -> Kind {
@@ -409,8 +416,9 @@ async fn register_worker(
     values: Arc<AtomicU64>,
 ) {
     let mut rng = Rng(seed | 1);
-    let mut process = rec.next_process.fetch_add(1, Ordering::SeqCst);
-    let Ok(mut c) = client(&endpoints) else { return };
+    let Some((mut process, mut c)) = session(&rec, &endpoints) else {
+        return;
+    };
     while Instant::now() < until {
         let key = format!("jepsen/r{}", rng.below(keys as u64));
         let pick = rng.below(10);
@@ -467,11 +475,10 @@ async fn register_worker(
         if kind == Kind::Info {
             // The process may still have that op in flight: retire it, and
             // its session.
-            process = rec.next_process.fetch_add(1, Ordering::SeqCst);
-            match client(&endpoints) {
-                Ok(n) => c = n,
-                Err(_) => return,
-            }
+            let Some(next) = session(&rec, &endpoints) else {
+                return;
+            };
+            (process, c) = next;
         }
     }
 }
@@ -483,8 +490,9 @@ async fn register_worker(
 /// would): neither may be stored twice.
 async fn events_worker(rec: Arc<Recorder>, endpoints: Vec<String>, until: Instant, seed: u64) {
     let mut rng = Rng(seed | 1);
-    let mut process = rec.next_process.fetch_add(1, Ordering::SeqCst);
-    let Ok(mut c) = client(&endpoints) else { return };
+    let Some((mut process, mut c)) = session(&rec, &endpoints) else {
+        return;
+    };
     let mut retry: Option<(String, String)> = None;
     let mut last_acked: Option<(String, String)> = None;
     while Instant::now() < until {
@@ -522,11 +530,10 @@ async fn events_worker(rec: Arc<Recorder>, endpoints: Vec<String>, until: Instan
         }
         if kind == Kind::Info {
             retry = Some((stream, id));
-            process = rec.next_process.fetch_add(1, Ordering::SeqCst);
-            match client(&endpoints) {
-                Ok(n) => c = n,
-                Err(_) => return,
-            }
+            let Some(next) = session(&rec, &endpoints) else {
+                return;
+            };
+            (process, c) = next;
         }
     }
 }
@@ -578,8 +585,9 @@ async fn watch_writer(
     values: Arc<AtomicU64>,
 ) {
     let mut rng = Rng(seed | 1);
-    let mut process = rec.next_process.fetch_add(1, Ordering::SeqCst);
-    let Ok(mut c) = client(&endpoints) else { return };
+    let Some((mut process, mut c)) = session(&rec, &endpoints) else {
+        return;
+    };
     while Instant::now() < until {
         let key = format!("{WATCH_PREFIX}{}", rng.below(keys as u64));
         let v = values.fetch_add(1, Ordering::SeqCst);
@@ -594,11 +602,10 @@ async fn watch_writer(
         };
         rec.push(process, kind, "put", &key, value, error);
         if kind == Kind::Info {
-            process = rec.next_process.fetch_add(1, Ordering::SeqCst);
-            match client(&endpoints) {
-                Ok(n) => c = n,
-                Err(_) => return,
-            }
+            let Some(next) = session(&rec, &endpoints) else {
+                return;
+            };
+            (process, c) = next;
         }
     }
 }
@@ -724,8 +731,9 @@ async fn reference_watch(endpoints: &[String]) -> anyhow::Result<(Vec<crate::wat
 /// ids seen) and `deregister`, each keyed by instance id.
 async fn registry_worker(rec: Arc<Recorder>, endpoints: Vec<String>, until: Instant, seed: u64, ids: Arc<AtomicU64>) {
     let mut rng = Rng(seed | 1);
-    let mut process = rec.next_process.fetch_add(1, Ordering::SeqCst);
-    let Ok(mut c) = client(&endpoints) else { return };
+    let Some((mut process, mut c)) = session(&rec, &endpoints) else {
+        return;
+    };
     // (instance id, lease, last acknowledged refresh).
     let mut live: Vec<(String, u64, Instant)> = Vec::new();
     let ttl = Duration::from_secs(REGISTRY_TTL_SECS);
@@ -846,11 +854,10 @@ async fn registry_worker(rec: Arc<Recorder>, endpoints: Vec<String>, until: Inst
             }
         }
         if ended.contains(&Kind::Info) {
-            process = rec.next_process.fetch_add(1, Ordering::SeqCst);
-            match client(&endpoints) {
-                Ok(n) => c = n,
-                Err(_) => return,
-            }
+            let Some(next) = session(&rec, &endpoints) else {
+                return;
+            };
+            (process, c) = next;
         }
     }
 }
