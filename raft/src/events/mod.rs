@@ -5,11 +5,13 @@
 //!   by stream and version; stream records) and its reads.
 //! - [`state_machine`]: openraft's `RaftStateMachine` over it.
 //! - [`group`]: a running partition: proposals and reads with deadlines.
+//! - [`query`]: filters, the secondary index each uses, JSON predicates.
 //!
 //! Bounds on what one append may carry are the constants below; bad input
 //! is a [`Rejection::InvalidArgument`] naming the field.
 
 pub mod group;
+pub mod query;
 pub mod state_machine;
 pub mod store;
 

@@ -8,6 +8,15 @@
 //! | `BY_ID` | `id:16 bytes` | `offset:u64 BE` |
 //! | `STREAM` | `enc(stream)` | [`StreamRecord`] |
 //! | `STREAM_EVENT` | `enc(stream) ++ version:u64 BE` | `offset:u64 BE` |
+//! | `BY_TYPE` | `enc(type) ++ ts:u64 BE ++ offset:u64 BE` | empty |
+//! | `BY_CORRELATION` | `enc(correlation_id) ++ ts ++ offset` (non-empty ids) | empty |
+//! | `BY_TIME` | `ts ++ offset` | empty |
+//! | `INDEXED` | — | the index layout version the rows above follow |
+//!
+//! The secondary indexes (see [`query`](super::query)) are written in the
+//! same batch as their event. A partition without the current `INDEXED`
+//! version (written before the indexes existed, or installed from such a
+//! snapshot) rebuilds them from its events when it opens or installs.
 //!
 //! Semantics:
 //! - Offsets count from 0 in append order; a stream's versions from 1.
@@ -40,6 +49,16 @@ const EVENT: u8 = 2;
 const BY_ID: u8 = 3;
 const STREAM: u8 = 4;
 const STREAM_EVENT: u8 = 5;
+const BY_TYPE: u8 = 6;
+const BY_CORRELATION: u8 = 7;
+const BY_TIME: u8 = 8;
+const INDEXED: u8 = 9;
+
+/// The layout of the secondary indexes; a partition that recorded another
+/// one rebuilds them.
+pub const INDEX_VERSION: u32 = 1;
+/// Events re-indexed per write batch while rebuilding.
+const REINDEX_BATCH: usize = 10_000;
 
 /// Replicated scalar state of a partition.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,6 +138,46 @@ fn stream_event_key(group: GroupId, stream: &str, version: u64) -> Vec<u8> {
     k
 }
 
+fn time_suffix(k: &mut Vec<u8>, ts: u64, offset: u64) {
+    k.extend_from_slice(&ts.to_be_bytes());
+    k.extend_from_slice(&offset.to_be_bytes());
+}
+
+/// The prefix of `index`'s rows for `value` (the type or correlation id;
+/// ignored for the time index).
+fn index_prefix(group: GroupId, index: super::query::Index, value: &str) -> Vec<u8> {
+    use super::query::Index;
+    match index {
+        Index::Type => {
+            let mut k = table_prefix(group, BY_TYPE);
+            encode_bytes(&mut k, value.as_bytes());
+            k
+        }
+        Index::Correlation => {
+            let mut k = table_prefix(group, BY_CORRELATION);
+            encode_bytes(&mut k, value.as_bytes());
+            k
+        }
+        Index::Time => table_prefix(group, BY_TIME),
+    }
+}
+
+/// Puts the index rows of `e` into `batch`.
+fn put_index_rows(batch: &mut WriteBatch, cf: &rocksdb::ColumnFamily, group: GroupId, e: &EventRecord) {
+    use super::query::Index;
+    let mut rows = vec![
+        index_prefix(group, Index::Type, &e.event_type),
+        index_prefix(group, Index::Time, ""),
+    ];
+    if !e.correlation_id.is_empty() {
+        rows.push(index_prefix(group, Index::Correlation, &e.correlation_id));
+    }
+    for mut k in rows {
+        time_suffix(&mut k, e.timestamp_ms, e.offset);
+        batch.put_cf(cf, k, []);
+    }
+}
+
 fn rocks_err(context: &'static str) -> impl Fn(rocksdb::Error) -> StorageError {
     move |e| StorageError::Rocks {
         context: context.to_string(),
@@ -183,12 +242,128 @@ impl PartitionStore {
             )?,
         };
         let (offset_tx, _) = watch::channel(state.next_offset);
-        Ok(Arc::new(PartitionStore {
+        let store = Arc::new(PartitionStore {
             db,
             group,
             state: RwLock::new(state),
             offset_tx,
-        }))
+        });
+        store.ensure_indexes()?;
+        Ok(store)
+    }
+
+    /// Rebuilds the secondary indexes from the events unless the partition
+    /// records [`INDEX_VERSION`] (idempotent: a crash midway redoes it).
+    fn ensure_indexes(&self) -> Result<(), StorageError> {
+        let cf = self.db.cf(CF_SM);
+        let marker = table_prefix(self.group, INDEXED);
+        let found = self.db.rocks().get_cf(cf, &marker).map_err(rocks_err("read index version"))?;
+        if found.as_deref() == Some(&INDEX_VERSION.to_be_bytes()[..]) {
+            return Ok(());
+        }
+        let started = std::time::Instant::now();
+        let mut batch = WriteBatch::default();
+        let mut n = 0usize;
+        let lo = table_prefix(self.group, EVENT);
+        let hi = prefix_end(&lo).expect("table prefix is never all 0xff");
+        let mut it = self.db.rocks().raw_iterator_cf(cf);
+        it.seek(&lo);
+        while let Some(v) = it.item().filter(|(k, _)| *k < hi.as_slice()).map(|(_, v)| v) {
+            let e: EventRecord = self.decode(&"event", v)?;
+            put_index_rows(&mut batch, cf, self.group, &e);
+            n += 1;
+            if n % REINDEX_BATCH == 0 {
+                self.db.write_buffered(std::mem::take(&mut batch))?;
+            }
+            it.next();
+        }
+        it.status().map_err(rocks_err("scan events to index"))?;
+        batch.put_cf(cf, &marker, INDEX_VERSION.to_be_bytes());
+        self.db.write_buffered(batch)?;
+        if n > 0 {
+            tracing::info!(group = self.group, events = n, elapsed_ms = started.elapsed().as_millis() as u64, "partition indexes rebuilt");
+        }
+        Ok(())
+    }
+
+    /// Up to `limit` events matching `f`, in (timestamp, offset) order
+    /// (descending if asked) from `from` on (inclusive); `None` from:
+    /// nothing. Returns them, whether more may follow (the limit or
+    /// [`MAX_READ_BYTES`] stopped the scan), and what the scan did.
+    pub fn query(
+        &self,
+        f: &super::query::Filter,
+        from: super::query::Bound,
+        descending: bool,
+        limit: usize,
+    ) -> Result<(Vec<EventRecord>, bool, super::query::QueryStats), StorageError> {
+        let mut stats = super::query::QueryStats::default();
+        let mut out = Vec::new();
+        let Some(start) = from else {
+            return Ok((out, false, stats));
+        };
+        let prefix = match f.index() {
+            super::query::Index::Correlation => index_prefix(self.group, f.index(), &f.correlation_id),
+            super::query::Index::Type => index_prefix(self.group, f.index(), &f.event_type),
+            super::query::Index::Time => index_prefix(self.group, f.index(), ""),
+        };
+        let key = |(ts, off): (u64, u64)| {
+            let mut k = prefix.clone();
+            time_suffix(&mut k, ts, off);
+            k
+        };
+        // The scan's ends, inclusive, in (ts, offset).
+        let (lo, hi) = if descending {
+            let Some(top) = f.to_ms.map_or(Some(u64::MAX), |t| t.checked_sub(1)) else {
+                return Ok((out, false, stats));
+            };
+            ((f.from_ms.unwrap_or(0), 0), start.min((top, u64::MAX)))
+        } else {
+            let top = match f.to_ms {
+                Some(0) => return Ok((out, false, stats)),
+                Some(t) => (t - 1, u64::MAX),
+                None => (u64::MAX, u64::MAX),
+            };
+            (start.max((f.from_ms.unwrap_or(0), 0)), top)
+        };
+        if lo > hi {
+            return Ok((out, false, stats));
+        }
+        let (lo_key, hi_key) = (key(lo), key(hi));
+        let cf = self.db.cf(CF_SM);
+        let mut it = self.db.rocks().raw_iterator_cf(cf);
+        if descending {
+            it.seek_for_prev(&hi_key);
+        } else {
+            it.seek(&lo_key);
+        }
+        let mut bytes = 0usize;
+        let mut more = false;
+        while let Some(k) = it.key() {
+            if k < lo_key.as_slice() || k > hi_key.as_slice() {
+                break;
+            }
+            if out.len() >= limit || (bytes >= MAX_READ_BYTES && !out.is_empty()) {
+                more = true;
+                break;
+            }
+            stats.rows_examined += 1;
+            let offset = offset_of(self.group, "index row", &k[k.len() - 8..])?;
+            if let Some(e) = self.event_at(offset)? {
+                stats.events_loaded += 1;
+                if f.matches(&e) {
+                    bytes += e.data.len() + e.stream.len() + 64;
+                    out.push(e);
+                }
+            }
+            if descending {
+                it.prev();
+            } else {
+                it.next();
+            }
+        }
+        it.status().map_err(rocks_err("scan index"))?;
+        Ok((out, more, stats))
     }
 
     /// The group id.
@@ -507,6 +682,7 @@ impl PartitionStore {
                     );
                     batch.put_cf(cf, id_key(self.group, &e.id), off);
                     batch.put_cf(cf, stream_event_key(self.group, &a.stream, rec.version), off);
+                    put_index_rows(batch, cf, self.group, &record);
                     st.next_offset += 1;
                 }
                 batch.put_cf(cf, stream_key(self.group, &a.stream), codec::encode("stream", &rec)?);
@@ -592,7 +768,8 @@ impl PartitionStore {
         }
         self.db.sync().await?;
         self.offset_tx.send_replace(next);
-        Ok(())
+        // A snapshot from a node with another index layout.
+        self.ensure_indexes()
     }
 }
 
