@@ -123,6 +123,7 @@ headed!(
     pb::GetEventResponse,
     pb::ReadStreamResponse,
     pb::ReadPartitionResponse,
+    pb::QueryEventsResponse,
     pb::DeleteStreamResponse,
     pb::SubscriptionResponse,
     pb::ListSubscriptionsResponse,
@@ -925,6 +926,21 @@ impl Client {
                 EventsClient::new(ch)
                     .max_decoding_message_size(MAX_RESPONSE_BYTES)
                     .read_partition(r)
+                    .await
+            }
+        })
+        .await
+    }
+
+    /// A page of events matching a query, across partitions; pass the
+    /// response's cursor back (same filters) for the next page.
+    pub async fn query_events(&self, req: pb::QueryEventsRequest) -> Result<pb::QueryEventsResponse> {
+        self.call("query events", |ch| {
+            let r = req.clone();
+            async move {
+                EventsClient::new(ch)
+                    .max_decoding_message_size(MAX_RESPONSE_BYTES)
+                    .query(r)
                     .await
             }
         })

@@ -2340,3 +2340,180 @@ async fn a_node_with_a_damaged_wal_refuses_to_start_and_is_rebuilt_from_its_peer
         );
     }
 }
+
+/// `esf events query` pages through every matching event across the
+/// partitions, through the index its filter calls for, and names the field
+/// of bad input.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_query_pages_across_partitions_through_indexes() {
+    let c = Cluster::start(&esf_bin(), 3);
+    c.wait_converged().await;
+    let client = c.client();
+    for i in 0..240u64 {
+        let e = pb::EventData {
+            r#type: format!("T{}", i % 3),
+            correlation_id: format!("order-{}", i % 12),
+            data: format!(
+                "{{\"amount\":{i},\"tier\":\"{}\"}}",
+                if i % 2 == 0 { "gold" } else { "silver" }
+            )
+            .into_bytes(),
+            ..Default::default()
+        };
+        client
+            .append(&format!("q-{}", i % 24), vec![e], None)
+            .await
+            .expect("append");
+    }
+    let mut all = Vec::new();
+    for p in 1..=8 {
+        all.extend(esf_cluster_tests::read_whole_partition(&client, p).await.expect("read"));
+    }
+    assert_eq!(all.len(), 240);
+    let amount = |e: &pb::RecordedEvent| -> u64 {
+        serde_json::from_slice::<serde_json::Value>(&e.data).unwrap()["amount"]
+            .as_u64()
+            .unwrap()
+    };
+    let eps = c.endpoints();
+    // Pages of 7 through the CLI, following the printed cursor.
+    let page_through = |args: &[&str]| -> (Vec<serde_json::Value>, Vec<serde_json::Value>) {
+        let (mut events, mut explains, mut cursor) = (Vec::new(), Vec::new(), String::new());
+        loop {
+            let mut full = vec![
+                "--endpoints",
+                &eps,
+                "-o",
+                "json",
+                "events",
+                "query",
+                "--limit",
+                "7",
+                "--explain",
+            ];
+            full.extend_from_slice(args);
+            if !cursor.is_empty() {
+                full.extend(["--cursor", cursor.as_str()]);
+            }
+            let (code, out, err) = cli(&esf_bin(), &full);
+            assert_eq!(code, 0, "events query {args:?}: {err}");
+            let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+            events.extend(v["events"].as_array().unwrap().iter().cloned());
+            explains.push(v["explain"].clone());
+            cursor = v["cursor"].as_str().unwrap().to_string();
+            if cursor.is_empty() {
+                return (events, explains);
+            }
+        }
+    };
+    let ids = |events: &[serde_json::Value]| -> Vec<String> {
+        events.iter().map(|e| e["id"].as_str().unwrap().to_string()).collect()
+    };
+    let expect = |pred: &dyn Fn(&pb::RecordedEvent) -> bool, desc: bool| -> Vec<String> {
+        let mut want: Vec<&pb::RecordedEvent> = all.iter().filter(|e| pred(e)).collect();
+        want.sort_by_key(|e| (e.timestamp_ms, e.partition, e.offset));
+        if desc {
+            want.reverse();
+        }
+        want.iter().map(|e| e.id.clone()).collect()
+    };
+    // By type, oldest first: the type index, reading only that type.
+    let (got, explains) = page_through(&["--type", "T1"]);
+    assert_eq!(ids(&got), expect(&|e| e.r#type == "T1", false));
+    assert!(explains.iter().all(|x| x["index"] == "type"), "{explains:?}");
+    // A page reads at most limit + 1 rows per partition, all of the type.
+    for x in &explains {
+        assert!(x["rows_examined"].as_u64().unwrap() <= 8 * 8, "{x}");
+    }
+    // In one page, the type index reads exactly the 80 rows of its type.
+    let (code, out, err) = cli(
+        &esf_bin(),
+        &[
+            "--endpoints",
+            &eps,
+            "-o",
+            "json",
+            "events",
+            "query",
+            "--type",
+            "T1",
+            "--limit",
+            "1000",
+            "--explain",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["events"].as_array().unwrap().len(), 80);
+    assert_eq!(v["explain"]["rows_examined"], 80, "{v}");
+    assert_eq!(v["cursor"], "");
+    // By correlation id with a predicate, newest first.
+    let (got, explains) = page_through(&["--correlation-id", "order-5", "--where", "amount >= 100", "--desc"]);
+    assert_eq!(
+        ids(&got),
+        expect(&|e| e.correlation_id == "order-5" && amount(e) >= 100, true)
+    );
+    assert!(explains.iter().all(|x| x["index"] == "correlation"), "{explains:?}");
+    // A time window (the middle third of the timestamps) with `in`.
+    let mut ts: Vec<u64> = all.iter().map(|e| e.timestamp_ms).collect();
+    ts.sort_unstable();
+    let (from, to) = (ts[80], ts[160]);
+    let (f, t) = (from.to_string(), to.to_string());
+    let (got, explains) = page_through(&["--from", &f, "--to", &t, "--where", "tier in [\"gold\"]"]);
+    assert_eq!(
+        ids(&got),
+        expect(
+            &|e| e.timestamp_ms >= from && e.timestamp_ms < to && amount(e) % 2 == 0,
+            false
+        )
+    );
+    assert!(explains.iter().all(|x| x["index"] == "time"), "{explains:?}");
+    // Bad input names the field; a cursor only continues its own query.
+    let (code, _, err) = cli(
+        &esf_bin(),
+        &["--endpoints", &eps, "events", "query", "--where", "amount like 3"],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("query.predicates[0].op") && err.contains("like"), "{err}");
+    let (code, _, err) = cli(
+        &esf_bin(),
+        &["--endpoints", &eps, "events", "query", "--where", "amount > {"],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("query.predicates[0].value"), "{err}");
+    let (_, out, _) = cli(
+        &esf_bin(),
+        &[
+            "--endpoints",
+            &eps,
+            "-o",
+            "json",
+            "events",
+            "query",
+            "--type",
+            "T0",
+            "--limit",
+            "3",
+        ],
+    );
+    let cursor = serde_json::from_str::<serde_json::Value>(&out).unwrap()["cursor"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(!cursor.is_empty());
+    let (code, _, err) = cli(
+        &esf_bin(),
+        &[
+            "--endpoints",
+            &eps,
+            "events",
+            "query",
+            "--type",
+            "T2",
+            "--cursor",
+            &cursor,
+        ],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("query.cursor") && err.contains("another query"), "{err}");
+}

@@ -163,6 +163,41 @@ enum EventsCmd {
         #[arg(long, conflicts_with = "stream")]
         partition: Option<u32>,
     },
+    /// Find events across partitions by type, correlation id, time and
+    /// JSON-field predicates, oldest first (--desc: newest first), a page at
+    /// a time (--cursor continues one).
+    Query {
+        #[arg(long = "type", default_value = "")]
+        event_type: String,
+        #[arg(long, default_value = "")]
+        correlation_id: String,
+        /// Earliest timestamp, ms since the Unix epoch (inclusive).
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        /// Latest timestamp, ms since the Unix epoch (exclusive).
+        #[arg(long, default_value_t = 0)]
+        to: u64,
+        /// "FIELD OP VALUE" on the JSON data (repeatable): OP is eq (=),
+        /// lt (<), le (<=), gt (>), ge (>=), in (VALUE a JSON array) or
+        /// exists (no VALUE); VALUE is JSON ("gold", 12, true).
+        #[arg(long = "where")]
+        predicates: Vec<String>,
+        /// Newest first.
+        #[arg(long)]
+        desc: bool,
+        /// Events per page (default 100, at most 1,000).
+        #[arg(long, default_value_t = 0)]
+        limit: u32,
+        /// The cursor a previous page printed.
+        #[arg(long, default_value = "")]
+        cursor: String,
+        /// Print the index used and the rows examined.
+        #[arg(long)]
+        explain: bool,
+        /// Only these partitions (repeatable).
+        #[arg(long = "partition")]
+        partitions: Vec<u32>,
+    },
     /// Follow events (catch-up, then live), resuming on another node if
     /// this one goes away.
     Subscribe {
@@ -1018,6 +1053,30 @@ fn print_events(out: Output, events: &[pb::RecordedEvent]) {
     }
 }
 
+/// `FIELD OP [VALUE]` of `esf events query --where` as a predicate (the
+/// node checks the field, operator and value).
+fn parse_where(w: &str) -> Result<pb::Predicate, String> {
+    let w = w.trim();
+    let (field, rest) = w
+        .split_once(char::is_whitespace)
+        .ok_or_else(|| format!("{w:?} is not FIELD OP [VALUE]"))?;
+    let rest = rest.trim_start();
+    let (op, value) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
+    let op = match op {
+        "=" | "==" => "eq",
+        "<" => "lt",
+        "<=" => "le",
+        ">" => "gt",
+        ">=" => "ge",
+        other => other,
+    };
+    Ok(pb::Predicate {
+        field: field.to_string(),
+        op: op.to_string(),
+        value: value.trim().to_string(),
+    })
+}
+
 /// One line of `esf events append --batch`.
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -1141,6 +1200,60 @@ async fn events(c: Client, out: Output, cmd: EventsCmd) -> anyhow::Result<()> {
                 print_events(out, &r.events);
             }
         },
+        EventsCmd::Query {
+            event_type,
+            correlation_id,
+            from,
+            to,
+            predicates,
+            desc,
+            limit,
+            cursor,
+            explain,
+            partitions,
+        } => {
+            let predicates = predicates
+                .iter()
+                .enumerate()
+                .map(|(i, w)| parse_where(w).map_err(|e| anyhow::anyhow!("where[{i}]: {e}")))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let r = c
+                .query_events(pb::QueryEventsRequest {
+                    r#type: event_type,
+                    correlation_id,
+                    from_time_ms: from,
+                    to_time_ms: to,
+                    predicates,
+                    descending: desc,
+                    limit,
+                    cursor,
+                    explain,
+                    partitions,
+                    serializable: false,
+                })
+                .await?;
+            if matches!(out, Output::Json) {
+                let events: Vec<Value> = r.events.iter().map(event_json).collect();
+                let explain = r.explain.as_ref().map(|e| {
+                    serde_json::json!({"index": e.index, "rows_examined": e.rows_examined, "events_loaded": e.events_loaded, "partitions": e.partitions})
+                });
+                println!(
+                    "{}",
+                    serde_json::json!({"events": events, "cursor": r.cursor, "explain": explain})
+                );
+            } else {
+                print_events(out, &r.events);
+                if !r.cursor.is_empty() {
+                    println!("cursor: {}", r.cursor);
+                }
+                if let Some(e) = &r.explain {
+                    println!(
+                        "explain: index {}, {} rows examined, {} events loaded, {} partitions",
+                        e.index, e.rows_examined, e.events_loaded, e.partitions
+                    );
+                }
+            }
+        }
         EventsCmd::Subscribe {
             from_now,
             event_type,

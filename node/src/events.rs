@@ -134,6 +134,73 @@ impl EventsService {
         Ok(r.into_inner().header.map_or(0, |h| h.revision))
     }
 
+    /// Partition `p`'s page of query `q` (`msg` as asked): from this node's
+    /// replica, else (or if it cannot answer, e.g. a linearizable query on
+    /// a follower) from a replica elsewhere, asked for `p` alone.
+    async fn query_partition(
+        &self,
+        forwarded: bool,
+        msg: &pb::QueryEventsRequest,
+        q: &crate::query::Query,
+        p: u32,
+    ) -> Result<(crate::query::Page, esf_raft::events::query::QueryStats), Status> {
+        let group = &self.0.partitions[p as usize - 1];
+        if self.held(group) {
+            let local = group
+                .query(
+                    &q.filter,
+                    crate::query::bound(q, p),
+                    q.descending,
+                    q.limit,
+                    consistency(msg.serializable),
+                )
+                .await;
+            match local {
+                Ok((events, more, stats)) => {
+                    let events = events.into_iter().map(|e| recorded(p, e)).collect();
+                    return Ok((crate::query::Page { events, more }, stats));
+                }
+                Err(e) if forwarded => return Err(convert::status(e)),
+                Err(_) => {}
+            }
+        }
+        let sub = pb::QueryEventsRequest {
+            partitions: vec![p],
+            explain: true,
+            ..msg.clone()
+        };
+        // The cursor's fingerprint covers the partitions: the replica gets
+        // the position, as a cursor of the one-partition query.
+        let sub = match q.after {
+            Some(at) => {
+                let one = crate::query::parse(&pb::QueryEventsRequest {
+                    cursor: String::new(),
+                    ..sub.clone()
+                })?;
+                pb::QueryEventsRequest {
+                    cursor: crate::query::encode_cursor(one.fingerprint, at),
+                    ..sub
+                }
+            }
+            None => sub,
+        };
+        let r = self
+            .on_replica(forwarded, p, sub, |mut c, r| async move { c.query(r).await })
+            .await?
+            .into_inner();
+        let ex = r.explain.unwrap_or_default();
+        Ok((
+            crate::query::Page {
+                events: r.events,
+                more: !r.cursor.is_empty(),
+            },
+            esf_raft::events::query::QueryStats {
+                rows_examined: ex.rows_examined,
+                events_loaded: ex.events_loaded,
+            },
+        ))
+    }
+
     /// Runs `call` against a replica of partition `p` on another node:
     /// the one that last answered, else the planned replicas in turn,
     /// following a replica's leader hint. A request that was forwarded here
@@ -664,6 +731,45 @@ impl pb::events_server::Events for EventsService {
             })),
             Err(e) => forward_or!(self.0, events_client, req, e, read_partition, msg),
         }
+    }
+
+    async fn query(&self, req: Request<pb::QueryEventsRequest>) -> Result<Response<pb::QueryEventsResponse>, Status> {
+        self.check_count()?;
+        let forwarded = Ctx::is_forwarded(&req);
+        let msg = req.into_inner();
+        let q = crate::query::parse(&msg)?;
+        let count = self.0.partitions.len() as u32;
+        let partitions: Vec<u32> = if msg.partitions.is_empty() {
+            (1..=count).collect()
+        } else {
+            for (i, p) in msg.partitions.iter().enumerate() {
+                self.partition(&format!("query.partitions[{i}]"), *p)?;
+            }
+            let mut ps = msg.partitions.clone();
+            ps.sort_unstable();
+            ps.dedup();
+            ps
+        };
+        let pages = partitions.iter().map(|p| self.query_partition(forwarded, &msg, &q, *p));
+        let mut explain = pb::QueryExplain {
+            index: q.filter.index().name().into(),
+            partitions: partitions.len() as u32,
+            ..Default::default()
+        };
+        let mut all = Vec::new();
+        for r in futures::future::join_all(pages).await {
+            let (page, stats) = r?;
+            explain.rows_examined += stats.rows_examined;
+            explain.events_loaded += stats.events_loaded;
+            all.push(page);
+        }
+        let (events, cursor) = crate::query::merge(&q, all);
+        Ok(Response::new(pb::QueryEventsResponse {
+            header: Some(convert::header(self.0.meta.header(self.0.meta.store().revision()))),
+            events,
+            cursor,
+            explain: msg.explain.then_some(explain),
+        }))
     }
 
     async fn delete_stream(

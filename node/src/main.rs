@@ -12,6 +12,7 @@ mod events;
 mod observer;
 mod partitions;
 mod placement;
+mod query;
 mod registry;
 mod server;
 mod service;

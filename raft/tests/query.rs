@@ -52,7 +52,15 @@ fn append(store: &PartitionStore, index: u64, (t, c, ts, n, s, x): Ev) {
 }
 
 /// A query: (type, correlation, from, to, predicate, descending, limit).
-type Q = (Option<u8>, Option<u8>, Option<u64>, Option<u64>, Option<(u8, i64)>, bool, usize);
+type Q = (
+    Option<u8>,
+    Option<u8>,
+    Option<u64>,
+    Option<u64>,
+    Option<(u8, i64)>,
+    bool,
+    usize,
+);
 
 fn query() -> impl Strategy<Value = Q> {
     (

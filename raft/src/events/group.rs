@@ -103,6 +103,19 @@ impl PartitionGroup {
         }
     }
 
+    /// A page of a query (see [`PartitionStore::query`]).
+    pub async fn query(
+        &self,
+        f: &super::query::Filter,
+        from: super::query::Bound,
+        descending: bool,
+        limit: usize,
+        c: Consistency,
+    ) -> Result<(Vec<EventRecord>, bool, super::query::QueryStats)> {
+        self.before_read(c).await?;
+        Ok(self.store.query(f, from, descending, limit)?)
+    }
+
     /// The event with `id` (not in a deleted stream).
     pub async fn get(&self, id: &[u8; 16], c: Consistency) -> Result<Option<EventRecord>> {
         self.before_read(c).await?;

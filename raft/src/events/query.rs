@@ -64,7 +64,10 @@ impl Predicate {
         let scalar = |v: &str| -> Result<Value, (&'static str, String)> {
             let v = json(v)?;
             if v.is_array() || v.is_object() {
-                return Err(("value", format!("{op} compares with a number, string, bool or null, not {v}")));
+                return Err((
+                    "value",
+                    format!("{op} compares with a number, string, bool or null, not {v}"),
+                ));
             }
             Ok(v)
         };
@@ -224,7 +227,10 @@ mod tests {
         assert!(p("amount", "gt", "11") && !p("amount", "gt", "12") && p("amount", "ge", "12"));
         assert!(p("price", "lt", "3") && p("price", "le", "2.5") && !p("price", "lt", "2.5"));
         assert!(p("customer.tier", "eq", "\"gold\"") && p("customer.tier", "in", "[\"silver\", \"gold\"]"));
-        assert!(!p("customer.tier", "gt", "3"), "a string does not compare with a number");
+        assert!(
+            !p("customer.tier", "gt", "3"),
+            "a string does not compare with a number"
+        );
         assert!(p("flag", "exists", "") && !p("missing", "exists", "") && !p("customer.tier.x", "exists", ""));
         assert!(!p("amount", "eq", "\"12\""), "a number is not its string");
     }

@@ -257,7 +257,11 @@ impl PartitionStore {
     fn ensure_indexes(&self) -> Result<(), StorageError> {
         let cf = self.db.cf(CF_SM);
         let marker = table_prefix(self.group, INDEXED);
-        let found = self.db.rocks().get_cf(cf, &marker).map_err(rocks_err("read index version"))?;
+        let found = self
+            .db
+            .rocks()
+            .get_cf(cf, &marker)
+            .map_err(rocks_err("read index version"))?;
         if found.as_deref() == Some(&INDEX_VERSION.to_be_bytes()[..]) {
             return Ok(());
         }
@@ -281,7 +285,12 @@ impl PartitionStore {
         batch.put_cf(cf, &marker, INDEX_VERSION.to_be_bytes());
         self.db.write_buffered(batch)?;
         if n > 0 {
-            tracing::info!(group = self.group, events = n, elapsed_ms = started.elapsed().as_millis() as u64, "partition indexes rebuilt");
+            tracing::info!(
+                group = self.group,
+                events = n,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "partition indexes rebuilt"
+            );
         }
         Ok(())
     }
