@@ -146,18 +146,28 @@ impl EventsService {
     ) -> Result<(crate::query::Page, esf_raft::events::query::QueryStats), Status> {
         let group = &self.0.partitions[p as usize - 1];
         if self.held(group) {
-            let local = group
-                .query(
-                    &q.filter,
-                    crate::query::bound(q, p),
-                    q.descending,
-                    q.limit,
-                    consistency(msg.serializable),
-                )
-                .await;
+            let (from, c) = (crate::query::bound(q, p), consistency(msg.serializable));
+            let local = if q.filter.index_decides() {
+                // Positions only: the merge keeps at most `limit` of the
+                // partitions' candidates, and only those are loaded.
+                group
+                    .query_positions(&q.filter, from, q.descending, q.limit, c)
+                    .await
+                    .map(|(at, more, stats)| {
+                        let events = at
+                            .into_iter()
+                            .map(|(ts, offset)| crate::query::unloaded(p, ts, offset))
+                            .collect();
+                        (events, more, stats)
+                    })
+            } else {
+                group
+                    .query(&q.filter, from, q.descending, q.limit, c)
+                    .await
+                    .map(|(events, more, stats)| (events.into_iter().map(|e| recorded(p, e)).collect(), more, stats))
+            };
             match local {
                 Ok((events, more, stats)) => {
-                    let events = events.into_iter().map(|e| recorded(p, e)).collect();
                     return Ok((crate::query::Page { events, more }, stats));
                 }
                 Err(e) if forwarded => return Err(convert::status(e)),
@@ -763,7 +773,25 @@ impl pb::events_server::Events for EventsService {
             explain.events_loaded += stats.events_loaded;
             all.push(page);
         }
-        let (events, cursor) = crate::query::merge(&q, all);
+        let (mut events, cursor) = crate::query::merge(&q, all);
+        // Load the kept events that were merged by position only (an event
+        // of a stream deleted since is left out).
+        let mut loaded = Vec::with_capacity(events.len());
+        for e in events.drain(..) {
+            if !crate::query::is_unloaded(&e) {
+                loaded.push(e);
+                continue;
+            }
+            let store = self.0.partitions[e.partition as usize - 1].store();
+            match store
+                .live_event_at(e.offset)
+                .map_err(|e| Status::internal(e.to_string()))?
+            {
+                Some(rec) => loaded.push(recorded(e.partition, rec)),
+                None => {}
+            }
+        }
+        let events = loaded;
         Ok(Response::new(pb::QueryEventsResponse {
             header: Some(convert::header(self.0.meta.header(self.0.meta.store().revision()))),
             events,

@@ -158,6 +158,23 @@ pub struct Page {
     pub more: bool,
 }
 
+/// A match known by its position only (the index decided it; see
+/// [`is_unloaded`]).
+pub fn unloaded(partition: u32, ts: u64, offset: u64) -> pb::RecordedEvent {
+    pb::RecordedEvent {
+        timestamp_ms: ts,
+        partition,
+        offset,
+        ..Default::default()
+    }
+}
+
+/// Whether `e` is a position from [`unloaded`] (every stored event has an
+/// id).
+pub fn is_unloaded(e: &pb::RecordedEvent) -> bool {
+    e.id.is_empty()
+}
+
 fn position(e: &pb::RecordedEvent) -> (u64, u32, u64) {
     (e.timestamp_ms, e.partition, e.offset)
 }

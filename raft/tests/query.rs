@@ -153,6 +153,17 @@ proptest! {
                 want.iter().map(|e| e.offset).collect::<Vec<_>>(),
                 "query {:?}", q
             );
+            if f.index_decides() {
+                // Positions alone (the node loads only what it keeps).
+                let start = if descending { (u64::MAX, u64::MAX) } else { (0, 0) };
+                let (at, more, _) = store.query_positions(&f, Some(start), descending, usize::MAX).unwrap();
+                prop_assert!(!more);
+                prop_assert_eq!(
+                    at.iter().map(|p| p.1).collect::<Vec<_>>(),
+                    want.iter().map(|e| e.offset).collect::<Vec<_>>(),
+                    "positions of query {:?}", q
+                );
+            }
             let expected_index = match (q.1, q.0) {
                 (Some(_), _) => Index::Correlation,
                 (None, Some(_)) => Index::Type,

@@ -116,6 +116,20 @@ impl PartitionGroup {
         Ok(self.store.query(f, from, descending, limit)?)
     }
 
+    /// Positions of a page of a query its index decides alone (see
+    /// [`PartitionStore::query_positions`]).
+    pub async fn query_positions(
+        &self,
+        f: &super::query::Filter,
+        from: super::query::Bound,
+        descending: bool,
+        limit: usize,
+        c: Consistency,
+    ) -> Result<(Vec<(u64, u64)>, bool, super::query::QueryStats)> {
+        self.before_read(c).await?;
+        Ok(self.store.query_positions(f, from, descending, limit)?)
+    }
+
     /// The event with `id` (not in a deleted stream).
     pub async fn get(&self, id: &[u8; 16], c: Consistency) -> Result<Option<EventRecord>> {
         self.before_read(c).await?;

@@ -157,6 +157,13 @@ impl Filter {
         }
     }
 
+    /// Whether the index this filter reads decides every condition alone
+    /// (no event need be loaded to know it matches): no predicates, and
+    /// not both a type and a correlation id.
+    pub fn index_decides(&self) -> bool {
+        self.predicates.is_empty() && (self.correlation_id.is_empty() || self.event_type.is_empty())
+    }
+
     /// Whether `e` satisfies every condition (what the index did not
     /// already narrow is checked here; checking all is harmless).
     pub fn matches(&self, e: &super::EventRecord) -> bool {

@@ -295,10 +295,11 @@ impl PartitionStore {
         Ok(())
     }
 
-    /// Up to `limit` events matching `f`, in (timestamp, offset) order
-    /// (descending if asked) from `from` on (inclusive); `None` from:
-    /// nothing. Returns them, whether more may follow (the limit or
-    /// [`MAX_READ_BYTES`] stopped the scan), and what the scan did.
+    /// Up to `limit` events matching `f` (none of a deleted stream), in
+    /// (timestamp, offset) order (descending if asked) from `from` on
+    /// (inclusive); `None` from: nothing. Returns them, whether more may
+    /// follow (the limit or [`MAX_READ_BYTES`] stopped the scan), and what
+    /// the scan did.
     pub fn query(
         &self,
         f: &super::query::Filter,
@@ -306,15 +307,86 @@ impl PartitionStore {
         descending: bool,
         limit: usize,
     ) -> Result<(Vec<EventRecord>, bool, super::query::QueryStats), StorageError> {
-        let mut stats = super::query::QueryStats::default();
         let mut out = Vec::new();
-        let Some(start) = from else {
-            return Ok((out, false, stats));
+        let mut bytes = 0usize;
+        let mut deleted = HashMap::new();
+        let (more, stats) = self.scan_index(f, from, descending, |_, offset, stats| {
+            if out.len() >= limit || (bytes >= MAX_READ_BYTES && !out.is_empty()) {
+                return Ok(None);
+            }
+            if let Some(e) = self.event_at(offset)? {
+                stats.events_loaded += 1;
+                if f.matches(&e) && !self.in_deleted_stream(&e, &mut deleted)? {
+                    bytes += e.data.len() + e.stream.len() + 64;
+                    out.push(e);
+                }
+            }
+            Ok(Some(()))
+        })?;
+        Ok((out, more, stats))
+    }
+
+    /// As [`PartitionStore::query`] for a filter its index decides alone
+    /// ([`Filter::index_decides`](super::query::Filter::index_decides)):
+    /// the (timestamp, offset) of up to `limit` matches, loading no event
+    /// (the caller loads the ones it keeps with
+    /// [`PartitionStore::live_event_at`]).
+    pub fn query_positions(
+        &self,
+        f: &super::query::Filter,
+        from: super::query::Bound,
+        descending: bool,
+        limit: usize,
+    ) -> Result<(Vec<(u64, u64)>, bool, super::query::QueryStats), StorageError> {
+        debug_assert!(f.index_decides());
+        let mut out = Vec::new();
+        let (more, stats) = self.scan_index(f, from, descending, |ts, offset, _| {
+            if out.len() >= limit {
+                return Ok(None);
+            }
+            out.push((ts, offset));
+            Ok(Some(()))
+        })?;
+        Ok((out, more, stats))
+    }
+
+    /// The event at `offset`, unless absent or in a deleted stream.
+    pub fn live_event_at(&self, offset: u64) -> Result<Option<EventRecord>, StorageError> {
+        let Some(e) = self.event_at(offset)? else {
+            return Ok(None);
         };
-        let prefix = match f.index() {
-            super::query::Index::Correlation => index_prefix(self.group, f.index(), &f.correlation_id),
-            super::query::Index::Type => index_prefix(self.group, f.index(), &f.event_type),
-            super::query::Index::Time => index_prefix(self.group, f.index(), ""),
+        Ok((!self.in_deleted_stream(&e, &mut HashMap::new())?).then_some(e))
+    }
+
+    fn in_deleted_stream(&self, e: &EventRecord, cache: &mut HashMap<String, bool>) -> Result<bool, StorageError> {
+        if let Some(d) = cache.get(&e.stream) {
+            return Ok(*d);
+        }
+        let d = self.stream(&e.stream)?.is_some_and(|s| s.deleted);
+        cache.insert(e.stream.clone(), d);
+        Ok(d)
+    }
+
+    /// Walks the index `f` calls for, within its time range, from `from`
+    /// (inclusive) in the query's direction, calling `visit(ts, offset,
+    /// stats)` for each row until it returns `None` (then more may follow:
+    /// the first return is true). Counts the rows examined.
+    fn scan_index(
+        &self,
+        f: &super::query::Filter,
+        from: super::query::Bound,
+        descending: bool,
+        mut visit: impl FnMut(u64, u64, &mut super::query::QueryStats) -> Result<Option<()>, StorageError>,
+    ) -> Result<(bool, super::query::QueryStats), StorageError> {
+        let mut stats = super::query::QueryStats::default();
+        let Some(start) = from else {
+            return Ok((false, stats));
+        };
+        let index = f.index();
+        let prefix = match index {
+            super::query::Index::Correlation => index_prefix(self.group, index, &f.correlation_id),
+            super::query::Index::Type => index_prefix(self.group, index, &f.event_type),
+            super::query::Index::Time => index_prefix(self.group, index, ""),
         };
         let key = |(ts, off): (u64, u64)| {
             let mut k = prefix.clone();
@@ -324,47 +396,40 @@ impl PartitionStore {
         // The scan's ends, inclusive, in (ts, offset).
         let (lo, hi) = if descending {
             let Some(top) = f.to_ms.map_or(Some(u64::MAX), |t| t.checked_sub(1)) else {
-                return Ok((out, false, stats));
+                return Ok((false, stats));
             };
             ((f.from_ms.unwrap_or(0), 0), start.min((top, u64::MAX)))
         } else {
             let top = match f.to_ms {
-                Some(0) => return Ok((out, false, stats)),
+                Some(0) => return Ok((false, stats)),
                 Some(t) => (t - 1, u64::MAX),
                 None => (u64::MAX, u64::MAX),
             };
             (start.max((f.from_ms.unwrap_or(0), 0)), top)
         };
         if lo > hi {
-            return Ok((out, false, stats));
+            return Ok((false, stats));
         }
         let (lo_key, hi_key) = (key(lo), key(hi));
-        let cf = self.db.cf(CF_SM);
-        let mut it = self.db.rocks().raw_iterator_cf(cf);
+        let mut it = self.db.rocks().raw_iterator_cf(self.db.cf(CF_SM));
         if descending {
             it.seek_for_prev(&hi_key);
         } else {
             it.seek(&lo_key);
         }
-        let mut bytes = 0usize;
         let mut more = false;
         while let Some(k) = it.key() {
             if k < lo_key.as_slice() || k > hi_key.as_slice() {
                 break;
             }
-            if out.len() >= limit || (bytes >= MAX_READ_BYTES && !out.is_empty()) {
+            let n = k.len();
+            let ts = offset_of(self.group, "index row", &k[n - 16..n - 8])?;
+            let offset = offset_of(self.group, "index row", &k[n - 8..])?;
+            if visit(ts, offset, &mut stats)?.is_none() {
                 more = true;
                 break;
             }
             stats.rows_examined += 1;
-            let offset = offset_of(self.group, "index row", &k[k.len() - 8..])?;
-            if let Some(e) = self.event_at(offset)? {
-                stats.events_loaded += 1;
-                if f.matches(&e) {
-                    bytes += e.data.len() + e.stream.len() + 64;
-                    out.push(e);
-                }
-            }
             if descending {
                 it.prev();
             } else {
@@ -372,7 +437,7 @@ impl PartitionStore {
             }
         }
         it.status().map_err(rocks_err("scan index"))?;
-        Ok((out, more, stats))
+        Ok((more, stats))
     }
 
     /// The group id.
