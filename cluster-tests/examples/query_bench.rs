@@ -3,7 +3,8 @@
 //! correlation ids, a JSON field `amount`), then each query kind runs from
 //! 1 and 16 concurrent clients for a while: by type (limit 100), by
 //! correlation id, by a 1-second time window (limit 100), and by a JSON
-//! predicate alone (no index serves it: the time index is scanned) and
+//! predicate alone (no index serves it: the time index is scanned; from
+//! 1 client only) and
 //! with a type (the type index narrows it). Reports queries/s, p50 and
 //! p99 latency, and rows examined per query (from `explain`). The ratio
 //! column compares each query's p99 with the by-type query's p99 in the
@@ -34,9 +35,9 @@ fn event(i: u64) -> pb::EventData {
     }
 }
 
-/// Fills the store with `n` events in batches of 500 from 8 producers.
+/// Fills the store with `n` events in batches of 100 from 8 producers.
 async fn fill(eps: &[String], n: u64) {
-    const BATCH: u64 = 500;
+    const BATCH: u64 = 100;
     let producers = 8u64;
     let tasks: Vec<_> = (0..producers)
         .map(|p| {
@@ -188,6 +189,11 @@ async fn main() {
     for clients in [1usize, 16] {
         let mut base = None;
         for (name, make) in kinds {
+            if clients > 1 && name.contains("no index") {
+                // Scans of every event, 16 at once, outlast the client's
+                // deadline on 2 cores: measured from one client only.
+                continue;
+            }
             let (qps, p50, p99, rows) = measure(&eps, clients, run, make).await;
             let b = *base.get_or_insert(p99);
             println!(
