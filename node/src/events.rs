@@ -168,7 +168,8 @@ impl EventsService {
             };
             match local {
                 Ok((events, more, stats)) => {
-                    return Ok((crate::query::Page { events, more }, stats));
+                    let last = stats.last.map(|(ts, off)| (ts, p, off));
+                    return Ok((crate::query::Page { events, more, last }, stats));
                 }
                 Err(e) if forwarded => return Err(convert::status(e)),
                 Err(_) => {}
@@ -203,10 +204,12 @@ impl EventsService {
             crate::query::Page {
                 events: r.events,
                 more: !r.cursor.is_empty(),
+                last: crate::query::cursor_position(&r.cursor),
             },
             esf_raft::events::query::QueryStats {
                 rows_examined: ex.rows_examined,
                 events_loaded: ex.events_loaded,
+                last: None,
             },
         ))
     }

@@ -101,6 +101,14 @@ pub fn encode_cursor(fingerprint: u64, (ts, p, off): (u64, u32, u64)) -> String 
     format!("q1.{fingerprint:016x}.{ts}.{p}.{off}")
 }
 
+/// The position a cursor continues after, whatever query it belongs to
+/// (`None`: "" or not a cursor).
+pub fn cursor_position(c: &str) -> Option<(u64, u32, u64)> {
+    let parts: Vec<&str> = c.split('.').collect();
+    let [_, fp, ..] = parts[..] else { return None };
+    decode_cursor(c, u64::from_str_radix(fp, 16).ok()?).ok()
+}
+
 fn decode_cursor(c: &str, fingerprint: u64) -> Result<(u64, u32, u64), Status> {
     let bad = || invalid("query.cursor", format!("{c:?} is not a cursor of an events query"));
     let parts: Vec<&str> = c.split('.').collect();
@@ -154,8 +162,11 @@ pub fn bound(q: &Query, p: u32) -> Bound {
 pub struct Page {
     /// Its events, in the query's order.
     pub events: Vec<pb::RecordedEvent>,
-    /// It may have more after the last one.
+    /// It may have more after `last`.
     pub more: bool,
+    /// Where its scan stopped: (timestamp, partition, offset) of the last
+    /// row read (with `more`; its events may end earlier, or be none).
+    pub last: Option<(u64, u32, u64)>,
 }
 
 /// A match known by its position only (the index decided it; see
@@ -182,19 +193,19 @@ fn position(e: &pb::RecordedEvent) -> (u64, u32, u64) {
 /// Merges the partitions' pages into the query's page and its cursor ("":
 /// no more).
 pub fn merge(q: &Query, pages: Vec<Page>) -> (Vec<pb::RecordedEvent>, String) {
-    // Beyond the last event of a partition that has more, its next events
-    // are unknown: cut there.
+    // Beyond where a partition that has more stopped, its next events are
+    // unknown: cut at the earliest such point (every partition has been
+    // read up to it).
     let cut = pages
         .iter()
         .filter(|p| p.more)
-        .filter_map(|p| p.events.last().map(position))
+        .filter_map(|p| p.last.or_else(|| p.events.last().map(position)))
         .reduce(|a, b| if q.descending { a.max(b) } else { a.min(b) });
     let mut all: Vec<pb::RecordedEvent> = pages.into_iter().flat_map(|p| p.events).collect();
     all.sort_by_key(position);
     if q.descending {
         all.reverse();
     }
-    let before = all.len();
     if let Some(cut) = cut {
         all.retain(|e| {
             if q.descending {
@@ -204,15 +215,16 @@ pub fn merge(q: &Query, pages: Vec<Page>) -> (Vec<pb::RecordedEvent>, String) {
             }
         });
     }
-    let mut more = cut.is_some() || all.len() < before;
-    if all.len() > q.limit {
+    // Continue after the last event kept if the limit cut the page, else
+    // after the cut (which may lie past the last event kept: a page may
+    // hold none).
+    let next = if all.len() > q.limit {
         all.truncate(q.limit);
-        more = true;
-    }
-    let cursor = match all.last() {
-        Some(e) if more => encode_cursor(q.fingerprint, position(e)),
-        _ => String::new(),
+        all.last().map(position)
+    } else {
+        cut
     };
+    let cursor = next.map_or_else(String::new, |at| encode_cursor(q.fingerprint, at));
     (all, cursor)
 }
 
@@ -245,10 +257,12 @@ mod tests {
             Page {
                 events: vec![ev(1, 1, 0), ev(5, 1, 1)],
                 more: true,
+                last: None,
             },
             Page {
                 events: vec![ev(2, 2, 0), ev(3, 2, 1), ev(9, 2, 2)],
                 more: false,
+                last: None,
             },
         ];
         let (events, cursor) = merge(&q, pages);
@@ -270,9 +284,33 @@ mod tests {
             vec![Page {
                 events: vec![ev(1, 1, 0)],
                 more: false,
+                last: None,
             }],
         );
         assert_eq!(cursor, "");
+    }
+
+    #[test]
+    fn a_partition_that_stopped_without_events_still_bounds_the_page() {
+        // Partition 1 read up to (4, 1, 9) and kept nothing (its rows were
+        // filtered out or deleted) but has more: nothing after that point
+        // may be returned yet, and the cursor continues from it.
+        let q = query(10, false);
+        let pages = vec![
+            Page {
+                events: vec![],
+                more: true,
+                last: Some((4, 1, 9)),
+            },
+            Page {
+                events: vec![ev(2, 2, 0), ev(5, 2, 1)],
+                more: false,
+                last: Some((5, 2, 1)),
+            },
+        ];
+        let (events, cursor) = merge(&q, pages);
+        assert_eq!(events.iter().map(position).collect::<Vec<_>>(), vec![(2, 2, 0)]);
+        assert_eq!(cursor_position(&cursor), Some((4, 1, 9)));
     }
 
     #[test]
@@ -327,6 +365,7 @@ mod tests {
             vec![Page {
                 events: vec![ev(1, 1, 0), ev(2, 1, 1)],
                 more: false,
+                last: None,
             }],
         );
         let m = err(pb::QueryEventsRequest {

@@ -893,7 +893,24 @@ impl pb::cluster_server::Cluster for ClusterService {
         }
         esf_client::parse_endpoint(&r.addr).map_err(|e| Status::invalid_argument(format!("addr: {e}")))?;
         self.check_new_member(r.id, &r.addr).await?;
-        if let Some(op) = crate::partitions::readmit(&self.0.meta, r.id).map_err(Status::internal)? {
+        let member = self
+            .0
+            .meta
+            .raft()
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .membership()
+            .get_node(&r.id)
+            .is_some();
+        // A node that left meta since `member remove` excluded it; one
+        // still a member may be being removed, and keeps its exclusion.
+        let readmit = if member {
+            None
+        } else {
+            crate::partitions::readmit(&self.0.meta, r.id).map_err(Status::internal)?
+        };
+        if let Some(op) = readmit {
             self.0
                 .meta
                 .write(esf_raft::command::Command::new(op))

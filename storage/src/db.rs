@@ -153,8 +153,9 @@ impl Db {
         Ok(this)
     }
 
-    /// Reads every block of every column family, checking checksums (the
-    /// whole data set, sequentially, bypassing the block cache). Returns
+    /// Reads every live key of every column family, checking the checksum
+    /// of each block read (the whole live data set, sequentially, bypassing
+    /// the block cache; blocks holding only deleted keys may be skipped). Returns
     /// the number of keys read, or the first damage found, naming the
     /// column family.
     pub fn verify_checksums(&self) -> Result<u64> {

@@ -113,7 +113,12 @@ impl PartitionGroup {
         c: Consistency,
     ) -> Result<(Vec<EventRecord>, bool, super::query::QueryStats)> {
         self.before_read(c).await?;
-        Ok(self.store.query(f, from, descending, limit)?)
+        // A scan may read many rows: off the async workers.
+        let (store, f) = (self.store.clone(), f.clone());
+        tokio::task::spawn_blocking(move || store.query(&f, from, descending, limit))
+            .await
+            .map_err(|e| Error::Fatal(format!("query task: {e}")))?
+            .map_err(Into::into)
     }
 
     /// Positions of a page of a query its index decides alone (see
@@ -127,7 +132,11 @@ impl PartitionGroup {
         c: Consistency,
     ) -> Result<(Vec<(u64, u64)>, bool, super::query::QueryStats)> {
         self.before_read(c).await?;
-        Ok(self.store.query_positions(f, from, descending, limit)?)
+        let (store, f) = (self.store.clone(), f.clone());
+        tokio::task::spawn_blocking(move || store.query_positions(&f, from, descending, limit))
+            .await
+            .map_err(|e| Error::Fatal(format!("query task: {e}")))?
+            .map_err(Into::into)
     }
 
     /// The event with `id` (not in a deleted stream).

@@ -119,8 +119,9 @@ impl Predicate {
 /// that equal values are equal.
 pub fn compare(a: &Value, b: &Value) -> Option<std::cmp::Ordering> {
     match (a, b) {
-        (Value::Number(x), Value::Number(y)) => match (x.as_i64(), y.as_i64()) {
-            (Some(x), Some(y)) => Some(x.cmp(&y)),
+        (Value::Number(x), Value::Number(y)) => match ((x.as_u64(), y.as_u64()), (x.as_i64(), y.as_i64())) {
+            ((Some(x), Some(y)), _) => Some(x.cmp(&y)),
+            (_, (Some(x), Some(y))) => Some(x.cmp(&y)),
             _ => x.as_f64()?.partial_cmp(&y.as_f64()?),
         },
         (Value::String(x), Value::String(y)) => Some(x.cmp(y)),
@@ -219,7 +220,15 @@ pub struct QueryStats {
     pub rows_examined: u64,
     /// Events loaded and checked.
     pub events_loaded: u64,
+    /// (timestamp, offset) of the last index entry read: where a scan that
+    /// stopped early stopped.
+    pub last: Option<(u64, u64)>,
 }
+
+/// Most index entries one partition's part of a query reads; past it the
+/// page ends (with `more`) where the scan stopped, possibly empty, and the
+/// cursor continues from there.
+pub const MAX_QUERY_ROWS: u64 = 100_000;
 
 #[cfg(test)]
 mod tests {

@@ -425,11 +425,12 @@ impl PartitionStore {
             let n = k.len();
             let ts = offset_of(self.group, "index row", &k[n - 16..n - 8])?;
             let offset = offset_of(self.group, "index row", &k[n - 8..])?;
-            if visit(ts, offset, &mut stats)?.is_none() {
+            if stats.rows_examined >= super::query::MAX_QUERY_ROWS || visit(ts, offset, &mut stats)?.is_none() {
                 more = true;
                 break;
             }
             stats.rows_examined += 1;
+            stats.last = Some((ts, offset));
             if descending {
                 it.prev();
             } else {
@@ -838,12 +839,14 @@ impl PartitionStore {
         {
             let mut guard = self.state.write().expect("partition state lock");
             self.db.write_buffered(batch)?;
+            // A snapshot from a node with another index layout: indexed
+            // before the new state is published.
+            self.ensure_indexes()?;
             *guard = st;
         }
         self.db.sync().await?;
         self.offset_tx.send_replace(next);
-        // A snapshot from a node with another index layout.
-        self.ensure_indexes()
+        Ok(())
     }
 }
 
