@@ -2341,6 +2341,15 @@ async fn a_node_with_a_damaged_wal_refuses_to_start_and_is_rebuilt_from_its_peer
     }
 }
 
+/// `esf -o json events query ARGS` against `eps`, as JSON.
+fn query_json(eps: &str, args: &[&str]) -> serde_json::Value {
+    let mut full = vec!["--endpoints", eps, "-o", "json", "events", "query"];
+    full.extend_from_slice(args);
+    let (code, out, err) = cli(&esf_bin(), &full);
+    assert_eq!(code, 0, "events query {args:?}: {err}");
+    serde_json::from_str(&out).expect("json")
+}
+
 /// `esf events query` pages through every matching event across the
 /// partitions, through the index its filter calls for, and names the field
 /// of bad input.
@@ -2380,24 +2389,12 @@ async fn events_query_pages_across_partitions_through_indexes() {
     let page_through = |args: &[&str]| -> (Vec<serde_json::Value>, Vec<serde_json::Value>) {
         let (mut events, mut explains, mut cursor) = (Vec::new(), Vec::new(), String::new());
         loop {
-            let mut full = vec![
-                "--endpoints",
-                &eps,
-                "-o",
-                "json",
-                "events",
-                "query",
-                "--limit",
-                "7",
-                "--explain",
-            ];
+            let mut full = vec!["--limit", "7", "--explain"];
             full.extend_from_slice(args);
             if !cursor.is_empty() {
                 full.extend(["--cursor", cursor.as_str()]);
             }
-            let (code, out, err) = cli(&esf_bin(), &full);
-            assert_eq!(code, 0, "events query {args:?}: {err}");
-            let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+            let v = query_json(&eps, &full);
             events.extend(v["events"].as_array().unwrap().iter().cloned());
             explains.push(v["explain"].clone());
             cursor = v["cursor"].as_str().unwrap().to_string();
@@ -2426,24 +2423,7 @@ async fn events_query_pages_across_partitions_through_indexes() {
         assert!(x["rows_examined"].as_u64().unwrap() <= 8 * 8, "{x}");
     }
     // In one page, the type index reads exactly the 80 rows of its type.
-    let (code, out, err) = cli(
-        &esf_bin(),
-        &[
-            "--endpoints",
-            &eps,
-            "-o",
-            "json",
-            "events",
-            "query",
-            "--type",
-            "T1",
-            "--limit",
-            "1000",
-            "--explain",
-        ],
-    );
-    assert_eq!(code, 0, "{err}");
-    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let v = query_json(&eps, &["--type", "T1", "--limit", "1000", "--explain"]);
     assert_eq!(v["events"].as_array().unwrap().len(), 80);
     assert_eq!(v["explain"]["rows_examined"], 80, "{v}");
     assert_eq!(v["cursor"], "");
@@ -2481,22 +2461,7 @@ async fn events_query_pages_across_partitions_through_indexes() {
     );
     assert_ne!(code, 0);
     assert!(err.contains("query.predicates[0].value"), "{err}");
-    let (_, out, _) = cli(
-        &esf_bin(),
-        &[
-            "--endpoints",
-            &eps,
-            "-o",
-            "json",
-            "events",
-            "query",
-            "--type",
-            "T0",
-            "--limit",
-            "3",
-        ],
-    );
-    let cursor = serde_json::from_str::<serde_json::Value>(&out).unwrap()["cursor"]
+    let cursor = query_json(&eps, &["--type", "T0", "--limit", "3"])["cursor"]
         .as_str()
         .unwrap()
         .to_string();

@@ -607,6 +607,20 @@ impl pb::lease_server::Lease for LeaseService {
 pub struct ClusterService(pub Ctx);
 
 impl ClusterService {
+    /// Whether node `id` is in the meta membership (voter or learner) as
+    /// this node knows it.
+    fn is_member(&self, id: u64) -> bool {
+        self.0
+            .meta
+            .raft()
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .is_some()
+    }
+
     fn members_response(&self) -> pb::MembersResponse {
         let m = self.0.meta.raft().metrics().borrow_watched().clone();
         let membership = m.membership_config.membership();
@@ -893,16 +907,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         }
         esf_client::parse_endpoint(&r.addr).map_err(|e| Status::invalid_argument(format!("addr: {e}")))?;
         self.check_new_member(r.id, &r.addr).await?;
-        let member = self
-            .0
-            .meta
-            .raft()
-            .metrics()
-            .borrow_watched()
-            .membership_config
-            .membership()
-            .get_node(&r.id)
-            .is_some();
+        let member = self.is_member(r.id);
         // A node that left meta since `member remove` excluded it; one
         // still a member may be being removed, and keeps its exclusion.
         let readmit = if member {
@@ -965,16 +970,7 @@ impl pb::cluster_server::Cluster for ClusterService {
                 .map_err(|_| Status::unavailable("membership change timed out"))?
                 .map_err(Self::raft_err)?;
         }
-        let still_there = self
-            .0
-            .meta
-            .raft()
-            .metrics()
-            .borrow_watched()
-            .membership_config
-            .membership()
-            .get_node(&id)
-            .is_some();
+        let still_there = self.is_member(id);
         if still_there {
             let fut = self
                 .0
