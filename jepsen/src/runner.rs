@@ -892,6 +892,11 @@ pub async fn run(cfg: &RunConfig) -> anyhow::Result<Report> {
     if cfg.nemeses.contains(&Nemesis::Bridge) && cfg.nodes < 5 {
         anyhow::bail!("nemesis: bridge needs --nodes 5 or more, not {}", cfg.nodes);
     }
+    if cfg.nemeses.contains(&Nemesis::Snapshot) && cfg.workload == Workload::Events {
+        // It watches the meta group's snapshots, which event appends do
+        // not advance.
+        anyhow::bail!("nemesis: snapshot needs a workload that writes the meta group (register, watch, registry)");
+    }
     if cfg.nodes < 3 {
         anyhow::bail!("nodes: must be at least 3, not {}", cfg.nodes);
     }
