@@ -2086,6 +2086,38 @@ async fn five_nodes_keep_three_replicas_and_forward_to_them() {
         .expect("get by id through the outsider")
         .into_inner();
     assert_eq!(got.event.expect("event").offset, 7);
+    // A query through the outsider: its partitions without a replica there
+    // are asked of a replica elsewhere, pages of 3 follow the cursor, and
+    // both orders return the 20 events exactly once.
+    for descending in [false, true] {
+        let (mut offsets, mut cursor) = (Vec::new(), String::new());
+        loop {
+            let r = raw
+                .query(pb::QueryEventsRequest {
+                    r#type: "Placed".into(),
+                    partitions: vec![p],
+                    limit: 3,
+                    descending,
+                    cursor: cursor.clone(),
+                    explain: true,
+                    ..Default::default()
+                })
+                .await
+                .expect("query through the outsider")
+                .into_inner();
+            assert_eq!(r.explain.expect("explain").index, "type");
+            offsets.extend(r.events.iter().map(|e| e.offset));
+            cursor = r.cursor;
+            if cursor.is_empty() {
+                break;
+            }
+        }
+        let mut want: Vec<u64> = (0..20).collect();
+        if descending {
+            want.reverse();
+        }
+        assert_eq!(offsets, want, "descending {descending}");
+    }
     // Bad input is still refused with the field named.
     let bad = raw
         .append(pb::AppendRequest {
