@@ -112,13 +112,8 @@ impl PartitionGroup {
         limit: usize,
         c: Consistency,
     ) -> Result<(Vec<EventRecord>, bool, super::query::QueryStats)> {
-        self.before_read(c).await?;
-        // A scan may read many rows: off the async workers.
-        let (store, f) = (self.store.clone(), f.clone());
-        tokio::task::spawn_blocking(move || store.query(&f, from, descending, limit))
-            .await
-            .map_err(|e| Error::Fatal(format!("query task: {e}")))?
-            .map_err(Into::into)
+        let f = f.clone();
+        self.scan(c, move |s| s.query(&f, from, descending, limit)).await
     }
 
     /// Positions of a page of a query its index decides alone (see
@@ -131,9 +126,21 @@ impl PartitionGroup {
         limit: usize,
         c: Consistency,
     ) -> Result<(Vec<(u64, u64)>, bool, super::query::QueryStats)> {
+        let f = f.clone();
+        self.scan(c, move |s| s.query_positions(&f, from, descending, limit))
+            .await
+    }
+
+    /// Runs a read that may scan many rows, after the consistency barrier,
+    /// off the async workers.
+    async fn scan<T: Send + 'static>(
+        &self,
+        c: Consistency,
+        read: impl FnOnce(&PartitionStore) -> std::result::Result<T, esf_storage::StorageError> + Send + 'static,
+    ) -> Result<T> {
         self.before_read(c).await?;
-        let (store, f) = (self.store.clone(), f.clone());
-        tokio::task::spawn_blocking(move || store.query_positions(&f, from, descending, limit))
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || read(&store))
             .await
             .map_err(|e| Error::Fatal(format!("query task: {e}")))?
             .map_err(Into::into)
