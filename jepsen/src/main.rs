@@ -51,30 +51,16 @@ fn parse(args: &[String]) -> Result<RunConfig, String> {
                 }
                 cfg.time = Duration::from_secs(secs);
             }
-            "--keys" => {
-                let v = value("keys")?;
-                cfg.keys = v
-                    .parse()
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .ok_or(format!("keys: {v:?} is not a positive number"))?;
-            }
+            "--keys" => cfg.keys = number("keys", &value("keys")?, 1..=usize::MAX, "a positive number")?,
             "--concurrency" => {
-                let v = value("concurrency")?;
-                cfg.concurrency = v
-                    .parse()
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .ok_or(format!("concurrency: {v:?} is not a positive number"))?;
+                cfg.concurrency = number(
+                    "concurrency",
+                    &value("concurrency")?,
+                    1..=usize::MAX,
+                    "a positive number",
+                )?
             }
-            "--nodes" => {
-                let v = value("nodes")?;
-                cfg.nodes = v
-                    .parse()
-                    .ok()
-                    .filter(|n| (3..=7).contains(n))
-                    .ok_or(format!("nodes: {v:?} is not a number from 3 to 7"))?;
-            }
+            "--nodes" => cfg.nodes = number("nodes", &value("nodes")?, 3..=7, "a number from 3 to 7")? as u64,
             "--out" => cfg.out = PathBuf::from(value("out")?),
             "--hosts" => {
                 cfg.hosts = match value("hosts")?.as_str() {
@@ -95,6 +81,15 @@ fn parse(args: &[String]) -> Result<RunConfig, String> {
         ));
     }
     Ok(cfg)
+}
+
+/// `v` as a number within `range`; else an error naming `field` and
+/// saying what it must be (`what`).
+fn number(field: &str, v: &str, range: std::ops::RangeInclusive<usize>, what: &str) -> Result<usize, String> {
+    v.parse()
+        .ok()
+        .filter(|n| range.contains(n))
+        .ok_or(format!("{field}: {v:?} is not {what}"))
 }
 
 /// `esf` beside this binary (both are built into the same target dir).
