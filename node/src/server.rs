@@ -505,17 +505,16 @@ async fn form_cluster(
     has_data: bool,
 ) -> anyhow::Result<()> {
     let open_gate = || gate.store(true, std::sync::atomic::Ordering::SeqCst);
-    let initialized = || {
+    // Asked of the Raft core itself, not of its metrics: right after start
+    // the metrics may not show the membership read from disk yet, and a
+    // restored or restarted node would then try to initialize again.
+    let initialized = || async {
         meta.raft()
-            .metrics()
-            .borrow_watched()
-            .membership_config
-            .membership()
-            .nodes()
-            .next()
-            .is_some()
+            .with_raft_state(|st| st.membership_state.effective().membership().nodes().next().is_some())
+            .await
+            .context("meta group stopped")
     };
-    if initialized() {
+    if initialized().await? {
         open_gate();
         return Ok(());
     }
@@ -541,7 +540,7 @@ async fn form_cluster(
         has_data,
     };
     loop {
-        if initialized() {
+        if initialized().await? {
             open_gate();
             return Ok(());
         }
