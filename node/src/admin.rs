@@ -21,6 +21,7 @@ pub struct AdminState {
     pub draining: Arc<AtomicBool>,
     pub max_apply_lag: u64,
     pub version: &'static str,
+    pub audit: Arc<crate::audit::RelayStats>,
 }
 
 /// The admin router.
@@ -141,6 +142,19 @@ async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
         g,
         s.meta.store().revision(),
     );
+    let (relayed, lag) = crate::audit::lag(&s.meta);
+    gauge(
+        "esf_audit_relayed_revision",
+        "Every revision up to this one has its event in the $audit stream.",
+        "",
+        relayed,
+    );
+    gauge(
+        "esf_audit_lag_revisions",
+        "Revisions whose audit event is not appended yet.",
+        "",
+        lag,
+    );
     gauge(
         "esf_storage_db_bytes",
         "Approximate RocksDB size (SST + memtables).",
@@ -171,6 +185,20 @@ async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
         "",
         u64::from(not_ready_reasons(&s).is_empty()),
     );
+    for (name, help, v) in [
+        (
+            "esf_audit_relayed_total",
+            "Audit events this node's relay appended (while it led meta).",
+            s.audit.relayed.load(Ordering::Relaxed),
+        ),
+        (
+            "esf_audit_retries_total",
+            "Audit relay attempts that failed and were retried.",
+            s.audit.retries.load(Ordering::Relaxed),
+        ),
+    ] {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n"));
+    }
     out.push_str(&format!("# HELP esf_storage_wal_fsyncs_total WAL group-commit fsyncs.\n# TYPE esf_storage_wal_fsyncs_total counter\nesf_storage_wal_fsyncs_total {}\n", stats.fsyncs));
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }

@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use esf_client::{Client, ClientOptions, key_range_key, key_range_prefix, pb};
 use serde_json::{Value, json};
 
+use crate::audit::STREAM as AUDIT_STREAM;
 use crate::config::{self, Flags};
 
 /// ESF: configuration, registry and events on Raft.
@@ -69,6 +70,10 @@ enum Command {
     /// Durable named subscriptions.
     #[command(subcommand)]
     Subscription(SubscriptionCmd),
+    /// The audit trail: one event per revision of config, registry and
+    /// subscription state, in stream $audit.
+    #[command(subcommand)]
+    Audit(AuditCmd),
     /// Cluster membership.
     #[command(subcommand)]
     Member(MemberCmd),
@@ -78,6 +83,23 @@ enum Command {
     /// Leadership.
     #[command(subcommand)]
     Leader(LeaderCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCmd {
+    /// Print audit events, oldest first: the last --limit, or every one
+    /// from --from-revision; --follow keeps printing new ones.
+    Tail {
+        /// How many of the latest to print (ignored with --from-revision).
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// Print from the event of this revision on.
+        #[arg(long)]
+        from_revision: Option<u64>,
+        /// Keep printing new events as they are appended.
+        #[arg(long)]
+        follow: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -550,6 +572,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Lease(cmd) => lease(client()?, out, cmd).await?,
         Command::Registry(cmd) => registry(client()?, out, cmd).await?,
         Command::Events(cmd) => events(client()?, out, cmd).await?,
+        Command::Audit(AuditCmd::Tail {
+            limit,
+            from_revision,
+            follow,
+        }) => audit_tail(client()?, out, limit, from_revision, follow).await?,
         Command::Subscription(cmd) => subscription(client()?, out, cmd).await?,
         Command::Snapshot(SnapshotCmd::Save { file }) => snapshot_save(client()?, out, &file).await?,
         Command::Snapshot(SnapshotCmd::Inspect { file }) => snapshot_inspect(out, &file)?,
@@ -647,7 +674,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         if leaderless > 0 {
                             healthy = false;
                         }
-                        rows.push(json!({"endpoint": ep, "healthy": g.leader_id != 0 && leaderless == 0, "partitions": partitions, "partitions_led": led, "partitions_without_leader": leaderless, "node_id": s.node_id, "cluster_id": s.cluster_id, "role": g.role, "term": g.term, "leader_id": g.leader_id, "commit_index": g.commit_index, "applied_index": g.applied_index, "db_size_bytes": s.db_size_bytes, "quota_alarm": s.quota_alarm, "quota_used_bytes": s.quota_used_bytes, "quota_bytes": s.quota_bytes, "version": s.version}));
+                        rows.push(json!({"endpoint": ep, "healthy": g.leader_id != 0 && leaderless == 0, "partitions": partitions, "partitions_led": led, "partitions_without_leader": leaderless, "node_id": s.node_id, "cluster_id": s.cluster_id, "role": g.role, "term": g.term, "leader_id": g.leader_id, "commit_index": g.commit_index, "applied_index": g.applied_index, "db_size_bytes": s.db_size_bytes, "quota_alarm": s.quota_alarm, "quota_used_bytes": s.quota_used_bytes, "quota_bytes": s.quota_bytes, "audit_relayed_revision": s.audit_relayed_revision, "audit_lag": s.audit_lag, "version": s.version}));
                     }
                     Err(e) => {
                         healthy = false;
@@ -660,7 +687,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if !health {
                 print(out, &v, || {
                     let mut s = format!(
-                        "{:<26} {:<5} {:<9} {:<5} {:<6} {:<8} {:<8} {:<10} {:<7} {:<9} {}\n",
+                        "{:<26} {:<5} {:<9} {:<5} {:<6} {:<8} {:<8} {:<10} {:<7} {:<9} {:<9} {}\n",
                         "ENDPOINT",
                         "ID",
                         "ROLE",
@@ -671,6 +698,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         "DB BYTES",
                         "ALARM",
                         "PARTS LED",
+                        "AUDIT LAG",
                         "VERSION"
                     );
                     for r in &rows {
@@ -682,7 +710,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                             );
                         } else {
                             s += &format!(
-                                "{:<26} {:<5} {:<9} {:<5} {:<6} {:<8} {:<8} {:<10} {:<7} {:<9} {}\n",
+                                "{:<26} {:<5} {:<9} {:<5} {:<6} {:<8} {:<8} {:<10} {:<7} {:<9} {:<9} {}\n",
                                 r["endpoint"].as_str().unwrap_or(""),
                                 r["node_id"].to_string(),
                                 r["role"].as_str().unwrap_or(""),
@@ -693,6 +721,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                                 r["db_size_bytes"].to_string(),
                                 if r["quota_alarm"] == true { "NOSPACE" } else { "-" },
                                 format!("{}/{}", r["partitions_led"], r["partitions"]),
+                                r["audit_lag"].to_string(),
                                 r["version"].as_str().unwrap_or("")
                             );
                         }
@@ -1045,6 +1074,118 @@ fn event_line(e: &pb::RecordedEvent) -> String {
         e.offset,
         text(&e.data)
     )
+}
+
+fn audit_line(e: &pb::RecordedEvent) -> String {
+    let data: Value = serde_json::from_slice(&e.data).unwrap_or_default();
+    let changes: Vec<String> = data["changes"]
+        .as_array()
+        .map(|cs| {
+            cs.iter()
+                .map(|c| {
+                    let key = c["key"].as_str().unwrap_or_default();
+                    match (c["op"].as_str(), c.get("value").and_then(Value::as_str)) {
+                        (Some("delete"), _) => format!("-{key}"),
+                        (_, Some(v)) => format!("{key}={v}"),
+                        _ => format!("{key} ({} bytes)", c["value_bytes"]),
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    format!(
+        "{} {} {}\n",
+        e.metadata.get("revision").map_or("?", String::as_str),
+        e.r#type,
+        changes.join(" ")
+    )
+}
+
+/// The stream version of the first audit event at or after `revision`
+/// (binary search over the stream: one read per step).
+async fn audit_version_of(c: &Client, revision: u64, last_version: u64) -> anyhow::Result<u64> {
+    let (mut lo, mut hi) = (1u64, last_version + 1);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        let r = c
+            .read_stream(pb::ReadStreamRequest {
+                stream: AUDIT_STREAM.into(),
+                from_version: mid,
+                limit: 1,
+                ..Default::default()
+            })
+            .await?;
+        let rev = r
+            .events
+            .first()
+            .and_then(|e| e.metadata.get("revision"))
+            .and_then(|r| r.parse::<u64>().ok());
+        match rev {
+            Some(r) if r < revision => lo = mid + 1,
+            _ => hi = mid,
+        }
+    }
+    Ok(lo)
+}
+
+async fn audit_tail(
+    c: Client,
+    out: Output,
+    limit: u32,
+    from_revision: Option<u64>,
+    follow: bool,
+) -> anyhow::Result<()> {
+    let end = c
+        .read_stream(pb::ReadStreamRequest {
+            stream: AUDIT_STREAM.into(),
+            backward: true,
+            limit: 1,
+            ..Default::default()
+        })
+        .await?;
+    let mut from = match from_revision {
+        Some(r) => audit_version_of(&c, r, end.stream_version).await?,
+        None => end.stream_version.saturating_sub(u64::from(limit)) + 1,
+    };
+    // Where the stream lives and the offset after the last event printed.
+    let mut position = end.events.first().map(|e| (e.partition, 0u64));
+    while from <= end.stream_version {
+        let r = c
+            .read_stream(pb::ReadStreamRequest {
+                stream: AUDIT_STREAM.into(),
+                from_version: from,
+                ..Default::default()
+            })
+            .await?;
+        let Some(last) = r.events.last() else { break };
+        position = Some((last.partition, last.offset + 1));
+        from = last.version + 1;
+        for e in r.events.iter().filter(|e| e.version <= end.stream_version) {
+            print(out, &event_json(e), || audit_line(e));
+        }
+    }
+    if !follow {
+        return Ok(());
+    }
+    // Every partition but the stream's is left at its end; the stream's
+    // continues after the last event printed (from its start if none was).
+    let mut req = pb::SubscribeRequest {
+        from_now: true,
+        stream_prefix: AUDIT_STREAM.into(),
+        ..Default::default()
+    };
+    if let Some((p, offset)) = position {
+        req.from_offsets.insert(p, offset);
+        req.partitions.push(p);
+    } else {
+        req.from_now = false;
+    }
+    let mut sub = c.subscribe_resumable(req);
+    loop {
+        for e in sub.next().await?.events.iter().filter(|e| e.stream == AUDIT_STREAM) {
+            print(out, &event_json(e), || audit_line(e));
+        }
+    }
 }
 
 fn print_events(out: Output, events: &[pb::RecordedEvent]) {

@@ -50,6 +50,21 @@ fn expected(field: &str, e: Option<pb::ExpectedVersion>) -> Result<ExpectedVersi
     })
 }
 
+/// Refuses a client's write to a stream starting with `$`: those belong to
+/// ESF (the audit trail, [`crate::audit::STREAM`]).
+fn reserved(field: &str, stream: &str) -> Result<(), Status> {
+    if stream.starts_with('$') {
+        return Err(invalid(
+            field,
+            format!(
+                "{stream:?}: streams starting with \"$\" are written by ESF only (the audit trail is {:?})",
+                crate::audit::STREAM
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// A stored event to proto.
 pub fn recorded(partition: u32, e: EventRecord) -> pb::RecordedEvent {
     pb::RecordedEvent {
@@ -284,6 +299,87 @@ impl EventsService {
         }
         self.0.routes.forget(p);
         Err(last)
+    }
+}
+
+impl EventsService {
+    /// Appends `msg` (any stream, reserved ones too: callers check);
+    /// `forwarded`: it came from another node, so it is not forwarded again.
+    pub(crate) async fn append_as(
+        &self,
+        mut msg: pb::AppendRequest,
+        forwarded: bool,
+    ) -> Result<Response<pb::AppendResponse>, Status> {
+        self.check_count()?;
+        let expected = expected("append.expected", msg.expected)?;
+        let mut events = Vec::with_capacity(msg.events.len());
+        for (i, e) in msg.events.iter_mut().enumerate() {
+            let id = if e.id.is_empty() {
+                let id = uuid::new_v4();
+                e.id = uuid::format(&id);
+                id
+            } else {
+                uuid::parse(&e.id).map_err(|r| invalid(&format!("append.events[{i}].id"), r))?
+            };
+            if let Err(err) = serde_json::from_slice::<serde::de::IgnoredAny>(&e.data) {
+                return Err(invalid(
+                    &format!("append.events[{i}].data"),
+                    format!("is not valid JSON: {err}"),
+                ));
+            }
+            events.push(NewEvent {
+                id,
+                event_type: e.r#type.clone(),
+                correlation_id: e.correlation_id.clone(),
+                causation_id: e.causation_id.clone(),
+                data: e.data.clone(),
+                metadata: e.metadata.clone().into_iter().collect(),
+            });
+        }
+        let ids: Vec<String> = msg.events.iter().map(|e| e.id.clone()).collect();
+        let p = self.partition_of(&msg.stream).clone();
+        if !self.held(&p) {
+            // Ids generated here travel with the request: a retry by the
+            // replica's leader stays idempotent.
+            return self
+                .on_replica(forwarded, p.group(), msg, |mut c, r| async move { c.append(r).await })
+                .await;
+        }
+        let cmd = Command::new(Op::Append(AppendRequest {
+            stream: msg.stream.clone(),
+            expected,
+            timestamp_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            events,
+        }));
+        match p.write(cmd).await {
+            Ok(resp) => match resp.result {
+                OpResult::Appended {
+                    first_offset,
+                    first_version,
+                    count,
+                    duplicate,
+                } => Ok(Response::new(pb::AppendResponse {
+                    header: self.header(&p),
+                    partition: p.group(),
+                    first_offset,
+                    first_version,
+                    count,
+                    duplicate,
+                    ids,
+                })),
+                other => Err(Status::internal(format!("unexpected result {other:?}"))),
+            },
+            Err(e) => {
+                let req = if forwarded {
+                    Ctx::forwarded(msg.clone())
+                } else {
+                    Request::new(msg.clone())
+                };
+                forward_or!(self.0, events_client, req, e, append, msg)
+            }
+        }
     }
 }
 
@@ -555,74 +651,12 @@ impl pb::events_server::Events for EventsService {
     type SubscribeStream = SubscribeStream;
 
     async fn append(&self, req: Request<pb::AppendRequest>) -> Result<Response<pb::AppendResponse>, Status> {
-        self.check_count()?;
-        let mut msg = req.get_ref().clone();
-        let expected = expected("append.expected", msg.expected)?;
-        let mut events = Vec::with_capacity(msg.events.len());
-        for (i, e) in msg.events.iter_mut().enumerate() {
-            let id = if e.id.is_empty() {
-                let id = uuid::new_v4();
-                e.id = uuid::format(&id);
-                id
-            } else {
-                uuid::parse(&e.id).map_err(|r| invalid(&format!("append.events[{i}].id"), r))?
-            };
-            if let Err(err) = serde_json::from_slice::<serde::de::IgnoredAny>(&e.data) {
-                return Err(invalid(
-                    &format!("append.events[{i}].data"),
-                    format!("is not valid JSON: {err}"),
-                ));
-            }
-            events.push(NewEvent {
-                id,
-                event_type: e.r#type.clone(),
-                correlation_id: e.correlation_id.clone(),
-                causation_id: e.causation_id.clone(),
-                data: e.data.clone(),
-                metadata: e.metadata.clone().into_iter().collect(),
-            });
+        let forwarded = Ctx::is_forwarded(&req);
+        if !forwarded {
+            reserved("append.stream", &req.get_ref().stream)?;
         }
-        let ids: Vec<String> = msg.events.iter().map(|e| e.id.clone()).collect();
-        let p = self.partition_of(&msg.stream).clone();
-        if !self.held(&p) {
-            // Ids generated here travel with the request: a retry by the
-            // replica's leader stays idempotent.
-            return self
-                .on_replica(Ctx::is_forwarded(&req), p.group(), msg, |mut c, r| async move {
-                    c.append(r).await
-                })
-                .await;
-        }
-        let cmd = Command::new(Op::Append(AppendRequest {
-            stream: msg.stream.clone(),
-            expected,
-            timestamp_ms: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64),
-            events,
-        }));
-        match p.write(cmd).await {
-            Ok(resp) => match resp.result {
-                OpResult::Appended {
-                    first_offset,
-                    first_version,
-                    count,
-                    duplicate,
-                } => Ok(Response::new(pb::AppendResponse {
-                    header: self.header(&p),
-                    partition: p.group(),
-                    first_offset,
-                    first_version,
-                    count,
-                    duplicate,
-                    ids,
-                })),
-                other => Err(Status::internal(format!("unexpected result {other:?}"))),
-            },
-            Err(e) => forward_or!(self.0, events_client, req, e, append, msg),
-        }
+        self.append_as(req.into_inner(), forwarded).await
     }
-
     async fn get(&self, req: Request<pb::GetEventRequest>) -> Result<Response<pb::GetEventResponse>, Status> {
         self.check_count()?;
         let msg = req.get_ref().clone();
@@ -809,6 +843,9 @@ impl pb::events_server::Events for EventsService {
     ) -> Result<Response<pb::DeleteStreamResponse>, Status> {
         self.check_count()?;
         let msg = req.get_ref().clone();
+        if !Ctx::is_forwarded(&req) {
+            reserved("delete.stream", &msg.stream)?;
+        }
         let expected = expected("delete.expected", msg.expected)?;
         let p = self.partition_of(&msg.stream).clone();
         if !self.held(&p) {

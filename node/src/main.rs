@@ -5,6 +5,7 @@
 //! one-line reason on failure.
 
 mod admin;
+mod audit;
 mod cli;
 mod config;
 mod convert;

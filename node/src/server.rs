@@ -348,7 +348,9 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     let admin_listener = tokio::net::TcpListener::bind(admin_addr)
         .await
         .with_context(|| format!("admin_listen: bind {admin_addr}"))?;
+    let audit_stats = Arc::new(crate::audit::RelayStats::default());
     let admin_state = crate::admin::AdminState {
+        audit: audit_stats.clone(),
         meta: meta.clone(),
         draining: draining.clone(),
         max_apply_lag: cfg.max_apply_lag,
@@ -369,6 +371,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         has_data,
     ));
 
+    let relay = tokio::spawn(crate::audit::run_relay(ctx.clone(), audit_stats, stop_rx.clone()));
     let reconciler = tokio::spawn(crate::partitions::run_reconciler(
         meta.clone(),
         partitions.clone(),
@@ -407,6 +410,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     let _ = grpc_task.await;
     let _ = admin_task.await;
     let _ = reconciler.await;
+    let _ = relay.await;
     for p in partitions.iter() {
         p.shutdown()
             .await

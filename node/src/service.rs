@@ -896,6 +896,8 @@ impl pb::cluster_server::Cluster for ClusterService {
             time_unix_ms: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),
+            audit_relayed_revision: crate::audit::lag(&self.0.meta).0,
+            audit_lag: crate::audit::lag(&self.0.meta).1,
         }))
     }
 

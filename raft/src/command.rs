@@ -60,6 +60,7 @@ impl std::fmt::Display for Command {
             Op::DeleteStream { .. } => write!(f, "delete_stream"),
             Op::RecordPartitions { count } => write!(f, "record_partitions({count})"),
             Op::PlacePartitions { plan, .. } => write!(f, "place_partitions({} partitions)", plan.len()),
+            Op::AuditCursor { revision } => write!(f, "audit_cursor({revision})"),
         }
     }
 }
@@ -132,6 +133,15 @@ pub enum Op {
         /// Nodes excluded before that may be placed on again (they left
         /// the cluster).
         include: Vec<u64>,
+    },
+    /// Records that the audit relay has appended the audit event of every
+    /// revision up to `revision` (it never moves back). From then on no
+    /// compaction goes above it, so a revision is never compacted before
+    /// its audit event exists. Changes no key and no revision (the relay
+    /// does not audit itself).
+    AuditCursor {
+        /// Last relayed revision.
+        revision: u64,
     },
 }
 

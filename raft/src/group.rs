@@ -539,6 +539,7 @@ fn adds_data(op: &Op) -> bool {
         | Op::MemberReplicated { .. }
         | Op::RecordPartitions { .. }
         | Op::PlacePartitions { .. }
+        | Op::AuditCursor { .. }
         | Op::DeleteStream { .. } => false,
     }
 }

@@ -227,6 +227,12 @@ impl Limits {
             }
             Op::Append(a) => crate::events::check_append(a),
             Op::DeleteStream { stream, .. } => crate::events::check_stream_id("stream", stream),
+            Op::AuditCursor { revision } => {
+                if *revision == 0 {
+                    return Err(invalid("audit.revision", "must be at least 1"));
+                }
+                Ok(())
+            }
             Op::RecordPartitions { count } => {
                 if *count == 0 {
                     return Err(invalid("partitions", "must be at least 1"));

@@ -44,6 +44,8 @@ struct Model {
     keys: BTreeMap<Vec<u8>, Vec<(u64, Option<Rec>)>>,
     leases: BTreeMap<u64, BTreeSet<Vec<u8>>>,
     next_lease: u64,
+    /// The audit relay's cursor; compaction never goes above it.
+    audit: Option<u64>,
 }
 
 impl Model {
@@ -256,6 +258,13 @@ impl Model {
                         requested: *revision,
                         compact_revision: self.compact,
                     })
+                } else if let Some(a) = self.audit.filter(|a| a < revision) {
+                    OpResult::Rejected(Rejection::InvalidArgument {
+                        field: "compact.revision".into(),
+                        reason: format!(
+                            "the audit relay has relayed revisions up to {a} only; compacting to {revision} would lose audit events (see esf status: audit lag)"
+                        ),
+                    })
                 } else {
                     self.compact = *revision;
                     OpResult::Compacted {
@@ -268,6 +277,17 @@ impl Model {
                 OpResult::LimitsSet
             }
             Op::MemberReplicated { .. } => OpResult::None,
+            Op::AuditCursor { revision } => {
+                if *revision > self.rev {
+                    OpResult::Rejected(Rejection::FutureRevision {
+                        requested: *revision,
+                        current: self.rev,
+                    })
+                } else {
+                    self.audit = Some(self.audit.unwrap_or(0).max(*revision));
+                    OpResult::None
+                }
+            }
             Op::Append(_) | Op::DeleteStream { .. } | Op::RecordPartitions { .. } | Op::PlacePartitions { .. } => {
                 unreachable!("the model generates no event ops")
             }
@@ -298,7 +318,7 @@ impl Model {
         };
         if changed {
             self.rev = rev;
-            let target = rev.saturating_sub(self.history);
+            let target = rev.saturating_sub(self.history).min(self.audit.unwrap_or(u64::MAX));
             if target >= self.compact + esf_raft::meta::auto_compaction_step(self.history) {
                 self.compact = target;
             }
@@ -409,6 +429,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (1u64..40).prop_map(|revision| Op::Compact { revision }),
         1 => Just(Op::LeaseGrant { id: 0, ttl_secs: 10 }),
         1 => (1u64..5).prop_map(|id| Op::LeaseRevoke { id, expired: false }),
+        1 => (1u64..40).prop_map(|revision| Op::AuditCursor { revision }),
     ]
 }
 
@@ -543,4 +564,57 @@ fn retried_write_in_a_session_is_applied_once() {
     drop(store);
     let again = MetaStore::open(db, 0).unwrap();
     assert_eq!(again.session_count(), 1);
+}
+
+#[test]
+fn compaction_never_passes_the_audit_cursor_and_the_cursor_never_moves_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = MetaStore::open(Db::open(&StorageConfig::new(dir.path())).unwrap(), 0).unwrap();
+    let mut index = 0;
+    let mut apply = |op: Op| {
+        index += 1;
+        store.apply_entry(&entry(index, op)).unwrap().result
+    };
+    let put = |i: u64| {
+        Op::Put(PutRequest {
+            key: format!("k{i}").into_bytes(),
+            value: b"v".to_vec(),
+            lease: 0,
+            prev_kv: false,
+        })
+    };
+    apply(Op::SetLimits(Limits {
+        history_revisions: 2,
+        ..Limits::default()
+    }));
+    for i in 1..=3 {
+        apply(put(i));
+    }
+    assert_eq!(apply(Op::AuditCursor { revision: 3 }), OpResult::None);
+    assert!(matches!(
+        apply(Op::AuditCursor { revision: 9 }),
+        OpResult::Rejected(Rejection::FutureRevision {
+            requested: 9,
+            current: 3
+        })
+    ));
+    // Twenty more revisions: auto-compaction would keep only the last two.
+    for i in 4..=23 {
+        apply(put(i));
+    }
+    assert_eq!(store.revision(), 23);
+    assert!(store.state().compact_revision <= 3, "{:?}", store.state());
+    match apply(Op::Compact { revision: 10 }) {
+        OpResult::Rejected(Rejection::InvalidArgument { field, reason }) => {
+            assert_eq!(field, "compact.revision");
+            assert!(reason.contains("up to 3"), "{reason}");
+        }
+        other => panic!("compaction above the audit cursor: {other:?}"),
+    }
+    assert_eq!(apply(Op::AuditCursor { revision: 2 }), OpResult::None);
+    assert_eq!(store.audit_cursor().unwrap(), Some(3), "the cursor never moves back");
+    // Once the relay moves on, compaction follows.
+    apply(Op::AuditCursor { revision: 23 });
+    apply(put(24));
+    assert_eq!(store.state().compact_revision, 22);
 }

@@ -14,6 +14,7 @@
 //! | `REPLICATED` | `node_id:u64 BE` | empty: the leader has replicated to that node |
 //! | `PARTITIONS` | — | `count:u32 BE`: event partitions, fixed at cluster creation |
 //! | `PLACEMENT` | `partition:u32 BE` | `[node_id:u64 BE]`: the partition's desired replicas, preferred leader first; partition 0 lists the nodes excluded from placement |
+//! | `AUDIT` | — | `revision:u64 BE`: the audit relay has appended the audit event of every revision up to it |
 //!
 //! `enc` is the order-preserving, prefix-free byte encoding of esf-storage,
 //! so `HISTORY` sorts by (key, revision) and a prefix of user keys is a
@@ -35,6 +36,7 @@ pub(crate) const SESSION: u8 = 7;
 pub(crate) const REPLICATED: u8 = 8;
 pub(crate) const PARTITIONS: u8 = 9;
 pub(crate) const PLACEMENT: u8 = 10;
+pub(crate) const AUDIT: u8 = 11;
 
 /// One version of a key. `value == None` is a tombstone (the key was deleted
 /// at `mod_revision`).

@@ -645,6 +645,28 @@ impl MetaStore {
         }
     }
 
+    /// The last revision the audit relay recorded as relayed
+    /// ([`Op::AuditCursor`]); `None` before its first record.
+    pub fn audit_cursor(&self) -> Result<Option<u64>, StorageError> {
+        let raw = self
+            .db
+            .rocks()
+            .get_pinned_cf(self.db.cf(CF_SM), layout::table_prefix(self.group, layout::AUDIT))
+            .map_err(rocks_err("audit cursor read"))?;
+        match raw {
+            None => Ok(None),
+            Some(v) => (*v)
+                .try_into()
+                .map(|b| Some(u64::from_be_bytes(b)))
+                .map_err(|_| StorageError::Corrupt {
+                    cf: CF_SM,
+                    group: self.group,
+                    record: "audit cursor".into(),
+                    reason: format!("8 bytes expected, found {}", v.len()),
+                }),
+        }
+    }
+
     /// Whether the leader recorded (with `MemberReplicated`) that it has
     /// replicated to `node_id`.
     pub fn member_replicated(&self, node_id: u64) -> Result<bool, StorageError> {
@@ -854,6 +876,14 @@ impl MetaStore {
                         compact_revision: st.compact_revision,
                     }));
                 }
+                if let Some(relayed) = self.audit_cursor()?.filter(|r| r < revision) {
+                    return Ok(Err(Rejection::InvalidArgument {
+                        field: "compact.revision".into(),
+                        reason: format!(
+                            "the audit relay has relayed revisions up to {relayed} only; compacting to {revision} would lose audit events (see esf status: audit lag)"
+                        ),
+                    }));
+                }
                 self.compact(batch, st.compact_revision, *revision)?;
                 st.compact_revision = *revision;
                 OpResult::Compacted {
@@ -863,6 +893,22 @@ impl MetaStore {
             Op::SetLimits(l) => {
                 st.limits = *l;
                 OpResult::LimitsSet
+            }
+            Op::AuditCursor { revision } => {
+                if *revision > st.revision {
+                    return Ok(Err(Rejection::FutureRevision {
+                        requested: *revision,
+                        current: st.revision,
+                    }));
+                }
+                if self.audit_cursor()?.is_none_or(|r| r < *revision) {
+                    batch.put_cf(
+                        self.db.cf(CF_SM),
+                        layout::table_prefix(self.group, layout::AUDIT),
+                        revision.to_be_bytes(),
+                    );
+                }
+                OpResult::None
             }
             Op::MemberReplicated { node_id } => {
                 batch.put_cf(self.db.cf(CF_SM), layout::replicated_key(self.group, *node_id), []);
@@ -972,7 +1018,11 @@ impl MetaStore {
             // Auto-compaction: keep `history_revisions` revisions readable,
             // compacting in steps of `auto_compaction_step` revisions so the
             // cost is shared by many writes.
-            let target = rev.saturating_sub(st.limits.history_revisions);
+            // Never above the audit relay's cursor.
+            let mut target = rev.saturating_sub(st.limits.history_revisions);
+            if let Some(relayed) = self.audit_cursor()? {
+                target = target.min(relayed);
+            }
             if target >= st.compact_revision + auto_compaction_step(st.limits.history_revisions) {
                 self.compact(batch, st.compact_revision, target)?;
                 st.compact_revision = target;

@@ -1,0 +1,432 @@
+//! The audit trail: every revision of the meta store (config puts and
+//! deletes, registry changes, subscription positions, keys removed with
+//! their lease) becomes exactly one event of the stream [`STREAM`].
+//!
+//! A relay on the meta leader tails the committed revisions in the meta
+//! store's change log and appends them in revision order, a batch per
+//! append, to `$audit` with an exact expected version. Each event's id is
+//! derived from its revision ([`event_id`]), so a repeated append after a
+//! crash or a timeout is answered as a duplicate and never doubles an
+//! event. After each batch it records how far it got in meta
+//! ([`Op::AuditCursor`], no new revision, so it never audits itself); meta
+//! never compacts above that cursor, so no revision is compacted before its
+//! event exists. It resumes from the later of that cursor and the last
+//! event in the stream. Config writes never wait for it: while the audit
+//! partition is unavailable it retries with backoff and the lag grows
+//! (`esf status`, metric `esf_audit_lag_revisions`).
+//!
+//! Lease grants and keep-alives create no revision (as in etcd) and so no
+//! audit event; a lease that ends shows as the deletion of its keys.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use esf_client::pb;
+use esf_raft::command::{Command, KeyRange, Op, Rejection};
+use esf_raft::meta::{ReadError, WatchEvent};
+use esf_raft::openraft::async_runtime::WatchReceiver;
+use prost::Message;
+use serde_json::{Value, json};
+use tonic::Status;
+use tracing::{info, warn};
+
+use crate::convert::RESERVED_KEY_BYTE;
+use crate::events::EventsService;
+use crate::service::Ctx;
+
+/// The stream of audit events (streams starting with `$` are ESF's own).
+pub const STREAM: &str = "$audit";
+/// Most revisions relayed in one append.
+pub const BATCH_REVISIONS: u64 = 500;
+/// An append stops taking revisions past this many bytes of event data.
+pub const BATCH_BYTES: usize = 2 << 20;
+/// Values up to this many bytes are copied into the audit event (as text,
+/// if UTF-8); larger ones are described by their size only.
+pub const MAX_VALUE_BYTES: usize = 1024;
+/// Deadline of one append or stream read of the relay.
+pub const CALL_DEADLINE: Duration = Duration::from_secs(10);
+/// The relay records its cursor in meta at most this often while busy (and
+/// whenever it catches up).
+pub const CURSOR_INTERVAL: Duration = Duration::from_millis(500);
+/// First and longest wait between failed attempts.
+const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
+
+/// The id of the audit event of `revision`: a UUID (version 8) holding
+/// "esfaud" and the revision, the same on every attempt and every node.
+pub fn event_id(revision: u64) -> [u8; 16] {
+    assert!(revision < 1 << 56, "revision {revision} does not fit an audit id");
+    let mut id = [0u8; 16];
+    id[..6].copy_from_slice(b"esfaud");
+    id[6] = 0x80;
+    id[8..].copy_from_slice(&revision.to_be_bytes());
+    id[8] |= 0x80;
+    id
+}
+
+/// What the relay reports (status and metrics on the leader).
+#[derive(Debug, Default)]
+pub struct RelayStats {
+    /// Audit events appended by this node's relay (duplicates not counted).
+    pub relayed: AtomicU64,
+    /// Append attempts that failed and were retried.
+    pub retries: AtomicU64,
+}
+
+/// How a changed key is classified in its audit event.
+fn kind_of(key: &[u8]) -> (&'static str, &[u8]) {
+    match key.split_first() {
+        Some((&RESERVED_KEY_BYTE, rest)) => {
+            for (prefix, kind) in [
+                (&b"registry/"[..], "registry"),
+                (b"sub/", "subscription"),
+                (b"sub-consumer/", "subscription"),
+            ] {
+                if rest.starts_with(prefix) {
+                    return (kind, rest);
+                }
+            }
+            ("internal", rest)
+        }
+        _ => ("config", key),
+    }
+}
+
+fn change_json(e: &WatchEvent) -> (Value, &'static str) {
+    let (kind, key) = kind_of(&e.kv.key);
+    let mut c = json!({
+        "key": String::from_utf8_lossy(key),
+        "kind": kind,
+        "op": if e.deleted { "delete" } else { "put" },
+    });
+    if !e.deleted {
+        c["version"] = json!(e.kv.version);
+        c["value_bytes"] = json!(e.kv.value.len());
+        if e.kv.lease != 0 {
+            c["lease"] = json!(e.kv.lease);
+        }
+        if kind == "registry" {
+            if let Ok(i) = pb::Instance::decode(e.kv.value.as_slice()) {
+                c["service"] = json!(i.service);
+                c["instance"] = json!(i.id);
+                c["address"] = json!(i.address);
+            }
+        } else if kind == "config" && e.kv.value.len() <= MAX_VALUE_BYTES {
+            if let Ok(s) = std::str::from_utf8(&e.kv.value) {
+                c["value"] = json!(s);
+            }
+        }
+    }
+    (c, kind)
+}
+
+/// The audit event of one revision from its changes (in the order the ops
+/// ran). Type: `esf.config.put` / `esf.config.deleted` / `esf.config.changed`
+/// (puts and deletes) for config keys, `esf.registry.changed`,
+/// `esf.subscription.changed`, `esf.meta.changed` for a mix of kinds. The
+/// correlation id is the key when the revision changed one key (so
+/// `esf events query --correlation-id KEY` lists a key's changes).
+pub fn audit_event(revision: u64, changes: &[WatchEvent]) -> pb::EventData {
+    let mut list = Vec::with_capacity(changes.len());
+    let mut kinds = std::collections::BTreeSet::new();
+    for e in changes {
+        let (c, kind) = change_json(e);
+        kinds.insert(kind);
+        list.push(c);
+    }
+    let deletes = changes.iter().filter(|e| e.deleted).count();
+    let ty = match kinds.iter().next() {
+        Some(&"config") if kinds.len() == 1 => match deletes {
+            0 => "esf.config.put",
+            d if d == changes.len() => "esf.config.deleted",
+            _ => "esf.config.changed",
+        },
+        Some(&"registry") if kinds.len() == 1 => "esf.registry.changed",
+        Some(&"subscription") if kinds.len() == 1 => "esf.subscription.changed",
+        _ => "esf.meta.changed",
+    };
+    let correlation_id = match list.as_slice() {
+        [one] => one["key"].as_str().unwrap_or_default().to_string(),
+        _ => String::new(),
+    };
+    let data = json!({ "revision": revision, "changes": list });
+    pb::EventData {
+        id: esf_client::uuid::format(&event_id(revision)),
+        r#type: ty.to_string(),
+        correlation_id: if correlation_id.len() <= esf_raft::events::MAX_NAME_BYTES {
+            correlation_id
+        } else {
+            String::new()
+        },
+        causation_id: String::new(),
+        data: serde_json::to_vec(&data).expect("a JSON value always serializes"),
+        metadata: [("revision".to_string(), revision.to_string())].into(),
+    }
+}
+
+/// The revision an audit event records (its `revision` metadata).
+pub fn revision_of(e: &pb::RecordedEvent) -> Option<u64> {
+    e.metadata.get("revision").and_then(|r| r.parse().ok())
+}
+
+/// Runs the relay whenever this node leads meta, until `stop`.
+pub async fn run_relay(ctx: Ctx, stats: Arc<RelayStats>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut metrics = ctx.meta.raft().metrics();
+    let mut backoff = BACKOFF.0;
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let term = leading_term(&ctx);
+        let Some(term) = term else {
+            tokio::select! {
+                _ = metrics.changed() => {}
+                _ = stop.changed() => {}
+            }
+            continue;
+        };
+        let mut relay = Relay {
+            ctx: ctx.clone(),
+            events: EventsService(ctx.clone()),
+            stats: stats.clone(),
+            term,
+        };
+        match relay.run(&mut stop).await {
+            Ok(()) => backoff = BACKOFF.0,
+            Err(e) => {
+                stats.retries.fetch_add(1, Ordering::Relaxed);
+                warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "audit relay: retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.changed() => {}
+                }
+                backoff = (backoff * 2).min(BACKOFF.1);
+            }
+        }
+    }
+}
+
+/// The term this node leads meta in, if it does.
+fn leading_term(ctx: &Ctx) -> Option<u64> {
+    let m = ctx.meta.raft().metrics().borrow_watched().clone();
+    (m.current_leader == Some(m.id) && m.state.is_leader()).then_some(m.current_term)
+}
+
+struct Relay {
+    ctx: Ctx,
+    events: EventsService,
+    stats: Arc<RelayStats>,
+    term: u64,
+}
+
+impl Relay {
+    /// Relays while this node leads in `term`: `Ok` once it no longer does
+    /// (or on stop), `Err` on a failure to retry after a pause.
+    async fn run(&mut self, stop: &mut tokio::sync::watch::Receiver<bool>) -> Result<(), String> {
+        let store = self.ctx.meta.store().clone();
+        let mut revisions = store.subscribe_revision();
+        let (mut next, mut version) = self.resume_point().await?;
+        let mut recorded = next - 1;
+        let mut last_record = tokio::time::Instant::now();
+        info!(from_revision = next, stream_version = version, "audit relay started");
+        loop {
+            if *stop.borrow() || leading_term(&self.ctx) != Some(self.term) {
+                return Ok(());
+            }
+            let current = store.revision();
+            let caught_up = next > current;
+            if recorded < next - 1 && (caught_up || last_record.elapsed() >= CURSOR_INTERVAL) {
+                self.record(next - 1).await?;
+                recorded = next - 1;
+                last_record = tokio::time::Instant::now();
+            }
+            if caught_up {
+                let mut metrics = self.ctx.meta.raft().metrics();
+                tokio::select! {
+                    _ = revisions.changed() => {}
+                    _ = metrics.changed() => {}
+                    _ = stop.changed() => {}
+                }
+                continue;
+            }
+            let to = current.min(next + BATCH_REVISIONS - 1);
+            let changes = match store.events(&KeyRange::Prefix(Vec::new()), next, to, false) {
+                Ok((c, _)) => c,
+                Err(ReadError::Rejected(Rejection::Compacted { compact_revision, .. })) => {
+                    // Only on a cluster that had history before the relay
+                    // existed (after its first cursor nothing above it is
+                    // compacted).
+                    warn!(
+                        from = next,
+                        to = compact_revision,
+                        "audit relay: revisions compacted before the audit trail existed are not audited"
+                    );
+                    next = compact_revision + 1;
+                    continue;
+                }
+                Err(e) => return Err(format!("read meta changes {next}..={to}: {e}")),
+            };
+            let mut batch = Vec::new();
+            let mut bytes = 0;
+            let mut last = next - 1;
+            for group in changes.chunk_by(|a, b| a.revision == b.revision) {
+                if bytes >= BATCH_BYTES {
+                    break;
+                }
+                let rev = group[0].revision;
+                if rev != last + 1 {
+                    return Err(format!("meta change log has no revision {} (next is {rev})", last + 1));
+                }
+                let e = audit_event(rev, group);
+                bytes += e.data.len();
+                batch.push(e);
+                last = rev;
+            }
+            if batch.is_empty() {
+                return Err(format!("meta change log has no revision {next}"));
+            }
+            let msg = pb::AppendRequest {
+                stream: STREAM.to_string(),
+                events: batch,
+                expected: Some(pb::ExpectedVersion {
+                    kind: Some(pb::expected_version::Kind::Exact(version)),
+                }),
+            };
+            let n = msg.events.len() as u64;
+            match tokio::time::timeout(CALL_DEADLINE, self.events.append_as(msg, false)).await {
+                Ok(Ok(r)) => {
+                    let r = r.into_inner();
+                    if !r.duplicate {
+                        self.stats.relayed.fetch_add(n, Ordering::Relaxed);
+                    }
+                    version = r.first_version + r.count - 1;
+                    next = last + 1;
+                }
+                // Another relay (a deposed leader) appended first, or a
+                // batch with other bounds landed before a crash: start
+                // again from the stream's end.
+                Ok(Err(s)) if matches!(s.code(), tonic::Code::FailedPrecondition | tonic::Code::InvalidArgument) => {
+                    warn!(status = %s, "audit relay: the stream moved; resuming from its end");
+                    (next, version) = self.resume_point().await?;
+                }
+                Ok(Err(s)) => return Err(format!("append revisions {next}..={last}: {s}")),
+                Err(_) => {
+                    return Err(format!(
+                        "append revisions {next}..={last}: no answer within {CALL_DEADLINE:?}"
+                    ));
+                }
+            }
+        }
+    }
+
+    /// (next revision to relay, the stream's version): after the later of
+    /// the recorded cursor and the revision of the stream's last event.
+    async fn resume_point(&self) -> Result<(u64, u64), String> {
+        let req = tonic::Request::new(pb::ReadStreamRequest {
+            stream: STREAM.to_string(),
+            from_version: 0,
+            backward: true,
+            limit: 1,
+            serializable: false,
+        });
+        let resp = match tokio::time::timeout(CALL_DEADLINE, tonic_read_stream(&self.events, req)).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(s)) => return Err(format!("read the end of {STREAM}: {s}")),
+            Err(_) => return Err(format!("read the end of {STREAM}: no answer within {CALL_DEADLINE:?}")),
+        };
+        let in_stream = match resp.events.first() {
+            None => 0,
+            Some(e) => revision_of(e).ok_or_else(|| format!("the last event of {STREAM} names no revision"))?,
+        };
+        let store = self.ctx.meta.store();
+        let cursor = store.audit_cursor().map_err(|e| e.to_string())?.unwrap_or(0);
+        Ok((in_stream.max(cursor) + 1, resp.stream_version))
+    }
+
+    /// Records in meta that every revision up to `revision` is relayed.
+    async fn record(&self, revision: u64) -> Result<(), String> {
+        let cmd = Command::new(Op::AuditCursor { revision });
+        match tokio::time::timeout(CALL_DEADLINE, self.ctx.meta.write(cmd)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(format!("record audit cursor {revision}: {e}")),
+            Err(_) => Err(format!(
+                "record audit cursor {revision}: no answer within {CALL_DEADLINE:?}"
+            )),
+        }
+    }
+}
+
+async fn tonic_read_stream(
+    events: &EventsService,
+    req: tonic::Request<pb::ReadStreamRequest>,
+) -> Result<pb::ReadStreamResponse, Status> {
+    use pb::events_server::Events;
+    events.read_stream(req).await.map(tonic::Response::into_inner)
+}
+
+/// (last relayed revision, revisions not yet relayed) as this node's meta
+/// replica knows them.
+pub fn lag(ctx_meta: &esf_raft::group::MetaGroup) -> (u64, u64) {
+    let store = ctx_meta.store();
+    let relayed = store.audit_cursor().ok().flatten().unwrap_or(0);
+    (relayed, store.revision().saturating_sub(relayed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use esf_raft::command::KeyValue;
+
+    fn change(key: &[u8], value: &[u8], deleted: bool, revision: u64) -> WatchEvent {
+        WatchEvent {
+            revision,
+            deleted,
+            kv: KeyValue {
+                key: key.to_vec(),
+                value: value.to_vec(),
+                create_revision: revision,
+                mod_revision: revision,
+                version: 1,
+                lease: 0,
+            },
+            prev_kv: None,
+        }
+    }
+
+    #[test]
+    fn ids_are_per_revision_and_valid_uuids() {
+        let a = esf_client::uuid::format(&event_id(1));
+        let b = esf_client::uuid::format(&event_id(2));
+        assert_ne!(a, b);
+        assert_eq!(esf_client::uuid::parse(&a).expect("parses"), event_id(1));
+        assert_eq!(event_id(7), event_id(7));
+        assert_eq!(&a[14..15], "8", "version 8: {a}");
+    }
+
+    #[test]
+    fn events_are_typed_by_what_changed() {
+        let put = audit_event(5, &[change(b"cfg/a", b"1", false, 5)]);
+        assert_eq!(put.r#type, "esf.config.put");
+        assert_eq!(put.correlation_id, "cfg/a");
+        let v: Value = serde_json::from_slice(&put.data).expect("json");
+        assert_eq!(v["revision"], 5);
+        assert_eq!(v["changes"][0]["value"], "1");
+        assert_eq!(put.metadata["revision"], "5");
+        let del = audit_event(6, &[change(b"a", b"", true, 6), change(b"b", b"", true, 6)]);
+        assert_eq!(del.r#type, "esf.config.deleted");
+        assert_eq!(del.correlation_id, "");
+        let mixed = audit_event(7, &[change(b"a", b"x", false, 7), change(b"b", b"", true, 7)]);
+        assert_eq!(mixed.r#type, "esf.config.changed");
+        let mut reg = vec![RESERVED_KEY_BYTE];
+        reg.extend_from_slice(b"registry/api/i1");
+        let r = audit_event(8, &[change(&reg, b"", true, 8)]);
+        assert_eq!(r.r#type, "esf.registry.changed");
+        assert_eq!(r.correlation_id, "registry/api/i1");
+        let both = audit_event(9, &[change(&reg, b"", true, 9), change(b"k", b"", true, 9)]);
+        assert_eq!(both.r#type, "esf.meta.changed");
+        let big = audit_event(10, &[change(b"k", &[b'x'; MAX_VALUE_BYTES + 1], false, 10)]);
+        let v: Value = serde_json::from_slice(&big.data).expect("json");
+        assert!(v["changes"][0].get("value").is_none());
+        assert_eq!(v["changes"][0]["value_bytes"], MAX_VALUE_BYTES + 1);
+    }
+}
