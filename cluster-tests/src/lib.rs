@@ -447,6 +447,34 @@ impl Cluster {
         }
     }
 
+    /// Waits until the meta leader reports every revision up to the current
+    /// one relayed to the audit trail; returns that revision.
+    pub async fn wait_audit_caught_up(&self) -> u64 {
+        let deadline = tokio::time::Instant::now() + READY_DEADLINE;
+        loop {
+            let mut last = String::new();
+            for (_, s) in self.client().status_all().await {
+                let Ok(s) = s else { continue };
+                let Some(meta) = s.groups.first() else { continue };
+                if meta.leader_id == s.node_id {
+                    let revision = s.header.as_ref().map_or(0, |h| h.revision);
+                    if s.audit_lag == 0 && s.audit_relayed_revision == revision {
+                        return revision;
+                    }
+                    last = format!(
+                        "revision {revision}, relayed {}, lag {}",
+                        s.audit_relayed_revision, s.audit_lag
+                    );
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the audit relay did not catch up within {READY_DEADLINE:?}: {last}"
+            );
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
     /// Waits until every running node has applied, in every group (meta
     /// and event partitions), at least what that group's leader committed.
     pub async fn wait_converged(&self) {

@@ -25,34 +25,6 @@ async fn audit_events(client: &esf_client::Client) -> Vec<pb::RecordedEvent> {
     }
 }
 
-/// Waits until the meta leader reports every revision up to the current
-/// one relayed; returns that revision.
-async fn wait_audit_caught_up(c: &Cluster) -> u64 {
-    let deadline = tokio::time::Instant::now() + READY_DEADLINE;
-    loop {
-        let mut last = String::new();
-        for (_, s) in c.client().status_all().await {
-            let Ok(s) = s else { continue };
-            let Some(meta) = s.groups.first() else { continue };
-            if meta.leader_id == s.node_id {
-                let revision = s.header.as_ref().map_or(0, |h| h.revision);
-                if s.audit_lag == 0 && s.audit_relayed_revision == revision {
-                    return revision;
-                }
-                last = format!(
-                    "revision {revision}, relayed {}, lag {}",
-                    s.audit_relayed_revision, s.audit_lag
-                );
-            }
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the audit relay did not catch up within {READY_DEADLINE:?}: {last}"
-        );
-        tokio::time::sleep(POLL_INTERVAL).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_revision_has_one_audit_event_after_the_meta_leader_is_killed_mid_burst() {
     let mut c = Cluster::start(&esf_bin(), 3);
@@ -96,7 +68,7 @@ async fn every_revision_has_one_audit_event_after_the_meta_leader_is_killed_mid_
     let bin = c.bin.clone();
     c.node_mut(leader).start(&bin);
     c.wait_converged().await;
-    let revision = wait_audit_caught_up(&c).await;
+    let revision = c.wait_audit_caught_up().await;
 
     let events = audit_events(&client).await;
     let revisions: Vec<u64> = events
@@ -201,7 +173,7 @@ async fn compaction_never_passes_the_audit_relay_and_registry_changes_are_audite
     for i in 0..20 {
         client.put(format!("k{i}"), "v").await.expect("put");
     }
-    let revision = wait_audit_caught_up(&c).await;
+    let revision = c.wait_audit_caught_up().await;
     // Up to the relayed revision compaction works; above, the relay has not
     // been (there is nothing above: a compaction to the current revision is
     // allowed, one past it is in the future).
@@ -222,7 +194,7 @@ async fn compaction_never_passes_the_audit_relay_and_registry_changes_are_audite
         .await
         .expect("register");
     client.lease_revoke(lease).await.expect("revoke");
-    let last = wait_audit_caught_up(&c).await;
+    let last = c.wait_audit_caught_up().await;
     let events = audit_events(&client).await;
     let tail: Vec<(&str, serde_json::Value)> = events
         .iter()

@@ -1539,21 +1539,23 @@ async fn nemesis(
                 let applied = meta_view(&c, target).await.map_or(0, |v| v.2);
                 c.node(target).pause(true);
                 // The leader snapshots and purges its log past what the
-                // paused follower has.
+                // paused follower has (openraft may purge later than it
+                // snapshots, e.g. while a replication to the paused node
+                // is in flight: wait for the purge itself).
                 let deadline = Instant::now() + NEW_LEADER_DEADLINE;
-                let mut snap = 0;
+                let (mut snap, mut purged_to) = (0, 0);
                 while Instant::now() < deadline {
                     let now = leader_other_than(&c, target).await;
-                    snap = node_status(&c, now)
+                    (snap, purged_to) = node_status(&c, now)
                         .await
-                        .and_then(|s| s.groups.first().map(|g| g.snapshot_index))
-                        .unwrap_or(0);
-                    if snap > applied + SNAPSHOT_KEEP_LOGS {
+                        .and_then(|s| s.groups.first().map(|g| (g.snapshot_index, g.purged_index)))
+                        .unwrap_or((0, 0));
+                    if purged_to > applied {
                         break;
                     }
                     tokio::time::sleep(esf_cluster_tests::POLL_INTERVAL).await;
                 }
-                let purged = snap > applied + SNAPSHOT_KEEP_LOGS;
+                let purged = purged_to > applied;
                 let before = snapshot_installs(c.node(target));
                 c.node(target).pause(false);
                 // Killed again while it receives or installs the snapshot.
@@ -1574,7 +1576,7 @@ async fn nemesis(
                 (
                     purged && installs > 0 && caught >= snap,
                     format!(
-                        "node {target} paused at applied {applied}, leader snapshot at {snap}; killed {} its install; {installs} snapshot(s) installed; applied {caught} after restart",
+                        "node {target} paused at applied {applied}, leader snapshot at {snap}, log purged to {purged_to}; killed {} its install; {installs} snapshot(s) installed; applied {caught} after restart",
                         if during { "after" } else { "before the end of" }
                     ),
                 )

@@ -364,6 +364,26 @@ async fn tonic_read_stream(
     events.read_stream(req).await.map(tonic::Response::into_inner)
 }
 
+/// How long a compaction waits for the relay to pass its revision.
+/// (The relay records its cursor at once when caught up, and at most every
+/// [`CURSOR_INTERVAL`] while busy; a longer wait would outlast a client's
+/// per-call deadline.)
+pub const COMPACT_WAIT: Duration = Duration::from_secs(1);
+const COMPACT_POLL: Duration = Duration::from_millis(20);
+
+/// Waits (up to [`COMPACT_WAIT`]) until this node's meta replica records
+/// every revision up to `revision` as relayed, or no cursor exists yet.
+pub async fn wait_relayed(meta: &esf_raft::group::MetaGroup, revision: u64) {
+    let deadline = tokio::time::Instant::now() + COMPACT_WAIT;
+    while tokio::time::Instant::now() < deadline {
+        match meta.store().audit_cursor() {
+            Ok(Some(r)) if r < revision.min(meta.store().revision()) => {}
+            _ => return,
+        }
+        tokio::time::sleep(COMPACT_POLL).await;
+    }
+}
+
 /// (last relayed revision, revisions not yet relayed) as this node's meta
 /// replica knows them.
 pub fn lag(ctx_meta: &esf_raft::group::MetaGroup) -> (u64, u64) {

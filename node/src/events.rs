@@ -453,7 +453,10 @@ impl Feed {
     }
 
     fn wanted(&self, e: &EventRecord) -> bool {
-        (self.type_filter.is_empty() || e.event_type == self.type_filter)
+        // ESF's own streams only when the prefix asks for them.
+        let system = e.stream.starts_with('$') && !self.stream_prefix.starts_with('$');
+        !system
+            && (self.type_filter.is_empty() || e.event_type == self.type_filter)
             && (self.stream_prefix.is_empty() || e.stream.starts_with(&self.stream_prefix))
     }
 }

@@ -183,6 +183,7 @@ where
         applied_index: m.last_applied.as_ref().map_or(0, |l| l.index),
         last_log_index: m.last_log_index.unwrap_or(0),
         snapshot_index: m.snapshot.as_ref().map_or(0, |l| l.index),
+        purged_index: m.purged.as_ref().map_or(0, |l| l.index),
         planned: Vec::new(),
         held: false,
     }

@@ -433,6 +433,9 @@ impl pb::config_server::Config for ConfigService {
 
     async fn compact(&self, req: Request<pb::CompactRequest>) -> Result<Response<pb::CompactResponse>, Status> {
         let msg = req.get_ref().clone();
+        // The audit relay records its cursor at most every 500 ms: give it
+        // that long to pass the revision before the state machine refuses.
+        crate::audit::wait_relayed(&self.0.meta, msg.revision).await;
         let cmd = Command {
             session: convert::session(msg.session),
             op: Op::Compact { revision: msg.revision },

@@ -530,7 +530,11 @@ async fn run_lease_keeper(group: std::sync::Weak<MetaGroup>) {
 /// lease revokes and compaction free space and always run.
 fn adds_data(op: &Op) -> bool {
     match op {
-        Op::Put(_) | Op::LeaseGrant { .. } | Op::Append(_) => true,
+        Op::Put(_) | Op::LeaseGrant { .. } => true,
+        // ESF's own streams (the audit trail) keep being written: past the
+        // quota the audit relay must still pass the revisions a compaction
+        // needs, or no compaction could free space.
+        Op::Append(a) => !a.stream.starts_with('$'),
         Op::Txn(t) => t.success.iter().chain(&t.failure).any(|o| matches!(o, TxnOp::Put(_))),
         Op::Delete(_)
         | Op::Compact { .. }

@@ -79,8 +79,11 @@ impl PartitionGroup {
     pub async fn write(&self, cmd: Command) -> Result<Response> {
         if let Op::Append(a) = &cmd.op {
             super::check_append(a)?;
-            // The quota covers every state machine of the node.
-            crate::group::check_quota(self.store.db(), self.opts.quota_bytes)?;
+            // The quota covers every state machine of the node; ESF's own
+            // streams are exempt (see `adds_data` of the meta group).
+            if !a.stream.starts_with('$') {
+                crate::group::check_quota(self.store.db(), self.opts.quota_bytes)?;
+            }
         }
         let resp = propose(
             &self.raft,
