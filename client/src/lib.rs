@@ -103,6 +103,8 @@ macro_rules! headed {
 
 headed!(
     pb::PutResponse,
+    pb::SetRetentionResponse,
+    pb::ListRetentionResponse,
     pb::RangeResponse,
     pb::DeleteResponse,
     pb::TxnResponse,
@@ -965,6 +967,27 @@ impl Client {
                     .delete_stream(r)
                     .await
             }
+        })
+        .await
+    }
+
+    /// Sets the retention rule of `rule.stream_prefix` (both limits 0:
+    /// removes it). Idempotent, so retried like a read.
+    pub async fn set_retention(&self, rule: pb::RetentionRule) -> Result<pb::SetRetentionResponse> {
+        let req = pb::SetRetentionRequest { rule: Some(rule) };
+        self.call("set retention", |ch| {
+            let r = req.clone();
+            async move { EventsClient::new(ch).set_retention(r).await }
+        })
+        .await
+    }
+
+    /// The retention rules in force.
+    pub async fn list_retention(&self) -> Result<pb::ListRetentionResponse> {
+        self.call("list retention", |ch| async move {
+            EventsClient::new(ch)
+                .list_retention(pb::ListRetentionRequest { serializable: false })
+                .await
         })
         .await
     }

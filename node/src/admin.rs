@@ -22,6 +22,7 @@ pub struct AdminState {
     pub max_apply_lag: u64,
     pub version: &'static str,
     pub audit: Arc<crate::audit::RelayStats>,
+    pub retention: Arc<crate::retention::RetentionStats>,
 }
 
 /// The admin router.
@@ -190,6 +191,11 @@ async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
             "esf_audit_relayed_total",
             "Audit events this node's relay appended (while it led meta).",
             s.audit.relayed.load(Ordering::Relaxed),
+        ),
+        (
+            "esf_retention_removed_events_total",
+            "Events this node's partition leaders removed by retention.",
+            s.retention.removed.load(Ordering::Relaxed),
         ),
         (
             "esf_audit_retries_total",

@@ -81,6 +81,7 @@ fn kind_of(key: &[u8]) -> (&'static str, &[u8]) {
                 (&b"registry/"[..], "registry"),
                 (b"sub/", "subscription"),
                 (b"sub-consumer/", "subscription"),
+                (b"retention/", "retention"),
             ] {
                 if rest.starts_with(prefix) {
                     return (kind, rest);
@@ -111,7 +112,7 @@ fn change_json(e: &WatchEvent) -> (Value, &'static str) {
                 c["instance"] = json!(i.id);
                 c["address"] = json!(i.address);
             }
-        } else if kind == "config" && e.kv.value.len() <= MAX_VALUE_BYTES {
+        } else if matches!(kind, "config" | "retention") && e.kv.value.len() <= MAX_VALUE_BYTES {
             if let Ok(s) = std::str::from_utf8(&e.kv.value) {
                 c["value"] = json!(s);
             }
@@ -143,6 +144,7 @@ pub fn audit_event(revision: u64, changes: &[WatchEvent]) -> pb::EventData {
         },
         Some(&"registry") if kinds.len() == 1 => "esf.registry.changed",
         Some(&"subscription") if kinds.len() == 1 => "esf.subscription.changed",
+        Some(&"retention") if kinds.len() == 1 => "esf.retention.changed",
         _ => "esf.meta.changed",
     };
     let correlation_id = match list.as_slice() {

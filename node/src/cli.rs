@@ -246,6 +246,90 @@ enum EventsCmd {
         #[arg(long, default_value = "any")]
         expected_version: String,
     },
+    /// Retention rules: how long, and how many bytes per partition, events
+    /// are kept.
+    #[command(subcommand)]
+    Retention(RetentionCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum RetentionCmd {
+    /// Set the rule of a stream prefix (default: the cluster-wide rule).
+    Set {
+        /// Streams starting with this ("" every stream).
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// Remove events older than this: 500ms, 30s, 15m, 12h, 7d.
+        #[arg(long)]
+        max_age: Option<String>,
+        /// Cluster-wide rule only: keep each partition to this many bytes
+        /// of events (oldest removed first): 1048576, 512MiB, 10GiB.
+        #[arg(long)]
+        max_bytes: Option<String>,
+    },
+    /// The rules in force.
+    List,
+    /// Remove the rule of a prefix (default: the cluster-wide rule).
+    Clear {
+        #[arg(long, default_value = "")]
+        prefix: String,
+    },
+}
+
+/// `--max-age` as milliseconds.
+fn parse_age(field: &str, s: &str) -> anyhow::Result<u64> {
+    let s = s.trim();
+    let at = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(at);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| anyhow::anyhow!("{field}: {s:?} is not a duration like 30s, 15m, 12h or 7d"))?;
+    let ms = match unit {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => anyhow::bail!("{field}: {s:?} needs a unit: ms, s, m, h or d"),
+    };
+    n.checked_mul(ms)
+        .ok_or_else(|| anyhow::anyhow!("{field}: {s:?} is too long"))
+}
+
+/// `--max-bytes` as bytes.
+fn parse_bytes(field: &str, s: &str) -> anyhow::Result<u64> {
+    let s = s.trim();
+    let at = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(at);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| anyhow::anyhow!("{field}: {s:?} is not a size like 1048576, 512MiB or 10GiB"))?;
+    let mult: u64 = match unit {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        _ => anyhow::bail!("{field}: {s:?} has an unknown unit (B, KiB, MiB, GiB, TiB, KB, MB, GB)"),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| anyhow::anyhow!("{field}: {s:?} is too large"))
+}
+
+fn retention_line(r: &pb::RetentionRule) -> String {
+    format!(
+        "{} max_age_ms={} max_bytes={}\n",
+        if r.stream_prefix.is_empty() {
+            "*"
+        } else {
+            &r.stream_prefix
+        },
+        r.max_age_ms,
+        r.max_bytes
+    )
 }
 
 #[derive(Debug, Subcommand)]
@@ -1326,6 +1410,12 @@ async fn events(c: Client, out: Output, cmd: EventsCmd) -> anyhow::Result<()> {
                         serializable: false,
                     })
                     .await?;
+                if from < r.first_offset {
+                    eprintln!(
+                        "note: partition {p} keeps events from offset {} on; those before were removed by retention",
+                        r.first_offset
+                    );
+                }
                 print_events(out, &r.events);
             }
             None => {
@@ -1338,9 +1428,64 @@ async fn events(c: Client, out: Output, cmd: EventsCmd) -> anyhow::Result<()> {
                         serializable: false,
                     })
                     .await?;
+                if r.first_version > 1 && (from < r.first_version || backward) {
+                    eprintln!(
+                        "note: the stream keeps versions from {} on; those before were removed by retention",
+                        r.first_version
+                    );
+                }
                 print_events(out, &r.events);
             }
         },
+        EventsCmd::Retention(RetentionCmd::Set {
+            prefix,
+            max_age,
+            max_bytes,
+        }) => {
+            if max_age.is_none() && max_bytes.is_none() {
+                anyhow::bail!(
+                    "retention set: give --max-age, --max-bytes or both (esf events retention clear removes a rule)"
+                );
+            }
+            let rule = pb::RetentionRule {
+                stream_prefix: prefix,
+                max_age_ms: max_age
+                    .as_deref()
+                    .map(|s| parse_age("max_age", s))
+                    .transpose()?
+                    .unwrap_or(0),
+                max_bytes: max_bytes
+                    .as_deref()
+                    .map(|s| parse_bytes("max_bytes", s))
+                    .transpose()?
+                    .unwrap_or(0),
+            };
+            c.set_retention(rule.clone()).await?;
+            print(
+                out,
+                &json!({"stream_prefix": rule.stream_prefix, "max_age_ms": rule.max_age_ms, "max_bytes": rule.max_bytes}),
+                || format!("set {}", retention_line(&rule)),
+            );
+        }
+        EventsCmd::Retention(RetentionCmd::List) => {
+            for r in c.list_retention().await?.rules {
+                print(
+                    out,
+                    &json!({"stream_prefix": r.stream_prefix, "max_age_ms": r.max_age_ms, "max_bytes": r.max_bytes}),
+                    || retention_line(&r),
+                );
+            }
+        }
+        EventsCmd::Retention(RetentionCmd::Clear { prefix }) => {
+            c.set_retention(pb::RetentionRule {
+                stream_prefix: prefix.clone(),
+                ..Default::default()
+            })
+            .await?;
+            print(out, &json!({"cleared": prefix}), || {
+                format!("cleared the rule of {prefix:?}\n")
+            });
+        }
         EventsCmd::Query {
             event_type,
             correlation_id,

@@ -60,6 +60,8 @@ pub struct NodeConfig {
     /// Log entries a group keeps behind its last snapshot, so a follower
     /// that lags by fewer catches up from the log instead of a snapshot.
     pub snapshot_keep_logs: u64,
+    /// How often each partition leader applies the retention rules, ms.
+    pub retention_interval_ms: u64,
 }
 
 impl Default for NodeConfig {
@@ -85,6 +87,7 @@ impl Default for NodeConfig {
             verify_on_start: true,
             snapshot_logs: 10_000,
             snapshot_keep_logs: 1_000,
+            retention_interval_ms: 10_000,
         }
     }
 }
@@ -168,6 +171,10 @@ pub struct Flags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub snapshot_keep_logs: Option<u64>,
+    /// How often partition leaders apply the retention rules, ms.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retention_interval_ms: Option<u64>,
 }
 
 /// Builds the layered configuration and validates it.
@@ -226,6 +233,12 @@ pub fn validate(c: &NodeConfig) -> anyhow::Result<()> {
         anyhow::bail!(
             "election_timeout_ms: must be more than twice heartbeat_interval_ms ({})",
             c.heartbeat_interval_ms
+        );
+    }
+    if c.retention_interval_ms < 100 {
+        anyhow::bail!(
+            "retention_interval_ms: {} is under the minimum of 100",
+            c.retention_interval_ms
         );
     }
     if c.snapshot_logs == 0 {

@@ -751,6 +751,14 @@ impl pb::events_server::Events for EventsService {
                 header: self.header(&p),
                 events: events.into_iter().map(|e| recorded(p.group(), e)).collect(),
                 stream_version: rec.version,
+                first_version: match rec.version {
+                    0 => 1,
+                    v => p
+                        .store()
+                        .first_version(&msg.stream)
+                        .map_err(|e| Status::internal(e.to_string()))?
+                        .unwrap_or(v + 1),
+                },
             })),
             Err(e) => forward_or!(self.0, events_client, req, e, read_stream, msg),
         }
@@ -778,6 +786,7 @@ impl pb::events_server::Events for EventsService {
                 header: self.header(&p),
                 events: events.into_iter().map(|e| recorded(p.group(), e)).collect(),
                 next_offset,
+                first_offset: p.store().first_offset().map_err(|e| Status::internal(e.to_string()))?,
             })),
             Err(e) => forward_or!(self.0, events_client, req, e, read_partition, msg),
         }
@@ -838,6 +847,67 @@ impl pb::events_server::Events for EventsService {
             cursor,
             explain: msg.explain.then_some(explain),
         }))
+    }
+
+    async fn set_retention(
+        &self,
+        req: Request<pb::SetRetentionRequest>,
+    ) -> Result<Response<pb::SetRetentionResponse>, Status> {
+        let msg = req.get_ref().clone();
+        let r = msg
+            .rule
+            .clone()
+            .ok_or_else(|| invalid("retention.rule", "is required"))?;
+        let rule = esf_raft::events::retention::RetentionRule {
+            stream_prefix: r.stream_prefix,
+            max_age_ms: r.max_age_ms,
+            max_bytes: r.max_bytes,
+        };
+        rule.check().map_err(|(field, reason)| invalid(&field, reason))?;
+        let key = crate::retention::rule_key(&rule.stream_prefix);
+        let op = if rule.max_age_ms == 0 && rule.max_bytes == 0 {
+            Op::Delete(esf_raft::command::DeleteRequest {
+                range: esf_raft::command::KeyRange::Key(key),
+                prev_kv: false,
+            })
+        } else {
+            Op::Put(esf_raft::command::PutRequest {
+                key,
+                value: crate::retention::encode_rule(&rule),
+                lease: 0,
+                prev_kv: false,
+            })
+        };
+        match self.0.write(Command::new(op)).await {
+            Ok((h, _)) => Ok(Response::new(pb::SetRetentionResponse { header: Some(h) })),
+            Err(e) => forward_or!(self.0, events_client, req, e, set_retention, msg),
+        }
+    }
+
+    async fn list_retention(
+        &self,
+        req: Request<pb::ListRetentionRequest>,
+    ) -> Result<Response<pb::ListRetentionResponse>, Status> {
+        let msg = req.get_ref().clone();
+        let r = esf_raft::command::RangeRequest {
+            range: crate::retention::rules_range(),
+            revision: 0,
+            limit: 0,
+            count_only: false,
+            keys_only: false,
+        };
+        match self.0.meta.range(&r, consistency(msg.serializable)).await {
+            Ok((h, res)) => Ok(Response::new(pb::ListRetentionResponse {
+                header: Some(convert::header(h)),
+                rules: res
+                    .kvs
+                    .iter()
+                    .filter_map(|kv| crate::retention::decode_rule(&kv.key, &kv.value))
+                    .map(|r| crate::retention::to_pb(&r))
+                    .collect(),
+            })),
+            Err(e) => forward_or!(self.0, events_client, req, e, list_retention, msg),
+        }
     }
 
     async fn delete_stream(

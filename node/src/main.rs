@@ -15,6 +15,7 @@ mod partitions;
 mod placement;
 mod query;
 mod registry;
+mod retention;
 mod server;
 mod service;
 mod snapshot;

@@ -349,7 +349,9 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("admin_listen: bind {admin_addr}"))?;
     let audit_stats = Arc::new(crate::audit::RelayStats::default());
+    let retention_stats = Arc::new(crate::retention::RetentionStats::default());
     let admin_state = crate::admin::AdminState {
+        retention: retention_stats.clone(),
         audit: audit_stats.clone(),
         meta: meta.clone(),
         draining: draining.clone(),
@@ -372,6 +374,13 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     ));
 
     let relay = tokio::spawn(crate::audit::run_relay(ctx.clone(), audit_stats, stop_rx.clone()));
+    let retention = tokio::spawn(crate::retention::run(
+        meta.clone(),
+        partitions.clone(),
+        Duration::from_millis(cfg.retention_interval_ms),
+        retention_stats,
+        stop_rx.clone(),
+    ));
     let reconciler = tokio::spawn(crate::partitions::run_reconciler(
         meta.clone(),
         partitions.clone(),
@@ -411,6 +420,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     let _ = admin_task.await;
     let _ = reconciler.await;
     let _ = relay.await;
+    let _ = retention.await;
     for p in partitions.iter() {
         p.shutdown()
             .await

@@ -61,6 +61,7 @@ impl std::fmt::Display for Command {
             Op::RecordPartitions { count } => write!(f, "record_partitions({count})"),
             Op::PlacePartitions { plan, .. } => write!(f, "place_partitions({} partitions)", plan.len()),
             Op::AuditCursor { revision } => write!(f, "audit_cursor({revision})"),
+            Op::RemoveEvents { offsets } => write!(f, "remove_events({})", offsets.len()),
         }
     }
 }
@@ -142,6 +143,14 @@ pub enum Op {
     AuditCursor {
         /// Last relayed revision.
         revision: u64,
+    },
+    /// Event partitions: remove these events (chosen by the partition
+    /// leader from the retention rules), with their id, stream and
+    /// secondary index rows. Offsets already gone are skipped, so a retry
+    /// is harmless.
+    RemoveEvents {
+        /// Offsets, at most [`crate::events::MAX_REMOVE_EVENTS`].
+        offsets: Vec<u64>,
     },
 }
 
@@ -475,6 +484,11 @@ pub enum OpResult {
     StreamDeleted {
         /// Its version when deleted.
         version: u64,
+    },
+    /// Events removed by retention.
+    Removed {
+        /// Events that were still there and are now gone.
+        events: u64,
     },
 }
 

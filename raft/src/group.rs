@@ -544,6 +544,7 @@ fn adds_data(op: &Op) -> bool {
         | Op::RecordPartitions { .. }
         | Op::PlacePartitions { .. }
         | Op::AuditCursor { .. }
+        | Op::RemoveEvents { .. }
         | Op::DeleteStream { .. } => false,
     }
 }

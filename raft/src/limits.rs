@@ -227,6 +227,19 @@ impl Limits {
             }
             Op::Append(a) => crate::events::check_append(a),
             Op::DeleteStream { stream, .. } => crate::events::check_stream_id("stream", stream),
+            Op::RemoveEvents { offsets } => {
+                if offsets.len() > crate::events::MAX_REMOVE_EVENTS {
+                    return Err(invalid(
+                        "remove.offsets",
+                        &format!(
+                            "has {} offsets, over the limit of {}",
+                            offsets.len(),
+                            crate::events::MAX_REMOVE_EVENTS
+                        ),
+                    ));
+                }
+                Ok(())
+            }
             Op::AuditCursor { revision } => {
                 if *revision == 0 {
                     return Err(invalid("audit.revision", "must be at least 1"));

@@ -288,7 +288,11 @@ impl Model {
                     OpResult::None
                 }
             }
-            Op::Append(_) | Op::DeleteStream { .. } | Op::RecordPartitions { .. } | Op::PlacePartitions { .. } => {
+            Op::Append(_)
+            | Op::DeleteStream { .. }
+            | Op::RemoveEvents { .. }
+            | Op::RecordPartitions { .. }
+            | Op::PlacePartitions { .. } => {
                 unreachable!("the model generates no event ops")
             }
             Op::LeaseGrant { ttl_secs, .. } => {

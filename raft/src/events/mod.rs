@@ -6,12 +6,14 @@
 //! - [`state_machine`]: openraft's `RaftStateMachine` over it.
 //! - [`group`]: a running partition: proposals and reads with deadlines.
 //! - [`query`]: filters, the secondary index each uses, JSON predicates.
+//! - [`retention`]: which events are removed, by age and by bytes.
 //!
 //! Bounds on what one append may carry are the constants below; bad input
 //! is a [`Rejection::InvalidArgument`] naming the field.
 
 pub mod group;
 pub mod query;
+pub mod retention;
 pub mod state_machine;
 pub mod store;
 
@@ -31,6 +33,8 @@ pub const MAX_APPEND_BYTES: usize = 4 << 20;
 pub const MAX_NAME_BYTES: usize = 256;
 /// Most metadata entries of an event.
 pub const MAX_METADATA_ENTRIES: usize = 64;
+/// Most events one retention command removes.
+pub const MAX_REMOVE_EVENTS: usize = 10_000;
 
 fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Rejection {
     Rejection::InvalidArgument {

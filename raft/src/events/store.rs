@@ -12,6 +12,7 @@
 //! | `BY_CORRELATION` | `enc(correlation_id) ++ ts ++ offset` (non-empty ids) | empty |
 //! | `BY_TIME` | `ts ++ offset` | empty |
 //! | `INDEXED` | — | the index layout version the rows above follow |
+//! | `BYTES` | — | `u64 BE`: bytes of the stored event records (for retention's `max_bytes`) |
 //!
 //! The secondary indexes (see [`query`](super::query)) are written in the
 //! same batch as their event. A partition without the current `INDEXED`
@@ -27,6 +28,10 @@
 //! - A deleted stream keeps its events in the partition log, but no read
 //!   returns them and it cannot be appended to again.
 //! - Apply is deterministic: the timestamp comes from the entry.
+//! - Retention removes events (`Op::RemoveEvents`, see
+//!   [`retention`](super::retention)) with their id, stream-version and
+//!   index rows; offsets and stream versions are never reused, and the
+//!   id deduplication of a removed event ends with it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
@@ -53,6 +58,11 @@ const BY_TYPE: u8 = 6;
 const BY_CORRELATION: u8 = 7;
 const BY_TIME: u8 = 8;
 const INDEXED: u8 = 9;
+const BYTES: u8 = 10;
+
+/// Most events one retention pass examines (it starts at the partition's
+/// oldest event).
+pub const MAX_RETENTION_SCAN: usize = 100_000;
 
 /// The layout of the secondary indexes; a partition that recorded another
 /// one rebuilds them.
@@ -162,8 +172,8 @@ fn index_prefix(group: GroupId, index: super::query::Index, value: &str) -> Vec<
     }
 }
 
-/// Puts the index rows of `e` into `batch`.
-fn put_index_rows(batch: &mut WriteBatch, cf: &rocksdb::ColumnFamily, group: GroupId, e: &EventRecord) {
+/// The secondary index rows of `e`.
+fn index_rows(group: GroupId, e: &EventRecord) -> Vec<Vec<u8>> {
     use super::query::Index;
     let mut rows = vec![
         index_prefix(group, Index::Type, &e.event_type),
@@ -172,8 +182,15 @@ fn put_index_rows(batch: &mut WriteBatch, cf: &rocksdb::ColumnFamily, group: Gro
     if !e.correlation_id.is_empty() {
         rows.push(index_prefix(group, Index::Correlation, &e.correlation_id));
     }
-    for mut k in rows {
-        time_suffix(&mut k, e.timestamp_ms, e.offset);
+    for k in &mut rows {
+        time_suffix(k, e.timestamp_ms, e.offset);
+    }
+    rows
+}
+
+/// Puts the index rows of `e` into `batch`.
+fn put_index_rows(batch: &mut WriteBatch, cf: &rocksdb::ColumnFamily, group: GroupId, e: &EventRecord) {
+    for k in index_rows(group, e) {
         batch.put_cf(cf, k, []);
     }
 }
@@ -249,7 +266,130 @@ impl PartitionStore {
             offset_tx,
         });
         store.ensure_indexes()?;
+        store.ensure_bytes()?;
         Ok(store)
+    }
+
+    /// Bytes of the stored event records.
+    pub fn stored_bytes(&self) -> Result<u64, StorageError> {
+        match self.get_raw(&table_prefix(self.group, BYTES), "read stored bytes")? {
+            None => Ok(0),
+            Some(v) => offset_of(self.group, "stored bytes", &v),
+        }
+    }
+
+    /// Counts the stored event bytes unless the partition records them
+    /// (written before the count existed, or installed from such a
+    /// snapshot).
+    fn ensure_bytes(&self) -> Result<(), StorageError> {
+        let key = table_prefix(self.group, BYTES);
+        if self.get_raw(&key, "read stored bytes")?.is_some() {
+            return Ok(());
+        }
+        let lo = table_prefix(self.group, EVENT);
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(prefix_end(&lo).expect("table prefix is never all 0xff"));
+        let mut it = self.db.rocks().raw_iterator_cf_opt(self.db.cf(CF_SM), ro);
+        it.seek(&lo);
+        let mut bytes = 0u64;
+        while let Some(v) = it.value() {
+            bytes += v.len() as u64;
+            it.next();
+        }
+        it.status().map_err(rocks_err("count event bytes"))?;
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.db.cf(CF_SM), key, bytes.to_be_bytes());
+        self.db.write_buffered(batch).map(|_| ())
+    }
+
+    /// The offset of the oldest stored event (the next offset if none):
+    /// reads from below it find nothing, retention removed those events.
+    pub fn first_offset(&self) -> Result<u64, StorageError> {
+        let lo = table_prefix(self.group, EVENT);
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(prefix_end(&lo).expect("table prefix is never all 0xff"));
+        let mut it = self.db.rocks().raw_iterator_cf_opt(self.db.cf(CF_SM), ro);
+        it.seek(&lo);
+        let first = match it.key() {
+            Some(k) => offset_of(self.group, "event key", &k[k.len() - 8..])?,
+            None => self.next_offset(),
+        };
+        it.status().map_err(rocks_err("seek first event"))?;
+        Ok(first)
+    }
+
+    /// The first kept version of `stream` (retention removes a stream's
+    /// oldest events first); `None` if none of its events is kept.
+    pub fn first_version(&self, stream: &str) -> Result<Option<u64>, StorageError> {
+        let mut lo = table_prefix(self.group, STREAM_EVENT);
+        encode_bytes(&mut lo, stream.as_bytes());
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(prefix_end(&lo).expect("an encoded stream id never ends in 0xff"));
+        let mut it = self.db.rocks().raw_iterator_cf_opt(self.db.cf(CF_SM), ro);
+        it.seek(&lo);
+        let first = match it.key() {
+            Some(k) => Some(offset_of(self.group, "stream index key", &k[k.len() - 8..])?),
+            None => None,
+        };
+        it.status().map_err(rocks_err("seek first stream version"))?;
+        Ok(first)
+    }
+
+    /// The offsets retention removes next under `rules` at `now_ms`, oldest
+    /// first, at most `max`: while the partition holds more than the
+    /// cluster-wide `max_bytes`, its oldest events; then, per rule, its
+    /// events older than `max_age_ms` up to the first one that is not (so
+    /// a stream's kept versions stay contiguous). Examines at most
+    /// [`MAX_RETENTION_SCAN`] events.
+    pub fn expired(
+        &self,
+        rules: &super::retention::RetentionRules,
+        now_ms: u64,
+        max: usize,
+    ) -> Result<Vec<u64>, StorageError> {
+        let mut out = Vec::new();
+        if rules.is_empty() {
+            return Ok(out);
+        }
+        let limit = rules.max_bytes();
+        let mut excess = if limit > 0 {
+            self.stored_bytes()?.saturating_sub(limit)
+        } else {
+            0
+        };
+        let age_rules = rules.0.iter().filter(|r| r.max_age_ms > 0).count();
+        let mut blocked = vec![false; rules.0.len()];
+        let mut blocked_age = 0;
+        let lo = table_prefix(self.group, EVENT);
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(prefix_end(&lo).expect("table prefix is never all 0xff"));
+        let mut it = self.db.rocks().raw_iterator_cf_opt(self.db.cf(CF_SM), ro);
+        it.seek(&lo);
+        let mut examined = 0;
+        while let Some(v) = it.value() {
+            if out.len() >= max || examined >= MAX_RETENTION_SCAN || (excess == 0 && blocked_age == age_rules) {
+                break;
+            }
+            examined += 1;
+            let e: EventRecord = self.decode(&"event", v)?;
+            let rule = rules.rule_for(&e.stream);
+            let aged = rule.is_some_and(|i| {
+                let r = &rules.0[i];
+                !blocked[i] && r.max_age_ms > 0 && now_ms.saturating_sub(e.timestamp_ms) > r.max_age_ms
+            });
+            if excess > 0 || aged {
+                excess = excess.saturating_sub(v.len() as u64);
+                out.push(e.offset);
+            } else if let Some(i) = rule.filter(|i| !blocked[*i]) {
+                blocked[i] = true;
+                if rules.0[i].max_age_ms > 0 {
+                    blocked_age += 1;
+                }
+            }
+            it.next();
+        }
+        it.status().map_err(rocks_err("scan events for retention"))?;
+        Ok(out)
     }
 
     /// Rebuilds the secondary indexes from the events unless the partition
@@ -546,11 +686,16 @@ impl PartitionStore {
         if rec.deleted {
             return Ok(Err(Rejection::StreamDeleted(stream.to_string())));
         }
+        // Versions below the first kept one were removed by retention.
+        let first = match rec.version {
+            0 => 1,
+            v => self.first_version(stream)?.unwrap_or(v + 1),
+        };
         let versions: Vec<u64> = match dir {
-            Direction::Forward => (from.max(1)..=rec.version).take(limit).collect(),
+            Direction::Forward => (from.max(first)..=rec.version).take(limit).collect(),
             Direction::Backward => {
                 let top = if from == 0 { rec.version } else { from.min(rec.version) };
-                (1..=top).rev().take(limit).collect()
+                (first..=top).rev().take(limit).collect()
             }
         };
         let mut out = Vec::with_capacity(versions.len());
@@ -735,6 +880,7 @@ impl PartitionStore {
                 }
                 let first_offset = st.next_offset;
                 let first_version = rec.version + 1;
+                let mut bytes = self.stored_bytes()?;
                 for e in &a.events {
                     rec.version += 1;
                     let record = EventRecord {
@@ -750,17 +896,16 @@ impl PartitionStore {
                         version: rec.version,
                     };
                     let off = st.next_offset.to_be_bytes();
-                    batch.put_cf(
-                        cf,
-                        event_key(self.group, st.next_offset),
-                        codec::encode("event", &record)?,
-                    );
+                    let encoded = codec::encode("event", &record)?;
+                    bytes += encoded.len() as u64;
+                    batch.put_cf(cf, event_key(self.group, st.next_offset), encoded);
                     batch.put_cf(cf, id_key(self.group, &e.id), off);
                     batch.put_cf(cf, stream_event_key(self.group, &a.stream, rec.version), off);
                     put_index_rows(batch, cf, self.group, &record);
                     st.next_offset += 1;
                 }
                 batch.put_cf(cf, stream_key(self.group, &a.stream), codec::encode("stream", &rec)?);
+                batch.put_cf(cf, table_prefix(self.group, BYTES), bytes.to_be_bytes());
                 Ok(Ok(OpResult::Appended {
                     first_offset,
                     first_version,
@@ -783,9 +928,31 @@ impl PartitionStore {
                 batch.put_cf(cf, stream_key(self.group, stream), codec::encode("stream", &rec)?);
                 Ok(Ok(OpResult::StreamDeleted { version: rec.version }))
             }
+            Op::RemoveEvents { offsets } => {
+                let mut bytes = self.stored_bytes()?;
+                let mut removed = 0;
+                let unique: std::collections::BTreeSet<u64> = offsets.iter().copied().collect();
+                for off in unique {
+                    let key = event_key(self.group, off);
+                    let Some(raw) = self.get_raw(&key, "read event")? else {
+                        continue;
+                    };
+                    let e: EventRecord = self.decode(&format_args!("event at offset {off}"), &raw)?;
+                    batch.delete_cf(cf, key);
+                    batch.delete_cf(cf, id_key(self.group, &e.id));
+                    batch.delete_cf(cf, stream_event_key(self.group, &e.stream, e.version));
+                    for k in index_rows(self.group, &e) {
+                        batch.delete_cf(cf, k);
+                    }
+                    bytes = bytes.saturating_sub(raw.len() as u64);
+                    removed += 1;
+                }
+                batch.put_cf(cf, table_prefix(self.group, BYTES), bytes.to_be_bytes());
+                Ok(Ok(OpResult::Removed { events: removed }))
+            }
             _ => Ok(Err(Rejection::InvalidArgument {
                 field: "op".into(),
-                reason: "an event partition takes only appends and stream deletes".into(),
+                reason: "an event partition takes only appends, stream deletes and retention removals".into(),
             })),
         }
     }
@@ -840,8 +1007,9 @@ impl PartitionStore {
             let mut guard = self.state.write().expect("partition state lock");
             self.db.write_buffered(batch)?;
             // A snapshot from a node with another index layout: indexed
-            // before the new state is published.
+            // (and its bytes counted) before the new state is published.
             self.ensure_indexes()?;
+            self.ensure_bytes()?;
             *guard = st;
         }
         self.db.sync().await?;

@@ -1,0 +1,180 @@
+//! Event retention: the rules live in meta (one reserved key per stream
+//! prefix, `0xff "retention/" prefix`, JSON value), so they are replicated,
+//! audited and watchable like any config; each partition's leader applies
+//! them every `retention_interval_ms` by proposing `Op::RemoveEvents`
+//! through the partition's log (see `esf_raft::events::retention`).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use esf_client::pb;
+use esf_raft::command::{Command, KeyRange, Op, OpResult, RangeRequest};
+use esf_raft::events::retention::{RetentionRule, RetentionRules};
+use esf_raft::group::MetaGroup;
+use esf_raft::openraft::async_runtime::WatchReceiver;
+use tracing::{info, warn};
+
+use crate::convert::RESERVED_KEY_BYTE;
+
+const KEY_PREFIX: &[u8] = b"retention/";
+
+/// Deadline of one removal proposal.
+pub const REMOVE_DEADLINE: Duration = Duration::from_secs(10);
+
+/// The meta key of the rule for `stream_prefix`.
+pub fn rule_key(stream_prefix: &str) -> Vec<u8> {
+    let mut k = vec![RESERVED_KEY_BYTE];
+    k.extend_from_slice(KEY_PREFIX);
+    k.extend_from_slice(stream_prefix.as_bytes());
+    k
+}
+
+/// The range of every rule key.
+pub fn rules_range() -> KeyRange {
+    KeyRange::Prefix(rule_key(""))
+}
+
+/// A stored rule from its key and JSON value (`None`: not a rule).
+pub fn decode_rule(key: &[u8], value: &[u8]) -> Option<RetentionRule> {
+    let prefix = key.strip_prefix(&rule_key("")[..])?;
+    let v: serde_json::Value = serde_json::from_slice(value).ok()?;
+    Some(RetentionRule {
+        stream_prefix: String::from_utf8(prefix.to_vec()).ok()?,
+        max_age_ms: v["max_age_ms"].as_u64().unwrap_or(0),
+        max_bytes: v["max_bytes"].as_u64().unwrap_or(0),
+    })
+}
+
+/// A rule's stored value.
+pub fn encode_rule(r: &RetentionRule) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({"max_age_ms": r.max_age_ms, "max_bytes": r.max_bytes}))
+        .expect("a JSON value always serializes")
+}
+
+pub fn to_pb(r: &RetentionRule) -> pb::RetentionRule {
+    pb::RetentionRule {
+        stream_prefix: r.stream_prefix.clone(),
+        max_age_ms: r.max_age_ms,
+        max_bytes: r.max_bytes,
+    }
+}
+
+/// The rules as this node's meta replica has them.
+pub fn local_rules(meta: &MetaGroup) -> Result<RetentionRules, String> {
+    let req = RangeRequest {
+        range: rules_range(),
+        revision: 0,
+        limit: 0,
+        count_only: false,
+        keys_only: false,
+    };
+    let (res, _) = meta.store().range(&req).map_err(|e| e.to_string())?;
+    Ok(RetentionRules(
+        res.kvs
+            .iter()
+            .filter_map(|kv| decode_rule(&kv.key, &kv.value))
+            .collect(),
+    ))
+}
+
+/// Events removed by this node's partition leaders.
+#[derive(Debug, Default)]
+pub struct RetentionStats {
+    pub removed: AtomicU64,
+}
+
+/// Applies the rules every `interval` to the partitions this node leads,
+/// until `stop`.
+pub async fn run(
+    meta: Arc<MetaGroup>,
+    partitions: crate::partitions::Partitions,
+    interval: Duration,
+    stats: Arc<RetentionStats>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stop.changed() => return,
+        }
+        let rules = match local_rules(&meta) {
+            Ok(r) if !r.is_empty() => r,
+            Ok(_) => continue,
+            Err(e) => {
+                warn!(error = %e, "retention: cannot read the rules");
+                continue;
+            }
+        };
+        for p in partitions.iter() {
+            let m = p.raft().metrics().borrow_watched().clone();
+            if m.current_leader != Some(m.id) {
+                continue;
+            }
+            // A full batch means more may be due: go on at once.
+            loop {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                let store = p.store().clone();
+                let rules = rules.clone();
+                let max = esf_raft::events::MAX_REMOVE_EVENTS;
+                let offsets = match tokio::task::spawn_blocking(move || store.expired(&rules, now, max)).await {
+                    Ok(Ok(o)) => o,
+                    Ok(Err(e)) => {
+                        warn!(group = p.group(), error = %e, "retention: cannot scan the partition");
+                        break;
+                    }
+                    Err(e) => {
+                        warn!(group = p.group(), error = %e, "retention: scan task failed");
+                        break;
+                    }
+                };
+                if offsets.is_empty() {
+                    break;
+                }
+                let full = offsets.len() >= max;
+                let cmd = Command::new(Op::RemoveEvents { offsets });
+                match tokio::time::timeout(REMOVE_DEADLINE, p.write(cmd)).await {
+                    Ok(Ok(r)) => {
+                        if let OpResult::Removed { events } = r.result {
+                            stats.removed.fetch_add(events, Ordering::Relaxed);
+                            info!(group = p.group(), events, "retention removed events");
+                        }
+                    }
+                    Ok(Err(e)) => {
+                        warn!(group = p.group(), error = %e, "retention: removal not applied (retried next pass)");
+                        break;
+                    }
+                    Err(_) => {
+                        warn!(
+                            group = p.group(),
+                            "retention: removal not applied within {REMOVE_DEADLINE:?} (retried next pass)"
+                        );
+                        break;
+                    }
+                }
+                if !full {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_round_trip_through_their_keys() {
+        let r = RetentionRule {
+            stream_prefix: "tmp-".into(),
+            max_age_ms: 60_000,
+            max_bytes: 0,
+        };
+        assert_eq!(decode_rule(&rule_key("tmp-"), &encode_rule(&r)), Some(r));
+        assert_eq!(decode_rule(b"retention/x", b"{}"), None, "not a reserved key");
+        assert_eq!(decode_rule(&rule_key("x"), b"not json"), None);
+    }
+}
