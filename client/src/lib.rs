@@ -104,6 +104,9 @@ macro_rules! headed {
 headed!(
     pb::PutResponse,
     pb::SetRetentionResponse,
+    pb::CreateIndexResponse,
+    pb::DropIndexResponse,
+    pb::ListIndexesResponse,
     pb::ListRetentionResponse,
     pb::RangeResponse,
     pb::DeleteResponse,
@@ -978,6 +981,35 @@ impl Client {
         self.call("set retention", |ch| {
             let r = req.clone();
             async move { EventsClient::new(ch).set_retention(r).await }
+        })
+        .await
+    }
+
+    /// Declares an index on a JSON field (dotted path) of event data.
+    pub async fn create_index(&self, field: &str) -> Result<pb::CreateIndexResponse> {
+        let req = pb::CreateIndexRequest { field: field.into() };
+        self.call("create index", |ch| {
+            let r = req.clone();
+            async move { EventsClient::new(ch).create_index(r).await }
+        })
+        .await
+    }
+
+    /// Drops a declared field index.
+    pub async fn drop_index(&self, field: &str) -> Result<pb::DropIndexResponse> {
+        let req = pb::DropIndexRequest { field: field.into() };
+        self.call("drop index", |ch| {
+            let r = req.clone();
+            async move { EventsClient::new(ch).drop_index(r).await }
+        })
+        .await
+    }
+
+    /// The declared field indexes and how far each partition the answering
+    /// node holds has built them.
+    pub async fn list_indexes(&self) -> Result<pb::ListIndexesResponse> {
+        self.call("list indexes", |ch| async move {
+            EventsClient::new(ch).list_indexes(pb::ListIndexesRequest {}).await
         })
         .await
     }

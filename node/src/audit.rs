@@ -82,6 +82,7 @@ fn kind_of(key: &[u8]) -> (&'static str, &[u8]) {
                 (b"sub/", "subscription"),
                 (b"sub-consumer/", "subscription"),
                 (b"retention/", "retention"),
+                (b"index/", "index"),
             ] {
                 if rest.starts_with(prefix) {
                     return (kind, rest);
@@ -145,6 +146,7 @@ pub fn audit_event(revision: u64, changes: &[WatchEvent]) -> pb::EventData {
         Some(&"registry") if kinds.len() == 1 => "esf.registry.changed",
         Some(&"subscription") if kinds.len() == 1 => "esf.subscription.changed",
         Some(&"retention") if kinds.len() == 1 => "esf.retention.changed",
+        Some(&"index") if kinds.len() == 1 => "esf.index.changed",
         _ => "esf.meta.changed",
     };
     let correlation_id = match list.as_slice() {

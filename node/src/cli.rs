@@ -250,6 +250,21 @@ enum EventsCmd {
     /// are kept.
     #[command(subcommand)]
     Retention(RetentionCmd),
+    /// Declared indexes on JSON fields of event data (serve `eq`
+    /// predicates of queries).
+    #[command(subcommand)]
+    Index(IndexCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum IndexCmd {
+    /// Declare an index on FIELD (a dotted path, e.g. customer.tier);
+    /// older events are indexed in the background.
+    Create { field: String },
+    /// The declared indexes and how far the partitions built them.
+    List,
+    /// Drop the index on FIELD.
+    Drop { field: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -1466,6 +1481,32 @@ async fn events(c: Client, out: Output, cmd: EventsCmd) -> anyhow::Result<()> {
                 &json!({"stream_prefix": rule.stream_prefix, "max_age_ms": rule.max_age_ms, "max_bytes": rule.max_bytes}),
                 || format!("set {}", retention_line(&rule)),
             );
+        }
+        EventsCmd::Index(IndexCmd::Create { field }) => {
+            c.create_index(&field).await?;
+            print(out, &json!({"created": field}), || {
+                format!("declared an index on {field}\n")
+            });
+        }
+        EventsCmd::Index(IndexCmd::Drop { field }) => {
+            c.drop_index(&field).await?;
+            print(out, &json!({"dropped": field}), || {
+                format!("dropped the index on {field}\n")
+            });
+        }
+        EventsCmd::Index(IndexCmd::List) => {
+            for i in c.list_indexes().await?.indexes {
+                print(
+                    out,
+                    &json!({"field": i.field, "partitions_ready": i.partitions_ready, "partitions_building": i.partitions_building, "partitions_pending": i.partitions_pending}),
+                    || {
+                        format!(
+                            "{} ready={} building={} pending={}\n",
+                            i.field, i.partitions_ready, i.partitions_building, i.partitions_pending
+                        )
+                    },
+                );
+            }
         }
         EventsCmd::Retention(RetentionCmd::List) => {
             for r in c.list_retention().await?.rules {

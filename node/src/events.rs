@@ -158,7 +158,7 @@ impl EventsService {
         msg: &pb::QueryEventsRequest,
         q: &crate::query::Query,
         p: u32,
-    ) -> Result<(crate::query::Page, esf_raft::events::query::QueryStats), Status> {
+    ) -> Result<(crate::query::Page, esf_raft::events::query::QueryStats, String), Status> {
         let group = &self.0.partitions[p as usize - 1];
         if self.held(group) {
             let (from, c) = (crate::query::bound(q, p), consistency(msg.serializable));
@@ -184,7 +184,8 @@ impl EventsService {
             match local {
                 Ok((events, more, stats)) => {
                     let last = stats.last.map(|(ts, off)| (ts, p, off));
-                    return Ok((crate::query::Page { events, more, last }, stats));
+                    let index = stats.index.map_or_else(String::new, |i| i.name(&q.filter));
+                    return Ok((crate::query::Page { events, more, last }, stats, index));
                 }
                 Err(e) if forwarded => return Err(convert::status(e)),
                 Err(_) => {}
@@ -225,7 +226,9 @@ impl EventsService {
                 rows_examined: ex.rows_examined,
                 events_loaded: ex.events_loaded,
                 last: None,
+                index: None,
             },
+            ex.index,
         ))
     }
 
@@ -811,17 +814,21 @@ impl pb::events_server::Events for EventsService {
         };
         let pages = partitions.iter().map(|p| self.query_partition(forwarded, &msg, &q, *p));
         let mut explain = pb::QueryExplain {
-            index: q.filter.index().name().into(),
             partitions: partitions.len() as u32,
             ..Default::default()
         };
         let mut all = Vec::new();
+        // The index each partition read (they differ while a declared
+        // field index is still being built on some).
+        let mut indexes = std::collections::BTreeSet::new();
         for r in futures::future::join_all(pages).await {
-            let (page, stats) = r?;
+            let (page, stats, index) = r?;
             explain.rows_examined += stats.rows_examined;
             explain.events_loaded += stats.events_loaded;
+            indexes.extend(index.split(',').filter(|i| !i.is_empty()).map(String::from));
             all.push(page);
         }
+        explain.index = indexes.into_iter().collect::<Vec<_>>().join(",");
         let (mut events, cursor) = crate::query::merge(&q, all);
         // Load the kept events that were merged by position only (an event
         // of a stream deleted since is left out).
@@ -882,6 +889,85 @@ impl pb::events_server::Events for EventsService {
             Ok((h, _)) => Ok(Response::new(pb::SetRetentionResponse { header: Some(h) })),
             Err(e) => forward_or!(self.0, events_client, req, e, set_retention, msg),
         }
+    }
+
+    async fn create_index(
+        &self,
+        req: Request<pb::CreateIndexRequest>,
+    ) -> Result<Response<pb::CreateIndexResponse>, Status> {
+        let msg = req.get_ref().clone();
+        esf_raft::events::query::check_field(&msg.field).map_err(|r| invalid("index.field", r))?;
+        let op = Op::Put(esf_raft::command::PutRequest {
+            key: crate::field_index::declaration_key(&msg.field),
+            value: b"{}".to_vec(),
+            lease: 0,
+            prev_kv: false,
+        });
+        match self.0.write(Command::new(op)).await {
+            Ok((h, _)) => Ok(Response::new(pb::CreateIndexResponse { header: Some(h) })),
+            Err(e) => forward_or!(self.0, events_client, req, e, create_index, msg),
+        }
+    }
+
+    async fn drop_index(&self, req: Request<pb::DropIndexRequest>) -> Result<Response<pb::DropIndexResponse>, Status> {
+        let msg = req.get_ref().clone();
+        esf_raft::events::query::check_field(&msg.field).map_err(|r| invalid("index.field", r))?;
+        let op = Op::Delete(esf_raft::command::DeleteRequest {
+            range: esf_raft::command::KeyRange::Key(crate::field_index::declaration_key(&msg.field)),
+            prev_kv: false,
+        });
+        match self.0.write(Command::new(op)).await {
+            Ok((h, _)) => Ok(Response::new(pb::DropIndexResponse { header: Some(h) })),
+            Err(e) => forward_or!(self.0, events_client, req, e, drop_index, msg),
+        }
+    }
+
+    async fn list_indexes(
+        &self,
+        req: Request<pb::ListIndexesRequest>,
+    ) -> Result<Response<pb::ListIndexesResponse>, Status> {
+        let msg = req.get_ref().clone();
+        let r = esf_raft::command::RangeRequest {
+            range: crate::field_index::declarations_range(),
+            revision: 0,
+            limit: 0,
+            count_only: false,
+            keys_only: true,
+        };
+        let (h, res) = match self.0.meta.range(&r, consistency(false)).await {
+            Ok(x) => x,
+            Err(e) => forward_or!(self.0, events_client, req, e, list_indexes, msg),
+        };
+        let me = self.0.meta.node_id();
+        let held: Vec<&Arc<PartitionGroup>> = self
+            .0
+            .partitions
+            .iter()
+            .filter(|p| crate::partitions::holds(me, p, &self.0.routes))
+            .collect();
+        let indexes = res
+            .kvs
+            .iter()
+            .filter_map(|kv| crate::field_index::field_of(&kv.key))
+            .map(|field| {
+                let mut info = pb::IndexInfo {
+                    field: field.clone(),
+                    ..Default::default()
+                };
+                for p in &held {
+                    match p.store().field_indexes().iter().find(|(f, _)| *f == field) {
+                        Some((_, s)) if s.complete() => info.partitions_ready += 1,
+                        Some(_) => info.partitions_building += 1,
+                        None => info.partitions_pending += 1,
+                    }
+                }
+                info
+            })
+            .collect();
+        Ok(Response::new(pb::ListIndexesResponse {
+            header: Some(convert::header(h)),
+            indexes,
+        }))
     }
 
     async fn list_retention(

@@ -10,6 +10,7 @@ mod cli;
 mod config;
 mod convert;
 mod events;
+mod field_index;
 mod observer;
 mod partitions;
 mod placement;

@@ -381,6 +381,11 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         retention_stats,
         stop_rx.clone(),
     ));
+    let field_indexes = tokio::spawn(crate::field_index::run(
+        meta.clone(),
+        partitions.clone(),
+        stop_rx.clone(),
+    ));
     let reconciler = tokio::spawn(crate::partitions::run_reconciler(
         meta.clone(),
         partitions.clone(),
@@ -421,6 +426,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     let _ = reconciler.await;
     let _ = relay.await;
     let _ = retention.await;
+    let _ = field_indexes.await;
     for p in partitions.iter() {
         p.shutdown()
             .await

@@ -62,6 +62,7 @@ impl std::fmt::Display for Command {
             Op::PlacePartitions { plan, .. } => write!(f, "place_partitions({} partitions)", plan.len()),
             Op::AuditCursor { revision } => write!(f, "audit_cursor({revision})"),
             Op::RemoveEvents { offsets } => write!(f, "remove_events({})", offsets.len()),
+            Op::IndexField { create, .. } => write!(f, "index_field(create={create})"),
         }
     }
 }
@@ -151,6 +152,16 @@ pub enum Op {
     RemoveEvents {
         /// Offsets, at most [`crate::events::MAX_REMOVE_EVENTS`].
         offsets: Vec<u64>,
+    },
+    /// Event partitions: start (`create`) or stop keeping a declared index
+    /// on a JSON field (a dotted path), as declared in meta. From a create
+    /// on, every appended event gets its row; the events before it are
+    /// indexed in the background by each replica.
+    IndexField {
+        /// Dotted path.
+        field: String,
+        /// Create, or drop.
+        create: bool,
     },
 }
 

@@ -545,6 +545,7 @@ fn adds_data(op: &Op) -> bool {
         | Op::PlacePartitions { .. }
         | Op::AuditCursor { .. }
         | Op::RemoveEvents { .. }
+        | Op::IndexField { .. }
         | Op::DeleteStream { .. } => false,
     }
 }

@@ -227,6 +227,10 @@ impl Limits {
             }
             Op::Append(a) => crate::events::check_append(a),
             Op::DeleteStream { stream, .. } => crate::events::check_stream_id("stream", stream),
+            Op::IndexField { field, .. } => {
+                crate::events::query::check_field(field).map_err(|r| invalid("index.field", r))?;
+                Ok(())
+            }
             Op::RemoveEvents { offsets } => {
                 if offsets.len() > crate::events::MAX_REMOVE_EVENTS {
                     return Err(invalid(

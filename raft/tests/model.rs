@@ -291,6 +291,7 @@ impl Model {
             Op::Append(_)
             | Op::DeleteStream { .. }
             | Op::RemoveEvents { .. }
+            | Op::IndexField { .. }
             | Op::RecordPartitions { .. }
             | Op::PlacePartitions { .. } => {
                 unreachable!("the model generates no event ops")

@@ -68,7 +68,7 @@ fn query() -> impl Strategy<Value = Q> {
         prop::option::of(0u8..6),
         prop::option::of(0u64..14),
         prop::option::of(0u64..14),
-        prop::option::of((0u8..6, 0i64..20)),
+        prop::option::of((0u8..7, 0i64..20)),
         any::<bool>(),
         1usize..7,
     )
@@ -83,6 +83,7 @@ fn filter((t, c, from, to, pred, _, _): &Q) -> Filter {
                 2 => ("nested.n", "ge", (v % 5).to_string()),
                 3 => ("s", "in", format!("[\"s{}\", \"s{}\"]", v % 3, (v + 1) % 3)),
                 4 => ("x", "exists", String::new()),
+                6 => ("s", "eq", format!("\"s{}\"", v % 3)),
                 _ => ("n", "gt", v.to_string()),
             };
             vec![Predicate::parse(field, op, &value).expect("valid predicate")]
@@ -130,13 +131,34 @@ proptest! {
     fn queries_return_what_a_scan_selects_through_the_right_index(
         events in prop::collection::vec(ev(), 0..80),
         queries in prop::collection::vec(query(), 1..8),
+        (index_n, index_s, declared_at) in (any::<bool>(), any::<bool>(), 0usize..80),
     ) {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(&StorageConfig::new(dir.path())).unwrap();
         let store = PartitionStore::open(db, 1).unwrap();
+        // Field indexes declared part-way through the appends: later
+        // events get rows when appended, earlier ones by the backfill.
+        let mut index = 0;
+        let declare = |index: &mut u64| {
+            for (field, on) in [("n", index_n), ("s", index_s)] {
+                if on {
+                    *index += 1;
+                    store.apply_entry(&entry(*index, Op::IndexField { field: field.into(), create: true })).unwrap();
+                }
+            }
+        };
         for (i, e) in events.iter().enumerate() {
-            append(&store, i as u64 + 1, *e);
+            if i == declared_at {
+                declare(&mut index);
+            }
+            index += 1;
+            append(&store, index, *e);
         }
+        if declared_at >= events.len() {
+            declare(&mut index);
+        }
+        while !store.backfill_step().unwrap() {}
+        let declared: Vec<String> = store.field_indexes().into_iter().filter(|(_, s)| s.complete()).map(|(f, _)| f).collect();
         let (all, _) = store.read_partition(0, 10_000).unwrap();
         prop_assert_eq!(all.len(), events.len());
         for q in &queries {
@@ -164,21 +186,33 @@ proptest! {
                     "positions of query {:?}", q
                 );
             }
-            let expected_index = match (q.1, q.0) {
-                (Some(_), _) => Index::Correlation,
-                (None, Some(_)) => Index::Type,
-                (None, None) => Index::Time,
+            let field_eq = match q.4 {
+                Some((0, v)) if index_n => Some(("n", serde_json::json!(v))),
+                Some((6, v)) if index_s => Some(("s", serde_json::json!(format!("s{}", v % 3)))),
+                _ => None,
             };
-            prop_assert_eq!(f.index(), expected_index);
+            let expected_index = match (q.1, field_eq.is_some(), q.0) {
+                (Some(_), _, _) => Index::Correlation,
+                (None, true, _) => Index::Field(0),
+                (None, false, Some(_)) => Index::Type,
+                (None, false, None) => Index::Time,
+            };
+            prop_assert_eq!(f.index(&declared), expected_index);
             // The index bounds the work: a type or correlation query reads
             // no row of another type or correlation id.
             if expected_index != Index::Time && f.from_ms.is_none() && f.to_ms.is_none() {
                 let (_, _, stats) = store.query(&f, Some((0, 0)), false, usize::MAX).unwrap();
                 let narrowed = all.iter().filter(|e| match expected_index {
                     Index::Correlation => e.correlation_id == f.correlation_id,
+                    Index::Field(_) => {
+                        let (field, v) = field_eq.as_ref().expect("a field query");
+                        let data: serde_json::Value = serde_json::from_slice(&e.data).unwrap();
+                        esf_raft::events::query::compare(&data[*field], v) == Some(std::cmp::Ordering::Equal)
+                    }
                     _ => e.event_type == f.event_type,
                 }).count() as u64;
                 prop_assert_eq!(stats.rows_examined, narrowed, "query {:?}", q);
+                prop_assert_eq!(stats.index, Some(expected_index));
             }
         }
     }

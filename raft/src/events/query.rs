@@ -147,10 +147,19 @@ pub struct Filter {
 }
 
 impl Filter {
-    /// The index a query with this filter reads.
-    pub fn index(&self) -> Index {
+    /// The index a query with this filter reads, given the fields whose
+    /// declared index is complete on the partition: the correlation index;
+    /// else a field index serving an `eq` predicate; else the type index;
+    /// else the time index.
+    pub fn index(&self, indexed: &[String]) -> Index {
         if !self.correlation_id.is_empty() {
-            Index::Correlation
+            return Index::Correlation;
+        }
+        let field = self.predicates.iter().position(|p| {
+            matches!(&p.op, PredicateOp::Eq(v) if value_key(v).is_some()) && indexed.contains(&p.path.join("."))
+        });
+        if let Some(i) = field {
+            Index::Field(i)
         } else if !self.event_type.is_empty() {
             Index::Type
         } else {
@@ -194,19 +203,73 @@ pub enum Index {
     Correlation,
     /// By type, then time.
     Type,
+    /// A declared field index: by the value of a JSON field, then time;
+    /// serves the `eq` predicate with this position in the filter.
+    Field(usize),
     /// By time.
     Time,
 }
 
 impl Index {
-    /// Its name in `explain`.
-    pub fn name(self) -> &'static str {
+    /// Its name in `explain` (`field:PATH` for a field index).
+    pub fn name(self, f: &Filter) -> String {
         match self {
-            Index::Correlation => "correlation",
-            Index::Type => "type",
-            Index::Time => "time",
+            Index::Correlation => "correlation".into(),
+            Index::Type => "type".into(),
+            Index::Field(i) => format!("field:{}", f.predicates[i].path.join(".")),
+            Index::Time => "time".into(),
         }
     }
+}
+
+/// The value at dotted `path` of `data`, if any.
+pub fn lookup<'a>(data: &'a Value, path: &[String]) -> Option<&'a Value> {
+    path.iter().try_fold(data, |at, k| at.get(k))
+}
+
+/// The key part a declared field index stores for a scalar JSON value
+/// (`None` for arrays and objects, which are not indexed): a kind tag,
+/// then numbers as order-preserving IEEE doubles (so `12` and `12.0`
+/// meet) and strings in the prefix-free byte encoding.
+pub fn value_key(v: &Value) -> Option<Vec<u8>> {
+    let mut k = Vec::with_capacity(10);
+    match v {
+        Value::Null => k.push(1),
+        Value::Bool(false) => k.push(2),
+        Value::Bool(true) => k.push(3),
+        Value::Number(n) => {
+            // -0.0 equals 0.0.
+            let x = match n.as_f64()? {
+                z if z == 0.0 => 0.0f64,
+                x => x,
+            };
+            let bits = x.to_bits();
+            let ordered = if x.is_sign_negative() { !bits } else { bits | (1 << 63) };
+            k.push(4);
+            k.extend_from_slice(&ordered.to_be_bytes());
+        }
+        Value::String(s) => {
+            k.push(5);
+            esf_storage::keys::encode_bytes(&mut k, s.as_bytes());
+        }
+        Value::Array(_) | Value::Object(_) => return None,
+    }
+    Some(k)
+}
+
+/// A dotted path as a declared field's name ("customer.tier"); checks it.
+pub fn check_field(field: &str) -> Result<Vec<String>, String> {
+    if field.is_empty() || field.len() > super::MAX_NAME_BYTES {
+        return Err(format!("must be 1 to {} bytes", super::MAX_NAME_BYTES));
+    }
+    let path: Vec<String> = field.split('.').map(String::from).collect();
+    if path.iter().any(String::is_empty) {
+        return Err(format!("{field:?} has an empty part (use a.b.c)"));
+    }
+    if field.chars().any(char::is_control) {
+        return Err("must not contain control characters".into());
+    }
+    Ok(path)
 }
 
 /// Where a page of a query starts in one partition, inclusive, in the
@@ -223,6 +286,8 @@ pub struct QueryStats {
     /// (timestamp, offset) of the last index entry read: where a scan that
     /// stopped early stopped.
     pub last: Option<(u64, u64)>,
+    /// The index the partition read.
+    pub index: Option<Index>,
 }
 
 /// Most index entries one partition's part of a query reads; past it the

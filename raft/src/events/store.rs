@@ -13,6 +13,8 @@
 //! | `BY_TIME` | `ts ++ offset` | empty |
 //! | `INDEXED` | — | the index layout version the rows above follow |
 //! | `BYTES` | — | `u64 BE`: bytes of the stored event records (for retention's `max_bytes`) |
+//! | `FIELDS` | `enc(field)` | [`FieldState`]: a declared field index (offset it was created at, how far the backfill got) |
+//! | `BY_FIELD` | `enc(field) ++ value_key ++ ts ++ offset` | empty: a declared field index row ([`value_key`](super::query::value_key)) |
 //!
 //! The secondary indexes (see [`query`](super::query)) are written in the
 //! same batch as their event. A partition without the current `INDEXED`
@@ -59,6 +61,30 @@ const BY_CORRELATION: u8 = 7;
 const BY_TIME: u8 = 8;
 const INDEXED: u8 = 9;
 const BYTES: u8 = 10;
+const FIELDS: u8 = 11;
+const BY_FIELD: u8 = 12;
+
+/// A declared field index of the partition.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldState {
+    /// The partition's next offset when the index was created: later
+    /// events got their rows when appended.
+    pub created_offset: u64,
+    /// Events below this offset have their rows (backfilled by this
+    /// replica, in the background): complete once at `created_offset`.
+    pub built_to: u64,
+}
+
+impl FieldState {
+    /// Whether every event has its row.
+    pub fn complete(&self) -> bool {
+        self.built_to >= self.created_offset
+    }
+}
+
+/// Events one backfill step indexes (in one write batch, under the apply
+/// lock).
+pub const BACKFILL_BATCH: usize = 5_000;
 
 /// Most events one retention pass examines (it starts at the partition's
 /// oldest event).
@@ -169,6 +195,11 @@ fn index_prefix(group: GroupId, index: super::query::Index, value: &str) -> Vec<
             k
         }
         Index::Time => table_prefix(group, BY_TIME),
+        Index::Field(_) => {
+            let mut k = table_prefix(group, BY_FIELD);
+            encode_bytes(&mut k, value.as_bytes());
+            k
+        }
     }
 }
 
@@ -186,6 +217,38 @@ fn index_rows(group: GroupId, e: &EventRecord) -> Vec<Vec<u8>> {
         time_suffix(k, e.timestamp_ms, e.offset);
     }
     rows
+}
+
+fn field_key(group: GroupId, field: &str) -> Vec<u8> {
+    let mut k = table_prefix(group, FIELDS);
+    encode_bytes(&mut k, field.as_bytes());
+    k
+}
+
+fn field_rows_prefix(group: GroupId, field: &str) -> Vec<u8> {
+    index_prefix(group, super::query::Index::Field(0), field)
+}
+
+/// The declared-field index rows of `e` for `fields` (a field that is
+/// absent or not a scalar has none).
+fn field_rows(group: GroupId, fields: &[(String, Vec<String>)], e: &EventRecord) -> Vec<Vec<u8>> {
+    if fields.is_empty() {
+        return Vec::new();
+    }
+    let Ok(data) = serde_json::from_slice::<serde_json::Value>(&e.data) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (name, path) in fields {
+        let Some(vk) = super::query::lookup(&data, path).and_then(super::query::value_key) else {
+            continue;
+        };
+        let mut k = field_rows_prefix(group, name);
+        k.extend_from_slice(&vk);
+        time_suffix(&mut k, e.timestamp_ms, e.offset);
+        out.push(k);
+    }
+    out
 }
 
 /// Puts the index rows of `e` into `batch`.
@@ -230,6 +293,11 @@ pub struct PartitionStore {
     db: Arc<Db>,
     group: GroupId,
     state: RwLock<PartitionState>,
+    /// The declared field indexes (name, path, state), as in `FIELDS`.
+    fields: RwLock<Vec<(String, Vec<String>, FieldState)>>,
+    /// Held while an entry is applied or a backfill step runs, so a
+    /// backfill never indexes an event a removal is deleting.
+    apply_lock: std::sync::Mutex<()>,
     /// The next offset after every applied entry that appended.
     offset_tx: watch::Sender<u64>,
 }
@@ -263,11 +331,124 @@ impl PartitionStore {
             db,
             group,
             state: RwLock::new(state),
+            fields: RwLock::new(Vec::new()),
+            apply_lock: std::sync::Mutex::new(()),
             offset_tx,
         });
         store.ensure_indexes()?;
         store.ensure_bytes()?;
+        store.load_fields()?;
         Ok(store)
+    }
+
+    /// Reads the declared field indexes into memory.
+    fn load_fields(&self) -> Result<(), StorageError> {
+        let lo = table_prefix(self.group, FIELDS);
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(prefix_end(&lo).expect("table prefix is never all 0xff"));
+        let mut it = self.db.rocks().raw_iterator_cf_opt(self.db.cf(CF_SM), ro);
+        it.seek(&lo);
+        let mut out = Vec::new();
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            let name = esf_storage::keys::decode_bytes(&k[lo.len()..])
+                .and_then(|(b, _)| String::from_utf8(b).ok())
+                .ok_or_else(|| StorageError::Corrupt {
+                    cf: CF_SM,
+                    group: self.group,
+                    record: "field index key".into(),
+                    reason: "not an encoded field name".into(),
+                })?;
+            let st: FieldState = self.decode(&format_args!("field index {name:?}"), v)?;
+            let path = name.split('.').map(String::from).collect();
+            out.push((name, path, st));
+            it.next();
+        }
+        it.status().map_err(rocks_err("read field indexes"))?;
+        *self.fields.write().expect("fields lock") = out;
+        Ok(())
+    }
+
+    /// The declared field indexes and their state.
+    pub fn field_indexes(&self) -> Vec<(String, FieldState)> {
+        self.fields
+            .read()
+            .expect("fields lock")
+            .iter()
+            .map(|(n, _, s)| (n.clone(), *s))
+            .collect()
+    }
+
+    fn field_paths(&self) -> Vec<(String, Vec<String>)> {
+        self.fields
+            .read()
+            .expect("fields lock")
+            .iter()
+            .map(|(n, p, _)| (n.clone(), p.clone()))
+            .collect()
+    }
+
+    /// Fields whose index has every event's row (queries may use them).
+    fn complete_fields(&self) -> Vec<String> {
+        self.fields
+            .read()
+            .expect("fields lock")
+            .iter()
+            .filter(|(_, _, s)| s.complete())
+            .map(|(n, _, _)| n.clone())
+            .collect()
+    }
+
+    /// Indexes up to [`BACKFILL_BATCH`] events older than the first
+    /// incomplete field index; returns whether every field index is
+    /// complete afterwards.
+    pub fn backfill_step(&self) -> Result<bool, StorageError> {
+        let _applying = self.apply_lock.lock().expect("apply lock");
+        let Some((name, path, mut st)) = self
+            .fields
+            .read()
+            .expect("fields lock")
+            .iter()
+            .find(|(_, _, s)| !s.complete())
+            .cloned()
+        else {
+            return Ok(true);
+        };
+        let cf = self.db.cf(CF_SM);
+        let lo = event_key(self.group, st.built_to);
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(event_key(self.group, st.created_offset));
+        let mut it = self.db.rocks().raw_iterator_cf_opt(cf, ro);
+        it.seek(&lo);
+        let mut batch = WriteBatch::default();
+        let mut n = 0;
+        let one = [(name.clone(), path)];
+        st.built_to = st.created_offset;
+        while let Some(v) = it.value() {
+            if n >= BACKFILL_BATCH {
+                let k = it.key().expect("a value has a key");
+                st.built_to = offset_of(self.group, "event key", &k[k.len() - 8..])?;
+                break;
+            }
+            let e: EventRecord = self.decode(&"event", v)?;
+            for k in field_rows(self.group, &one, &e) {
+                batch.put_cf(cf, k, []);
+            }
+            n += 1;
+            it.next();
+        }
+        it.status().map_err(rocks_err("backfill field index"))?;
+        batch.put_cf(cf, field_key(self.group, &name), codec::encode("field index", &st)?);
+        self.db.write_buffered(batch)?;
+        self.load_fields()?;
+        if st.complete() {
+            tracing::info!(group = self.group, field = %name, "field index built");
+        }
+        Ok(self
+            .fields
+            .read()
+            .expect("fields lock")
+            .iter()
+            .all(|(_, _, s)| s.complete()))
     }
 
     /// Bytes of the stored event records.
@@ -522,11 +703,21 @@ impl PartitionStore {
         let Some(start) = from else {
             return Ok((false, stats));
         };
-        let index = f.index();
+        let index = f.index(&self.complete_fields());
+        stats.index = Some(index);
         let prefix = match index {
             super::query::Index::Correlation => index_prefix(self.group, index, &f.correlation_id),
             super::query::Index::Type => index_prefix(self.group, index, &f.event_type),
             super::query::Index::Time => index_prefix(self.group, index, ""),
+            super::query::Index::Field(i) => {
+                let p = &f.predicates[i];
+                let super::query::PredicateOp::Eq(v) = &p.op else {
+                    unreachable!("a field index serves eq predicates only")
+                };
+                let mut k = field_rows_prefix(self.group, &p.path.join("."));
+                k.extend_from_slice(&super::query::value_key(v).expect("planned for a scalar"));
+                k
+            }
         };
         let key = |(ts, off): (u64, u64)| {
             let mut k = prefix.clone();
@@ -775,6 +966,7 @@ impl PartitionStore {
     /// Applies one committed entry; returns its response (`revision` is the
     /// next offset after it).
     pub fn apply_entry(&self, entry: &Entry) -> Result<Response, StorageError> {
+        let _applying = self.apply_lock.lock().expect("apply lock");
         let log_id = entry.log_id();
         let mut st = self.state();
         let mut batch = WriteBatch::default();
@@ -801,6 +993,9 @@ impl PartitionStore {
             let mut guard = self.state.write().expect("partition state lock");
             self.db.write_buffered(batch)?;
             *guard = st;
+        }
+        if matches!(&entry.payload, EntryPayload::Normal(c) if matches!(c.op, Op::IndexField { .. })) {
+            self.load_fields()?;
         }
         self.offset_tx.send_if_modified(|n| {
             let changed = *n != next;
@@ -881,6 +1076,7 @@ impl PartitionStore {
                 let first_offset = st.next_offset;
                 let first_version = rec.version + 1;
                 let mut bytes = self.stored_bytes()?;
+                let fields = self.field_paths();
                 for e in &a.events {
                     rec.version += 1;
                     let record = EventRecord {
@@ -902,6 +1098,9 @@ impl PartitionStore {
                     batch.put_cf(cf, id_key(self.group, &e.id), off);
                     batch.put_cf(cf, stream_event_key(self.group, &a.stream, rec.version), off);
                     put_index_rows(batch, cf, self.group, &record);
+                    for k in field_rows(self.group, &fields, &record) {
+                        batch.put_cf(cf, k, []);
+                    }
                     st.next_offset += 1;
                 }
                 batch.put_cf(cf, stream_key(self.group, &a.stream), codec::encode("stream", &rec)?);
@@ -932,6 +1131,7 @@ impl PartitionStore {
                 let mut bytes = self.stored_bytes()?;
                 let mut removed = 0;
                 let unique: std::collections::BTreeSet<u64> = offsets.iter().copied().collect();
+                let fields = self.field_paths();
                 for off in unique {
                     let key = event_key(self.group, off);
                     let Some(raw) = self.get_raw(&key, "read event")? else {
@@ -941,7 +1141,10 @@ impl PartitionStore {
                     batch.delete_cf(cf, key);
                     batch.delete_cf(cf, id_key(self.group, &e.id));
                     batch.delete_cf(cf, stream_event_key(self.group, &e.stream, e.version));
-                    for k in index_rows(self.group, &e) {
+                    for k in index_rows(self.group, &e)
+                        .into_iter()
+                        .chain(field_rows(self.group, &fields, &e))
+                    {
                         batch.delete_cf(cf, k);
                     }
                     bytes = bytes.saturating_sub(raw.len() as u64);
@@ -950,9 +1153,45 @@ impl PartitionStore {
                 batch.put_cf(cf, table_prefix(self.group, BYTES), bytes.to_be_bytes());
                 Ok(Ok(OpResult::Removed { events: removed }))
             }
+            Op::IndexField { field, create } => {
+                if let Err(r) = super::query::check_field(field) {
+                    return Ok(Err(Rejection::InvalidArgument {
+                        field: "index.field".into(),
+                        reason: r,
+                    }));
+                }
+                let key = field_key(self.group, field);
+                let exists = self.get_raw(&key, "read field index")?.is_some();
+                match (create, exists) {
+                    (true, false) => {
+                        let fs = FieldState {
+                            created_offset: st.next_offset,
+                            built_to: self.first_offset()?.min(st.next_offset),
+                        };
+                        batch.put_cf(cf, key, codec::encode("field index", &fs)?);
+                    }
+                    (false, true) => {
+                        batch.delete_cf(cf, key);
+                        let lo = field_rows_prefix(self.group, field);
+                        let mut ro = ReadOptions::default();
+                        ro.set_iterate_upper_bound(prefix_end(&lo).expect("an encoded field never ends in 0xff"));
+                        let mut it = self.db.rocks().raw_iterator_cf_opt(cf, ro);
+                        it.seek(&lo);
+                        while let Some(k) = it.key() {
+                            batch.delete_cf(cf, k);
+                            it.next();
+                        }
+                        it.status().map_err(rocks_err("drop field index"))?;
+                    }
+                    // Already so: a repeated proposal changes nothing.
+                    _ => {}
+                }
+                Ok(Ok(OpResult::None))
+            }
             _ => Ok(Err(Rejection::InvalidArgument {
                 field: "op".into(),
-                reason: "an event partition takes only appends, stream deletes and retention removals".into(),
+                reason: "an event partition takes only appends, stream deletes, retention removals and field indexes"
+                    .into(),
             })),
         }
     }
@@ -1010,6 +1249,7 @@ impl PartitionStore {
             // (and its bytes counted) before the new state is published.
             self.ensure_indexes()?;
             self.ensure_bytes()?;
+            self.load_fields()?;
             *guard = st;
         }
         self.db.sync().await?;

@@ -954,7 +954,7 @@ impl MetaStore {
                 }
                 OpResult::None
             }
-            Op::Append(_) | Op::DeleteStream { .. } | Op::RemoveEvents { .. } => {
+            Op::Append(_) | Op::DeleteStream { .. } | Op::RemoveEvents { .. } | Op::IndexField { .. } => {
                 return Ok(Err(Rejection::InvalidArgument {
                     field: "op".into(),
                     reason: "event operations go to an event partition, not the meta group".into(),
