@@ -1058,6 +1058,7 @@ pub async fn run(cfg: &RunConfig) -> anyhow::Result<Report> {
         (Vec::new(), 1)
     };
     let replicas = replica_views(&cluster).await;
+    let audit = audit_trail(&cluster).await;
     // The nodes' logs go with the history (the cluster's directory goes
     // when it stops).
     for n in &cluster.lock().await.nodes {
@@ -1094,6 +1095,18 @@ pub async fn run(cfg: &RunConfig) -> anyhow::Result<Report> {
     let (anomalies, missing) = check_replicas(&replicas);
     report.anomalies.extend(anomalies);
     report.missing_evidence.extend(missing);
+    match audit {
+        Ok((revision, revisions)) => {
+            let anomalies = check_audit(&revisions, revision);
+            if anomalies.is_empty() {
+                report.checked.push(format!(
+                    "audit trail: each of the {revision} revisions has one event in $audit, in revision order"
+                ));
+            }
+            report.anomalies.extend(anomalies);
+        }
+        Err(e) => report.missing_evidence.push(format!("audit trail: {e}")),
+    }
     let groups = replicas.first().map_or(0, |v| v.hashes.len());
     let terms: usize = replicas.iter().map(|v| v.leaders.len()).sum();
     report.checked.push(format!(
@@ -1632,6 +1645,95 @@ pub const REPLICAS_SETTLE: Duration = Duration::from_secs(20);
 
 /// Every node's fingerprints and leader log, once every group's replicas
 /// report the same applied index (or [`REPLICAS_SETTLE`] passed).
+/// How long the audit relay may take to catch up once the faults healed.
+pub const AUDIT_CATCH_UP: Duration = Duration::from_secs(60);
+
+/// Once the meta leader reports every revision relayed: (its revision, the
+/// revision of each event of `$audit` in stream order).
+async fn audit_trail(cluster: &tokio::sync::Mutex<Cluster>) -> Result<(u64, Vec<u64>), String> {
+    let c = cluster.lock().await;
+    let client = c.client();
+    let deadline = Instant::now() + AUDIT_CATCH_UP;
+    let revision = loop {
+        let mut caught_up = None;
+        let mut seen = String::from("no meta leader answered");
+        for (_, s) in client.status_all().await {
+            let Ok(s) = s else { continue };
+            if s.groups.first().is_some_and(|g| g.leader_id == s.node_id) {
+                let rev = s.header.as_ref().map_or(0, |h| h.revision);
+                seen = format!("revision {rev}, relayed {}", s.audit_relayed_revision);
+                if s.audit_lag == 0 && s.audit_relayed_revision == rev {
+                    caught_up = Some(rev);
+                }
+            }
+        }
+        if let Some(r) = caught_up {
+            break r;
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("the relay did not catch up within {AUDIT_CATCH_UP:?} ({seen})"));
+        }
+        tokio::time::sleep(esf_cluster_tests::POLL_INTERVAL).await;
+    };
+    let mut revisions = Vec::new();
+    loop {
+        let r = client
+            .read_stream(pb::ReadStreamRequest {
+                stream: "$audit".into(),
+                from_version: revisions.len() as u64 + 1,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| format!("read $audit: {e}"))?;
+        if r.events.is_empty() {
+            return Ok((revision, revisions));
+        }
+        for e in &r.events {
+            revisions.push(
+                e.metadata
+                    .get("revision")
+                    .and_then(|v| v.parse().ok())
+                    .ok_or_else(|| format!("$audit event {} names no revision", e.id))?,
+            );
+        }
+    }
+}
+
+/// Anomalies of an audit trail: `revisions` (in stream order) must be
+/// exactly 1..=`current`, each once.
+pub fn check_audit(revisions: &[u64], current: u64) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut count: BTreeMap<u64, usize> = BTreeMap::new();
+    for r in revisions {
+        *count.entry(*r).or_default() += 1;
+    }
+    let doubled: Vec<u64> = count.iter().filter(|(_, n)| **n > 1).map(|(r, _)| *r).collect();
+    if !doubled.is_empty() {
+        out.push(format!(
+            "audit trail: revisions with several events: {:?}",
+            &doubled[..doubled.len().min(10)]
+        ));
+    }
+    let missing: Vec<u64> = (1..=current).filter(|r| !count.contains_key(r)).collect();
+    if !missing.is_empty() {
+        out.push(format!(
+            "audit trail: {} revisions without an event, first {:?}",
+            missing.len(),
+            &missing[..missing.len().min(10)]
+        ));
+    }
+    let unknown: Vec<u64> = count.keys().copied().filter(|r| *r == 0 || *r > current).collect();
+    if !unknown.is_empty() {
+        out.push(format!(
+            "audit trail: events of revisions that do not exist: {unknown:?}"
+        ));
+    }
+    if let Some(w) = revisions.windows(2).find(|w| w[1] <= w[0]) {
+        out.push(format!("audit trail: revision {} after {} in the stream", w[1], w[0]));
+    }
+    out
+}
+
 async fn replica_views(cluster: &tokio::sync::Mutex<Cluster>) -> Vec<pb::ConsistencyResponse> {
     let c = cluster.lock().await;
     let deadline = Instant::now() + REPLICAS_SETTLE;

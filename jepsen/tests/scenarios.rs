@@ -238,3 +238,24 @@ fn diverged_replicas_and_two_leaders_in_a_term_are_anomalies() {
     assert!(anomalies.is_empty(), "different indexes are not compared");
     assert!(missing[0].contains("did not reach one applied index"), "{missing:?}");
 }
+
+#[test]
+fn a_lost_doubled_or_reordered_audit_event_is_an_anomaly() {
+    use esf_jepsen::runner::check_audit;
+    assert!(check_audit(&[1, 2, 3, 4], 4).is_empty());
+    assert!(check_audit(&[], 0).is_empty());
+    let lost = check_audit(&[1, 2, 4], 4);
+    assert!(
+        lost.iter().any(|a| a.contains("without an event") && a.contains("[3]")),
+        "{lost:?}"
+    );
+    let doubled = check_audit(&[1, 2, 2, 3], 3);
+    assert!(doubled.iter().any(|a| a.contains("several events: [2]")), "{doubled:?}");
+    let reordered = check_audit(&[1, 3, 2], 3);
+    assert!(
+        reordered.iter().any(|a| a.contains("revision 2 after 3")),
+        "{reordered:?}"
+    );
+    let invented = check_audit(&[1, 2, 3], 2);
+    assert!(invented.iter().any(|a| a.contains("do not exist: [3]")), "{invented:?}");
+}
