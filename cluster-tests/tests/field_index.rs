@@ -142,3 +142,42 @@ async fn audit_rows(c: &Cluster) -> u64 {
         .expect("read $audit");
     r.stream_version
 }
+
+/// A linearizable query through a node that does not lead the partition
+/// is answered from that node's replica once it applied the leader's read
+/// index: an event acknowledged just before is always found.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_through_a_follower_sees_every_event_acknowledged_before_it() {
+    let c = Cluster::start(&esf_bin(), 3);
+    c.wait_converged().await;
+    let writer = c.nodes[0].client();
+    for i in 0..40 {
+        let id = format!("fr-{i}");
+        writer
+            .append(
+                &format!("follow-{i}"),
+                vec![pb::EventData {
+                    r#type: "Followed".into(),
+                    correlation_id: id.clone(),
+                    data: b"{}".to_vec(),
+                    ..Default::default()
+                }],
+                None,
+            )
+            .await
+            .expect("append");
+        for n in &c.nodes[1..] {
+            let r = n
+                .client()
+                .query_events(pb::QueryEventsRequest {
+                    correlation_id: id.clone(),
+                    explain: true,
+                    ..Default::default()
+                })
+                .await
+                .expect("query");
+            assert_eq!(r.events.len(), 1, "node {} missed {id}", n.id);
+            assert_eq!(r.explain.expect("explain").index, "correlation");
+        }
+    }
+}

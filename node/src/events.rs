@@ -160,37 +160,92 @@ impl EventsService {
         p: u32,
     ) -> Result<(crate::query::Page, esf_raft::events::query::QueryStats, String), Status> {
         let group = &self.0.partitions[p as usize - 1];
+        let page = |(events, more, stats): LocalPage| {
+            let last = stats.last.map(|(ts, off)| (ts, p, off));
+            let index = stats.index.map_or_else(String::new, |i| i.name(&q.filter));
+            (crate::query::Page { events, more, last }, stats, index)
+        };
         if self.held(group) {
-            let (from, c) = (crate::query::bound(q, p), consistency(msg.serializable));
-            let local = if q.filter.index_decides() {
-                // Positions only: the merge keeps at most `limit` of the
-                // partitions' candidates, and only those are loaded.
-                group
-                    .query_positions(&q.filter, from, q.descending, q.limit, c)
-                    .await
-                    .map(|(at, more, stats)| {
-                        let events = at
-                            .into_iter()
-                            .map(|(ts, offset)| crate::query::unloaded(p, ts, offset))
-                            .collect();
-                        (events, more, stats)
-                    })
-            } else {
-                group
-                    .query(&q.filter, from, q.descending, q.limit, c)
-                    .await
-                    .map(|(events, more, stats)| (events.into_iter().map(|e| recorded(p, e)).collect(), more, stats))
-            };
-            match local {
-                Ok((events, more, stats)) => {
-                    let last = stats.last.map(|(ts, off)| (ts, p, off));
-                    let index = stats.index.map_or_else(String::new, |i| i.name(&q.filter));
-                    return Ok((crate::query::Page { events, more, last }, stats, index));
-                }
+            let from = crate::query::bound(q, p);
+            match self.local_page(group, q, from, consistency(msg.serializable)).await {
+                Ok(local) => return Ok(page(local)),
                 Err(e) if forwarded => return Err(convert::status(e)),
-                Err(_) => {}
+                // A follower read: the leader confirms a read index, this
+                // replica waits until it applied it and answers from its
+                // own state (no events travel). Else: asked of a replica.
+                Err(e) => {
+                    if let Some(addr) = Ctx::leader_addr(&e).filter(|a| *a != self.0.advertise) {
+                        if self.follower_read_ready(group, &addr).await.is_ok() {
+                            let serial = esf_raft::group::Consistency::Serializable;
+                            if let Ok(local) = self.local_page(group, q, from, serial).await {
+                                return Ok(page(local));
+                            }
+                        }
+                    }
+                }
             }
         }
+        self.remote_page(forwarded, msg, q, p).await
+    }
+
+    /// Waits until this replica of `group` has applied the read index its
+    /// leader at `addr` confirms now (within [`FORWARD_TIMEOUT`]).
+    async fn follower_read_ready(&self, group: &PartitionGroup, addr: &str) -> Result<(), Status> {
+        let mut client = self.0.events_client(addr)?;
+        let mut req = Ctx::forwarded(pb::ReadIndexRequest {
+            partition: group.group(),
+        });
+        req.set_timeout(FORWARD_TIMEOUT);
+        let index = match tokio::time::timeout(FORWARD_TIMEOUT, client.read_index(req)).await {
+            Ok(Ok(r)) => r.into_inner().index,
+            Ok(Err(s)) => return Err(s),
+            Err(_) => {
+                return Err(Status::unavailable(format!(
+                    "{addr}: no read index within {FORWARD_TIMEOUT:?}"
+                )));
+            }
+        };
+        group.wait_applied(index).await.map_err(convert::status)
+    }
+
+    /// This replica's page of `q` in `group` from `from`.
+    async fn local_page(
+        &self,
+        group: &PartitionGroup,
+        q: &crate::query::Query,
+        from: esf_raft::events::query::Bound,
+        c: esf_raft::group::Consistency,
+    ) -> Result<LocalPage, esf_raft::Error> {
+        let p = group.group();
+        if q.filter.index_decides() {
+            // Positions only: the merge keeps at most `limit` of the
+            // partitions' candidates, and only those are loaded.
+            group
+                .query_positions(&q.filter, from, q.descending, q.limit, c)
+                .await
+                .map(|(at, more, stats)| {
+                    let events = at
+                        .into_iter()
+                        .map(|(ts, offset)| crate::query::unloaded(p, ts, offset))
+                        .collect();
+                    (events, more, stats)
+                })
+        } else {
+            group
+                .query(&q.filter, from, q.descending, q.limit, c)
+                .await
+                .map(|(events, more, stats)| (events.into_iter().map(|e| recorded(p, e)).collect(), more, stats))
+        }
+    }
+
+    /// Partition `p`'s page of `q` from a replica on another node.
+    async fn remote_page(
+        &self,
+        forwarded: bool,
+        msg: &pb::QueryEventsRequest,
+        q: &crate::query::Query,
+        p: u32,
+    ) -> Result<(crate::query::Page, esf_raft::events::query::QueryStats, String), Status> {
         let sub = pb::QueryEventsRequest {
             partitions: vec![p],
             explain: true,
@@ -385,6 +440,10 @@ impl EventsService {
         }
     }
 }
+
+/// A partition's page of a query from a local replica: events (or
+/// positions to load), whether more may follow, what the scan did.
+type LocalPage = (Vec<pb::RecordedEvent>, bool, esf_raft::events::query::QueryStats);
 
 type SubscribeStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::SubscribeResponse, Status>> + Send>>;
 type SubscribeSender = tokio::sync::mpsc::Sender<Result<pb::SubscribeResponse, Status>>;
@@ -888,6 +947,14 @@ impl pb::events_server::Events for EventsService {
         match self.0.write(Command::new(op)).await {
             Ok((h, _)) => Ok(Response::new(pb::SetRetentionResponse { header: Some(h) })),
             Err(e) => forward_or!(self.0, events_client, req, e, set_retention, msg),
+        }
+    }
+
+    async fn read_index(&self, req: Request<pb::ReadIndexRequest>) -> Result<Response<pb::ReadIndexResponse>, Status> {
+        let p = self.partition("read_index.partition", req.get_ref().partition)?.clone();
+        match p.read_index().await {
+            Ok(index) => Ok(Response::new(pb::ReadIndexResponse { index })),
+            Err(e) => Err(convert::status(e)),
         }
     }
 

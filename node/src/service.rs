@@ -62,7 +62,7 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    fn leader_addr(e: &esf_raft::Error) -> Option<String> {
+    pub(crate) fn leader_addr(e: &esf_raft::Error) -> Option<String> {
         match e {
             esf_raft::Error::NotLeader {
                 leader_addr: Some(a), ..

@@ -146,6 +146,16 @@ pub(crate) async fn linearize<SM>(raft: &openraft::Raft<TypeConfig, SM>, group: 
 where
     SM: openraft::storage::RaftStateMachine<TypeConfig>,
 {
+    read_index(raft, group, timeout).await.map(|_| ())
+}
+
+/// On the leader: confirms leadership with a quorum (ReadIndex) and waits
+/// until it applied the read index; returns that index (a replica that has
+/// applied it may answer a linearizable read from its own state).
+pub(crate) async fn read_index<SM>(raft: &openraft::Raft<TypeConfig, SM>, group: u32, timeout: Duration) -> Result<u64>
+where
+    SM: openraft::storage::RaftStateMachine<TypeConfig>,
+{
     let fut = raft.ensure_linearizable(ReadPolicy::ReadIndex);
     match tokio::time::timeout(timeout, fut).await {
         Err(_) => Err(Error::Unavailable(format!(
@@ -156,7 +166,7 @@ where
         }
         Ok(Err(RaftError::APIError(e))) => Err(Error::Unavailable(e.to_string())),
         Ok(Err(RaftError::Fatal(f))) => Err(Error::Fatal(f.to_string())),
-        Ok(Ok(_)) => Ok(()),
+        Ok(Ok(read)) => Ok(read.log_id().index),
     }
 }
 

@@ -181,6 +181,23 @@ impl PartitionGroup {
         linearize(&self.raft, self.group, self.opts.request_timeout).await
     }
 
+    /// On the leader: the read index of a linearizable read (leadership
+    /// confirmed by a quorum), for a follower to wait for.
+    pub async fn read_index(&self) -> Result<u64> {
+        crate::group::read_index(&self.raft, self.group, self.opts.request_timeout).await
+    }
+
+    /// Waits (up to the request timeout) until this replica has applied
+    /// `index`: then its own state answers a read whose read index that is.
+    pub async fn wait_applied(&self, index: u64) -> Result<()> {
+        self.raft
+            .wait(Some(self.opts.request_timeout))
+            .applied_index_at_least(Some(index), "follower read")
+            .await
+            .map(|_| ())
+            .map_err(|e| Error::Unavailable(format!("partition {}: read index {index} not applied: {e}", self.group)))
+    }
+
     /// Stops openraft.
     pub async fn shutdown(&self) -> Result<()> {
         self.raft.shutdown().await.map_err(|e| Error::Fatal(e.to_string()))
