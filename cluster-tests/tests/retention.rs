@@ -14,6 +14,15 @@ fn event(t: &str, n: u64) -> pb::EventData {
     }
 }
 
+/// `esf events retention ARGS` against the cluster: (exit code, stdout,
+/// stderr).
+fn retention(c: &Cluster, args: &[&str]) -> (i32, String, String) {
+    let eps = c.endpoints();
+    let mut all = vec!["--endpoints", eps.as_str(), "events", "retention"];
+    all.extend_from_slice(args);
+    cli(&c.bin, &all)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prefix_rule_removes_old_events_everywhere_and_leaves_the_rest() {
     let c = Cluster::start_with(&esf_bin(), 3, &["--retention-interval-ms", "200"]);
@@ -31,49 +40,17 @@ async fn a_prefix_rule_removes_old_events_everywhere_and_leaves_the_rest() {
             .expect("append keep");
     }
     // Bad rules are refused, naming the field.
-    let (code, _, err) = cli(
-        &c.bin,
-        &["--endpoints", &eps, "events", "retention", "set", "--max-age", "10"],
-    );
+    let (code, _, err) = retention(&c, &["set", "--max-age", "10"]);
     assert_ne!(code, 0);
     assert!(err.contains("max_age") && err.contains("unit"), "{err}");
-    let (code, _, err) = cli(
-        &c.bin,
-        &[
-            "--endpoints",
-            &eps,
-            "events",
-            "retention",
-            "set",
-            "--prefix",
-            "tmp-",
-            "--max-bytes",
-            "1MiB",
-        ],
-    );
+    let (code, _, err) = retention(&c, &["set", "--prefix", "tmp-", "--max-bytes", "1MiB"]);
     assert_ne!(code, 0);
     assert!(err.contains("retention.max_bytes"), "{err}");
-    let (code, _, err) = cli(
-        &c.bin,
-        &["--endpoints", &eps, "events", "retention", "set", "--max-age", "5ms"],
-    );
+    let (code, _, err) = retention(&c, &["set", "--max-age", "5ms"]);
     assert_ne!(code, 0);
     assert!(err.contains("retention.max_age_ms") && err.contains("minimum"), "{err}");
 
-    let (code, out, err) = cli(
-        &c.bin,
-        &[
-            "--endpoints",
-            &eps,
-            "events",
-            "retention",
-            "set",
-            "--prefix",
-            "tmp-",
-            "--max-age",
-            "1s",
-        ],
-    );
+    let (code, out, err) = retention(&c, &["set", "--prefix", "tmp-", "--max-age", "1s"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("tmp- max_age_ms=1000"), "{out}");
     let (code, out, _) = cli(
@@ -173,11 +150,8 @@ async fn a_prefix_rule_removes_old_events_everywhere_and_leaves_the_rest() {
     let (code, out, _) = cli(&c.bin, &["--endpoints", &eps, "audit", "tail", "--limit", "50"]);
     assert_eq!(code, 0);
     assert!(out.contains("esf.retention.changed retention/tmp-="), "{out}");
-    let (code, _, err) = cli(
-        &c.bin,
-        &["--endpoints", &eps, "events", "retention", "clear", "--prefix", "tmp-"],
-    );
+    let (code, _, err) = retention(&c, &["clear", "--prefix", "tmp-"]);
     assert_eq!(code, 0, "{err}");
-    let (_, out, _) = cli(&c.bin, &["--endpoints", &eps, "events", "retention", "list"]);
+    let (_, out, _) = retention(&c, &["list"]);
     assert_eq!(out, "");
 }

@@ -441,6 +441,24 @@ impl EventsService {
     }
 }
 
+/// A meta put of one (reserved) key, no lease.
+fn put_key(key: Vec<u8>, value: Vec<u8>) -> Op {
+    Op::Put(esf_raft::command::PutRequest {
+        key,
+        value,
+        lease: 0,
+        prev_kv: false,
+    })
+}
+
+/// A meta delete of one (reserved) key.
+fn delete_key(key: Vec<u8>) -> Op {
+    Op::Delete(esf_raft::command::DeleteRequest {
+        range: esf_raft::command::KeyRange::Key(key),
+        prev_kv: false,
+    })
+}
+
 /// A partition's page of a query from a local replica: events (or
 /// positions to load), whether more may follow, what the scan did.
 type LocalPage = (Vec<pb::RecordedEvent>, bool, esf_raft::events::query::QueryStats);
@@ -932,17 +950,9 @@ impl pb::events_server::Events for EventsService {
         rule.check().map_err(|(field, reason)| invalid(&field, reason))?;
         let key = crate::retention::rule_key(&rule.stream_prefix);
         let op = if rule.max_age_ms == 0 && rule.max_bytes == 0 {
-            Op::Delete(esf_raft::command::DeleteRequest {
-                range: esf_raft::command::KeyRange::Key(key),
-                prev_kv: false,
-            })
+            delete_key(key)
         } else {
-            Op::Put(esf_raft::command::PutRequest {
-                key,
-                value: crate::retention::encode_rule(&rule),
-                lease: 0,
-                prev_kv: false,
-            })
+            put_key(key, crate::retention::encode_rule(&rule))
         };
         match self.0.write(Command::new(op)).await {
             Ok((h, _)) => Ok(Response::new(pb::SetRetentionResponse { header: Some(h) })),
@@ -964,12 +974,7 @@ impl pb::events_server::Events for EventsService {
     ) -> Result<Response<pb::CreateIndexResponse>, Status> {
         let msg = req.get_ref().clone();
         esf_raft::events::query::check_field(&msg.field).map_err(|r| invalid("index.field", r))?;
-        let op = Op::Put(esf_raft::command::PutRequest {
-            key: crate::field_index::declaration_key(&msg.field),
-            value: b"{}".to_vec(),
-            lease: 0,
-            prev_kv: false,
-        });
+        let op = put_key(crate::field_index::declaration_key(&msg.field), b"{}".to_vec());
         match self.0.write(Command::new(op)).await {
             Ok((h, _)) => Ok(Response::new(pb::CreateIndexResponse { header: Some(h) })),
             Err(e) => forward_or!(self.0, events_client, req, e, create_index, msg),
@@ -979,10 +984,7 @@ impl pb::events_server::Events for EventsService {
     async fn drop_index(&self, req: Request<pb::DropIndexRequest>) -> Result<Response<pb::DropIndexResponse>, Status> {
         let msg = req.get_ref().clone();
         esf_raft::events::query::check_field(&msg.field).map_err(|r| invalid("index.field", r))?;
-        let op = Op::Delete(esf_raft::command::DeleteRequest {
-            range: esf_raft::command::KeyRange::Key(crate::field_index::declaration_key(&msg.field)),
-            prev_kv: false,
-        });
+        let op = delete_key(crate::field_index::declaration_key(&msg.field));
         match self.0.write(Command::new(op)).await {
             Ok((h, _)) => Ok(Response::new(pb::DropIndexResponse { header: Some(h) })),
             Err(e) => forward_or!(self.0, events_client, req, e, drop_index, msg),
