@@ -467,10 +467,23 @@ impl Cluster {
                     );
                 }
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the audit relay did not catch up within {READY_DEADLINE:?}: {last}"
-            );
+            if tokio::time::Instant::now() >= deadline {
+                let relay: Vec<String> = self
+                    .nodes
+                    .iter()
+                    .flat_map(|n| {
+                        n.log()
+                            .lines()
+                            .filter(|l| l.contains("audit"))
+                            .map(|l| format!("node {}: {l}", n.id))
+                            .collect::<Vec<_>>()
+                    })
+                    .collect();
+                panic!(
+                    "the audit relay did not catch up within {READY_DEADLINE:?}: {last}\n{}",
+                    relay[relay.len().saturating_sub(40)..].join("\n")
+                );
+            }
             tokio::time::sleep(POLL_INTERVAL).await;
         }
     }

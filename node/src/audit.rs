@@ -131,10 +131,16 @@ fn change_json(e: &WatchEvent) -> (Value, &'static str) {
 pub fn audit_event(revision: u64, changes: &[WatchEvent]) -> pb::EventData {
     let mut list = Vec::with_capacity(changes.len());
     let mut kinds = std::collections::BTreeSet::new();
+    let mut bytes = 0;
     for e in changes {
         let (c, kind) = change_json(e);
         kinds.insert(kind);
-        list.push(c);
+        // A revision that changed very many keys (a prefix delete, a lease
+        // with thousands of keys) lists the first ones only.
+        bytes += e.kv.key.len() + 96 + c.get("value").and_then(Value::as_str).map_or(0, str::len);
+        if bytes <= MAX_EVENT_DATA_BYTES {
+            list.push(c);
+        }
     }
     let deletes = changes.iter().filter(|e| e.deleted).count();
     let ty = match kinds.iter().next() {
@@ -153,7 +159,11 @@ pub fn audit_event(revision: u64, changes: &[WatchEvent]) -> pb::EventData {
         [one] => one["key"].as_str().unwrap_or_default().to_string(),
         _ => String::new(),
     };
-    let data = json!({ "revision": revision, "changes": list });
+    let mut data = json!({ "revision": revision, "changes": list });
+    if list_len(&data) < changes.len() {
+        data["truncated"] = json!(true);
+        data["changes_total"] = json!(changes.len());
+    }
     pb::EventData {
         id: esf_client::uuid::format(&event_id(revision)),
         r#type: ty.to_string(),
@@ -166,6 +176,14 @@ pub fn audit_event(revision: u64, changes: &[WatchEvent]) -> pb::EventData {
         data: serde_json::to_vec(&data).expect("a JSON value always serializes"),
         metadata: [("revision".to_string(), revision.to_string())].into(),
     }
+}
+
+/// Bytes of changes one audit event lists at most (the rest are counted
+/// in `changes_total`, with `truncated`): well under the 1 MiB event limit.
+pub const MAX_EVENT_DATA_BYTES: usize = 256 << 10;
+
+fn list_len(data: &Value) -> usize {
+    data["changes"].as_array().map_or(0, Vec::len)
 }
 
 /// The revision an audit event records (its `revision` metadata).
@@ -229,6 +247,15 @@ impl Relay {
     async fn run(&mut self, stop: &mut tokio::sync::watch::Receiver<bool>) -> Result<(), String> {
         let store = self.ctx.meta.store().clone();
         let mut revisions = store.subscribe_revision();
+        // One receiver, its current value marked seen: `changed` then waits
+        // for a real change (a fresh clone would report one at once).
+        let mut metrics = self.ctx.meta.raft().metrics();
+        metrics.borrow_and_update();
+        // A new cluster caps compaction from the start (an upgraded one at
+        // what is still readable), before the relay can append anything.
+        if store.audit_cursor().map_err(|e| e.to_string())?.is_none() {
+            self.record(store.state().compact_revision).await?;
+        }
         let (mut next, mut version) = self.resume_point().await?;
         let mut recorded = next - 1;
         let mut last_record = tokio::time::Instant::now();
@@ -245,7 +272,6 @@ impl Relay {
                 last_record = tokio::time::Instant::now();
             }
             if caught_up {
-                let mut metrics = self.ctx.meta.raft().metrics();
                 tokio::select! {
                     _ = revisions.changed() => {}
                     _ = metrics.changed() => {}
@@ -308,8 +334,12 @@ impl Relay {
                 }
                 // Another relay (a deposed leader) appended first, or a
                 // batch with other bounds landed before a crash: start
-                // again from the stream's end.
-                Ok(Err(s)) if matches!(s.code(), tonic::Code::FailedPrecondition | tonic::Code::InvalidArgument) => {
+                // again from the stream's end. Any other refusal is retried
+                // after a pause.
+                Ok(Err(s))
+                    if s.code() == tonic::Code::FailedPrecondition
+                        || (s.code() == tonic::Code::InvalidArgument && s.message().contains("already appended")) =>
+                {
                     warn!(status = %s, "audit relay: the stream moved; resuming from its end");
                     (next, version) = self.resume_point().await?;
                 }
@@ -338,10 +368,9 @@ impl Relay {
             Ok(Err(s)) => return Err(format!("read the end of {STREAM}: {s}")),
             Err(_) => return Err(format!("read the end of {STREAM}: no answer within {CALL_DEADLINE:?}")),
         };
-        let in_stream = match resp.events.first() {
-            None => 0,
-            Some(e) => revision_of(e).ok_or_else(|| format!("the last event of {STREAM} names no revision"))?,
-        };
+        // (An event without a revision cannot come from the relay: then the
+        // cursor alone says where to go on.)
+        let in_stream = resp.events.first().and_then(revision_of).unwrap_or(0);
         let store = self.ctx.meta.store();
         let cursor = store.audit_cursor().map_err(|e| e.to_string())?.unwrap_or(0);
         Ok((in_stream.max(cursor) + 1, resp.stream_version))
@@ -452,5 +481,20 @@ mod tests {
         let v: Value = serde_json::from_slice(&big.data).expect("json");
         assert!(v["changes"][0].get("value").is_none());
         assert_eq!(v["changes"][0]["value_bytes"], MAX_VALUE_BYTES + 1);
+    }
+
+    #[test]
+    fn a_revision_of_very_many_keys_lists_the_first_and_stays_under_the_event_limit() {
+        let many: Vec<WatchEvent> = (0..20_000)
+            .map(|i| change(format!("prefix/key-{i:06}").as_bytes(), b"", true, 3))
+            .collect();
+        let e = audit_event(3, &many);
+        assert!(e.data.len() <= MAX_EVENT_DATA_BYTES + 1024, "{} bytes", e.data.len());
+        assert!(e.data.len() < esf_raft::events::MAX_EVENT_BYTES);
+        let v: Value = serde_json::from_slice(&e.data).expect("json");
+        assert_eq!(v["truncated"], true);
+        assert_eq!(v["changes_total"], 20_000);
+        assert_eq!(v["changes"][0]["key"], "prefix/key-000000");
+        assert_eq!(e.r#type, "esf.config.deleted");
     }
 }

@@ -84,21 +84,53 @@ pub struct RetentionStats {
     pub removed: AtomicU64,
 }
 
+/// The rules in force, read linearizably (through the meta leader): a rule
+/// cleared and acknowledged is never applied afterwards by a node whose
+/// meta replica lags.
+async fn current_rules(ctx: &crate::service::Ctx) -> Result<RetentionRules, String> {
+    use pb::events_server::Events;
+    let req = tonic::Request::new(pb::ListRetentionRequest { serializable: false });
+    let r = tokio::time::timeout(
+        REMOVE_DEADLINE,
+        crate::events::EventsService(ctx.clone()).list_retention(req),
+    )
+    .await
+    .map_err(|_| format!("no answer within {REMOVE_DEADLINE:?}"))?
+    .map_err(|s| s.to_string())?
+    .into_inner();
+    Ok(RetentionRules(
+        r.rules
+            .into_iter()
+            .map(|r| RetentionRule {
+                stream_prefix: r.stream_prefix,
+                max_age_ms: r.max_age_ms,
+                max_bytes: r.max_bytes,
+            })
+            .collect(),
+    ))
+}
+
 /// Applies the rules every `interval` to the partitions this node leads,
 /// until `stop`.
 pub async fn run(
-    meta: Arc<MetaGroup>,
-    partitions: crate::partitions::Partitions,
+    ctx: crate::service::Ctx,
     interval: Duration,
     stats: Arc<RetentionStats>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
+    let partitions = ctx.partitions.clone();
+    // Per partition: where its sweep stands (see `RetentionSweep`).
+    let mut sweeps: std::collections::HashMap<u32, esf_raft::events::store::RetentionSweep> = Default::default();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
             _ = stop.changed() => return,
         }
-        let rules = match local_rules(&meta) {
+        // Cheap first look at the local replica; then the linearizable read.
+        if !local_rules(&ctx.meta).is_ok_and(|r| !r.is_empty()) {
+            continue;
+        }
+        let rules = match current_rules(&ctx).await {
             Ok(r) if !r.is_empty() => r,
             Ok(_) => continue,
             Err(e) => {
@@ -119,9 +151,18 @@ pub async fn run(
                 let store = p.store().clone();
                 let rules = rules.clone();
                 let max = esf_raft::events::MAX_REMOVE_EVENTS;
-                let offsets = match tokio::task::spawn_blocking(move || store.expired(&rules, now, max)).await {
-                    Ok(Ok(o)) => o,
-                    Ok(Err(e)) => {
+                let mut sweep = sweeps.remove(&p.group()).unwrap_or_default();
+                let scan = tokio::task::spawn_blocking(move || {
+                    let r = store.expired(&rules, now, max, &mut sweep);
+                    (r, sweep)
+                })
+                .await;
+                let offsets = match scan {
+                    Ok((Ok(o), sweep)) => {
+                        sweeps.insert(p.group(), sweep);
+                        o
+                    }
+                    Ok((Err(e), _)) => {
                         warn!(group = p.group(), error = %e, "retention: cannot scan the partition");
                         break;
                     }

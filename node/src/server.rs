@@ -375,8 +375,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
 
     let relay = tokio::spawn(crate::audit::run_relay(ctx.clone(), audit_stats, stop_rx.clone()));
     let retention = tokio::spawn(crate::retention::run(
-        meta.clone(),
-        partitions.clone(),
+        ctx.clone(),
         Duration::from_millis(cfg.retention_interval_ms),
         retention_stats,
         stop_rx.clone(),

@@ -1160,7 +1160,7 @@ impl pb::cluster_server::Cluster for ClusterService {
             .filter(|p| crate::partitions::holds(me, p, &self.0.routes))
         {
             let store = p.store().clone();
-            let (st, rows) = tokio::task::spawn_blocking(move || store.snapshot_rows())
+            let (st, rows) = tokio::task::spawn_blocking(move || store.replicated_rows())
                 .await
                 .map_err(|e| Status::internal(e.to_string()))?
                 .map_err(|e| Status::internal(e.to_string()))?;

@@ -244,12 +244,7 @@ impl Limits {
                 }
                 Ok(())
             }
-            Op::AuditCursor { revision } => {
-                if *revision == 0 {
-                    return Err(invalid("audit.revision", "must be at least 1"));
-                }
-                Ok(())
-            }
+            Op::AuditCursor { .. } => Ok(()),
             Op::RecordPartitions { count } => {
                 if *count == 0 {
                     return Err(invalid("partitions", "must be at least 1"));

@@ -73,11 +73,14 @@ pub struct RetentionRules(pub Vec<RetentionRule>);
 
 impl RetentionRules {
     /// Index of the rule for `stream` (longest matching prefix), if any.
+    /// ESF's own streams (`$audit`) follow only rules whose prefix starts
+    /// with `$`, never the cluster-wide one.
     pub fn rule_for(&self, stream: &str) -> Option<usize> {
+        let system = stream.starts_with('$');
         self.0
             .iter()
             .enumerate()
-            .filter(|(_, r)| stream.starts_with(&r.stream_prefix))
+            .filter(|(_, r)| stream.starts_with(&r.stream_prefix) && (!system || r.stream_prefix.starts_with('$')))
             .max_by_key(|(_, r)| r.stream_prefix.len())
             .map(|(i, _)| i)
     }
@@ -115,6 +118,11 @@ mod tests {
         assert_eq!(r.rule_for("tmp-1"), Some(1));
         assert_eq!(r.rule_for("tmp-keep-1"), Some(2));
         assert_eq!(RetentionRules(vec![rule("a", 1000)]).rule_for("b"), None);
+        assert_eq!(r.rule_for("$audit"), None, "the cluster-wide rule skips ESF's streams");
+        assert_eq!(
+            RetentionRules(vec![rule("", 1000), rule("$au", 5000)]).rule_for("$audit"),
+            Some(1)
+        );
         assert_eq!(rule("", 10).check().unwrap_err().0, "retention.max_age_ms");
         let mut b = rule("x", 0);
         b.max_bytes = 10;

@@ -64,6 +64,19 @@ const BYTES: u8 = 10;
 const FIELDS: u8 = 11;
 const BY_FIELD: u8 = 12;
 
+/// Where a partition leader's retention sweep stands between passes (in
+/// its memory only: what it removes is always an explicit list).
+#[derive(Debug, Clone, Default)]
+pub struct RetentionSweep {
+    /// The next offset to examine.
+    next: u64,
+    /// Per rule: an event it keeps was met in this sweep, so no later one
+    /// of it is removed by age.
+    blocked: Vec<bool>,
+    /// The rules of this sweep (`None`: start a new one).
+    rules: Option<super::retention::RetentionRules>,
+}
+
 /// A declared field index of the partition.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FieldState {
@@ -499,6 +512,12 @@ impl PartitionStore {
         Ok(first)
     }
 
+    /// Whether version `v` of `stream` is now below its first kept one
+    /// (retention removed it while a read was under way).
+    fn removed_since(&self, stream: &str, v: u64) -> Result<bool, StorageError> {
+        Ok(self.first_version(stream)?.is_none_or(|first| first > v))
+    }
+
     /// The first kept version of `stream` (retention removes a stream's
     /// oldest events first); `None` if none of its events is kept.
     pub fn first_version(&self, stream: &str) -> Result<Option<u64>, StorageError> {
@@ -518,15 +537,18 @@ impl PartitionStore {
 
     /// The offsets retention removes next under `rules` at `now_ms`, oldest
     /// first, at most `max`: while the partition holds more than the
-    /// cluster-wide `max_bytes`, its oldest events; then, per rule, its
-    /// events older than `max_age_ms` up to the first one that is not (so
-    /// a stream's kept versions stay contiguous). Examines at most
-    /// [`MAX_RETENTION_SCAN`] events.
+    /// cluster-wide `max_bytes`, its oldest events (ESF's `$` streams
+    /// excepted); then, per rule, its events older than `max_age_ms` up to
+    /// the first one that is not (so a stream's kept versions stay
+    /// contiguous). A pass examines at most [`MAX_RETENTION_SCAN`] events
+    /// and `sweep` carries where it stopped to the next pass, so a long
+    /// run of kept events does not hide expired ones behind it.
     pub fn expired(
         &self,
         rules: &super::retention::RetentionRules,
         now_ms: u64,
         max: usize,
+        sweep: &mut RetentionSweep,
     ) -> Result<Vec<u64>, StorageError> {
         let mut out = Vec::new();
         if rules.is_empty() {
@@ -538,17 +560,35 @@ impl PartitionStore {
         } else {
             0
         };
+        // Bytes go from the oldest: a new sweep. So does a change of rules.
+        if excess > 0 || sweep.rules.as_ref() != Some(rules) {
+            *sweep = RetentionSweep {
+                next: 0,
+                blocked: vec![false; rules.0.len()],
+                rules: Some(rules.clone()),
+            };
+        }
         let age_rules = rules.0.iter().filter(|r| r.max_age_ms > 0).count();
-        let mut blocked = vec![false; rules.0.len()];
-        let mut blocked_age = 0;
+        let mut blocked_age = sweep
+            .blocked
+            .iter()
+            .zip(&rules.0)
+            .filter(|(b, r)| **b && r.max_age_ms > 0)
+            .count();
         let lo = table_prefix(self.group, EVENT);
         let mut ro = ReadOptions::default();
         ro.set_iterate_upper_bound(prefix_end(&lo).expect("table prefix is never all 0xff"));
         let mut it = self.db.rocks().raw_iterator_cf_opt(self.db.cf(CF_SM), ro);
-        it.seek(&lo);
+        it.seek(event_key(self.group, sweep.next));
         let mut examined = 0;
-        while let Some(v) = it.value() {
-            if out.len() >= max || examined >= MAX_RETENTION_SCAN || (excess == 0 && blocked_age == age_rules) {
+        let mut done = true;
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            if excess == 0 && blocked_age == age_rules {
+                break;
+            }
+            if out.len() >= max || examined >= MAX_RETENTION_SCAN {
+                sweep.next = offset_of(self.group, "event key", &k[k.len() - 8..])?;
+                done = false;
                 break;
             }
             examined += 1;
@@ -556,13 +596,13 @@ impl PartitionStore {
             let rule = rules.rule_for(&e.stream);
             let aged = rule.is_some_and(|i| {
                 let r = &rules.0[i];
-                !blocked[i] && r.max_age_ms > 0 && now_ms.saturating_sub(e.timestamp_ms) > r.max_age_ms
+                !sweep.blocked[i] && r.max_age_ms > 0 && now_ms.saturating_sub(e.timestamp_ms) > r.max_age_ms
             });
-            if excess > 0 || aged {
+            if (excess > 0 && !e.stream.starts_with('$')) || aged {
                 excess = excess.saturating_sub(v.len() as u64);
                 out.push(e.offset);
-            } else if let Some(i) = rule.filter(|i| !blocked[*i]) {
-                blocked[i] = true;
+            } else if let Some(i) = rule.filter(|i| !sweep.blocked[*i]) {
+                sweep.blocked[i] = true;
                 if rules.0[i].max_age_ms > 0 {
                     blocked_age += 1;
                 }
@@ -570,6 +610,11 @@ impl PartitionStore {
             it.next();
         }
         it.status().map_err(rocks_err("scan events for retention"))?;
+        if done {
+            // The sweep reached the end (or nothing more can go): the next
+            // one starts over.
+            sweep.rules = None;
+        }
         Ok(out)
     }
 
@@ -849,6 +894,10 @@ impl PartitionStore {
             return Ok(None);
         };
         let Some(e) = self.event_at(off)? else {
+            // Removed by retention since the id was read.
+            if self.offset_of_id(id)?.is_none() {
+                return Ok(None);
+            }
             return Err(StorageError::Corrupt {
                 cf: CF_SM,
                 group: self.group,
@@ -897,6 +946,9 @@ impl PartitionStore {
             }
             let key = stream_event_key(self.group, stream, v);
             let Some(raw) = self.get_raw(&key, "read stream index")? else {
+                if self.removed_since(stream, v)? {
+                    continue;
+                }
                 return Err(StorageError::Corrupt {
                     cf: CF_SM,
                     group: self.group,
@@ -910,6 +962,7 @@ impl PartitionStore {
                     bytes += e.data.len() + e.stream.len() + 64;
                     out.push(e);
                 }
+                None if self.removed_since(stream, v)? => {}
                 None => {
                     return Err(StorageError::Corrupt {
                         cf: CF_SM,
@@ -968,6 +1021,13 @@ impl PartitionStore {
     pub fn apply_entry(&self, entry: &Entry) -> Result<Response, StorageError> {
         let _applying = self.apply_lock.lock().expect("apply lock");
         let log_id = entry.log_id();
+        // A dropped field index stops serving queries before its rows go
+        // (a query in between scans another index instead of empty rows).
+        if let EntryPayload::Normal(c) = &entry.payload {
+            if let Op::IndexField { field, create: false } = &c.op {
+                self.fields.write().expect("fields lock").retain(|(n, _, _)| n != field);
+            }
+        }
         let mut st = self.state();
         let mut batch = WriteBatch::default();
         let result = match &entry.payload {
@@ -1208,6 +1268,19 @@ impl PartitionStore {
         Ok((st, crate::snapshot_record::encode_rows(rows)?))
     }
 
+    /// As [`PartitionStore::snapshot_rows`] without the declared field
+    /// indexes (their backfill progresses independently on each replica),
+    /// for comparing replicas.
+    pub fn replicated_rows(&self) -> Result<(PartitionState, Vec<u8>), StorageError> {
+        let guard = self.state.read().expect("partition state lock");
+        let snap = self.db.rocks().snapshot();
+        let st = guard.clone();
+        drop(guard);
+        let mut rows = crate::snapshot_record::dump_rows(&self.db, &snap, self.group)?;
+        rows.retain(|(k, _)| !matches!(k.first(), Some(&FIELDS | &BY_FIELD)));
+        Ok((st, crate::snapshot_record::encode_rows(rows)?))
+    }
+
     /// Persists a built or received snapshot as the partition's current one.
     pub async fn save_snapshot(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
         crate::snapshot_record::save(&self.db, self.group, meta, data).await
@@ -1243,6 +1316,8 @@ impl PartitionStore {
         );
         let next = st.next_offset;
         {
+            // No backfill step runs on the rows being replaced.
+            let _applying = self.apply_lock.lock().expect("apply lock");
             let mut guard = self.state.write().expect("partition state lock");
             self.db.write_buffered(batch)?;
             // A snapshot from a node with another index layout: indexed
