@@ -1550,6 +1550,14 @@ async fn nemesis(
             }
             Nemesis::Snapshot => {
                 let applied = meta_view(&c, target).await.map_or(0, |v| v.2);
+                // What its log holds (entries may arrive beyond what it
+                // applied, and a few more before the pause lands: hence the
+                // margin below).
+                let last_log = node_status(&c, target)
+                    .await
+                    .and_then(|s| s.groups.first().map(|g| g.last_log_index))
+                    .unwrap_or(0)
+                    .max(applied);
                 c.node(target).pause(true);
                 // The leader snapshots and purges its log past what the
                 // paused follower has (openraft may purge later than it
@@ -1563,12 +1571,12 @@ async fn nemesis(
                         .await
                         .and_then(|s| s.groups.first().map(|g| (g.snapshot_index, g.purged_index)))
                         .unwrap_or((0, 0));
-                    if purged_to > applied {
+                    if purged_to > last_log + SNAPSHOT_KEEP_LOGS {
                         break;
                     }
                     tokio::time::sleep(esf_cluster_tests::POLL_INTERVAL).await;
                 }
-                let purged = purged_to > applied;
+                let purged = purged_to > last_log + SNAPSHOT_KEEP_LOGS;
                 let before = snapshot_installs(c.node(target));
                 c.node(target).pause(false);
                 // Killed again while it receives or installs the snapshot.
@@ -1589,7 +1597,7 @@ async fn nemesis(
                 (
                     purged && installs > 0 && caught >= snap,
                     format!(
-                        "node {target} paused at applied {applied}, leader snapshot at {snap}, log purged to {purged_to}; killed {} its install; {installs} snapshot(s) installed; applied {caught} after restart",
+                        "node {target} paused at applied {applied} (log to {last_log}), leader snapshot at {snap}, log purged to {purged_to}; killed {} its install; {installs} snapshot(s) installed; applied {caught} after restart",
                         if during { "after" } else { "before the end of" }
                     ),
                 )

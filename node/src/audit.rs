@@ -257,7 +257,10 @@ impl Relay {
             self.record(store.state().compact_revision).await?;
         }
         let (mut next, mut version) = self.resume_point().await?;
-        let mut recorded = next - 1;
+        // What meta has recorded, not where the stream is: a relay that
+        // appended and died before recording leaves the stream ahead of
+        // the cursor, and this one must record it.
+        let mut recorded = store.audit_cursor().map_err(|e| e.to_string())?.unwrap_or(0);
         let mut last_record = tokio::time::Instant::now();
         info!(from_revision = next, stream_version = version, "audit relay started");
         loop {
