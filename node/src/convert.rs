@@ -65,6 +65,17 @@ pub(crate) fn invalid(field: &str, reason: impl std::fmt::Display) -> Status {
 }
 
 /// The read consistency a request's `serializable` flag asks for.
+/// A current read of every key in `range` (no limit), values or keys only.
+pub(crate) fn read_all(range: cmd::KeyRange, keys_only: bool) -> cmd::RangeRequest {
+    cmd::RangeRequest {
+        range,
+        revision: 0,
+        limit: 0,
+        count_only: false,
+        keys_only,
+    }
+}
+
 pub(crate) fn consistency(serializable: bool) -> esf_raft::group::Consistency {
     if serializable {
         esf_raft::group::Consistency::Serializable

@@ -996,13 +996,7 @@ impl pb::events_server::Events for EventsService {
         req: Request<pb::ListIndexesRequest>,
     ) -> Result<Response<pb::ListIndexesResponse>, Status> {
         let msg = req.get_ref().clone();
-        let r = esf_raft::command::RangeRequest {
-            range: crate::field_index::declarations_range(),
-            revision: 0,
-            limit: 0,
-            count_only: false,
-            keys_only: true,
-        };
+        let r = convert::read_all(crate::field_index::declarations_range(), true);
         let (h, res) = match self.0.meta.range(&r, consistency(false)).await {
             Ok(x) => x,
             Err(e) => forward_or!(self.0, events_client, req, e, list_indexes, msg),
@@ -1044,13 +1038,7 @@ impl pb::events_server::Events for EventsService {
         req: Request<pb::ListRetentionRequest>,
     ) -> Result<Response<pb::ListRetentionResponse>, Status> {
         let msg = req.get_ref().clone();
-        let r = esf_raft::command::RangeRequest {
-            range: crate::retention::rules_range(),
-            revision: 0,
-            limit: 0,
-            count_only: false,
-            keys_only: false,
-        };
+        let r = convert::read_all(crate::retention::rules_range(), false);
         match self.0.meta.range(&r, consistency(msg.serializable)).await {
             Ok((h, res)) => Ok(Response::new(pb::ListRetentionResponse {
                 header: Some(convert::header(h)),

@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use esf_raft::command::{Command, KeyRange, Op, RangeRequest};
+use esf_raft::command::{Command, KeyRange, Op};
 use esf_raft::group::MetaGroup;
 use esf_raft::openraft::async_runtime::WatchReceiver;
 use tracing::warn;
@@ -43,13 +43,7 @@ pub fn field_of(key: &[u8]) -> Option<String> {
 
 /// The declared fields as this node's meta replica has them.
 pub fn local_declared(meta: &MetaGroup) -> Result<BTreeSet<String>, String> {
-    let req = RangeRequest {
-        range: declarations_range(),
-        revision: 0,
-        limit: 0,
-        count_only: false,
-        keys_only: true,
-    };
+    let req = crate::convert::read_all(declarations_range(), true);
     let (res, _) = meta.store().range(&req).map_err(|e| e.to_string())?;
     Ok(res.kvs.iter().filter_map(|kv| field_of(&kv.key)).collect())
 }

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use esf_client::pb;
-use esf_raft::command::{Command, KeyRange, Op, OpResult, RangeRequest};
+use esf_raft::command::{Command, KeyRange, Op, OpResult};
 use esf_raft::events::retention::{RetentionRule, RetentionRules};
 use esf_raft::group::MetaGroup;
 use esf_raft::openraft::async_runtime::WatchReceiver;
@@ -62,13 +62,7 @@ pub fn to_pb(r: &RetentionRule) -> pb::RetentionRule {
 
 /// The rules as this node's meta replica has them.
 pub fn local_rules(meta: &MetaGroup) -> Result<RetentionRules, String> {
-    let req = RangeRequest {
-        range: rules_range(),
-        revision: 0,
-        limit: 0,
-        count_only: false,
-        keys_only: false,
-    };
+    let req = crate::convert::read_all(rules_range(), false);
     let (res, _) = meta.store().range(&req).map_err(|e| e.to_string())?;
     Ok(RetentionRules(
         res.kvs
