@@ -158,7 +158,7 @@ impl EventsService {
         msg: &pb::QueryEventsRequest,
         q: &crate::query::Query,
         p: u32,
-    ) -> Result<(crate::query::Page, esf_raft::events::query::QueryStats, String), Status> {
+    ) -> Result<PartitionPage, Status> {
         let group = &self.0.partitions[p as usize - 1];
         let page = |(events, more, stats): LocalPage| {
             let last = stats.last.map(|(ts, off)| (ts, p, off));
@@ -245,7 +245,7 @@ impl EventsService {
         msg: &pb::QueryEventsRequest,
         q: &crate::query::Query,
         p: u32,
-    ) -> Result<(crate::query::Page, esf_raft::events::query::QueryStats, String), Status> {
+    ) -> Result<PartitionPage, Status> {
         let sub = pb::QueryEventsRequest {
             partitions: vec![p],
             explain: true,
@@ -458,6 +458,9 @@ fn delete_key(key: Vec<u8>) -> Op {
         prev_kv: false,
     })
 }
+
+/// A partition's page of a query, what its scan did, and the index it read.
+type PartitionPage = (crate::query::Page, esf_raft::events::query::QueryStats, String);
 
 /// A partition's page of a query from a local replica: events (or
 /// positions to load), whether more may follow, what the scan did.
