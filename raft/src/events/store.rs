@@ -357,10 +357,7 @@ impl PartitionStore {
     /// Reads the declared field indexes into memory.
     fn load_fields(&self) -> Result<(), StorageError> {
         let lo = table_prefix(self.group, FIELDS);
-        let mut ro = ReadOptions::default();
-        ro.set_iterate_upper_bound(prefix_end(&lo).expect("table prefix is never all 0xff"));
-        let mut it = self.db.rocks().raw_iterator_cf_opt(self.db.cf(CF_SM), ro);
-        it.seek(&lo);
+        let mut it = self.prefix_iter(&lo, &lo);
         let mut out = Vec::new();
         while let (Some(k), Some(v)) = (it.key(), it.value()) {
             let name = esf_storage::keys::decode_bytes(&k[lo.len()..])
@@ -481,10 +478,7 @@ impl PartitionStore {
             return Ok(());
         }
         let lo = table_prefix(self.group, EVENT);
-        let mut ro = ReadOptions::default();
-        ro.set_iterate_upper_bound(prefix_end(&lo).expect("table prefix is never all 0xff"));
-        let mut it = self.db.rocks().raw_iterator_cf_opt(self.db.cf(CF_SM), ro);
-        it.seek(&lo);
+        let mut it = self.prefix_iter(&lo, &lo);
         let mut bytes = 0u64;
         while let Some(v) = it.value() {
             bytes += v.len() as u64;
@@ -500,10 +494,7 @@ impl PartitionStore {
     /// reads from below it find nothing, retention removed those events.
     pub fn first_offset(&self) -> Result<u64, StorageError> {
         let lo = table_prefix(self.group, EVENT);
-        let mut ro = ReadOptions::default();
-        ro.set_iterate_upper_bound(prefix_end(&lo).expect("table prefix is never all 0xff"));
-        let mut it = self.db.rocks().raw_iterator_cf_opt(self.db.cf(CF_SM), ro);
-        it.seek(&lo);
+        let it = self.prefix_iter(&lo, &lo);
         let first = match it.key() {
             Some(k) => offset_of(self.group, "event key", &k[k.len() - 8..])?,
             None => self.next_offset(),
@@ -523,10 +514,7 @@ impl PartitionStore {
     pub fn first_version(&self, stream: &str) -> Result<Option<u64>, StorageError> {
         let mut lo = table_prefix(self.group, STREAM_EVENT);
         encode_bytes(&mut lo, stream.as_bytes());
-        let mut ro = ReadOptions::default();
-        ro.set_iterate_upper_bound(prefix_end(&lo).expect("an encoded stream id never ends in 0xff"));
-        let mut it = self.db.rocks().raw_iterator_cf_opt(self.db.cf(CF_SM), ro);
-        it.seek(&lo);
+        let it = self.prefix_iter(&lo, &lo);
         let first = match it.key() {
             Some(k) => Some(offset_of(self.group, "stream index key", &k[k.len() - 8..])?),
             None => None,
@@ -575,11 +563,7 @@ impl PartitionStore {
             .zip(&rules.0)
             .filter(|(b, r)| **b && r.max_age_ms > 0)
             .count();
-        let lo = table_prefix(self.group, EVENT);
-        let mut ro = ReadOptions::default();
-        ro.set_iterate_upper_bound(prefix_end(&lo).expect("table prefix is never all 0xff"));
-        let mut it = self.db.rocks().raw_iterator_cf_opt(self.db.cf(CF_SM), ro);
-        it.seek(event_key(self.group, sweep.next));
+        let mut it = self.prefix_iter(&table_prefix(self.group, EVENT), &event_key(self.group, sweep.next));
         let mut examined = 0;
         let mut done = true;
         while let (Some(k), Some(v)) = (it.key(), it.value()) {
@@ -817,6 +801,16 @@ impl PartitionStore {
         Ok((more, stats))
     }
 
+    /// An iterator over the keys starting with `prefix` (a table, or a
+    /// name's rows within one), positioned at `from` (at or after it).
+    fn prefix_iter(&self, prefix: &[u8], from: &[u8]) -> rocksdb::DBRawIteratorWithThreadMode<'_, rocksdb::DB> {
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(prefix_end(prefix).expect("a table prefix or an encoded name never ends in 0xff"));
+        let mut it = self.db.rocks().raw_iterator_cf_opt(self.db.cf(CF_SM), ro);
+        it.seek(from);
+        it
+    }
+
     /// The group id.
     pub fn group(&self) -> GroupId {
         self.group
@@ -979,12 +973,7 @@ impl PartitionStore {
     /// Up to `limit` events (and about [`MAX_READ_BYTES`]) from `offset`
     /// on, in offset order, skipping deleted streams. Returns them and the offset to continue from.
     pub fn read_partition(&self, offset: u64, limit: usize) -> Result<(Vec<EventRecord>, u64), StorageError> {
-        let lo = event_key(self.group, offset);
-        let hi = prefix_end(&table_prefix(self.group, EVENT)).expect("table prefix is never all 0xff");
-        let mut ro = ReadOptions::default();
-        ro.set_iterate_upper_bound(hi);
-        let mut it = self.db.rocks().raw_iterator_cf_opt(self.db.cf(CF_SM), ro);
-        it.seek(&lo);
+        let mut it = self.prefix_iter(&table_prefix(self.group, EVENT), &event_key(self.group, offset));
         let mut out = Vec::new();
         let mut next = offset;
         let mut bytes = 0usize;
@@ -1233,10 +1222,7 @@ impl PartitionStore {
                     (false, true) => {
                         batch.delete_cf(cf, key);
                         let lo = field_rows_prefix(self.group, field);
-                        let mut ro = ReadOptions::default();
-                        ro.set_iterate_upper_bound(prefix_end(&lo).expect("an encoded field never ends in 0xff"));
-                        let mut it = self.db.rocks().raw_iterator_cf_opt(cf, ro);
-                        it.seek(&lo);
+                        let mut it = self.prefix_iter(&lo, &lo);
                         while let Some(k) = it.key() {
                             batch.delete_cf(cf, k);
                             it.next();
@@ -1260,24 +1246,25 @@ impl PartitionStore {
 
     /// Serializes every row of the partition under one RocksDB snapshot.
     pub fn snapshot_rows(&self) -> Result<(PartitionState, Vec<u8>), StorageError> {
-        let guard = self.state.read().expect("partition state lock");
-        let snap = self.db.rocks().snapshot();
-        let st = guard.clone();
-        drop(guard);
-        let rows = crate::snapshot_record::dump_rows(&self.db, &snap, self.group)?;
-        Ok((st, crate::snapshot_record::encode_rows(rows)?))
+        self.rows_where(|_| true)
     }
 
     /// As [`PartitionStore::snapshot_rows`] without the declared field
     /// indexes (their backfill progresses independently on each replica),
     /// for comparing replicas.
     pub fn replicated_rows(&self) -> Result<(PartitionState, Vec<u8>), StorageError> {
+        self.rows_where(|table| !matches!(table, FIELDS | BY_FIELD))
+    }
+
+    /// The state and the encoded rows of the tables `keep` accepts, under
+    /// one RocksDB snapshot.
+    fn rows_where(&self, keep: impl Fn(u8) -> bool) -> Result<(PartitionState, Vec<u8>), StorageError> {
         let guard = self.state.read().expect("partition state lock");
         let snap = self.db.rocks().snapshot();
         let st = guard.clone();
         drop(guard);
         let mut rows = crate::snapshot_record::dump_rows(&self.db, &snap, self.group)?;
-        rows.retain(|(k, _)| !matches!(k.first(), Some(&FIELDS | &BY_FIELD)));
+        rows.retain(|(k, _)| k.first().is_some_and(|t| keep(*t)));
         Ok((st, crate::snapshot_record::encode_rows(rows)?))
     }
 
