@@ -405,6 +405,7 @@ async fn tonic_read_stream(
 /// [`CURSOR_INTERVAL`] while busy; a longer wait would outlast a client's
 /// per-call deadline.)
 pub const COMPACT_WAIT: Duration = Duration::from_secs(1);
+/// Polled: recording the cursor makes no revision, so no watch fires for it.
 const COMPACT_POLL: Duration = Duration::from_millis(20);
 
 /// Waits (up to [`COMPACT_WAIT`]) until this node's meta replica records

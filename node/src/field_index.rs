@@ -17,7 +17,10 @@ use crate::convert::RESERVED_KEY_BYTE;
 const KEY_PREFIX: &[u8] = b"index/";
 
 /// How often each node reconciles partitions with the declarations and
-/// continues backfills.
+/// continues backfills. A fixed poll because the work depends on three
+/// changing things (declarations, leadership, backfill progress) and each
+/// pass is a few in-memory comparisons when nothing changed; a declaration
+/// reaches every partition within it.
 pub const SYNC_INTERVAL: Duration = Duration::from_millis(500);
 /// Deadline of one `IndexField` proposal.
 pub const PROPOSE_DEADLINE: Duration = Duration::from_secs(10);
