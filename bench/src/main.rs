@@ -1,232 +1,194 @@
-//! `esf-bench`: drives the same closed-loop workload, with the same
-//! clients, keys and value sizes, against ESF or etcd (its v3 gRPC API),
-//! and prints throughput and HDR latency percentiles as a table row and as
-//! JSON. `scripts/bench.sh` runs it against both, one after the other, on
-//! the same machine.
-//!
-//! Workloads: `kv-put` (a put of a random key of `--keys`),
-//! `kv-get` (a linearizable get of a written key), `kv-get-serializable`.
-//! Each client is one task with its own connection (ESF: its own
-//! `esf_client::Client`; etcd: its own channel), starting at a different
-//! endpoint; an op's deadline is `--op-timeout-ms`.
+//! `esf-bench run|limits|report`: see `esf-bench --help` and
+//! docs/benchmarks.md.
 
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::time::Duration;
 
-use anyhow::{Context, bail};
-use clap::{Parser, ValueEnum};
-use hdrhistogram::Histogram;
-
-mod etcdserverpb {
-    tonic::include_proto!("etcdserverpb");
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Target {
-    Esf,
-    Etcd,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Workload {
-    KvPut,
-    KvGet,
-    KvGetSerializable,
-}
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use esf_bench::run::{RunConfig, Workload};
+use esf_bench::target::{Target, parse_endpoints};
+use esf_bench::{limits, report, run};
 
 #[derive(Debug, Parser)]
-#[command(about = "Closed-loop load against ESF or etcd")]
-struct Args {
+#[command(about = "Load generator: the same workloads against ESF, etcd or NATS JetStream")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Run one workload; prints a table row on stderr and a JSON line on stdout.
+    Run(RunArgs),
+    /// Measure the disk's fdatasync rate and the loopback round trip (JSON line).
+    Limits {
+        /// A directory on the disk the systems under test write to.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// Appends made durable one at a time.
+        #[arg(long, default_value_t = 2000)]
+        fsyncs: usize,
+        /// Loopback round trips.
+        #[arg(long, default_value_t = 10_000)]
+        round_trips: usize,
+    },
+    /// Turn a results file into the markdown table (stdout) and the plot.
+    Report {
+        /// JSON lines written by `run` and `limits`.
+        #[arg(long)]
+        results: PathBuf,
+        /// Write the plot of throughput against clients here.
+        #[arg(long)]
+        svg: Option<PathBuf>,
+        /// Replace the part of this markdown file between the bench.sh markers.
+        #[arg(long)]
+        doc: Option<PathBuf>,
+        /// Text put above the table (how it was produced).
+        #[arg(long, default_value = "")]
+        preamble: String,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
     #[arg(long, value_enum)]
     target: Target,
+    /// Name of this configuration in the results (default: the target).
+    #[arg(long)]
+    label: Option<String>,
     /// Comma-separated host:port of the target's client endpoints.
     #[arg(long)]
     endpoints: String,
     #[arg(long, value_enum)]
     workload: Workload,
-    /// Concurrent clients, each with its own connection.
+    /// Concurrent clients (watchers or subscribers for the fan-out workloads).
     #[arg(long, default_value_t = 1)]
     clients: usize,
-    /// Length of the measured run, seconds.
-    #[arg(long, default_value_t = 10)]
-    duration_secs: u64,
+    /// Connections the clients share (default: one per client).
+    #[arg(long)]
+    connections: Option<usize>,
     /// Distinct keys.
     #[arg(long, default_value_t = 1000)]
     keys: u64,
-    /// Value size, bytes.
+    /// Value / event payload size, bytes.
     #[arg(long, default_value_t = 256)]
     value_size: usize,
-    /// Deadline of one operation, ms (a late op counts as an error).
+    /// Events per append (events-append-batched).
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+    /// Writers of the fan-out workloads (watch, events-subscribe).
+    #[arg(long, default_value_t = 1)]
+    writers: usize,
+    /// Length of the measured run, seconds.
+    #[arg(long, default_value_t = 10)]
+    duration_secs: u64,
+    /// Total operations instead of a duration.
+    #[arg(long)]
+    ops: Option<u64>,
+    /// Open loop at this many operations per second (default: closed loop).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Deadline of one operation, ms (a late one counts as an error).
     #[arg(long, default_value_t = 5000)]
     op_timeout_ms: u64,
-}
-
-/// One connection to the target.
-enum Conn {
-    Esf(esf_client::Client),
-    Etcd(etcdserverpb::kv_client::KvClient<tonic::transport::Channel>),
-}
-
-impl Conn {
-    async fn open(target: Target, endpoints: &[String], first: usize) -> anyhow::Result<Conn> {
-        // Each client starts at another endpoint, as a fleet of clients would.
-        let mut eps: Vec<&str> = endpoints.iter().map(String::as_str).collect();
-        let n = eps.len();
-        eps.rotate_left(first % n);
-        Ok(match target {
-            Target::Esf => Conn::Esf(
-                esf_client::Client::new(&eps, esf_client::ClientOptions::default())
-                    .map_err(|e| anyhow::anyhow!("esf client: {e}"))?,
-            ),
-            Target::Etcd => {
-                let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", eps[0]))?
-                    .connect_timeout(Duration::from_secs(5))
-                    .tcp_nodelay(true)
-                    .connect()
-                    .await
-                    .with_context(|| format!("connect to etcd at {}", eps[0]))?;
-                Conn::Etcd(etcdserverpb::kv_client::KvClient::new(ch))
-            }
-        })
-    }
-
-    async fn put(&mut self, key: Vec<u8>, value: Vec<u8>) -> anyhow::Result<()> {
-        match self {
-            Conn::Esf(c) => c.put(key, value).await.map(|_| ()).map_err(|e| anyhow::anyhow!("{e}")),
-            Conn::Etcd(c) => c
-                .put(etcdserverpb::PutRequest {
-                    key,
-                    value,
-                    ..Default::default()
-                })
-                .await
-                .map(|_| ())
-                .map_err(|s| anyhow::anyhow!("{s}")),
-        }
-    }
-
-    async fn get(&mut self, key: Vec<u8>, serializable: bool) -> anyhow::Result<()> {
-        match self {
-            Conn::Esf(c) => c
-                .range(esf_client::pb::RangeRequest {
-                    range: Some(esf_client::key_range_key(key)),
-                    serializable,
-                    ..Default::default()
-                })
-                .await
-                .map(|_| ())
-                .map_err(|e| anyhow::anyhow!("{e}")),
-            Conn::Etcd(c) => c
-                .range(etcdserverpb::RangeRequest {
-                    key,
-                    serializable,
-                    ..Default::default()
-                })
-                .await
-                .map(|_| ())
-                .map_err(|s| anyhow::anyhow!("{s}")),
-        }
-    }
-}
-
-/// A small, fast, seeded generator (xorshift64*): keys differ per client.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
-    }
-}
-
-fn key(i: u64) -> Vec<u8> {
-    format!("bench/{i:08}").into_bytes()
+    /// Replicas of the JetStream stream (nats).
+    #[arg(long, default_value_t = 3)]
+    nats_replicas: usize,
+    /// Comma-separated pids whose resident memory is reported after the run.
+    #[arg(long, default_value = "")]
+    pids: String,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
 }
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
-    let a = Args::parse();
-    if a.clients == 0 || a.keys == 0 || a.duration_secs == 0 {
-        bail!("clients, keys and duration_secs must be at least 1");
-    }
-    let endpoints: Vec<String> = a.endpoints.split(',').map(|s| s.trim().to_string()).collect();
-    let value = vec![b'x'; a.value_size];
-    // Reads need the keys to exist.
-    if matches!(a.workload, Workload::KvGet | Workload::KvGetSerializable) {
-        let mut c = Conn::open(a.target, &endpoints, 0).await?;
-        for i in 0..a.keys {
-            c.put(key(i), value.clone()).await.context("preload")?;
+    match Cli::parse().cmd {
+        Cmd::Run(a) => {
+            let pids = a
+                .pids
+                .split(',')
+                .filter(|p| !p.trim().is_empty())
+                .map(|p| {
+                    p.trim()
+                        .parse::<u32>()
+                        .with_context(|| format!("pids: {p:?} is not a process id"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let cfg = RunConfig {
+                target: a.target,
+                label: a.label.unwrap_or_else(|| format!("{:?}", a.target).to_lowercase()),
+                endpoints: parse_endpoints(&a.endpoints)?,
+                workload: a.workload,
+                clients: a.clients,
+                connections: a.connections.unwrap_or(a.clients),
+                keys: a.keys,
+                value_size: a.value_size,
+                batch: a.batch,
+                writers: a.writers,
+                duration: Duration::from_secs(a.duration_secs),
+                ops: a.ops,
+                rate: a.rate,
+                op_timeout: Duration::from_millis(a.op_timeout_ms),
+                nats_replicas: a.nats_replicas,
+                pids,
+                progress: !a.quiet,
+            };
+            let r = run::run(cfg).await?;
+            eprintln!(
+                "{:<14} {:<22} clients {:>3}  {:>10.0} {:<12}  p50 {:>7.2}  p90 {:>7.2}  p99 {:>7.2}  p99.9 {:>7.2}  max {:>8.2} ms  errors {}",
+                r.label,
+                r.workload,
+                r.clients,
+                r.throughput,
+                r.unit,
+                r.latency.p50_ms,
+                r.latency.p90_ms,
+                r.latency.p99_ms,
+                r.latency.p999_ms,
+                r.latency.max_ms,
+                r.errors
+            );
+            if let Some(e) = &r.first_error {
+                eprintln!("  first error: {e}");
+            }
+            println!("{}", serde_json::to_string(&r)?);
+        }
+        Cmd::Limits {
+            dir,
+            fsyncs,
+            round_trips,
+        } => {
+            let l = limits::measure(&dir, fsyncs, round_trips)?;
+            println!("{}", serde_json::to_string(&l)?);
+        }
+        Cmd::Report {
+            results,
+            svg,
+            doc,
+            preamble,
+        } => {
+            let text = std::fs::read_to_string(&results).with_context(|| format!("results: {}", results.display()))?;
+            let (rs, l) = report::parse(&text)?;
+            let table = report::markdown(&rs, l.as_ref());
+            println!("{table}");
+            if let Some(path) = &svg {
+                std::fs::write(path, report::svg(&rs, &["kv-put", "events-append"]))
+                    .with_context(|| format!("svg: {}", path.display()))?;
+            }
+            if let Some(path) = &doc {
+                let old = std::fs::read_to_string(path).with_context(|| format!("doc: {}", path.display()))?;
+                let body = if preamble.is_empty() {
+                    table
+                } else {
+                    format!("{preamble}\n\n{table}")
+                };
+                std::fs::write(path, report::splice(&old, &body)?)
+                    .with_context(|| format!("doc: {}", path.display()))?;
+            }
         }
     }
-    let mut conns = Vec::with_capacity(a.clients);
-    for i in 0..a.clients {
-        conns.push(Conn::open(a.target, &endpoints, i).await?);
-    }
-    let deadline = Instant::now() + Duration::from_secs(a.duration_secs);
-    let op_timeout = Duration::from_millis(a.op_timeout_ms);
-    let started = Instant::now();
-    let tasks: Vec<_> = conns
-        .into_iter()
-        .enumerate()
-        .map(|(i, mut conn)| {
-            let value = value.clone();
-            let (workload, keys) = (a.workload, a.keys);
-            tokio::spawn(async move {
-                let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
-                let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (i as u64 + 1));
-                let mut errors = 0u64;
-                while Instant::now() < deadline {
-                    let k = key(rng.below(keys));
-                    let t = Instant::now();
-                    let op = async {
-                        match workload {
-                            Workload::KvPut => conn.put(k, value.clone()).await,
-                            Workload::KvGet => conn.get(k, false).await,
-                            Workload::KvGetSerializable => conn.get(k, true).await,
-                        }
-                    };
-                    match tokio::time::timeout(op_timeout, op).await {
-                        Ok(Ok(())) => {
-                            hist.saturating_record(t.elapsed().as_micros() as u64);
-                        }
-                        _ => errors += 1,
-                    }
-                }
-                (hist, errors)
-            })
-        })
-        .collect();
-    let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
-    let mut errors = 0;
-    for t in tasks {
-        let (h, e) = t.await?;
-        all.add(h).expect("same bounds");
-        errors += e;
-    }
-    let secs = started.elapsed().as_secs_f64();
-    let ops = all.len();
-    let ms = |q: f64| all.value_at_quantile(q) as f64 / 1000.0;
-    let target = format!("{:?}", a.target).to_lowercase();
-    let workload = a.workload.to_possible_value().expect("a value").get_name().to_string();
-    println!(
-        "{}",
-        serde_json::json!({
-            "target": target,
-            "workload": workload,
-            "clients": a.clients,
-            "value_size": a.value_size,
-            "keys": a.keys,
-            "seconds": secs,
-            "ops": ops,
-            "errors": errors,
-            "ops_per_sec": ops as f64 / secs,
-            "p50_ms": ms(0.5),
-            "p90_ms": ms(0.9),
-            "p99_ms": ms(0.99),
-            "p999_ms": ms(0.999),
-            "max_ms": all.max() as f64 / 1000.0,
-        })
-    );
     Ok(())
 }

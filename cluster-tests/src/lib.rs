@@ -200,6 +200,8 @@ impl Node {
             &[self.grpc.as_str()],
             ClientOptions {
                 retry_deadline: Duration::from_secs(20),
+                // Pinned: requests go through this node, forwarded or not.
+                follow_leader: false,
                 ..Default::default()
             },
         )

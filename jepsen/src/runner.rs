@@ -372,6 +372,9 @@ fn client(endpoints: &[String]) -> anyhow::Result<Client> {
         &eps,
         ClientOptions {
             retry_deadline: OP_DEADLINE,
+            // A process stays bound to its node (clients on both sides of
+            // a partition), as Jepsen binds them.
+            follow_leader: false,
             ..Default::default()
         },
     )?)

@@ -46,9 +46,15 @@ pub const BATCH_BYTES: usize = 2 << 20;
 pub const MAX_VALUE_BYTES: usize = 1024;
 /// Deadline of one append or stream read of the relay.
 pub const CALL_DEADLINE: Duration = Duration::from_secs(10);
-/// The relay records its cursor in meta at most this often while busy (and
-/// whenever it catches up).
+/// The relay records its cursor in meta at most this often (busy or
+/// caught up): each record is a meta write, fsynced on every replica, and
+/// recording it after every append doubled a lone client's fsyncs.
 pub const CURSOR_INTERVAL: Duration = Duration::from_millis(500);
+/// When a caught-up relay sees a new revision it waits this long first, so
+/// the revisions committed meanwhile share one append (one partition
+/// write instead of one per revision). Delays only the audit trail, never
+/// a client's write.
+pub const LINGER: Duration = Duration::from_millis(5);
 /// First and longest wait between failed attempts.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
 
@@ -193,7 +199,7 @@ pub fn revision_of(e: &pb::RecordedEvent) -> Option<u64> {
 
 /// Runs the relay whenever this node leads meta, until `stop`.
 pub async fn run_relay(ctx: Ctx, stats: Arc<RelayStats>, mut stop: tokio::sync::watch::Receiver<bool>) {
-    let mut metrics = ctx.meta.raft().metrics();
+    let mut metrics = ctx.meta.raft().server_metrics();
     let mut backoff = BACKOFF.0;
     loop {
         if *stop.borrow() {
@@ -228,10 +234,13 @@ pub async fn run_relay(ctx: Ctx, stats: Arc<RelayStats>, mut stop: tokio::sync::
     }
 }
 
-/// The term this node leads meta in, if it does.
+/// The term this node leads meta in, if it does (from the server metrics,
+/// which change with leadership only, not with every commit).
 fn leading_term(ctx: &Ctx) -> Option<u64> {
-    let m = ctx.meta.raft().metrics().borrow_watched().clone();
-    (m.current_leader == Some(m.id) && m.state.is_leader()).then_some(m.current_term)
+    use esf_raft::openraft::vote::RaftLeaderId;
+    let rx = ctx.meta.raft().server_metrics();
+    let m = rx.borrow_watched();
+    (m.current_leader == Some(m.id) && m.state.is_leader()).then(|| m.vote.leader_id().term())
 }
 
 struct Relay {
@@ -249,7 +258,7 @@ impl Relay {
         let mut revisions = store.subscribe_revision();
         // One receiver, its current value marked seen: `changed` then waits
         // for a real change (a fresh clone would report one at once).
-        let mut metrics = self.ctx.meta.raft().metrics();
+        let mut metrics = self.ctx.meta.raft().server_metrics();
         metrics.borrow_and_update();
         // A new cluster caps compaction from the start (an upgraded one at
         // what is still readable), before the relay can append anything.
@@ -269,16 +278,26 @@ impl Relay {
             }
             let current = store.revision();
             let caught_up = next > current;
-            if recorded < next - 1 && (caught_up || last_record.elapsed() >= CURSOR_INTERVAL) {
+            if recorded < next - 1 && last_record.elapsed() >= CURSOR_INTERVAL {
                 self.record(next - 1).await?;
                 recorded = next - 1;
                 last_record = tokio::time::Instant::now();
             }
             if caught_up {
+                // A caught-up relay with something unrecorded records it
+                // when the interval ends.
+                let record_at = (recorded < next - 1).then_some(last_record + CURSOR_INTERVAL);
+                let record_due = async {
+                    match record_at {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
-                    _ = revisions.changed() => {}
+                    _ = revisions.changed() => tokio::time::sleep(LINGER).await,
                     _ = metrics.changed() => {}
                     _ = stop.changed() => {}
+                    _ = record_due => {}
                 }
                 continue;
             }
@@ -401,9 +420,9 @@ async fn tonic_read_stream(
 }
 
 /// How long a compaction waits for the relay to pass its revision.
-/// (The relay records its cursor at once when caught up, and at most every
-/// [`CURSOR_INTERVAL`] while busy; a longer wait would outlast a client's
-/// per-call deadline.)
+/// (The relay records its cursor every [`CURSOR_INTERVAL`] while it has
+/// something unrecorded; a longer wait would outlast a client's per-call
+/// deadline.)
 pub const COMPACT_WAIT: Duration = Duration::from_secs(1);
 /// Polled: recording the cursor makes no revision, so no watch fires for it.
 const COMPACT_POLL: Duration = Duration::from_millis(20);

@@ -150,6 +150,14 @@ impl Ctx {
                 "{field}.start_revision: {start_revision} is in the future; the current revision is {current}"
             )));
         }
+        // "From now" is now, when the call is answered, not when the
+        // watch's task first runs: a change acknowledged after this call
+        // returns is always delivered.
+        let start_revision = if start_revision == 0 {
+            current + 1
+        } else {
+            start_revision
+        };
         let (tx, rx) = tokio::sync::mpsc::channel(WATCH_BUFFER_RESPONSES);
         let progress = (progress_notify_ms > 0).then(|| Duration::from_millis(progress_notify_ms));
         tokio::spawn(run_watch(
@@ -174,13 +182,23 @@ impl Ctx {
 pub struct ConfigService(pub Ctx);
 
 /// Forwards a request to the leader named by the error, or fails with it.
+/// The answer to a forwarded meta request (config, lease, registry,
+/// subscriptions) names the leader (`esf-leader-addr`), so esf-client
+/// sends the next ones there directly; event requests go to their
+/// partition's leader, which the client looks up itself.
 macro_rules! forward_or {
     ($ctx:expr, $req:expr, $err:expr, $method:ident, $msg:expr) => {{ forward_or!($ctx, config_client, $req, $err, $method, $msg) }};
     ($ctx:expr, $client:ident, $req:expr, $err:expr, $method:ident, $msg:expr) => {{
         match $ctx.forward_target(&$req, &$err) {
             Some(addr) => {
                 let mut c = $ctx.$client(&addr)?;
-                return c.$method(Ctx::forwarded($msg)).await.map_err(convert::peer_status);
+                let mut resp = c.$method(Ctx::forwarded($msg)).await.map_err(convert::peer_status)?;
+                if stringify!($client) != "events_client" {
+                    if let Ok(v) = addr.parse() {
+                        resp.metadata_mut().insert(esf_client::LEADER_ADDR_METADATA, v);
+                    }
+                }
+                return Ok(resp);
             }
             None => return Err(convert::status($err)),
         }

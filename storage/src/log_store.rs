@@ -18,12 +18,20 @@
 //!   is only a restart hint.
 //! - A record that fails its checksum or decode is an `InvalidData` error that
 //!   names the column family, group and index.
+//! - The most recently appended entries are also kept decoded in memory
+//!   ([`TailCache`]: a contiguous suffix of the log, at most
+//!   [`TAIL_CACHE_ENTRIES`] entries and [`TAIL_CACHE_BYTES`] encoded bytes),
+//!   so a leader's replication reads what it just appended without a
+//!   RocksDB scan and a decode per follower. Truncation and purge drop
+//!   cached entries before they touch the DB; a read the cache does not
+//!   cover entirely goes to the DB.
 
+use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::io;
 use std::marker::PhantomData;
 use std::ops::{Bound, RangeBounds};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use openraft::alias::{LogIdOf, VoteOf};
 use openraft::entry::RaftEntry;
@@ -39,27 +47,116 @@ use crate::db::Db;
 use crate::error::{Result, StorageError};
 use crate::keys::{CF_LOG, CF_RAFT_META, GroupId, MetaKind, log_index, log_key, meta_key};
 
+/// Most entries a group's [`TailCache`] holds.
+pub const TAIL_CACHE_ENTRIES: usize = 4096;
+/// Most encoded bytes of entries a group's [`TailCache`] holds (9 groups
+/// per node: at most 18 MiB in all).
+pub const TAIL_CACHE_BYTES: usize = 2 << 20;
+
+/// The last appended entries of one group, decoded: always a contiguous
+/// suffix of the log on disk (or empty).
+#[derive(Debug)]
+pub struct TailCache<E> {
+    /// Index of `entries[0]`.
+    first: u64,
+    /// Entries with their encoded size.
+    entries: VecDeque<(E, usize)>,
+    bytes: usize,
+}
+
+impl<E: Clone> TailCache<E> {
+    fn new() -> Self {
+        TailCache {
+            first: 0,
+            entries: VecDeque::new(),
+            bytes: 0,
+        }
+    }
+
+    fn end(&self) -> u64 {
+        self.first + self.entries.len() as u64
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.bytes = 0;
+    }
+
+    /// Adds entry `index` (just written to the DB). An index that does not
+    /// follow the cached ones starts the cache over at it.
+    fn push(&mut self, index: u64, entry: E, size: usize) {
+        if self.entries.is_empty() || index != self.end() {
+            self.clear();
+            self.first = index;
+        }
+        self.entries.push_back((entry, size));
+        self.bytes += size;
+        while self.entries.len() > TAIL_CACHE_ENTRIES || (self.bytes > TAIL_CACHE_BYTES && self.entries.len() > 1) {
+            let (_, sz) = self.entries.pop_front().expect("non-empty");
+            self.bytes -= sz;
+            self.first += 1;
+        }
+    }
+
+    /// Drops every cached entry after `index` (`None`: all).
+    fn truncate_after(&mut self, index: Option<u64>) {
+        let keep = match index {
+            Some(i) if i >= self.first => (i - self.first + 1).min(self.entries.len() as u64) as usize,
+            _ => 0,
+        };
+        while self.entries.len() > keep {
+            let (_, sz) = self.entries.pop_back().expect("non-empty");
+            self.bytes -= sz;
+        }
+    }
+
+    /// Drops every cached entry up to and including `index`.
+    fn purge(&mut self, index: u64) {
+        while !self.entries.is_empty() && self.first <= index {
+            let (_, sz) = self.entries.pop_front().expect("non-empty");
+            self.bytes -= sz;
+            self.first += 1;
+        }
+    }
+
+    /// The entries in `[start, end)`, if the cache holds all that the log
+    /// has of that range: `start` is cached, and so is everything after it
+    /// up to `end` or the log's last entry. (A range starting past the
+    /// cache goes to the DB.)
+    fn get(&self, start: u64, end: u64) -> Option<Vec<E>> {
+        if self.entries.is_empty() || start < self.first || start >= self.end() {
+            return None;
+        }
+        let from = (start - self.first) as usize;
+        let to = (end.min(self.end()) - self.first) as usize;
+        Some(self.entries.range(from..to).map(|(e, _)| e.clone()).collect())
+    }
+}
+
 /// Raft log and vote storage of one group. Cheap to clone.
-pub struct LogStore<C> {
+pub struct LogStore<C: RaftTypeConfig> {
     db: Arc<Db>,
     group: GroupId,
+    /// Shared by the store and every reader of this group.
+    tail: Arc<Mutex<TailCache<C::Entry>>>,
     _c: PhantomData<fn() -> C>,
 }
 
 /// Reader half handed to openraft's replication tasks. Cheap to clone.
 pub type LogReader<C> = LogStore<C>;
 
-impl<C> Clone for LogStore<C> {
+impl<C: RaftTypeConfig> Clone for LogStore<C> {
     fn clone(&self) -> Self {
         LogStore {
             db: self.db.clone(),
             group: self.group,
+            tail: self.tail.clone(),
             _c: PhantomData,
         }
     }
 }
 
-impl<C> Debug for LogStore<C> {
+impl<C: RaftTypeConfig> Debug for LogStore<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LogStore").field("group", &self.group).finish()
     }
@@ -68,7 +165,7 @@ impl<C> Debug for LogStore<C> {
 impl<C> LogStore<C>
 where
     C: RaftTypeConfig,
-    C::Entry: Serialize + DeserializeOwned,
+    C::Entry: Serialize + DeserializeOwned + Clone,
     VoteOf<C>: Serialize + DeserializeOwned,
     LogIdOf<C>: Serialize + DeserializeOwned,
 {
@@ -77,6 +174,7 @@ where
         LogStore {
             db,
             group,
+            tail: Arc::new(Mutex::new(TailCache::new())),
             _c: PhantomData,
         }
     }
@@ -145,11 +243,16 @@ where
         if start >= end {
             return Ok(out);
         }
+        if let Some(cached) = self.tail.lock().expect("log tail cache lock").get(start, end) {
+            return Ok(cached);
+        }
         let from = log_key(self.group, start);
-        let iter = self
-            .db
-            .rocks()
-            .iterator_cf(self.db.cf(CF_LOG), IteratorMode::From(&from, Direction::Forward));
+        let mut opts = rocksdb::ReadOptions::default();
+        opts.set_iterate_upper_bound(log_key(self.group, end));
+        let iter =
+            self.db
+                .rocks()
+                .iterator_cf_opt(self.db.cf(CF_LOG), opts, IteratorMode::From(&from, Direction::Forward));
         let mut prev: Option<u64> = None;
         for item in iter {
             let (k, v) = item.map_err(|e| StorageError::rocks(format!("scan log of group {}", self.group), e))?;
@@ -240,7 +343,7 @@ fn range_bounds(range: &impl RangeBounds<u64>) -> (u64, u64) {
 impl<C> RaftLogReader<C> for LogStore<C>
 where
     C: RaftTypeConfig,
-    C::Entry: Serialize + DeserializeOwned,
+    C::Entry: Serialize + DeserializeOwned + Clone,
     VoteOf<C>: Serialize + DeserializeOwned,
     LogIdOf<C>: Serialize + DeserializeOwned,
 {
@@ -260,7 +363,7 @@ where
 impl<C> RaftLogStorage<C> for LogStore<C>
 where
     C: RaftTypeConfig,
-    C::Entry: Serialize + DeserializeOwned,
+    C::Entry: Serialize + DeserializeOwned + Clone,
     VoteOf<C>: Serialize + DeserializeOwned,
     LogIdOf<C>: Serialize + DeserializeOwned,
 {
@@ -306,9 +409,11 @@ where
     {
         let mut batch = WriteBatch::default();
         let cf = self.db.cf(CF_LOG);
+        let mut written = Vec::new();
         for entry in entries {
             let value = codec::encode("log entry", &entry)?;
-            batch.put_cf(cf, log_key(self.group, entry.index()), value);
+            batch.put_cf(cf, log_key(self.group, entry.index()), &value);
+            written.push((entry, value.len()));
         }
         // The entries are written (readable by replication) before this
         // returns; the callback fires from the flusher once an fsync covers
@@ -318,6 +423,13 @@ where
                 callback.io_completed(outcome.map_err(io::Error::other));
             })
             .await?;
+        // Cached once in the DB and before `append` returns: a read racing
+        // the append may miss entries at the end, which openraft allows for
+        // entries whose append has not returned.
+        let mut tail = self.tail.lock().expect("log tail cache lock");
+        for (entry, size) in written {
+            tail.push(entry.index(), entry, size);
+        }
         Ok(())
     }
 
@@ -326,6 +438,12 @@ where
             Some(id) => id.index() + 1,
             None => 0,
         };
+        // The cache lets go first: until the DB write, a read misses it and
+        // sees what the DB still has, as without a cache.
+        self.tail
+            .lock()
+            .expect("log tail cache lock")
+            .truncate_after(last_log_id.as_ref().map(|id| id.index()));
         let mut batch = WriteBatch::default();
         batch.delete_range_cf(
             self.db.cf(CF_LOG),
@@ -336,6 +454,7 @@ where
     }
 
     async fn purge(&mut self, log_id: LogIdOf<C>) -> std::result::Result<(), io::Error> {
+        self.tail.lock().expect("log tail cache lock").purge(log_id.index());
         let mut batch = WriteBatch::default();
         batch.put_cf(
             self.db.cf(CF_RAFT_META),
@@ -348,5 +467,67 @@ where
             log_key(self.group, log_id.index() + 1),
         );
         Ok(self.db.write_durable(batch).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{TAIL_CACHE_BYTES, TAIL_CACHE_ENTRIES, TailCache};
+
+    fn cache(first: u64, n: u64) -> TailCache<u64> {
+        let mut c = TailCache::new();
+        for i in first..first + n {
+            c.push(i, i * 10, 1);
+        }
+        c
+    }
+
+    #[test]
+    fn the_tail_cache_answers_only_ranges_it_holds_from_their_start() {
+        let c = cache(5, 4); // 5..=8
+        assert_eq!(c.get(5, 9), Some(vec![50, 60, 70, 80]));
+        assert_eq!(c.get(6, 8), Some(vec![60, 70]));
+        // Past the log's end: what the log has.
+        assert_eq!(c.get(7, 100), Some(vec![70, 80]));
+        // Before the cache, or starting at or past its end: the DB answers.
+        assert_eq!(c.get(4, 9), None);
+        assert_eq!(c.get(9, 12), None);
+        assert_eq!(TailCache::<u64>::new().get(0, 1), None);
+    }
+
+    #[test]
+    fn truncation_purge_and_a_gap_keep_it_a_suffix_of_the_log() {
+        let mut c = cache(5, 4);
+        c.truncate_after(Some(6));
+        assert_eq!((c.get(5, 100), c.get(7, 8)), (Some(vec![50, 60]), None));
+        c.push(7, 700, 1); // a new entry 7 after the conflict
+        assert_eq!(c.get(5, 100), Some(vec![50, 60, 700]));
+        c.purge(5);
+        assert_eq!((c.get(5, 6), c.get(6, 100)), (None, Some(vec![60, 700])));
+        c.truncate_after(Some(2)); // below the cache: nothing kept
+        assert_eq!(c.get(6, 7), None);
+        c.truncate_after(None);
+        let mut c = cache(5, 2);
+        c.push(9, 90, 1); // not after 6: starts over at 9
+        assert_eq!((c.get(5, 7), c.get(9, 10)), (None, Some(vec![90])));
+        c.purge(100);
+        assert_eq!(c.get(9, 10), None);
+    }
+
+    #[test]
+    fn it_holds_at_most_its_entry_and_byte_bounds() {
+        let c = cache(0, TAIL_CACHE_ENTRIES as u64 + 10);
+        assert_eq!(c.entries.len(), TAIL_CACHE_ENTRIES);
+        assert_eq!(c.get(9, 11), None);
+        assert_eq!(c.get(10, 11), Some(vec![100]));
+        let mut c = TailCache::new();
+        for i in 0..5u64 {
+            c.push(i, i, TAIL_CACHE_BYTES / 2);
+        }
+        // Two halves fit; the oldest went.
+        assert_eq!((c.entries.len(), c.bytes, c.first), (2, TAIL_CACHE_BYTES, 3));
+        // One entry larger than the bound is kept alone.
+        c.push(5, 5, TAIL_CACHE_BYTES * 3);
+        assert_eq!((c.entries.len(), c.get(5, 6)), (1, Some(vec![5])));
     }
 }
