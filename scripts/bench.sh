@@ -75,7 +75,7 @@ run_all() { # target label endpoints pids runs...
   local r workload clients extra warm=kv-put
   # 3 s of warm-up, not recorded: leaders settled, connections and caches warm.
   [[ "$target" == nats ]] && warm=events-append
-  "$GEN" run --target "$target" --endpoints "$eps" --workload "$warm" --clients 16 --duration-secs 3 --quiet >/dev/null
+  "$GEN" run --target "$target" --label warm-up --endpoints "$eps" --workload "$warm" --clients 16 --duration-secs 3 --quiet >/dev/null
   for r in "$@"; do
     read -r workload clients extra <<<"$r"
     echo "bench: $label $workload, $clients clients, ${SECS}s $extra" >&2

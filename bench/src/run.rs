@@ -104,7 +104,7 @@ pub struct RunConfig {
 }
 
 /// Smallest payload of the workloads that carry a send time.
-pub const MIN_TIMED_PAYLOAD: usize = 40;
+pub const MIN_TIMED_PAYLOAD: usize = 64;
 
 impl RunConfig {
     /// Refuses settings that cannot run, naming the option and why.
@@ -206,10 +206,24 @@ fn now_ns() -> u64 {
     EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
 }
 
+/// This process's mark in its payloads: a receiver counts only changes
+/// sent by this run (a subscription or watch may also deliver older ones,
+/// e.g. "from now" at a replica that had not yet applied them).
+fn run_mark() -> &'static str {
+    static MARK: OnceLock<String> = OnceLock::new();
+    MARK.get_or_init(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        format!("{:016x}", nanos ^ (u64::from(std::process::id()) << 40))
+    })
+}
+
 /// A JSON payload of exactly `size` bytes carrying the send time (as a
-/// fixed-width string: JSON numbers cannot have leading zeros).
+/// fixed-width string: JSON numbers cannot have leading zeros) and this
+/// run's mark.
 pub fn timed_payload(size: usize) -> Vec<u8> {
-    let head = format!("{{\"t\":\"{:020}\",\"p\":\"", now_ns());
+    let head = format!("{{\"t\":\"{:020}\",\"r\":\"{}\",\"p\":\"", now_ns(), run_mark());
     let pad = size.saturating_sub(head.len() + 2);
     let mut v = Vec::with_capacity(size);
     v.extend_from_slice(head.as_bytes());
@@ -218,12 +232,15 @@ pub fn timed_payload(size: usize) -> Vec<u8> {
     v
 }
 
-/// The send time of a [`timed_payload`].
+/// The send time of a [`timed_payload`] of this run (`None` for any other
+/// payload).
 pub fn sent_ns(payload: &[u8]) -> Option<u64> {
-    std::str::from_utf8(payload.strip_prefix(b"{\"t\":\"")?.get(..20)?)
-        .ok()?
-        .parse()
-        .ok()
+    let rest = payload.strip_prefix(b"{\"t\":\"")?;
+    let mark = rest.get(20..)?.strip_prefix(b"\",\"r\":\"")?.get(..16)?;
+    if mark != run_mark().as_bytes() {
+        return None;
+    }
+    std::str::from_utf8(rest.get(..20)?).ok()?.parse().ok()
 }
 
 /// A small, fast, seeded generator (xorshift64*): keys differ per client.
@@ -646,6 +663,10 @@ mod tests {
             assert!(t >= before && t <= now_ns());
         }
         assert_eq!(sent_ns(b"{\"x\":1}"), None);
+        // Another run's payload (another mark) is not this run's.
+        let mut other = timed_payload(100);
+        other[33] = if other[33] == b'0' { b'1' } else { b'0' };
+        assert_eq!(sent_ns(&other), None);
     }
 
     fn cfg(workload: Workload, target: Target) -> RunConfig {

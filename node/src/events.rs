@@ -25,9 +25,13 @@ use crate::service::{Ctx, forward_or};
 
 /// Most events in one read or subscription response.
 pub const MAX_EVENTS_PER_RESPONSE: usize = MAX_APPEND_EVENTS;
-/// Responses a subscriber may fall behind by before it is cancelled (it
-/// resumes from the offsets in the cancel response).
-pub const SUBSCRIBE_BUFFER_RESPONSES: usize = 1024;
+/// Responses queued for one subscriber. When they are not taken, the
+/// subscription's feeds wait (the events stay in the store), so a slow or
+/// catching-up subscriber holds at most this many responses in memory.
+pub const SUBSCRIBE_BUFFER_RESPONSES: usize = 16;
+/// Most event bytes in one subscription response (with
+/// [`SUBSCRIBE_BUFFER_RESPONSES`]: at most 16 MiB queued per subscriber).
+pub const SUBSCRIBE_RESPONSE_BYTES: usize = 1 << 20;
 /// Deadline of one request forwarded to another replica (and of opening a
 /// subscription there).
 pub const FORWARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -482,24 +486,27 @@ struct Feed {
 }
 
 impl Feed {
-    /// Queues `resp` (which brings partition `p` to `next`); false once
-    /// the subscription is canceled (the buffer is full: the cancel names
-    /// every partition's next offset).
-    fn offer(&self, p: u32, next: u64, mut resp: pb::SubscribeResponse) -> bool {
+    /// Queues `resp` (which brings partition `p` to `next`), waiting while
+    /// the subscriber's buffer is full (one slot stays free for a cancel);
+    /// false once the subscription is canceled or gone.
+    async fn offer(&self, p: u32, next: u64, mut resp: pb::SubscribeResponse) -> bool {
         if self.canceled.load(Ordering::SeqCst) {
             return false;
         }
-        let mut offsets = self.next.lock().expect("feed offsets lock");
-        if self.tx.capacity() <= 1 {
-            self.cancel_locked(
-                &offsets,
-                &format!("subscriber too slow: {SUBSCRIBE_BUFFER_RESPONSES} responses not yet received"),
-            );
+        // Two free slots: one for this response, one kept for a cancel
+        // (released when the second permit drops).
+        let Ok(mut permits) = self.tx.reserve_many(2).await else {
+            return false;
+        };
+        if self.canceled.load(Ordering::SeqCst) {
             return false;
         }
+        let permit = permits.next().expect("two permits reserved");
+        let mut offsets = self.next.lock().expect("feed offsets lock");
         offsets.insert(p, next);
         resp.next_offsets = BTreeMap::from([(p, next)]).into_iter().collect();
-        self.tx.try_send(Ok(resp)).is_ok()
+        permit.send(Ok(resp));
+        true
     }
 
     fn cancel_locked(&self, offsets: &BTreeMap<u32, u64>, why: &str) {
@@ -521,7 +528,7 @@ impl Feed {
 
     /// Partition `p` read up to its end (at `offset`): once every
     /// partition is, the subscriber is told. False once canceled.
-    fn partition_caught_up(&self, p: u32, offset: u64) -> bool {
+    async fn partition_caught_up(&self, p: u32, offset: u64) -> bool {
         if self.catching_up.fetch_sub(1, Ordering::SeqCst) != 1 {
             return true;
         }
@@ -533,6 +540,7 @@ impl Feed {
                 ..Default::default()
             },
         )
+        .await
     }
 
     fn wanted(&self, e: &EventRecord) -> bool {
@@ -561,7 +569,10 @@ async fn feed_partition(ctx: Ctx, p: Arc<PartitionGroup>, mut offset: u64, feed:
         if offset < store.next_offset() {
             let read = {
                 let store = store.clone();
-                tokio::task::spawn_blocking(move || store.read_partition(offset, MAX_EVENTS_PER_RESPONSE)).await
+                tokio::task::spawn_blocking(move || {
+                    store.read_partition_bytes(offset, MAX_EVENTS_PER_RESPONSE, SUBSCRIBE_RESPONSE_BYTES)
+                })
+                .await
             };
             let (events, next) = match read {
                 Ok(Ok(x)) => x,
@@ -574,21 +585,25 @@ async fn feed_partition(ctx: Ctx, p: Arc<PartitionGroup>, mut offset: u64, feed:
                 .map(|e| recorded(group, e))
                 .collect();
             offset = next;
-            if !feed.offer(
-                group,
-                offset,
-                pb::SubscribeResponse {
-                    events,
-                    ..Default::default()
-                },
-            ) {
+            let sent = tokio::select! {
+                sent = feed.offer(
+                    group,
+                    offset,
+                    pb::SubscribeResponse {
+                        events,
+                        ..Default::default()
+                    },
+                ) => sent,
+                _ = stop.wait_for(|s| *s) => return feed.cancel("this node is shutting down"),
+            };
+            if !sent {
                 return;
             }
             continue;
         }
         if !caught_up {
             caught_up = true;
-            if !feed.partition_caught_up(group, offset) {
+            if !feed.partition_caught_up(group, offset).await {
                 return;
             }
         }
@@ -700,33 +715,34 @@ async fn feed_remote(
             }
         };
         loop {
-            tokio::select! {
-                m = st.message() => match m {
-                    Ok(Some(resp)) if !resp.canceled => {
-                        failures = 0;
-                        if resp.caught_up {
-                            if !caught_up {
-                                caught_up = true;
-                                if !feed.partition_caught_up(p, offset) {
-                                    return;
-                                }
-                            }
-                            continue;
-                        }
-                        offset = resp.next_offsets.get(&p).copied().unwrap_or(offset).max(offset);
-                        let relayed = pb::SubscribeResponse {
-                            events: resp.events,
-                            ..Default::default()
-                        };
-                        if !feed.offer(p, offset, relayed) {
-                            return;
-                        }
-                    }
-                    // Canceled, closed or broken: reopen from `offset`.
-                    _ => break,
-                },
+            let m = tokio::select! {
+                m = st.message() => m,
                 _ = stop.wait_for(|s| *s) => return feed.cancel("this node is shutting down"),
                 _ = feed.tx.closed() => return,
+            };
+            match m {
+                Ok(Some(resp)) if !resp.canceled => {
+                    failures = 0;
+                    if resp.caught_up {
+                        if !caught_up {
+                            caught_up = true;
+                            if !feed.partition_caught_up(p, offset).await {
+                                return;
+                            }
+                        }
+                        continue;
+                    }
+                    offset = resp.next_offsets.get(&p).copied().unwrap_or(offset).max(offset);
+                    let relayed = pb::SubscribeResponse {
+                        events: resp.events,
+                        ..Default::default()
+                    };
+                    if !feed.offer(p, offset, relayed).await {
+                        return;
+                    }
+                }
+                // Canceled, closed or broken: reopen from `offset`.
+                _ => break,
             }
         }
     }

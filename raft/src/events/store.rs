@@ -973,13 +973,24 @@ impl PartitionStore {
     /// Up to `limit` events (and about [`MAX_READ_BYTES`]) from `offset`
     /// on, in offset order, skipping deleted streams. Returns them and the offset to continue from.
     pub fn read_partition(&self, offset: u64, limit: usize) -> Result<(Vec<EventRecord>, u64), StorageError> {
+        self.read_partition_bytes(offset, limit, MAX_READ_BYTES)
+    }
+
+    /// [`PartitionStore::read_partition`], stopping once `max_bytes` of
+    /// events are read (at least one event is, if any remains).
+    pub fn read_partition_bytes(
+        &self,
+        offset: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<EventRecord>, u64), StorageError> {
         let mut it = self.prefix_iter(&table_prefix(self.group, EVENT), &event_key(self.group, offset));
         let mut out = Vec::new();
         let mut next = offset;
         let mut bytes = 0usize;
         let mut deleted: HashMap<String, bool> = HashMap::new();
         while let (Some(k), Some(v)) = (it.key(), it.value()) {
-            if out.len() >= limit || bytes >= MAX_READ_BYTES {
+            if out.len() >= limit || bytes >= max_bytes {
                 break;
             }
             bytes += v.len();
