@@ -157,10 +157,15 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     .validate()
     .context("raft settings")?;
     let pool = PeerPool::default();
+    // A follower that has not answered an append within an election
+    // timeout is unreachable; openraft's own per-append deadline (the
+    // heartbeat interval) tore replication streams down under load.
+    let append_deadline = Duration::from_millis(cfg.election_timeout_ms);
     let network = Network {
         group: 0,
         pool: pool.clone(),
         cluster_id: cluster_id.clone(),
+        append_deadline,
     };
     let opts = GroupOptions {
         cluster_id: identity.cluster_id.clone(),
@@ -198,6 +203,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
             group: g,
             pool: pool.clone(),
             cluster_id: cluster_id.clone(),
+            append_deadline,
         };
         let p = PartitionGroup::start(db.clone(), g, network, opts.clone())
             .await

@@ -225,6 +225,11 @@ pub struct Network {
     pub group: u32,
     pub pool: PeerPool,
     pub cluster_id: ClusterId,
+    /// Least time a follower has to answer an append (openraft asks for
+    /// its heartbeat interval, 100 ms by default: a follower fsyncing on
+    /// a loaded machine misses that, and the stream was torn down and
+    /// reopened thousands of times a minute). Set to the election timeout.
+    pub append_deadline: Duration,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -237,6 +242,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             addr: node.addr.clone(),
             pool: self.pool.clone(),
             cluster_id: self.cluster_id.clone(),
+            append_deadline: self.append_deadline,
         }
     }
 }
@@ -248,6 +254,7 @@ pub struct PeerConn {
     addr: String,
     pool: PeerPool,
     cluster_id: ClusterId,
+    append_deadline: Duration,
 }
 
 impl PeerConn {
@@ -325,7 +332,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConn {
         S: Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
     {
         Box::pin(async move {
-            let deadline = option.hard_ttl().min(MAX_RPC_TIMEOUT);
+            let deadline = option.hard_ttl().max(self.append_deadline).min(MAX_RPC_TIMEOUT);
             let inflight = Inflight::default();
             let sent = inflight.clone();
             let group = self.group;
