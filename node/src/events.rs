@@ -483,19 +483,30 @@ struct Feed {
     catching_up: AtomicUsize,
     type_filter: String,
     stream_prefix: String,
+    /// The node's stop signal: a feed waiting for room gives up at shutdown.
+    stop: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Feed {
     /// Queues `resp` (which brings partition `p` to `next`), waiting while
     /// the subscriber's buffer is full (one slot stays free for a cancel);
-    /// false once the subscription is canceled or gone.
+    /// false once the subscription is canceled or gone, or the node stops
+    /// (then it is canceled).
     async fn offer(&self, p: u32, next: u64, mut resp: pb::SubscribeResponse) -> bool {
         if self.canceled.load(Ordering::SeqCst) {
             return false;
         }
         // Two free slots: one for this response, one kept for a cancel
         // (released when the second permit drops).
-        let Ok(mut permits) = self.tx.reserve_many(2).await else {
+        let mut stop = self.stop.clone();
+        let reserved = tokio::select! {
+            r = self.tx.reserve_many(2) => r,
+            _ = stop.wait_for(|s| *s) => {
+                self.cancel("this node is shutting down");
+                return false;
+            }
+        };
+        let Ok(mut permits) = reserved else {
             return false;
         };
         if self.canceled.load(Ordering::SeqCst) {
@@ -585,18 +596,17 @@ async fn feed_partition(ctx: Ctx, p: Arc<PartitionGroup>, mut offset: u64, feed:
                 .map(|e| recorded(group, e))
                 .collect();
             offset = next;
-            let sent = tokio::select! {
-                sent = feed.offer(
+            if !feed
+                .offer(
                     group,
                     offset,
                     pb::SubscribeResponse {
                         events,
                         ..Default::default()
                     },
-                ) => sent,
-                _ = stop.wait_for(|s| *s) => return feed.cancel("this node is shutting down"),
-            };
-            if !sent {
+                )
+                .await
+            {
                 return;
             }
             continue;
@@ -1171,6 +1181,7 @@ impl pb::events_server::Events for EventsService {
             catching_up: AtomicUsize::new(chosen.len()),
             type_filter: msg.r#type.clone(),
             stream_prefix: msg.stream_prefix.clone(),
+            stop: self.0.stop.clone(),
         });
         *feed.next.lock().expect("feed offsets lock") = starts.clone();
         for (p, st) in remote {
