@@ -44,15 +44,7 @@ BIN="${BENCH_ESF_BIN:-$CARGO_TARGET_DIR/release/esf}"
 GEN="$CARGO_TARGET_DIR/release/esf-bench"
 WORK="$(mktemp -d /tmp/esf-bench.XXXXXX)"
 RESULTS="$WORK/results.jsonl"
-PIDS=()
-stop_all() {
-  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do
-    for _ in $(seq 1 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$p" 2>/dev/null || true
-  done
-  PIDS=()
-}
+source scripts/bench-cluster.sh
 trap 'stop_all; rm -rf "$WORK"' EXIT
 
 if [[ -n "${BENCH_QUICK:-}" ]]; then
@@ -109,14 +101,7 @@ runs() { [[ " $SYSTEMS " == *" $1 "* ]]; }
 
 # ESF: 3 nodes.
 if runs esf; then
-ESF_EPS="127.0.0.1:42379,127.0.0.1:42479,127.0.0.1:42579"
-for i in 1 2 3; do
-  port=$((42379 + (i - 1) * 100))
-  "$BIN" serve --node-id "$i" --data-dir "$WORK/esf-$i" --listen "127.0.0.1:$port" \
-    --admin-listen "127.0.0.1:$((port + 1))" --join "$ESF_EPS" --bootstrap-expect 3 \
-    >"$WORK/esf-$i.log" 2>&1 &
-  PIDS+=($!)
-done
+start_esf "$BIN" "$WORK" 42379
 wait_until "ESF" "$BIN" --endpoints "$ESF_EPS" endpoint health
 run_all esf esf "$ESF_EPS" "$(pids_csv)" "${KV_RUNS[@]}" "${EVENT_RUNS[@]}"
 stop_all

@@ -25,25 +25,11 @@ cargo build --release --locked --quiet -p esf-node -p esf-bench
 BIN="$CARGO_TARGET_DIR/release/esf"
 GEN="$CARGO_TARGET_DIR/release/esf-bench"
 WORK="$(mktemp -d /tmp/esf-profile.XXXXXX)"
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do
-    for _ in $(seq 1 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$p" 2>/dev/null || true
-  done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+source scripts/bench-cluster.sh
+trap 'stop_all; rm -rf "$WORK"' EXIT
 
-EPS="127.0.0.1:43379,127.0.0.1:43479,127.0.0.1:43579"
-for i in 1 2 3; do
-  port=$((43379 + (i - 1) * 100))
-  "$BIN" serve --node-id "$i" --data-dir "$WORK/esf-$i" --listen "127.0.0.1:$port" \
-    --admin-listen "127.0.0.1:$((port + 1))" --join "$EPS" --bootstrap-expect 3 \
-    >"$WORK/esf-$i.log" 2>&1 &
-  PIDS+=($!)
-done
+start_esf "$BIN" "$WORK" 43379
+EPS="$ESF_EPS"
 for _ in $(seq 1 120); do
   "$BIN" --endpoints "$EPS" endpoint health >/dev/null 2>&1 && break
   sleep 0.5

@@ -417,12 +417,11 @@ async fn op_client(
 /// time after that passes.
 async fn receiver(
     mut changes: target::ChangeStream,
-    expected: tokio::sync::watch::Receiver<Option<u64>>,
+    mut expected: tokio::sync::watch::Receiver<Option<u64>>,
     delivered: Arc<AtomicU64>,
     drain: Duration,
 ) -> ClientOutcome {
     let mut out = ClientOutcome::new();
-    let mut expected = expected;
     let mut drain_until: Option<tokio::time::Instant> = None;
     loop {
         if let Some(want) = *expected.borrow() {
@@ -542,7 +541,12 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<RunResult> {
     let mut receivers = Vec::new();
     if fan_out {
         for i in 0..cfg.clients {
-            let mut changes = conns[i % cfg.connections].watch_or_subscribe(cfg.workload).await?;
+            let conn = &conns[i % cfg.connections];
+            let mut changes = if cfg.workload == Workload::Watch {
+                conn.watch_prefix().await?
+            } else {
+                conn.subscribe().await?
+            };
             if cfg.target == Target::Esf && cfg.workload == Workload::EventsSubscribe {
                 // The first message carries the start offsets: subscribed.
                 changes.next().await.context("subscription ended before it started")??;
@@ -635,16 +639,6 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<RunResult> {
         load1: stats::load1(),
         rss_mib: rss,
     })
-}
-
-impl Conn {
-    async fn watch_or_subscribe(&self, w: Workload) -> anyhow::Result<target::ChangeStream> {
-        if w == Workload::Watch {
-            self.watch_prefix().await
-        } else {
-            self.subscribe().await
-        }
-    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,28 @@
+# Sourced by scripts/bench.sh and scripts/profile.sh: processes started in
+# the background (PIDS) and a 3-node ESF cluster on loopback.
+
+PIDS=()
+
+# Stops every process in PIDS: SIGTERM, up to 5 s to exit, then SIGKILL.
+stop_all() {
+  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do
+    for _ in $(seq 1 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$p" 2>/dev/null || true
+  done
+  PIDS=()
+}
+
+# start_esf BIN WORK BASE_PORT: 3 nodes on BASE_PORT, +100, +200 (admin on
+# port + 1), data and logs under WORK; sets ESF_EPS and adds to PIDS.
+start_esf() {
+  local bin="$1" work="$2" base="$3" i port
+  ESF_EPS="127.0.0.1:$base,127.0.0.1:$((base + 100)),127.0.0.1:$((base + 200))"
+  for i in 1 2 3; do
+    port=$((base + (i - 1) * 100))
+    "$bin" serve --node-id "$i" --data-dir "$work/esf-$i" --listen "127.0.0.1:$port" \
+      --admin-listen "127.0.0.1:$((port + 1))" --join "$ESF_EPS" --bootstrap-expect 3 \
+      >"$work/esf-$i.log" 2>&1 &
+    PIDS+=($!)
+  done
+}
