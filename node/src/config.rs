@@ -60,6 +60,11 @@ pub struct NodeConfig {
     /// Log entries a group keeps behind its last snapshot, so a follower
     /// that lags by fewer catches up from the log instead of a snapshot.
     pub snapshot_keep_logs: u64,
+    /// Snapshot size, MiB, that adds another `snapshot_logs` entries to the
+    /// wait before a group's next snapshot: a group whose last snapshot
+    /// was 100 MiB snapshots every 4 x `snapshot_logs` entries with 32. 0:
+    /// every `snapshot_logs` entries whatever the size.
+    pub snapshot_step_mb: u64,
     /// How often each partition leader applies the retention rules, ms.
     pub retention_interval_ms: u64,
 }
@@ -87,6 +92,7 @@ impl Default for NodeConfig {
             verify_on_start: true,
             snapshot_logs: 10_000,
             snapshot_keep_logs: 1_000,
+            snapshot_step_mb: 32,
             retention_interval_ms: 10_000,
         }
     }
@@ -171,6 +177,10 @@ pub struct Flags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub snapshot_keep_logs: Option<u64>,
+    /// Snapshot MiB that each add `snapshot_logs` entries between snapshots (0: off).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot_step_mb: Option<u64>,
     /// How often partition leaders apply the retention rules, ms.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -243,6 +253,9 @@ pub fn validate(c: &NodeConfig) -> anyhow::Result<()> {
     }
     if c.snapshot_logs == 0 {
         anyhow::bail!("snapshot_logs: must be at least 1");
+    }
+    if c.snapshot_step_mb > 1 << 30 {
+        anyhow::bail!("snapshot_step_mb: must be at most {} (1 PiB)", 1u64 << 30);
     }
     if c.memory_budget_mb < 16 {
         anyhow::bail!("memory_budget_mb: must be at least 16");

@@ -173,6 +173,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         raft: Arc::new(raft_cfg),
         request_timeout: Duration::from_millis(cfg.request_timeout_ms),
         quota_bytes: cfg.quota_bytes,
+        snapshot_step_bytes: cfg.snapshot_step_mb << 20,
     };
     let meta = MetaGroup::start(db.clone(), network, opts.clone())
         .await

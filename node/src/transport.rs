@@ -40,6 +40,7 @@ use esf_raft::openraft::raft::{
     TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use esf_raft::openraft::{self, BasicNode, OptionalSend, RaftNetworkFactory, RaftNetworkV2};
+use esf_raft::snapshot_record::IncomingSnapshot;
 use esf_raft::types::{NodeId, SnapshotData, SnapshotMeta, TypeConfig, Vote};
 use pb::raft_transport_client::RaftTransportClient;
 use serde::Serialize;
@@ -55,6 +56,8 @@ pub const MAX_APPEND_BYTES: usize = 16 << 20;
 pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 /// Upper bound of any Raft RPC deadline.
 pub const MAX_RPC_TIMEOUT: Duration = Duration::from_secs(10);
+/// Snapshot chunks read ahead of the stream being sent.
+pub const SNAPSHOT_CHUNKS_QUEUED: usize = 4;
 /// Deadline of a snapshot transfer.
 pub const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(120);
 /// Connect deadline to a peer.
@@ -432,27 +435,48 @@ impl RaftNetworkV2<TypeConfig> for PeerConn {
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         let net = |e: String| StreamingError::Network(NetworkError::new(&Msg(e)));
         let cluster_id = self.cluster_id.read().expect("cluster id lock").clone();
-        let data = snapshot.snapshot.into_inner();
         let vote_b = encode(&vote).map_err(net)?;
         let meta_b = encode(&snapshot.meta).map_err(net)?;
-        let mut chunks = Vec::new();
-        let pieces: Vec<&[u8]> = if data.is_empty() {
-            vec![&[][..]]
-        } else {
-            data.chunks(SNAPSHOT_CHUNK_BYTES).collect()
-        };
-        let n = pieces.len();
-        for (i, piece) in pieces.into_iter().enumerate() {
-            chunks.push(pb::SnapshotChunk {
-                group: self.group,
-                cluster_id: cluster_id.clone(),
-                vote: if i == 0 { vote_b.clone() } else { vec![] },
-                meta: if i == 0 { meta_b.clone() } else { vec![] },
-                data: piece.to_vec(),
-                done: i + 1 == n,
-            });
-        }
-        let mut req = Request::new(tokio_stream::iter(chunks));
+        // Chunks are read from the file as the stream is sent (a few
+        // queued), never the whole snapshot at once.
+        let (tx, rx) = tokio::sync::mpsc::channel::<pb::SnapshotChunk>(SNAPSHOT_CHUNKS_QUEUED);
+        let file = snapshot.snapshot;
+        let group = self.group;
+        let reader = tokio::task::spawn_blocking(move || -> Result<(), String> {
+            let len = file.len();
+            let mut pos = 0u64;
+            let mut first = true;
+            loop {
+                let want = (len - pos).min(SNAPSHOT_CHUNK_BYTES as u64) as usize;
+                let mut data = vec![0u8; want];
+                let mut got = 0;
+                while got < want {
+                    let n = file
+                        .read_at(&mut data[got..], pos + got as u64)
+                        .map_err(|e| format!("read snapshot {}: {e}", file.path().display()))?;
+                    if n == 0 {
+                        return Err(format!("snapshot {} ended early", file.path().display()));
+                    }
+                    got += n;
+                }
+                pos += want as u64;
+                let chunk = pb::SnapshotChunk {
+                    group,
+                    cluster_id: cluster_id.clone(),
+                    vote: if first { vote_b.clone() } else { vec![] },
+                    meta: if first { meta_b.clone() } else { vec![] },
+                    data,
+                    done: pos == len,
+                };
+                first = false;
+                if tx.blocking_send(chunk).is_err() || pos == len {
+                    // The call ended (its error is reported there), or
+                    // every chunk is queued.
+                    return Ok(());
+                }
+            }
+        });
+        let mut req = Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
         req.set_timeout(SNAPSHOT_TIMEOUT);
         let ch = self
             .pool
@@ -461,9 +485,12 @@ impl RaftNetworkV2<TypeConfig> for PeerConn {
         let mut client = RaftTransportClient::new(ch)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        let resp = client.install_snapshot(req).await.map_err(|s| {
+        let resp = client.install_snapshot(req).await;
+        let read = reader.await.map_err(|e| e.to_string()).and_then(|r| r);
+        let resp = resp.map_err(|s| {
             StreamingError::Unreachable(Unreachable::new(&Msg(format!("node {}: {}", self.target, s.message()))))
         })?;
+        read.map_err(net)?;
         decode(&resp.into_inner().payload).map_err(net)
     }
 }
@@ -703,32 +730,50 @@ impl pb::raft_transport_server::RaftTransport for RaftService {
         let mut vote: Option<Vote> = None;
         let mut meta: Option<SnapshotMeta> = None;
         let mut group = 0;
-        let mut data = Vec::new();
+        // Written to a file as it arrives (removed unless complete).
+        let mut incoming: Option<IncomingSnapshot> = None;
         let mut done = false;
+        let storage = |e: esf_storage::StorageError| Status::internal(format!("receive snapshot: {e}"));
         while let Some(chunk) = stream.message().await? {
             if vote.is_none() {
                 self.check(chunk.group, &chunk.cluster_id)?;
                 group = chunk.group;
                 vote = Some(decode(&chunk.vote).map_err(Status::invalid_argument)?);
                 meta = Some(decode(&chunk.meta).map_err(Status::invalid_argument)?);
+                let db = self.meta.store().db().clone();
+                incoming = Some(
+                    tokio::task::spawn_blocking(move || IncomingSnapshot::create(&db, group))
+                        .await
+                        .map_err(|e| Status::internal(e.to_string()))?
+                        .map_err(storage)?,
+                );
             }
-            data.extend_from_slice(&chunk.data);
+            let mut file = incoming.take().expect("created with the first chunk");
+            let data = chunk.data;
+            file = tokio::task::spawn_blocking(move || file.write(&data).map(|()| file))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .map_err(storage)?;
+            incoming = Some(file);
             if chunk.done {
                 done = true;
                 break;
             }
         }
-        let (Some(vote), Some(meta), true) = (vote, meta, done) else {
+        let (Some(vote), Some(meta), Some(file), true) = (vote, meta, incoming, done) else {
             return Err(Status::invalid_argument("snapshot stream ended before its last chunk"));
         };
-        let snapshot = openraft::alias::SnapshotOf::<TypeConfig, SnapshotData> {
-            meta,
-            snapshot: std::io::Cursor::new(data),
-        };
-        let resp = on_group!(self, group, |raft| raft
-            .install_full_snapshot(vote, snapshot)
+        let file = tokio::task::spawn_blocking(move || file.finish())
             .await
-            .map_err(fatal)?);
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(storage)?;
+        let received = file.path().to_path_buf();
+        let snapshot = openraft::alias::SnapshotOf::<TypeConfig, SnapshotData> { meta, snapshot: file };
+        let resp = on_group!(self, group, |raft| raft.install_full_snapshot(vote, snapshot).await);
+        // An installed snapshot's file was renamed into place; one openraft
+        // declined (stale vote, not newer than the state) is removed.
+        let _ = std::fs::remove_file(&received);
+        let resp = resp.map_err(fatal)?;
         self.reply(group, &resp)
     }
 }

@@ -72,6 +72,10 @@ pub struct GroupOptions {
     pub request_timeout: Duration,
     /// Storage quota of the state machines (`sm` column family), bytes.
     pub quota_bytes: u64,
+    /// Snapshot bytes that each add openraft's snapshot interval to the
+    /// entries a group waits before its next snapshot (see
+    /// [`crate::snapshot_record::Pacing`]); 0: snapshot at every interval.
+    pub snapshot_step_bytes: u64,
 }
 
 /// The meta group of one node.
@@ -204,7 +208,10 @@ impl MetaGroup {
     {
         let store = MetaStore::open(db.clone(), META_GROUP)?;
         let log = LogStore::new(db, META_GROUP);
-        let sm = MetaStateMachine::new(store.clone());
+        let sm = MetaStateMachine::new(store.clone()).with_pacing(crate::snapshot_record::Pacing::new(
+            &opts.raft,
+            opts.snapshot_step_bytes,
+        ));
         let raft = MetaRaft::new(opts.node_id, opts.raft.clone(), network, log, sm)
             .await
             .map_err(|e| Error::Fatal(e.to_string()))?;

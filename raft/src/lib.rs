@@ -11,10 +11,11 @@
 //! - [`events`]: event partitions: append-only event logs, one Raft group
 //!   each, idempotent by event id, with stream versions.
 //! - [`limits`]: named bounds with errors that name the field.
+//! - [`snapshot_record`]: snapshot files (written and read as streams) and
+//!   which one is each group's current snapshot.
 //!
 //! Not here: networking (the node crate carries Raft RPCs over tonic; tests
-//! use an in-process router) and event partitions (a later state machine on
-//! the same `TypeConfig`).
+//! use an in-process router).
 
 pub mod command;
 pub mod error;
@@ -24,7 +25,7 @@ pub mod group;
 pub mod lease_keeper;
 pub mod limits;
 pub mod meta;
-mod snapshot_record;
+pub mod snapshot_record;
 pub mod types;
 
 pub use error::{Error, Result};

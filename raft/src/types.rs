@@ -3,8 +3,6 @@
 //! Every openraft type the rest of ESF sees is named here, so the openraft
 //! version is contained in this crate.
 
-use std::io::Cursor;
-
 use crate::command::{Command, Response};
 
 /// A node's id in the cluster.
@@ -25,8 +23,9 @@ openraft::declare_raft_types!(
 
 /// A Raft node handle for a group served by the meta state machine.
 pub type MetaRaft = openraft::Raft<TypeConfig, crate::meta::MetaStateMachine>;
-/// Snapshot payload: the serialized group state (see `meta::snapshot`).
-pub type SnapshotData = Cursor<Vec<u8>>;
+/// Snapshot payload: a file holding the group's rows (see
+/// `snapshot_record`), streamed rather than held in memory.
+pub type SnapshotData = crate::snapshot_record::SnapshotFile;
 /// Log id alias.
 pub type LogId = openraft::alias::LogIdOf<TypeConfig>;
 /// Vote alias.

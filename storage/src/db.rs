@@ -31,6 +31,10 @@ use crate::keys::{ALL_CFS, CF_RAFT_META, FORMAT_VERSION_KEY};
 /// 2: Raft votes and log ids use standard (one leader per term) leader ids.
 pub const FORMAT_VERSION: u32 = 2;
 
+/// Directory inside the DB directory that holds the Raft groups' snapshot
+/// files (RocksDB ignores subdirectories it did not create).
+pub const SNAPSHOT_DIR: &str = "snapshots";
+
 /// Share of each memtable's size given to its bloom filter.
 pub const MEMTABLE_BLOOM_RATIO: f64 = 0.05;
 /// Default total memory budget for block cache plus memtables.
@@ -151,6 +155,7 @@ impl Db {
         });
 
         let existed = cfg.path.join("CURRENT").exists();
+        let snapshot_dir = cfg.path.join(SNAPSHOT_DIR);
         let db = DB::open_cf_descriptors(&opts, &cfg.path, cfs)
             .map_err(|e| StorageError::rocks(format!("open {}", cfg.path.display()), e))?;
         let db = Arc::new(db);
@@ -163,6 +168,8 @@ impl Db {
             flusher,
             path: cfg.path.clone(),
         });
+        std::fs::create_dir_all(&snapshot_dir)
+            .map_err(|e| StorageError::io(format!("create {}", snapshot_dir.display()), e))?;
         this.check_format_version(existed)?;
         if existed && cfg.verify_on_open {
             this.verify_checksums()?;
@@ -250,6 +257,11 @@ impl Db {
                 .map_err(|e| StorageError::rocks(format!("scan {name}"), e))?;
         }
         Ok(false)
+    }
+
+    /// Where the Raft groups keep their snapshot files.
+    pub fn snapshot_dir(&self) -> PathBuf {
+        self.path.join(SNAPSHOT_DIR)
     }
 
     /// The raw RocksDB handle, for reads and iterators.

@@ -54,11 +54,28 @@ pub enum StorageError {
     /// A caller broke a documented contract (e.g. non-contiguous log append).
     #[error("invalid storage request: {0}")]
     Invalid(String),
+    /// A file outside RocksDB (a snapshot file) could not be read or written.
+    #[error("{context}: {source}")]
+    Io {
+        /// What we were doing, naming the file.
+        context: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
 }
 
 impl StorageError {
     pub(crate) fn rocks(context: impl Into<String>, source: rocksdb::Error) -> Self {
         StorageError::Rocks {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// An I/O error on a file, naming what was being done to which file.
+    pub fn io(context: impl Into<String>, source: io::Error) -> Self {
+        StorageError::Io {
             context: context.into(),
             source,
         }

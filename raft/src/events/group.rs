@@ -42,7 +42,8 @@ impl PartitionGroup {
         assert_ne!(group, crate::group::META_GROUP, "group 0 is the meta group");
         let store = PartitionStore::open(db.clone(), group)?;
         let log = LogStore::new(db, group);
-        let sm = PartitionStateMachine::new(store.clone());
+        let pacing = crate::snapshot_record::Pacing::new(&opts.raft, opts.snapshot_step_bytes);
+        let sm = PartitionStateMachine::new(store.clone(), pacing);
         let raft = PartitionRaft::new(opts.node_id, opts.raft.clone(), network, log, sm)
             .await
             .map_err(|e| Error::Fatal(e.to_string()))?;

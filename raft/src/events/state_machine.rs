@@ -3,7 +3,7 @@
 //! partition's rows under one RocksDB snapshot, fsynced before openraft
 //! learns of them (as the meta group's, see `meta::state_machine`).
 
-use std::io::{self, Cursor};
+use std::io;
 use std::sync::Arc;
 
 use futures::{Stream, TryStreamExt};
@@ -11,18 +11,20 @@ use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{OptionalSend, RaftSnapshotBuilder};
 
 use super::store::PartitionStore;
+use crate::snapshot_record::Pacing;
 use crate::types::{LogId, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig};
 
 /// A partition's state machine handle given to openraft. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct PartitionStateMachine {
     store: Arc<PartitionStore>,
+    pacing: Pacing,
 }
 
 impl PartitionStateMachine {
-    /// Wraps a store.
-    pub fn new(store: Arc<PartitionStore>) -> Self {
-        PartitionStateMachine { store }
+    /// Wraps a store; policy snapshots are deferred as `pacing` says.
+    pub fn new(store: Arc<PartitionStore>, pacing: Pacing) -> Self {
+        PartitionStateMachine { store, pacing }
     }
 }
 
@@ -32,17 +34,19 @@ impl RaftSnapshotBuilder<TypeConfig> for PartitionStateMachine {
     type SnapshotData = SnapshotData;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
-        let (st, data) = self.store.snapshot_rows()?;
+        // Seconds of file writing for a large partition: off the async
+        // workers.
+        let store = self.store.clone();
+        let (st, file) = tokio::task::spawn_blocking(move || store.build_snapshot_file())
+            .await
+            .map_err(io::Error::other)??;
         let meta = SnapshotMeta {
             last_log_id: st.last_applied.clone(),
             last_membership: st.membership.clone(),
         };
-        self.store.save_snapshot(&meta, &data).await?;
-        tracing::info!(group = self.store.group(), last_log_id = ?meta.last_log_id, bytes = data.len(), "partition snapshot built");
-        Ok(Snapshot {
-            meta,
-            snapshot: Cursor::new(data),
-        })
+        let file = self.store.save_snapshot(&meta, file).await?;
+        tracing::info!(group = self.store.group(), last_log_id = ?meta.last_log_id, bytes = file.len(), "partition snapshot built");
+        Ok(Snapshot { meta, snapshot: file })
     }
 }
 
@@ -68,6 +72,17 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
         Ok(())
     }
 
+    async fn try_create_snapshot_builder(&mut self, force: bool) -> Option<Self::SnapshotBuilder> {
+        if force {
+            return Some(self.clone());
+        }
+        let applied = self.store.state().last_applied.map_or(0, |l| l.index);
+        match self.store.snapshot_size() {
+            Ok(last) if !self.pacing.due(last, applied) => None,
+            _ => Some(self.clone()),
+        }
+    }
+
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         self.clone()
     }
@@ -76,15 +91,15 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
         if meta.last_log_id <= self.store.state().last_applied {
             return Ok(());
         }
-        self.store.install_snapshot(meta, snapshot.get_ref()).await?;
+        self.store.install_snapshot(meta, &snapshot).await?;
         tracing::info!(group = self.store.group(), last_log_id = ?meta.last_log_id, "partition snapshot installed");
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
-        Ok(self.store.load_snapshot()?.map(|(meta, data)| Snapshot {
-            meta,
-            snapshot: Cursor::new(data),
-        }))
+        Ok(self
+            .store
+            .load_snapshot()?
+            .map(|(meta, file)| Snapshot { meta, snapshot: file }))
     }
 }

@@ -49,6 +49,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::command::*;
+use crate::snapshot_record::SnapshotFile;
 use crate::types::{Entry, LogId, SnapshotMeta, StoredMembership};
 
 const STATE: u8 = 1;
@@ -324,6 +325,7 @@ impl std::fmt::Debug for PartitionStore {
 impl PartitionStore {
     /// Opens the store of partition `group`.
     pub fn open(db: Arc<Db>, group: GroupId) -> Result<Arc<PartitionStore>, StorageError> {
+        crate::snapshot_record::sweep(&db, group)?;
         let raw = db
             .rocks()
             .get_cf(db.cf(CF_SM), table_prefix(group, STATE))
@@ -1279,27 +1281,50 @@ impl PartitionStore {
         Ok((st, crate::snapshot_record::encode_rows(rows)?))
     }
 
-    /// Persists a built or received snapshot as the partition's current one.
-    pub async fn save_snapshot(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
-        crate::snapshot_record::save(&self.db, self.group, meta, data).await
+    /// Writes every row of the partition, under one RocksDB snapshot, to a
+    /// new fsynced snapshot file (streamed: never in memory whole).
+    pub fn build_snapshot_file(&self) -> Result<(PartitionState, SnapshotFile), StorageError> {
+        let guard = self.state.read().expect("partition state lock");
+        let snap = self.db.rocks().snapshot();
+        let st = guard.clone();
+        drop(guard);
+        let file = crate::snapshot_record::write_rows(&self.db, &snap, self.group)?;
+        Ok((st, file))
+    }
+
+    /// Persists a built snapshot as the partition's current one; returns
+    /// its file.
+    pub async fn save_snapshot(&self, meta: &SnapshotMeta, file: SnapshotFile) -> Result<SnapshotFile, StorageError> {
+        crate::snapshot_record::save(&self.db, self.group, meta, file).await
     }
 
     /// The partition's current persisted snapshot.
-    pub fn load_snapshot(&self) -> Result<Option<(SnapshotMeta, Vec<u8>)>, StorageError> {
+    pub fn load_snapshot(&self) -> Result<Option<(SnapshotMeta, SnapshotFile)>, StorageError> {
         crate::snapshot_record::load(&self.db, self.group)
     }
 
+    /// Last log index and size in bytes of the current snapshot.
+    pub fn snapshot_size(&self) -> Result<Option<(u64, u64)>, StorageError> {
+        crate::snapshot_record::current_size(&self.db, self.group)
+    }
+
     /// Replaces the partition's whole state with a snapshot, atomically and
-    /// durably, and persists it as the current snapshot.
-    pub async fn install_snapshot(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
-        let blob = crate::snapshot_record::decode_blob(self.group, "incoming snapshot", data)?;
+    /// durably, and makes it the current snapshot. The file is checked
+    /// (checksum, format) before anything changes.
+    pub async fn install_snapshot(&self, meta: &SnapshotMeta, file: &SnapshotFile) -> Result<(), StorageError> {
+        crate::snapshot_record::verify(file, self.group, "incoming snapshot")?;
+        let _lock = crate::snapshot_record::record_lock().await;
+        let previous = crate::snapshot_record::current_file(&self.db, self.group)?;
+        let placed = crate::snapshot_record::place(&self.db, self.group, meta, file)?;
         let cf = self.db.cf(CF_SM);
         let mut batch = WriteBatch::default();
-        crate::snapshot_record::replace_rows(&mut batch, &self.db, self.group, &blob.rows);
         let mut st = PartitionState::default();
-        if let Some((_, v)) = blob.rows.iter().find(|(k, _)| k.as_slice() == [STATE]) {
-            st = self.decode(&"snapshot state", v)?;
-        }
+        crate::snapshot_record::replace_rows_from(&mut batch, &self.db, self.group, &placed, |k, v| {
+            if k == [STATE] {
+                st = self.decode(&"snapshot state", v)?;
+            }
+            Ok(())
+        })?;
         st.last_applied = meta.last_log_id.clone();
         st.membership = meta.last_membership.clone();
         batch.put_cf(
@@ -1307,11 +1332,7 @@ impl PartitionStore {
             table_prefix(self.group, STATE),
             codec::encode("partition state", &st)?,
         );
-        batch.put_cf(
-            self.db.cf(CF_SNAPSHOT),
-            group_prefix(self.group),
-            codec::encode("snapshot record", &(meta, data))?,
-        );
+        crate::snapshot_record::put_record(&mut batch, &self.db, self.group, meta, &placed)?;
         let next = st.next_offset;
         {
             // No backfill step runs on the rows being replaced.
@@ -1326,6 +1347,7 @@ impl PartitionStore {
             *guard = st;
         }
         self.db.sync().await?;
+        crate::snapshot_record::retire(&self.db, previous, &placed);
         self.offset_tx.send_replace(next);
         Ok(())
     }
@@ -1413,7 +1435,8 @@ impl PartitionStore {
             last_log_id: Some(last.clone()),
             last_membership: StoredMembership::new(Some(last), membership),
         };
-        self.install_snapshot(&meta, data).await?;
+        let file = SnapshotFile::create(&self.db, self.group, data)?;
+        self.install_snapshot(&meta, &file).await?;
         Ok(Some(meta))
     }
 }

@@ -1,13 +1,14 @@
 //! openraft's `RaftStateMachine` over a [`MetaStore`].
 //!
 //! The state machine is persistent: each entry is applied in one RocksDB
-//! batch with the applied log id. Snapshots are built from a RocksDB
-//! snapshot of the group's rows, persisted (fsynced) in the `snapshot`
-//! column family before openraft is told about them, so openraft purges
-//! logs only below a durable snapshot. Installing replaces the group's rows
-//! in one atomic, fsynced batch.
+//! batch with the applied log id. Snapshots are files streamed from a
+//! RocksDB snapshot of the group's rows, fsynced and recorded as current in
+//! the `snapshot` column family before openraft is told about them, so
+//! openraft purges logs only below a durable snapshot (see
+//! `snapshot_record`). Installing replaces the group's rows in one atomic,
+//! fsynced batch.
 
-use std::io::{self, Cursor};
+use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -16,6 +17,7 @@ use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{OptionalSend, RaftSnapshotBuilder};
 
 use super::store::MetaStore;
+use crate::snapshot_record::Pacing;
 use crate::types::{LogId, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig};
 
 /// The meta group's state machine handle given to openraft. Cheap to clone.
@@ -23,6 +25,7 @@ use crate::types::{LogId, SnapshotData, SnapshotMeta, StoredMembership, TypeConf
 pub struct MetaStateMachine {
     store: Arc<MetaStore>,
     snapshots_built: Arc<AtomicU64>,
+    pacing: Pacing,
 }
 
 impl MetaStateMachine {
@@ -31,7 +34,15 @@ impl MetaStateMachine {
         MetaStateMachine {
             store,
             snapshots_built: Arc::new(AtomicU64::new(0)),
+            pacing: Pacing::default(),
         }
+    }
+
+    /// Defers policy snapshots as `pacing` says (default: build whenever
+    /// openraft asks).
+    pub fn with_pacing(mut self, pacing: Pacing) -> Self {
+        self.pacing = pacing;
+        self
     }
 
     /// The store, for reads.
@@ -46,18 +57,19 @@ impl RaftSnapshotBuilder<TypeConfig> for MetaStateMachine {
     type SnapshotData = SnapshotData;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
-        let (st, data) = self.store.snapshot_rows()?;
+        // Seconds of file writing for a large group: off the async workers.
+        let store = self.store.clone();
+        let (st, file) = tokio::task::spawn_blocking(move || store.build_snapshot_file())
+            .await
+            .map_err(io::Error::other)??;
         self.snapshots_built.fetch_add(1, Ordering::SeqCst);
         let meta = SnapshotMeta {
             last_log_id: st.last_applied.clone(),
             last_membership: st.membership.clone(),
         };
-        self.store.save_snapshot(&meta, &data).await?;
-        tracing::info!(group = self.store.group(), last_log_id = ?meta.last_log_id, bytes = data.len(), "snapshot built");
-        Ok(Snapshot {
-            meta,
-            snapshot: Cursor::new(data),
-        })
+        let file = self.store.save_snapshot(&meta, file).await?;
+        tracing::info!(group = self.store.group(), last_log_id = ?meta.last_log_id, bytes = file.len(), "snapshot built");
+        Ok(Snapshot { meta, snapshot: file })
     }
 }
 
@@ -83,6 +95,17 @@ impl RaftStateMachine<TypeConfig> for MetaStateMachine {
         Ok(())
     }
 
+    async fn try_create_snapshot_builder(&mut self, force: bool) -> Option<Self::SnapshotBuilder> {
+        if force {
+            return Some(self.clone());
+        }
+        let applied = self.store.state().last_applied.map_or(0, |l| l.index);
+        match self.store.snapshot_size() {
+            Ok(last) if !self.pacing.due(last, applied) => None,
+            _ => Some(self.clone()),
+        }
+    }
+
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         self.clone()
     }
@@ -95,15 +118,15 @@ impl RaftStateMachine<TypeConfig> for MetaStateMachine {
             tracing::warn!(group = self.store.group(), snapshot = ?meta.last_log_id, applied = ?current, "ignoring snapshot not newer than applied state");
             return Ok(());
         }
-        self.store.install_snapshot(meta, snapshot.get_ref()).await?;
+        self.store.install_snapshot(meta, &snapshot).await?;
         tracing::info!(group = self.store.group(), last_log_id = ?meta.last_log_id, "snapshot installed");
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
-        Ok(self.store.load_snapshot()?.map(|(meta, data)| Snapshot {
-            meta,
-            snapshot: Cursor::new(data),
-        }))
+        Ok(self
+            .store
+            .load_snapshot()?
+            .map(|(meta, file)| Snapshot { meta, snapshot: file }))
     }
 }

@@ -45,6 +45,7 @@ use super::layout::{self, Changes, KvRecord, LeaseRecord};
 use super::session::{Check, Session, Sessions};
 use crate::command::*;
 use crate::limits::Limits;
+use crate::snapshot_record::SnapshotFile;
 use crate::types::{Entry, LogId, SnapshotMeta, StoredMembership};
 
 /// The replicated scalar state of the meta group, one record.
@@ -167,6 +168,7 @@ fn rocks_err(context: &str) -> impl Fn(rocksdb::Error) -> StorageError + '_ {
 impl MetaStore {
     /// Opens the store of `group`, loading its state and sessions.
     pub fn open(db: Arc<Db>, group: GroupId) -> Result<Arc<MetaStore>, StorageError> {
+        crate::snapshot_record::sweep(&db, group)?;
         let state = Self::load_state(&db, group)?;
         let sessions = Self::load_sessions(&db, group)?;
         let (revision_tx, _) = watch::channel(state.revision);
@@ -1349,27 +1351,47 @@ impl MetaStore {
         Ok((st, crate::snapshot_record::encode_rows(rows)?))
     }
 
-    /// Persists a built or received snapshot as the group's current one.
-    pub async fn save_snapshot(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
-        crate::snapshot_record::save(&self.db, self.group, meta, data).await
+    /// Writes every row of the group, under one RocksDB snapshot, to a new
+    /// fsynced snapshot file (streamed: never in memory whole).
+    pub fn build_snapshot_file(&self) -> Result<(SmState, SnapshotFile), StorageError> {
+        let st_guard = self.state.read().expect("sm state lock");
+        let snap = self.db.rocks().snapshot();
+        let st = st_guard.clone();
+        drop(st_guard);
+        let file = crate::snapshot_record::write_rows(&self.db, &snap, self.group)?;
+        Ok((st, file))
+    }
+
+    /// Persists a built snapshot as the group's current one; returns its
+    /// file.
+    pub async fn save_snapshot(&self, meta: &SnapshotMeta, file: SnapshotFile) -> Result<SnapshotFile, StorageError> {
+        crate::snapshot_record::save(&self.db, self.group, meta, file).await
     }
 
     /// The group's current persisted snapshot.
-    pub fn load_snapshot(&self) -> Result<Option<(SnapshotMeta, Vec<u8>)>, StorageError> {
+    pub fn load_snapshot(&self) -> Result<Option<(SnapshotMeta, SnapshotFile)>, StorageError> {
         crate::snapshot_record::load(&self.db, self.group)
     }
 
+    /// Last log index and size in bytes of the current snapshot.
+    pub fn snapshot_size(&self) -> Result<Option<(u64, u64)>, StorageError> {
+        crate::snapshot_record::current_size(&self.db, self.group)
+    }
+
     /// Replaces the group's whole state with a snapshot, atomically and
-    /// durably, and persists it as the current snapshot.
-    pub async fn install_snapshot(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
-        let blob = crate::snapshot_record::decode_blob(self.group, "incoming snapshot", data)?;
+    /// durably, and makes it the current snapshot. The file is checked
+    /// (checksum, format) before anything changes.
+    pub async fn install_snapshot(&self, meta: &SnapshotMeta, file: &SnapshotFile) -> Result<(), StorageError> {
+        crate::snapshot_record::verify(file, self.group, "incoming snapshot")?;
+        let _lock = crate::snapshot_record::record_lock().await;
+        let previous = crate::snapshot_record::current_file(&self.db, self.group)?;
+        let placed = crate::snapshot_record::place(&self.db, self.group, meta, file)?;
         let cf = self.db.cf(CF_SM);
         let mut batch = WriteBatch::default();
-        crate::snapshot_record::replace_rows(&mut batch, &self.db, self.group, &blob.rows);
         let state_suffix = layout::state_key(self.group)[4..].to_vec();
         let mut new_state: Option<SmState> = None;
-        for (k, v) in &blob.rows {
-            if *k == state_suffix {
+        crate::snapshot_record::replace_rows_from(&mut batch, &self.db, self.group, &placed, |k, v| {
+            if k == state_suffix.as_slice() {
                 new_state = Some(codec::decode(
                     RecordRef {
                         cf: CF_SNAPSHOT,
@@ -1379,17 +1401,14 @@ impl MetaStore {
                     v,
                 )?);
             }
-        }
+            Ok(())
+        })?;
         let mut st = new_state.unwrap_or_default();
         // The snapshot's meta is authoritative for what it covers.
         st.last_applied = meta.last_log_id.clone();
         st.membership = meta.last_membership.clone();
         batch.put_cf(cf, layout::state_key(self.group), codec::encode("sm state", &st)?);
-        batch.put_cf(
-            self.db.cf(CF_SNAPSHOT),
-            group_prefix(self.group),
-            codec::encode("snapshot record", &(meta, data))?,
-        );
+        crate::snapshot_record::put_record(&mut batch, &self.db, self.group, meta, &placed)?;
         let revision = st.revision;
         {
             let mut guard = self.state.write().expect("sm state lock");
@@ -1397,6 +1416,7 @@ impl MetaStore {
             *guard = st;
         }
         self.db.sync().await?;
+        crate::snapshot_record::retire(&self.db, previous, &placed);
         *self.sessions.lock().expect("sessions lock") = Self::load_sessions(&self.db, self.group)?;
         self.revision_tx.send_replace(revision);
         Ok(())
@@ -1506,7 +1526,8 @@ impl MetaStore {
             last_membership: StoredMembership::new(st.last_applied.clone(), membership),
         };
         let data = crate::snapshot_record::encode_rows(blob.rows)?;
-        self.install_snapshot(&meta, &data).await?;
+        let file = SnapshotFile::create(&self.db, self.group, &data)?;
+        self.install_snapshot(&meta, &file).await?;
         Ok((meta, summary))
     }
 }

@@ -279,6 +279,7 @@ impl TestCluster {
             raft: self.config.clone(),
             request_timeout: Duration::from_secs(3),
             quota_bytes: u64::MAX,
+            snapshot_step_bytes: 0,
         };
         let group = MetaGroup::start(
             db,
