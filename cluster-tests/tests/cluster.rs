@@ -432,6 +432,9 @@ fn config_validate_names_the_bad_key_and_its_source() {
     let (code, _, err) = cli(&bin, &["serve", "--listen", "nowhere"]);
     assert_ne!(code, 0);
     assert!(err.contains("listen: invalid endpoint \"nowhere\""), "{err}");
+    let (code, _, err) = cli(&bin, &["serve", "--snapshot-step-mb", "2000000000"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("snapshot_step_mb: must be at most"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

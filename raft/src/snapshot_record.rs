@@ -561,6 +561,7 @@ fn upgrade_old_record(db: &Db, group: GroupId) -> Result<bool, StorageError> {
 pub(crate) fn load(db: &Db, group: GroupId) -> Result<Option<(SnapshotMeta, SnapshotFile)>, StorageError> {
     // A build or install may replace the file between reading the record
     // and opening it: read the record again then.
+    let mut missing = PathBuf::new();
     for _ in 0..8 {
         let Some(rec) = read_record(db, group)? else {
             if upgrade_old_record(db, group)? {
@@ -571,7 +572,7 @@ pub(crate) fn load(db: &Db, group: GroupId) -> Result<Option<(SnapshotMeta, Snap
         let path = db.snapshot_dir().join(&rec.file);
         match SnapshotFile::open(&path) {
             Ok(f) => return Ok(Some((rec.meta, f))),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => missing = path,
             Err(e) => return Err(StorageError::io(format!("open {}", path.display()), e)),
         }
     }
@@ -579,7 +580,7 @@ pub(crate) fn load(db: &Db, group: GroupId) -> Result<Option<(SnapshotMeta, Snap
         cf: CF_SNAPSHOT,
         group,
         record: "snapshot record".into(),
-        reason: "the file it names does not exist".into(),
+        reason: format!("the file it names, {}, does not exist", missing.display()),
     })
 }
 

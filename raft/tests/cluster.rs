@@ -142,6 +142,49 @@ async fn leader_crash_loses_no_acknowledged_write() {
     }
 }
 
+/// Snapshot pacing: with steps of 1 byte, a group's next policy snapshot
+/// waits (its size in bytes) x the interval, so after the first one none
+/// comes within 200 entries; with pacing off one comes every 20. Both
+/// clusters converge with every write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn larger_snapshots_wait_longer() {
+    for step_bytes in [0, 1] {
+        let c = TestCluster::start_paced(3, test_config(Some(20)), step_bytes).await;
+        let leader = c.wait_leader(None).await;
+        for i in 0..200 {
+            c.put(leader, &format!("p{i:03}"), "v").await.expect("put");
+        }
+        c.assert_converged().await;
+        let snap = |id| {
+            c.group(id)
+                .raft()
+                .metrics()
+                .borrow_watched()
+                .snapshot
+                .as_ref()
+                .map_or(0, |l| l.index)
+        };
+        if step_bytes == 0 {
+            c.group(leader)
+                .raft()
+                .wait(Some(CONVERGE))
+                .metrics(
+                    |m| m.snapshot.as_ref().map_or(0, |l| l.index) >= 180,
+                    "a recent snapshot",
+                )
+                .await
+                .expect("snapshots every 20 entries without pacing");
+        } else {
+            let first = snap(leader);
+            assert!(
+                (1..=60).contains(&first),
+                "only the first snapshot (none before it: due at once), got {first}"
+            );
+        }
+        c.shutdown().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lagging_node_catches_up_by_snapshot_after_purge() {
     let c = TestCluster::start(3, test_config(Some(20))).await;

@@ -207,6 +207,9 @@ pub struct TestCluster {
     base: tempfile::TempDir,
     config: Arc<openraft::Config>,
     crashes: u32,
+    /// `GroupOptions::snapshot_step_bytes` of every node (0: snapshot at
+    /// every interval).
+    pub snapshot_step_bytes: u64,
 }
 
 /// Raft timing for tests: fast elections, small snapshots when asked.
@@ -235,13 +238,23 @@ fn copy_dir(from: &Path, to: &Path) {
         let e = e.expect("dir entry");
         // RocksDB may delete an obsolete file while we copy; a real crash
         // would not see it either.
-        let _ = std::fs::copy(e.path(), to.join(e.file_name()));
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            // The snapshot files.
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            let _ = std::fs::copy(e.path(), to.join(e.file_name()));
+        }
     }
 }
 
 impl TestCluster {
     /// Starts `n` nodes (ids 1..=n) and initializes them as one cluster.
     pub async fn start(n: u64, config: Arc<openraft::Config>) -> TestCluster {
+        Self::start_paced(n, config, 0).await
+    }
+
+    /// As [`TestCluster::start`], with snapshot pacing `step_bytes`.
+    pub async fn start_paced(n: u64, config: Arc<openraft::Config>, step_bytes: u64) -> TestCluster {
         let base = tempfile::tempdir().expect("tempdir");
         let mut c = TestCluster {
             router: Router::default(),
@@ -250,6 +263,7 @@ impl TestCluster {
             base,
             config,
             crashes: 0,
+            snapshot_step_bytes: step_bytes,
         };
         for id in 1..=n {
             let dir = c.base.path().join(format!("node-{id}"));
@@ -279,7 +293,7 @@ impl TestCluster {
             raft: self.config.clone(),
             request_timeout: Duration::from_secs(3),
             quota_bytes: u64::MAX,
-            snapshot_step_bytes: 0,
+            snapshot_step_bytes: self.snapshot_step_bytes,
         };
         let group = MetaGroup::start(
             db,
