@@ -658,14 +658,15 @@ pub(crate) async fn record_lock() -> tokio::sync::MutexGuard<'static, ()> {
 
 /// Persists a built snapshot as `group`'s current one (fsynced), unless a
 /// newer one already is (a snapshot installed while this one was built).
-/// Returns the snapshot's file, placed.
-pub(crate) async fn save(
+/// Returns the snapshot's file, placed. Blocking (file and directory
+/// fsyncs): call it off the async workers, as the build.
+pub(crate) fn save(
     db: &Db,
     group: GroupId,
     meta: &SnapshotMeta,
     file: SnapshotFile,
 ) -> Result<SnapshotFile, StorageError> {
-    let _lock = record_lock().await;
+    let _lock = RECORD_LOCK.blocking_lock();
     let previous = read_record(db, group)?;
     if previous
         .as_ref()
@@ -678,7 +679,7 @@ pub(crate) async fn save(
     let placed = place(db, group, meta, &file)?;
     let mut batch = WriteBatch::default();
     put_record(&mut batch, db, group, meta, &placed)?;
-    db.write_durable(batch).await?;
+    db.write_durable_blocking(batch)?;
     retire(db, previous.map(|p| p.file), &placed);
     Ok(placed)
 }
@@ -902,13 +903,7 @@ mod tests {
         let db = Db::open(&StorageConfig::new(dir.path())).unwrap();
         let data = encode_rows(rows(3)).unwrap();
         let meta = SnapshotMeta::default();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let current = rt
-            .block_on(save(&db, 7, &meta, SnapshotFile::create(&db, 7, &data).unwrap()))
-            .unwrap();
+        let current = save(&db, 7, &meta, SnapshotFile::create(&db, 7, &data).unwrap()).unwrap();
         let stray = SnapshotFile::create(&db, 7, &data).unwrap();
         let other = SnapshotFile::create(&db, 8, &data).unwrap();
         sweep(&db, 7).unwrap();

@@ -34,17 +34,20 @@ impl RaftSnapshotBuilder<TypeConfig> for PartitionStateMachine {
     type SnapshotData = SnapshotData;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
-        // Seconds of file writing for a large partition: off the async
-        // workers.
+        // Seconds of file writing and fsyncs for a large partition: off
+        // the async workers.
         let store = self.store.clone();
-        let (st, file) = tokio::task::spawn_blocking(move || store.build_snapshot_file())
-            .await
-            .map_err(io::Error::other)??;
-        let meta = SnapshotMeta {
-            last_log_id: st.last_applied.clone(),
-            last_membership: st.membership.clone(),
-        };
-        let file = self.store.save_snapshot(&meta, file).await?;
+        let (meta, file) = tokio::task::spawn_blocking(move || {
+            let (st, file) = store.build_snapshot_file()?;
+            let meta = SnapshotMeta {
+                last_log_id: st.last_applied.clone(),
+                last_membership: st.membership.clone(),
+            };
+            let file = store.save_snapshot(&meta, file)?;
+            Ok::<_, esf_storage::StorageError>((meta, file))
+        })
+        .await
+        .map_err(io::Error::other)??;
         tracing::info!(group = self.store.group(), last_log_id = ?meta.last_log_id, bytes = file.len(), "partition snapshot built");
         Ok(Snapshot { meta, snapshot: file })
     }

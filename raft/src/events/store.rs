@@ -1293,9 +1293,9 @@ impl PartitionStore {
     }
 
     /// Persists a built snapshot as the partition's current one; returns
-    /// its file.
-    pub async fn save_snapshot(&self, meta: &SnapshotMeta, file: SnapshotFile) -> Result<SnapshotFile, StorageError> {
-        crate::snapshot_record::save(&self.db, self.group, meta, file).await
+    /// its file. Blocking: call it off the async workers.
+    pub fn save_snapshot(&self, meta: &SnapshotMeta, file: SnapshotFile) -> Result<SnapshotFile, StorageError> {
+        crate::snapshot_record::save(&self.db, self.group, meta, file)
     }
 
     /// The partition's current persisted snapshot.

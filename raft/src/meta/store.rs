@@ -1363,9 +1363,9 @@ impl MetaStore {
     }
 
     /// Persists a built snapshot as the group's current one; returns its
-    /// file.
-    pub async fn save_snapshot(&self, meta: &SnapshotMeta, file: SnapshotFile) -> Result<SnapshotFile, StorageError> {
-        crate::snapshot_record::save(&self.db, self.group, meta, file).await
+    /// file. Blocking: call it off the async workers.
+    pub fn save_snapshot(&self, meta: &SnapshotMeta, file: SnapshotFile) -> Result<SnapshotFile, StorageError> {
+        crate::snapshot_record::save(&self.db, self.group, meta, file)
     }
 
     /// The group's current persisted snapshot.
