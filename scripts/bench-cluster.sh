@@ -14,7 +14,10 @@ stop_all() {
 }
 
 # start_esf BIN WORK BASE_PORT: 3 nodes on BASE_PORT, +100, +200 (admin on
-# port + 1), data and logs under WORK; sets ESF_EPS and adds to PIDS.
+# port + 1), data and logs under WORK; sets ESF_EPS and adds to PIDS. Keep
+# the ports below the kernel's ephemeral range (32768-60999 by default): a
+# node's outgoing connection may otherwise take a port another node is
+# about to listen on ("admin_listen: ... Address already in use").
 start_esf() {
   local bin="$1" work="$2" base="$3" i port
   ESF_EPS="127.0.0.1:$base,127.0.0.1:$((base + 100)),127.0.0.1:$((base + 200))"

@@ -101,7 +101,7 @@ runs() { [[ " $SYSTEMS " == *" $1 "* ]]; }
 
 # ESF: 3 nodes.
 if runs esf; then
-start_esf "$BIN" "$WORK" 42379
+start_esf "$BIN" "$WORK" 22379
 wait_until "ESF" "$BIN" --endpoints "$ESF_EPS" endpoint health
 run_all esf esf "$ESF_EPS" "$(pids_csv)" "${KV_RUNS[@]}" "${EVENT_RUNS[@]}"
 stop_all
@@ -110,10 +110,10 @@ fi
 
 # etcd: 3 members (WAL fsync on every commit, its default).
 if runs etcd; then
-ETCD_EPS="127.0.0.1:52379,127.0.0.1:52479,127.0.0.1:52579"
-CLUSTER="e1=http://127.0.0.1:52380,e2=http://127.0.0.1:52480,e3=http://127.0.0.1:52580"
+ETCD_EPS="127.0.0.1:23379,127.0.0.1:23479,127.0.0.1:23579"
+CLUSTER="e1=http://127.0.0.1:23380,e2=http://127.0.0.1:23480,e3=http://127.0.0.1:23580"
 for i in 1 2 3; do
-  port=$((52379 + (i - 1) * 100))
+  port=$((23379 + (i - 1) * 100))
   etcd --name "e$i" --data-dir "$WORK/etcd-$i" \
     --listen-client-urls "http://127.0.0.1:$port" --advertise-client-urls "http://127.0.0.1:$port" \
     --listen-peer-urls "http://127.0.0.1:$((port + 1))" --initial-advertise-peer-urls "http://127.0.0.1:$((port + 1))" \
@@ -128,8 +128,8 @@ rm -rf "$WORK"/etcd-*/
 fi
 
 # NATS JetStream: 3 servers, the stream with 3 replicas; durable, then lazy.
-NATS_EPS="127.0.0.1:44222,127.0.0.1:44322,127.0.0.1:44422"
-ROUTES="nats-route://127.0.0.1:46222, nats-route://127.0.0.1:46322, nats-route://127.0.0.1:46422"
+NATS_EPS="127.0.0.1:24222,127.0.0.1:24322,127.0.0.1:24422"
+ROUTES="nats-route://127.0.0.1:26222, nats-route://127.0.0.1:26322, nats-route://127.0.0.1:26422"
 NATS_MODES=(always default)
 runs nats || NATS_MODES=()
 for mode in "${NATS_MODES[@]}"; do
@@ -139,14 +139,14 @@ for mode in "${NATS_MODES[@]}"; do
     [[ "$mode" == always ]] && sync="sync_interval: always"
     cat >"$WORK/nats-$i.conf" <<EOF
 server_name: n$i
-listen: 127.0.0.1:$((44222 + off))
+listen: 127.0.0.1:$((24222 + off))
 jetstream {
   store_dir: "$WORK/nats-$mode-$i"
   $sync
 }
 cluster {
   name: esfbench
-  listen: 127.0.0.1:$((46222 + off))
+  listen: 127.0.0.1:$((26222 + off))
   routes: [$ROUTES]
 }
 EOF

@@ -28,7 +28,7 @@ WORK="$(mktemp -d /tmp/esf-profile.XXXXXX)"
 source scripts/bench-cluster.sh
 trap 'stop_all; rm -rf "$WORK"' EXIT
 
-start_esf "$BIN" "$WORK" 43379
+start_esf "$BIN" "$WORK" 25379
 EPS="$ESF_EPS"
 for _ in $(seq 1 120); do
   "$BIN" --endpoints "$EPS" endpoint health >/dev/null 2>&1 && break
