@@ -18,6 +18,7 @@ use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Seek, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use esf_storage::codec::{self, RecordRef};
@@ -525,6 +526,41 @@ impl Pacing {
         }
         let steps = bytes.div_ceil(self.step_bytes).max(1);
         applied_index.saturating_sub(index) >= self.interval.saturating_mul(steps)
+    }
+}
+
+/// What a group's store gives the snapshot code both state machines share.
+pub(crate) trait SnapshotSource: Send + Sync + 'static {
+    /// The node's DB.
+    fn snapshot_db(&self) -> &Db;
+    /// The group.
+    fn snapshot_group(&self) -> GroupId;
+    /// Every row streamed to a new snapshot file under one RocksDB
+    /// snapshot, with the meta of the state it was read at.
+    fn write_snapshot(&self) -> Result<(SnapshotMeta, SnapshotFile), StorageError>;
+    /// Index of the last applied log entry (0: none).
+    fn applied_index(&self) -> u64;
+}
+
+/// Builds `store`'s snapshot and makes it current ([`save`]), on a blocking
+/// thread: seconds of file writing and fsyncs for a large group.
+pub(crate) async fn build<S: SnapshotSource>(store: Arc<S>) -> io::Result<(SnapshotMeta, SnapshotFile)> {
+    let built = tokio::task::spawn_blocking(move || {
+        let (meta, file) = store.write_snapshot()?;
+        let file = save(store.snapshot_db(), store.snapshot_group(), &meta, file)?;
+        Ok::<_, StorageError>((meta, file))
+    })
+    .await
+    .map_err(io::Error::other)?;
+    Ok(built?)
+}
+
+/// Whether a snapshot openraft's policy asks for (not a forced one) is
+/// due now under `pacing`. An unreadable record builds one.
+pub(crate) fn policy_due<S: SnapshotSource>(store: &S, pacing: &Pacing) -> bool {
+    match current_size(store.snapshot_db(), store.snapshot_group()) {
+        Ok(last) => pacing.due(last, store.applied_index()),
+        Err(_) => true,
     }
 }
 

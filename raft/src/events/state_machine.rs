@@ -11,7 +11,7 @@ use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{OptionalSend, RaftSnapshotBuilder};
 
 use super::store::PartitionStore;
-use crate::snapshot_record::Pacing;
+use crate::snapshot_record::{self, Pacing};
 use crate::types::{LogId, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig};
 
 /// A partition's state machine handle given to openraft. Cheap to clone.
@@ -34,20 +34,7 @@ impl RaftSnapshotBuilder<TypeConfig> for PartitionStateMachine {
     type SnapshotData = SnapshotData;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
-        // Seconds of file writing and fsyncs for a large partition: off
-        // the async workers.
-        let store = self.store.clone();
-        let (meta, file) = tokio::task::spawn_blocking(move || {
-            let (st, file) = store.build_snapshot_file()?;
-            let meta = SnapshotMeta {
-                last_log_id: st.last_applied.clone(),
-                last_membership: st.membership.clone(),
-            };
-            let file = store.save_snapshot(&meta, file)?;
-            Ok::<_, esf_storage::StorageError>((meta, file))
-        })
-        .await
-        .map_err(io::Error::other)??;
+        let (meta, file) = snapshot_record::build(self.store.clone()).await?;
         tracing::info!(group = self.store.group(), last_log_id = ?meta.last_log_id, bytes = file.len(), "partition snapshot built");
         Ok(Snapshot { meta, snapshot: file })
     }
@@ -79,11 +66,7 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
         if force {
             return Some(self.clone());
         }
-        let applied = self.store.state().last_applied.map_or(0, |l| l.index);
-        match self.store.snapshot_size() {
-            Ok(last) if !self.pacing.due(last, applied) => None,
-            _ => Some(self.clone()),
-        }
+        snapshot_record::policy_due(&*self.store, &self.pacing).then(|| self.clone())
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {

@@ -1362,20 +1362,9 @@ impl MetaStore {
         Ok((st, file))
     }
 
-    /// Persists a built snapshot as the group's current one; returns its
-    /// file. Blocking: call it off the async workers.
-    pub fn save_snapshot(&self, meta: &SnapshotMeta, file: SnapshotFile) -> Result<SnapshotFile, StorageError> {
-        crate::snapshot_record::save(&self.db, self.group, meta, file)
-    }
-
     /// The group's current persisted snapshot.
     pub fn load_snapshot(&self) -> Result<Option<(SnapshotMeta, SnapshotFile)>, StorageError> {
         crate::snapshot_record::load(&self.db, self.group)
-    }
-
-    /// Last log index and size in bytes of the current snapshot.
-    pub fn snapshot_size(&self) -> Result<Option<(u64, u64)>, StorageError> {
-        crate::snapshot_record::current_size(&self.db, self.group)
     }
 
     /// Replaces the group's whole state with a snapshot, atomically and
@@ -1529,5 +1518,28 @@ impl MetaStore {
         let file = SnapshotFile::create(&self.db, self.group, &data)?;
         self.install_snapshot(&meta, &file).await?;
         Ok((meta, summary))
+    }
+}
+
+impl crate::snapshot_record::SnapshotSource for MetaStore {
+    fn snapshot_db(&self) -> &Db {
+        &self.db
+    }
+
+    fn snapshot_group(&self) -> GroupId {
+        self.group
+    }
+
+    fn write_snapshot(&self) -> Result<(SnapshotMeta, SnapshotFile), StorageError> {
+        let (st, file) = self.build_snapshot_file()?;
+        let meta = SnapshotMeta {
+            last_log_id: st.last_applied,
+            last_membership: st.membership,
+        };
+        Ok((meta, file))
+    }
+
+    fn applied_index(&self) -> u64 {
+        self.state().last_applied.map_or(0, |l| l.index)
     }
 }
