@@ -449,16 +449,8 @@ impl RaftNetworkV2<TypeConfig> for PeerConn {
             loop {
                 let want = (len - pos).min(SNAPSHOT_CHUNK_BYTES as u64) as usize;
                 let mut data = vec![0u8; want];
-                let mut got = 0;
-                while got < want {
-                    let n = file
-                        .read_at(&mut data[got..], pos + got as u64)
-                        .map_err(|e| format!("read snapshot {}: {e}", file.path().display()))?;
-                    if n == 0 {
-                        return Err(format!("snapshot {} ended early", file.path().display()));
-                    }
-                    got += n;
-                }
+                file.read_exact_at(&mut data, pos)
+                    .map_err(|e| format!("read snapshot {}: {e}", file.path().display()))?;
                 pos += want as u64;
                 let chunk = pb::SnapshotChunk {
                     group,

@@ -108,9 +108,10 @@ impl SnapshotFile {
         self.len == 0
     }
 
-    /// Reads up to `buf.len()` bytes at `pos` (any number of readers at once).
-    pub fn read_at(&self, buf: &mut [u8], pos: u64) -> io::Result<usize> {
-        self.file.read_at(buf, pos)
+    /// Fills `buf` from `pos` (any number of readers at once); an error if
+    /// the file ends first.
+    pub fn read_exact_at(&self, buf: &mut [u8], pos: u64) -> io::Result<()> {
+        self.file.read_exact_at(buf, pos)
     }
 
     /// A buffered reader from the start of the file.
@@ -126,7 +127,7 @@ impl SnapshotFile {
     }
 }
 
-/// Sequential reads through [`SnapshotFile::read_at`].
+/// Sequential reads of a [`SnapshotFile`] through positioned reads.
 struct At<'a> {
     file: &'a SnapshotFile,
     pos: u64,
@@ -134,7 +135,7 @@ struct At<'a> {
 
 impl Read for At<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.file.read_at(buf, self.pos)?;
+        let n = self.file.file.read_at(buf, self.pos)?;
         self.pos += n as u64;
         Ok(n)
     }
@@ -151,7 +152,12 @@ pub struct IncomingSnapshot {
 impl IncomingSnapshot {
     /// A new empty temporary file for a snapshot of `group`.
     pub fn create(db: &Db, group: GroupId) -> Result<IncomingSnapshot, StorageError> {
-        let path = db.snapshot_dir().join(format!("g{group}-in-{}.tmp", unique()));
+        Self::create_as(db, group, "in")
+    }
+
+    /// A new empty temporary file named for `group` and `kind`.
+    fn create_as(db: &Db, group: GroupId, kind: &str) -> Result<IncomingSnapshot, StorageError> {
+        let path = db.snapshot_dir().join(format!("g{group}-{kind}-{}.tmp", unique()));
         let file = File::create(&path).map_err(io_err("create", &path))?;
         Ok(IncomingSnapshot {
             path,
@@ -167,11 +173,18 @@ impl IncomingSnapshot {
     }
 
     /// Flushes and fsyncs the file and opens it for reading.
-    pub fn finish(mut self) -> Result<SnapshotFile, StorageError> {
+    pub fn finish(self) -> Result<SnapshotFile, StorageError> {
+        self.finish_with(|_| Ok(()))
+    }
+
+    /// [`IncomingSnapshot::finish`], calling `last` on the flushed file
+    /// before the fsync (to patch in a header).
+    fn finish_with(mut self, last: impl FnOnce(&mut File) -> io::Result<()>) -> Result<SnapshotFile, StorageError> {
         let out = self.out.take().expect("finished once");
-        let file = out
+        let mut file = out
             .into_inner()
             .map_err(|e| io_err("write", &self.path)(e.into_error()))?;
+        last(&mut file).map_err(io_err("write", &self.path))?;
         file.sync_data().map_err(io_err("fsync", &self.path))?;
         drop(file);
         let snap = SnapshotFile::open(&self.path).map_err(io_err("open", &self.path))?;
@@ -190,31 +203,22 @@ impl Drop for IncomingSnapshot {
 
 /// Writes rows as a blob, streaming: the header is patched in at the end,
 /// its checksum combined from the header's and the rows'. The file is
-/// removed if the writer is dropped before [`BlobWriter::finish`].
+/// removed unless [`BlobWriter::finish`] succeeds.
 struct BlobWriter {
-    path: PathBuf,
-    out: Option<BufWriter<File>>,
+    out: IncomingSnapshot,
     rows_crc: crc32fast::Hasher,
     rows: u64,
 }
 
 impl BlobWriter {
     fn create(db: &Db, group: GroupId) -> Result<BlobWriter, StorageError> {
-        let path = db.snapshot_dir().join(format!("g{group}-build-{}.tmp", unique()));
-        let file = File::create(&path).map_err(io_err("create", &path))?;
-        let mut w = BlobWriter {
-            path,
-            out: Some(BufWriter::with_capacity(IO_BUFFER_BYTES, file)),
+        let mut out = IncomingSnapshot::create_as(db, group, "build")?;
+        out.write(&[0; HEADER_BYTES as usize])?;
+        Ok(BlobWriter {
+            out,
             rows_crc: crc32fast::Hasher::new(),
             rows: 0,
-        };
-        w.write(&[0; HEADER_BYTES as usize])?;
-        Ok(w)
-    }
-
-    fn write(&mut self, data: &[u8]) -> Result<(), StorageError> {
-        let out = self.out.as_mut().expect("written only before finish");
-        out.write_all(data).map_err(io_err("write", &self.path))
+        })
     }
 
     fn push(&mut self, k: &[u8], v: &[u8]) -> Result<(), StorageError> {
@@ -225,24 +229,14 @@ impl BlobWriter {
             v,
         ] {
             self.rows_crc.update(part);
-            self.write(part)?;
+            self.out.write(part)?;
         }
         self.rows += 1;
         Ok(())
     }
 
     /// Writes the header, fsyncs, and opens the file for reading.
-    fn finish(mut self) -> Result<SnapshotFile, StorageError> {
-        let path = self.path.clone();
-        let fail = |what: &'static str| io_err(what, &path);
-        let out = self.out.take().expect("finished once");
-        let mut file = match out.into_inner() {
-            Ok(f) => f,
-            Err(e) => {
-                let _ = std::fs::remove_file(&path);
-                return Err(fail("write")(e.into_error()));
-            }
-        };
+    fn finish(self) -> Result<SnapshotFile, StorageError> {
         let mut head = Vec::with_capacity(HEADER_BYTES as usize);
         head.extend_from_slice(&FORMAT.to_le_bytes());
         head.extend_from_slice(&self.rows.to_le_bytes());
@@ -250,25 +244,10 @@ impl BlobWriter {
         crc.update(&head);
         crc.combine(&self.rows_crc);
         head.splice(0..0, crc.finalize().to_le_bytes());
-        let done = file
-            .rewind()
-            .map_err(fail("seek"))
-            .and_then(|()| file.write_all(&head).map_err(fail("write")))
-            .and_then(|()| file.sync_data().map_err(fail("fsync")));
-        drop(file);
-        let opened = done.and_then(|()| SnapshotFile::open(&path).map_err(fail("open")));
-        if opened.is_err() {
-            let _ = std::fs::remove_file(&path);
-        }
-        opened
-    }
-}
-
-impl Drop for BlobWriter {
-    fn drop(&mut self) {
-        if self.out.is_some() {
-            let _ = std::fs::remove_file(&self.path);
-        }
+        self.out.finish_with(|file| {
+            file.rewind()?;
+            file.write_all(&head)
+        })
     }
 }
 
@@ -368,8 +347,8 @@ impl<'a> BlobReader<'a> {
 
 /// Reads every row of `file` (a snapshot of `group`; `what` names it in
 /// errors) in order, checking format and checksum. `on_row` may have seen
-/// rows of a file that then fails its checksum: callers that change state
-/// call [`verify`] first.
+/// rows of a file that then fails its checksum: it must only collect them
+/// (as into a batch written once this returns `Ok`).
 pub(crate) fn for_each_row(
     file: &SnapshotFile,
     group: GroupId,
@@ -383,11 +362,6 @@ pub(crate) fn for_each_row(
         rows += 1;
     }
     Ok(rows)
-}
-
-/// Checks `file`'s format and checksum; returns its row count.
-pub(crate) fn verify(file: &SnapshotFile, group: GroupId, what: &str) -> Result<u64, StorageError> {
-    for_each_row(file, group, what, |_, _| Ok(()))
 }
 
 /// The key range `[lo, hi)` of every row of `group`.
@@ -798,8 +772,8 @@ pub(crate) fn decode_blob(group: GroupId, what: &str, data: &[u8]) -> Result<Blo
 }
 
 /// Adds to `batch`: delete every row of `group`, then write the rows of
-/// `file` (checked with [`verify`] by the caller), passing each to
-/// `on_row` first. Returns the number of rows.
+/// `file`, passing each to `on_row` first. An error (a damaged file) leaves
+/// a partial batch the caller must drop. Returns the number of rows.
 pub(crate) fn replace_rows_from(
     batch: &mut WriteBatch,
     db: &Db,
@@ -885,7 +859,7 @@ mod tests {
         ];
         for (name, data) in cases {
             let file = SnapshotFile::create(&db, 5, &data).unwrap();
-            let err = verify(&file, 5, "incoming snapshot").unwrap_err();
+            let err = for_each_row(&file, 5, "incoming snapshot", |_, _| Ok(())).unwrap_err();
             assert!(err.is_corruption(), "{name}: {err}");
             assert!(err.to_string().contains("incoming snapshot"), "{name}: {err}");
         }

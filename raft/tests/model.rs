@@ -625,3 +625,48 @@ fn compaction_never_passes_the_audit_cursor_and_the_cursor_never_moves_back() {
     apply(put(24));
     assert_eq!(store.state().compact_revision, 22);
 }
+
+/// A snapshot file damaged in transit is refused before anything changes:
+/// the receiving store keeps its rows, its state and its current snapshot.
+#[test]
+fn installing_a_damaged_snapshot_changes_nothing() {
+    let put = |k: &str| {
+        Op::Put(PutRequest {
+            key: k.into(),
+            value: b"v".to_vec(),
+            lease: 0,
+            prev_kv: false,
+        })
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let source = MetaStore::open(Db::open(&StorageConfig::new(dir.path())).unwrap(), 0).unwrap();
+    for (i, k) in ["a", "b", "c"].iter().enumerate() {
+        source.apply_entry(&entry(i as u64 + 1, put(k))).unwrap();
+    }
+    let (st, file) = source.build_snapshot_file().unwrap();
+    let meta = SnapshotMeta {
+        last_log_id: st.last_applied.clone(),
+        last_membership: st.membership.clone(),
+    };
+    let mut data = file.to_vec().unwrap();
+    let last = data.len() - 1;
+    data[last] ^= 0x40;
+
+    let dir2 = tempfile::tempdir().unwrap();
+    let db2 = Db::open(&StorageConfig::new(dir2.path())).unwrap();
+    let target = MetaStore::open(db2.clone(), 0).unwrap();
+    target.apply_entry(&entry(1, put("kept"))).unwrap();
+    let (hash, state) = (target.state_hash().unwrap(), target.state());
+    let damaged = esf_raft::snapshot_record::SnapshotFile::create(&db2, 0, &data).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let err = rt.block_on(target.install_snapshot(&meta, &damaged)).unwrap_err();
+    assert!(err.is_corruption(), "{err}");
+    assert_eq!(target.state_hash().unwrap(), hash);
+    assert_eq!(target.state(), state);
+    assert!(target.load_snapshot().unwrap().is_none(), "no snapshot became current");
+    rt.block_on(target.install_snapshot(&meta, &file)).unwrap();
+    assert_eq!(target.state_hash().unwrap(), source.state_hash().unwrap());
+}

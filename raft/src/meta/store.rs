@@ -1368,18 +1368,14 @@ impl MetaStore {
     }
 
     /// Replaces the group's whole state with a snapshot, atomically and
-    /// durably, and makes it the current snapshot. The file is checked
-    /// (checksum, format) before anything changes.
+    /// durably, and makes it the current snapshot. Nothing changes unless
+    /// the whole file passes its checksum and format checks.
     pub async fn install_snapshot(&self, meta: &SnapshotMeta, file: &SnapshotFile) -> Result<(), StorageError> {
-        crate::snapshot_record::verify(file, self.group, "incoming snapshot")?;
-        let _lock = crate::snapshot_record::record_lock().await;
-        let previous = crate::snapshot_record::current_file(&self.db, self.group)?;
-        let placed = crate::snapshot_record::place(&self.db, self.group, meta, file)?;
         let cf = self.db.cf(CF_SM);
         let mut batch = WriteBatch::default();
         let state_suffix = layout::state_key(self.group)[4..].to_vec();
         let mut new_state: Option<SmState> = None;
-        crate::snapshot_record::replace_rows_from(&mut batch, &self.db, self.group, &placed, |k, v| {
+        crate::snapshot_record::replace_rows_from(&mut batch, &self.db, self.group, file, |k, v| {
             if k == state_suffix.as_slice() {
                 new_state = Some(codec::decode(
                     RecordRef {
@@ -1397,6 +1393,11 @@ impl MetaStore {
         st.last_applied = meta.last_log_id.clone();
         st.membership = meta.last_membership.clone();
         batch.put_cf(cf, layout::state_key(self.group), codec::encode("sm state", &st)?);
+        // The batch is complete, so the file passed its checksum: make it
+        // the current snapshot in the same batch.
+        let _lock = crate::snapshot_record::record_lock().await;
+        let previous = crate::snapshot_record::current_file(&self.db, self.group)?;
+        let placed = crate::snapshot_record::place(&self.db, self.group, meta, file)?;
         crate::snapshot_record::put_record(&mut batch, &self.db, self.group, meta, &placed)?;
         let revision = st.revision;
         {
