@@ -10,6 +10,11 @@ use futures::StreamExt;
 
 use crate::etcdserverpb;
 
+/// Any target's error as this crate's (the message is all a run reports).
+fn msg(e: impl std::fmt::Display) -> anyhow::Error {
+    anyhow!("{e}")
+}
+
 /// The system a run drives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Target {
@@ -105,7 +110,7 @@ impl Conn {
     /// A put of `key`.
     pub async fn put(&self, key: Vec<u8>, value: Vec<u8>) -> anyhow::Result<()> {
         match self {
-            Conn::Esf(c) => c.put(key, value).await.map(|_| ()).map_err(|e| anyhow!("{e}")),
+            Conn::Esf(c) => c.put(key, value).await.map(|_| ()).map_err(msg),
             Conn::Etcd(ch) => Self::etcd_kv(ch)
                 .put(etcdserverpb::PutRequest {
                     key,
@@ -114,7 +119,7 @@ impl Conn {
                 })
                 .await
                 .map(|_| ())
-                .map_err(|s| anyhow!("{s}")),
+                .map_err(msg),
             Conn::Nats(..) => bail!("kv workloads run against esf or etcd"),
         }
     }
@@ -130,7 +135,7 @@ impl Conn {
                 })
                 .await
                 .map(|_| ())
-                .map_err(|e| anyhow!("{e}")),
+                .map_err(msg),
             Conn::Etcd(ch) => Self::etcd_kv(ch)
                 .range(etcdserverpb::RangeRequest {
                     key,
@@ -139,7 +144,7 @@ impl Conn {
                 })
                 .await
                 .map(|_| ())
-                .map_err(|s| anyhow!("{s}")),
+                .map_err(msg),
             Conn::Nats(..) => bail!("kv workloads run against esf or etcd"),
         }
     }
@@ -173,7 +178,7 @@ impl Conn {
                         session: None,
                     })
                     .await
-                    .map_err(|e| anyhow!("{e}"))?;
+                    .map_err(msg)?;
                 if !r.succeeded {
                     bail!("txn compare failed: the key did not hold the preloaded value");
                 }
@@ -205,7 +210,7 @@ impl Conn {
                         }],
                     })
                     .await
-                    .map_err(|s| anyhow!("{s}"))?
+                    .map_err(msg)?
                     .into_inner();
                 if !r.succeeded {
                     bail!("txn compare failed: the key did not hold the preloaded value");
@@ -226,7 +231,7 @@ impl Conn {
                         ..Default::default()
                     })
                     .await
-                    .map_err(|e| anyhow!("{e}"))?;
+                    .map_err(msg)?;
                 Ok(s.map(|r| {
                     let r = r.map_err(|s| anyhow!("watch: {s}"))?;
                     if r.canceled {
@@ -288,10 +293,7 @@ impl Conn {
                         ..Default::default()
                     })
                     .collect();
-                c.append(stream, events, None)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| anyhow!("{e}"))
+                c.append(stream, events, None).await.map(|_| ()).map_err(msg)
             }
             Conn::Nats(_, js) => {
                 let subject = format!("bench.{stream}");
@@ -327,7 +329,7 @@ impl Conn {
                         ..Default::default()
                     })
                     .await
-                    .map_err(|e| anyhow!("{e}"))?;
+                    .map_err(msg)?;
                 Ok(s.map(|r| {
                     let r = r.map_err(|s| anyhow!("subscribe: {s}"))?;
                     if r.canceled {
