@@ -15,6 +15,9 @@ for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 
+# python3 for scripts/check-layers.py (any python3 on PATH will do).
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
+
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "setup: missing Debian packages: ${missing[*]} (run as root or install them)" >&2

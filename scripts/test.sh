@@ -16,6 +16,9 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 profile=default
 if [ "${CI:-}" = "true" ]; then profile=ci; fi
 
+echo "test: layering of node/ and client/"
+python3 scripts/check-layers.py
+
 echo "test: building (target dir $CARGO_TARGET_DIR)"
 cargo build --workspace --all-targets --locked
 echo "test: running"

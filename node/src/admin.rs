@@ -17,12 +17,18 @@ use esf_raft::openraft::async_runtime::WatchReceiver;
 /// What the admin endpoints look at.
 #[derive(Clone)]
 pub struct AdminState {
+    /// The meta group, whose Raft metrics decide readiness.
     pub meta: Arc<MetaGroup>,
+    /// Set at shutdown: not ready from then on.
     pub draining: Arc<AtomicBool>,
+    /// Committed but unapplied entries above which the node is not ready.
     pub max_apply_lag: u64,
+    /// This binary's version.
     pub version: &'static str,
+    /// The audit relay's counters.
     pub audit: Arc<crate::audit::RelayStats>,
-    pub retention: Arc<crate::retention::RetentionStats>,
+    /// Retention's counters.
+    pub retention: Arc<crate::events::retention::RetentionStats>,
 }
 
 /// The admin router.

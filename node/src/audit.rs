@@ -28,15 +28,16 @@ use esf_raft::meta::{ReadError, WatchEvent};
 use esf_raft::openraft::async_runtime::WatchReceiver;
 use prost::Message;
 use serde_json::{Value, json};
-use tonic::Status;
+use tonic::Code;
 use tracing::{info, warn};
 
-use crate::convert::RESERVED_KEY_BYTE;
-use crate::events::EventsService;
-use crate::service::Ctx;
+use crate::context::{Ctx, Origin};
+use crate::error::{Error, Result};
+use crate::events::Events;
+use crate::keyspace::{self, Area};
 
 /// The stream of audit events (streams starting with `$` are ESF's own).
-pub const STREAM: &str = "$audit";
+pub const STREAM: &str = keyspace::AUDIT_STREAM;
 /// Most revisions relayed in one append.
 pub const BATCH_REVISIONS: u64 = 500;
 /// An append stops taking revisions past this many bytes of event data.
@@ -81,22 +82,13 @@ pub struct RelayStats {
 
 /// How a changed key is classified in its audit event.
 fn kind_of(key: &[u8]) -> (&'static str, &[u8]) {
-    match key.split_first() {
-        Some((&RESERVED_KEY_BYTE, rest)) => {
-            for (prefix, kind) in [
-                (&b"registry/"[..], "registry"),
-                (b"sub/", "subscription"),
-                (b"sub-consumer/", "subscription"),
-                (b"retention/", "retention"),
-                (b"index/", "index"),
-            ] {
-                if rest.starts_with(prefix) {
-                    return (kind, rest);
-                }
-            }
-            ("internal", rest)
-        }
-        _ => ("config", key),
+    if !keyspace::is_reserved(key) {
+        return ("config", key);
+    }
+    let rest = &key[1..];
+    match Area::ALL.into_iter().find(|a| a.name_of(key).is_some()) {
+        Some(a) => (a.audit_kind(), rest),
+        None => ("internal", rest),
     }
 }
 
@@ -215,7 +207,6 @@ pub async fn run_relay(ctx: Ctx, stats: Arc<RelayStats>, mut stop: tokio::sync::
         };
         let mut relay = Relay {
             ctx: ctx.clone(),
-            events: EventsService(ctx.clone()),
             stats: stats.clone(),
             term,
         };
@@ -245,7 +236,6 @@ fn leading_term(ctx: &Ctx) -> Option<u64> {
 
 struct Relay {
     ctx: Ctx,
-    events: EventsService,
     stats: Arc<RelayStats>,
     term: u64,
 }
@@ -253,7 +243,7 @@ struct Relay {
 impl Relay {
     /// Relays while this node leads in `term`: `Ok` once it no longer does
     /// (or on stop), `Err` on a failure to retry after a pause.
-    async fn run(&mut self, stop: &mut tokio::sync::watch::Receiver<bool>) -> Result<(), String> {
+    async fn run(&mut self, stop: &mut tokio::sync::watch::Receiver<bool>) -> Result<()> {
         let store = self.ctx.meta.store().clone();
         let mut revisions = store.subscribe_revision();
         // One receiver, its current value marked seen: `changed` then waits
@@ -262,14 +252,14 @@ impl Relay {
         metrics.borrow_and_update();
         // A new cluster caps compaction from the start (an upgraded one at
         // what is still readable), before the relay can append anything.
-        if store.audit_cursor().map_err(|e| e.to_string())?.is_none() {
+        if store.audit_cursor()?.is_none() {
             self.record(store.state().compact_revision).await?;
         }
         let (mut next, mut version) = self.resume_point().await?;
         // What meta has recorded, not where the stream is: a relay that
         // appended and died before recording leaves the stream ahead of
         // the cursor, and this one must record it.
-        let mut recorded = store.audit_cursor().map_err(|e| e.to_string())?.unwrap_or(0);
+        let mut recorded = store.audit_cursor()?.unwrap_or(0);
         let mut last_record = tokio::time::Instant::now();
         info!(from_revision = next, stream_version = version, "audit relay started");
         loop {
@@ -316,7 +306,7 @@ impl Relay {
                     next = compact_revision + 1;
                     continue;
                 }
-                Err(e) => return Err(format!("read meta changes {next}..={to}: {e}")),
+                Err(e) => return Err(Error::task(&format!("read meta changes {next}..={to}"), e)),
             };
             let mut batch = Vec::new();
             let mut bytes = 0;
@@ -327,7 +317,10 @@ impl Relay {
                 }
                 let rev = group[0].revision;
                 if rev != last + 1 {
-                    return Err(format!("meta change log has no revision {} (next is {rev})", last + 1));
+                    return Err(Error::Internal(format!(
+                        "meta change log has no revision {} (next is {rev})",
+                        last + 1
+                    )));
                 }
                 let e = audit_event(rev, group);
                 bytes += e.data.len();
@@ -335,7 +328,7 @@ impl Relay {
                 last = rev;
             }
             if batch.is_empty() {
-                return Err(format!("meta change log has no revision {next}"));
+                return Err(Error::Internal(format!("meta change log has no revision {next}")));
             }
             let msg = pb::AppendRequest {
                 stream: STREAM.to_string(),
@@ -345,9 +338,10 @@ impl Relay {
                 }),
             };
             let n = msg.events.len() as u64;
-            match tokio::time::timeout(CALL_DEADLINE, self.events.append_as(msg, false)).await {
+            let events = Events(&self.ctx);
+            let append = events.append(msg, Origin::Client);
+            match tokio::time::timeout(CALL_DEADLINE, append).await {
                 Ok(Ok(r)) => {
-                    let r = r.into_inner();
                     if !r.duplicate {
                         self.stats.relayed.fetch_add(n, Ordering::Relaxed);
                     }
@@ -358,18 +352,15 @@ impl Relay {
                 // batch with other bounds landed before a crash: start
                 // again from the stream's end. Any other refusal is retried
                 // after a pause.
-                Ok(Err(s))
-                    if s.code() == tonic::Code::FailedPrecondition
-                        || (s.code() == tonic::Code::InvalidArgument && s.message().contains("already appended")) =>
-                {
-                    warn!(status = %s, "audit relay: the stream moved; resuming from its end");
+                Ok(Err(e)) if stream_moved(&e) => {
+                    warn!(error = %e, "audit relay: the stream moved; resuming from its end");
                     (next, version) = self.resume_point().await?;
                 }
-                Ok(Err(s)) => return Err(format!("append revisions {next}..={last}: {s}")),
+                Ok(Err(e)) => return Err(Error::task(&format!("append revisions {next}..={last}"), e)),
                 Err(_) => {
-                    return Err(format!(
+                    return Err(Error::unavailable(format!(
                         "append revisions {next}..={last}: no answer within {CALL_DEADLINE:?}"
-                    ));
+                    )));
                 }
             }
         }
@@ -377,46 +368,66 @@ impl Relay {
 
     /// (next revision to relay, the stream's version): after the later of
     /// the recorded cursor and the revision of the stream's last event.
-    async fn resume_point(&self) -> Result<(u64, u64), String> {
-        let req = tonic::Request::new(pb::ReadStreamRequest {
+    async fn resume_point(&self) -> Result<(u64, u64)> {
+        let req = pb::ReadStreamRequest {
             stream: STREAM.to_string(),
             from_version: 0,
             backward: true,
             limit: 1,
             serializable: false,
-        });
-        let resp = match tokio::time::timeout(CALL_DEADLINE, tonic_read_stream(&self.events, req)).await {
+        };
+        let events = Events(&self.ctx);
+        let read = events.read_stream(req, Origin::Client);
+        let resp = match tokio::time::timeout(CALL_DEADLINE, read).await {
             Ok(Ok(r)) => r,
-            Ok(Err(s)) => return Err(format!("read the end of {STREAM}: {s}")),
-            Err(_) => return Err(format!("read the end of {STREAM}: no answer within {CALL_DEADLINE:?}")),
+            Ok(Err(e)) => return Err(Error::task(&format!("read the end of {STREAM}"), e)),
+            Err(_) => {
+                return Err(Error::unavailable(format!(
+                    "read the end of {STREAM}: no answer within {CALL_DEADLINE:?}"
+                )));
+            }
         };
         // (An event without a revision cannot come from the relay: then the
         // cursor alone says where to go on.)
         let in_stream = resp.events.first().and_then(revision_of).unwrap_or(0);
         let store = self.ctx.meta.store();
-        let cursor = store.audit_cursor().map_err(|e| e.to_string())?.unwrap_or(0);
+        let cursor = store.audit_cursor()?.unwrap_or(0);
         Ok((in_stream.max(cursor) + 1, resp.stream_version))
     }
 
     /// Records in meta that every revision up to `revision` is relayed.
-    async fn record(&self, revision: u64) -> Result<(), String> {
+    async fn record(&self, revision: u64) -> Result<()> {
         let cmd = Command::new(Op::AuditCursor { revision });
         match tokio::time::timeout(CALL_DEADLINE, self.ctx.meta.write(cmd)).await {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(format!("record audit cursor {revision}: {e}")),
-            Err(_) => Err(format!(
+            Ok(Err(e)) => Err(Error::task(&format!("record audit cursor {revision}"), e)),
+            Err(_) => Err(Error::unavailable(format!(
                 "record audit cursor {revision}: no answer within {CALL_DEADLINE:?}"
-            )),
+            ))),
         }
     }
 }
 
-async fn tonic_read_stream(
-    events: &EventsService,
-    req: tonic::Request<pb::ReadStreamRequest>,
-) -> Result<pb::ReadStreamResponse, Status> {
-    use pb::events_server::Events;
-    events.read_stream(req).await.map(tonic::Response::into_inner)
+/// Whether an append refusal means the stream is not where the relay
+/// thought: another relay (a deposed leader) appended first (wrong
+/// expected version), or a batch with other bounds landed before a crash
+/// (some of the batch's event ids are in the stream, refused on field
+/// `append.events`). Classified by the refusal's kind and field, here or
+/// as a peer node answered (`field: reason`), never by its wording.
+fn stream_moved(e: &Error) -> bool {
+    const PARTIAL_DUPLICATE_FIELD: &str = "append.events";
+    match e {
+        Error::Raft(esf_raft::Error::Rejected(Rejection::WrongExpectedVersion { .. })) | Error::Precondition(_) => true,
+        Error::Raft(esf_raft::Error::Rejected(Rejection::InvalidArgument { field, .. })) => {
+            field == PARTIAL_DUPLICATE_FIELD
+        }
+        Error::Peer(s) => {
+            s.code() == Code::FailedPrecondition
+                || (s.code() == Code::InvalidArgument
+                    && s.message().split_once(": ").map(|(f, _)| f) == Some(PARTIAL_DUPLICATE_FIELD))
+        }
+        _ => false,
+    }
 }
 
 /// How long a compaction waits for the relay to pass its revision.
@@ -493,7 +504,7 @@ mod tests {
         assert_eq!(del.correlation_id, "");
         let mixed = audit_event(7, &[change(b"a", b"x", false, 7), change(b"b", b"", true, 7)]);
         assert_eq!(mixed.r#type, "esf.config.changed");
-        let mut reg = vec![RESERVED_KEY_BYTE];
+        let mut reg = vec![keyspace::RESERVED_KEY_BYTE];
         reg.extend_from_slice(b"registry/api/i1");
         let r = audit_event(8, &[change(&reg, b"", true, 8)]);
         assert_eq!(r.r#type, "esf.registry.changed");

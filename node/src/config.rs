@@ -87,8 +87,8 @@ impl Default for NodeConfig {
             drain_timeout_ms: 5000,
             quota_bytes: 8 << 30,
             log_level: "info".into(),
-            partitions: crate::partitions::DEFAULT_PARTITIONS,
-            partition_replicas: crate::placement::DEFAULT_PARTITION_REPLICAS,
+            partitions: crate::cluster::partitions::DEFAULT_PARTITIONS,
+            partition_replicas: crate::cluster::placement::DEFAULT_PARTITION_REPLICAS,
             verify_on_start: true,
             snapshot_logs: 10_000,
             snapshot_keep_logs: 1_000,
@@ -260,17 +260,17 @@ pub fn validate(c: &NodeConfig) -> anyhow::Result<()> {
     if c.memory_budget_mb < 16 {
         anyhow::bail!("memory_budget_mb: must be at least 16");
     }
-    if c.partitions == 0 || c.partitions > crate::partitions::MAX_PARTITIONS {
+    if c.partitions == 0 || c.partitions > crate::cluster::partitions::MAX_PARTITIONS {
         anyhow::bail!(
             "partitions: must be 1 to {}, not {}",
-            crate::partitions::MAX_PARTITIONS,
+            crate::cluster::partitions::MAX_PARTITIONS,
             c.partitions
         );
     }
-    if c.partition_replicas == 0 || c.partition_replicas > crate::placement::MAX_PARTITION_REPLICAS {
+    if c.partition_replicas == 0 || c.partition_replicas > crate::cluster::placement::MAX_PARTITION_REPLICAS {
         anyhow::bail!(
             "partition_replicas: must be 1 to {}, not {}",
-            crate::placement::MAX_PARTITION_REPLICAS,
+            crate::cluster::placement::MAX_PARTITION_REPLICAS,
             c.partition_replicas
         );
     }

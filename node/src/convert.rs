@@ -1,70 +1,15 @@
 //! Conversions between the gRPC types (esf-proto) and esf-raft's domain
-//! types, and the one mapping of errors to gRPC status. Bad input is
-//! rejected here with INVALID_ARGUMENT naming the field.
+//! types. Bad input is refused here with [`Error::Invalid`] naming the
+//! field; errors become gRPC statuses in one place only
+//! ([`crate::error`]).
 
-use esf_client::{LEADER_ADDR_METADATA, LEADER_ID_METADATA, pb};
+use esf_client::pb;
 use esf_raft::command as cmd;
 use esf_raft::group::ResponseHeader;
-use tonic::Status;
 
-/// Maps an esf-raft error to a gRPC status (with the leader hint in metadata).
-pub fn status(e: esf_raft::Error) -> Status {
-    use cmd::Rejection as R;
-    match e {
-        esf_raft::Error::Rejected(r) => match &r {
-            // The status code already says "invalid argument".
-            R::InvalidArgument { field, reason } => Status::invalid_argument(format!("{field}: {reason}")),
-            R::Compacted { .. } | R::FutureRevision { .. } => Status::out_of_range(r.to_string()),
-            R::LeaseNotFound(_) => Status::not_found(r.to_string()),
-            R::LeaseExists(_) => Status::already_exists(r.to_string()),
-            R::SessionExpired { .. } | R::WrongExpectedVersion { .. } => Status::failed_precondition(r.to_string()),
-            R::StreamDeleted(_) => Status::not_found(r.to_string()),
-        },
-        esf_raft::Error::NotLeader {
-            leader, leader_addr, ..
-        } => {
-            let mut s = Status::unavailable(format!(
-                "not the leader{}",
-                leader.map(|l| format!("; leader is node {l}")).unwrap_or_default()
-            ));
-            if let Some(l) = leader {
-                if let Ok(v) = l.to_string().parse() {
-                    s.metadata_mut().insert(LEADER_ID_METADATA, v);
-                }
-            }
-            if let Some(a) = leader_addr {
-                if let Ok(v) = a.parse() {
-                    s.metadata_mut().insert(LEADER_ADDR_METADATA, v);
-                }
-            }
-            s
-        }
-        esf_raft::Error::Unavailable(m) => Status::unavailable(m),
-        e @ esf_raft::Error::NoSpace { .. } => Status::resource_exhausted(e.to_string()),
-        esf_raft::Error::Storage(e) => Status::internal(format!("storage: {e}")),
-        esf_raft::Error::Fatal(m) => Status::internal(format!("raft stopped: {m}")),
-    }
-}
+use crate::error::Error;
+use crate::keyspace::RESERVED_KEY_BYTE;
 
-/// A status from a call to another node: a failure of the connection
-/// itself (an HTTP/2 or transport error, whatever code tonic gave it)
-/// becomes UNAVAILABLE, so the client retries instead of giving up.
-pub(crate) fn peer_status(s: Status) -> Status {
-    let m = s.message();
-    let transport = m.contains("h2 protocol error") || m.contains("transport error") || m.contains("connection error");
-    if transport && s.code() != tonic::Code::Unavailable {
-        Status::unavailable(format!("a peer node's connection failed: {m}"))
-    } else {
-        s
-    }
-}
-
-/// INVALID_ARGUMENT naming the field and the reason.
-pub(crate) fn invalid(field: &str, reason: impl std::fmt::Display) -> Status {
-    Status::invalid_argument(format!("{field}: {reason}"))
-}
-
-/// The read consistency a request's `serializable` flag asks for.
 /// A current read of every key in `range` (no limit), values or keys only.
 pub(crate) fn read_all(range: cmd::KeyRange, keys_only: bool) -> cmd::RangeRequest {
     cmd::RangeRequest {
@@ -76,6 +21,7 @@ pub(crate) fn read_all(range: cmd::KeyRange, keys_only: bool) -> cmd::RangeReque
     }
 }
 
+/// The read consistency a request's `serializable` flag asks for.
 pub(crate) fn consistency(serializable: bool) -> esf_raft::group::Consistency {
     if serializable {
         esf_raft::group::Consistency::Serializable
@@ -94,7 +40,6 @@ pub fn header(h: ResponseHeader) -> pb::ResponseHeader {
     }
 }
 
-/// Key-value to proto.
 /// A watch event to proto.
 pub fn event(e: &esf_raft::meta::WatchEvent) -> pb::Event {
     pb::Event {
@@ -108,6 +53,7 @@ pub fn event(e: &esf_raft::meta::WatchEvent) -> pb::Event {
     }
 }
 
+/// Key-value to proto.
 pub fn kv(k: cmd::KeyValue) -> pb::KeyValue {
     pb::KeyValue {
         key: k.key,
@@ -128,15 +74,10 @@ pub fn session(s: Option<pb::Session>) -> Option<cmd::SessionRef> {
     })
 }
 
-/// First byte of the keys ESF keeps for itself in the meta keyspace (the
-/// service registry). No UTF-8 text starts with it; the Config service
-/// neither reads nor writes such keys.
-pub const RESERVED_KEY_BYTE: u8 = 0xff;
-
 /// Refuses a key of the reserved keyspace.
-pub fn user_key(field: &str, key: &[u8]) -> Result<(), Status> {
+pub fn user_key(field: &str, key: &[u8]) -> Result<(), Error> {
     if key.first() == Some(&RESERVED_KEY_BYTE) {
-        return Err(invalid(
+        return Err(Error::invalid(
             field,
             "keys starting with byte 0xff are reserved for ESF (the service registry)",
         ));
@@ -146,11 +87,11 @@ pub fn user_key(field: &str, key: &[u8]) -> Result<(), Status> {
 
 /// Key range from proto, limited to user keys: an empty prefix (every key)
 /// and a range reaching into the reserved keyspace stop before it.
-pub fn range(field: &str, r: Option<pb::KeyRange>) -> Result<cmd::KeyRange, Status> {
+pub fn range(field: &str, r: Option<pb::KeyRange>) -> Result<cmd::KeyRange, Error> {
     use pb::key_range::Kind;
     let reserved = [RESERVED_KEY_BYTE];
     match r.and_then(|r| r.kind) {
-        None => Err(invalid(field, "is required (key, prefix or between)")),
+        None => Err(Error::invalid(field, "is required (key, prefix or between)")),
         Some(Kind::Key(k)) => {
             user_key(&format!("{field}.key"), &k)?;
             Ok(cmd::KeyRange::Key(k))
@@ -177,7 +118,7 @@ pub fn range(field: &str, r: Option<pb::KeyRange>) -> Result<cmd::KeyRange, Stat
 }
 
 /// Put from proto.
-pub fn put(field: &str, p: pb::PutRequest) -> Result<cmd::PutRequest, Status> {
+pub fn put(field: &str, p: pb::PutRequest) -> Result<cmd::PutRequest, Error> {
     user_key(&format!("{field}.key"), &p.key)?;
     Ok(cmd::PutRequest {
         key: p.key,
@@ -188,7 +129,7 @@ pub fn put(field: &str, p: pb::PutRequest) -> Result<cmd::PutRequest, Status> {
 }
 
 /// Range request from proto.
-pub fn range_request(field: &str, r: pb::RangeRequest) -> Result<cmd::RangeRequest, Status> {
+pub fn range_request(field: &str, r: pb::RangeRequest) -> Result<cmd::RangeRequest, Error> {
     Ok(cmd::RangeRequest {
         range: range(&format!("{field}.range"), r.range)?,
         revision: r.revision,
@@ -209,20 +150,20 @@ pub fn range_result(h: Option<pb::ResponseHeader>, r: cmd::RangeResult) -> pb::R
 }
 
 /// Delete from proto.
-pub fn delete(field: &str, d: pb::DeleteRequest) -> Result<cmd::DeleteRequest, Status> {
+pub fn delete(field: &str, d: pb::DeleteRequest) -> Result<cmd::DeleteRequest, Error> {
     Ok(cmd::DeleteRequest {
         range: range(&format!("{field}.range"), d.range)?,
         prev_kv: d.prev_kv,
     })
 }
 
-fn txn_ops(field: &str, ops: Vec<pb::TxnOp>) -> Result<Vec<cmd::TxnOp>, Status> {
+fn txn_ops(field: &str, ops: Vec<pb::TxnOp>) -> Result<Vec<cmd::TxnOp>, Error> {
     ops.into_iter()
         .enumerate()
         .map(|(i, op)| {
             let f = format!("{field}[{i}]");
             match op.op {
-                None => Err(invalid(&f, "op is required (put, delete or range)")),
+                None => Err(Error::invalid(&f, "op is required (put, delete or range)")),
                 Some(pb::txn_op::Op::Put(p)) => Ok(cmd::TxnOp::Put(put(&format!("{f}.put"), p)?)),
                 Some(pb::txn_op::Op::Delete(d)) => Ok(cmd::TxnOp::Delete(delete(&format!("{f}.delete"), d)?)),
                 Some(pb::txn_op::Op::Range(r)) => Ok(cmd::TxnOp::Range(range_request(&format!("{f}.range"), r)?)),
@@ -232,7 +173,7 @@ fn txn_ops(field: &str, ops: Vec<pb::TxnOp>) -> Result<Vec<cmd::TxnOp>, Status> 
 }
 
 /// Txn from proto.
-pub fn txn(t: pb::TxnRequest) -> Result<cmd::TxnRequest, Status> {
+pub fn txn(t: pb::TxnRequest) -> Result<cmd::TxnRequest, Error> {
     let mut compares = Vec::with_capacity(t.compares.len());
     for (i, c) in t.compares.into_iter().enumerate() {
         let op = match pb::compare::Op::try_from(c.op) {
@@ -241,7 +182,7 @@ pub fn txn(t: pb::TxnRequest) -> Result<cmd::TxnRequest, Status> {
             Ok(pb::compare::Op::Greater) => cmd::CompareOp::Greater,
             Ok(pb::compare::Op::Less) => cmd::CompareOp::Less,
             Err(_) => {
-                return Err(invalid(
+                return Err(Error::invalid(
                     &format!("txn.compares[{i}].op"),
                     &format!("unknown operator {}", c.op),
                 ));
@@ -249,7 +190,7 @@ pub fn txn(t: pb::TxnRequest) -> Result<cmd::TxnRequest, Status> {
         };
         use pb::compare::Target;
         let target = match c.target {
-            None => return Err(invalid(&format!("txn.compares[{i}].target"), "is required")),
+            None => return Err(Error::invalid(&format!("txn.compares[{i}].target"), "is required")),
             Some(Target::Value(v)) => cmd::CompareTarget::Value(v),
             Some(Target::Version(v)) => cmd::CompareTarget::Version(v),
             Some(Target::CreateRevision(v)) => cmd::CompareTarget::CreateRevision(v),

@@ -15,29 +15,28 @@ use esf_raft::group::MetaGroup;
 use esf_raft::openraft::async_runtime::WatchReceiver;
 use tracing::{info, warn};
 
-use crate::convert::RESERVED_KEY_BYTE;
-
-const KEY_PREFIX: &[u8] = b"retention/";
+use crate::context::{Ctx, Origin};
+use crate::convert::{self, consistency};
+use crate::error::{Error, Result};
+use crate::events::Events;
+use crate::keyspace::Area;
 
 /// Deadline of one removal proposal.
 pub const REMOVE_DEADLINE: Duration = Duration::from_secs(10);
 
 /// The meta key of the rule for `stream_prefix`.
 pub fn rule_key(stream_prefix: &str) -> Vec<u8> {
-    let mut k = vec![RESERVED_KEY_BYTE];
-    k.extend_from_slice(KEY_PREFIX);
-    k.extend_from_slice(stream_prefix.as_bytes());
-    k
+    Area::Retention.key(stream_prefix.as_bytes())
 }
 
 /// The range of every rule key.
 pub fn rules_range() -> KeyRange {
-    KeyRange::Prefix(rule_key(""))
+    Area::Retention.range()
 }
 
 /// A stored rule from its key and JSON value (`None`: not a rule).
 pub fn decode_rule(key: &[u8], value: &[u8]) -> Option<RetentionRule> {
-    let prefix = key.strip_prefix(&rule_key("")[..])?;
+    let prefix = Area::Retention.name_of(key)?;
     let v: serde_json::Value = serde_json::from_slice(value).ok()?;
     Some(RetentionRule {
         stream_prefix: String::from_utf8(prefix.to_vec()).ok()?,
@@ -52,6 +51,7 @@ pub fn encode_rule(r: &RetentionRule) -> Vec<u8> {
         .expect("a JSON value always serializes")
 }
 
+/// A rule as the API carries it.
 pub fn to_pb(r: &RetentionRule) -> pb::RetentionRule {
     pb::RetentionRule {
         stream_prefix: r.stream_prefix.clone(),
@@ -60,10 +60,37 @@ pub fn to_pb(r: &RetentionRule) -> pb::RetentionRule {
     }
 }
 
+impl Events<'_> {
+    /// The retention rules in force (read through the meta leader unless
+    /// `msg.serializable`).
+    pub async fn list_retention(
+        &self,
+        msg: pb::ListRetentionRequest,
+        origin: Origin,
+    ) -> Result<pb::ListRetentionResponse> {
+        let r = convert::read_all(rules_range(), false);
+        match self.0.meta.range(&r, consistency(msg.serializable)).await {
+            Ok((h, res)) => Ok(pb::ListRetentionResponse {
+                header: Some(convert::header(h)),
+                rules: res
+                    .kvs
+                    .iter()
+                    .filter_map(|kv| decode_rule(&kv.key, &kv.value))
+                    .map(|r| to_pb(&r))
+                    .collect(),
+            }),
+            Err(e) => {
+                self.forward(origin, e, msg, |mut c, r| async move { c.list_retention(r).await })
+                    .await
+            }
+        }
+    }
+}
+
 /// The rules as this node's meta replica has them.
-pub fn local_rules(meta: &MetaGroup) -> Result<RetentionRules, String> {
+pub fn local_rules(meta: &MetaGroup) -> Result<RetentionRules> {
     let req = crate::convert::read_all(rules_range(), false);
-    let (res, _) = meta.store().range(&req).map_err(|e| e.to_string())?;
+    let (res, _) = meta.store().range(&req).map_err(esf_raft::Error::from)?;
     Ok(RetentionRules(
         res.kvs
             .iter()
@@ -75,23 +102,18 @@ pub fn local_rules(meta: &MetaGroup) -> Result<RetentionRules, String> {
 /// Events removed by this node's partition leaders.
 #[derive(Debug, Default)]
 pub struct RetentionStats {
+    /// Events removed since the node started.
     pub removed: AtomicU64,
 }
 
 /// The rules in force, read linearizably (through the meta leader): a rule
 /// cleared and acknowledged is never applied afterwards by a node whose
 /// meta replica lags.
-async fn current_rules(ctx: &crate::service::Ctx) -> Result<RetentionRules, String> {
-    use pb::events_server::Events;
-    let req = tonic::Request::new(pb::ListRetentionRequest { serializable: false });
-    let r = tokio::time::timeout(
-        REMOVE_DEADLINE,
-        crate::events::EventsService(ctx.clone()).list_retention(req),
-    )
-    .await
-    .map_err(|_| format!("no answer within {REMOVE_DEADLINE:?}"))?
-    .map_err(|s| s.to_string())?
-    .into_inner();
+async fn current_rules(ctx: &Ctx) -> Result<RetentionRules> {
+    let req = pb::ListRetentionRequest { serializable: false };
+    let r = tokio::time::timeout(REMOVE_DEADLINE, Events(ctx).list_retention(req, Origin::Client))
+        .await
+        .map_err(|_| Error::unavailable(format!("no answer within {REMOVE_DEADLINE:?}")))??;
     Ok(RetentionRules(
         r.rules
             .into_iter()
@@ -107,7 +129,7 @@ async fn current_rules(ctx: &crate::service::Ctx) -> Result<RetentionRules, Stri
 /// Applies the rules every `interval` to the partitions this node leads,
 /// until `stop`.
 pub async fn run(
-    ctx: crate::service::Ctx,
+    ctx: Ctx,
     interval: Duration,
     stats: Arc<RetentionStats>,
     mut stop: tokio::sync::watch::Receiver<bool>,

@@ -4,7 +4,7 @@
 //!
 //! Placement: the meta leader plans every partition's replicas (3 by
 //! default, `--partition-replicas`) over the meta voters with
-//! [`crate::placement::plan`] and records the plan in meta
+//! [`crate::cluster::placement::plan`] and records the plan in meta
 //! (`PlacePartitions`). With 3 voters every node holds every partition;
 //! with more, each holds its share. Each node, for each partition it leads,
 //! brings the partition's Raft membership to the plan one step at a time
@@ -26,6 +26,8 @@ use esf_raft::meta::Placement;
 use esf_raft::openraft::async_runtime::WatchReceiver;
 use esf_raft::openraft::{BasicNode, ServerState};
 use tracing::{info, warn};
+
+use crate::error::Error;
 
 /// Default number of event partitions of a new cluster.
 pub const DEFAULT_PARTITIONS: u32 = 8;
@@ -99,10 +101,13 @@ impl Routes {
         self.hints.lock().expect("routes lock").get(&p).cloned()
     }
 
+    /// Remembers `addr` as the replica of partition `p` that last answered.
     pub fn learn(&self, p: u32, addr: &str) {
         self.hints.lock().expect("routes lock").insert(p, addr.to_string());
     }
 
+    /// Forgets the replica of partition `p` that last answered (it no
+    /// longer does).
     pub fn forget(&self, p: u32) {
         self.hints.lock().expect("routes lock").remove(&p);
     }
@@ -358,7 +363,7 @@ async fn plan_placement(meta: &MetaGroup, count: u32, replicas: u32, current: &P
     let (voters, nodes) = membership_of(meta.raft());
     let excluded: BTreeSet<u64> = current.excluded.iter().copied().collect();
     let eligible: BTreeSet<u64> = voters.difference(&excluded).copied().collect();
-    let desired = crate::placement::plan(&current.plan, &eligible, count, replicas);
+    let desired = crate::cluster::placement::plan(&current.plan, &eligible, count, replicas);
     let changed: Vec<(u32, Vec<u64>)> = desired
         .into_iter()
         .filter(|(p, r)| !r.is_empty() && current.plan.get(p) != Some(r))
@@ -384,8 +389,8 @@ async fn plan_placement(meta: &MetaGroup, count: u32, replicas: u32, current: &P
 /// planner clears an exclusion only once it sees the node out of meta,
 /// and a node removed and added back between two of its passes would
 /// otherwise stay excluded, a voter that holds no partition.
-pub fn readmit(meta: &MetaGroup, node: u64) -> Result<Option<Op>, String> {
-    let current = meta.store().placement().map_err(|e| e.to_string())?;
+pub fn readmit(meta: &MetaGroup, node: u64) -> Result<Option<Op>, Error> {
+    let current = meta.store().placement()?;
     Ok(current.excluded.contains(&node).then(|| Op::PlacePartitions {
         plan: Vec::new(),
         exclude: Vec::new(),
@@ -395,18 +400,18 @@ pub fn readmit(meta: &MetaGroup, node: u64) -> Result<Option<Op>, String> {
 
 /// The placement without `node`: every partition replica moves elsewhere
 /// (used by `member remove` before the node leaves meta).
-pub fn plan_without(meta: &MetaGroup, node: u64, count: u32, replicas: u32) -> Result<Op, String> {
-    let current = meta.store().placement().map_err(|e| e.to_string())?;
+pub fn plan_without(meta: &MetaGroup, node: u64, count: u32, replicas: u32) -> Result<Op, Error> {
+    let current = meta.store().placement()?;
     let (voters, _) = membership_of(meta.raft());
     let mut excluded: BTreeSet<u64> = current.excluded.iter().copied().collect();
     excluded.insert(node);
     let eligible: BTreeSet<u64> = voters.difference(&excluded).copied().collect();
     if eligible.is_empty() {
-        return Err(format!(
+        return Err(Error::Precondition(format!(
             "no voter other than node {node} is left to hold the partitions"
-        ));
+        )));
     }
-    let plan = crate::placement::plan(&current.plan, &eligible, count, replicas);
+    let plan = crate::cluster::placement::plan(&current.plan, &eligible, count, replicas);
     Ok(Op::PlacePartitions {
         plan: plan.into_iter().collect(),
         exclude: vec![node],

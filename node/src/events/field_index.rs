@@ -12,9 +12,7 @@ use esf_raft::group::MetaGroup;
 use esf_raft::openraft::async_runtime::WatchReceiver;
 use tracing::warn;
 
-use crate::convert::RESERVED_KEY_BYTE;
-
-const KEY_PREFIX: &[u8] = b"index/";
+use crate::keyspace::Area;
 
 /// How often each node reconciles partitions with the declarations and
 /// continues backfills. A fixed poll because the work depends on three
@@ -27,27 +25,24 @@ pub const PROPOSE_DEADLINE: Duration = Duration::from_secs(10);
 
 /// The meta key declaring `field`.
 pub fn declaration_key(field: &str) -> Vec<u8> {
-    let mut k = vec![RESERVED_KEY_BYTE];
-    k.extend_from_slice(KEY_PREFIX);
-    k.extend_from_slice(field.as_bytes());
-    k
+    Area::FieldIndex.key(field.as_bytes())
 }
 
 /// The range of every declaration.
 pub fn declarations_range() -> KeyRange {
-    KeyRange::Prefix(declaration_key(""))
+    Area::FieldIndex.range()
 }
 
 /// The field a declaration key names.
 pub fn field_of(key: &[u8]) -> Option<String> {
-    let f = key.strip_prefix(&declaration_key("")[..])?;
+    let f = Area::FieldIndex.name_of(key)?;
     String::from_utf8(f.to_vec()).ok()
 }
 
 /// The declared fields as this node's meta replica has them.
-pub fn local_declared(meta: &MetaGroup) -> Result<BTreeSet<String>, String> {
+pub fn local_declared(meta: &MetaGroup) -> Result<BTreeSet<String>, esf_raft::Error> {
     let req = crate::convert::read_all(declarations_range(), true);
-    let (res, _) = meta.store().range(&req).map_err(|e| e.to_string())?;
+    let (res, _) = meta.store().range(&req)?;
     Ok(res.kvs.iter().filter_map(|kv| field_of(&kv.key)).collect())
 }
 
@@ -55,7 +50,7 @@ pub fn local_declared(meta: &MetaGroup) -> Result<BTreeSet<String>, String> {
 /// backfills (on every replica), every [`SYNC_INTERVAL`], until `stop`.
 pub async fn run(
     meta: std::sync::Arc<MetaGroup>,
-    partitions: crate::partitions::Partitions,
+    partitions: crate::cluster::partitions::Partitions,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     loop {

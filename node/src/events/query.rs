@@ -11,9 +11,8 @@
 
 use esf_client::pb;
 use esf_raft::events::query::{Bound, Filter, Predicate};
-use tonic::Status;
 
-use crate::convert::invalid;
+use crate::error::Error;
 
 /// Events per page when the request does not say.
 pub const DEFAULT_QUERY_LIMIT: usize = 100;
@@ -37,16 +36,19 @@ pub struct Query {
 }
 
 /// Checks a request; errors name the field.
-pub fn parse(r: &pb::QueryEventsRequest) -> Result<Query, Status> {
+pub fn parse(r: &pb::QueryEventsRequest) -> Result<Query, Error> {
     let limit = match r.limit as usize {
         0 => DEFAULT_QUERY_LIMIT,
         n if n > MAX_QUERY_LIMIT => {
-            return Err(invalid("query.limit", format!("{n} is more than {MAX_QUERY_LIMIT}")));
+            return Err(Error::invalid(
+                "query.limit",
+                format!("{n} is more than {MAX_QUERY_LIMIT}"),
+            ));
         }
         n => n,
     };
     if r.from_time_ms != 0 && r.to_time_ms != 0 && r.from_time_ms >= r.to_time_ms {
-        return Err(invalid(
+        return Err(Error::invalid(
             "query.to_time_ms",
             format!("{} is not after from_time_ms {}", r.to_time_ms, r.from_time_ms),
         ));
@@ -54,7 +56,7 @@ pub fn parse(r: &pb::QueryEventsRequest) -> Result<Query, Status> {
     let mut predicates = Vec::new();
     for (i, p) in r.predicates.iter().enumerate() {
         let parsed = Predicate::parse(&p.field, &p.op, &p.value)
-            .map_err(|(part, reason)| invalid(&format!("query.predicates[{i}].{part}"), reason))?;
+            .map_err(|(part, reason)| Error::invalid(&format!("query.predicates[{i}].{part}"), reason))?;
         predicates.push(parsed);
     }
     let filter = Filter {
@@ -109,8 +111,8 @@ pub fn cursor_position(c: &str) -> Option<(u64, u32, u64)> {
     decode_cursor(c, u64::from_str_radix(fp, 16).ok()?).ok()
 }
 
-fn decode_cursor(c: &str, fingerprint: u64) -> Result<(u64, u32, u64), Status> {
-    let bad = || invalid("query.cursor", format!("{c:?} is not a cursor of an events query"));
+fn decode_cursor(c: &str, fingerprint: u64) -> Result<(u64, u32, u64), Error> {
+    let bad = || Error::invalid("query.cursor", format!("{c:?} is not a cursor of an events query"));
     let parts: Vec<&str> = c.split('.').collect();
     let [version, fp, ts, p, off] = parts[..] else {
         return Err(bad());
@@ -120,7 +122,7 @@ fn decode_cursor(c: &str, fingerprint: u64) -> Result<(u64, u32, u64), Status> {
     }
     let fp = u64::from_str_radix(fp, 16).map_err(|_| bad())?;
     if fp != fingerprint {
-        return Err(invalid(
+        return Err(Error::invalid(
             "query.cursor",
             "comes from another query (other filters, order or partitions): a cursor continues only the query that returned it",
         ));
@@ -327,7 +329,7 @@ mod tests {
 
     #[test]
     fn bad_queries_name_the_field() {
-        let err = |r: pb::QueryEventsRequest| parse(&r).expect_err("must fail").message().to_string();
+        let err = |r: pb::QueryEventsRequest| parse(&r).expect_err("must fail").to_string();
         let op = pb::Predicate {
             field: "amount".into(),
             op: "like".into(),

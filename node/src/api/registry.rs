@@ -1,0 +1,153 @@
+//! `esf.v1.Registry`: the service registry's gRPC service over the meta
+//! group (records in [`crate::registry`]). Registration is a put bound to
+//! the instance's lease, lookup a range of the service's prefix, a
+//! registry watch a key watch on it; writes and linearizable reads are
+//! forwarded to the meta leader.
+
+use std::collections::BTreeMap;
+
+use esf_client::pb;
+use esf_raft::command::{Command, DeleteRequest, KeyRange, Op, OpResult, PutRequest};
+use futures::StreamExt;
+use prost::Message;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+
+use super::forward::forward_or;
+use crate::context::Ctx;
+use crate::convert::{self, consistency};
+use crate::error::Error;
+use crate::kv::watch;
+use crate::registry::{self, watch_response};
+
+type RegistryStub = pb::registry_client::RegistryClient<Channel>;
+
+/// `esf.v1.Registry`.
+pub struct RegistryService(pub Ctx);
+
+type RegistryWatchStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::RegistryWatchResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::registry_server::Registry for RegistryService {
+    type WatchStream = RegistryWatchStream;
+
+    async fn register(&self, req: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
+        let msg = req.get_ref().clone();
+        let Some(inst) = msg.instance.clone() else {
+            return Err(Error::invalid("instance", "is required").into());
+        };
+        registry::check_instance(&inst)?;
+        let stored = pb::Instance {
+            lease: 0,
+            revision: 0,
+            ..inst.clone()
+        };
+        let cmd = Command {
+            session: convert::session(msg.session),
+            op: Op::Put(PutRequest {
+                key: registry::instance_key(&inst.service, &inst.id),
+                value: stored.encode_to_vec(),
+                lease: inst.lease,
+                prev_kv: true,
+            }),
+        };
+        match self.0.write(cmd).await {
+            Ok((h, OpResult::Put { prev_kv })) => Ok(Response::new(pb::RegisterResponse {
+                header: Some(h),
+                previous: prev_kv.as_ref().map(registry::instance),
+            })),
+            Ok((_, other)) => Err(Error::unexpected(other).into()),
+            Err(e) => forward_or!(self.0, RegistryStub, req, e, register, msg),
+        }
+    }
+
+    async fn deregister(
+        &self,
+        req: Request<pb::DeregisterRequest>,
+    ) -> Result<Response<pb::DeregisterResponse>, Status> {
+        let msg = req.get_ref().clone();
+        registry::check_name("service", &msg.service, false)?;
+        registry::check_name("id", &msg.id, true)?;
+        let cmd = Command {
+            session: convert::session(msg.session),
+            op: Op::Delete(DeleteRequest {
+                range: KeyRange::Key(registry::instance_key(&msg.service, &msg.id)),
+                prev_kv: false,
+            }),
+        };
+        match self.0.write(cmd).await {
+            Ok((h, OpResult::Delete { deleted, .. })) => Ok(Response::new(pb::DeregisterResponse {
+                header: Some(h),
+                deregistered: deleted > 0,
+            })),
+            Ok((_, other)) => Err(Error::unexpected(other).into()),
+            Err(e) => forward_or!(self.0, RegistryStub, req, e, deregister, msg),
+        }
+    }
+
+    async fn lookup(&self, req: Request<pb::LookupRequest>) -> Result<Response<pb::LookupResponse>, Status> {
+        let msg = req.get_ref().clone();
+        registry::check_name("service", &msg.service, false)?;
+        let r = convert::read_all(registry::instances(Some(&msg.service)), false);
+        match self.0.meta.range(&r, consistency(msg.serializable)).await {
+            Ok((h, res)) => Ok(Response::new(pb::LookupResponse {
+                header: Some(convert::header(h)),
+                instances: res
+                    .kvs
+                    .iter()
+                    .map(registry::instance)
+                    .filter(|i| msg.tags.iter().all(|t| i.tags.contains(t)))
+                    .collect(),
+            })),
+            Err(e) => forward_or!(self.0, RegistryStub, req, e, lookup, msg),
+        }
+    }
+
+    async fn list_services(
+        &self,
+        req: Request<pb::ListServicesRequest>,
+    ) -> Result<Response<pb::ListServicesResponse>, Status> {
+        let msg = req.get_ref().clone();
+        let r = convert::read_all(registry::instances(None), true);
+        match self.0.meta.range(&r, consistency(msg.serializable)).await {
+            Ok((h, res)) => {
+                let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+                for kv in &res.kvs {
+                    if let Some((service, _)) = registry::split_key(&kv.key) {
+                        *counts.entry(service).or_default() += 1;
+                    }
+                }
+                Ok(Response::new(pb::ListServicesResponse {
+                    header: Some(convert::header(h)),
+                    services: counts
+                        .into_iter()
+                        .map(|(name, instances)| pb::ServiceSummary { name, instances })
+                        .collect(),
+                }))
+            }
+            Err(e) => forward_or!(self.0, RegistryStub, req, e, list_services, msg),
+        }
+    }
+
+    async fn watch(&self, req: Request<pb::RegistryWatchRequest>) -> Result<Response<RegistryWatchStream>, Status> {
+        let msg = req.into_inner();
+        let service = if msg.service.is_empty() {
+            None
+        } else {
+            registry::check_name("watch.service", &msg.service, false)?;
+            Some(msg.service.as_str())
+        };
+        let rx = watch::start_watch(
+            &self.0,
+            "watch",
+            registry::instances(service),
+            msg.start_revision,
+            true,
+            msg.progress_notify_ms,
+        )?;
+        Ok(Response::new(Box::pin(
+            rx.map(|r| r.map(watch_response).map_err(Status::from)),
+        )))
+    }
+}

@@ -1,0 +1,343 @@
+//! Command-line interface: `esf serve`, `esf config validate`, and client
+//! commands (kv, lease, registry, events, snapshot, member, endpoint,
+//! leader).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use esf_client::{Client, ClientOptions, key_range_key, key_range_prefix, pb};
+use serde_json::{Value, json};
+
+use crate::config::{self, Flags};
+use crate::keyspace::AUDIT_STREAM;
+
+mod audit;
+mod backup;
+mod events;
+mod kv;
+mod lease;
+mod member;
+mod output;
+mod registry;
+mod subscription;
+
+use audit::*;
+use backup::*;
+use events::*;
+use kv::*;
+use lease::*;
+use member::*;
+use output::*;
+use registry::*;
+use subscription::*;
+
+/// ESF: configuration, registry and events on Raft.
+#[derive(Debug, Parser)]
+#[command(name = "esf", version, about)]
+pub struct Cli {
+    /// gRPC endpoints of the cluster, comma separated.
+    #[arg(
+        long,
+        global = true,
+        env = "ESF_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:2379"
+    )]
+    endpoints: Vec<String>,
+    /// Output format.
+    #[arg(short = 'o', long, global = true, env = "ESF_OUTPUT", default_value = "table")]
+    output: Output,
+    /// Deadline of a client call including retries, in seconds.
+    #[arg(long, global = true, default_value_t = 15)]
+    timeout_secs: u64,
+    /// Only talk to nodes of this cluster (default: the first that answers).
+    #[arg(long, global = true, env = "ESF_CLUSTER_ID")]
+    cluster_id: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a node.
+    Serve(Flags),
+    /// Configuration files.
+    #[command(subcommand)]
+    Config(ConfigCmd),
+    /// Key-value store.
+    #[command(subcommand)]
+    Kv(KvCmd),
+    /// Leases (keys that expire unless kept alive).
+    #[command(subcommand)]
+    Lease(LeaseCmd),
+    /// Service registry.
+    #[command(subcommand)]
+    Registry(RegistryCmd),
+    /// Backups: save a snapshot of a live cluster, restore it offline.
+    #[command(subcommand)]
+    Snapshot(SnapshotCmd),
+    /// Event store: append, read, subscribe.
+    #[command(subcommand)]
+    Events(EventsCmd),
+    /// Durable named subscriptions.
+    #[command(subcommand)]
+    Subscription(SubscriptionCmd),
+    /// The audit trail: one event per revision of config, registry and
+    /// subscription state, in stream $audit.
+    #[command(subcommand)]
+    Audit(AuditCmd),
+    /// Cluster membership.
+    #[command(subcommand)]
+    Member(MemberCmd),
+    /// Per-endpoint status and health.
+    #[command(subcommand)]
+    Endpoint(EndpointCmd),
+    /// Leadership.
+    #[command(subcommand)]
+    Leader(LeaderCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCmd {
+    /// Check a TOML config file (with the environment layered on top).
+    Validate { file: PathBuf },
+}
+
+/// Runs the parsed command.
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let opts = ClientOptions {
+        retry_deadline: std::time::Duration::from_secs(cli.timeout_secs),
+        cluster_id: cli.cluster_id.clone(),
+        ..Default::default()
+    };
+    let client = || Client::new(&cli.endpoints, opts.clone()).map_err(|e| anyhow::anyhow!("endpoints: {e}"));
+    // `member remove` retries while the node's partition replicas move.
+    let remove_client = || {
+        let opts = ClientOptions {
+            retry_deadline: opts.retry_deadline.max(MEMBER_REMOVE_DEADLINE),
+            ..opts.clone()
+        };
+        Client::new(&cli.endpoints, opts).map_err(|e| anyhow::anyhow!("endpoints: {e}"))
+    };
+    let out = cli.output;
+    match cli.command {
+        Command::Serve(flags) => {
+            let cfg = config::load(flags.config.as_deref(), &flags)?;
+            init_tracing(&cfg.log_level);
+            crate::node::run(cfg).await?;
+        }
+        Command::Config(ConfigCmd::Validate { file }) => {
+            let cfg = config::load(Some(&file), &Flags::default())?;
+            print(out, &json!({"valid": true, "node_id": cfg.node_id}), || {
+                format!("{}: valid\n", file.display())
+            });
+        }
+        Command::Kv(cmd) => kv(client()?, out, cmd).await?,
+        Command::Lease(cmd) => lease(client()?, out, cmd).await?,
+        Command::Registry(cmd) => registry(client()?, out, cmd).await?,
+        Command::Events(cmd) => events(client()?, out, cmd).await?,
+        Command::Audit(AuditCmd::Tail {
+            limit,
+            from_revision,
+            follow,
+        }) => audit_tail(client()?, out, limit, from_revision, follow).await?,
+        Command::Subscription(cmd) => subscription(client()?, out, cmd).await?,
+        Command::Snapshot(SnapshotCmd::Save { file }) => snapshot_save(client()?, out, &file).await?,
+        Command::Snapshot(SnapshotCmd::Inspect { file }) => snapshot_inspect(out, &file)?,
+        Command::Snapshot(SnapshotCmd::Restore {
+            file,
+            data_dir,
+            node_id,
+            advertise,
+        }) => snapshot_restore(out, &file, &data_dir, node_id, &advertise).await?,
+        Command::Member(cmd) => {
+            let c = client()?;
+            let r = match cmd {
+                MemberCmd::List => c.members().await?,
+                MemberCmd::Add { id, addr } => c.add_learner(id, &addr).await?,
+                MemberCmd::Promote { id } => c.promote(id).await?,
+                MemberCmd::Remove { id } => remove_client()?.remove(id).await?,
+            };
+            let v = json!({"leader_id": r.leader_id, "members": r.members.iter().map(|m| json!({"id": m.id, "addr": m.addr, "voter": m.voter, "holds_data": m.holds_data, "leader": m.id == r.leader_id})).collect::<Vec<_>>()});
+            print(out, &v, || {
+                let mut s = format!("{:<6} {:<24} {:<8} {:<5} {}\n", "ID", "ADDR", "ROLE", "DATA", "LEADER");
+                for m in &r.members {
+                    s += &format!(
+                        "{:<6} {:<24} {:<8} {:<5} {}\n",
+                        m.id,
+                        m.addr,
+                        if m.voter { "voter" } else { "learner" },
+                        if m.holds_data { "yes" } else { "no" },
+                        if m.id == r.leader_id { "*" } else { "" }
+                    );
+                }
+                s
+            });
+        }
+        Command::Endpoint(EndpointCmd::Partitions) => {
+            let c = client()?;
+            let all = c.status_members().await?;
+            let (rows, ok) = partition_rows(&all);
+            let v = Value::Array(rows.clone());
+            print(out, &v, || {
+                let mut s = format!(
+                    "{:<9} {:<6} {:<5} {:<12} {:<12} {:<9} {:<7} {}\n",
+                    "PARTITION", "LEADER", "TERM", "PLANNED", "VOTERS", "LEARNERS", "COMMIT", "LAG (node:entries)"
+                );
+                let ids = |v: &Value| {
+                    v.as_array()
+                        .map(|a| a.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(","))
+                        .unwrap_or_default()
+                };
+                for r in &rows {
+                    let lag = r["lag"]
+                        .as_object()
+                        .map(|m| {
+                            m.iter()
+                                .map(|(n, l)| format!("{n}:{}", if l.is_null() { "?".into() } else { l.to_string() }))
+                                .collect::<Vec<_>>()
+                                .join(" ")
+                        })
+                        .unwrap_or_default();
+                    s += &format!(
+                        "{:<9} {:<6} {:<5} {:<12} {:<12} {:<9} {:<7} {}\n",
+                        r["partition"].to_string(),
+                        r["leader_id"].to_string(),
+                        r["term"].to_string(),
+                        ids(&r["planned"]),
+                        ids(&r["voters"]),
+                        ids(&r["learners"]),
+                        r["commit_index"].to_string(),
+                        lag
+                    );
+                }
+                s
+            });
+            if !ok {
+                return Ok(ExitCode::from(1));
+            }
+        }
+        Command::Endpoint(cmd) => {
+            let c = client()?;
+            let all = c.status_all().await;
+            let mut healthy = true;
+            let mut rows = Vec::new();
+            for (ep, r) in &all {
+                match r {
+                    Ok(s) => {
+                        let g = s.groups.first().cloned().unwrap_or_default();
+                        if g.leader_id == 0 {
+                            healthy = false;
+                        }
+                        // Partitions this node holds a replica of (it
+                        // forwards the others).
+                        let held: Vec<&pb::GroupStatus> = s.groups.iter().skip(1).filter(|g| g.held).collect();
+                        let led = held.iter().filter(|g| g.role == "leader").count();
+                        let partitions = held.len();
+                        let leaderless = held.iter().filter(|g| g.leader_id == 0).count();
+                        if leaderless > 0 {
+                            healthy = false;
+                        }
+                        rows.push(json!({"endpoint": ep, "healthy": g.leader_id != 0 && leaderless == 0, "partitions": partitions, "partitions_led": led, "partitions_without_leader": leaderless, "node_id": s.node_id, "cluster_id": s.cluster_id, "role": g.role, "term": g.term, "leader_id": g.leader_id, "commit_index": g.commit_index, "applied_index": g.applied_index, "db_size_bytes": s.db_size_bytes, "quota_alarm": s.quota_alarm, "quota_used_bytes": s.quota_used_bytes, "quota_bytes": s.quota_bytes, "audit_relayed_revision": s.audit_relayed_revision, "audit_lag": s.audit_lag, "version": s.version}));
+                    }
+                    Err(e) => {
+                        healthy = false;
+                        rows.push(json!({"endpoint": ep, "healthy": false, "error": e.to_string()}));
+                    }
+                }
+            }
+            let v = Value::Array(rows.clone());
+            let health = matches!(cmd, EndpointCmd::Health);
+            if !health {
+                print(out, &v, || {
+                    let mut s = format!(
+                        "{:<26} {:<5} {:<9} {:<5} {:<6} {:<8} {:<8} {:<10} {:<7} {:<9} {:<9} {}\n",
+                        "ENDPOINT",
+                        "ID",
+                        "ROLE",
+                        "TERM",
+                        "LEADER",
+                        "COMMIT",
+                        "APPLIED",
+                        "DB BYTES",
+                        "ALARM",
+                        "PARTS LED",
+                        "AUDIT LAG",
+                        "VERSION"
+                    );
+                    for r in &rows {
+                        if let Some(err) = r.get("error") {
+                            s += &format!(
+                                "{:<26} unreachable: {}\n",
+                                r["endpoint"].as_str().unwrap_or(""),
+                                err.as_str().unwrap_or("")
+                            );
+                        } else {
+                            s += &format!(
+                                "{:<26} {:<5} {:<9} {:<5} {:<6} {:<8} {:<8} {:<10} {:<7} {:<9} {:<9} {}\n",
+                                r["endpoint"].as_str().unwrap_or(""),
+                                r["node_id"].to_string(),
+                                r["role"].as_str().unwrap_or(""),
+                                r["term"].to_string(),
+                                r["leader_id"].to_string(),
+                                r["commit_index"].to_string(),
+                                r["applied_index"].to_string(),
+                                r["db_size_bytes"].to_string(),
+                                if r["quota_alarm"] == true { "NOSPACE" } else { "-" },
+                                format!("{}/{}", r["partitions_led"], r["partitions"]),
+                                r["audit_lag"].to_string(),
+                                r["version"].as_str().unwrap_or("")
+                            );
+                        }
+                    }
+                    s
+                })
+            } else {
+                print(out, &v, || {
+                    rows.iter()
+                        .map(|r| {
+                            format!(
+                                "{} is {}\n",
+                                r["endpoint"].as_str().unwrap_or(""),
+                                if r["healthy"] == json!(true) {
+                                    "healthy"
+                                } else {
+                                    "unhealthy"
+                                }
+                            )
+                        })
+                        .collect()
+                })
+            }
+            if !healthy && health {
+                return Ok(ExitCode::from(1));
+            }
+        }
+        Command::Leader(LeaderCmd::Transfer { to }) => {
+            let r = client()?.transfer_leader(to).await?;
+            print(out, &json!({"leader_id": r.leader_id}), || {
+                format!("leader is now node {}\n", r.leader_id)
+            });
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn init_tracing(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .try_init();
+}

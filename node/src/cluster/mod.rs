@@ -1,0 +1,12 @@
+//! The cluster as a whole: who is a member ([`membership`]), how a
+//! cluster forms and a node leaves ([`formation`]), where partition
+//! replicas go ([`placement`], a pure plan) and how they get there
+//! ([`partitions`], the reconciler), and which leader each group had per
+//! term ([`leaders`]). Every change to the cluster is carried out through
+//! Raft. Gossip, health aggregation and failover belong here too.
+
+pub mod formation;
+pub mod leaders;
+pub mod membership;
+pub mod partitions;
+pub mod placement;

@@ -1,0 +1,67 @@
+//! esf-node: the ESF node (`esf serve`) and its command-line client, as a
+//! library the `esf` binary runs (and tests can start in-process).
+//!
+//! # Layers
+//!
+//! Imports point one way, down this list; nothing imports a layer above
+//! its own (`scripts/check-layers.sh` checks it in CI):
+//!
+//! ```text
+//! main.rs ─► cli/ ─► node.rs ─► api/, admin.rs            (entry, wiring, adapters)
+//!                                  │
+//!                                  ▼
+//!          kv/  events/  registry  subscriptions  audit   (domain: typed calls
+//!          cluster/  backup/                               that handlers and
+//!                                  │                       background tasks share)
+//!                                  ▼
+//!          context  error  keyspace  convert  identity    (shared ground)
+//!          config  net/
+//! ```
+//!
+//! - Shared ground: [`context`] (the node's state and how to call a
+//!   peer), [`error`] (the node's error type and THE mapping to gRPC
+//!   status), [`keyspace`] (reserved meta keys and streams), [`convert`]
+//!   (proto <-> raft types), [`identity`] (the data dir's owner),
+//!   [`config`], [`net`] (peer channels, the Raft transport's client).
+//! - Domain: [`kv`] (watch engine), [`events`] (routing to partition
+//!   replicas and leaders, feeds, queries, retention, field indexes),
+//!   [`registry`], [`subscriptions`], [`audit`] (the audit relay),
+//!   [`cluster`] (membership, formation, placement, the partition
+//!   reconciler, leader log), [`backup`] (the snapshot file and serving
+//!   it). Domain functions return [`error::Error`]; they never build a
+//!   gRPC status.
+//! - Adapters: [`api`] (the gRPC services, forwarding to leaders; the
+//!   only place requests and responses of tonic appear, besides the
+//!   peer calls the domain makes), [`admin`] (HTTP health and metrics).
+//! - Wiring: [`node`] (start, serve, shut down), [`cli`] (the `esf`
+//!   commands).
+//!
+//! # Where a new feature goes
+//!
+//! A feature is one file (or folder) per layer: its records and rules in
+//! a domain module (a new reserved key area in [`keyspace`]), its gRPC
+//! service in `api/`, its command in `cli/`, its task started in
+//! [`node`]. Gossip, health and failover go in `cluster/` (`gossip.rs`,
+//! `health.rs`, `failover.rs`); TLS, users and permissions in a
+//! `security/` domain folder with the checks in `api/intercept.rs`;
+//! metrics and the performance monitor in a `telemetry/` folder;
+//! jobs in a `jobs/` domain folder.
+
+pub mod admin;
+pub mod api;
+pub mod audit;
+pub mod backup;
+pub mod cli;
+pub mod cluster;
+pub mod config;
+pub mod context;
+pub mod convert;
+pub mod error;
+pub mod events;
+pub mod identity;
+pub mod keyspace;
+pub mod kv;
+pub mod net;
+pub mod node;
+pub mod registry;
+pub mod subscriptions;
