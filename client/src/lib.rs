@@ -15,7 +15,6 @@
 //! It depends on neither RocksDB nor openraft.
 
 mod error;
-pub mod uuid;
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -26,6 +25,8 @@ use std::time::Duration;
 
 pub use error::{Error, Result};
 pub use esf_proto::v1 as pb;
+/// Event ids (moved to esf-proto, which the node and the client share).
+pub use esf_proto::uuid;
 use pb::cluster_client::ClusterClient;
 use pb::config_client::ConfigClient;
 use pb::events_client::EventsClient;
