@@ -72,10 +72,7 @@ impl Conn {
         eps.rotate_left(first % n);
         Ok(match target {
             Target::Esf => {
-                let opts = esf_client::ClientOptions {
-                    request_timeout: timeout,
-                    ..esf_client::ClientOptions::default()
-                };
+                let opts = esf_client::ClientOptions::new().with_request_timeout(timeout);
                 Conn::Esf(esf_client::Client::new(&eps, opts).map_err(|e| anyhow!("esf client: {e}"))?)
             }
             Target::Etcd => {

@@ -198,12 +198,10 @@ impl Node {
     pub fn client(&self) -> Client {
         Client::new(
             &[self.grpc.as_str()],
-            ClientOptions {
-                retry_deadline: Duration::from_secs(20),
+            ClientOptions::new()
+                .with_retry_deadline(Duration::from_secs(20))
                 // Pinned: requests go through this node, forwarded or not.
-                follow_leader: false,
-                ..Default::default()
-            },
+                .with_follow_leader(false),
         )
         .expect("client")
     }
@@ -397,10 +395,7 @@ impl Cluster {
         let eps: Vec<&str> = self.nodes.iter().map(|n| n.grpc.as_str()).collect();
         Client::new(
             &eps,
-            ClientOptions {
-                retry_deadline: Duration::from_secs(30),
-                ..Default::default()
-            },
+            ClientOptions::new().with_retry_deadline(Duration::from_secs(30)),
         )
         .expect("client")
     }

@@ -523,10 +523,7 @@ async fn node_of_another_cluster_cannot_be_added_and_keeps_its_data() {
     eps.extend(a.nodes.iter().map(|n| n.grpc.clone()));
     let pinned = esf_client::Client::new(
         &eps,
-        esf_client::ClientOptions {
-            cluster_id: Some(a_id.clone()),
-            ..Default::default()
-        },
+        esf_client::ClientOptions::new().with_cluster_id(Some(a_id.clone())),
     )
     .expect("client");
     let r = pinned.put("pinned-key", "v").await.expect("put reaches cluster a");
@@ -535,11 +532,9 @@ async fn node_of_another_cluster_cannot_be_added_and_keeps_its_data() {
     assert!(kv.is_none(), "cluster b never saw the pinned client's write");
     let only_b = esf_client::Client::new(
         &[other.as_str()],
-        esf_client::ClientOptions {
-            cluster_id: Some(a_id),
-            retry_deadline: std::time::Duration::from_secs(2),
-            ..Default::default()
-        },
+        esf_client::ClientOptions::new()
+            .with_cluster_id(Some(a_id))
+            .with_retry_deadline(std::time::Duration::from_secs(2)),
     )
     .expect("client");
     let err = only_b
@@ -2263,10 +2258,7 @@ async fn an_isolated_leader_acknowledges_nothing_and_is_replaced() {
     // no linearizable read answered.
     let lonely = esf_client::Client::new(
         &[c.node(leader).grpc.as_str()],
-        esf_client::ClientOptions {
-            retry_deadline: std::time::Duration::from_secs(4),
-            ..Default::default()
-        },
+        esf_client::ClientOptions::new().with_retry_deadline(std::time::Duration::from_secs(4)),
     )
     .expect("client");
     let w = lonely.put("during", "lost?").await;

@@ -370,13 +370,11 @@ fn client(endpoints: &[String]) -> anyhow::Result<Client> {
     let eps: Vec<&str> = endpoints.iter().map(String::as_str).collect();
     Ok(Client::new(
         &eps,
-        ClientOptions {
-            retry_deadline: OP_DEADLINE,
+        ClientOptions::new()
+            .with_retry_deadline(OP_DEADLINE)
             // A process stays bound to its node (clients on both sides of
             // a partition), as Jepsen binds them.
-            follow_leader: false,
-            ..Default::default()
-        },
+            .with_follow_leader(false),
     )?)
 }
 
@@ -396,9 +394,16 @@ fn classify(e: &esf_client::Error) -> Kind {
         | E::InvalidEndpoint { .. }
         | E::OutOfRange(_)
         | E::NotFound(_)
+        | E::AlreadyExists(_)
         | E::FailedPrecondition(_)
+        | E::PermissionDenied(_)
+        | E::Unauthenticated(_)
         | E::ResourceExhausted(_) => Kind::Fail,
-        E::Unavailable(_) | E::Internal(_) => Kind::Info,
+        // A not-leader answer surfaces only once retries ran out: like
+        // Unavailable, the outcome of the last attempt is unknown.
+        E::NotLeader { .. } | E::Unavailable(_) | E::Internal(_) => Kind::Info,
+        // A kind added later: claim nothing about the outcome.
+        _ => Kind::Info,
     }
 }
 

@@ -1,4 +1,10 @@
 //! Event ids: UUIDs in their canonical text form (8-4-4-4-12 hex digits).
+//!
+//! Server and client share it: the client names events before their first
+//! append attempt (so a retried append is applied once) and the node
+//! parses the ids it stores. It does not implement the UUID versions
+//! beyond random (v4) and does not validate the version or variant bits
+//! of ids it parses: any 128 bits in canonical form are an id.
 
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,0 +1,173 @@
+//! Endpoints: parsing an address, one lazily connected channel per node,
+//! the cluster pin every request carries, and the one constructor of the
+//! generated service clients ([`Stub::over`], with the response size
+//! limit).
+//!
+//! A channel is made on first use and kept (one multiplexed HTTP/2
+//! connection per node, reconnected by tonic); the call loop drops it
+//! after a failure that suggests the connection broke. Nothing here
+//! retries or chooses an endpoint: see `call` and `routing`.
+
+use std::sync::{Arc, Mutex};
+
+use esf_proto::wire::{CLUSTER_ID_METADATA, MAX_RESPONSE_BYTES};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::pb;
+use crate::{ClientOptions, Error, Result};
+
+/// Parses `host:port` or `http://host:port` into a URI, with an error that
+/// says what is wrong ([`esf_proto::wire::parse_endpoint`] as an
+/// [`Error::InvalidEndpoint`]).
+pub fn parse_endpoint(s: &str) -> Result<String> {
+    esf_proto::wire::parse_endpoint(s).map_err(|e| Error::InvalidEndpoint {
+        endpoint: e.endpoint,
+        reason: e.reason,
+    })
+}
+
+/// The cluster id a client is pinned to, sent with every request.
+#[derive(Clone, Default)]
+pub(crate) struct ClusterPin(Arc<Mutex<Option<String>>>);
+
+impl ClusterPin {
+    /// Pinned to `id` from the start (`None`: the first cluster to answer).
+    pub(crate) fn new(id: Option<String>) -> Self {
+        ClusterPin(Arc::new(Mutex::new(id)))
+    }
+
+    /// Pins the cluster that answered, unless one is pinned already.
+    pub(crate) fn learn(&self, id: &str) {
+        if id.is_empty() {
+            return;
+        }
+        let mut g = self.0.lock().expect("cluster pin lock poisoned");
+        if g.is_none() {
+            *g = Some(id.to_string());
+        }
+    }
+
+    /// The pinned id, if any yet.
+    pub(crate) fn get(&self) -> Option<String> {
+        self.0.lock().expect("cluster pin lock poisoned").clone()
+    }
+}
+
+impl tonic::service::Interceptor for ClusterPin {
+    fn call(&mut self, mut req: tonic::Request<()>) -> std::result::Result<tonic::Request<()>, tonic::Status> {
+        if let Some(id) = self.get() {
+            if let Ok(v) = id.parse() {
+                req.metadata_mut().insert(CLUSTER_ID_METADATA, v);
+            }
+        }
+        Ok(req)
+    }
+}
+
+/// A channel to one node that carries the cluster pin.
+pub(crate) type PinnedChannel = tonic::service::interceptor::InterceptedService<Channel, ClusterPin>;
+
+/// One node the client knows: its URI and, once used, its channel.
+pub(crate) struct Node {
+    pub(crate) uri: String,
+    channel: Mutex<Option<Channel>>,
+}
+
+impl Node {
+    /// A node at `uri` (already parsed), not connected.
+    pub(crate) fn new(uri: String) -> Arc<Node> {
+        Arc::new(Node {
+            uri,
+            channel: Mutex::new(None),
+        })
+    }
+
+    /// The node's channel carrying `pin`, made on first use (no I/O: it
+    /// connects on the first request).
+    pub(crate) fn pinned(&self, opts: &ClientOptions, pin: &ClusterPin) -> Result<PinnedChannel> {
+        let mut guard = self.channel.lock().expect("channel lock poisoned");
+        let ch = match guard.as_ref() {
+            Some(c) => c.clone(),
+            None => {
+                let ep = Endpoint::from_shared(self.uri.clone())
+                    .map_err(|e| Error::InvalidEndpoint {
+                        endpoint: self.uri.clone(),
+                        reason: e.to_string(),
+                    })?
+                    .connect_timeout(opts.connect_timeout)
+                    .timeout(opts.request_timeout)
+                    .tcp_nodelay(true);
+                let ch = ep.connect_lazy();
+                *guard = Some(ch.clone());
+                ch
+            }
+        };
+        Ok(tonic::service::interceptor::InterceptedService::new(ch, pin.clone()))
+    }
+
+    /// Forgets the channel, so the next request reconnects.
+    pub(crate) fn drop_channel(&self) {
+        *self.channel.lock().expect("channel lock poisoned") = None;
+    }
+}
+
+/// A generated service client the call loop can make from a channel.
+pub(crate) trait Stub: Sized {
+    /// The client over `ch`, accepting responses up to
+    /// [`MAX_RESPONSE_BYTES`].
+    fn over(ch: PinnedChannel) -> Self;
+}
+
+macro_rules! stubs {
+    ($($client:ty),* $(,)?) => {$(
+        impl Stub for $client {
+            fn over(ch: PinnedChannel) -> Self {
+                <$client>::new(ch).max_decoding_message_size(MAX_RESPONSE_BYTES)
+            }
+        }
+    )*};
+}
+
+/// The Config (KV) service.
+pub(crate) type ConfigStub = pb::config_client::ConfigClient<PinnedChannel>;
+/// The Lease service.
+pub(crate) type LeaseStub = pb::lease_client::LeaseClient<PinnedChannel>;
+/// The Registry service.
+pub(crate) type RegistryStub = pb::registry_client::RegistryClient<PinnedChannel>;
+/// The Events service.
+pub(crate) type EventsStub = pb::events_client::EventsClient<PinnedChannel>;
+/// The Subscriptions service.
+pub(crate) type SubscriptionsStub = pb::subscriptions_client::SubscriptionsClient<PinnedChannel>;
+/// The Cluster service.
+pub(crate) type ClusterStub = pb::cluster_client::ClusterClient<PinnedChannel>;
+
+stubs!(
+    ConfigStub,
+    LeaseStub,
+    RegistryStub,
+    EventsStub,
+    SubscriptionsStub,
+    ClusterStub
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_endpoint_is_an_invalid_endpoint_error() {
+        assert_eq!(parse_endpoint("h:1").expect("valid"), "http://h:1");
+        match parse_endpoint("h:0") {
+            Err(Error::InvalidEndpoint { endpoint, reason }) => {
+                assert_eq!(endpoint, "h:0");
+                assert!(reason.contains("port must not be 0"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let none: [&str; 0] = [];
+        assert!(matches!(
+            crate::Client::new(&none, ClientOptions::default()),
+            Err(Error::InvalidEndpoint { .. })
+        ));
+    }
+}

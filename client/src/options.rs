@@ -1,0 +1,89 @@
+//! Client settings ([`ClientOptions`]) and their defaults.
+//!
+//! Build them with `ClientOptions::default()` (or `new()`) and the
+//! `with_*` setters. The settings are read when a [`crate::Client`] is
+//! made and never change afterwards; nothing here does I/O.
+
+use std::time::Duration;
+
+/// Default deadline of one attempt.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default deadline for establishing a connection.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default deadline of a call including retries.
+pub const DEFAULT_RETRY_DEADLINE: Duration = Duration::from_secs(15);
+
+/// Client settings.
+///
+/// Prefer the `with_*` setters to a struct literal: fields will be added
+/// (TLS, tokens), and the struct is to become `#[non_exhaustive]` once the
+/// last literal outside this crate is gone.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Deadline of one attempt on one endpoint.
+    pub request_timeout: Duration,
+    /// Deadline for connecting to an endpoint.
+    pub connect_timeout: Duration,
+    /// Deadline of a call including all retries.
+    pub retry_deadline: Duration,
+    /// The cluster the client must talk to. `None`: the first cluster
+    /// that answers; from then on the client sends it with every request
+    /// and a node of another cluster refuses (the client moves on to the
+    /// next endpoint), so a stale endpoint list never reaches a different
+    /// cluster.
+    pub cluster_id: Option<String>,
+    /// When a node answers a request it forwarded to the meta leader, its
+    /// answer names that leader; send the next requests there directly
+    /// (saves a hop per request). Off: stay on the endpoint that answered
+    /// (tests that pin one node).
+    pub follow_leader: bool,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            retry_deadline: DEFAULT_RETRY_DEADLINE,
+            cluster_id: None,
+            follow_leader: true,
+        }
+    }
+}
+
+impl ClientOptions {
+    /// The defaults.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets [`ClientOptions::request_timeout`].
+    pub fn with_request_timeout(mut self, d: Duration) -> Self {
+        self.request_timeout = d;
+        self
+    }
+
+    /// Sets [`ClientOptions::connect_timeout`].
+    pub fn with_connect_timeout(mut self, d: Duration) -> Self {
+        self.connect_timeout = d;
+        self
+    }
+
+    /// Sets [`ClientOptions::retry_deadline`].
+    pub fn with_retry_deadline(mut self, d: Duration) -> Self {
+        self.retry_deadline = d;
+        self
+    }
+
+    /// Sets [`ClientOptions::cluster_id`].
+    pub fn with_cluster_id(mut self, id: Option<String>) -> Self {
+        self.cluster_id = id;
+        self
+    }
+
+    /// Sets [`ClientOptions::follow_leader`].
+    pub fn with_follow_leader(mut self, follow: bool) -> Self {
+        self.follow_leader = follow;
+        self
+    }
+}
