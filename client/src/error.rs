@@ -243,9 +243,12 @@ mod tests {
         // code would be UNKNOWN; for an h2 reset, INTERNAL or others).
         let s = tonic::Status::from_error(Box::new(std::io::Error::from(std::io::ErrorKind::BrokenPipe)));
         assert!(Error::from_status(&s).is_retryable(), "{s:?}");
-        // The same failure relayed by a node: only its text is left.
-        let relayed = tonic::Status::internal("h2 protocol error: broken pipe");
+        // The same failure relayed by a node arrives as UNAVAILABLE (the
+        // node classified it); its text alone never decides.
+        let relayed = tonic::Status::unavailable("a peer node's connection failed: broken pipe");
         assert_eq!(kind(&Error::from_status(&relayed)), "Unavailable");
+        let text_only = tonic::Status::internal("h2 protocol error: broken pipe");
+        assert_eq!(kind(&Error::from_status(&text_only)), "Internal");
         // A server's own INTERNAL stays one.
         let answer = tonic::Status::internal("storage: corrupt record");
         assert_eq!(kind(&Error::from_status(&answer)), "Internal");

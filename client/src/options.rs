@@ -15,10 +15,11 @@ pub const DEFAULT_RETRY_DEADLINE: Duration = Duration::from_secs(15);
 
 /// Client settings.
 ///
-/// Prefer the `with_*` setters to a struct literal: fields will be added
-/// (TLS, tokens), and the struct is to become `#[non_exhaustive]` once the
-/// last literal outside this crate is gone.
+/// Built with [`ClientOptions::new`] and the `with_*` setters (fields will
+/// be added: TLS, tokens, protections; `#[non_exhaustive]` keeps that from
+/// breaking callers). The fields stay readable.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ClientOptions {
     /// Deadline of one attempt on one endpoint.
     pub request_timeout: Duration,

@@ -393,11 +393,7 @@ impl Cluster {
     /// A client over every node.
     pub fn client(&self) -> Client {
         let eps: Vec<&str> = self.nodes.iter().map(|n| n.grpc.as_str()).collect();
-        Client::new(
-            &eps,
-            ClientOptions::new().with_retry_deadline(Duration::from_secs(30)),
-        )
-        .expect("client")
+        Client::new(&eps, ClientOptions::new().with_retry_deadline(Duration::from_secs(30))).expect("client")
     }
 
     /// Waits until every running node is a member and sees the same leader;

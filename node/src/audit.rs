@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use esf_client::pb;
+use esf_proto::v1 as pb;
 use esf_raft::command::{Command, KeyRange, Op, Rejection};
 use esf_raft::meta::{ReadError, WatchEvent};
 use esf_raft::openraft::async_runtime::WatchReceiver;
@@ -163,7 +163,7 @@ pub fn audit_event(revision: u64, changes: &[WatchEvent]) -> pb::EventData {
         data["changes_total"] = json!(changes.len());
     }
     pb::EventData {
-        id: esf_client::uuid::format(&event_id(revision)),
+        id: esf_proto::uuid::format(&event_id(revision)),
         r#type: ty.to_string(),
         correlation_id: if correlation_id.len() <= esf_raft::events::MAX_NAME_BYTES {
             correlation_id
@@ -482,10 +482,10 @@ mod tests {
 
     #[test]
     fn ids_are_per_revision_and_valid_uuids() {
-        let a = esf_client::uuid::format(&event_id(1));
-        let b = esf_client::uuid::format(&event_id(2));
+        let a = esf_proto::uuid::format(&event_id(1));
+        let b = esf_proto::uuid::format(&event_id(2));
         assert_ne!(a, b);
-        assert_eq!(esf_client::uuid::parse(&a).expect("parses"), event_id(1));
+        assert_eq!(esf_proto::uuid::parse(&a).expect("parses"), event_id(1));
         assert_eq!(event_id(7), event_id(7));
         assert_eq!(&a[14..15], "8", "version 8: {a}");
     }

@@ -215,7 +215,7 @@ pub fn load(file: Option<&std::path::Path>, flags: &Flags) -> anyhow::Result<Nod
 /// Checks values that parse but make no sense.
 pub fn validate(c: &NodeConfig) -> anyhow::Result<()> {
     let check_addr = |field: &str, v: &str| -> anyhow::Result<()> {
-        esf_client::parse_endpoint(v)
+        esf_proto::wire::parse_endpoint(v)
             .map(|_| ())
             .map_err(|e| anyhow::anyhow!("{field}: {e}"))
     };

@@ -9,7 +9,8 @@
 
 use std::sync::Arc;
 
-use esf_client::{MAX_RESPONSE_BYTES, pb};
+use esf_proto::v1 as pb;
+use esf_proto::wire::MAX_RESPONSE_BYTES;
 use esf_raft::command::{Command, OpResult};
 use esf_raft::group::MetaGroup;
 use tonic::Request;
@@ -22,7 +23,7 @@ use crate::net::peer_pool::{ClusterId, PeerPool};
 
 /// Metadata that marks a request one node forwarded to another: it is
 /// served where it lands and never forwarded again. Only a node sets it.
-pub const FORWARDED_METADATA: &str = "esf-forwarded";
+pub use esf_proto::wire::FORWARDED_METADATA;
 
 /// Shared state of the services and background tasks.
 #[derive(Clone)]

@@ -3,7 +3,7 @@
 //! field; errors become gRPC statuses in one place only
 //! ([`crate::error`]).
 
-use esf_client::pb;
+use esf_proto::v1 as pb;
 use esf_raft::command as cmd;
 use esf_raft::group::ResponseHeader;
 

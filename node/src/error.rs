@@ -28,7 +28,7 @@
 //! | `Storage`, `Internal`, `Raft(Storage / Fatal)` | INTERNAL |
 //! | `Peer(status)` | the peer's status as it came (a broken connection: UNAVAILABLE) |
 
-use esf_client::{LEADER_ADDR_METADATA, LEADER_ID_METADATA};
+use esf_proto::wire::{LEADER_ADDR_METADATA, LEADER_ID_METADATA};
 use esf_raft::command::Rejection;
 use esf_raft::openraft::error::{ClientWriteError, RaftError};
 use esf_raft::types::{NodeId, TypeConfig};
@@ -250,17 +250,11 @@ impl From<Error> for Status {
 /// itself (whatever code tonic gave it) becomes UNAVAILABLE, so the client
 /// retries instead of giving up; any other answer passes through.
 fn peer_status(s: Status) -> Status {
-    if s.code() != tonic::Code::Unavailable && is_transport_failure(&s) {
+    if s.code() != tonic::Code::Unavailable && esf_proto::wire::is_transport_failure(&s) {
         Status::unavailable(format!("a peer node's connection failed: {}", s.message()))
     } else {
         s
     }
-}
-
-// Replaced by esf_proto::wire::is_transport_failure when the wire contract lands there.
-fn is_transport_failure(s: &Status) -> bool {
-    let m = s.message();
-    m.contains("h2 protocol error") || m.contains("transport error") || m.contains("connection error")
 }
 
 #[cfg(test)]

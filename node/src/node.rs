@@ -324,13 +324,13 @@ async fn serve_grpc(
     };
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
-        .set_serving::<esf_client::pb::config_server::ConfigServer<api::config::ConfigService>>()
+        .set_serving::<esf_proto::v1::config_server::ConfigServer<api::config::ConfigService>>()
         .await;
     health_reporter
-        .set_serving::<esf_client::pb::lease_server::LeaseServer<api::lease::LeaseService>>()
+        .set_serving::<esf_proto::v1::lease_server::LeaseServer<api::lease::LeaseService>>()
         .await;
     health_reporter
-        .set_serving::<esf_client::pb::registry_server::RegistryServer<api::registry::RegistryService>>()
+        .set_serving::<esf_proto::v1::registry_server::RegistryServer<api::registry::RegistryService>>()
         .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(esf_proto::FILE_DESCRIPTOR_SET)

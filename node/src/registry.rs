@@ -8,7 +8,7 @@
 //! registry watch is a key watch on the service's prefix. The Config service
 //! refuses keys starting with 0xff, so users cannot forge or hide instances.
 
-use esf_client::pb;
+use esf_proto::v1 as pb;
 use esf_raft::command::{KeyRange, KeyValue};
 use prost::Message;
 

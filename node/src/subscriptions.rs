@@ -5,7 +5,7 @@
 //! leader) and positions survive any node. Acks are read-modify-write
 //! under a mod-revision compare, retried on a concurrent ack.
 
-use esf_client::pb;
+use esf_proto::v1 as pb;
 use esf_raft::command::{KeyRange, KeyValue, RangeRequest};
 use esf_raft::group::Consistency;
 use prost::Message;

@@ -111,18 +111,13 @@ pub fn parse_endpoint(s: &str) -> Result<String, InvalidEndpoint> {
 /// per-attempt timeout expired (`tonic::TimeoutExpired`: the connection
 /// may be fine, the answer was late).
 ///
-/// One path loses the source: a node that relays a peer's failed status
-/// to its own caller as is (today `node/src/events.rs`, `get` of an event
-/// on another replica) sends the text over the wire, not the source. For
-/// a status without a source only, the text tonic writes for these
-/// failures (`"h2 protocol error: …"` from `Status::from_h2_error` /
-/// `from_hyper_error`, `"transport error"` from `transport::Error`) still
-/// counts, as it did in the client before. Drop this fallback once every
-/// relaying node classifies with this function before it answers.
+/// A status decoded from a peer's answer is never a transport failure of
+/// this call: an ESF node that relays a peer's failure classifies it with
+/// this function first and answers UNAVAILABLE for a broken connection
+/// (`esf_node::error`), so nothing is ever classified by its text.
 pub fn is_transport_failure(status: &tonic::Status) -> bool {
     let Some(source) = std::error::Error::source(status) else {
-        let m = status.message();
-        return m.contains("h2 protocol error") || m.contains("transport error");
+        return false;
     };
     let mut transport = false;
     let mut cause = Some(source);
@@ -224,14 +219,15 @@ mod tests {
     }
 
     #[test]
-    fn a_relayed_connection_failure_counts_by_its_text() {
-        // A node relaying a peer's failure as is: the text survives the
-        // wire, the source does not.
+    fn an_answer_is_never_classified_by_its_text() {
+        // A peer's INTERNAL that mentions a transport error is still the
+        // peer's answer (a relaying node already made a broken connection
+        // UNAVAILABLE).
         for s in [
             tonic::Status::internal("h2 protocol error: connection reset"),
             tonic::Status::unknown("transport error"),
         ] {
-            assert!(is_transport_failure(&s), "{s:?}");
+            assert!(!is_transport_failure(&s), "{s:?}");
         }
     }
 

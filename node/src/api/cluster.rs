@@ -4,7 +4,7 @@
 //! ([`crate::cluster::membership`]; a follower forwards them), backups in
 //! [`crate::backup::serve`].
 
-use esf_client::pb;
+use esf_proto::v1 as pb;
 use esf_raft::openraft::async_runtime::WatchReceiver;
 use futures::StreamExt;
 use tonic::{Request, Response, Status};

@@ -5,7 +5,7 @@
 //! locally; a watch is served by the node it is opened on
 //! ([`crate::kv::watch`]).
 
-use esf_client::pb;
+use esf_proto::v1 as pb;
 use esf_raft::command::{Command, Op, OpResult};
 use esf_raft::group::Consistency;
 use futures::StreamExt;

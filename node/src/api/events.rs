@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use esf_client::pb;
+use esf_proto::v1 as pb;
 use esf_raft::command::Command;
 use esf_raft::events::PartitionGroup;
 use futures::StreamExt;

@@ -36,7 +36,7 @@ macro_rules! forward_or {
                     .map_err($crate::error::Error::Peer)?;
                 if $hint {
                     if let Ok(v) = addr.parse() {
-                        resp.metadata_mut().insert(esf_client::LEADER_ADDR_METADATA, v);
+                        resp.metadata_mut().insert(esf_proto::wire::LEADER_ADDR_METADATA, v);
                     }
                 }
                 return Ok(resp);
@@ -55,7 +55,7 @@ macro_rules! leader_only {
             let e = $ctx.meta.not_leader_error();
             $crate::api::forward::forward_or!(
                 no_hint: $ctx,
-                esf_client::pb::cluster_client::ClusterClient<tonic::transport::Channel>,
+                esf_proto::v1::cluster_client::ClusterClient<tonic::transport::Channel>,
                 $req,
                 e,
                 $method,

@@ -4,7 +4,7 @@
 //! UNAVAILABLE, so the client moves on to its next endpoint. Later
 //! checks (authentication, rate limits) belong here too.
 
-use esf_client::CLUSTER_ID_METADATA;
+use esf_proto::wire::CLUSTER_ID_METADATA;
 use tonic::{Request, Status};
 
 use crate::error::Error;

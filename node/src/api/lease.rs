@@ -3,7 +3,7 @@
 //! a follower are forwarded, and a keep-alive stream opened on a follower
 //! is refused with the leader's address so the client reopens it there.
 
-use esf_client::pb;
+use esf_proto::v1 as pb;
 use esf_raft::command::{Command, Op, OpResult, Rejection};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};

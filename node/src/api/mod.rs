@@ -17,7 +17,7 @@ pub mod raft;
 pub mod registry;
 pub mod subscriptions;
 
-use esf_client::pb;
+use esf_proto::v1 as pb;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::Router;
 

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use esf_client::pb;
+use esf_proto::v1 as pb;
 use esf_raft::command::{Command, DeleteRequest, KeyRange, Op, OpResult, PutRequest};
 use futures::StreamExt;
 use prost::Message;

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use esf_client::pb;
+use esf_proto::v1 as pb;
 use esf_raft::command::{
     Command, Compare, CompareOp, CompareTarget, DeleteRequest, KeyRange, Op, OpResult, PutRequest, Rejection, TxnOp,
     TxnRequest,
@@ -195,7 +195,7 @@ impl pb::subscriptions_server::Subscriptions for SubscriptionsService {
         let mut msg = req.get_ref().clone();
         registry::check_name("name", &msg.name, false)?;
         if msg.consumer_id.is_empty() {
-            msg.consumer_id = esf_client::uuid::format(&esf_client::uuid::new_v4());
+            msg.consumer_id = esf_proto::uuid::format(&esf_proto::uuid::new_v4());
         }
         registry::check_name("consumer_id", &msg.consumer_id, false)?;
         if msg.lease_id == 0 {

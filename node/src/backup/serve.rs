@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use esf_client::pb;
+use esf_proto::v1 as pb;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
@@ -204,7 +204,7 @@ async fn fetch_partition_rows(ctx: &Ctx, g: u32) -> Result<Vec<u8>> {
             Err(s) => {
                 if let Some(hint) = s
                     .metadata()
-                    .get(esf_client::LEADER_ADDR_METADATA)
+                    .get(esf_proto::wire::LEADER_ADDR_METADATA)
                     .and_then(|v| v.to_str().ok())
                 {
                     targets.push_front(hint.to_string());

@@ -113,18 +113,15 @@ enum ConfigCmd {
 
 /// Runs the parsed command.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let opts = ClientOptions {
-        retry_deadline: std::time::Duration::from_secs(cli.timeout_secs),
-        cluster_id: cli.cluster_id.clone(),
-        ..Default::default()
-    };
+    let opts = ClientOptions::new()
+        .with_retry_deadline(std::time::Duration::from_secs(cli.timeout_secs))
+        .with_cluster_id(cli.cluster_id.clone());
     let client = || Client::new(&cli.endpoints, opts.clone()).map_err(|e| anyhow::anyhow!("endpoints: {e}"));
     // `member remove` retries while the node's partition replicas move.
     let remove_client = || {
-        let opts = ClientOptions {
-            retry_deadline: opts.retry_deadline.max(MEMBER_REMOVE_DEADLINE),
-            ..opts.clone()
-        };
+        let opts = opts
+            .clone()
+            .with_retry_deadline(opts.retry_deadline.max(MEMBER_REMOVE_DEADLINE));
         Client::new(&cli.endpoints, opts).map_err(|e| anyhow::anyhow!("endpoints: {e}"))
     };
     let out = cli.output;

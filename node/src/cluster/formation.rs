@@ -19,7 +19,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use esf_client::pb;
+use esf_proto::v1 as pb;
 use esf_raft::group::MetaGroup;
 use esf_raft::openraft::BasicNode;
 use esf_raft::openraft::async_runtime::WatchReceiver;

@@ -11,7 +11,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use esf_client::pb;
+use esf_proto::v1 as pb;
 use esf_raft::openraft::async_runtime::WatchReceiver;
 use esf_raft::openraft::{BasicNode, ChangeMembers};
 use tonic::Request;
@@ -194,7 +194,7 @@ impl Membership<'_> {
         if id == 0 {
             return Err(Error::invalid("id", "must not be 0"));
         }
-        esf_client::parse_endpoint(&addr).map_err(|e| Error::invalid("addr", e))?;
+        esf_proto::wire::parse_endpoint(&addr).map_err(|e| Error::invalid("addr", e))?;
         self.check_new_member(id, &addr).await?;
         // A node that left meta since `member remove` excluded it; one
         // still a member may be being removed, and keeps its exclusion.

@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use esf_client::pb;
+use esf_proto::v1 as pb;
 use esf_raft::command::{Command, Op};
 use esf_raft::events::{PartitionGroup, PartitionRaft};
 use esf_raft::group::MetaGroup;
@@ -156,7 +156,7 @@ pub fn recorded_partitions(meta: &MetaGroup) -> Option<u32> {
     meta.store().partitions().ok().flatten()
 }
 
-pub use esf_client::partition_of;
+pub use esf_proto::wire::partition_of;
 
 fn role(s: ServerState) -> &'static str {
     match s {

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use esf_client::pb;
+use esf_proto::v1 as pb;
 use esf_raft::events::PartitionGroup;
 use esf_raft::events::store::EventRecord;
 use tonic::Status;

@@ -12,7 +12,8 @@
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 
-use esf_client::{pb, uuid};
+use esf_proto::uuid;
+use esf_proto::v1 as pb;
 use esf_raft::command::{AppendRequest, Command, ExpectedVersion, NewEvent, Op, OpResult};
 use esf_raft::events::store::{Direction, EventRecord};
 use esf_raft::events::{MAX_APPEND_EVENTS, PartitionGroup};
@@ -356,7 +357,7 @@ impl Events<'_> {
                     }
                     if let Some(hint) = s
                         .metadata()
-                        .get(esf_client::LEADER_ADDR_METADATA)
+                        .get(esf_proto::wire::LEADER_ADDR_METADATA)
                         .and_then(|v| v.to_str().ok())
                     {
                         targets.push_front(hint.to_string());

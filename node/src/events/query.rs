@@ -9,7 +9,7 @@
 //! the result where a partition that has more stopped (no event of it
 //! beyond that point is known yet), then at `limit`.
 
-use esf_client::pb;
+use esf_proto::v1 as pb;
 use esf_raft::events::query::{Bound, Filter, Predicate};
 
 use crate::error::Error;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use esf_client::pb;
+use esf_proto::v1 as pb;
 use esf_raft::command::{Command, KeyRange, Op, OpResult};
 use esf_raft::events::retention::{RetentionRule, RetentionRules};
 use esf_raft::group::MetaGroup;

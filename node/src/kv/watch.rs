@@ -13,7 +13,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use esf_client::pb;
+use esf_proto::v1 as pb;
 use esf_raft::group::MetaGroup;
 
 use crate::context::Ctx;

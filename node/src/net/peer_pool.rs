@@ -28,7 +28,7 @@ impl PeerPool {
         if let Some(c) = map.get(addr) {
             return Ok(c.clone());
         }
-        let uri = esf_client::parse_endpoint(addr).map_err(|e| e.to_string())?;
+        let uri = esf_proto::wire::parse_endpoint(addr).map_err(|e| e.to_string())?;
         let ch = Endpoint::from_shared(uri)
             .map_err(|e| e.to_string())?
             .connect_timeout(CONNECT_TIMEOUT)
