@@ -144,6 +144,25 @@ where
     }
 }
 
+/// [`propose`] with `opts`' deadline and heartbeat; a state machine
+/// rejection comes back as [`Error::Rejected`].
+pub(crate) async fn propose_checked<SM>(
+    raft: &openraft::Raft<TypeConfig, SM>,
+    group: u32,
+    cmd: Command,
+    opts: &GroupOptions,
+) -> Result<Response>
+where
+    SM: openraft::storage::RaftStateMachine<TypeConfig>,
+{
+    let heartbeat = Duration::from_millis(opts.raft.heartbeat_interval);
+    let resp = propose(raft, group, cmd, opts.request_timeout, heartbeat).await?;
+    match resp.result {
+        OpResult::Rejected(rej) => Err(Error::Rejected(rej)),
+        _ => Ok(resp),
+    }
+}
+
 /// ReadIndex on `raft` (group `group`) within `timeout`: afterwards the
 /// local state reflects every write acknowledged before the call.
 pub(crate) async fn linearize<SM>(raft: &openraft::Raft<TypeConfig, SM>, group: u32, timeout: Duration) -> Result<()>
@@ -266,17 +285,7 @@ impl MetaGroup {
         if adds_data(&cmd.op) {
             check_quota(self.store.db(), self.opts.quota_bytes)?;
         }
-        let resp = propose(
-            &self.raft,
-            META_GROUP,
-            cmd,
-            self.opts.request_timeout,
-            Duration::from_millis(self.opts.raft.heartbeat_interval),
-        )
-        .await?;
-        if let OpResult::Rejected(rej) = resp.result {
-            return Err(Error::Rejected(rej));
-        }
+        let resp = propose_checked(&self.raft, META_GROUP, cmd, &self.opts).await?;
         if let OpResult::LeaseGranted { id, ttl_secs } = resp.result {
             self.leases
                 .lock()

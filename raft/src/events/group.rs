@@ -3,7 +3,6 @@
 //! sessions (appends deduplicate by event id instead).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use esf_storage::Db;
 use openraft::RaftNetworkFactory;
@@ -12,7 +11,7 @@ use super::state_machine::PartitionStateMachine;
 use super::store::{Direction, EventRecord, PartitionStore, StreamRecord};
 use crate::command::*;
 use crate::error::{Error, Result};
-use crate::group::{Consistency, GroupOptions, linearize, not_leader_of, propose};
+use crate::group::{Consistency, GroupOptions, linearize, not_leader_of, propose_checked};
 use crate::types::{LogStore, SnapshotData, TypeConfig};
 
 /// A Raft node handle of an event partition.
@@ -86,18 +85,7 @@ impl PartitionGroup {
                 crate::group::check_quota(self.store.db(), self.opts.quota_bytes)?;
             }
         }
-        let resp = propose(
-            &self.raft,
-            self.group,
-            cmd,
-            self.opts.request_timeout,
-            Duration::from_millis(self.opts.raft.heartbeat_interval),
-        )
-        .await?;
-        if let OpResult::Rejected(rej) = resp.result {
-            return Err(Error::Rejected(rej));
-        }
-        Ok(resp)
+        propose_checked(&self.raft, self.group, cmd, &self.opts).await
     }
 
     async fn before_read(&self, c: Consistency) -> Result<()> {
