@@ -7,11 +7,11 @@ use std::sync::Arc;
 use esf_storage::Db;
 use openraft::RaftNetworkFactory;
 
-use super::state_machine::PartitionStateMachine;
+use super::PartitionStateMachine;
 use super::store::{Direction, EventRecord, PartitionStore, StreamRecord};
 use crate::command::*;
 use crate::error::{Error, Result};
-use crate::group::{Consistency, GroupOptions, linearize, not_leader_of, propose_checked};
+use crate::group::{Consistency, GroupOptions, linearize, not_leader_of, propose_checked, start_raft};
 use crate::types::{LogStore, SnapshotData, TypeConfig};
 
 /// A Raft node handle of an event partition.
@@ -40,12 +40,7 @@ impl PartitionGroup {
     {
         assert_ne!(group, crate::group::META_GROUP, "group 0 is the meta group");
         let store = PartitionStore::open(db.clone(), group)?;
-        let log = LogStore::new(db, group);
-        let pacing = crate::snapshot_record::Pacing::new(&opts.raft, opts.snapshot_step_bytes);
-        let sm = PartitionStateMachine::new(store.clone(), pacing);
-        let raft = PartitionRaft::new(opts.node_id, opts.raft.clone(), network, log, sm)
-            .await
-            .map_err(|e| Error::Fatal(e.to_string()))?;
+        let raft = start_raft(db, group, store.clone(), network, &opts).await?;
         Ok(Arc::new(PartitionGroup {
             group,
             raft,

@@ -1421,3 +1421,17 @@ impl SnapshotSource for PartitionStore {
         st.membership = meta.last_membership.clone();
     }
 }
+
+impl crate::group::GroupStore for PartitionStore {
+    fn apply_entry(&self, entry: &Entry) -> Result<Response, StorageError> {
+        PartitionStore::apply_entry(self, entry)
+    }
+
+    fn install_snapshot(
+        &self,
+        meta: &SnapshotMeta,
+        file: &SnapshotFile,
+    ) -> impl std::future::Future<Output = Result<(), StorageError>> + Send {
+        PartitionStore::install_snapshot(self, meta, file)
+    }
+}

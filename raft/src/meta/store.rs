@@ -1513,3 +1513,17 @@ impl SnapshotSource for MetaStore {
         st.membership = meta.last_membership.clone();
     }
 }
+
+impl crate::group::GroupStore for MetaStore {
+    fn apply_entry(&self, entry: &Entry) -> Result<Response, StorageError> {
+        MetaStore::apply_entry(self, entry)
+    }
+
+    fn install_snapshot(
+        &self,
+        meta: &SnapshotMeta,
+        file: &SnapshotFile,
+    ) -> impl std::future::Future<Output = Result<(), StorageError>> + Send {
+        MetaStore::install_snapshot(self, meta, file)
+    }
+}

@@ -10,6 +10,13 @@
 //!   then read the store. Serializable reads read the local store at once.
 //! - Every reply carries a [`ResponseHeader`].
 //! - The lease keeper runs while this node leads (see [`crate::lease_keeper`]).
+//! - [`GroupStateMachine`]: openraft's state machine of every group, the
+//!   meta group's and each partition's (see [`state_machine`]).
+
+pub mod state_machine;
+
+pub use state_machine::GroupStateMachine;
+pub(crate) use state_machine::GroupStore;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -26,7 +33,7 @@ use tracing::{debug, info, warn};
 use crate::command::*;
 use crate::error::{Error, Result};
 use crate::lease_keeper::LeaseClock;
-use crate::meta::{MetaStateMachine, MetaStore};
+use crate::meta::MetaStore;
 use crate::types::{LogStore, MetaRaft, NodeId, TypeConfig};
 
 /// Group id of the meta group.
@@ -94,6 +101,28 @@ impl std::fmt::Debug for MetaGroup {
             .field("node_id", &self.opts.node_id)
             .finish()
     }
+}
+
+/// Starts openraft for `group` over `store`, with its log in `db` and
+/// policy snapshots paced as `opts` say.
+pub(crate) async fn start_raft<S, N>(
+    db: Arc<Db>,
+    group: u32,
+    store: Arc<S>,
+    network: N,
+    opts: &GroupOptions,
+) -> Result<openraft::Raft<TypeConfig, GroupStateMachine<S>>>
+where
+    S: GroupStore,
+    N: RaftNetworkFactory<TypeConfig>,
+    N::Network: openraft::network::NetSnapshot<TypeConfig, SnapshotData = crate::types::SnapshotData>,
+{
+    let log = LogStore::new(db, group);
+    let pacing = crate::snapshot_record::Pacing::new(&opts.raft, opts.snapshot_step_bytes);
+    let sm = GroupStateMachine::new(store).with_pacing(pacing);
+    openraft::Raft::new(opts.node_id, opts.raft.clone(), network, log, sm)
+        .await
+        .map_err(|e| Error::Fatal(e.to_string()))
 }
 
 /// Refuses a write that adds data once the state machines (`sm` column
@@ -226,14 +255,7 @@ impl MetaGroup {
         N::Network: openraft::network::NetSnapshot<TypeConfig, SnapshotData = crate::types::SnapshotData>,
     {
         let store = MetaStore::open(db.clone(), META_GROUP)?;
-        let log = LogStore::new(db, META_GROUP);
-        let sm = MetaStateMachine::new(store.clone()).with_pacing(crate::snapshot_record::Pacing::new(
-            &opts.raft,
-            opts.snapshot_step_bytes,
-        ));
-        let raft = MetaRaft::new(opts.node_id, opts.raft.clone(), network, log, sm)
-            .await
-            .map_err(|e| Error::Fatal(e.to_string()))?;
+        let raft = start_raft(db, META_GROUP, store.clone(), network, &opts).await?;
         let group = Arc::new(MetaGroup {
             cluster_id: std::sync::RwLock::new(opts.cluster_id.clone()),
             raft,
