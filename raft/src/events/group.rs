@@ -11,8 +11,10 @@ use super::PartitionStateMachine;
 use super::store::{Direction, EventRecord, PartitionStore, StreamRecord};
 use crate::command::*;
 use crate::error::{Error, Result};
-use crate::group::{Consistency, GroupOptions, linearize, not_leader_of, propose_checked, start_raft};
-use crate::types::{LogStore, SnapshotData, TypeConfig};
+use crate::group::{
+    Consistency, GroupOptions, linearize, not_leader_of, propose_checked, restore_log, seed_log, start_raft,
+};
+use crate::types::{SnapshotData, TypeConfig};
 
 /// A Raft node handle of an event partition.
 pub type PartitionRaft = openraft::Raft<TypeConfig, PartitionStateMachine>;
@@ -199,23 +201,12 @@ pub async fn seed_from_snapshot(
     node_id: u64,
     addr: &str,
 ) -> Result<super::store::PartitionSummary> {
-    use openraft::storage::RaftLogStorage;
     let summary = super::store::summarize_snapshot(group, data)?;
     let store = PartitionStore::open(db.clone(), group)?;
-    let mut log = LogStore::new(db, group);
-    if log.log_state()?.last_log_id.is_some() || log.vote()?.is_some() {
-        return Err(Error::Unavailable(format!(
-            "partition {group}: the data directory already holds a Raft log: restore needs a new, empty one"
-        )));
-    }
+    let mut log = restore_log(db, group)?;
     let Some(meta) = store.seed_from_snapshot(data, node_id, addr).await? else {
         return Ok(summary);
     };
-    let last = meta.last_log_id.expect("a seeded snapshot has a last log id");
-    let io = |what: &str, e: std::io::Error| Error::Unavailable(format!("partition {group}: {what}: {e}"));
-    log.save_vote(&openraft::Vote::new(last.leader_id.term, node_id))
-        .await
-        .map_err(|e| io("save vote", e))?;
-    log.purge(last).await.map_err(|e| io("purge log", e))?;
+    seed_log(&mut log, group, &meta, node_id).await?;
     Ok(summary)
 }

@@ -34,7 +34,7 @@ use crate::command::*;
 use crate::error::{Error, Result};
 use crate::lease_keeper::LeaseClock;
 use crate::meta::MetaStore;
-use crate::types::{LogStore, MetaRaft, NodeId, TypeConfig};
+use crate::types::{LogStore, MetaRaft, NodeId, SnapshotMeta, TypeConfig};
 
 /// Group id of the meta group.
 pub const META_GROUP: u32 = 0;
@@ -467,22 +467,46 @@ pub async fn seed_from_snapshot(
     node_id: NodeId,
     addr: &str,
 ) -> Result<crate::meta::store::SnapshotSummary> {
-    use openraft::storage::RaftLogStorage;
     let store = MetaStore::open(db.clone(), META_GROUP)?;
-    let mut log = LogStore::new(db, META_GROUP);
-    if log.log_state()?.last_log_id.is_some() || log.vote()?.is_some() {
-        return Err(Error::Unavailable(
-            "the data directory already holds a Raft log: restore needs a new, empty one".into(),
-        ));
-    }
+    let mut log = restore_log(db, META_GROUP)?;
     let (meta, summary) = store.seed_from_snapshot(data, node_id, addr).await?;
-    let last = meta.last_log_id.expect("a seeded snapshot has a last log id");
-    let io = |what: &str, e: std::io::Error| Error::Unavailable(format!("{what}: {e}"));
+    seed_log(&mut log, META_GROUP, &meta, node_id).await?;
+    Ok(summary)
+}
+
+/// How a restore's errors about `group` begin.
+fn restore_context(group: u32) -> String {
+    if group == META_GROUP {
+        String::new()
+    } else {
+        format!("partition {group}: ")
+    }
+}
+
+/// The Raft log of `group` for an offline restore: an error unless it is
+/// empty (no entry, no vote), so a restore never overwrites a node's state.
+pub(crate) fn restore_log(db: Arc<Db>, group: u32) -> Result<LogStore> {
+    let log = LogStore::new(db, group);
+    if log.log_state()?.last_log_id.is_some() || log.vote()?.is_some() {
+        return Err(Error::Unavailable(format!(
+            "{}the data directory already holds a Raft log: restore needs a new, empty one",
+            restore_context(group)
+        )));
+    }
+    Ok(log)
+}
+
+/// After a restore seeded `group`'s store with the snapshot `meta`: the
+/// vote carries the snapshot's term (for `node_id`) and the log is purged
+/// up to its last entry, so the node elects itself in a later term.
+pub(crate) async fn seed_log(log: &mut LogStore, group: u32, meta: &SnapshotMeta, node_id: NodeId) -> Result<()> {
+    use openraft::storage::RaftLogStorage;
+    let last = meta.last_log_id.clone().expect("a seeded snapshot has a last log id");
+    let io = |what: &str, e: std::io::Error| Error::Unavailable(format!("{}{what}: {e}", restore_context(group)));
     log.save_vote(&openraft::Vote::new(last.leader_id.term, node_id))
         .await
         .map_err(|e| io("save vote", e))?;
-    log.purge(last).await.map_err(|e| io("purge log", e))?;
-    Ok(summary)
+    log.purge(last).await.map_err(|e| io("purge log", e))
 }
 
 /// While this node leads: reconcile the lease clock with the store, and
