@@ -7,7 +7,8 @@
 //! - [`meta`]: the meta group's state machine: an etcd-style MVCC config
 //!   store with history, compaction, txn, leases and client sessions.
 //! - [`group`]: a running meta group: proposing, linearizable and
-//!   serializable reads, response headers, and the leader's lease keeper.
+//!   serializable reads, response headers, and the leader's lease keeper;
+//!   the one openraft state machine of every group.
 //! - [`events`]: event partitions: append-only event logs, one Raft group
 //!   each, idempotent by event id, with stream versions.
 //! - [`limits`]: named bounds with errors that name the field.

@@ -18,8 +18,8 @@ use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Seek, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
 use esf_storage::codec::{self, RecordRef};
 use esf_storage::keys::{CF_SM, CF_SNAPSHOT, GroupId, group_prefix, prefix_end};
@@ -375,7 +375,7 @@ pub(crate) fn group_bounds(group: GroupId) -> (Vec<u8>, Vec<u8>) {
 /// prefix.
 fn scan_rows(
     db: &Db,
-    snap: &rocksdb::SnapshotWithThreadMode<'_, rocksdb::DB>,
+    snap: &RocksSnapshot<'_>,
     group: GroupId,
     mut on_row: impl FnMut(&[u8], &[u8]) -> Result<(), StorageError>,
 ) -> Result<(), StorageError> {
@@ -400,11 +400,7 @@ fn scan_rows(
 
 /// Every `sm` row of `group` as seen by `snap`, without the group prefix,
 /// in memory (backups and replica comparison).
-pub(crate) fn dump_rows(
-    db: &Db,
-    snap: &rocksdb::SnapshotWithThreadMode<'_, rocksdb::DB>,
-    group: GroupId,
-) -> Result<Vec<(ByteBuf, ByteBuf)>, StorageError> {
+fn dump_rows(db: &Db, snap: &RocksSnapshot<'_>, group: GroupId) -> Result<Vec<(ByteBuf, ByteBuf)>, StorageError> {
     let mut rows = Vec::new();
     scan_rows(db, snap, group, |k, v| {
         rows.push((ByteBuf::from(k), ByteBuf::from(v)));
@@ -415,11 +411,7 @@ pub(crate) fn dump_rows(
 
 /// Writes every `sm` row of `group` as seen by `snap` to a new fsynced
 /// snapshot file (temporary until [`save`] or an install places it).
-pub(crate) fn write_rows(
-    db: &Db,
-    snap: &rocksdb::SnapshotWithThreadMode<'_, rocksdb::DB>,
-    group: GroupId,
-) -> Result<SnapshotFile, StorageError> {
+fn write_rows(db: &Db, snap: &RocksSnapshot<'_>, group: GroupId) -> Result<SnapshotFile, StorageError> {
     let mut w = BlobWriter::create(db, group)?;
     scan_rows(db, snap, group, |k, v| w.push(k, v))?;
     w.finish()
@@ -503,17 +495,138 @@ impl Pacing {
     }
 }
 
-/// What a group's store gives the snapshot code both state machines share.
+/// A RocksDB snapshot of the node's DB.
+pub(crate) type RocksSnapshot<'a> = rocksdb::SnapshotWithThreadMode<'a, rocksdb::DB>;
+
+/// What a group's store gives the snapshot code both state machines share,
+/// and what that code does the same way for every group (the provided
+/// methods).
+///
+/// Contract: the store's scalar state is one row, `STATE_TABLE` of the
+/// group's `sm` range, and apply writes each batch and publishes the state
+/// it produced under [`SnapshotSource::state_lock`] held for writing. So
+/// rows read under a RocksDB snapshot taken while that lock is held shared
+/// are exactly the rows of the state read with it.
 pub(crate) trait SnapshotSource: Send + Sync + 'static {
+    /// The group's replicated scalar state.
+    type State: Clone + Default + serde::Serialize + serde::de::DeserializeOwned + Send + Sync;
+    /// Table byte of the state row (its key is the group prefix and this).
+    const STATE_TABLE: u8;
+
     /// The node's DB.
     fn snapshot_db(&self) -> &Db;
     /// The group.
     fn snapshot_group(&self) -> GroupId;
-    /// Every row streamed to a new snapshot file under one RocksDB
-    /// snapshot, with the meta of the state it was read at.
-    fn write_snapshot(&self) -> Result<(SnapshotMeta, SnapshotFile), StorageError>;
+    /// The state, as apply publishes it (see the trait's contract).
+    fn state_lock(&self) -> &RwLock<Self::State>;
+    /// The last applied log id and membership of `state`, as a snapshot's
+    /// meta.
+    fn meta_of(state: &Self::State) -> SnapshotMeta;
+    /// Sets `state`'s last applied log id and membership to `meta`'s.
+    fn set_meta(state: &mut Self::State, meta: &SnapshotMeta);
+
+    /// The meta of the applied state.
+    fn applied_meta(&self) -> SnapshotMeta {
+        Self::meta_of(&self.state_lock().read().expect("group state lock"))
+    }
+
     /// Index of the last applied log entry (0: none).
-    fn applied_index(&self) -> u64;
+    fn applied_index(&self) -> u64 {
+        self.applied_meta().last_log_id.map_or(0, |l| l.index)
+    }
+
+    /// The state and what `read` reads under one RocksDB snapshot of
+    /// exactly that state.
+    fn read_at_state<T>(
+        &self,
+        read: impl FnOnce(&Db, &RocksSnapshot<'_>, GroupId) -> Result<T, StorageError>,
+    ) -> Result<(Self::State, T), StorageError> {
+        let db = self.snapshot_db();
+        let guard = self.state_lock().read().expect("group state lock");
+        let snap = db.rocks().snapshot();
+        let st = guard.clone();
+        drop(guard);
+        let out = read(db, &snap, self.snapshot_group())?;
+        Ok((st, out))
+    }
+
+    /// The state and the encoded blob of the rows whose key (without the
+    /// group prefix) `keep` accepts, under one RocksDB snapshot, in memory
+    /// (backups and replica comparison).
+    fn encoded_rows(&self, keep: impl Fn(&[u8]) -> bool) -> Result<(Self::State, Vec<u8>), StorageError> {
+        let (st, mut rows) = self.read_at_state(dump_rows)?;
+        rows.retain(|(k, _)| keep(k));
+        Ok((st, encode_rows(rows)?))
+    }
+
+    /// Writes every row, under one RocksDB snapshot, to a new fsynced
+    /// snapshot file (streamed: never in memory whole); with the state of
+    /// those rows.
+    fn rows_file(&self) -> Result<(Self::State, SnapshotFile), StorageError> {
+        self.read_at_state(write_rows)
+    }
+
+    /// [`SnapshotSource::rows_file`] with the meta of the state it was read
+    /// at.
+    fn write_snapshot(&self) -> Result<(SnapshotMeta, SnapshotFile), StorageError> {
+        let (st, file) = self.rows_file()?;
+        Ok((Self::meta_of(&st), file))
+    }
+
+    /// The group's current persisted snapshot.
+    fn current_snapshot(&self) -> Result<Option<(SnapshotMeta, SnapshotFile)>, StorageError> {
+        load(self.snapshot_db(), self.snapshot_group())
+    }
+
+    /// Replaces the group's rows with those of `file` and makes it the
+    /// current snapshot, atomically and durably. Nothing changes unless the
+    /// whole file passes its checksum and format checks. The new state is
+    /// the file's state row (the default if it has none) with `meta`'s last
+    /// applied log id and membership: the meta is authoritative for what the
+    /// snapshot covers. `publish` gets the complete batch and that state; it
+    /// writes the batch (buffered) and publishes the state under
+    /// [`SnapshotSource::state_lock`] and whatever other locks the store's
+    /// apply takes. Returns once the batch is fsynced and the previous
+    /// snapshot file removed.
+    fn install_file(
+        &self,
+        meta: &SnapshotMeta,
+        file: &SnapshotFile,
+        publish: impl FnOnce(WriteBatch, Self::State) -> Result<(), StorageError> + Send,
+    ) -> impl Future<Output = Result<(), StorageError>> + Send {
+        async move {
+            let db = self.snapshot_db();
+            let group = self.snapshot_group();
+            let mut batch = WriteBatch::default();
+            let mut st = None;
+            replace_rows_from(&mut batch, db, group, file, |k, v| {
+                if k == [Self::STATE_TABLE] {
+                    let at = RecordRef {
+                        cf: CF_SNAPSHOT,
+                        group,
+                        record: &"snapshot state",
+                    };
+                    st = Some(codec::decode::<Self::State>(at, v)?);
+                }
+                Ok(())
+            })?;
+            let mut st = st.unwrap_or_default();
+            Self::set_meta(&mut st, meta);
+            let mut state_key = group_prefix(group).to_vec();
+            state_key.push(Self::STATE_TABLE);
+            batch.put_cf(db.cf(CF_SM), state_key, codec::encode("group state", &st)?);
+            // The batch is complete, so the file passed its checksum: make it
+            // the current snapshot in the same batch.
+            let _lock = record_lock().await;
+            let previous = current_file(db, group)?;
+            let placed = place(db, group, meta, file)?;
+            put_record(&mut batch, db, group, meta, &placed)?;
+            publish(batch, st)?;
+            db.sync().await?;
+            retire(db, previous, &placed);
+            Ok(())
+        }
+    }
 }
 
 /// Builds `store`'s snapshot and makes it current ([`save`]), on a blocking

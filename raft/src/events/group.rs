@@ -3,17 +3,18 @@
 //! sessions (appends deduplicate by event id instead).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use esf_storage::Db;
 use openraft::RaftNetworkFactory;
 
-use super::state_machine::PartitionStateMachine;
+use super::PartitionStateMachine;
 use super::store::{Direction, EventRecord, PartitionStore, StreamRecord};
 use crate::command::*;
 use crate::error::{Error, Result};
-use crate::group::{Consistency, GroupOptions, linearize, not_leader_of, propose};
-use crate::types::{LogStore, SnapshotData, TypeConfig};
+use crate::group::{
+    Consistency, GroupOptions, linearize, not_leader_of, propose_checked, restore_log, seed_log, start_raft,
+};
+use crate::types::{SnapshotData, TypeConfig};
 
 /// A Raft node handle of an event partition.
 pub type PartitionRaft = openraft::Raft<TypeConfig, PartitionStateMachine>;
@@ -41,12 +42,7 @@ impl PartitionGroup {
     {
         assert_ne!(group, crate::group::META_GROUP, "group 0 is the meta group");
         let store = PartitionStore::open(db.clone(), group)?;
-        let log = LogStore::new(db, group);
-        let pacing = crate::snapshot_record::Pacing::new(&opts.raft, opts.snapshot_step_bytes);
-        let sm = PartitionStateMachine::new(store.clone(), pacing);
-        let raft = PartitionRaft::new(opts.node_id, opts.raft.clone(), network, log, sm)
-            .await
-            .map_err(|e| Error::Fatal(e.to_string()))?;
+        let raft = start_raft(db, group, store.clone(), network, &opts).await?;
         Ok(Arc::new(PartitionGroup {
             group,
             raft,
@@ -86,18 +82,7 @@ impl PartitionGroup {
                 crate::group::check_quota(self.store.db(), self.opts.quota_bytes)?;
             }
         }
-        let resp = propose(
-            &self.raft,
-            self.group,
-            cmd,
-            self.opts.request_timeout,
-            Duration::from_millis(self.opts.raft.heartbeat_interval),
-        )
-        .await?;
-        if let OpResult::Rejected(rej) = resp.result {
-            return Err(Error::Rejected(rej));
-        }
-        Ok(resp)
+        propose_checked(&self.raft, self.group, cmd, &self.opts).await
     }
 
     async fn before_read(&self, c: Consistency) -> Result<()> {
@@ -216,23 +201,12 @@ pub async fn seed_from_snapshot(
     node_id: u64,
     addr: &str,
 ) -> Result<super::store::PartitionSummary> {
-    use openraft::storage::RaftLogStorage;
     let summary = super::store::summarize_snapshot(group, data)?;
     let store = PartitionStore::open(db.clone(), group)?;
-    let mut log = LogStore::new(db, group);
-    if log.log_state()?.last_log_id.is_some() || log.vote()?.is_some() {
-        return Err(Error::Unavailable(format!(
-            "partition {group}: the data directory already holds a Raft log: restore needs a new, empty one"
-        )));
-    }
+    let mut log = restore_log(db, group)?;
     let Some(meta) = store.seed_from_snapshot(data, node_id, addr).await? else {
         return Ok(summary);
     };
-    let last = meta.last_log_id.expect("a seeded snapshot has a last log id");
-    let io = |what: &str, e: std::io::Error| Error::Unavailable(format!("partition {group}: {what}: {e}"));
-    log.save_vote(&openraft::Vote::new(last.leader_id.term, node_id))
-        .await
-        .map_err(|e| io("save vote", e))?;
-    log.purge(last).await.map_err(|e| io("purge log", e))?;
+    seed_log(&mut log, group, &meta, node_id).await?;
     Ok(summary)
 }

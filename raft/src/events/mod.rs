@@ -3,7 +3,8 @@
 //!
 //! - [`store`]: the partition state machine's data (events by offset, by id,
 //!   by stream and version; stream records) and its reads.
-//! - [`state_machine`]: openraft's `RaftStateMachine` over it.
+//! - [`PartitionStateMachine`]: openraft's `RaftStateMachine` over it (the
+//!   one of every group, [`crate::group::GroupStateMachine`]).
 //! - [`group`]: a running partition: proposals and reads with deadlines.
 //! - [`query`]: filters, the secondary index each uses, JSON predicates.
 //! - [`retention`]: which events are removed, by age and by bytes.
@@ -14,12 +15,13 @@
 pub mod group;
 pub mod query;
 pub mod retention;
-pub mod state_machine;
 pub mod store;
 
 pub use group::{PartitionGroup, PartitionRaft};
-pub use state_machine::PartitionStateMachine;
 pub use store::{EventRecord, PartitionStore, StreamRecord};
+
+/// A partition's state machine handle given to openraft.
+pub type PartitionStateMachine = crate::group::GroupStateMachine<PartitionStore>;
 
 use crate::command::{AppendRequest, Rejection};
 

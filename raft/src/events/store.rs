@@ -49,7 +49,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::command::*;
-use crate::snapshot_record::SnapshotFile;
+use crate::snapshot_record::{SnapshotFile, SnapshotSource};
 use crate::types::{Entry, LogId, SnapshotMeta, StoredMembership};
 
 const STATE: u8 = 1;
@@ -1259,72 +1259,34 @@ impl PartitionStore {
 
     /// Serializes every row of the partition under one RocksDB snapshot.
     pub fn snapshot_rows(&self) -> Result<(PartitionState, Vec<u8>), StorageError> {
-        self.rows_where(|_| true)
+        self.encoded_rows(|_| true)
     }
 
     /// As [`PartitionStore::snapshot_rows`] without the declared field
     /// indexes (their backfill progresses independently on each replica),
     /// for comparing replicas.
     pub fn replicated_rows(&self) -> Result<(PartitionState, Vec<u8>), StorageError> {
-        self.rows_where(|table| !matches!(table, FIELDS | BY_FIELD))
-    }
-
-    /// The state and the encoded rows of the tables `keep` accepts, under
-    /// one RocksDB snapshot.
-    fn rows_where(&self, keep: impl Fn(u8) -> bool) -> Result<(PartitionState, Vec<u8>), StorageError> {
-        let guard = self.state.read().expect("partition state lock");
-        let snap = self.db.rocks().snapshot();
-        let st = guard.clone();
-        drop(guard);
-        let mut rows = crate::snapshot_record::dump_rows(&self.db, &snap, self.group)?;
-        rows.retain(|(k, _)| k.first().is_some_and(|t| keep(*t)));
-        Ok((st, crate::snapshot_record::encode_rows(rows)?))
+        self.encoded_rows(|k| k.first().is_some_and(|t| !matches!(*t, FIELDS | BY_FIELD)))
     }
 
     /// Writes every row of the partition, under one RocksDB snapshot, to a
     /// new fsynced snapshot file (streamed: never in memory whole).
     pub fn build_snapshot_file(&self) -> Result<(PartitionState, SnapshotFile), StorageError> {
-        let guard = self.state.read().expect("partition state lock");
-        let snap = self.db.rocks().snapshot();
-        let st = guard.clone();
-        drop(guard);
-        let file = crate::snapshot_record::write_rows(&self.db, &snap, self.group)?;
-        Ok((st, file))
+        self.rows_file()
     }
 
     /// The partition's current persisted snapshot.
     pub fn load_snapshot(&self) -> Result<Option<(SnapshotMeta, SnapshotFile)>, StorageError> {
-        crate::snapshot_record::load(&self.db, self.group)
+        self.current_snapshot()
     }
 
     /// Replaces the partition's whole state with a snapshot, atomically and
     /// durably, and makes it the current snapshot. Nothing changes unless
     /// the whole file passes its checksum and format checks.
     pub async fn install_snapshot(&self, meta: &SnapshotMeta, file: &SnapshotFile) -> Result<(), StorageError> {
-        let cf = self.db.cf(CF_SM);
-        let mut batch = WriteBatch::default();
-        let mut st = PartitionState::default();
-        crate::snapshot_record::replace_rows_from(&mut batch, &self.db, self.group, file, |k, v| {
-            if k == [STATE] {
-                st = self.decode(&"snapshot state", v)?;
-            }
-            Ok(())
-        })?;
-        st.last_applied = meta.last_log_id.clone();
-        st.membership = meta.last_membership.clone();
-        batch.put_cf(
-            cf,
-            table_prefix(self.group, STATE),
-            codec::encode("partition state", &st)?,
-        );
-        // The batch is complete, so the file passed its checksum: make it
-        // the current snapshot in the same batch.
-        let _lock = crate::snapshot_record::record_lock().await;
-        let previous = crate::snapshot_record::current_file(&self.db, self.group)?;
-        let placed = crate::snapshot_record::place(&self.db, self.group, meta, file)?;
-        crate::snapshot_record::put_record(&mut batch, &self.db, self.group, meta, &placed)?;
-        let next = st.next_offset;
-        {
+        let mut next = 0;
+        self.install_file(meta, file, |batch, st| {
+            next = st.next_offset;
             // No backfill step runs on the rows being replaced.
             let _applying = self.apply_lock.lock().expect("apply lock");
             let mut guard = self.state.write().expect("partition state lock");
@@ -1335,9 +1297,9 @@ impl PartitionStore {
             self.ensure_bytes()?;
             self.load_fields()?;
             *guard = st;
-        }
-        self.db.sync().await?;
-        crate::snapshot_record::retire(&self.db, previous, &placed);
+            Ok(())
+        })
+        .await?;
         self.offset_tx.send_replace(next);
         Ok(())
     }
@@ -1431,7 +1393,10 @@ impl PartitionStore {
     }
 }
 
-impl crate::snapshot_record::SnapshotSource for PartitionStore {
+impl SnapshotSource for PartitionStore {
+    type State = PartitionState;
+    const STATE_TABLE: u8 = STATE;
+
     fn snapshot_db(&self) -> &Db {
         &self.db
     }
@@ -1440,16 +1405,33 @@ impl crate::snapshot_record::SnapshotSource for PartitionStore {
         self.group
     }
 
-    fn write_snapshot(&self) -> Result<(SnapshotMeta, SnapshotFile), StorageError> {
-        let (st, file) = self.build_snapshot_file()?;
-        let meta = SnapshotMeta {
-            last_log_id: st.last_applied,
-            last_membership: st.membership,
-        };
-        Ok((meta, file))
+    fn state_lock(&self) -> &RwLock<PartitionState> {
+        &self.state
     }
 
-    fn applied_index(&self) -> u64 {
-        self.state().last_applied.map_or(0, |l| l.index)
+    fn meta_of(st: &PartitionState) -> SnapshotMeta {
+        SnapshotMeta {
+            last_log_id: st.last_applied.clone(),
+            last_membership: st.membership.clone(),
+        }
+    }
+
+    fn set_meta(st: &mut PartitionState, meta: &SnapshotMeta) {
+        st.last_applied = meta.last_log_id.clone();
+        st.membership = meta.last_membership.clone();
+    }
+}
+
+impl crate::group::GroupStore for PartitionStore {
+    fn apply_entry(&self, entry: &Entry) -> Result<Response, StorageError> {
+        PartitionStore::apply_entry(self, entry)
+    }
+
+    fn install_snapshot(
+        &self,
+        meta: &SnapshotMeta,
+        file: &SnapshotFile,
+    ) -> impl std::future::Future<Output = Result<(), StorageError>> + Send {
+        PartitionStore::install_snapshot(self, meta, file)
     }
 }

@@ -3,11 +3,12 @@
 
 pub mod layout;
 pub mod session;
-mod state_machine;
 pub mod store;
 
 pub use layout::{Changes, KvRecord, LeaseRecord};
-pub use state_machine::MetaStateMachine;
 pub use store::{
     MetaStore, Placement, ReadError, SmState, SnapshotSummary, WatchEvent, auto_compaction_step, summarize_snapshot,
 };
+
+/// The meta group's state machine handle given to openraft.
+pub type MetaStateMachine = crate::group::GroupStateMachine<MetaStore>;

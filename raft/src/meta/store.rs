@@ -45,7 +45,7 @@ use super::layout::{self, Changes, KvRecord, LeaseRecord};
 use super::session::{Check, Session, Sessions};
 use crate::command::*;
 use crate::limits::Limits;
-use crate::snapshot_record::SnapshotFile;
+use crate::snapshot_record::{SnapshotFile, SnapshotSource};
 use crate::types::{Entry, LogId, SnapshotMeta, StoredMembership};
 
 /// The replicated scalar state of the meta group, one record.
@@ -1343,70 +1343,33 @@ impl MetaStore {
 
     /// Serializes every row of the group under one RocksDB snapshot.
     pub fn snapshot_rows(&self) -> Result<(SmState, Vec<u8>), StorageError> {
-        let st_guard = self.state.read().expect("sm state lock");
-        let snap = self.db.rocks().snapshot();
-        let st = st_guard.clone();
-        drop(st_guard);
-        let rows = crate::snapshot_record::dump_rows(&self.db, &snap, self.group)?;
-        Ok((st, crate::snapshot_record::encode_rows(rows)?))
+        self.encoded_rows(|_| true)
     }
 
     /// Writes every row of the group, under one RocksDB snapshot, to a new
     /// fsynced snapshot file (streamed: never in memory whole).
     pub fn build_snapshot_file(&self) -> Result<(SmState, SnapshotFile), StorageError> {
-        let st_guard = self.state.read().expect("sm state lock");
-        let snap = self.db.rocks().snapshot();
-        let st = st_guard.clone();
-        drop(st_guard);
-        let file = crate::snapshot_record::write_rows(&self.db, &snap, self.group)?;
-        Ok((st, file))
+        self.rows_file()
     }
 
     /// The group's current persisted snapshot.
     pub fn load_snapshot(&self) -> Result<Option<(SnapshotMeta, SnapshotFile)>, StorageError> {
-        crate::snapshot_record::load(&self.db, self.group)
+        self.current_snapshot()
     }
 
     /// Replaces the group's whole state with a snapshot, atomically and
     /// durably, and makes it the current snapshot. Nothing changes unless
     /// the whole file passes its checksum and format checks.
     pub async fn install_snapshot(&self, meta: &SnapshotMeta, file: &SnapshotFile) -> Result<(), StorageError> {
-        let cf = self.db.cf(CF_SM);
-        let mut batch = WriteBatch::default();
-        let state_suffix = layout::state_key(self.group)[4..].to_vec();
-        let mut new_state: Option<SmState> = None;
-        crate::snapshot_record::replace_rows_from(&mut batch, &self.db, self.group, file, |k, v| {
-            if k == state_suffix.as_slice() {
-                new_state = Some(codec::decode(
-                    RecordRef {
-                        cf: CF_SNAPSHOT,
-                        group: self.group,
-                        record: &"snapshot state",
-                    },
-                    v,
-                )?);
-            }
-            Ok(())
-        })?;
-        let mut st = new_state.unwrap_or_default();
-        // The snapshot's meta is authoritative for what it covers.
-        st.last_applied = meta.last_log_id.clone();
-        st.membership = meta.last_membership.clone();
-        batch.put_cf(cf, layout::state_key(self.group), codec::encode("sm state", &st)?);
-        // The batch is complete, so the file passed its checksum: make it
-        // the current snapshot in the same batch.
-        let _lock = crate::snapshot_record::record_lock().await;
-        let previous = crate::snapshot_record::current_file(&self.db, self.group)?;
-        let placed = crate::snapshot_record::place(&self.db, self.group, meta, file)?;
-        crate::snapshot_record::put_record(&mut batch, &self.db, self.group, meta, &placed)?;
-        let revision = st.revision;
-        {
+        let mut revision = 0;
+        self.install_file(meta, file, |batch, st| {
+            revision = st.revision;
             let mut guard = self.state.write().expect("sm state lock");
             self.db.write_buffered(batch)?;
             *guard = st;
-        }
-        self.db.sync().await?;
-        crate::snapshot_record::retire(&self.db, previous, &placed);
+            Ok(())
+        })
+        .await?;
         *self.sessions.lock().expect("sessions lock") = Self::load_sessions(&self.db, self.group)?;
         self.revision_tx.send_replace(revision);
         Ok(())
@@ -1522,7 +1485,10 @@ impl MetaStore {
     }
 }
 
-impl crate::snapshot_record::SnapshotSource for MetaStore {
+impl SnapshotSource for MetaStore {
+    type State = SmState;
+    const STATE_TABLE: u8 = layout::STATE;
+
     fn snapshot_db(&self) -> &Db {
         &self.db
     }
@@ -1531,16 +1497,33 @@ impl crate::snapshot_record::SnapshotSource for MetaStore {
         self.group
     }
 
-    fn write_snapshot(&self) -> Result<(SnapshotMeta, SnapshotFile), StorageError> {
-        let (st, file) = self.build_snapshot_file()?;
-        let meta = SnapshotMeta {
-            last_log_id: st.last_applied,
-            last_membership: st.membership,
-        };
-        Ok((meta, file))
+    fn state_lock(&self) -> &RwLock<SmState> {
+        &self.state
     }
 
-    fn applied_index(&self) -> u64 {
-        self.state().last_applied.map_or(0, |l| l.index)
+    fn meta_of(st: &SmState) -> SnapshotMeta {
+        SnapshotMeta {
+            last_log_id: st.last_applied.clone(),
+            last_membership: st.membership.clone(),
+        }
+    }
+
+    fn set_meta(st: &mut SmState, meta: &SnapshotMeta) {
+        st.last_applied = meta.last_log_id.clone();
+        st.membership = meta.last_membership.clone();
+    }
+}
+
+impl crate::group::GroupStore for MetaStore {
+    fn apply_entry(&self, entry: &Entry) -> Result<Response, StorageError> {
+        MetaStore::apply_entry(self, entry)
+    }
+
+    fn install_snapshot(
+        &self,
+        meta: &SnapshotMeta,
+        file: &SnapshotFile,
+    ) -> impl std::future::Future<Output = Result<(), StorageError>> + Send {
+        MetaStore::install_snapshot(self, meta, file)
     }
 }

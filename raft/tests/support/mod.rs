@@ -30,15 +30,6 @@ use esf_storage::{Db, StorageConfig};
 /// Deadline for a cluster to agree on something.
 pub const CONVERGE: Duration = Duration::from_secs(30);
 
-#[derive(Debug)]
-struct LinkDown(String);
-impl std::fmt::Display for LinkDown {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-impl std::error::Error for LinkDown {}
-
 #[derive(Default)]
 struct RouterInner {
     nodes: HashMap<NodeId, MetaRaft>,
@@ -83,17 +74,17 @@ impl Router {
     fn route(&self, from: NodeId, to: NodeId) -> Result<MetaRaft, Unreachable<TypeConfig>> {
         let g = self.inner.lock().unwrap();
         if g.cut.contains(&(from, to)) {
-            return Err(Unreachable::new(&LinkDown(format!("link {from}->{to} is cut"))));
+            return Err(Unreachable::from_string(format!("link {from}->{to} is cut")));
         }
         g.nodes
             .get(&to)
             .cloned()
-            .ok_or_else(|| Unreachable::new(&LinkDown(format!("node {to} is down"))))
+            .ok_or_else(|| Unreachable::from_string(format!("node {to} is down")))
     }
 
     fn reply_ok(&self, from: NodeId, to: NodeId) -> Result<(), Unreachable<TypeConfig>> {
         if self.inner.lock().unwrap().cut.contains(&(to, from)) {
-            return Err(Unreachable::new(&LinkDown(format!("reply link {to}->{from} is cut"))));
+            return Err(Unreachable::from_string(format!("reply link {to}->{from} is cut")));
         }
         Ok(())
     }

@@ -10,6 +10,13 @@
 //!   then read the store. Serializable reads read the local store at once.
 //! - Every reply carries a [`ResponseHeader`].
 //! - The lease keeper runs while this node leads (see [`crate::lease_keeper`]).
+//! - [`GroupStateMachine`]: openraft's state machine of every group, the
+//!   meta group's and each partition's (see [`state_machine`]).
+
+pub mod state_machine;
+
+pub use state_machine::GroupStateMachine;
+pub(crate) use state_machine::GroupStore;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -26,8 +33,8 @@ use tracing::{debug, info, warn};
 use crate::command::*;
 use crate::error::{Error, Result};
 use crate::lease_keeper::LeaseClock;
-use crate::meta::{MetaStateMachine, MetaStore};
-use crate::types::{LogStore, MetaRaft, NodeId, TypeConfig};
+use crate::meta::MetaStore;
+use crate::types::{LogStore, MetaRaft, NodeId, SnapshotMeta, TypeConfig};
 
 /// Group id of the meta group.
 pub const META_GROUP: u32 = 0;
@@ -96,6 +103,28 @@ impl std::fmt::Debug for MetaGroup {
     }
 }
 
+/// Starts openraft for `group` over `store`, with its log in `db` and
+/// policy snapshots paced as `opts` say.
+pub(crate) async fn start_raft<S, N>(
+    db: Arc<Db>,
+    group: u32,
+    store: Arc<S>,
+    network: N,
+    opts: &GroupOptions,
+) -> Result<openraft::Raft<TypeConfig, GroupStateMachine<S>>>
+where
+    S: GroupStore,
+    N: RaftNetworkFactory<TypeConfig>,
+    N::Network: openraft::network::NetSnapshot<TypeConfig, SnapshotData = crate::types::SnapshotData>,
+{
+    let log = LogStore::new(db, group);
+    let pacing = crate::snapshot_record::Pacing::new(&opts.raft, opts.snapshot_step_bytes);
+    let sm = GroupStateMachine::new(store).with_pacing(pacing);
+    openraft::Raft::new(opts.node_id, opts.raft.clone(), network, log, sm)
+        .await
+        .map_err(|e| Error::Fatal(e.to_string()))
+}
+
 /// Refuses a write that adds data once the state machines (`sm` column
 /// family, every group) use more than `quota` bytes.
 pub(crate) fn check_quota(db: &Db, quota: u64) -> Result<()> {
@@ -141,6 +170,25 @@ where
             Ok(Err(RaftError::Fatal(f))) => return Err(Error::Fatal(f.to_string())),
             Ok(Ok(r)) => return Ok(r.data),
         }
+    }
+}
+
+/// [`propose`] with `opts`' deadline and heartbeat; a state machine
+/// rejection comes back as [`Error::Rejected`].
+pub(crate) async fn propose_checked<SM>(
+    raft: &openraft::Raft<TypeConfig, SM>,
+    group: u32,
+    cmd: Command,
+    opts: &GroupOptions,
+) -> Result<Response>
+where
+    SM: openraft::storage::RaftStateMachine<TypeConfig>,
+{
+    let heartbeat = Duration::from_millis(opts.raft.heartbeat_interval);
+    let resp = propose(raft, group, cmd, opts.request_timeout, heartbeat).await?;
+    match resp.result {
+        OpResult::Rejected(rej) => Err(Error::Rejected(rej)),
+        _ => Ok(resp),
     }
 }
 
@@ -207,14 +255,7 @@ impl MetaGroup {
         N::Network: openraft::network::NetSnapshot<TypeConfig, SnapshotData = crate::types::SnapshotData>,
     {
         let store = MetaStore::open(db.clone(), META_GROUP)?;
-        let log = LogStore::new(db, META_GROUP);
-        let sm = MetaStateMachine::new(store.clone()).with_pacing(crate::snapshot_record::Pacing::new(
-            &opts.raft,
-            opts.snapshot_step_bytes,
-        ));
-        let raft = MetaRaft::new(opts.node_id, opts.raft.clone(), network, log, sm)
-            .await
-            .map_err(|e| Error::Fatal(e.to_string()))?;
+        let raft = start_raft(db, META_GROUP, store.clone(), network, &opts).await?;
         let group = Arc::new(MetaGroup {
             cluster_id: std::sync::RwLock::new(opts.cluster_id.clone()),
             raft,
@@ -266,17 +307,7 @@ impl MetaGroup {
         if adds_data(&cmd.op) {
             check_quota(self.store.db(), self.opts.quota_bytes)?;
         }
-        let resp = propose(
-            &self.raft,
-            META_GROUP,
-            cmd,
-            self.opts.request_timeout,
-            Duration::from_millis(self.opts.raft.heartbeat_interval),
-        )
-        .await?;
-        if let OpResult::Rejected(rej) = resp.result {
-            return Err(Error::Rejected(rej));
-        }
+        let resp = propose_checked(&self.raft, META_GROUP, cmd, &self.opts).await?;
         if let OpResult::LeaseGranted { id, ttl_secs } = resp.result {
             self.leases
                 .lock()
@@ -436,22 +467,46 @@ pub async fn seed_from_snapshot(
     node_id: NodeId,
     addr: &str,
 ) -> Result<crate::meta::store::SnapshotSummary> {
-    use openraft::storage::RaftLogStorage;
     let store = MetaStore::open(db.clone(), META_GROUP)?;
-    let mut log = LogStore::new(db, META_GROUP);
-    if log.log_state()?.last_log_id.is_some() || log.vote()?.is_some() {
-        return Err(Error::Unavailable(
-            "the data directory already holds a Raft log: restore needs a new, empty one".into(),
-        ));
-    }
+    let mut log = restore_log(db, META_GROUP)?;
     let (meta, summary) = store.seed_from_snapshot(data, node_id, addr).await?;
-    let last = meta.last_log_id.expect("a seeded snapshot has a last log id");
-    let io = |what: &str, e: std::io::Error| Error::Unavailable(format!("{what}: {e}"));
+    seed_log(&mut log, META_GROUP, &meta, node_id).await?;
+    Ok(summary)
+}
+
+/// How a restore's errors about `group` begin.
+fn restore_context(group: u32) -> String {
+    if group == META_GROUP {
+        String::new()
+    } else {
+        format!("partition {group}: ")
+    }
+}
+
+/// The Raft log of `group` for an offline restore: an error unless it is
+/// empty (no entry, no vote), so a restore never overwrites a node's state.
+pub(crate) fn restore_log(db: Arc<Db>, group: u32) -> Result<LogStore> {
+    let log = LogStore::new(db, group);
+    if log.log_state()?.last_log_id.is_some() || log.vote()?.is_some() {
+        return Err(Error::Unavailable(format!(
+            "{}the data directory already holds a Raft log: restore needs a new, empty one",
+            restore_context(group)
+        )));
+    }
+    Ok(log)
+}
+
+/// After a restore seeded `group`'s store with the snapshot `meta`: the
+/// vote carries the snapshot's term (for `node_id`) and the log is purged
+/// up to its last entry, so the node elects itself in a later term.
+pub(crate) async fn seed_log(log: &mut LogStore, group: u32, meta: &SnapshotMeta, node_id: NodeId) -> Result<()> {
+    use openraft::storage::RaftLogStorage;
+    let last = meta.last_log_id.clone().expect("a seeded snapshot has a last log id");
+    let io = |what: &str, e: std::io::Error| Error::Unavailable(format!("{}{what}: {e}", restore_context(group)));
     log.save_vote(&openraft::Vote::new(last.leader_id.term, node_id))
         .await
         .map_err(|e| io("save vote", e))?;
-    log.purge(last).await.map_err(|e| io("purge log", e))?;
-    Ok(summary)
+    log.purge(last).await.map_err(|e| io("purge log", e))
 }
 
 /// While this node leads: reconcile the lease clock with the store, and
