@@ -569,12 +569,7 @@ async fn leased_key_lives_while_kept_alive_and_goes_when_the_lease_does() {
     let client = c.client();
     let lease = client.lease_grant(2, 0).await.expect("grant").id;
     client
-        .put_with(pb::PutRequest {
-            key: b"svc/a".to_vec(),
-            value: b"up".to_vec(),
-            lease,
-            ..Default::default()
-        })
+        .put_with(pb::PutRequest::new(&b"svc/a"[..], &b"up"[..]).with_lease(lease))
         .await
         .expect("put with lease");
     let start = tokio::time::Instant::now();
@@ -693,10 +688,7 @@ async fn watch_delivers_every_revision_once_and_a_snapshot_after_compaction() {
     client.put("other", "x").await.expect("put outside the range");
     client.put("w/b", "1").await.expect("put");
     client
-        .delete(pb::DeleteRequest {
-            range: Some(esf_client::key_range_key(b"w/a".to_vec())),
-            ..Default::default()
-        })
+        .delete(pb::DeleteRequest::of(pb::KeyRange::key(&b"w/a"[..])))
         .await
         .expect("delete");
     let got = watch_events(&mut stream, 4).await;
@@ -874,10 +866,7 @@ async fn writes_past_the_quota_are_refused_until_compaction_frees_space() {
     let (_, kv) = client.get("keep").await.expect("read past the quota");
     assert_eq!(kv.unwrap().value, b"small".to_vec());
     let del = client
-        .delete(pb::DeleteRequest {
-            range: Some(esf_client::key_range_key(b"big".to_vec())),
-            ..Default::default()
-        })
+        .delete(pb::DeleteRequest::of(pb::KeyRange::key(&b"big"[..])))
         .await
         .expect("delete past the quota");
     let rev = del.header.unwrap().revision;
@@ -906,12 +895,7 @@ async fn streamed_keepalive_keeps_a_lease_across_a_leader_kill() {
     let client = c.client();
     let lease = client.lease_grant(2, 0).await.expect("grant").id;
     client
-        .put_with(pb::PutRequest {
-            key: b"svc/k".to_vec(),
-            value: b"up".to_vec(),
-            lease,
-            ..Default::default()
-        })
+        .put_with(pb::PutRequest::new(&b"svc/k"[..], &b"up"[..]).with_lease(lease))
         .await
         .expect("put with lease");
     let keeper_client = c.client();
@@ -1237,21 +1221,13 @@ async fn snapshot_of_a_live_cluster_restores_into_a_new_node_with_the_same_keys_
             .expect("put");
     }
     client
-        .delete(pb::DeleteRequest {
-            range: Some(esf_client::key_range_key(b"cfg/3".to_vec())),
-            ..Default::default()
-        })
+        .delete(pb::DeleteRequest::of(pb::KeyRange::key(&b"cfg/3"[..])))
         .await
         .expect("delete");
     client.compact(20).await.expect("compact");
     let lease = client.lease_grant(600, 0).await.expect("grant").id;
     client
-        .put_with(pb::PutRequest {
-            key: b"leased".to_vec(),
-            value: b"x".to_vec(),
-            lease,
-            ..Default::default()
-        })
+        .put_with(pb::PutRequest::new(&b"leased"[..], &b"x"[..]).with_lease(lease))
         .await
         .expect("leased put");
     client

@@ -15,11 +15,15 @@
 //! - [`wire`]: metadata keys, size limits, the stream-to-partition hash,
 //!   endpoint syntax, and the classification of a broken connection.
 //! - [`uuid`]: the text form of event ids.
+//! - Typed constructors of the requests that are awkward as literals
+//!   (`KeyRange::prefix`, `PutRequest::new(..).with_lease(..)`,
+//!   `DeleteRequest::of`, `RangeRequest::of`, `WatchRequest::of`).
 //!
 //! It holds no client or server logic: no retries, no routing, no I/O.
 
 #![warn(missing_docs)]
 
+mod builders;
 pub mod uuid;
 pub mod wire;
 

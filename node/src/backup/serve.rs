@@ -174,34 +174,37 @@ async fn fetch_partition_rows(ctx: &Ctx, g: u32) -> Result<Vec<u8>> {
             continue;
         }
         let fetched = async {
-            let mut c: ClusterStub = ctx.peer(&addr).map_err(Status::from)?;
+            let mut c: ClusterStub = ctx.peer(&addr)?;
             let mut st = tokio::time::timeout(
                 PARTITION_CHUNK_TIMEOUT,
                 c.partition_snapshot(pb::PartitionSnapshotRequest { partition: g }),
             )
             .await
-            .map_err(|_| Status::unavailable("no answer"))??
+            .map_err(|_| Error::unavailable("no answer"))?
+            .map_err(Error::Peer)?
             .into_inner();
             let mut data = Vec::new();
             let mut announced = None;
             while let Some(chunk) = tokio::time::timeout(PARTITION_CHUNK_TIMEOUT, st.message())
                 .await
-                .map_err(|_| Status::unavailable("a chunk did not arrive in time"))??
+                .map_err(|_| Error::unavailable("a chunk did not arrive in time"))?
+                .map_err(Error::Peer)?
             {
                 data.extend_from_slice(&chunk.data);
                 announced = Some(chunk.total_bytes);
                 if data.len() as u64 > chunk.total_bytes {
-                    return Err(Status::data_loss("more bytes than announced"));
+                    return Err(Error::DataLoss("more bytes than announced".into()));
                 }
             }
             if announced.is_some_and(|t| t != data.len() as u64) {
-                return Err(Status::data_loss("fewer bytes than announced"));
+                return Err(Error::DataLoss("fewer bytes than announced".into()));
             }
-            Ok::<_, Status>(data)
+            Ok::<_, Error>(data)
         };
         match fetched.await {
             Ok(d) => return Ok(d),
-            Err(s) => {
+            Err(e) => {
+                let s = Status::from(e);
                 if let Some(hint) = s
                     .metadata()
                     .get(esf_proto::wire::LEADER_ADDR_METADATA)

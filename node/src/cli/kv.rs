@@ -124,15 +124,7 @@ pub(super) async fn kv(c: Client, out: Output, cmd: KvCmd) -> anyhow::Result<()>
             anyhow::bail!("watch: the node closed the stream");
         }
         KvCmd::Put { key, value, lease } => {
-            let r = c
-                .put_with(pb::PutRequest {
-                    key: key.into(),
-                    value: value.into(),
-                    lease,
-                    prev_kv: false,
-                    session: None,
-                })
-                .await?;
+            let r = c.put_with(pb::PutRequest::new(key, value).with_lease(lease)).await?;
             print(out, &json!({"header": header_json(&r.header)}), || "OK\n".into());
         }
         KvCmd::Get {
@@ -182,13 +174,7 @@ pub(super) async fn kv(c: Client, out: Output, cmd: KvCmd) -> anyhow::Result<()>
             } else {
                 key_range_key(key.into())
             };
-            let r = c
-                .delete(pb::DeleteRequest {
-                    range: Some(range),
-                    prev_kv: false,
-                    session: None,
-                })
-                .await?;
+            let r = c.delete(pb::DeleteRequest::of(range)).await?;
             print(
                 out,
                 &json!({"header": header_json(&r.header), "deleted": r.deleted}),

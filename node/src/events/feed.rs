@@ -16,7 +16,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use esf_proto::v1 as pb;
 use esf_raft::events::PartitionGroup;
 use esf_raft::events::store::EventRecord;
-use tonic::Status;
 
 use super::{
     Events, EventsStub, FORWARD_TIMEOUT, HOLD_CHECK, MAX_EVENTS_PER_RESPONSE, RESUBSCRIBE_PAUSE,
@@ -210,17 +209,22 @@ async fn open_remote(
             partitions: vec![p],
         };
         let opened = tokio::time::timeout(FORWARD_TIMEOUT, async {
-            let mut st = c.subscribe(Ctx::forwarded(req)).await?.into_inner();
+            let mut st = c
+                .subscribe(Ctx::forwarded(req))
+                .await
+                .map_err(Error::Peer)?
+                .into_inner();
             let first = st
                 .message()
-                .await?
-                .ok_or_else(|| Status::unavailable(format!("partition {p}: {addr} closed the subscription")))?;
+                .await
+                .map_err(Error::Peer)?
+                .ok_or_else(|| Error::unavailable(format!("partition {p}: {addr} closed the subscription")))?;
             let start = first
                 .next_offsets
                 .get(&p)
                 .copied()
-                .ok_or_else(|| Status::internal(format!("partition {p}: {addr} sent no start offset")))?;
-            Ok::<_, Status>((st, start))
+                .ok_or_else(|| Error::Internal(format!("partition {p}: {addr} sent no start offset")))?;
+            Ok::<_, Error>((st, start))
         })
         .await;
         match opened {
@@ -228,7 +232,7 @@ async fn open_remote(
                 ctx.routes.learn(p, &addr);
                 return Ok(x);
             }
-            Ok(Err(s)) => last = Error::Peer(s),
+            Ok(Err(e)) => last = e,
             Err(_) => {
                 last = Error::unavailable(format!(
                     "partition {p}: {addr} did not open a subscription within {FORWARD_TIMEOUT:?}"
