@@ -21,10 +21,12 @@ stop_all() {
 start_esf() {
   local bin="$1" work="$2" base="$3" i port
   ESF_EPS="127.0.0.1:$base,127.0.0.1:$((base + 100)),127.0.0.1:$((base + 200))"
+  mkdir -p "$work"
+  [ -s "$work/peer-secret" ] || (umask 077 && head -c 32 /dev/urandom | base64 >"$work/peer-secret")
   for i in 1 2 3; do
     port=$((base + (i - 1) * 100))
     "$bin" serve --node-id "$i" --data-dir "$work/esf-$i" --listen "127.0.0.1:$port" \
-      --admin-listen "127.0.0.1:$((port + 1))" --join "$ESF_EPS" --bootstrap-expect 3 \
+      --admin-listen "127.0.0.1:$((port + 1))" --join "$ESF_EPS" --bootstrap-expect 3 --peer-secret-file "$work/peer-secret" \
       >"$work/esf-$i.log" 2>&1 &
     PIDS+=($!)
   done

@@ -46,6 +46,10 @@ bash scripts/setup.sh
 echo "run: building (target dir $CARGO_TARGET_DIR)"
 cargo build --workspace --all-targets --locked --quiet
 mkdir -p "$DIR"
+# The cluster's peer secret: every node proves itself to the others with it.
+if [ ! -s "$DIR/peer-secret" ]; then
+  (umask 077 && head -c 32 /dev/urandom | base64 >"$DIR/peer-secret")
+fi
 for i in "${NODES[@]}"; do
   pidf="$DIR/node-$i.pid"
   if [ -f "$pidf" ] && kill -0 "$(cat "$pidf")" 2>/dev/null; then
@@ -54,7 +58,7 @@ for i in "${NODES[@]}"; do
   fi
   nohup "$BIN" serve --node-id "$i" --data-dir "$DIR/node-$i" \
     --listen "127.0.0.1:$(grpc_port "$i")" --admin-listen "127.0.0.1:$(admin_port "$i")" \
-    --join "$ENDPOINTS" --bootstrap-expect 3 >"$DIR/node-$i.log" 2>&1 &
+    --join "$ENDPOINTS" --bootstrap-expect 3 --peer-secret-file "$DIR/peer-secret" >"$DIR/node-$i.log" 2>&1 &
   echo $! >"$pidf"
 done
 

@@ -225,10 +225,25 @@ pub struct Cluster {
     pub net: Option<netns::Net>,
 }
 
+/// The peer secret every node the harness starts proves itself with (one
+/// for all clusters of a test process, so clusters still tell each other
+/// apart by cluster id, as before peer secrets existed).
+pub const PEER_SECRET: &str = "esf-cluster-tests-peer-secret-v1";
+
+/// The file holding [`PEER_SECRET`] under `base`, written if missing.
+pub fn peer_secret_file(base: &Path) -> PathBuf {
+    let f = base.join("peer-secret");
+    if !f.exists() {
+        std::fs::write(&f, PEER_SECRET).expect("write the peer secret file");
+    }
+    f
+}
+
 /// Builds (does not start) node `id` listening on `ports` (gRPC, admin).
 fn new_node(base: &Path, id: u64, join: &[String], bootstrap_expect: Option<u64>, ports: (u16, u16)) -> Node {
     let (g, a) = ports;
     let dir = base.join(format!("node-{id}"));
+    let secret = peer_secret_file(base);
     let mut args: Vec<String> = vec![
         "--node-id".into(),
         id.to_string(),
@@ -244,6 +259,8 @@ fn new_node(base: &Path, id: u64, join: &[String], bootstrap_expect: Option<u64>
         "100".into(),
         "--election-timeout-ms".into(),
         "600".into(),
+        "--peer-secret-file".into(),
+        secret.display().to_string(),
     ];
     if let Some(n) = bootstrap_expect {
         args.extend(["--bootstrap-expect".to_string(), n.to_string()]);

@@ -435,6 +435,28 @@ fn config_validate_names_the_bad_key_and_its_source() {
     let (code, _, err) = cli(&bin, &["serve", "--snapshot-step-mb", "2000000000"]);
     assert_ne!(code, 0);
     assert!(err.contains("snapshot_step_mb: must be at most"), "{err}");
+    // A node that joins others must have the cluster's peer secret, and a
+    // usable one.
+    let (code, _, err) = cli(&bin, &["serve", "--join", "127.0.0.1:7001"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("peer_secret_file: required with join"), "{err}");
+    let short = dir.path().join("short-secret");
+    std::fs::write(&short, "abc\n").unwrap();
+    let data = dir.path().join("data");
+    let (code, _, err) = cli(
+        &bin,
+        &[
+            "serve",
+            "--join",
+            "127.0.0.1:7001",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--peer-secret-file",
+            short.to_str().unwrap(),
+        ],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("peer_secret_file") && err.contains("16 to 1024"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -59,10 +59,16 @@ pub const LINGER: Duration = Duration::from_millis(5);
 /// First and longest wait between failed attempts.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
 
+/// Revisions below this fit an audit event id.
+pub const MAX_AUDITED_REVISION: u64 = 1 << 56;
+
 /// The id of the audit event of `revision`: a UUID (version 8) holding
 /// "esfaud" and the revision, the same on every attempt and every node.
 pub fn event_id(revision: u64) -> [u8; 16] {
-    assert!(revision < 1 << 56, "revision {revision} does not fit an audit id");
+    assert!(
+        revision < MAX_AUDITED_REVISION,
+        "revision {revision} does not fit an audit id"
+    );
     let mut id = [0u8; 16];
     id[..6].copy_from_slice(b"esfaud");
     id[6] = 0x80;
@@ -187,6 +193,13 @@ fn list_len(data: &Value) -> usize {
 /// The revision an audit event records (its `revision` metadata).
 pub fn revision_of(e: &pb::RecordedEvent) -> Option<u64> {
     e.metadata.get("revision").and_then(|r| r.parse().ok())
+}
+
+/// The revision of `e` if the relay wrote it: it names a revision and its
+/// id is [`event_id`] of that revision.
+pub fn written_by_relay(e: &pb::RecordedEvent) -> Option<u64> {
+    let revision = revision_of(e).filter(|r| *r < MAX_AUDITED_REVISION)?;
+    (esf_proto::uuid::parse(&e.id).ok()? == event_id(revision)).then_some(revision)
 }
 
 /// Runs the relay whenever this node leads meta, until `stop`.
@@ -354,7 +367,13 @@ impl Relay {
                 // after a pause.
                 Ok(Err(e)) if stream_moved(&e) => {
                     warn!(error = %e, "audit relay: the stream moved; resuming from its end");
-                    (next, version) = self.resume_point().await?;
+                    let resumed = self.resume_point().await?;
+                    // A refusal that moved nothing is an error like any
+                    // other (retried after a pause), never a tight loop.
+                    if resumed == (next, version) {
+                        return Err(Error::task(&format!("append revisions {next}..={last}"), e));
+                    }
+                    (next, version) = resumed;
                 }
                 Ok(Err(e)) => return Err(Error::task(&format!("append revisions {next}..={last}"), e)),
                 Err(_) => {
@@ -387,9 +406,11 @@ impl Relay {
                 )));
             }
         };
-        // (An event without a revision cannot come from the relay: then the
-        // cursor alone says where to go on.)
-        let in_stream = resp.events.first().and_then(revision_of).unwrap_or(0);
+        // Only an event the relay wrote moves it on: its id is the one the
+        // relay derives from its revision. Anything else (no revision, or
+        // an id that does not match) leaves the cursor alone to say where
+        // to go on, so a forged event cannot make the relay skip changes.
+        let in_stream = resp.events.first().and_then(written_by_relay).unwrap_or(0);
         let store = self.ctx.meta.store();
         let cursor = store.audit_cursor()?.unwrap_or(0);
         Ok((in_stream.max(cursor) + 1, resp.stream_version))
@@ -488,6 +509,24 @@ mod tests {
         assert_eq!(esf_proto::uuid::parse(&a).expect("parses"), event_id(1));
         assert_eq!(event_id(7), event_id(7));
         assert_eq!(&a[14..15], "8", "version 8: {a}");
+    }
+
+    #[test]
+    fn only_events_with_the_derived_id_move_the_relay() {
+        let mut e = pb::RecordedEvent {
+            id: esf_proto::uuid::format(&event_id(9)),
+            metadata: [("revision".to_string(), "9".to_string())].into_iter().collect(),
+            ..Default::default()
+        };
+        assert_eq!(written_by_relay(&e), Some(9));
+        // A forged event claiming a far revision under another id.
+        e.metadata.insert("revision".into(), u64::MAX.to_string());
+        assert_eq!(written_by_relay(&e), None);
+        e.id = esf_proto::uuid::format(&esf_proto::uuid::new_v4());
+        e.metadata.insert("revision".into(), "9".into());
+        assert_eq!(written_by_relay(&e), None);
+        e.metadata.clear();
+        assert_eq!(written_by_relay(&e), None);
     }
 
     #[test]

@@ -24,6 +24,11 @@ pub struct NodeConfig {
     pub admin_listen: String,
     /// Peers' gRPC addresses.
     pub join: Vec<String>,
+    /// File holding the cluster's peer secret (printable ASCII, 16 to 1024
+    /// bytes; the same on every node). Nodes prove themselves to each other
+    /// with it on Raft traffic and forwarded requests. Required with
+    /// `join`; a node without one runs a single-node cluster only.
+    pub peer_secret_file: Option<PathBuf>,
     /// The cluster forms once this many nodes (including this one) see each other.
     pub bootstrap_expect: u64,
     /// RocksDB block cache + memtable budget, MiB.
@@ -78,6 +83,7 @@ impl Default for NodeConfig {
             advertise: None,
             admin_listen: "127.0.0.1:2380".into(),
             join: Vec::new(),
+            peer_secret_file: None,
             bootstrap_expect: 1,
             memory_budget_mb: 256,
             heartbeat_interval_ms: 100,
@@ -129,6 +135,10 @@ pub struct Flags {
     #[arg(long, value_delimiter = ',')]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub join: Option<Vec<String>>,
+    /// File with the cluster's peer secret (the same on every node).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_secret_file: Option<PathBuf>,
     /// Form the cluster once this many nodes see each other.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -229,6 +239,12 @@ pub fn validate(c: &NodeConfig) -> anyhow::Result<()> {
     }
     for (i, j) in c.join.iter().enumerate() {
         check_addr(&format!("join[{i}]"), j)?;
+    }
+    if !c.join.is_empty() && c.peer_secret_file.is_none() {
+        anyhow::bail!(
+            "peer_secret_file: required with join: nodes prove themselves to each other with the cluster's peer secret \
+             (write one with `head -c 32 /dev/urandom | base64 > FILE` and give every node the same FILE)"
+        );
     }
     if c.bootstrap_expect == 0 {
         anyhow::bail!("bootstrap_expect: must be at least 1");

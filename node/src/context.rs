@@ -123,11 +123,13 @@ impl Ctx {
         e.leader_addr().filter(|a| *a != self.advertise).map(str::to_string)
     }
 
-    /// `msg` marked as forwarded by this node.
-    pub fn forwarded<T>(msg: T) -> Request<T> {
+    /// `msg` marked as forwarded by this node, with the proof that a node
+    /// of the cluster sent it.
+    pub fn forwarded<T>(&self, msg: T) -> Request<T> {
         let mut r = Request::new(msg);
         r.metadata_mut()
             .insert(FORWARDED_METADATA, "1".parse().expect("static metadata value"));
+        self.pool.secret().sign(&mut r);
         r
     }
 

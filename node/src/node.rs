@@ -28,6 +28,7 @@ use crate::config::NodeConfig;
 use crate::context::Ctx;
 use crate::events::{field_index, retention};
 use crate::identity::{self, Identity};
+use crate::net::peer_auth::PeerSecret;
 use crate::net::peer_pool::{ClusterId, PeerPool};
 use crate::net::raft_network::Network;
 use crate::{admin, api, audit};
@@ -37,11 +38,17 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Runs the node until it is told to stop.
 pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
+    // The secret first: a bad one stops the node before it touches its
+    // data dir.
+    let secret = match &cfg.peer_secret_file {
+        Some(f) => PeerSecret::load(f)?,
+        None => PeerSecret::default(),
+    };
     let identity = open_identity(&cfg)?;
     let has_data = cfg.data_dir.join("db").join("CURRENT").exists();
     let cluster_id: ClusterId = Arc::new(std::sync::RwLock::new(identity.cluster_id.clone()));
     let db = open_storage(&cfg)?;
-    let pool = PeerPool::default();
+    let pool = PeerPool::new(secret);
     let (meta, partitions) = start_groups(&cfg, identity, &db, &pool, &cluster_id).await?;
 
     let (stop_tx, stop_rx) = watch::channel(false);

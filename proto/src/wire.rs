@@ -31,6 +31,10 @@ pub const LEADER_ADDR_METADATA: &str = "esf-leader-addr";
 /// receiver answers it itself (or refuses with a leader hint) and never
 /// forwards it again, so a request makes at most one hop.
 pub const FORWARDED_METADATA: &str = "esf-forwarded";
+/// Metadata that proves a request comes from a node of the cluster: the
+/// cluster's peer secret. Required on every Raft RPC and on every request
+/// marked [`FORWARDED_METADATA`]; a node refuses either without it.
+pub const PEER_AUTH_METADATA: &str = "esf-peer-auth";
 
 /// Largest message a client or node decodes (a lookup or range of many
 /// large entries), bytes.

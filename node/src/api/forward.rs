@@ -31,7 +31,7 @@ macro_rules! forward_or {
             Some(addr) => {
                 let mut c: $stub = $ctx.peer(&addr)?;
                 let mut resp = c
-                    .$method($crate::context::Ctx::forwarded($msg))
+                    .$method($ctx.forwarded($msg))
                     .await
                     .map_err($crate::error::Error::Peer)?;
                 if $hint {

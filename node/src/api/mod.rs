@@ -36,7 +36,10 @@ pub fn routes(
         impl tonic_reflection::server::v1::ServerReflection,
     >,
 ) -> Router {
-    let pin = intercept::ClusterPin(ctx.cluster_id.clone());
+    let pin = intercept::ClusterPin {
+        cluster_id: ctx.cluster_id.clone(),
+        secret: ctx.pool.secret().clone(),
+    };
     server
         .add_service(pb::config_server::ConfigServer::with_interceptor(
             config::ConfigService(ctx.clone()),
@@ -63,11 +66,12 @@ pub fn routes(
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
             pin,
         ))
-        .add_service(
+        .add_service(InterceptedService::new(
             pb::raft_transport_server::RaftTransportServer::new(raft)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
-        )
+            intercept::PeersOnly(ctx.pool.secret().clone()),
+        ))
         .add_service(health)
         .add_service(reflection)
 }

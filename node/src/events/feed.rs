@@ -209,11 +209,7 @@ async fn open_remote(
             partitions: vec![p],
         };
         let opened = tokio::time::timeout(FORWARD_TIMEOUT, async {
-            let mut st = c
-                .subscribe(Ctx::forwarded(req))
-                .await
-                .map_err(Error::Peer)?
-                .into_inner();
+            let mut st = c.subscribe(ctx.forwarded(req)).await.map_err(Error::Peer)?.into_inner();
             let first = st
                 .message()
                 .await

@@ -216,7 +216,7 @@ impl Events<'_> {
     /// leader at `addr` confirms now (within [`FORWARD_TIMEOUT`]).
     async fn follower_read_ready(&self, group: &PartitionGroup, addr: &str) -> Result<()> {
         let mut client: EventsStub = self.0.peer(addr)?;
-        let mut req = Ctx::forwarded(pb::ReadIndexRequest {
+        let mut req = self.0.forwarded(pb::ReadIndexRequest {
             partition: group.group(),
         });
         req.set_timeout(FORWARD_TIMEOUT);
@@ -341,7 +341,7 @@ impl Events<'_> {
                     continue;
                 }
             };
-            let mut r = Ctx::forwarded(msg.clone());
+            let mut r = self.0.forwarded(msg.clone());
             r.set_timeout(FORWARD_TIMEOUT);
             match tokio::time::timeout(FORWARD_TIMEOUT, call(client, r)).await {
                 Ok(Ok(resp)) => {
@@ -387,7 +387,7 @@ impl Events<'_> {
             return Err(e);
         };
         let stub: EventsStub = self.0.peer(&addr)?;
-        call(stub, Ctx::forwarded(msg))
+        call(stub, self.0.forwarded(msg))
             .await
             .map(Response::into_inner)
             .map_err(Error::Peer)

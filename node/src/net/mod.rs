@@ -3,5 +3,6 @@
 //! `RaftNetworkV2` over tonic). The server side of the transport is
 //! `api/raft.rs`.
 
+pub mod peer_auth;
 pub mod peer_pool;
 pub mod raft_network;

@@ -9,19 +9,36 @@ use std::time::Duration;
 
 use tonic::transport::{Channel, Endpoint};
 
+use super::peer_auth::PeerSecret;
+
 /// Connect deadline to a peer.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The cluster id this node belongs to ("" until it joins), shared.
 pub type ClusterId = Arc<RwLock<String>>;
 
-/// One channel per peer address.
+/// One channel per peer address, and the secret this node proves itself
+/// with to its peers.
 #[derive(Clone, Default)]
 pub struct PeerPool {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    secret: PeerSecret,
 }
 
 impl PeerPool {
+    /// A pool whose requests carry `secret` where they must.
+    pub fn new(secret: PeerSecret) -> PeerPool {
+        PeerPool {
+            channels: Arc::default(),
+            secret,
+        }
+    }
+
+    /// The cluster's peer secret as this node has it.
+    pub fn secret(&self) -> &PeerSecret {
+        &self.secret
+    }
+
     /// The channel to `addr` (`host:port`), created lazily.
     pub fn channel(&self, addr: &str) -> Result<Channel, String> {
         let mut map = self.channels.lock().expect("peer pool lock");

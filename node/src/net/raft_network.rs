@@ -247,6 +247,7 @@ impl PeerConn {
             payload,
         });
         req.set_timeout(timeout.min(MAX_RPC_TIMEOUT));
+        self.pool.secret().sign(&mut req);
         Ok(req)
     }
 
@@ -328,7 +329,9 @@ impl RaftNetworkV2<TypeConfig> for PeerConn {
                 futures::future::ready(msg)
             });
             let mut client = self.client()?;
-            let opened = tokio::time::timeout(deadline, client.stream_append(Request::new(requests))).await;
+            let mut req = Request::new(requests);
+            self.pool.secret().sign(&mut req);
+            let opened = tokio::time::timeout(deadline, client.stream_append(req)).await;
             let responses = match opened {
                 Ok(Ok(r)) => r.into_inner(),
                 Ok(Err(s)) => return Err(rpc_err(target, &s)),
@@ -433,6 +436,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConn {
         });
         let mut req = Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
         req.set_timeout(SNAPSHOT_TIMEOUT);
+        self.pool.secret().sign(&mut req);
         let ch = self
             .pool
             .channel(&self.addr)
