@@ -146,7 +146,7 @@ impl pb::lease_server::Lease for LeaseService {
             .lease_remaining(msg.id)
             .unwrap_or(std::time::Duration::from_secs(rec.ttl_secs));
         Ok(Response::new(pb::LeaseTimeToLiveResponse {
-            header: Some(convert::header(self.0.meta.header(self.0.meta.store().revision()))),
+            header: Some(self.0.meta_header()),
             id: msg.id,
             granted_ttl_secs: rec.ttl_secs,
             remaining_ms: remaining.as_millis() as u64,

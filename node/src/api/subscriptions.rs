@@ -271,12 +271,9 @@ impl pb::subscriptions_server::Subscriptions for SubscriptionsService {
     async fn ack(&self, req: Request<pb::AckRequest>) -> Result<Response<pb::SubscriptionResponse>, Status> {
         let msg = req.get_ref().clone();
         registry::check_name("name", &msg.name, false)?;
-        let n = self.0.partitions.len() as u32;
         let events = Events(&self.0);
         for (p, off) in &msg.next_offsets {
-            if *p == 0 || *p > n {
-                return Err(Error::invalid("next_offsets", format!("partition {p} does not exist (1 to {n})")).into());
-            }
+            events.partition("next_offsets", *p)?;
             // An ack past the end would skip events not yet appended.
             if *off > 0 {
                 let end = events.partition_end(*p).await?;
