@@ -63,6 +63,33 @@ impl std::fmt::Display for Command {
             Op::AuditCursor { revision } => write!(f, "audit_cursor({revision})"),
             Op::RemoveEvents { offsets } => write!(f, "remove_events({})", offsets.len()),
             Op::IndexField { create, .. } => write!(f, "index_field(create={create})"),
+            Op::Auth(c) => write!(f, "auth({})", c.kind()),
+            Op::AsUser { op, .. } => write!(f, "as_user({})", Command::new((**op).clone())),
+        }
+    }
+}
+
+impl Op {
+    /// Short name of the operation, for messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Put(_) => "put",
+            Op::Delete(_) => "delete",
+            Op::Txn(_) => "txn",
+            Op::Compact { .. } => "compact",
+            Op::LeaseGrant { .. } => "lease grant",
+            Op::LeaseRevoke { .. } => "lease revoke",
+            Op::MemberReplicated { .. } => "member replicated",
+            Op::SetLimits(_) => "set limits",
+            Op::Append(_) => "append",
+            Op::DeleteStream { .. } => "delete stream",
+            Op::RecordPartitions { .. } => "record partitions",
+            Op::PlacePartitions { .. } => "place partitions",
+            Op::AuditCursor { .. } => "audit cursor",
+            Op::RemoveEvents { .. } => "remove events",
+            Op::IndexField { .. } => "index field",
+            Op::Auth(_) => "auth change",
+            Op::AsUser { .. } => "as user",
         }
     }
 }
@@ -162,6 +189,18 @@ pub enum Op {
         field: String,
         /// Create, or drop.
         create: bool,
+    },
+    /// Change users, roles or permissions, or turn auth on or off (see
+    /// `meta::auth`). Changes no key and no revision.
+    Auth(crate::meta::auth::AuthChange),
+    /// `op` on behalf of `user`: apply checks the user's permissions for
+    /// it (`meta::auth::AuthState::check_op`) while auth is enabled, and
+    /// records the user as the author of the revision it makes.
+    AsUser {
+        /// User name.
+        user: String,
+        /// The operation (never another `AsUser`).
+        op: Box<Op>,
     },
 }
 
@@ -501,6 +540,11 @@ pub enum OpResult {
         /// Events that were still there and are now gone.
         events: u64,
     },
+    /// Auth changed.
+    AuthChanged {
+        /// The auth revision after the change.
+        auth_revision: u64,
+    },
 }
 
 /// Why a command was rejected by the state machine (same on every replica).
@@ -559,6 +603,14 @@ pub enum Rejection {
     /// The stream was deleted.
     #[error("stream {0:?} is deleted")]
     StreamDeleted(String),
+    /// Auth does not let the user do this.
+    #[error("permission denied: user {user:?} {reason}")]
+    PermissionDenied {
+        /// User.
+        user: String,
+        /// What is missing.
+        reason: String,
+    },
 }
 
 /// The state machine's answer to one entry.

@@ -245,6 +245,11 @@ impl Limits {
                 Ok(())
             }
             Op::AuditCursor { .. } => Ok(()),
+            Op::Auth(_) => Ok(()),
+            Op::AsUser { user, op } => {
+                crate::meta::auth::check_name("user", user)?;
+                self.check_op(op)
+            }
             Op::RecordPartitions { count } => {
                 if *count == 0 {
                     return Err(invalid("partitions", "must be at least 1"));

@@ -293,8 +293,10 @@ impl Model {
             | Op::RemoveEvents { .. }
             | Op::IndexField { .. }
             | Op::RecordPartitions { .. }
-            | Op::PlacePartitions { .. } => {
-                unreachable!("the model generates no event ops")
+            | Op::PlacePartitions { .. }
+            | Op::Auth(_)
+            | Op::AsUser { .. } => {
+                unreachable!("the model generates no event or auth ops (see tests/auth.rs)")
             }
             Op::LeaseGrant { ttl_secs, .. } => {
                 let id = self.next_lease;

@@ -608,7 +608,10 @@ fn adds_data(op: &Op) -> bool {
         // needs, or no compaction could free space.
         Op::Append(a) => !a.stream.starts_with('$'),
         Op::Txn(t) => t.success.iter().chain(&t.failure).any(|o| matches!(o, TxnOp::Put(_))),
-        Op::Delete(_)
+        Op::AsUser { op, .. } => adds_data(op),
+        // Auth stays manageable past the quota (its rows are small).
+        Op::Auth(_)
+        | Op::Delete(_)
         | Op::Compact { .. }
         | Op::LeaseRevoke { .. }
         | Op::SetLimits(_)

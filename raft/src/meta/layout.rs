@@ -15,6 +15,10 @@
 //! | `PARTITIONS` | — | `count:u32 BE`: event partitions, fixed at cluster creation |
 //! | `PLACEMENT` | `partition:u32 BE` | `[node_id:u64 BE]`: the partition's desired replicas, preferred leader first; partition 0 lists the nodes excluded from placement |
 //! | `AUDIT` | — | `revision:u64 BE`: the audit relay has appended the audit event of every revision up to it |
+//! | `AUTH` | `0` | [`AuthHead`](super::auth::AuthHead): auth on or off, auth revision, token key |
+//! | `AUTH` | `1 ++ name` | [`User`](super::auth::User) |
+//! | `AUTH` | `2 ++ name` | [`Role`](super::auth::Role) |
+//! | `AUTHOR` | `rev:u64 BE` | the user (UTF-8) whose command made `rev`, when one did (auth on or off) |
 //!
 //! `enc` is the order-preserving, prefix-free byte encoding of esf-storage,
 //! so `HISTORY` sorts by (key, revision) and a prefix of user keys is a
@@ -37,6 +41,26 @@ pub(crate) const REPLICATED: u8 = 8;
 pub(crate) const PARTITIONS: u8 = 9;
 pub(crate) const PLACEMENT: u8 = 10;
 pub(crate) const AUDIT: u8 = 11;
+pub(crate) const AUTH: u8 = 12;
+pub(crate) const AUTHOR: u8 = 13;
+
+/// Kinds of rows in the `AUTH` table.
+pub(crate) const AUTH_HEAD: u8 = 0;
+pub(crate) const AUTH_USER: u8 = 1;
+pub(crate) const AUTH_ROLE: u8 = 2;
+
+pub(crate) fn auth_key(group: GroupId, kind: u8, name: &str) -> Vec<u8> {
+    let mut k = table_prefix(group, AUTH);
+    k.push(kind);
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+pub(crate) fn author_key(group: GroupId, rev: u64) -> Vec<u8> {
+    let mut k = table_prefix(group, AUTHOR);
+    k.extend_from_slice(&rev.to_be_bytes());
+    k
+}
 
 /// One version of a key. `value == None` is a tombstone (the key was deleted
 /// at `mod_revision`).

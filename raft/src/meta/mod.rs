@@ -1,6 +1,7 @@
 //! The meta group (group 0): configuration KV with MVCC history, leases and
 //! client sessions, replicated by openraft and stored in RocksDB.
 
+pub mod auth;
 pub mod layout;
 pub mod session;
 pub mod store;

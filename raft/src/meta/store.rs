@@ -41,6 +41,7 @@ use openraft::entry::RaftEntry;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use super::auth::{AuthHead, AuthRow, AuthState, Need, Resource, Role, User};
 use super::layout::{self, Changes, KvRecord, LeaseRecord};
 use super::session::{Check, Session, Sessions};
 use crate::command::*;
@@ -114,6 +115,8 @@ pub struct MetaStore {
     /// sees a revision and the data of exactly that revision.
     state: RwLock<SmState>,
     sessions: Mutex<Sessions>,
+    /// Users, roles and permissions (swapped whole on every change).
+    auth: RwLock<Arc<AuthState>>,
     revision_tx: watch::Sender<u64>,
     reclaiming: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -171,12 +174,14 @@ impl MetaStore {
         crate::snapshot_record::sweep(&db, group)?;
         let state = Self::load_state(&db, group)?;
         let sessions = Self::load_sessions(&db, group)?;
+        let auth = Self::load_auth(&db, group)?;
         let (revision_tx, _) = watch::channel(state.revision);
         Ok(Arc::new(MetaStore {
             db,
             group,
             state: RwLock::new(state),
             sessions: Mutex::new(sessions),
+            auth: RwLock::new(Arc::new(auth)),
             revision_tx,
             reclaiming: Arc::default(),
         }))
@@ -229,6 +234,84 @@ impl MetaStore {
         }
         it.status().map_err(rocks_err("scan sessions"))?;
         Ok(Sessions::load(out))
+    }
+
+    fn load_auth(db: &Db, group: GroupId) -> Result<AuthState, StorageError> {
+        let prefix = layout::table_prefix(group, layout::AUTH);
+        let mut out = AuthState::default();
+        let mut it = db.rocks().raw_iterator_cf(db.cf(CF_SM));
+        it.seek(&prefix);
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            let (kind, name) = (k.get(prefix.len()).copied(), &k[(prefix.len() + 1).min(k.len())..]);
+            let name = String::from_utf8_lossy(name).into_owned();
+            let at = |what: &str| format!("auth {what} {name:?}");
+            match kind {
+                Some(layout::AUTH_HEAD) => {
+                    out.head = codec::decode(
+                        RecordRef {
+                            cf: CF_SM,
+                            group,
+                            record: &"auth head",
+                        },
+                        v,
+                    )?;
+                }
+                Some(layout::AUTH_USER) => {
+                    let what = at("user");
+                    let u: User = codec::decode(
+                        RecordRef {
+                            cf: CF_SM,
+                            group,
+                            record: &what,
+                        },
+                        v,
+                    )?;
+                    out.users.insert(name, u);
+                }
+                Some(layout::AUTH_ROLE) => {
+                    let what = at("role");
+                    let r: Role = codec::decode(
+                        RecordRef {
+                            cf: CF_SM,
+                            group,
+                            record: &what,
+                        },
+                        v,
+                    )?;
+                    out.roles.insert(name, r);
+                }
+                _ => {
+                    return Err(StorageError::Corrupt {
+                        cf: CF_SM,
+                        group,
+                        record: format!("auth key {k:02x?}"),
+                        reason: "unknown row kind".into(),
+                    });
+                }
+            }
+            it.next();
+        }
+        it.status().map_err(rocks_err("scan auth"))?;
+        Ok(out)
+    }
+
+    /// Users, roles, permissions and whether auth is on, as last applied.
+    pub fn auth(&self) -> Arc<AuthState> {
+        self.auth.read().expect("auth lock").clone()
+    }
+
+    /// The user whose command made revision `rev`, if one did and the
+    /// record is not compacted.
+    pub fn author(&self, rev: u64) -> Result<Option<String>, StorageError> {
+        let raw = self
+            .db
+            .rocks()
+            .get_pinned_cf(self.db.cf(CF_SM), layout::author_key(self.group, rev))
+            .map_err(rocks_err("read author"))?;
+        Ok(raw.map(|b| String::from_utf8_lossy(&b).into_owned()))
     }
 
     /// The group id.
@@ -755,6 +838,7 @@ impl MetaStore {
         let compact_before = st.compact_revision;
         let mut batch = WriteBatch::default();
         let mut session_updates = Vec::new();
+        let mut staged_auth = None;
         let response = match &entry.payload {
             EntryPayload::Blank => Response {
                 revision: st.revision,
@@ -781,10 +865,12 @@ impl MetaStore {
                     Check::Apply => {
                         let mut next = st.clone();
                         let mut ops = WriteBatch::default();
-                        let resp = match self.execute(&mut next, &mut ops, &cmd.op)? {
+                        let mut auth = None;
+                        let resp = match self.execute(&mut next, &mut ops, &cmd.op, &mut auth)? {
                             Ok(result) => {
                                 st = next;
                                 batch = ops;
+                                staged_auth = auth;
                                 Response {
                                     revision: st.revision,
                                     result,
@@ -826,6 +912,9 @@ impl MetaStore {
             let mut guard = self.state.write().expect("sm state lock");
             self.db.write_buffered(batch)?;
             *guard = st;
+            if let Some(a) = staged_auth {
+                *self.auth.write().expect("auth lock") = Arc::new(a);
+            }
         }
         if compacted && matches!(&entry.payload, EntryPayload::Normal(c) if matches!(c.op, Op::Compact { .. })) {
             self.schedule_reclaim();
@@ -838,14 +927,16 @@ impl MetaStore {
         Ok(response)
     }
 
-    /// Runs `op` against `st`, writing into `batch`. The outer `Result` is a
-    /// storage failure (stop the node); the inner one a deterministic
-    /// rejection (nothing is written).
+    /// Runs `op` against `st`, writing into `batch`; an auth change leaves
+    /// the new auth state in `auth`, to be swapped in once the batch is
+    /// written. The outer `Result` is a storage failure (stop the node);
+    /// the inner one a deterministic rejection (nothing is written).
     fn execute(
         &self,
         st: &mut SmState,
         batch: &mut WriteBatch,
         op: &Op,
+        auth: &mut Option<AuthState>,
     ) -> Result<Result<OpResult, Rejection>, StorageError> {
         if let Err(rej) = st.limits.check_op(op) {
             return Ok(Err(rej));
@@ -991,6 +1082,39 @@ impl MetaStore {
                     ttl_secs: *ttl_secs,
                 }
             }
+            Op::Auth(change) => {
+                let (next, rows) = match self.auth().apply(change) {
+                    Ok(x) => x,
+                    Err(r) => return Ok(Err(r)),
+                };
+                self.write_auth_rows(batch, rows)?;
+                let auth_revision = next.head.revision;
+                *auth = Some(next);
+                OpResult::AuthChanged { auth_revision }
+            }
+            Op::AsUser { user, op } => {
+                let state = self.auth();
+                if let Err(r) = state.check_op(user, op) {
+                    return Ok(Err(r));
+                }
+                if let Op::LeaseRevoke { id, .. } = &**op {
+                    for key in self.lease_keys(*id)? {
+                        if let Err(r) = state.require(user, Resource::Key, Need::Write, &KeyRange::Key(key)) {
+                            return Ok(Err(r));
+                        }
+                    }
+                }
+                let before = st.revision;
+                let result = self.execute(st, batch, op, auth)?;
+                if result.is_ok() && st.revision > before {
+                    batch.put_cf(
+                        self.db.cf(CF_SM),
+                        layout::author_key(self.group, st.revision),
+                        user.as_bytes(),
+                    );
+                }
+                return Ok(result);
+            }
             Op::LeaseRevoke { id, .. } => {
                 if self.get_lease(*id)?.is_none() {
                     return Ok(Err(Rejection::LeaseNotFound(*id)));
@@ -1031,6 +1155,32 @@ impl MetaStore {
             }
         }
         Ok(Ok(result))
+    }
+
+    fn write_auth_rows(&self, batch: &mut WriteBatch, rows: Vec<AuthRow>) -> Result<(), StorageError> {
+        let cf = self.db.cf(CF_SM);
+        for row in rows {
+            match row {
+                AuthRow::Head(h) => batch.put_cf(
+                    cf,
+                    layout::auth_key(self.group, layout::AUTH_HEAD, ""),
+                    codec::encode::<AuthHead>("auth head", &h)?,
+                ),
+                AuthRow::User(name, Some(u)) => batch.put_cf(
+                    cf,
+                    layout::auth_key(self.group, layout::AUTH_USER, &name),
+                    codec::encode::<User>("auth user", &u)?,
+                ),
+                AuthRow::User(name, None) => batch.delete_cf(cf, layout::auth_key(self.group, layout::AUTH_USER, &name)),
+                AuthRow::Role(name, Some(r)) => batch.put_cf(
+                    cf,
+                    layout::auth_key(self.group, layout::AUTH_ROLE, &name),
+                    codec::encode::<Role>("auth role", &r)?,
+                ),
+                AuthRow::Role(name, None) => batch.delete_cf(cf, layout::auth_key(self.group, layout::AUTH_ROLE, &name)),
+            }
+        }
+        Ok(())
     }
 
     fn put(
@@ -1288,6 +1438,14 @@ impl MetaStore {
             it.next();
         }
         it.status().map_err(rocks_err("compaction scan"))?;
+        let (alo, ahi) = (layout::author_key(self.group, from), layout::author_key(self.group, to));
+        let mut authors = self.sm_iter(&snap, &alo, &ahi);
+        authors.seek(&alo);
+        while let Some(k) = authors.key() {
+            batch.delete_cf(cf, k);
+            authors.next();
+        }
+        authors.status().map_err(rocks_err("compaction author scan"))?;
         let hist_lo = layout::table_prefix(self.group, layout::HISTORY);
         let hist_hi = prefix_end(&hist_lo).expect("table prefix is not all 0xff");
         let mut probe = self.sm_iter(&snap, &hist_lo, &hist_hi);
@@ -1371,6 +1529,7 @@ impl MetaStore {
         })
         .await?;
         *self.sessions.lock().expect("sessions lock") = Self::load_sessions(&self.db, self.group)?;
+        *self.auth.write().expect("auth lock") = Arc::new(Self::load_auth(&self.db, self.group)?);
         self.revision_tx.send_replace(revision);
         Ok(())
     }
