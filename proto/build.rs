@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/esf/v1/raft.proto",
         "proto/esf/v1/registry.proto",
         "proto/esf/v1/events.proto",
+        "proto/esf/v1/auth.proto",
     ];
     let fds = protox::compile(files, ["proto"])?;
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);

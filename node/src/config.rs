@@ -8,6 +8,9 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+/// Longest token lifetime `auth_token_ttl_secs` accepts: a week.
+pub const MAX_AUTH_TOKEN_TTL_SECS: u64 = 7 * 24 * 3600;
+
 /// Settings of `esf serve`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -72,6 +75,10 @@ pub struct NodeConfig {
     pub snapshot_step_mb: u64,
     /// How often each partition leader applies the retention rules, ms.
     pub retention_interval_ms: u64,
+    /// How long a token from `Auth/Authenticate` stays valid, seconds
+    /// (etcd's `--auth-token-ttl`). Clients of esf-client authenticate
+    /// again when theirs expires.
+    pub auth_token_ttl_secs: u64,
 }
 
 impl Default for NodeConfig {
@@ -100,6 +107,7 @@ impl Default for NodeConfig {
             snapshot_keep_logs: 1_000,
             snapshot_step_mb: 32,
             retention_interval_ms: 10_000,
+            auth_token_ttl_secs: 300,
         }
     }
 }
@@ -195,6 +203,10 @@ pub struct Flags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retention_interval_ms: Option<u64>,
+    /// Token lifetime, seconds.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth_token_ttl_secs: Option<u64>,
 }
 
 /// Builds the layered configuration and validates it.
@@ -259,6 +271,12 @@ pub fn validate(c: &NodeConfig) -> anyhow::Result<()> {
         anyhow::bail!(
             "election_timeout_ms: must be more than twice heartbeat_interval_ms ({})",
             c.heartbeat_interval_ms
+        );
+    }
+    if !(1..=MAX_AUTH_TOKEN_TTL_SECS).contains(&c.auth_token_ttl_secs) {
+        anyhow::bail!(
+            "auth_token_ttl_secs: {} is outside 1..={MAX_AUTH_TOKEN_TTL_SECS} (a week)",
+            c.auth_token_ttl_secs
         );
     }
     if c.retention_interval_ms < 100 {

@@ -55,6 +55,8 @@ pub struct Ctx {
     /// One backup snapshot served at a time by this node (each holds the
     /// meta group's encoded state in memory while it streams).
     pub snapshots_in_progress: Arc<tokio::sync::Semaphore>,
+    /// How long the tokens this node issues stay valid.
+    pub auth_token_ttl: std::time::Duration,
 }
 
 /// Where a request came from.
@@ -101,6 +103,7 @@ peer_stubs!(
     pb::events_client::EventsClient<Channel>,
     pb::subscriptions_client::SubscriptionsClient<Channel>,
     pb::registry_client::RegistryClient<Channel>,
+    pb::auth_client::AuthClient<Channel>,
 );
 
 impl Ctx {

@@ -19,7 +19,7 @@
 //! | `NotFound`, `Rejected(LeaseNotFound / StreamDeleted)` | NOT_FOUND |
 //! | `AlreadyExists`, `Rejected(LeaseExists)` | ALREADY_EXISTS |
 //! | `Precondition`, `Rejected(SessionExpired / WrongExpectedVersion)` | FAILED_PRECONDITION |
-//! | `PermissionDenied` | PERMISSION_DENIED |
+//! | `PermissionDenied`, `Rejected(PermissionDenied)` | PERMISSION_DENIED |
 //! | `Unauthenticated` | UNAUTHENTICATED |
 //! | `Unavailable`, `Raft(NotLeader / Unavailable)` | UNAVAILABLE, with `esf-leader-id` / `esf-leader-addr` when known |
 //! | `ResourceExhausted`, `Raft(NoSpace)` | RESOURCE_EXHAUSTED |
@@ -202,6 +202,7 @@ fn raft_status(e: esf_raft::Error) -> Status {
             R::LeaseNotFound(_) | R::StreamDeleted(_) => Status::not_found(r.to_string()),
             R::LeaseExists(_) => Status::already_exists(r.to_string()),
             R::SessionExpired { .. } | R::WrongExpectedVersion { .. } => Status::failed_precondition(r.to_string()),
+            R::PermissionDenied { .. } => Status::permission_denied(r.to_string()),
         },
         esf_raft::Error::NotLeader {
             leader, leader_addr, ..
@@ -278,6 +279,14 @@ mod tests {
             (Rejection::LeaseNotFound(7).into(), Code::NotFound),
             (Error::AlreadyExists("subscription x".into()), Code::AlreadyExists),
             (Rejection::LeaseExists(7).into(), Code::AlreadyExists),
+            (
+                Rejection::PermissionDenied {
+                    user: "u".into(),
+                    reason: "needs write on key \"a\"".into(),
+                }
+                .into(),
+                Code::PermissionDenied,
+            ),
             (Error::Precondition("last voter".into()), Code::FailedPrecondition),
             (Error::OutOfRange("future".into()), Code::OutOfRange),
             (

@@ -136,5 +136,8 @@ mod tests {
         assert_eq!(Area::SubscriptionConsumer.key(b"s/c"), b"\xffsub-consumer/s/c".to_vec());
         assert!(!is_reserved(b"config/a"));
         assert!(is_reserved_stream(AUDIT_STREAM) && !is_reserved_stream("orders-1"));
+        // Apply's permission check on lease revokes knows these two.
+        assert_eq!(RESERVED_KEY_BYTE, esf_raft::meta::auth::RESERVED_KEY_BYTE);
+        assert_eq!(Area::Registry.key(b""), esf_raft::meta::auth::REGISTRY_KEY_PREFIX);
     }
 }

@@ -50,6 +50,7 @@
 pub mod admin;
 pub mod api;
 pub mod audit;
+pub mod auth;
 pub mod backup;
 pub mod cli;
 pub mod cluster;

@@ -82,6 +82,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         advertise: cfg.advertise(),
         version: VERSION,
         snapshots_in_progress: Arc::new(tokio::sync::Semaphore::new(1)),
+        auth_token_ttl: Duration::from_secs(cfg.auth_token_ttl_secs),
     };
 
     // A node with data takes Raft traffic at once; one without waits for
@@ -351,7 +352,7 @@ async fn serve_grpc(
     let incoming = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("listen: bind {listen}"))?;
-    let grpc = api::routes(&mut tonic::transport::Server::builder(), ctx, raft, health, reflection)
+    let grpc = api::routes(&mut api::server(ctx), ctx, raft, health, reflection)
         .serve_with_incoming_shutdown(nodelay(incoming), stopped(ctx.stop.clone()));
     Ok(tokio::spawn(grpc))
 }

@@ -9,6 +9,7 @@
 //!     unless kept alive).
 //!   - `esf.v1.Registry`: service registry (instances bound to leases).
 //!   - `esf.v1.Events`: event store (append, read, subscribe).
+//!   - `esf.v1.Auth`: users, roles, permissions, tokens.
 //!   - `esf.v1.Cluster`: members, status, membership changes, leader transfer.
 //!   - `esf.v1.RaftTransport`: node-to-node Raft RPCs for every group,
 //!     multiplexed on one channel per peer (internal; not for applications).

@@ -5,7 +5,9 @@
 //! - Metadata keys: the cluster id a client pins ([`CLUSTER_ID_METADATA`]),
 //!   the leader hint a node attaches to a not-leader answer
 //!   ([`LEADER_ID_METADATA`], [`LEADER_ADDR_METADATA`]), and the mark on a
-//!   request one node forwarded to another ([`FORWARDED_METADATA`]).
+//!   request one node forwarded to another ([`FORWARDED_METADATA`]), with
+//!   the user it acts for ([`FORWARDED_USER_METADATA`]); the auth token
+//!   ([`TOKEN_METADATA`]).
 //! - [`MAX_RESPONSE_BYTES`]: the largest message either side decodes.
 //! - [`partition_of`]: which event partition a stream lives in. Data on
 //!   disk depends on it: it must never change (a table test pins it).
@@ -35,6 +37,12 @@ pub const FORWARDED_METADATA: &str = "esf-forwarded";
 /// cluster's peer secret. Required on every Raft RPC and on every request
 /// marked [`FORWARDED_METADATA`]; a node refuses either without it.
 pub const PEER_AUTH_METADATA: &str = "esf-peer-auth";
+/// Request metadata carrying the token `esf.v1.Auth/Authenticate` returned
+/// (etcd's key), required on every request while auth is enabled.
+pub const TOKEN_METADATA: &str = "token";
+/// On a request one node forwards to another: the user the first node
+/// authenticated. Believed only with [`PEER_AUTH_METADATA`].
+pub const FORWARDED_USER_METADATA: &str = "esf-forwarded-user";
 
 /// Largest message a client or node decodes (a lookup or range of many
 /// large entries), bytes.

@@ -8,12 +8,14 @@
 use esf_proto::v1 as pb;
 use esf_raft::command::{Command, Op, OpResult};
 use esf_raft::group::Consistency;
+use esf_raft::meta::auth::{Need, Resource};
 use futures::StreamExt;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use super::forward::forward_or;
 use crate::audit;
+use crate::auth::Authz;
 use crate::context::Ctx;
 use crate::convert;
 use crate::error::Error;
@@ -30,8 +32,10 @@ impl pb::config_server::Config for ConfigService {
     type WatchStream = WatchStream;
 
     async fn watch(&self, req: Request<pb::WatchRequest>) -> Result<Response<WatchStream>, Status> {
+        let authz = Authz::of(&self.0, &req);
         let msg = req.into_inner();
         let range = convert::range("watch.range", msg.range)?;
+        authz.require(Resource::Key, Need::Read, &range)?;
         let rx = watch::start_watch(
             &self.0,
             "watch",
@@ -47,7 +51,7 @@ impl pb::config_server::Config for ConfigService {
         let msg = req.get_ref().clone();
         let cmd = Command {
             session: convert::session(msg.session),
-            op: Op::Put(convert::put("put", msg.clone())?),
+            op: Authz::of(&self.0, &req).wrap(Op::Put(convert::put("put", msg.clone())?))?,
         };
         match self.0.write(cmd).await {
             Ok((h, OpResult::Put { prev_kv })) => Ok(Response::new(pb::PutResponse {
@@ -62,6 +66,7 @@ impl pb::config_server::Config for ConfigService {
     async fn range(&self, req: Request<pb::RangeRequest>) -> Result<Response<pb::RangeResponse>, Status> {
         let msg = req.get_ref().clone();
         let r = convert::range_request("range", msg.clone())?;
+        Authz::of(&self.0, &req).require(Resource::Key, Need::Read, &r.range)?;
         let c = if msg.serializable {
             Consistency::Serializable
         } else {
@@ -78,7 +83,7 @@ impl pb::config_server::Config for ConfigService {
         let d = convert::delete("delete", msg.clone())?;
         let cmd = Command {
             session: convert::session(msg.session),
-            op: Op::Delete(d),
+            op: Authz::of(&self.0, &req).wrap(Op::Delete(d))?,
         };
         match self.0.write(cmd).await {
             Ok((h, OpResult::Delete { deleted, prev_kvs })) => Ok(Response::new(pb::DeleteResponse {
@@ -96,7 +101,7 @@ impl pb::config_server::Config for ConfigService {
         let t = convert::txn(msg.clone())?;
         let cmd = Command {
             session: convert::session(msg.session),
-            op: Op::Txn(t),
+            op: Authz::of(&self.0, &req).wrap(Op::Txn(t))?,
         };
         match self.0.write(cmd).await {
             Ok((h, OpResult::Txn { succeeded, results })) => {
@@ -110,6 +115,7 @@ impl pb::config_server::Config for ConfigService {
     async fn history(&self, req: Request<pb::HistoryRequest>) -> Result<Response<pb::HistoryResponse>, Status> {
         let msg = req.get_ref().clone();
         convert::user_key("history.key", &msg.key)?;
+        Authz::of(&self.0, &req).require(Resource::Key, Need::Read, &esf_raft::command::KeyRange::Key(msg.key.clone()))?;
         let c = if msg.serializable {
             Consistency::Serializable
         } else {
@@ -136,7 +142,7 @@ impl pb::config_server::Config for ConfigService {
         audit::wait_relayed(&self.0.meta, msg.revision).await;
         let cmd = Command {
             session: convert::session(msg.session),
-            op: Op::Compact { revision: msg.revision },
+            op: Authz::of(&self.0, &req).wrap(Op::Compact { revision: msg.revision })?,
         };
         match self.0.write(cmd).await {
             Ok((h, OpResult::Compacted { compact_revision })) => Ok(Response::new(pb::CompactResponse {

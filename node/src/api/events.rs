@@ -8,12 +8,14 @@
 use std::sync::Arc;
 
 use esf_proto::v1 as pb;
-use esf_raft::command::Command;
+use esf_raft::command::{Command, KeyRange};
+use esf_raft::meta::auth::{Need, Resource};
 use esf_raft::events::PartitionGroup;
 use futures::StreamExt;
 use tonic::{Request, Response, Status};
 
 use super::forward::forward_or;
+use crate::auth::Authz;
 use crate::cluster::partitions;
 use crate::context::{Ctx, Origin};
 use crate::convert::{self, consistency};
@@ -41,12 +43,20 @@ impl pb::events_server::Events for EventsService {
         if origin == Origin::Client {
             check_writable("append.stream", &req.get_ref().stream)?;
         }
+        Authz::of(&self.0, &req).require_name(Resource::Stream, Need::Write, &req.get_ref().stream)?;
         Ok(Response::new(self.events().append(req.into_inner(), origin).await?))
     }
 
     async fn get(&self, req: Request<pb::GetEventRequest>) -> Result<Response<pb::GetEventResponse>, Status> {
         let origin = Origin::of(&req);
-        Ok(Response::new(self.events().get(req.into_inner(), origin).await?))
+        let authz = Authz::of(&self.0, &req);
+        authz.require_any("get an event")?;
+        let resp = self.events().get(req.into_inner(), origin).await?;
+        // Found by id: its stream decides.
+        if let Some(e) = &resp.event {
+            authz.require_name(Resource::Stream, Need::Read, &e.stream)?;
+        }
+        Ok(Response::new(resp))
     }
 
     async fn read_stream(
@@ -54,6 +64,7 @@ impl pb::events_server::Events for EventsService {
         req: Request<pb::ReadStreamRequest>,
     ) -> Result<Response<pb::ReadStreamResponse>, Status> {
         let origin = Origin::of(&req);
+        Authz::of(&self.0, &req).require_name(Resource::Stream, Need::Read, &req.get_ref().stream)?;
         Ok(Response::new(
             self.events().read_stream(req.into_inner(), origin).await?,
         ))
@@ -64,6 +75,8 @@ impl pb::events_server::Events for EventsService {
         req: Request<pb::ReadPartitionRequest>,
     ) -> Result<Response<pb::ReadPartitionResponse>, Status> {
         let origin = Origin::of(&req);
+        // A partition holds any stream.
+        Authz::of(&self.0, &req).require(Resource::Stream, Need::Read, &KeyRange::Prefix(Vec::new()))?;
         Ok(Response::new(
             self.events().read_partition(req.into_inner(), origin).await?,
         ))
@@ -71,6 +84,8 @@ impl pb::events_server::Events for EventsService {
 
     async fn query(&self, req: Request<pb::QueryEventsRequest>) -> Result<Response<pb::QueryEventsResponse>, Status> {
         let origin = Origin::of(&req);
+        // A query spans every stream.
+        Authz::of(&self.0, &req).require(Resource::Stream, Need::Read, &KeyRange::Prefix(Vec::new()))?;
         Ok(Response::new(self.events().query(req.into_inner(), origin).await?))
     }
 
@@ -82,6 +97,7 @@ impl pb::events_server::Events for EventsService {
         if origin == Origin::Client {
             check_writable("delete.stream", &req.get_ref().stream)?;
         }
+        Authz::of(&self.0, &req).require_name(Resource::Stream, Need::Write, &req.get_ref().stream)?;
         Ok(Response::new(
             self.events().delete_stream(req.into_inner(), origin).await?,
         ))
@@ -89,11 +105,17 @@ impl pb::events_server::Events for EventsService {
 
     async fn subscribe(&self, req: Request<pb::SubscribeRequest>) -> Result<Response<SubscribeStream>, Status> {
         let origin = Origin::of(&req);
+        Authz::of(&self.0, &req).require(
+            Resource::Stream,
+            Need::Read,
+            &KeyRange::Prefix(req.get_ref().stream_prefix.clone().into_bytes()),
+        )?;
         let rx = feed::subscribe(&self.events(), req.into_inner(), origin).await?;
         Ok(Response::new(Box::pin(rx.map(|r| r.map_err(Status::from)))))
     }
 
     async fn read_index(&self, req: Request<pb::ReadIndexRequest>) -> Result<Response<pb::ReadIndexResponse>, Status> {
+        Authz::of(&self.0, &req).require_any("read a partition's commit index")?;
         let index = self.events().read_index(req.get_ref().partition).await?;
         Ok(Response::new(pb::ReadIndexResponse { index }))
     }

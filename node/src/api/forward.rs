@@ -27,11 +27,14 @@ macro_rules! forward_or {
     }};
     (@go $hint:expr, $ctx:expr, $stub:ty, $req:expr, $err:expr, $method:ident, $msg:expr) => {{
         let err: $crate::error::Error = $err.into();
+        let caller = $crate::auth::Caller::of(&$req);
         match $ctx.forward_target($crate::context::Origin::of(&$req), &err) {
             Some(addr) => {
                 let mut c: $stub = $ctx.peer(&addr)?;
+                let mut fwd = $ctx.forwarded($msg);
+                caller.mark(&mut fwd);
                 let mut resp = c
-                    .$method($ctx.forwarded($msg))
+                    .$method(fwd)
                     .await
                     .map_err($crate::error::Error::Peer)?;
                 if $hint {

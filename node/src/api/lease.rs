@@ -4,11 +4,13 @@
 //! is refused with the leader's address so the client reopens it there.
 
 use esf_proto::v1 as pb;
-use esf_raft::command::{Command, Op, OpResult, Rejection};
+use esf_raft::command::{Command, KeyRange, Op, OpResult, Rejection};
+use esf_raft::meta::auth::{Need, Resource};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use super::forward::forward_or;
+use crate::auth::Authz;
 use crate::context::Ctx;
 use crate::convert;
 use crate::error::Error;
@@ -25,10 +27,10 @@ impl pb::lease_server::Lease for LeaseService {
         let msg = req.get_ref().clone();
         let cmd = Command {
             session: convert::session(msg.session),
-            op: Op::LeaseGrant {
+            op: Authz::of(&self.0, &req).wrap(Op::LeaseGrant {
                 id: msg.id,
                 ttl_secs: msg.ttl_secs,
-            },
+            })?,
         };
         match self.0.write(cmd).await {
             Ok((h, OpResult::LeaseGranted { id, ttl_secs })) => Ok(Response::new(pb::LeaseGrantResponse {
@@ -45,10 +47,10 @@ impl pb::lease_server::Lease for LeaseService {
         let msg = req.get_ref().clone();
         let cmd = Command {
             session: convert::session(msg.session),
-            op: Op::LeaseRevoke {
+            op: Authz::of(&self.0, &req).wrap(Op::LeaseRevoke {
                 id: msg.id,
                 expired: false,
-            },
+            })?,
         };
         match self.0.write(cmd).await {
             Ok((h, OpResult::LeaseRevoked { deleted_keys })) => Ok(Response::new(pb::LeaseRevokeResponse {
@@ -64,6 +66,7 @@ impl pb::lease_server::Lease for LeaseService {
         &self,
         req: Request<pb::LeaseKeepAliveRequest>,
     ) -> Result<Response<pb::LeaseKeepAliveResponse>, Status> {
+        Authz::of(&self.0, &req).require_lease()?;
         let msg = req.get_ref().clone();
         if msg.id == 0 {
             return Err(Error::invalid("lease.id", "must not be 0").into());
@@ -86,6 +89,7 @@ impl pb::lease_server::Lease for LeaseService {
         req: Request<tonic::Streaming<pb::LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::KeepAliveStreamStream>, Status> {
         use futures::StreamExt;
+        Authz::of(&self.0, &req).require_lease()?;
         // Only the leader counts down; the error names it so the client
         // reopens there.
         if !self.0.meta.raft().is_leader() {
@@ -127,6 +131,8 @@ impl pb::lease_server::Lease for LeaseService {
         &self,
         req: Request<pb::LeaseTimeToLiveRequest>,
     ) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {
+        let authz = Authz::of(&self.0, &req);
+        authz.require_lease()?;
         let msg = req.get_ref().clone();
         if msg.id == 0 {
             return Err(Error::invalid("lease.id", "must not be 0").into());
@@ -140,6 +146,16 @@ impl pb::lease_server::Lease for LeaseService {
         let Some((rec, keys)) = lease else {
             return Err(Error::from(Rejection::LeaseNotFound(msg.id)).into());
         };
+        // Naming the keys reads them (etcd's CVE-2023-32082): every one.
+        let keys: Vec<Vec<u8>> = keys
+            .into_iter()
+            .filter(|k| k.first() != Some(&keyspace::RESERVED_KEY_BYTE))
+            .collect();
+        if msg.keys {
+            for k in &keys {
+                authz.require(Resource::Key, Need::Read, &KeyRange::Key(k.clone()))?;
+            }
+        }
         let remaining = self
             .0
             .meta
@@ -151,13 +167,7 @@ impl pb::lease_server::Lease for LeaseService {
             granted_ttl_secs: rec.ttl_secs,
             remaining_ms: remaining.as_millis() as u64,
             // Registry instances bound to the lease are not config keys.
-            keys: if msg.keys {
-                keys.into_iter()
-                    .filter(|k| k.first() != Some(&keyspace::RESERVED_KEY_BYTE))
-                    .collect()
-            } else {
-                Vec::new()
-            },
+            keys: if msg.keys { keys } else { Vec::new() },
         }))
     }
 }

@@ -7,10 +7,12 @@
 //! Nothing outside this folder and `node.rs` imports it (checked by
 //! `scripts/check-layers.sh`).
 
+pub mod auth;
 pub mod cluster;
 pub mod config;
 pub mod events;
 pub mod forward;
+pub mod guard;
 pub mod intercept;
 pub mod lease;
 pub mod raft;
@@ -24,18 +26,24 @@ use tonic::transport::server::Router;
 use crate::context::Ctx;
 use crate::net::raft_network::MAX_MESSAGE_BYTES;
 
+/// The server of the client port: every request passes the guard
+/// ([`guard`]: rules, authentication) first.
+pub fn server(ctx: &Ctx) -> tonic::transport::Server<tower::layer::util::Stack<guard::GuardLayer, tower::layer::util::Identity>> {
+    tonic::transport::Server::builder().layer(guard::GuardLayer(ctx.clone()))
+}
+
 /// Every service of the client port on `server`: the client-facing ones
 /// behind the cluster pin, the Raft transport (`raft`), health and
 /// reflection.
-pub fn routes(
-    server: &mut tonic::transport::Server,
+pub fn routes<L: Clone>(
+    server: &mut tonic::transport::Server<L>,
     ctx: &Ctx,
     raft: raft::RaftService,
     health: tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
     reflection: tonic_reflection::server::v1::ServerReflectionServer<
         impl tonic_reflection::server::v1::ServerReflection,
     >,
-) -> Router {
+) -> Router<L> {
     let pin = intercept::ClusterPin {
         cluster_id: ctx.cluster_id.clone(),
         secret: ctx.pool.secret().clone(),
@@ -43,6 +51,10 @@ pub fn routes(
     server
         .add_service(pb::config_server::ConfigServer::with_interceptor(
             config::ConfigService(ctx.clone()),
+            pin.clone(),
+        ))
+        .add_service(pb::auth_server::AuthServer::with_interceptor(
+            auth::AuthService(ctx.clone()),
             pin.clone(),
         ))
         .add_service(pb::cluster_server::ClusterServer::with_interceptor(

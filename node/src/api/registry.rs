@@ -8,12 +8,14 @@ use std::collections::BTreeMap;
 
 use esf_proto::v1 as pb;
 use esf_raft::command::{Command, DeleteRequest, KeyRange, Op, OpResult, PutRequest};
+use esf_raft::meta::auth::{Need, Resource};
 use futures::StreamExt;
 use prost::Message;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use super::forward::forward_or;
+use crate::auth::Authz;
 use crate::context::Ctx;
 use crate::convert::{self, consistency};
 use crate::error::Error;
@@ -38,6 +40,8 @@ impl pb::registry_server::Registry for RegistryService {
             return Err(Error::invalid("instance", "is required").into());
         };
         registry::check_instance(&inst)?;
+        let authz = Authz::of(&self.0, &req);
+        authz.require_name(Resource::Service, Need::Write, &inst.service)?;
         let stored = pb::Instance {
             lease: 0,
             revision: 0,
@@ -45,12 +49,13 @@ impl pb::registry_server::Registry for RegistryService {
         };
         let cmd = Command {
             session: convert::session(msg.session),
-            op: Op::Put(PutRequest {
+            op: authz.wrap(Op::Put(PutRequest {
                 key: registry::instance_key(&inst.service, &inst.id),
                 value: stored.encode_to_vec(),
                 lease: inst.lease,
-                prev_kv: true,
-            }),
+                // The instance it replaces is a read of the service.
+                prev_kv: authz.permits(Resource::Service, Need::Read, &KeyRange::Key(inst.service.clone().into_bytes())),
+            }))?,
         };
         match self.0.write(cmd).await {
             Ok((h, OpResult::Put { prev_kv })) => Ok(Response::new(pb::RegisterResponse {
@@ -69,12 +74,14 @@ impl pb::registry_server::Registry for RegistryService {
         let msg = req.get_ref().clone();
         registry::check_name("service", &msg.service, false)?;
         registry::check_name("id", &msg.id, true)?;
+        let authz = Authz::of(&self.0, &req);
+        authz.require_name(Resource::Service, Need::Write, &msg.service)?;
         let cmd = Command {
             session: convert::session(msg.session),
-            op: Op::Delete(DeleteRequest {
+            op: authz.wrap(Op::Delete(DeleteRequest {
                 range: KeyRange::Key(registry::instance_key(&msg.service, &msg.id)),
                 prev_kv: false,
-            }),
+            }))?,
         };
         match self.0.write(cmd).await {
             Ok((h, OpResult::Delete { deleted, .. })) => Ok(Response::new(pb::DeregisterResponse {
@@ -89,6 +96,7 @@ impl pb::registry_server::Registry for RegistryService {
     async fn lookup(&self, req: Request<pb::LookupRequest>) -> Result<Response<pb::LookupResponse>, Status> {
         let msg = req.get_ref().clone();
         registry::check_name("service", &msg.service, false)?;
+        Authz::of(&self.0, &req).require_name(Resource::Service, Need::Read, &msg.service)?;
         let r = convert::read_all(registry::instances(Some(&msg.service)), false);
         match self.0.meta.range(&r, consistency(msg.serializable)).await {
             Ok((h, res)) => Ok(Response::new(pb::LookupResponse {
@@ -108,13 +116,18 @@ impl pb::registry_server::Registry for RegistryService {
         &self,
         req: Request<pb::ListServicesRequest>,
     ) -> Result<Response<pb::ListServicesResponse>, Status> {
+        // Lists the services the caller may read (Consul's filtering).
+        let authz = Authz::of(&self.0, &req);
+        authz.require_any("list services")?;
         let msg = req.get_ref().clone();
         let r = convert::read_all(registry::instances(None), true);
         match self.0.meta.range(&r, consistency(msg.serializable)).await {
             Ok((h, res)) => {
                 let mut counts: BTreeMap<String, u64> = BTreeMap::new();
                 for kv in &res.kvs {
-                    if let Some((service, _)) = registry::split_key(&kv.key) {
+                    if let Some((service, _)) = registry::split_key(&kv.key)
+                        && authz.permits(Resource::Service, Need::Read, &KeyRange::Key(service.clone().into_bytes()))
+                    {
                         *counts.entry(service).or_default() += 1;
                     }
                 }
@@ -131,11 +144,14 @@ impl pb::registry_server::Registry for RegistryService {
     }
 
     async fn watch(&self, req: Request<pb::RegistryWatchRequest>) -> Result<Response<RegistryWatchStream>, Status> {
+        let authz = Authz::of(&self.0, &req);
         let msg = req.into_inner();
         let service = if msg.service.is_empty() {
+            authz.require(Resource::Service, Need::Read, &KeyRange::Prefix(Vec::new()))?;
             None
         } else {
             registry::check_name("watch.service", &msg.service, false)?;
+            authz.require_name(Resource::Service, Need::Read, &msg.service)?;
             Some(msg.service.as_str())
         };
         let rx = watch::start_watch(

@@ -13,11 +13,13 @@ use esf_raft::command::{
     TxnRequest,
 };
 use esf_raft::group::Consistency;
+use esf_raft::meta::auth::{Need, Resource};
 use prost::Message;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use super::forward::forward_or;
+use crate::auth::Authz;
 use crate::context::Ctx;
 use crate::convert;
 use crate::error::Error;
@@ -61,6 +63,14 @@ impl pb::subscriptions_server::Subscriptions for SubscriptionsService {
     ) -> Result<Response<pb::SubscriptionResponse>, Status> {
         let msg = req.get_ref().clone();
         registry::check_name("name", &msg.name, false)?;
+        // A subscription reads the streams it covers.
+        let authz = Authz::of(&self.0, &req);
+        authz.require_name(Resource::Subscription, Need::Write, &msg.name)?;
+        authz.require(
+            Resource::Stream,
+            Need::Read,
+            &KeyRange::Prefix(msg.stream_prefix.clone().into_bytes()),
+        )?;
         if msg.r#type.len() > esf_raft::events::MAX_NAME_BYTES {
             return Err(Error::invalid("type", "over 256 bytes").into());
         }
@@ -121,6 +131,7 @@ impl pb::subscriptions_server::Subscriptions for SubscriptionsService {
     ) -> Result<Response<pb::SubscriptionResponse>, Status> {
         let msg = req.get_ref().clone();
         registry::check_name("name", &msg.name, false)?;
+        Authz::of(&self.0, &req).require_name(Resource::Subscription, Need::Read, &msg.name)?;
         match self.records().read(&msg.name).await {
             Ok(found) => {
                 let (kv, mut info) = found?;
@@ -138,6 +149,9 @@ impl pb::subscriptions_server::Subscriptions for SubscriptionsService {
         &self,
         req: Request<pb::ListSubscriptionsRequest>,
     ) -> Result<Response<pb::ListSubscriptionsResponse>, Status> {
+        // Lists the subscriptions the caller may read.
+        let authz = Authz::of(&self.0, &req);
+        authz.require_any("list subscriptions")?;
         let msg = req.get_ref().clone();
         let r = convert::read_all(subscriptions::all(), false);
         match self.0.meta.range(&r, Consistency::Linearizable).await {
@@ -145,6 +159,9 @@ impl pb::subscriptions_server::Subscriptions for SubscriptionsService {
                 let mut subs = Vec::with_capacity(res.kvs.len());
                 for kv in &res.kvs {
                     let mut info = subscriptions::decode(kv)?;
+                    if !authz.permits(Resource::Subscription, Need::Read, &KeyRange::Key(info.name.clone().into_bytes())) {
+                        continue;
+                    }
                     info.created_revision = kv.create_revision;
                     subs.push(info);
                 }
@@ -163,6 +180,7 @@ impl pb::subscriptions_server::Subscriptions for SubscriptionsService {
     ) -> Result<Response<pb::DeleteSubscriptionResponse>, Status> {
         let msg = req.get_ref().clone();
         registry::check_name("name", &msg.name, false)?;
+        Authz::of(&self.0, &req).require_name(Resource::Subscription, Need::Write, &msg.name)?;
         let cmd = Command::new(Op::Delete(DeleteRequest {
             range: KeyRange::Key(subscriptions::key(&msg.name)),
             prev_kv: false,
@@ -194,6 +212,7 @@ impl pb::subscriptions_server::Subscriptions for SubscriptionsService {
     async fn join(&self, req: Request<pb::JoinRequest>) -> Result<Response<pb::ConsumersResponse>, Status> {
         let mut msg = req.get_ref().clone();
         registry::check_name("name", &msg.name, false)?;
+        Authz::of(&self.0, &req).require_name(Resource::Subscription, Need::Write, &msg.name)?;
         if msg.consumer_id.is_empty() {
             msg.consumer_id = esf_proto::uuid::format(&esf_proto::uuid::new_v4());
         }
@@ -238,6 +257,7 @@ impl pb::subscriptions_server::Subscriptions for SubscriptionsService {
     async fn leave(&self, req: Request<pb::LeaveRequest>) -> Result<Response<pb::ConsumersResponse>, Status> {
         let msg = req.get_ref().clone();
         registry::check_name("name", &msg.name, false)?;
+        Authz::of(&self.0, &req).require_name(Resource::Subscription, Need::Write, &msg.name)?;
         registry::check_name("consumer_id", &msg.consumer_id, false)?;
         let mut member = subscriptions::consumers_prefix(&msg.name);
         member.extend_from_slice(msg.consumer_id.as_bytes());
@@ -258,6 +278,7 @@ impl pb::subscriptions_server::Subscriptions for SubscriptionsService {
     ) -> Result<Response<pb::ConsumersResponse>, Status> {
         let msg = req.get_ref().clone();
         registry::check_name("name", &msg.name, false)?;
+        Authz::of(&self.0, &req).require_name(Resource::Subscription, Need::Read, &msg.name)?;
         match self.records().consumers_of(&msg.name).await {
             Ok((h, ids)) => Ok(Response::new(pb::ConsumersResponse {
                 header: Some(h),
@@ -271,6 +292,7 @@ impl pb::subscriptions_server::Subscriptions for SubscriptionsService {
     async fn ack(&self, req: Request<pb::AckRequest>) -> Result<Response<pb::SubscriptionResponse>, Status> {
         let msg = req.get_ref().clone();
         registry::check_name("name", &msg.name, false)?;
+        Authz::of(&self.0, &req).require_name(Resource::Subscription, Need::Write, &msg.name)?;
         let events = Events(&self.0);
         for (p, off) in &msg.next_offsets {
             events.partition("next_offsets", *p)?;

@@ -86,6 +86,17 @@ impl PeerSecret {
     }
 }
 
+impl PeerSecret {
+    /// [`PeerSecret::verify`] on raw HTTP headers (the request guard runs
+    /// before tonic has made metadata of them).
+    pub fn verify_headers(&self, headers: &http::HeaderMap) -> bool {
+        let (Some(mine), Some(theirs)) = (&self.0, headers.get(PEER_AUTH_METADATA)) else {
+            return false;
+        };
+        constant_time_eq(mine.as_bytes(), theirs.as_bytes())
+    }
+}
+
 /// Equal, in time that depends on the lengths only.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {

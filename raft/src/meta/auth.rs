@@ -42,6 +42,12 @@ pub const MAX_ROLES_PER_USER: usize = 64;
 pub const MAX_PRINCIPALS: usize = 10_000;
 /// Longest stored password hash, in bytes.
 pub const MAX_PASSWORD_HASH_BYTES: usize = 512;
+/// First byte of the meta keys ESF keeps for itself (the node's
+/// `keyspace::RESERVED_KEY_BYTE`; a node test pins that they agree).
+pub const RESERVED_KEY_BYTE: u8 = 0xff;
+/// Prefix of the registry's instance keys (`SERVICE/ID` follows; the
+/// node's `keyspace::Area::Registry`, pinned by the same test).
+pub const REGISTRY_KEY_PREFIX: &[u8] = b"\xffregistry/";
 /// Length of the token signing key, in bytes.
 pub const TOKEN_KEY_BYTES: usize = 32;
 
@@ -407,15 +413,45 @@ impl AuthState {
             .is_some_and(|u| self.permissions_of(u).next().is_some())
     }
 
-    /// Whether `user` may write some config key (what a lease is for).
-    pub fn writes_some_key(&self, user: &str) -> bool {
+    /// Whether `user` may write something a lease can hold: a config key
+    /// or a registry service.
+    pub fn may_lease(&self, user: &str) -> bool {
         if !self.head.enabled || self.is_root(user) {
             return true;
         }
         self.users.get(user).is_some_and(|u| {
             self.permissions_of(u)
-                .any(|p| p.resource == Resource::Key && p.access.grants(Need::Write))
+                .any(|p| matches!(p.resource, Resource::Key | Resource::Service) && p.access.grants(Need::Write))
         })
+    }
+
+    /// Refuses unless `user` may do `need` on `key` of the meta keyspace
+    /// (as a put, or a lease revoke deleting the lease's keys): a config
+    /// key needs it on the key; a registry instance (`REGISTRY_KEY_PREFIX
+    /// SERVICE/ID`) on its service; any other reserved key needs root.
+    pub fn require_meta_key(&self, user: &str, need: Need, key: &[u8]) -> Result<(), Rejection> {
+        if let Some(rest) = key.strip_prefix(REGISTRY_KEY_PREFIX) {
+            let service = rest.split(|b| *b == b'/').next().unwrap_or_default();
+            return self.require(user, Resource::Service, need, &KeyRange::Key(service.to_vec()));
+        }
+        if key.first() == Some(&RESERVED_KEY_BYTE) {
+            return self.require_root(user, "a reserved key");
+        }
+        self.require(user, Resource::Key, need, &KeyRange::Key(key.to_vec()))
+    }
+
+    /// [`AuthState::require_meta_key`] for a range: one key as that; a
+    /// wider range starting in the reserved keyspace needs root.
+    fn require_meta_range(&self, user: &str, need: Need, range: &KeyRange) -> Result<(), Rejection> {
+        let start = match range {
+            KeyRange::Key(k) => return self.require_meta_key(user, need, k),
+            KeyRange::Prefix(p) => p,
+            KeyRange::Between { start, .. } => start,
+        };
+        if start.first() == Some(&RESERVED_KEY_BYTE) {
+            return self.require_root(user, "a range of reserved keys");
+        }
+        self.require(user, Resource::Key, need, range)
     }
 
     /// [`AuthState::permits`] as a rejection naming what is missing.
@@ -449,7 +485,7 @@ impl AuthState {
         if !self.users.contains_key(user) {
             return Err(denied(user, "no such user"));
         }
-        let key = |need, range: &KeyRange| self.require(user, Resource::Key, need, range);
+        let key = |need, range: &KeyRange| self.require_meta_range(user, need, range);
         match op {
             Op::Put(p) => {
                 let r = KeyRange::Key(p.key.clone());
@@ -480,10 +516,10 @@ impl AuthState {
                 Ok(())
             }
             Op::LeaseGrant { .. } | Op::LeaseRevoke { .. } => {
-                if self.writes_some_key(user) {
+                if self.may_lease(user) {
                     Ok(())
                 } else {
-                    Err(denied(user, "leases need write on some key"))
+                    Err(denied(user, "leases need write on some key or service"))
                 }
             }
             Op::Append(a) => self.require(user, Resource::Stream, Need::Write, &KeyRange::Key(a.stream.clone().into_bytes())),

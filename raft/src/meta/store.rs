@@ -41,7 +41,7 @@ use openraft::entry::RaftEntry;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use super::auth::{AuthHead, AuthRow, AuthState, Need, Resource, Role, User};
+use super::auth::{AuthHead, AuthRow, AuthState, Role, User};
 use super::layout::{self, Changes, KvRecord, LeaseRecord};
 use super::session::{Check, Session, Sessions};
 use crate::command::*;
@@ -1099,7 +1099,7 @@ impl MetaStore {
                 }
                 if let Op::LeaseRevoke { id, .. } = &**op {
                     for key in self.lease_keys(*id)? {
-                        if let Err(r) = state.require(user, Resource::Key, Need::Write, &KeyRange::Key(key)) {
+                        if let Err(r) = state.require_meta_key(user, super::auth::Need::Write, &key) {
                             return Ok(Err(r));
                         }
                     }
