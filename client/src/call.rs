@@ -79,6 +79,13 @@ headed!(
     pb::DeleteSubscriptionResponse,
     pb::ConsumersResponse,
     pb::ConsistencyResponse,
+    pb::AuthenticateResponse,
+    pb::AuthStatusResponse,
+    pb::AuthChangeResponse,
+    pb::UserGetResponse,
+    pb::UserListResponse,
+    pb::RoleGetResponse,
+    pb::RoleListResponse,
 );
 
 impl<T> Headed for Streaming<T> {
@@ -160,7 +167,61 @@ impl Client {
     /// Runs `f` against the endpoint `first` (if given), then the preferred
     /// one, failing over and following leader hints until it succeeds,
     /// fails for good, or the deadline passes.
+    ///
+    /// With credentials ([`crate::ClientOptions::credentials`]) it first
+    /// gets a token if it has none, and when a node refuses the token
+    /// (UNAUTHENTICATED: expired, or the password changed) gets a new one
+    /// and tries once more.
     pub(crate) async fn call_at<S, T, F, Fut>(&self, first: Option<&str>, what: &str, f: F) -> Result<T>
+    where
+        S: Stub,
+        F: Fn(S) -> Fut,
+        Fut: Future<Output = Attempt<T>>,
+        T: Headed,
+    {
+        if self.inner.opts.credentials.is_none() {
+            return self.call_plain(first, what, &f).await;
+        }
+        if !self.inner.cluster.logged_in() {
+            self.login().await?;
+        }
+        match self.call_plain(first, what, &f).await {
+            Err(Error::Unauthenticated(_)) => {
+                self.login().await?;
+                self.call_plain(first, what, &f).await
+            }
+            r => r,
+        }
+    }
+
+    /// Trades the credentials for a token, which every request carries
+    /// from then on.
+    pub(crate) async fn login(&self) -> Result<()> {
+        let Some(c) = self.inner.opts.credentials.clone() else {
+            return Ok(());
+        };
+        self.inner.cluster.forget_token();
+        let req = pb::AuthenticateRequest {
+            name: c.user,
+            password: c.password,
+        };
+        let resp = self
+            .call_plain(None, "authenticate", &|mut s: crate::endpoint::AuthStub| {
+                let r = req.clone();
+                async move { s.authenticate(r).await }
+            })
+            .await;
+        match resp {
+            Ok(r) => self.inner.cluster.set_token(Some(&r.token)),
+            // Auth is off: calls go without a token (and get one once it
+            // is on and a node refuses them).
+            Err(Error::FailedPrecondition(_)) => self.inner.cluster.set_token(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// [`Client::call_at`] without authenticating.
+    async fn call_plain<S, T, F, Fut>(&self, first: Option<&str>, what: &str, f: &F) -> Result<T>
     where
         S: Stub,
         F: Fn(S) -> Fut,
@@ -174,7 +235,7 @@ impl Client {
         let mut first = first.and_then(|a| self.node_index(a));
         loop {
             let (idx, node, n) = self.pick(first.take());
-            let status = match self.attempt(&node, &f).await? {
+            let status = match self.attempt(&node, f).await? {
                 Ok(resp) => {
                     self.follow_answer(resp.metadata());
                     let resp = resp.into_inner();

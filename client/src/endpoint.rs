@@ -10,7 +10,8 @@
 
 use std::sync::{Arc, Mutex};
 
-use esf_proto::wire::{CLUSTER_ID_METADATA, MAX_RESPONSE_BYTES};
+use esf_proto::wire::{CLUSTER_ID_METADATA, MAX_RESPONSE_BYTES, TOKEN_METADATA};
+use tonic::metadata::AsciiMetadataValue;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::pb;
@@ -26,14 +27,45 @@ pub fn parse_endpoint(s: &str) -> Result<String> {
     })
 }
 
-/// The cluster id a client is pinned to, sent with every request.
+/// The cluster id a client is pinned to, and its auth token, sent with
+/// every request.
 #[derive(Clone, Default)]
-pub(crate) struct ClusterPin(Arc<Mutex<Option<String>>>);
+pub(crate) struct ClusterPin(Arc<Mutex<Option<String>>>, Arc<Mutex<Login>>);
+
+/// Whether the client has logged in (auth on or off), and its token.
+#[derive(Default)]
+pub(crate) struct Login {
+    done: bool,
+    token: Option<AsciiMetadataValue>,
+}
 
 impl ClusterPin {
     /// Pinned to `id` from the start (`None`: the first cluster to answer).
     pub(crate) fn new(id: Option<String>) -> Self {
-        ClusterPin(Arc::new(Mutex::new(id)))
+        ClusterPin(Arc::new(Mutex::new(id)), Arc::default())
+    }
+
+    /// Whether the client has logged in (got a token, or learned that
+    /// auth is off).
+    pub(crate) fn logged_in(&self) -> bool {
+        self.1.lock().expect("token lock poisoned").done
+    }
+
+    /// Logged in: sends `token` from now on (`None`: auth is off).
+    pub(crate) fn set_token(&self, token: Option<&str>) -> Result<()> {
+        let token = token
+            .map(|t| {
+                t.parse::<AsciiMetadataValue>()
+                    .map_err(|_| Error::Internal("the token the cluster sent is not ASCII".into()))
+            })
+            .transpose()?;
+        *self.1.lock().expect("token lock poisoned") = Login { done: true, token };
+        Ok(())
+    }
+
+    /// Forgets the token: the next call logs in again.
+    pub(crate) fn forget_token(&self) {
+        *self.1.lock().expect("token lock poisoned") = Login::default();
     }
 
     /// Pins the cluster that answered, unless one is pinned already.
@@ -59,6 +91,9 @@ impl tonic::service::Interceptor for ClusterPin {
             if let Ok(v) = id.parse() {
                 req.metadata_mut().insert(CLUSTER_ID_METADATA, v);
             }
+        }
+        if let Some(t) = self.1.lock().expect("token lock poisoned").token.clone() {
+            req.metadata_mut().insert(TOKEN_METADATA, t);
         }
         Ok(req)
     }
@@ -140,6 +175,8 @@ pub(crate) type EventsStub = pb::events_client::EventsClient<PinnedChannel>;
 pub(crate) type SubscriptionsStub = pb::subscriptions_client::SubscriptionsClient<PinnedChannel>;
 /// The Cluster service.
 pub(crate) type ClusterStub = pb::cluster_client::ClusterClient<PinnedChannel>;
+/// The Auth service.
+pub(crate) type AuthStub = pb::auth_client::AuthClient<PinnedChannel>;
 
 stubs!(
     ConfigStub,
@@ -147,7 +184,8 @@ stubs!(
     RegistryStub,
     EventsStub,
     SubscriptionsStub,
-    ClusterStub
+    ClusterStub,
+    AuthStub
 );
 
 #[cfg(test)]

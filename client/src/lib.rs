@@ -35,6 +35,7 @@
 //! [`esf_proto::wire`] and is re-exported here. It depends on neither
 //! RocksDB nor openraft.
 
+mod auth;
 mod call;
 mod client;
 mod cluster;
@@ -51,6 +52,7 @@ mod routing;
 mod subscriptions;
 mod watch;
 
+pub use auth::permission;
 pub use call::MAX_BACKOFF;
 pub use client::Client;
 pub use consumer::GroupConsumer;
@@ -62,7 +64,7 @@ pub use esf_proto::wire::{
     CLUSTER_ID_METADATA, FORWARDED_METADATA, LEADER_ADDR_METADATA, LEADER_ID_METADATA, MAX_RESPONSE_BYTES, partition_of,
 };
 pub use kv::{key_range_key, key_range_prefix};
-pub use options::{ClientOptions, DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, DEFAULT_RETRY_DEADLINE};
+pub use options::{ClientOptions, Credentials, DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, DEFAULT_RETRY_DEADLINE};
 pub use resume::WATCH_MAX_REOPENS;
 pub use routing::PARTITION_MAP_TTL;
 pub use subscriptions::ResumableSubscription;

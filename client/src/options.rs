@@ -38,6 +38,29 @@ pub struct ClientOptions {
     /// (saves a hop per request). Off: stay on the endpoint that answered
     /// (tests that pin one node).
     pub follow_leader: bool,
+    /// User name and password for a cluster with auth enabled: the client
+    /// trades them for a token (`Auth/Authenticate`) before its first
+    /// call, sends the token with every request, and gets a new one when
+    /// a node refuses it (expired, or the password changed).
+    pub credentials: Option<Credentials>,
+}
+
+/// A user name and password (the password is never printed).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// User name.
+    pub user: String,
+    /// Password.
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("user", &self.user)
+            .field("password", &"<redacted>")
+            .finish()
+    }
 }
 
 impl Default for ClientOptions {
@@ -48,6 +71,7 @@ impl Default for ClientOptions {
             retry_deadline: DEFAULT_RETRY_DEADLINE,
             cluster_id: None,
             follow_leader: true,
+            credentials: None,
         }
     }
 }
@@ -85,6 +109,15 @@ impl ClientOptions {
     /// Sets [`ClientOptions::follow_leader`].
     pub fn with_follow_leader(mut self, follow: bool) -> Self {
         self.follow_leader = follow;
+        self
+    }
+
+    /// Sets [`ClientOptions::credentials`].
+    pub fn with_credentials(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
+        self.credentials = Some(Credentials {
+            user: user.into(),
+            password: password.into(),
+        });
         self
     }
 }

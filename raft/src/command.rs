@@ -604,7 +604,7 @@ pub enum Rejection {
     #[error("stream {0:?} is deleted")]
     StreamDeleted(String),
     /// Auth does not let the user do this.
-    #[error("permission denied: user {user:?} {reason}")]
+    #[error("user {user:?} {reason}")]
     PermissionDenied {
         /// User.
         user: String,

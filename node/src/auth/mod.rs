@@ -137,7 +137,7 @@ impl Authz {
             Caller::Anonymous => Ok(()),
             Caller::User(u) if self.state.has_any(u) => Ok(()),
             Caller::User(u) => Err(Error::PermissionDenied(format!(
-                "permission denied: user {u:?} has no permissions, so may not {what}"
+                "user {u:?} has no permissions, so may not {what}"
             ))),
         }
     }
@@ -147,7 +147,7 @@ impl Authz {
     pub fn require_lease(&self) -> Result<()> {
         match &self.caller {
             Caller::User(u) if self.state.enabled() && !self.state.may_lease(u) => Err(Error::PermissionDenied(format!(
-                "permission denied: user {u:?} may write no key or service, so may not use leases"
+                "user {u:?} may write no key or service, so may not use leases"
             ))),
             _ => self.require_any("use leases"),
         }

@@ -14,6 +14,7 @@ use crate::config::{self, Flags};
 use crate::keyspace::AUDIT_STREAM;
 
 mod audit;
+mod auth;
 mod backup;
 mod events;
 mod kv;
@@ -24,6 +25,7 @@ mod registry;
 mod subscription;
 
 use audit::*;
+use auth::*;
 use backup::*;
 use events::*;
 use kv::*;
@@ -55,6 +57,13 @@ pub struct Cli {
     /// Only talk to nodes of this cluster (default: the first that answers).
     #[arg(long, global = true, env = "ESF_CLUSTER_ID")]
     cluster_id: Option<String>,
+    /// User name, or NAME:PASSWORD (etcdctl's --user), for a cluster with
+    /// auth enabled.
+    #[arg(long, global = true, env = "ESF_USER")]
+    user: Option<String>,
+    /// The user's password (or after the colon in --user).
+    #[arg(long, global = true, env = "ESF_PASSWORD", hide_env_values = true)]
+    password: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -97,6 +106,15 @@ enum Command {
     /// Cluster membership.
     #[command(subcommand)]
     Member(MemberCmd),
+    /// Authentication: turn it on or off.
+    #[command(subcommand)]
+    Auth(AuthCmd),
+    /// Users (auth).
+    #[command(subcommand)]
+    User(UserCmd),
+    /// Roles and their permissions (auth).
+    #[command(subcommand)]
+    Role(RoleCmd),
     /// Per-endpoint status and health.
     #[command(subcommand)]
     Endpoint(EndpointCmd),
@@ -113,9 +131,18 @@ enum ConfigCmd {
 
 /// Runs the parsed command.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let opts = ClientOptions::new()
+    let mut opts = ClientOptions::new()
         .with_retry_deadline(std::time::Duration::from_secs(cli.timeout_secs))
         .with_cluster_id(cli.cluster_id.clone());
+    if let Some(u) = &cli.user {
+        let (name, password) = match (u.split_once(':'), &cli.password) {
+            (Some((n, p)), None) => (n.to_string(), p.to_string()),
+            (None, Some(p)) => (u.clone(), p.clone()),
+            (Some(_), Some(_)) => anyhow::bail!("user: give the password in --user NAME:PASSWORD or in --password, not both"),
+            (None, None) => anyhow::bail!("password: --user {u} needs a password (--password, ESF_PASSWORD, or --user {u}:PASSWORD)"),
+        };
+        opts = opts.with_credentials(name, password);
+    }
     let client = || Client::new(&cli.endpoints, opts.clone()).map_err(|e| anyhow::anyhow!("endpoints: {e}"));
     // `member remove` retries while the node's partition replicas move.
     let remove_client = || {
@@ -147,6 +174,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             follow,
         }) => audit_tail(client()?, out, limit, from_revision, follow).await?,
         Command::Subscription(cmd) => subscription(client()?, out, cmd).await?,
+        Command::Auth(cmd) => auth(client()?, out, cmd).await?,
+        Command::User(cmd) => user(client()?, out, cmd).await?,
+        Command::Role(cmd) => role(client()?, out, cmd).await?,
         Command::Snapshot(SnapshotCmd::Save { file }) => snapshot_save(client()?, out, &file).await?,
         Command::Snapshot(SnapshotCmd::Inspect { file }) => snapshot_inspect(out, &file)?,
         Command::Snapshot(SnapshotCmd::Restore {
