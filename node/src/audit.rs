@@ -131,8 +131,9 @@ fn change_json(e: &WatchEvent) -> (Value, &'static str) {
 /// (puts and deletes) for config keys, `esf.registry.changed`,
 /// `esf.subscription.changed`, `esf.meta.changed` for a mix of kinds. The
 /// correlation id is the key when the revision changed one key (so
-/// `esf events query --correlation-id KEY` lists a key's changes).
-pub fn audit_event(revision: u64, changes: &[WatchEvent]) -> pb::EventData {
+/// `esf events query --correlation-id KEY` lists a key's changes). `user`
+/// is who made the change (auth), recorded in the data and the metadata.
+pub fn audit_event(revision: u64, changes: &[WatchEvent], user: Option<&str>) -> pb::EventData {
     let mut list = Vec::with_capacity(changes.len());
     let mut kinds = std::collections::BTreeSet::new();
     let mut bytes = 0;
@@ -164,6 +165,9 @@ pub fn audit_event(revision: u64, changes: &[WatchEvent]) -> pb::EventData {
         _ => String::new(),
     };
     let mut data = json!({ "revision": revision, "changes": list });
+    if let Some(u) = user {
+        data["user"] = json!(u);
+    }
     if list_len(&data) < changes.len() {
         data["truncated"] = json!(true);
         data["changes_total"] = json!(changes.len());
@@ -178,7 +182,9 @@ pub fn audit_event(revision: u64, changes: &[WatchEvent]) -> pb::EventData {
         },
         causation_id: String::new(),
         data: serde_json::to_vec(&data).expect("a JSON value always serializes"),
-        metadata: [("revision".to_string(), revision.to_string())].into(),
+        metadata: std::iter::once(("revision".to_string(), revision.to_string()))
+            .chain(user.map(|u| ("user".to_string(), u.to_string())))
+            .collect(),
     }
 }
 
@@ -335,7 +341,8 @@ impl Relay {
                         last + 1
                     )));
                 }
-                let e = audit_event(rev, group);
+                let user = self.ctx.meta.store().author(rev).map_err(Error::Storage)?;
+                let e = audit_event(rev, group, user.as_deref());
                 bytes += e.data.len();
                 batch.push(e);
                 last = rev;
@@ -531,26 +538,29 @@ mod tests {
 
     #[test]
     fn events_are_typed_by_what_changed() {
-        let put = audit_event(5, &[change(b"cfg/a", b"1", false, 5)]);
+        let put = audit_event(5, &[change(b"cfg/a", b"1", false, 5)], None);
         assert_eq!(put.r#type, "esf.config.put");
+        let by = audit_event(5, &[change(b"cfg/a", b"1", false, 5)], Some("alice"));
+        let v: Value = serde_json::from_slice(&by.data).expect("json");
+        assert_eq!((v["user"].as_str(), by.metadata.get("user").map(String::as_str)), (Some("alice"), Some("alice")));
         assert_eq!(put.correlation_id, "cfg/a");
         let v: Value = serde_json::from_slice(&put.data).expect("json");
         assert_eq!(v["revision"], 5);
         assert_eq!(v["changes"][0]["value"], "1");
         assert_eq!(put.metadata["revision"], "5");
-        let del = audit_event(6, &[change(b"a", b"", true, 6), change(b"b", b"", true, 6)]);
+        let del = audit_event(6, &[change(b"a", b"", true, 6), change(b"b", b"", true, 6)], None);
         assert_eq!(del.r#type, "esf.config.deleted");
         assert_eq!(del.correlation_id, "");
-        let mixed = audit_event(7, &[change(b"a", b"x", false, 7), change(b"b", b"", true, 7)]);
+        let mixed = audit_event(7, &[change(b"a", b"x", false, 7), change(b"b", b"", true, 7)], None);
         assert_eq!(mixed.r#type, "esf.config.changed");
         let mut reg = vec![keyspace::RESERVED_KEY_BYTE];
         reg.extend_from_slice(b"registry/api/i1");
-        let r = audit_event(8, &[change(&reg, b"", true, 8)]);
+        let r = audit_event(8, &[change(&reg, b"", true, 8)], None);
         assert_eq!(r.r#type, "esf.registry.changed");
         assert_eq!(r.correlation_id, "registry/api/i1");
-        let both = audit_event(9, &[change(&reg, b"", true, 9), change(b"k", b"", true, 9)]);
+        let both = audit_event(9, &[change(&reg, b"", true, 9), change(b"k", b"", true, 9)], None);
         assert_eq!(both.r#type, "esf.meta.changed");
-        let big = audit_event(10, &[change(b"k", &[b'x'; MAX_VALUE_BYTES + 1], false, 10)]);
+        let big = audit_event(10, &[change(b"k", &[b'x'; MAX_VALUE_BYTES + 1], false, 10)], None);
         let v: Value = serde_json::from_slice(&big.data).expect("json");
         assert!(v["changes"][0].get("value").is_none());
         assert_eq!(v["changes"][0]["value_bytes"], MAX_VALUE_BYTES + 1);
@@ -561,7 +571,7 @@ mod tests {
         let many: Vec<WatchEvent> = (0..20_000)
             .map(|i| change(format!("prefix/key-{i:06}").as_bytes(), b"", true, 3))
             .collect();
-        let e = audit_event(3, &many);
+        let e = audit_event(3, &many, None);
         assert!(e.data.len() <= MAX_EVENT_DATA_BYTES + 1024, "{} bytes", e.data.len());
         assert!(e.data.len() < esf_raft::events::MAX_EVENT_BYTES);
         let v: Value = serde_json::from_slice(&e.data).expect("json");
