@@ -49,6 +49,8 @@ impl Client {
             .iter()
             .map(|e| parse_endpoint(e.as_ref()).map(Node::new))
             .collect::<Result<Vec<_>>>()?;
+        // Bad TLS settings fail here, not at the first call.
+        crate::endpoint::check_tls(&nodes[0].uri, &opts)?;
         Ok(Client {
             inner: Arc::new(Inner {
                 cluster: ClusterPin::new(opts.cluster_id.clone()),

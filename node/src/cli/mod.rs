@@ -15,6 +15,7 @@ use crate::keyspace::AUDIT_STREAM;
 
 mod audit;
 mod backup;
+mod cert;
 mod events;
 mod kv;
 mod lease;
@@ -25,6 +26,7 @@ mod subscription;
 
 use audit::*;
 use backup::*;
+use cert::*;
 use events::*;
 use kv::*;
 use lease::*;
@@ -55,6 +57,8 @@ pub struct Cli {
     /// Only talk to nodes of this cluster (default: the first that answers).
     #[arg(long, global = true, env = "ESF_CLUSTER_ID")]
     cluster_id: Option<String>,
+    #[command(flatten)]
+    tls: TlsArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -103,6 +107,9 @@ enum Command {
     /// Leadership.
     #[command(subcommand)]
     Leader(LeaderCmd),
+    /// TLS certificates for a cluster and its clients.
+    #[command(subcommand)]
+    Cert(CertCmd),
 }
 
 #[derive(Debug, Subcommand)]
@@ -116,6 +123,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let opts = ClientOptions::new()
         .with_retry_deadline(std::time::Duration::from_secs(cli.timeout_secs))
         .with_cluster_id(cli.cluster_id.clone());
+    // TLS files are read by the commands that connect.
+    let opts = match &cli.command {
+        Command::Serve(_) | Command::Config(_) | Command::Cert(_) => opts,
+        _ => cli.tls.apply(opts)?,
+    };
     let client = || Client::new(&cli.endpoints, opts.clone()).map_err(|e| anyhow::anyhow!("endpoints: {e}"));
     // `member remove` retries while the node's partition replicas move.
     let remove_client = || {
@@ -318,6 +330,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(1));
             }
         }
+        Command::Cert(cmd) => cert(out, cmd)?,
         Command::Leader(LeaderCmd::Transfer { to }) => {
             let r = client()?.transfer_leader(to).await?;
             print(out, &json!({"leader_id": r.leader_id}), || {

@@ -98,6 +98,7 @@ pub async fn form_cluster(
     cluster_id: ClusterId,
     gate: Arc<AtomicBool>,
     has_data: bool,
+    pool: PeerPool,
 ) -> anyhow::Result<()> {
     let open_gate = || gate.store(true, std::sync::atomic::Ordering::SeqCst);
     // Asked of the Raft core itself, not of its metrics: right after start
@@ -127,7 +128,6 @@ pub async fn form_cluster(
         info!(cluster_id = %cid, "initialised a single-node cluster");
         return Ok(());
     }
-    let pool = PeerPool::default();
     let ask = pb::HelloRequest {
         node_id: cfg.node_id,
         addr: cfg.advertise(),
