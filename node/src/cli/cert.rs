@@ -200,17 +200,19 @@ fn serial() -> SerialNumber {
     SerialNumber::from_slice(&b)
 }
 
-/// The client commands' TLS files (etcdctl's flag names).
+/// The client commands' TLS files (etcdctl's flag names; their ids
+/// differ from the names, which commands' own arguments such as `key`
+/// use).
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct TlsArgs {
     /// CA certificate (PEM) that signed the nodes' certificates: talk TLS.
-    #[arg(long, global = true, env = "ESF_CACERT")]
+    #[arg(long = "cacert", id = "tls_cacert", global = true, env = "ESF_CACERT")]
     cacert: Option<PathBuf>,
     /// Client certificate (PEM), for nodes that require one (--client-cert-auth).
-    #[arg(long, global = true, env = "ESF_CERT")]
+    #[arg(long = "cert", id = "tls_cert", global = true, env = "ESF_CERT")]
     cert: Option<PathBuf>,
     /// Private key (PEM) of --cert.
-    #[arg(long, global = true, env = "ESF_KEY")]
+    #[arg(long = "key", id = "tls_key", global = true, env = "ESF_KEY")]
     key: Option<PathBuf>,
 }
 
