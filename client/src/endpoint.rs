@@ -104,7 +104,9 @@ impl Node {
                 let uri = match (&tls, self.uri.strip_prefix("http://")) {
                     (Some(_), Some(rest)) => format!("https://{rest}"),
                     (None, _) if self.uri.starts_with("https://") => {
-                        return Err(invalid("https needs TLS settings (a CA: ClientOptions::with_tls_ca_pem)".into()));
+                        return Err(invalid(
+                            "https needs TLS settings (a CA: ClientOptions::with_tls_ca_pem)".into(),
+                        ));
                     }
                     _ => self.uri.clone(),
                 };

@@ -320,7 +320,16 @@ impl Tls {
         let clients = clients.join(",");
         let (code, out, err) = cli(
             bin,
-            &["cert", "init", "--dir", &dir_s, "--hosts", &hosts, "--client-names", &clients],
+            &[
+                "cert",
+                "init",
+                "--dir",
+                &dir_s,
+                "--hosts",
+                &hosts,
+                "--client-names",
+                &clients,
+            ],
         );
         assert_eq!(code, 0, "esf cert init: {out}{err}");
         Tls { dir: dir.to_path_buf() }

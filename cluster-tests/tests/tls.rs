@@ -50,7 +50,9 @@ async fn served_certificate(addr: &str, ca: &Path) -> CertificateDer<'static> {
         .await
         .expect("tls handshake");
     let (_, session) = tls.get_ref();
-    session.peer_certificates().expect("the server's certificate")[0].clone().into_owned()
+    session.peer_certificates().expect("the server's certificate")[0]
+        .clone()
+        .into_owned()
 }
 
 fn serial(der: &CertificateDer<'_>) -> Vec<u8> {
@@ -74,14 +76,20 @@ async fn a_tls_cluster_serves_only_clients_that_trust_its_ca() {
     assert_eq!(got.value, b"1");
     // Through each node (forwarded to the leader over peer TLS).
     for n in &c.nodes {
-        n.client().put(format!("tls/via-{}", n.id), "x").await.expect("put through a node");
+        n.client()
+            .put(format!("tls/via-{}", n.id), "x")
+            .await
+            .expect("put through a node");
     }
 
     // A client that trusts another CA: an error and no data.
     let other_dir = tempfile::tempdir().expect("tempdir");
     let other = other_ca(&c, other_dir.path());
     let stranger = client_with(&c, other.client_options("root"));
-    assert!(stranger.put("tls/stranger", "1").await.is_err(), "a client of another CA wrote");
+    assert!(
+        stranger.put("tls/stranger", "1").await.is_err(),
+        "a client of another CA wrote"
+    );
     assert!(stranger.get("tls/a").await.is_err(), "a client of another CA read");
     // A plaintext client on the TLS port: an error and no data.
     let plain = client_with(&c, ClientOptions::new());
@@ -94,7 +102,10 @@ async fn a_tls_cluster_serves_only_clients_that_trust_its_ca() {
         &c,
         ClientOptions::new().with_tls_ca_pem(std::fs::read(tls.ca()).expect("read the CA")),
     );
-    anonymous.put("tls/anonymous", "1").await.expect("put without a client certificate");
+    anonymous
+        .put("tls/anonymous", "1")
+        .await
+        .expect("put without a client certificate");
 
     // A connection that never starts its handshake is closed by the
     // deadline (1 s here).
@@ -111,7 +122,8 @@ async fn a_tls_cluster_serves_only_clients_that_trust_its_ca() {
     let eps = c.endpoints();
     let mut args: Vec<String> = vec!["--endpoints".into(), eps.clone()];
     args.extend(tls.cli_args("root"));
-    let with = |more: &[&str]| -> Vec<String> { args.iter().cloned().chain(more.iter().map(|s| s.to_string())).collect() };
+    let with =
+        |more: &[&str]| -> Vec<String> { args.iter().cloned().chain(more.iter().map(|s| s.to_string())).collect() };
     let run = |a: Vec<String>| {
         let a: Vec<&str> = a.iter().map(String::as_str).collect();
         cli(bin, &a)
@@ -128,7 +140,10 @@ async fn a_tls_cluster_serves_only_clients_that_trust_its_ca() {
         .expect("run esf");
     assert!(out.status.success(), "ESF_CACERT: {out:?}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("from-cli"));
-    let (code, _, _) = cli(bin, &["--endpoints", &eps, "--timeout-secs", "2", "kv", "get", "tls/cli"]);
+    let (code, _, _) = cli(
+        bin,
+        &["--endpoints", &eps, "--timeout-secs", "2", "kv", "get", "tls/cli"],
+    );
     assert_ne!(code, 0, "a plaintext CLI read from a TLS cluster");
 }
 
@@ -139,12 +154,22 @@ async fn client_cert_auth_refuses_clients_without_a_trusted_certificate() {
     let leader = c.wait_ready().await;
     let tls = c.tls.clone().expect("a TLS cluster");
     let follower = c.nodes.iter().find(|n| n.id != leader).expect("a follower");
-    follower.client().put("auth/a", "1").await.expect("put through a follower with a client certificate");
+    follower
+        .client()
+        .put("auth/a", "1")
+        .await
+        .expect("put through a follower with a client certificate");
 
     let ca = std::fs::read(tls.ca()).expect("read the CA");
     let no_cert = client_with(&c, ClientOptions::new().with_tls_ca_pem(ca.clone()));
-    assert!(no_cert.put("auth/b", "1").await.is_err(), "a client without a certificate wrote");
-    assert!(no_cert.get("auth/a").await.is_err(), "a client without a certificate read");
+    assert!(
+        no_cert.put("auth/b", "1").await.is_err(),
+        "a client without a certificate wrote"
+    );
+    assert!(
+        no_cert.get("auth/a").await.is_err(),
+        "a client without a certificate read"
+    );
     let other_dir = tempfile::tempdir().expect("tempdir");
     let other = other_ca(&c, other_dir.path());
     let foreign = client_with(
@@ -154,7 +179,10 @@ async fn client_cert_auth_refuses_clients_without_a_trusted_certificate() {
             std::fs::read(other.client_key("root")).expect("read"),
         ),
     );
-    assert!(foreign.put("auth/c", "1").await.is_err(), "a client certificate of another CA wrote");
+    assert!(
+        foreign.put("auth/c", "1").await.is_err(),
+        "a client certificate of another CA wrote"
+    );
     let client = c.client();
     assert!(client.get("auth/b").await.expect("get").1.is_none());
     assert!(client.get("auth/c").await.expect("get").1.is_none());
@@ -179,7 +207,18 @@ async fn a_certificate_replaced_on_disk_is_served_without_a_restart() {
     let ca_dir = tls.dir.display().to_string();
     let (code, out, err) = cli(
         &c.bin,
-        &["cert", "init", "--dir", &dir, "--ca-dir", &ca_dir, "--hosts", "127.0.0.1,localhost", "--client-names", "root"],
+        &[
+            "cert",
+            "init",
+            "--dir",
+            &dir,
+            "--ca-dir",
+            &ca_dir,
+            "--hosts",
+            "127.0.0.1,localhost",
+            "--client-names",
+            "root",
+        ],
     );
     assert_eq!(code, 0, "esf cert init --ca-dir: {out}{err}");
     assert!(!next.path().join("ca.pem").exists(), "--ca-dir makes no new CA");
@@ -209,10 +248,17 @@ async fn a_certificate_replaced_on_disk_is_served_without_a_restart() {
     // from the changed files) still get through.
     for n in c.nodes.iter_mut() {
         let child = n.child.as_mut().expect("running");
-        assert!(child.try_wait().expect("wait").is_none(), "node {} restarted or exited", n.id);
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "node {} restarted or exited",
+            n.id
+        );
     }
     c.wait_ready().await;
     for n in &c.nodes {
-        n.client().put(format!("rotated/{}", n.id), "1").await.expect("put after the rotation");
+        n.client()
+            .put(format!("rotated/{}", n.id), "1")
+            .await
+            .expect("put after the rotation");
     }
 }

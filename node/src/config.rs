@@ -393,7 +393,10 @@ fn validate_tls(c: &NodeConfig) -> anyhow::Result<()> {
         }
     };
     pair(("--cert-file", &c.cert_file), ("--key-file", &c.key_file))?;
-    pair(("--peer-cert-file", &c.peer_cert_file), ("--peer-key-file", &c.peer_key_file))?;
+    pair(
+        ("--peer-cert-file", &c.peer_cert_file),
+        ("--peer-key-file", &c.peer_key_file),
+    )?;
     if c.cert_file.is_none() {
         let needs_tls = [
             ("--trusted-ca-file", c.trusted_ca_file.is_some()),
@@ -428,5 +431,103 @@ impl NodeConfig {
     /// The advertised gRPC address.
     pub fn advertise(&self) -> String {
         self.advertise.clone().unwrap_or_else(|| self.listen.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_settings_that_do_not_go_together_name_the_flag() {
+        let f = |s: &str| Some(PathBuf::from(s));
+        let tls = NodeConfig {
+            cert_file: f("n.pem"),
+            key_file: f("k.pem"),
+            trusted_ca_file: f("ca.pem"),
+            ..NodeConfig::default()
+        };
+        assert!(validate(&tls).is_ok());
+        assert!(validate(&NodeConfig::default()).is_ok());
+        let cases: Vec<(NodeConfig, &str)> = vec![
+            (
+                NodeConfig {
+                    key_file: None,
+                    ..tls.clone()
+                },
+                "--cert-file: needs --key-file",
+            ),
+            (
+                NodeConfig {
+                    cert_file: None,
+                    trusted_ca_file: None,
+                    ..tls.clone()
+                },
+                "--key-file: needs --cert-file",
+            ),
+            (
+                NodeConfig {
+                    peer_cert_file: f("p.pem"),
+                    ..tls.clone()
+                },
+                "--peer-cert-file: needs --peer-key-file",
+            ),
+            (
+                NodeConfig {
+                    cert_file: None,
+                    key_file: None,
+                    ..tls.clone()
+                },
+                "--trusted-ca-file: needs --cert-file",
+            ),
+            (
+                NodeConfig {
+                    client_cert_auth: true,
+                    ..NodeConfig::default()
+                },
+                "--client-cert-auth: needs --cert-file",
+            ),
+            (
+                NodeConfig {
+                    client_cert_auth: true,
+                    trusted_ca_file: None,
+                    peer_trusted_ca_file: f("p.pem"),
+                    ..tls.clone()
+                },
+                "--client-cert-auth: needs --trusted-ca-file",
+            ),
+            (
+                NodeConfig {
+                    trusted_ca_file: None,
+                    ..tls.clone()
+                },
+                "--trusted-ca-file: nodes dial each other",
+            ),
+            (
+                NodeConfig {
+                    tls_handshake_timeout_ms: 0,
+                    ..tls.clone()
+                },
+                "tls_handshake_timeout_ms",
+            ),
+        ];
+        for (cfg, want) in cases {
+            let e = validate(&cfg).expect_err(want).to_string();
+            assert!(e.starts_with(want), "want {want:?}, got {e:?}");
+        }
+    }
+
+    #[test]
+    fn client_cert_auth_is_a_bare_flag() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Serve {
+            #[command(flatten)]
+            flags: Flags,
+        }
+        let s = Serve::try_parse_from(["esf", "--client-cert-auth", "--cert-file", "n.pem"]).expect("parse");
+        assert_eq!(s.flags.client_cert_auth, Some(true));
+        let s = Serve::try_parse_from(["esf", "--client-cert-auth=false"]).expect("parse");
+        assert_eq!(s.flags.client_cert_auth, Some(false));
     }
 }

@@ -74,7 +74,11 @@ pub(super) fn cert(out: Output, cmd: CertCmd) -> anyhow::Result<()> {
         ca_dir,
         force,
     } = cmd;
-    let hosts: Vec<String> = hosts.into_iter().map(|h| h.trim().to_string()).filter(|h| !h.is_empty()).collect();
+    let hosts: Vec<String> = hosts
+        .into_iter()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .collect();
     if hosts.is_empty() {
         anyhow::bail!("--hosts: give at least one address or name");
     }
@@ -109,19 +113,22 @@ pub(super) fn cert(out: Output, cmd: CertCmd) -> anyhow::Result<()> {
             Issuer::new(p, key)
         }
     };
-    let leaf = |cn: &str, sans: Vec<String>, usages: Vec<ExtendedKeyUsagePurpose>| -> anyhow::Result<(String, String)> {
-        let key = KeyPair::generate().context("generate a key")?;
-        let mut p = CertificateParams::new(sans).context("--hosts")?;
-        p.distinguished_name.push(DnType::CommonName, cn);
-        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        p.extended_key_usages = usages;
-        p.not_before = now - BACKDATE;
-        p.not_after = now + time::Duration::days(days);
-        p.serial_number = Some(serial());
-        p.use_authority_key_identifier_extension = true;
-        let cert = p.signed_by(&key, &issuer).with_context(|| format!("sign the certificate of {cn}"))?;
-        Ok((cert.pem(), key.serialize_pem()))
-    };
+    let leaf =
+        |cn: &str, sans: Vec<String>, usages: Vec<ExtendedKeyUsagePurpose>| -> anyhow::Result<(String, String)> {
+            let key = KeyPair::generate().context("generate a key")?;
+            let mut p = CertificateParams::new(sans).context("--hosts")?;
+            p.distinguished_name.push(DnType::CommonName, cn);
+            p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+            p.extended_key_usages = usages;
+            p.not_before = now - BACKDATE;
+            p.not_after = now + time::Duration::days(days);
+            p.serial_number = Some(serial());
+            p.use_authority_key_identifier_extension = true;
+            let cert = p
+                .signed_by(&key, &issuer)
+                .with_context(|| format!("sign the certificate of {cn}"))?;
+            Ok((cert.pem(), key.serialize_pem()))
+        };
     let (node, node_key) = leaf(
         "esf node",
         hosts.clone(),

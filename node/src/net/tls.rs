@@ -126,7 +126,10 @@ impl NodeTls {
             Ok(Arc::new(c))
         };
         let peer_identity = match (&cfg.peer_cert_file, &cfg.peer_key_file) {
-            (Some(c), Some(k)) => (FileFlag::new("--peer-cert-file", c), FileFlag::new("--peer-key-file", k)),
+            (Some(c), Some(k)) => (
+                FileFlag::new("--peer-cert-file", c),
+                FileFlag::new("--peer-key-file", k),
+            ),
             _ => (cert, key),
         };
         let peer_ca = match (&cfg.peer_trusted_ca_file, &cfg.trusted_ca_file) {
@@ -170,7 +173,8 @@ pub fn parse_certs(f: &FileFlag, pem: &[u8]) -> anyhow::Result<Vec<CertificateDe
         bail!("{f}: holds no PEM certificate (-----BEGIN CERTIFICATE-----)");
     }
     for (i, c) in certs.iter().enumerate() {
-        x509_parser::parse_x509_certificate(c).map_err(|e| anyhow!("{f}: certificate {} does not parse: {e}", i + 1))?;
+        x509_parser::parse_x509_certificate(c)
+            .map_err(|e| anyhow!("{f}: certificate {} does not parse: {e}", i + 1))?;
     }
     Ok(certs)
 }
@@ -178,7 +182,9 @@ pub fn parse_certs(f: &FileFlag, pem: &[u8]) -> anyhow::Result<Vec<CertificateDe
 /// The one private key in `pem` (PKCS#8, PKCS#1 or SEC1).
 pub fn parse_key(f: &FileFlag, pem: &[u8]) -> anyhow::Result<PrivateKeyDer<'static>> {
     PrivateKeyDer::from_pem_slice(pem).map_err(|e| match e {
-        rustls::pki_types::pem::Error::NoItemsFound => anyhow!("{f}: holds no PEM private key (-----BEGIN PRIVATE KEY-----)"),
+        rustls::pki_types::pem::Error::NoItemsFound => {
+            anyhow!("{f}: holds no PEM private key (-----BEGIN PRIVATE KEY-----)")
+        }
         e => anyhow!("{f}: not a PEM private key file: {e}"),
     })
 }
@@ -250,4 +256,171 @@ pub fn common_name(der: &CertificateDer<'_>) -> Option<String> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
     let cn = cert.subject().iter_common_name().next()?;
     cn.as_str().ok().map(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair};
+
+    use super::*;
+
+    /// A CA, a node certificate for 127.0.0.1 and a client certificate
+    /// with common name `root`, written into `dir`; returns the CA's
+    /// issuer for more.
+    fn write_certs(dir: &Path) -> Issuer<'static, KeyPair> {
+        let ca_key = KeyPair::generate().expect("key");
+        let mut ca = CertificateParams::default();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name.push(DnType::CommonName, "test CA");
+        std::fs::write(dir.join("ca.pem"), ca.self_signed(&ca_key).expect("ca").pem()).expect("write");
+        let issuer = Issuer::new(ca, ca_key);
+        let leaf = |name: &str, cn: &str, sans: Vec<String>, eku: ExtendedKeyUsagePurpose| {
+            let key = KeyPair::generate().expect("key");
+            let mut p = CertificateParams::new(sans).expect("params");
+            p.distinguished_name.push(DnType::CommonName, cn);
+            p.extended_key_usages = vec![eku];
+            let cert = p.signed_by(&key, &issuer).expect("sign");
+            std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).expect("write");
+            std::fs::write(dir.join(format!("{name}-key.pem")), key.serialize_pem()).expect("write");
+        };
+        leaf(
+            "node",
+            "esf node",
+            vec!["127.0.0.1".into()],
+            ExtendedKeyUsagePurpose::ServerAuth,
+        );
+        leaf("client", "root", vec![], ExtendedKeyUsagePurpose::ClientAuth);
+        issuer
+    }
+
+    fn tls_config(dir: &Path, client_cert_auth: bool) -> NodeConfig {
+        NodeConfig {
+            cert_file: Some(dir.join("node.pem")),
+            key_file: Some(dir.join("node-key.pem")),
+            trusted_ca_file: Some(dir.join("ca.pem")),
+            client_cert_auth,
+            ..NodeConfig::default()
+        }
+    }
+
+    fn load_error(cfg: &NodeConfig) -> String {
+        match NodeTls::load(cfg) {
+            Ok(_) => panic!("loaded"),
+            Err(e) => format!("{e:#}"),
+        }
+    }
+
+    #[test]
+    fn bad_files_are_refused_naming_the_flag() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        write_certs(d);
+        assert!(NodeTls::load(&tls_config(d, true)).expect("good files").is_some());
+        assert!(NodeTls::load(&NodeConfig::default()).expect("no TLS").is_none());
+
+        let mut missing = tls_config(d, false);
+        missing.cert_file = Some(d.join("nope.pem"));
+        assert!(
+            load_error(&missing).starts_with("--cert-file "),
+            "{}",
+            load_error(&missing)
+        );
+        assert!(load_error(&missing).contains("no such file"));
+
+        std::fs::write(d.join("garbage.pem"), "not a certificate").expect("write");
+        let mut garbage = tls_config(d, false);
+        garbage.key_file = Some(d.join("garbage.pem"));
+        assert!(
+            load_error(&garbage).starts_with("--key-file "),
+            "{}",
+            load_error(&garbage)
+        );
+        let mut garbage_ca = tls_config(d, true);
+        garbage_ca.trusted_ca_file = Some(d.join("garbage.pem"));
+        assert!(
+            load_error(&garbage_ca).contains("--trusted-ca-file"),
+            "{}",
+            load_error(&garbage_ca)
+        );
+
+        // The client's key with the node's certificate.
+        let mut mismatch = tls_config(d, false);
+        mismatch.key_file = Some(d.join("client-key.pem"));
+        let e = load_error(&mismatch);
+        assert!(
+            e.starts_with("--key-file ") && e.contains("does not match") && e.contains("--cert-file"),
+            "{e}"
+        );
+
+        let mut peer = tls_config(d, false);
+        peer.peer_cert_file = Some(d.join("client.pem"));
+        peer.peer_key_file = Some(d.join("node-key.pem"));
+        assert!(
+            load_error(&peer).starts_with("--peer-key-file "),
+            "{}",
+            load_error(&peer)
+        );
+    }
+
+    #[test]
+    fn common_name_of_a_certificate() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write_certs(dir.path());
+        let f = FileFlag::new("--test", dir.path().join("client.pem"));
+        let certs = parse_certs(&f, &read(&f).expect("read")).expect("certs");
+        assert_eq!(common_name(&certs[0]).as_deref(), Some("root"));
+        assert_eq!(client_cert_common_name(&tonic::Request::new(())), None);
+    }
+
+    /// Through a real TLS connection: tonic sees the client certificate
+    /// (`Request::peer_certs`) on the connections `tls_accept` hands it,
+    /// and a client without one is refused with `--client-cert-auth`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_client_certificate_common_name_reaches_the_handler() {
+        use tonic_health::pb::health_client::HealthClient;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        write_certs(d);
+        let tls = NodeTls::load(&tls_config(d, true)).expect("load").expect("tls on");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let record = seen.clone();
+        let (_reporter, health) = tonic_health::server::health_reporter();
+        let svc = tonic::service::interceptor::InterceptedService::new(health, move |req: tonic::Request<()>| {
+            record.lock().expect("lock").push(client_cert_common_name(&req));
+            Ok(req)
+        });
+        let accepted = crate::net::tls_accept::accept_tls(listener, tls.grpc.clone(), tls.handshake_timeout);
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming(crate::net::tls_accept::incoming(accepted)),
+        );
+        let read = |n: &str| std::fs::read(d.join(n)).expect("read");
+        let client = |identity: bool| {
+            let mut c = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read("ca.pem")));
+            if identity {
+                c = c.identity(Identity::from_pem(read("client.pem"), read("client-key.pem")));
+            }
+            tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
+                .expect("uri")
+                .tls_config(c)
+                .expect("tls config")
+                .connect_lazy()
+        };
+        let ask = tonic_health::pb::HealthCheckRequest::default();
+        HealthClient::new(client(true))
+            .check(ask.clone())
+            .await
+            .expect("a client with a certificate is served");
+        assert_eq!(*seen.lock().expect("lock"), vec![Some("root".to_string())]);
+        assert!(
+            HealthClient::new(client(false)).check(ask).await.is_err(),
+            "a client without a certificate was served"
+        );
+        assert_eq!(seen.lock().expect("lock").len(), 1);
+    }
 }

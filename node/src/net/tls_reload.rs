@@ -292,7 +292,11 @@ mod tests {
         )
         .expect("first load");
         std::fs::write(&f, "changed").expect("write");
-        assert_eq!(r.current().value, "one", "within the interval the files are not looked at");
+        assert_eq!(
+            r.current().value,
+            "one",
+            "within the interval the files are not looked at"
+        );
     }
 
     #[test]
