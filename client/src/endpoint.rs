@@ -33,6 +33,16 @@ pub fn parse_endpoint(s: &str) -> Result<String> {
     })
 }
 
+/// The URI the client dials `s` at: [`parse_endpoint`]'s, with `https`
+/// when `opts` has TLS settings.
+pub(crate) fn node_uri(s: &str, opts: &ClientOptions) -> Result<String> {
+    let uri = parse_endpoint(s)?;
+    Ok(match (&opts.tls_ca_pem, uri.strip_prefix("http://")) {
+        (Some(_), Some(rest)) => format!("https://{rest}"),
+        _ => uri,
+    })
+}
+
 /// The cluster id a client is pinned to, sent with every request.
 #[derive(Clone, Default)]
 pub(crate) struct ClusterPin(Arc<Mutex<Option<String>>>);
@@ -161,16 +171,15 @@ pub(crate) fn tls_config(opts: &ClientOptions) -> std::result::Result<Option<Cli
     Ok(Some(c))
 }
 
-/// Whether `opts`' TLS settings can be used (builds them for `uri`
-/// without connecting).
+/// Whether `opts`' TLS settings can be used (builds them for `uri`, a
+/// [`node_uri`], without connecting).
 pub(crate) fn check_tls(uri: &str, opts: &ClientOptions) -> Result<()> {
     let invalid = |reason: String| Error::InvalidEndpoint {
         endpoint: uri.to_string(),
         reason,
     };
     if let Some(tls) = tls_config(opts).map_err(invalid)? {
-        let https = uri.replacen("http://", "https://", 1);
-        Endpoint::from_shared(https)
+        Endpoint::from_shared(uri.to_string())
             .map_err(|e| invalid(e.to_string()))?
             .tls_config(tls)
             .map_err(|e| invalid(format!("tls: {e}")))?;
@@ -236,5 +245,28 @@ mod tests {
             crate::Client::new(&none, ClientOptions::default()),
             Err(Error::InvalidEndpoint { .. })
         ));
+    }
+
+    #[test]
+    fn tls_settings_choose_https_and_bad_ones_fail_at_new() {
+        let tls = ClientOptions::new().with_tls_ca_pem("not pem");
+        assert_eq!(node_uri("h:1", &ClientOptions::new()).expect("uri"), "http://h:1");
+        assert_eq!(node_uri("http://h:1", &tls).expect("uri"), "https://h:1");
+        let reason = |opts: ClientOptions| match crate::Client::new(&["h:1"], opts) {
+            Err(Error::InvalidEndpoint { reason, .. }) => reason,
+            Err(e) => panic!("{e:?}"),
+            Ok(_) => panic!("made a client"),
+        };
+        assert!(reason(tls).contains("no PEM certificate"));
+        let identity_only = ClientOptions::new().with_tls_client_identity("c", "k");
+        assert!(reason(identity_only).contains("needs a CA"));
+        // https without TLS settings is refused when the channel is made.
+        let c = crate::Client::new(&["https://h:1"], ClientOptions::new()).expect("client");
+        let node = Node::new(c.endpoints()[0].clone());
+        assert!(matches!(
+            node.pinned(&ClientOptions::new(), &ClusterPin::default()),
+            Err(Error::InvalidEndpoint { .. })
+        ));
+        assert!(format!("{:?}", ClientOptions::new().with_tls_client_identity("c", "secret")).contains("<redacted>"));
     }
 }
