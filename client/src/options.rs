@@ -16,7 +16,7 @@ pub const DEFAULT_RETRY_DEADLINE: Duration = Duration::from_secs(15);
 /// Client settings.
 ///
 /// Built with [`ClientOptions::new`] and the `with_*` setters (fields will
-/// be added: TLS, tokens, protections; `#[non_exhaustive]` keeps that from
+/// be added: tokens, protections; `#[non_exhaustive]` keeps that from
 /// breaking callers). The fields stay readable.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
