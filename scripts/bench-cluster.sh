@@ -14,7 +14,11 @@ stop_all() {
 }
 
 # start_esf BIN WORK BASE_PORT: 3 nodes on BASE_PORT, +100, +200 (admin on
-# port + 1), data and logs under WORK; sets ESF_EPS and adds to PIDS. Keep
+# port + 1), data and logs under WORK; sets ESF_EPS and adds to PIDS. With
+# BENCH_TLS=1 the nodes serve TLS with --client-cert-auth (certificates
+# from `esf cert init` under WORK/tls) and ESF_CACERT, ESF_CERT and ESF_KEY
+# are exported, so the esf CLI and esf-bench talk TLS with a client
+# certificate. Keep
 # the ports below the kernel's ephemeral range (32768-60999 by default): a
 # node's outgoing connection may otherwise take a port another node is
 # about to listen on ("admin_listen: ... Address already in use").
@@ -23,11 +27,18 @@ start_esf() {
   ESF_EPS="127.0.0.1:$base,127.0.0.1:$((base + 100)),127.0.0.1:$((base + 200))"
   mkdir -p "$work"
   [ -s "$work/peer-secret" ] || (umask 077 && head -c 32 /dev/urandom | base64 >"$work/peer-secret")
+  local tls=()
+  if [ "${BENCH_TLS:-0}" = 1 ]; then
+    [ -s "$work/tls/ca.pem" ] || "$bin" cert init --dir "$work/tls" --hosts 127.0.0.1,localhost --client-names root >/dev/null
+    tls=(--cert-file "$work/tls/node.pem" --key-file "$work/tls/node-key.pem"
+      --trusted-ca-file "$work/tls/ca.pem" --client-cert-auth)
+    export ESF_CACERT="$work/tls/ca.pem" ESF_CERT="$work/tls/client-root.pem" ESF_KEY="$work/tls/client-root-key.pem"
+  fi
   for i in 1 2 3; do
     port=$((base + (i - 1) * 100))
     "$bin" serve --node-id "$i" --data-dir "$work/esf-$i" --listen "127.0.0.1:$port" \
       --admin-listen "127.0.0.1:$((port + 1))" --join "$ESF_EPS" --bootstrap-expect 3 --peer-secret-file "$work/peer-secret" \
-      >"$work/esf-$i.log" 2>&1 &
+      ${tls[@]+"${tls[@]}"} >"$work/esf-$i.log" 2>&1 &
     PIDS+=($!)
   done
 }

@@ -9,10 +9,14 @@
 #                                     bridge,netem,clock,member,snapshot|none]
 #                          [--time SECS] [--nodes N]
 #                          [--hosts netns|loopback] [--keys N] [--concurrency N]
-#                          [--out DIR] [--failpoints local-reads,no-dedup]
+#                          [--out DIR] [--failpoints local-reads,no-dedup] [--tls]
 # Example: scripts/jepsen.sh --workload register --nemesis partition,kill --time 60
 # The history (history.jsonl), nemesis log (nemesis.jsonl) and summary go
 # to --out (default jepsen-out/). See docs/testing.md.
+#
+# --tls runs the nodes with TLS (certificates from `esf cert init`, every
+# connection with a client certificate: --client-cert-auth) and the clients
+# with the cluster's CA and a client certificate.
 #
 # --failpoints runs nodes built with the test-only `failpoints` feature and
 # those faults switched on (the checkers must then say INVALID); that binary

@@ -4,7 +4,8 @@
 set -euo pipefail
 
 # Debian packages: libclang-dev and clang for librocksdb-sys's bindgen and C++
-# build; pkg-config for -sys crates.
+# build (the same C compiler builds ring, the cryptography of TLS and of
+# `esf cert init`); pkg-config for -sys crates.
 # iproute2 (`ip`) for the network-namespace test hosts, nftables for packet
 # loss on kernels without sch_netem; faketime (libfaketime) for the clock
 # nemesis.

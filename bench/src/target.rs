@@ -52,6 +52,26 @@ pub fn parse_endpoints(s: &str) -> anyhow::Result<Vec<String>> {
 /// of one response.
 pub type ChangeStream = futures::stream::BoxStream<'static, anyhow::Result<Vec<Vec<u8>>>>;
 
+/// `opts` with TLS when `ESF_CACERT` names the nodes' CA (and
+/// `ESF_CERT`/`ESF_KEY` a client certificate), as the `esf` CLI reads
+/// them; `scripts/bench-cluster.sh` sets them with `BENCH_TLS=1`.
+fn esf_tls_from_env(opts: esf_client::ClientOptions) -> anyhow::Result<esf_client::ClientOptions> {
+    let read = |var: &str| -> anyhow::Result<Option<Vec<u8>>> {
+        match std::env::var_os(var) {
+            Some(p) => Ok(Some(
+                std::fs::read(&p).with_context(|| format!("{var}: read {}", p.to_string_lossy()))?,
+            )),
+            None => Ok(None),
+        }
+    };
+    let Some(ca) = read("ESF_CACERT")? else { return Ok(opts) };
+    let opts = opts.with_tls_ca_pem(ca);
+    Ok(match (read("ESF_CERT")?, read("ESF_KEY")?) {
+        (Some(c), Some(k)) => opts.with_tls_client_identity(c, k),
+        _ => opts,
+    })
+}
+
 /// One connection to the target.
 #[derive(Clone)]
 pub enum Conn {
@@ -72,7 +92,7 @@ impl Conn {
         eps.rotate_left(first % n);
         Ok(match target {
             Target::Esf => {
-                let opts = esf_client::ClientOptions::new().with_request_timeout(timeout);
+                let opts = esf_tls_from_env(esf_client::ClientOptions::new().with_request_timeout(timeout))?;
                 Conn::Esf(esf_client::Client::new(&eps, opts).map_err(|e| anyhow!("esf client: {e}"))?)
             }
             Target::Etcd => {

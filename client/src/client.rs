@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::call::Sessions;
-use crate::endpoint::{ClusterPin, Node, parse_endpoint};
+use crate::endpoint::{ClusterPin, Node, node_uri};
 use crate::routing::PartitionMap;
 use crate::{ClientOptions, Error, Result};
 
@@ -47,8 +47,10 @@ impl Client {
         }
         let nodes = endpoints
             .iter()
-            .map(|e| parse_endpoint(e.as_ref()).map(Node::new))
+            .map(|e| node_uri(e.as_ref(), &opts).map(Node::new))
             .collect::<Result<Vec<_>>>()?;
+        // Bad TLS settings fail here, not at the first call.
+        crate::endpoint::check_tls(&nodes[0].uri, &opts)?;
         Ok(Client {
             inner: Arc::new(Inner {
                 cluster: ClusterPin::new(opts.cluster_id.clone()),

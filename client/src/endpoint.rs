@@ -7,12 +7,19 @@
 //! connection per node, reconnected by tonic); the call loop drops it
 //! after a failure that suggests the connection broke. Nothing here
 //! retries or chooses an endpoint: see `call` and `routing`.
+//!
+//! TLS ([`ClientOptions::tls_ca_pem`]): every channel dials `https`,
+//! whatever scheme the endpoint was given with, and verifies the node's
+//! certificate against the CA; the handshake has the connect timeout as
+//! its deadline. Bad TLS settings (a CA file with no certificate, a key
+//! that does not parse) are an [`Error::InvalidEndpoint`] from
+//! [`crate::Client::new`].
 
 use std::sync::{Arc, Mutex};
 
 use esf_proto::wire::{CLUSTER_ID_METADATA, MAX_RESPONSE_BYTES, TOKEN_METADATA};
 use tonic::metadata::AsciiMetadataValue;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::pb;
 use crate::{ClientOptions, Error, Result};
@@ -24,6 +31,16 @@ pub fn parse_endpoint(s: &str) -> Result<String> {
     esf_proto::wire::parse_endpoint(s).map_err(|e| Error::InvalidEndpoint {
         endpoint: e.endpoint,
         reason: e.reason,
+    })
+}
+
+/// The URI the client dials `s` at: [`parse_endpoint`]'s, with `https`
+/// when `opts` has TLS settings.
+pub(crate) fn node_uri(s: &str, opts: &ClientOptions) -> Result<String> {
+    let uri = parse_endpoint(s)?;
+    Ok(match (&opts.tls_ca_pem, uri.strip_prefix("http://")) {
+        (Some(_), Some(rest)) => format!("https://{rest}"),
+        _ => uri,
     })
 }
 
@@ -124,14 +141,28 @@ impl Node {
         let ch = match guard.as_ref() {
             Some(c) => c.clone(),
             None => {
-                let ep = Endpoint::from_shared(self.uri.clone())
-                    .map_err(|e| Error::InvalidEndpoint {
-                        endpoint: self.uri.clone(),
-                        reason: e.to_string(),
-                    })?
+                let invalid = |reason: String| Error::InvalidEndpoint {
+                    endpoint: self.uri.clone(),
+                    reason,
+                };
+                let tls = tls_config(opts).map_err(invalid)?;
+                let uri = match (&tls, self.uri.strip_prefix("http://")) {
+                    (Some(_), Some(rest)) => format!("https://{rest}"),
+                    (None, _) if self.uri.starts_with("https://") => {
+                        return Err(invalid(
+                            "https needs TLS settings (a CA: ClientOptions::with_tls_ca_pem)".into(),
+                        ));
+                    }
+                    _ => self.uri.clone(),
+                };
+                let mut ep = Endpoint::from_shared(uri)
+                    .map_err(|e| invalid(e.to_string()))?
                     .connect_timeout(opts.connect_timeout)
                     .timeout(opts.request_timeout)
                     .tcp_nodelay(true);
+                if let Some(tls) = tls {
+                    ep = ep.tls_config(tls).map_err(|e| invalid(format!("tls: {e}")))?;
+                }
                 let ch = ep.connect_lazy();
                 *guard = Some(ch.clone());
                 ch
@@ -144,6 +175,51 @@ impl Node {
     pub(crate) fn drop_channel(&self) {
         *self.channel.lock().expect("channel lock poisoned") = None;
     }
+}
+
+/// tonic's TLS settings from `opts` (`None`: plaintext), or why they
+/// cannot be used.
+pub(crate) fn tls_config(opts: &ClientOptions) -> std::result::Result<Option<ClientTlsConfig>, String> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let Some(ca) = &opts.tls_ca_pem else {
+        if opts.tls_client_identity.is_some() {
+            return Err("tls: a client certificate needs a CA (ClientOptions::with_tls_ca_pem)".into());
+        }
+        return Ok(None);
+    };
+    let certs = CertificateDer::pem_slice_iter(ca)
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| format!("tls: the CA is not PEM: {e}"))?;
+    if certs.is_empty() {
+        return Err("tls: the CA holds no PEM certificate".into());
+    }
+    let mut c = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca))
+        .timeout(opts.connect_timeout);
+    if let Some(id) = &opts.tls_client_identity {
+        c = c.identity(Identity::from_pem(&id.cert_pem, &id.key_pem));
+    }
+    if let Some(name) = &opts.tls_domain_name {
+        c = c.domain_name(name.clone());
+    }
+    Ok(Some(c))
+}
+
+/// Whether `opts`' TLS settings can be used (builds them for `uri`, a
+/// [`node_uri`], without connecting).
+pub(crate) fn check_tls(uri: &str, opts: &ClientOptions) -> Result<()> {
+    let invalid = |reason: String| Error::InvalidEndpoint {
+        endpoint: uri.to_string(),
+        reason,
+    };
+    if let Some(tls) = tls_config(opts).map_err(invalid)? {
+        Endpoint::from_shared(uri.to_string())
+            .map_err(|e| invalid(e.to_string()))?
+            .tls_config(tls)
+            .map_err(|e| invalid(format!("tls: {e}")))?;
+    }
+    Ok(())
 }
 
 /// A generated service client the call loop can make from a channel.
@@ -207,5 +283,28 @@ mod tests {
             crate::Client::new(&none, ClientOptions::default()),
             Err(Error::InvalidEndpoint { .. })
         ));
+    }
+
+    #[test]
+    fn tls_settings_choose_https_and_bad_ones_fail_at_new() {
+        let tls = ClientOptions::new().with_tls_ca_pem("not pem");
+        assert_eq!(node_uri("h:1", &ClientOptions::new()).expect("uri"), "http://h:1");
+        assert_eq!(node_uri("http://h:1", &tls).expect("uri"), "https://h:1");
+        let reason = |opts: ClientOptions| match crate::Client::new(&["h:1"], opts) {
+            Err(Error::InvalidEndpoint { reason, .. }) => reason,
+            Err(e) => panic!("{e:?}"),
+            Ok(_) => panic!("made a client"),
+        };
+        assert!(reason(tls).contains("no PEM certificate"));
+        let identity_only = ClientOptions::new().with_tls_client_identity("c", "k");
+        assert!(reason(identity_only).contains("needs a CA"));
+        // https without TLS settings is refused when the channel is made.
+        let c = crate::Client::new(&["https://h:1"], ClientOptions::new()).expect("client");
+        let node = Node::new(c.endpoints()[0].clone());
+        assert!(matches!(
+            node.pinned(&ClientOptions::new(), &ClusterPin::default()),
+            Err(Error::InvalidEndpoint { .. })
+        ));
+        assert!(format!("{:?}", ClientOptions::new().with_tls_client_identity("c", "secret")).contains("<redacted>"));
     }
 }

@@ -64,7 +64,9 @@ pub use esf_proto::wire::{
     CLUSTER_ID_METADATA, FORWARDED_METADATA, LEADER_ADDR_METADATA, LEADER_ID_METADATA, MAX_RESPONSE_BYTES, partition_of,
 };
 pub use kv::{key_range_key, key_range_prefix};
-pub use options::{ClientOptions, Credentials, DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, DEFAULT_RETRY_DEADLINE};
+pub use options::{
+    ClientOptions, Credentials, DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, DEFAULT_RETRY_DEADLINE, TlsIdentity,
+};
 pub use resume::WATCH_MAX_REOPENS;
 pub use routing::PARTITION_MAP_TTL;
 pub use subscriptions::ResumableSubscription;

@@ -16,7 +16,7 @@ pub const DEFAULT_RETRY_DEADLINE: Duration = Duration::from_secs(15);
 /// Client settings.
 ///
 /// Built with [`ClientOptions::new`] and the `with_*` setters (fields will
-/// be added: TLS, tokens, protections; `#[non_exhaustive]` keeps that from
+/// be added: tokens, protections; `#[non_exhaustive]` keeps that from
 /// breaking callers). The fields stay readable.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -43,6 +43,17 @@ pub struct ClientOptions {
     /// call, sends the token with every request, and gets a new one when
     /// a node refuses it (expired, or the password changed).
     pub credentials: Option<Credentials>,
+    /// TLS: the CA certificates (PEM) the nodes' certificates must chain
+    /// to. Set: endpoints are dialled with `https` and a node whose
+    /// certificate does not chain to them (or is not valid for the
+    /// endpoint's host) is not talked to. `None`: plaintext.
+    pub tls_ca_pem: Option<Vec<u8>>,
+    /// TLS: the certificate this client presents, for nodes that require
+    /// one (`--client-cert-auth`). Needs [`ClientOptions::tls_ca_pem`].
+    pub tls_client_identity: Option<TlsIdentity>,
+    /// TLS: the name the nodes' certificates must be valid for, instead
+    /// of each endpoint's host.
+    pub tls_domain_name: Option<String>,
 }
 
 /// A user name and password (the password is never printed).
@@ -63,6 +74,26 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
+/// A client certificate and its private key (PEM). Its `Debug` does not
+/// show the key.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct TlsIdentity {
+    /// The certificate chain (PEM), the client's own certificate first.
+    pub cert_pem: Vec<u8>,
+    /// Its private key (PEM).
+    pub key_pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for TlsIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsIdentity")
+            .field("cert_pem", &format_args!("{} bytes", self.cert_pem.len()))
+            .field("key_pem", &"<redacted>")
+            .finish()
+    }
+}
+
 impl Default for ClientOptions {
     fn default() -> Self {
         ClientOptions {
@@ -72,6 +103,9 @@ impl Default for ClientOptions {
             cluster_id: None,
             follow_leader: true,
             credentials: None,
+            tls_ca_pem: None,
+            tls_client_identity: None,
+            tls_domain_name: None,
         }
     }
 }
@@ -118,6 +152,27 @@ impl ClientOptions {
             user: user.into(),
             password: password.into(),
         });
+        self
+    }
+
+    /// Sets [`ClientOptions::tls_ca_pem`]: talk TLS, trusting these CAs.
+    pub fn with_tls_ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls_ca_pem = Some(pem.into());
+        self
+    }
+
+    /// Sets [`ClientOptions::tls_client_identity`].
+    pub fn with_tls_client_identity(mut self, cert_pem: impl Into<Vec<u8>>, key_pem: impl Into<Vec<u8>>) -> Self {
+        self.tls_client_identity = Some(TlsIdentity {
+            cert_pem: cert_pem.into(),
+            key_pem: key_pem.into(),
+        });
+        self
+    }
+
+    /// Sets [`ClientOptions::tls_domain_name`].
+    pub fn with_tls_domain_name(mut self, name: impl Into<String>) -> Self {
+        self.tls_domain_name = Some(name.into());
         self
     }
 }

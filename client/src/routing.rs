@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use esf_proto::wire::{LEADER_ADDR_METADATA, partition_of};
 
-use crate::endpoint::{ClusterStub, Node, parse_endpoint};
+use crate::endpoint::{ClusterStub, Node, node_uri};
 use crate::{Client, pb};
 
 /// How long the client trusts its map of partition leaders before asking
@@ -43,7 +43,7 @@ impl Client {
     /// The index of the endpoint `addr` (added if unknown; `None` if it
     /// does not parse).
     pub(crate) fn node_index(&self, addr: &str) -> Option<usize> {
-        let uri = parse_endpoint(addr).ok()?;
+        let uri = node_uri(addr, &self.inner.opts).ok()?;
         let mut nodes = self.inner.nodes.lock().expect("nodes lock poisoned");
         Some(match nodes.iter().position(|n| n.uri == uri) {
             Some(i) => i,
@@ -77,7 +77,7 @@ impl Client {
     /// `node` itself. Returns whether it moved.
     pub(crate) fn follow_hint(&self, hint: Option<&str>, node: &Node) -> bool {
         let Some(addr) = hint else { return false };
-        if parse_endpoint(addr).ok().as_deref() == Some(node.uri.as_str()) {
+        if node_uri(addr, &self.inner.opts).ok().as_deref() == Some(node.uri.as_str()) {
             return false;
         }
         match self.node_index(addr) {

@@ -1,6 +1,11 @@
 //! A harness that runs real `esf` processes on loopback with OS-assigned
 //! ports, each with its own data directory; processes are killed on drop and
 //! readiness is polled against a deadline.
+//!
+//! A TLS cluster ([`Cluster::start_tls`], [`Cluster::create_tls`]) gets
+//! certificates from `esf cert init` ([`Tls`]); its nodes serve TLS and
+//! dial each other over it, and the harness's clients trust its CA and
+//! present the `root` client certificate.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -111,6 +116,8 @@ pub struct Node {
     pub netns: Option<String>,
     /// Extra environment of the process (e.g. libfaketime's).
     pub env: Vec<(String, String)>,
+    /// The cluster's certificates, when it serves TLS.
+    pub tls: Option<Tls>,
 }
 
 impl Node {
@@ -194,11 +201,20 @@ impl Node {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Client options that reach this node: with its cluster's CA and
+    /// `root` client certificate when it serves TLS.
+    pub fn client_options(&self) -> ClientOptions {
+        match &self.tls {
+            Some(t) => t.client_options("root"),
+            None => ClientOptions::new(),
+        }
+    }
+
     /// A client for this node only.
     pub fn client(&self) -> Client {
         Client::new(
             &[self.grpc.as_str()],
-            ClientOptions::new()
+            self.client_options()
                 .with_retry_deadline(Duration::from_secs(20))
                 // Pinned: requests go through this node, forwarded or not.
                 .with_follow_leader(false),
@@ -223,6 +239,8 @@ pub struct Cluster {
     /// The network namespaces the nodes run in, if any (dropped after the
     /// nodes, which are killed first).
     pub net: Option<netns::Net>,
+    /// The cluster's certificates, when it serves TLS.
+    pub tls: Option<Tls>,
 }
 
 /// The peer secret every node the harness starts proves itself with (one
@@ -276,6 +294,109 @@ fn new_node(base: &Path, id: u64, join: &[String], bootstrap_expect: Option<u64>
         log,
         netns: None,
         env: Vec::new(),
+        tls: None,
+    }
+}
+
+/// The certificates of a TLS cluster, written by `esf cert init` into
+/// `dir`: a CA, one node certificate every node presents (valid for
+/// every node's address) and client certificates.
+#[derive(Debug, Clone)]
+pub struct Tls {
+    /// Where the files are.
+    pub dir: PathBuf,
+}
+
+/// How often the harness's TLS nodes look at their certificate files
+/// (`--tls-reload-interval-ms`), so a reload test need not wait long.
+pub const TLS_RELOAD_INTERVAL_MS: u64 = 100;
+
+impl Tls {
+    /// Runs `esf cert init` into `dir`: a node certificate for `hosts`,
+    /// client certificates for `clients`.
+    pub fn init(bin: &Path, dir: &Path, hosts: &[String], clients: &[&str]) -> Tls {
+        let dir_s = dir.display().to_string();
+        let hosts = hosts.join(",");
+        let clients = clients.join(",");
+        let (code, out, err) = cli(
+            bin,
+            &[
+                "cert",
+                "init",
+                "--dir",
+                &dir_s,
+                "--hosts",
+                &hosts,
+                "--client-names",
+                &clients,
+            ],
+        );
+        assert_eq!(code, 0, "esf cert init: {out}{err}");
+        Tls { dir: dir.to_path_buf() }
+    }
+
+    /// The CA certificate.
+    pub fn ca(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    /// The node certificate.
+    pub fn node_cert(&self) -> PathBuf {
+        self.dir.join("node.pem")
+    }
+
+    /// The node certificate's key.
+    pub fn node_key(&self) -> PathBuf {
+        self.dir.join("node-key.pem")
+    }
+
+    /// Client `name`'s certificate.
+    pub fn client_cert(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("client-{name}.pem"))
+    }
+
+    /// Client `name`'s key.
+    pub fn client_key(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("client-{name}-key.pem"))
+    }
+
+    /// The `esf serve` arguments of a node that serves TLS with these
+    /// files.
+    pub fn node_args(&self) -> Vec<String> {
+        let p = |p: PathBuf| p.display().to_string();
+        vec![
+            "--cert-file".into(),
+            p(self.node_cert()),
+            "--key-file".into(),
+            p(self.node_key()),
+            "--trusted-ca-file".into(),
+            p(self.ca()),
+            "--tls-reload-interval-ms".into(),
+            TLS_RELOAD_INTERVAL_MS.to_string(),
+        ]
+    }
+
+    /// Client options trusting the CA and presenting client `name`'s
+    /// certificate.
+    pub fn client_options(&self, name: &str) -> ClientOptions {
+        let read = |p: PathBuf| std::fs::read(&p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()));
+        ClientOptions::new()
+            .with_tls_ca_pem(read(self.ca()))
+            .with_tls_client_identity(read(self.client_cert(name)), read(self.client_key(name)))
+    }
+
+    /// The CLI's global TLS arguments (`--cacert --cert --key`) of client
+    /// `name`.
+    pub fn cli_args(&self, name: &str) -> Vec<String> {
+        let p = |p: PathBuf| p.display().to_string();
+        vec![
+            "--cacert".into(),
+            p(self.ca()),
+            "--cert".into(),
+            p(self.client_cert(name)),
+            "--key".into(),
+            p(self.client_key(name)),
+        ]
     }
 }
 
@@ -335,6 +456,35 @@ impl Cluster {
     /// in its own network namespace of `net`; each with `extra` arguments,
     /// and `prepare`d (e.g. given an environment) before it starts.
     pub fn create(bin: &Path, n: u64, net: Option<netns::Net>, extra: &[&str], prepare: &dyn Fn(&mut Node)) -> Cluster {
+        Cluster::create_with(bin, n, net, extra, prepare, false)
+    }
+
+    /// Starts `n` nodes that serve TLS ([`Tls`]) and form one cluster,
+    /// each with `extra` arguments (e.g. `--client-cert-auth`).
+    pub fn start_tls(bin: &Path, n: u64, extra: &[&str]) -> Cluster {
+        Cluster::create_with(bin, n, None, extra, &|_| {}, true)
+    }
+
+    /// [`Cluster::create`] with TLS: certificates from `esf cert init`
+    /// valid for every node's address.
+    pub fn create_tls(
+        bin: &Path,
+        n: u64,
+        net: Option<netns::Net>,
+        extra: &[&str],
+        prepare: &dyn Fn(&mut Node),
+    ) -> Cluster {
+        Cluster::create_with(bin, n, net, extra, prepare, true)
+    }
+
+    fn create_with(
+        bin: &Path,
+        n: u64,
+        net: Option<netns::Net>,
+        extra: &[&str],
+        prepare: &dyn Fn(&mut Node),
+        tls: bool,
+    ) -> Cluster {
         let base = tempfile::tempdir().expect("tempdir");
         let mut nodes: Vec<Node> = match &net {
             None => {
@@ -364,20 +514,38 @@ impl Cluster {
                     .collect()
             }
         };
+        let tls = tls.then(|| {
+            let mut hosts: Vec<String> = vec!["127.0.0.1".into(), "localhost".into()];
+            if let Some(net) = &net {
+                hosts.extend((1..=n).map(|i| net.ip(i)));
+            }
+            Tls::init(bin, &base.path().join("tls"), &hosts, &["root"])
+        });
         for node in nodes.iter_mut() {
+            if let Some(t) = &tls {
+                node.args.extend(t.node_args());
+                node.tls = Some(t.clone());
+            }
             node.args.extend(extra.iter().map(|a| a.to_string()));
             prepare(node);
         }
-        Cluster::launch(nodes, bin, base, net)
+        Cluster::launch(nodes, bin, base, net, tls)
     }
 
     /// Starts every node of a new cluster.
-    fn launch(nodes: Vec<Node>, bin: &Path, base: tempfile::TempDir, net: Option<netns::Net>) -> Cluster {
+    fn launch(
+        nodes: Vec<Node>,
+        bin: &Path,
+        base: tempfile::TempDir,
+        net: Option<netns::Net>,
+        tls: Option<Tls>,
+    ) -> Cluster {
         let mut c = Cluster {
             nodes,
             bin: bin.to_path_buf(),
             _base: base,
             net,
+            tls,
         };
         for n in c.nodes.iter_mut() {
             n.start(bin);
@@ -396,6 +564,10 @@ impl Cluster {
         let id = self.nodes.iter().map(|n| n.id).max().unwrap_or(0) + 1;
         let join: Vec<String> = self.nodes.iter().map(|n| n.grpc.clone()).collect();
         let mut node = new_node(self._base.path(), id, &join, None, (free_port(), free_port()));
+        if let Some(t) = &self.tls {
+            node.args.extend(t.node_args());
+            node.tls = Some(t.clone());
+        }
         node.args.extend(extra.iter().map(|a| a.to_string()));
         node.start(&self.bin);
         self.nodes.push(node);
@@ -410,7 +582,16 @@ impl Cluster {
     /// A client over every node.
     pub fn client(&self) -> Client {
         let eps: Vec<&str> = self.nodes.iter().map(|n| n.grpc.as_str()).collect();
-        Client::new(&eps, ClientOptions::new().with_retry_deadline(Duration::from_secs(30))).expect("client")
+        Client::new(&eps, self.client_options().with_retry_deadline(Duration::from_secs(30))).expect("client")
+    }
+
+    /// Client options that reach this cluster (its CA and `root` client
+    /// certificate when it serves TLS).
+    pub fn client_options(&self) -> ClientOptions {
+        match &self.tls {
+            Some(t) => t.client_options("root"),
+            None => ClientOptions::new(),
+        }
     }
 
     /// Waits until every running node is a member and sees the same leader;

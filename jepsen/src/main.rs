@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use esf_jepsen::runner::{Hosts, Nemesis, RunConfig, Verdict, Workload, run};
 
-const USAGE: &str = "usage: esf-jepsen [--workload register|events|watch|registry] [--nemesis NAME[,NAME...]|none] [--hosts netns|loopback] [--nodes N] [--time SECS] [--keys N] [--concurrency N] [--out DIR] [--esf PATH]
+const USAGE: &str = "usage: esf-jepsen [--workload register|events|watch|registry] [--nemesis NAME[,NAME...]|none] [--hosts netns|loopback] [--nodes N] [--time SECS] [--keys N] [--concurrency N] [--out DIR] [--esf PATH] [--tls]
 nemeses: kill, kill-all, pause, partition, partition-follower, one-way, flap, bridge (--nodes 5), netem, clock, member, snapshot";
 
 fn parse(args: &[String]) -> Result<RunConfig, String> {
@@ -27,6 +27,7 @@ fn parse(args: &[String]) -> Result<RunConfig, String> {
         keys: 4,
         concurrency: 8,
         out: PathBuf::from("jepsen-out"),
+        tls: false,
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -70,6 +71,7 @@ fn parse(args: &[String]) -> Result<RunConfig, String> {
                 }
             }
             "--esf" => cfg.esf_bin = PathBuf::from(value("esf")?),
+            "--tls" => cfg.tls = true,
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("{other:?} is not an option\n{USAGE}")),
         }

@@ -252,6 +252,9 @@ pub struct RunConfig {
     pub concurrency: usize,
     /// Where the history, the nemesis log and the summary go.
     pub out: PathBuf,
+    /// Nodes serve TLS and dial each other over it; clients trust the
+    /// cluster's CA and present a client certificate.
+    pub tls: bool,
 }
 
 /// The verdict of a run.
@@ -366,11 +369,35 @@ impl Rng {
     }
 }
 
-fn client(endpoints: &[String]) -> anyhow::Result<Client> {
+/// The nodes' addresses, in the order a client tries them, and the client
+/// settings that reach them (the CA and a client certificate with
+/// `--tls`).
+#[derive(Clone)]
+struct Endpoints {
+    addrs: Vec<String>,
+    opts: ClientOptions,
+}
+
+impl std::ops::Deref for Endpoints {
+    type Target = Vec<String>;
+    fn deref(&self) -> &Vec<String> {
+        &self.addrs
+    }
+}
+
+impl std::ops::DerefMut for Endpoints {
+    fn deref_mut(&mut self) -> &mut Vec<String> {
+        &mut self.addrs
+    }
+}
+
+fn client(endpoints: &Endpoints) -> anyhow::Result<Client> {
     let eps: Vec<&str> = endpoints.iter().map(String::as_str).collect();
     Ok(Client::new(
         &eps,
-        ClientOptions::new()
+        endpoints
+            .opts
+            .clone()
             .with_retry_deadline(OP_DEADLINE)
             // A process stays bound to its node (clients on both sides of
             // a partition), as Jepsen binds them.
@@ -380,7 +407,7 @@ fn client(endpoints: &[String]) -> anyhow::Result<Client> {
 
 /// A new logical process: its id and its own client (and so its own
 /// session). A process whose operation ended `info` is retired for one.
-fn session(rec: &Recorder, endpoints: &[String]) -> Option<(u64, Client)> {
+fn session(rec: &Recorder, endpoints: &Endpoints) -> Option<(u64, Client)> {
     let c = client(endpoints).ok()?;
     Some((rec.next_process.fetch_add(1, Ordering::SeqCst), c))
 }
@@ -417,7 +444,7 @@ fn parse_value(kv: Option<pb::KeyValue>) -> serde_json::Value {
 /// register operations until `until`.
 async fn register_worker(
     rec: Arc<Recorder>,
-    endpoints: Vec<String>,
+    endpoints: Endpoints,
     keys: usize,
     until: Instant,
     seed: u64,
@@ -496,7 +523,7 @@ async fn register_worker(
 /// more, and one append in [`REAPPEND_ONE_IN`] re-sends the process's last
 /// acknowledged event (as an application whose acknowledgement got lost
 /// would): neither may be stored twice.
-async fn events_worker(rec: Arc<Recorder>, endpoints: Vec<String>, until: Instant, seed: u64) {
+async fn events_worker(rec: Arc<Recorder>, endpoints: Endpoints, until: Instant, seed: u64) {
     let mut rng = Rng(seed | 1);
     let Some((mut process, mut c)) = session(&rec, &endpoints) else {
         return;
@@ -553,7 +580,7 @@ fn new_id() -> String {
 /// Follows every partition from the start through a subscription that
 /// esf-client resumes on another node when its node dies; records each
 /// delivery (f `deliver`, value `{partition, offset, id}`) until `until`.
-async fn subscriber(rec: Arc<Recorder>, endpoints: Vec<String>, until: Instant) {
+async fn subscriber(rec: Arc<Recorder>, endpoints: Endpoints, until: Instant) {
     let Ok(c) = client(&endpoints) else { return };
     let mut sub = c.subscribe_resumable(pb::SubscribeRequest::default());
     let process = rec.next_process.fetch_add(1, Ordering::SeqCst);
@@ -586,7 +613,7 @@ pub const WATCH_PREFIX: &str = "jepsen/w";
 /// recorded).
 async fn watch_writer(
     rec: Arc<Recorder>,
-    endpoints: Vec<String>,
+    endpoints: Endpoints,
     keys: usize,
     until: Instant,
     seed: u64,
@@ -641,7 +668,7 @@ fn change_value(watcher: &str, e: &pb::Event) -> (String, serde_json::Value) {
 /// A watcher (its client tries `endpoints` in order, so each prefers
 /// another node) recording every change it is delivered (f `watch`) until
 /// `until`; esf-client resumes it on another node when its node dies.
-async fn watcher(rec: Arc<Recorder>, endpoints: Vec<String>, until: Instant, name: String) {
+async fn watcher(rec: Arc<Recorder>, endpoints: Endpoints, until: Instant, name: String) {
     let Ok(c) = client(&endpoints) else { return };
     let process = rec.next_process.fetch_add(1, Ordering::SeqCst);
     let mut w = loop {
@@ -681,7 +708,7 @@ async fn watcher(rec: Arc<Recorder>, endpoints: Vec<String>, until: Instant, nam
 /// revision a linearizable range reports there. Returns the changes and
 /// the first revision they cover (1, or the one after the snapshot the
 /// watch starts with when history was compacted).
-async fn reference_watch(endpoints: &[String]) -> anyhow::Result<(Vec<crate::watch::Change>, u64)> {
+async fn reference_watch(endpoints: &Endpoints) -> anyhow::Result<(Vec<crate::watch::Change>, u64)> {
     let c = client(endpoints)?;
     let now = c
         .range(pb::RangeRequest {
@@ -737,7 +764,7 @@ async fn reference_watch(endpoints: &[String]) -> anyhow::Result<(Vec<crate::wat
 /// alive, looking the service up and deregistering instances, until
 /// `until`. Records `grant`, `register`, `keepalive`, `lookup` (value: the
 /// ids seen) and `deregister`, each keyed by instance id.
-async fn registry_worker(rec: Arc<Recorder>, endpoints: Vec<String>, until: Instant, seed: u64, ids: Arc<AtomicU64>) {
+async fn registry_worker(rec: Arc<Recorder>, endpoints: Endpoints, until: Instant, seed: u64, ids: Arc<AtomicU64>) {
     let mut rng = Rng(seed | 1);
     let Some((mut process, mut c)) = session(&rec, &endpoints) else {
         return;
@@ -924,11 +951,15 @@ pub async fn run(cfg: &RunConfig) -> anyhow::Result<Report> {
         "--snapshot-keep-logs".to_string(),
         SNAPSHOT_KEEP_LOGS.to_string(),
     ];
-    let extra: Vec<&str> = if cfg.nemeses.contains(&Nemesis::Snapshot) {
+    let mut extra: Vec<&str> = if cfg.nemeses.contains(&Nemesis::Snapshot) {
         snapshot_args.iter().map(String::as_str).collect()
     } else {
         Vec::new()
     };
+    if cfg.tls {
+        // Every connection, the nodes' own too, with a client certificate.
+        extra.push("--client-cert-auth");
+    }
     let prepare = |n: &mut esf_cluster_tests::Node| {
         if clock {
             // Only the wall clock is faked: elections, leases and deadlines
@@ -944,9 +975,16 @@ pub async fn run(cfg: &RunConfig) -> anyhow::Result<Report> {
             ];
         }
     };
-    let cluster = Cluster::create(&cfg.esf_bin, cfg.nodes, net, &extra, &prepare);
+    let cluster = if cfg.tls {
+        Cluster::create_tls(&cfg.esf_bin, cfg.nodes, net, &extra, &prepare)
+    } else {
+        Cluster::create(&cfg.esf_bin, cfg.nodes, net, &extra, &prepare)
+    };
     cluster.wait_converged().await;
-    let endpoints: Vec<String> = cluster.nodes.iter().map(|n| n.grpc.clone()).collect();
+    let endpoints = Endpoints {
+        addrs: cluster.nodes.iter().map(|n| n.grpc.clone()).collect(),
+        opts: cluster.client_options(),
+    };
     let cluster = Arc::new(tokio::sync::Mutex::new(cluster));
     let rec = Arc::new(Recorder {
         start: Instant::now(),
@@ -965,7 +1003,10 @@ pub async fn run(cfg: &RunConfig) -> anyhow::Result<Report> {
                 // Each register process is bound to one node (as Jepsen
                 // binds them), so a node cut off still gets requests.
                 Workload::Register => {
-                    let pinned = vec![eps[i % eps.len()].clone()];
+                    let pinned = Endpoints {
+                        addrs: vec![eps[i % eps.len()].clone()],
+                        opts: eps.opts.clone(),
+                    };
                     tokio::spawn(register_worker(rec, pinned, keys, until, seed, values))
                 }
                 Workload::Events => tokio::spawn(events_worker(rec, eps, until, seed)),
@@ -1114,6 +1155,11 @@ pub async fn run(cfg: &RunConfig) -> anyhow::Result<Report> {
             report.anomalies.extend(anomalies);
         }
         Err(e) => report.missing_evidence.push(format!("audit trail: {e}")),
+    }
+    if cfg.tls {
+        report.checked.push(
+            "tls: every client and node connection ran TLS with a client certificate (--client-cert-auth)".into(),
+        );
     }
     let groups = replicas.first().map_or(0, |v| v.hashes.len());
     let terms: usize = replicas.iter().map(|v| v.leaders.len()).sum();
@@ -1491,12 +1537,15 @@ async fn nemesis(
                 (took, format!("wall clock {offset:+} s; its status read {seen:+} s off"))
             }
             Nemesis::Member => {
-                let admin_eps: Vec<String> = c
-                    .nodes
-                    .iter()
-                    .filter(|n| n.id != target)
-                    .map(|n| n.grpc.clone())
-                    .collect();
+                let admin_eps = Endpoints {
+                    addrs: c
+                        .nodes
+                        .iter()
+                        .filter(|n| n.id != target)
+                        .map(|n| n.grpc.clone())
+                        .collect(),
+                    opts: c.client_options(),
+                };
                 let admin = match client(&admin_eps) {
                     Ok(a) => a,
                     Err(e) => {

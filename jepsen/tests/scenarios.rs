@@ -17,6 +17,7 @@ fn config(nemeses: Vec<Nemesis>, secs: u64, out: &std::path::Path) -> RunConfig 
         keys: 3,
         concurrency: 6,
         out: out.to_path_buf(),
+        tls: false,
     }
 }
 

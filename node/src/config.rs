@@ -79,7 +79,38 @@ pub struct NodeConfig {
     /// (etcd's `--auth-token-ttl`). Clients of esf-client authenticate
     /// again when theirs expires.
     pub auth_token_ttl_secs: u64,
+    /// TLS (docs/security.md): the certificate chain (PEM) the gRPC and
+    /// admin ports present. TLS is off without it.
+    pub cert_file: Option<PathBuf>,
+    /// The private key (PEM) of `cert_file`.
+    pub key_file: Option<PathBuf>,
+    /// CA certificates (PEM) that client certificates must chain to with
+    /// `client_cert_auth`; also verifies other nodes when
+    /// `peer_trusted_ca_file` is not given.
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Every connection (gRPC and admin) must present a client certificate
+    /// that chains to `trusted_ca_file` or `peer_trusted_ca_file`.
+    pub client_cert_auth: bool,
+    /// The certificate (PEM) this node presents when it dials other nodes;
+    /// `cert_file` when not given.
+    pub peer_cert_file: Option<PathBuf>,
+    /// The private key (PEM) of `peer_cert_file`.
+    pub peer_key_file: Option<PathBuf>,
+    /// CA certificates (PEM) other nodes' certificates must chain to;
+    /// `trusted_ca_file` when not given.
+    pub peer_trusted_ca_file: Option<PathBuf>,
+    /// TLS files are looked at for changes at most this often, ms (on
+    /// use); changed ones are loaded again without a restart.
+    pub tls_reload_interval_ms: u64,
+    /// Deadline of a TLS handshake on the gRPC and admin ports, ms: a
+    /// client that connects and says nothing is dropped after it.
+    pub tls_handshake_timeout_ms: u64,
 }
+
+/// Default of `tls_reload_interval_ms`.
+pub const DEFAULT_TLS_RELOAD_INTERVAL_MS: u64 = 1_000;
+/// Default of `tls_handshake_timeout_ms`.
+pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
 
 impl Default for NodeConfig {
     fn default() -> Self {
@@ -108,6 +139,15 @@ impl Default for NodeConfig {
             snapshot_step_mb: 32,
             retention_interval_ms: 10_000,
             auth_token_ttl_secs: 300,
+            cert_file: None,
+            key_file: None,
+            trusted_ca_file: None,
+            client_cert_auth: false,
+            peer_cert_file: None,
+            peer_key_file: None,
+            peer_trusted_ca_file: None,
+            tls_reload_interval_ms: DEFAULT_TLS_RELOAD_INTERVAL_MS,
+            tls_handshake_timeout_ms: DEFAULT_TLS_HANDSHAKE_TIMEOUT_MS,
         }
     }
 }
@@ -207,6 +247,42 @@ pub struct Flags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auth_token_ttl_secs: Option<u64>,
+    /// TLS certificate (PEM) of the gRPC and admin ports; TLS is off without it.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    /// Private key (PEM) of --cert-file.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// CA (PEM) client certificates must chain to; verifies peers without --peer-trusted-ca-file.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Require a client certificate signed by --trusted-ca-file or --peer-trusted-ca-file.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_cert_auth: Option<bool>,
+    /// Certificate (PEM) presented when dialling other nodes (default: --cert-file).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_cert_file: Option<PathBuf>,
+    /// Private key (PEM) of --peer-cert-file (default: --key-file).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_key_file: Option<PathBuf>,
+    /// CA (PEM) other nodes' certificates must chain to (default: --trusted-ca-file).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_trusted_ca_file: Option<PathBuf>,
+    /// TLS files are looked at for changes at most this often, ms.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_reload_interval_ms: Option<u64>,
+    /// Deadline of a TLS handshake, ms.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_handshake_timeout_ms: Option<u64>,
 }
 
 /// Builds the layered configuration and validates it.
@@ -218,7 +294,17 @@ pub fn load(file: Option<&std::path::Path>, flags: &Flags) -> anyhow::Result<Nod
         }
         fig = fig.merge(Toml::file(f));
     }
-    fig = fig.merge(Env::prefixed("ESF_").ignore(&["join", "endpoints", "output", "cluster_id", "failpoints"]));
+    fig = fig.merge(Env::prefixed("ESF_").ignore(&[
+        "join",
+        "endpoints",
+        "output",
+        "cluster_id",
+        "failpoints",
+        // The CLI's TLS files (`esf --cacert`), not the node's.
+        "cacert",
+        "cert",
+        "key",
+    ]));
     if let Ok(join) = std::env::var("ESF_JOIN") {
         let list: Vec<String> = join
             .split(',')
@@ -311,6 +397,51 @@ pub fn validate(c: &NodeConfig) -> anyhow::Result<()> {
     if c.request_timeout_ms == 0 {
         anyhow::bail!("request_timeout_ms: must be at least 1");
     }
+    validate_tls(c)
+}
+
+/// Checks which TLS settings go together (the files themselves are read
+/// and checked when the node starts: `net::tls::NodeTls::load`).
+fn validate_tls(c: &NodeConfig) -> anyhow::Result<()> {
+    let pair = |a: (&str, &Option<PathBuf>), b: (&str, &Option<PathBuf>)| -> anyhow::Result<()> {
+        match (a.1, b.1) {
+            (Some(_), None) => anyhow::bail!("{}: needs {} (the certificate's private key)", a.0, b.0),
+            (None, Some(_)) => anyhow::bail!("{}: needs {} (the key's certificate)", b.0, a.0),
+            _ => Ok(()),
+        }
+    };
+    pair(("--cert-file", &c.cert_file), ("--key-file", &c.key_file))?;
+    pair(
+        ("--peer-cert-file", &c.peer_cert_file),
+        ("--peer-key-file", &c.peer_key_file),
+    )?;
+    if c.cert_file.is_none() {
+        let needs_tls = [
+            ("--trusted-ca-file", c.trusted_ca_file.is_some()),
+            ("--client-cert-auth", c.client_cert_auth),
+            ("--peer-cert-file", c.peer_cert_file.is_some()),
+            ("--peer-trusted-ca-file", c.peer_trusted_ca_file.is_some()),
+        ];
+        if let Some((flag, _)) = needs_tls.iter().find(|(_, set)| *set) {
+            anyhow::bail!(
+                "{flag}: needs --cert-file and --key-file: TLS is off without them (clients and other nodes \
+                 share one port, so node-to-node TLS needs the node's own certificate too)"
+            );
+        }
+        return Ok(());
+    }
+    if c.client_cert_auth && c.trusted_ca_file.is_none() {
+        anyhow::bail!("--client-cert-auth: needs --trusted-ca-file (the CA that signed the clients' certificates)");
+    }
+    if c.trusted_ca_file.is_none() && c.peer_trusted_ca_file.is_none() {
+        anyhow::bail!(
+            "--trusted-ca-file: nodes dial each other over TLS and verify each other's certificates: \
+             give the CA that signed them (--trusted-ca-file, or --peer-trusted-ca-file for node-to-node only)"
+        );
+    }
+    if c.tls_handshake_timeout_ms == 0 {
+        anyhow::bail!("tls_handshake_timeout_ms: must be at least 1");
+    }
     Ok(())
 }
 
@@ -318,5 +449,103 @@ impl NodeConfig {
     /// The advertised gRPC address.
     pub fn advertise(&self) -> String {
         self.advertise.clone().unwrap_or_else(|| self.listen.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_settings_that_do_not_go_together_name_the_flag() {
+        let f = |s: &str| Some(PathBuf::from(s));
+        let tls = NodeConfig {
+            cert_file: f("n.pem"),
+            key_file: f("k.pem"),
+            trusted_ca_file: f("ca.pem"),
+            ..NodeConfig::default()
+        };
+        assert!(validate(&tls).is_ok());
+        assert!(validate(&NodeConfig::default()).is_ok());
+        let cases: Vec<(NodeConfig, &str)> = vec![
+            (
+                NodeConfig {
+                    key_file: None,
+                    ..tls.clone()
+                },
+                "--cert-file: needs --key-file",
+            ),
+            (
+                NodeConfig {
+                    cert_file: None,
+                    trusted_ca_file: None,
+                    ..tls.clone()
+                },
+                "--key-file: needs --cert-file",
+            ),
+            (
+                NodeConfig {
+                    peer_cert_file: f("p.pem"),
+                    ..tls.clone()
+                },
+                "--peer-cert-file: needs --peer-key-file",
+            ),
+            (
+                NodeConfig {
+                    cert_file: None,
+                    key_file: None,
+                    ..tls.clone()
+                },
+                "--trusted-ca-file: needs --cert-file",
+            ),
+            (
+                NodeConfig {
+                    client_cert_auth: true,
+                    ..NodeConfig::default()
+                },
+                "--client-cert-auth: needs --cert-file",
+            ),
+            (
+                NodeConfig {
+                    client_cert_auth: true,
+                    trusted_ca_file: None,
+                    peer_trusted_ca_file: f("p.pem"),
+                    ..tls.clone()
+                },
+                "--client-cert-auth: needs --trusted-ca-file",
+            ),
+            (
+                NodeConfig {
+                    trusted_ca_file: None,
+                    ..tls.clone()
+                },
+                "--trusted-ca-file: nodes dial each other",
+            ),
+            (
+                NodeConfig {
+                    tls_handshake_timeout_ms: 0,
+                    ..tls.clone()
+                },
+                "tls_handshake_timeout_ms",
+            ),
+        ];
+        for (cfg, want) in cases {
+            let e = validate(&cfg).expect_err(want).to_string();
+            assert!(e.starts_with(want), "want {want:?}, got {e:?}");
+        }
+    }
+
+    #[test]
+    fn client_cert_auth_is_a_bare_flag() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Serve {
+            #[command(flatten)]
+            flags: Flags,
+        }
+        let s = Serve::try_parse_from(["esf", "--client-cert-auth", "--cert-file", "n.pem"]).expect("parse");
+        assert_eq!(s.flags.client_cert_auth, Some(true));
+        let s = Serve::try_parse_from(["esf", "--client-cert-auth=false"]).expect("parse");
+        assert_eq!(s.flags.client_cert_auth, Some(false));
     }
 }

@@ -57,6 +57,10 @@ pub struct Ctx {
     pub snapshots_in_progress: Arc<tokio::sync::Semaphore>,
     /// How long the tokens this node issues stay valid.
     pub auth_token_ttl: std::time::Duration,
+    /// Connections must present a verified client certificate
+    /// (`--client-cert-auth`): its common name names the user of a request
+    /// without a token.
+    pub client_cert_auth: bool,
 }
 
 /// Where a request came from.

@@ -31,6 +31,8 @@ use crate::identity::{self, Identity};
 use crate::net::peer_auth::PeerSecret;
 use crate::net::peer_pool::{ClusterId, PeerPool};
 use crate::net::raft_network::Network;
+use crate::net::tls::NodeTls;
+use crate::net::tls_accept;
 use crate::{admin, api, audit};
 
 /// Version reported in status and metrics.
@@ -44,11 +46,13 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         Some(f) => PeerSecret::load(f)?,
         None => PeerSecret::default(),
     };
+    // TLS files too (docs/security.md, "TLS").
+    let tls = NodeTls::load(&cfg)?;
     let identity = open_identity(&cfg)?;
     let has_data = cfg.data_dir.join("db").join("CURRENT").exists();
     let cluster_id: ClusterId = Arc::new(std::sync::RwLock::new(identity.cluster_id.clone()));
     let db = open_storage(&cfg)?;
-    let pool = PeerPool::new(secret);
+    let pool = PeerPool::new(secret).with_tls(tls.as_ref().map(|t| t.peer.clone()));
     let (meta, partitions) = start_groups(&cfg, identity, &db, &pool, &cluster_id).await?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -83,12 +87,13 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         version: VERSION,
         snapshots_in_progress: Arc::new(tokio::sync::Semaphore::new(1)),
         auth_token_ttl: Duration::from_secs(cfg.auth_token_ttl_secs),
+        client_cert_auth: cfg.client_cert_auth,
     };
 
     // A node with data takes Raft traffic at once; one without waits for
     // the formation check.
     let gate = Arc::new(AtomicBool::new(has_data));
-    let grpc_task = serve_grpc(&cfg, &ctx, gate.clone()).await?;
+    let grpc_task = serve_grpc(&cfg, &ctx, gate.clone(), tls.as_ref()).await?;
     let draining = Arc::new(AtomicBool::new(false));
     let audit_stats = Arc::new(audit::RelayStats::default());
     let retention_stats = Arc::new(retention::RetentionStats::default());
@@ -103,9 +108,10 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
             version: VERSION,
         },
         stop_rx.clone(),
+        tls.as_ref(),
     )
     .await?;
-    info!(node_id = cfg.node_id, listen = %cfg.listen, advertise = %ctx.advertise, admin = %cfg.admin_listen, "esf node serving");
+    info!(tls = tls.is_some(), node_id = cfg.node_id, listen = %cfg.listen, advertise = %ctx.advertise, admin = %cfg.admin_listen, "esf node serving");
 
     // Formation runs beside the servers; a refusal stops the node.
     let form = tokio::spawn(formation::form_cluster(
@@ -115,6 +121,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         cluster_id,
         gate,
         has_data,
+        ctx.pool.clone(),
     ));
     let draining_partitions = Arc::new(AtomicBool::new(false));
     let tasks = [
@@ -301,12 +308,13 @@ async fn start_groups(
     Ok((meta, Arc::new(groups)))
 }
 
-/// Binds the client port and serves every gRPC service on it until the
-/// node stops.
+/// Binds the client port and serves every gRPC service on it (over TLS
+/// with `tls`) until the node stops.
 async fn serve_grpc(
     cfg: &NodeConfig,
     ctx: &Ctx,
     gate: Arc<AtomicBool>,
+    tls: Option<&NodeTls>,
 ) -> anyhow::Result<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>> {
     let (data_dir, node_id, partition_count) = (cfg.data_dir.clone(), cfg.node_id, ctx.partitions.len() as u32);
     let meta_for_adopt = ctx.meta.clone();
@@ -352,24 +360,42 @@ async fn serve_grpc(
     let incoming = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("listen: bind {listen}"))?;
-    let grpc = api::routes(&mut api::server(ctx), ctx, raft, health, reflection)
-        .serve_with_incoming_shutdown(nodelay(incoming), stopped(ctx.stop.clone()));
-    Ok(tokio::spawn(grpc))
+    let router = api::routes(&mut api::server(ctx), ctx, raft, health, reflection);
+    let stop = stopped(ctx.stop.clone());
+    Ok(match tls {
+        Some(t) => {
+            let accepted = tls_accept::accept_tls(incoming, t.grpc.clone(), t.handshake_timeout);
+            tokio::spawn(router.serve_with_incoming_shutdown(tls_accept::incoming(accepted), stop))
+        }
+        None => tokio::spawn(router.serve_with_incoming_shutdown(nodelay(incoming), stop)),
+    })
 }
 
-/// Binds the admin port and serves `/livez`, `/readyz`, `/metrics` until
-/// the node stops.
+/// Binds the admin port and serves `/livez`, `/readyz`, `/metrics` (over
+/// TLS with `tls`) until the node stops.
 async fn serve_admin(
     cfg: &NodeConfig,
     state: admin::AdminState,
     stop: watch::Receiver<bool>,
+    tls: Option<&NodeTls>,
 ) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
     let admin_addr = &cfg.admin_listen;
     let listener = tokio::net::TcpListener::bind(admin_addr)
         .await
         .with_context(|| format!("admin_listen: bind {admin_addr}"))?;
-    let admin = axum::serve(listener, admin::router(state)).with_graceful_shutdown(stopped(stop));
-    Ok(tokio::spawn(async move { admin.await }))
+    let router = admin::router(state);
+    Ok(match tls {
+        Some(t) => {
+            let local = listener.local_addr().context("admin_listen: local address")?;
+            let accepted = tls_accept::accept_tls(listener, t.admin.clone(), t.handshake_timeout);
+            let admin = axum::serve(tls_accept::TlsListener::new(accepted, local), router);
+            tokio::spawn(async move { admin.with_graceful_shutdown(stopped(stop)).await })
+        }
+        None => {
+            let admin = axum::serve(listener, router);
+            tokio::spawn(async move { admin.with_graceful_shutdown(stopped(stop)).await })
+        }
+    })
 }
 
 /// Waits for SIGTERM or SIGINT (or formation refusing this node).

@@ -71,9 +71,10 @@ pub struct InvalidEndpoint {
     pub reason: String,
 }
 
-/// Parses `host:port` or `http://host:port` into a URI
-/// (`http://host:port`), with an error that says what is wrong. TLS
-/// (`https`) is not supported yet.
+/// Parses `host:port`, `http://host:port` or `https://host:port` into a
+/// URI (`http://host:port`, or `https://host:port` as given), with an
+/// error that says what is wrong. Whether TLS is used is the dialler's
+/// settings' choice (esf-client dials `https` whenever it has a CA).
 pub fn parse_endpoint(s: &str) -> Result<String, InvalidEndpoint> {
     let bad = |reason: &str| InvalidEndpoint {
         endpoint: s.to_string(),
@@ -83,10 +84,15 @@ pub fn parse_endpoint(s: &str) -> Result<String, InvalidEndpoint> {
     if t.is_empty() {
         return Err(bad("empty"));
     }
-    let rest = match t.split_once("://") {
-        Some(("http", rest)) => rest,
-        Some((scheme, _)) => return Err(bad(&format!("scheme {scheme:?} is not supported (use http or none)"))),
-        None => t,
+    let (scheme, rest) = match t.split_once("://") {
+        Some(("http", rest)) => ("http", rest),
+        Some(("https", rest)) => ("https", rest),
+        Some((scheme, _)) => {
+            return Err(bad(&format!(
+                "scheme {scheme:?} is not supported (use http, https or none)"
+            )));
+        }
+        None => ("http", t),
     };
     let rest = rest.trim_end_matches('/');
     let (host, port) = rest.rsplit_once(':').ok_or_else(|| bad("expected host:port"))?;
@@ -102,7 +108,7 @@ pub fn parse_endpoint(s: &str) -> Result<String, InvalidEndpoint> {
     if port == 0 {
         return Err(bad("port must not be 0"));
     }
-    Ok(format!("http://{host}:{port}"))
+    Ok(format!("{scheme}://{host}:{port}"))
 }
 
 /// Whether a failed call broke at the connection: the peer could not be
@@ -202,7 +208,8 @@ mod tests {
             ("a/b:7000", Err("host must not contain '/'")),
             ("host:port", Err("port \"port\" is not a number")),
             ("host:0", Err("port must not be 0")),
-            ("https://h:1", Err("scheme \"https\" is not supported")),
+            ("https://h:1", Ok("https://h:1")),
+            ("grpc://h:1", Err("scheme \"grpc\" is not supported")),
         ];
         for (input, want) in cases {
             match (parse_endpoint(input), want) {

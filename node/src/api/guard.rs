@@ -13,7 +13,10 @@
 //!    secret): the user it names in `esf-forwarded-user`, or the node
 //!    itself if none (its background tasks; requests it checked itself);
 //! 2. `token` metadata from `Auth/Authenticate`;
-//! 3. none: UNAUTHENTICATED.
+//! 3. with `--client-cert-auth`, the common name of the connection's
+//!    client certificate (verified at the handshake), if it is a user
+//!    (etcd's rule);
+//! 4. none: UNAUTHENTICATED.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -170,6 +173,13 @@ where
     }
 }
 
+/// The common name of the (verified) client certificate of `req`'s
+/// connection, if it has one.
+fn certificate_user(req: &http::Request<Body>) -> Option<String> {
+    let r = tonic::Request::from_parts(tonic::metadata::MetadataMap::new(), req.extensions().clone(), ());
+    crate::net::tls::client_cert_common_name(&r)
+}
+
 /// Who `req` acts for, or why it is refused.
 fn admit(ctx: &Ctx, req: &http::Request<Body>) -> Result<Caller, Status> {
     let path = req.uri().path();
@@ -194,9 +204,17 @@ fn admit(ctx: &Ctx, req: &http::Request<Body>) -> Result<Caller, Status> {
             .to_str()
             .map_err(|_| Status::unauthenticated("token: not ASCII; authenticate again"))?;
         Caller::User(token::verify(&state, t)?)
+    } else if let Some(cn) = ctx.client_cert_auth.then(|| certificate_user(req)).flatten() {
+        if !state.users.contains_key(&cn) {
+            return Err(Error::Unauthenticated(format!(
+                "{path}: the client certificate's common name {cn:?} is not a user"
+            ))
+            .into());
+        }
+        Caller::User(cn)
     } else {
         return Err(Error::Unauthenticated(format!(
-            "{path}: auth is enabled: send a token (Auth/Authenticate; esf --user NAME)"
+            "{path}: auth is enabled: send a token (Auth/Authenticate; esf --user NAME) or a client certificate whose common name is a user"
         ))
         .into());
     };

@@ -16,6 +16,7 @@ use crate::keyspace::AUDIT_STREAM;
 mod audit;
 mod auth;
 mod backup;
+mod cert;
 mod events;
 mod kv;
 mod lease;
@@ -27,6 +28,7 @@ mod subscription;
 use audit::*;
 use auth::*;
 use backup::*;
+use cert::*;
 use events::*;
 use kv::*;
 use lease::*;
@@ -64,6 +66,8 @@ pub struct Cli {
     /// The user's password (or after the colon in --user).
     #[arg(long, global = true, env = "ESF_PASSWORD", hide_env_values = true)]
     password: Option<String>,
+    #[command(flatten)]
+    tls: TlsArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -121,6 +125,9 @@ enum Command {
     /// Leadership.
     #[command(subcommand)]
     Leader(LeaderCmd),
+    /// TLS certificates for a cluster and its clients.
+    #[command(subcommand)]
+    Cert(CertCmd),
 }
 
 #[derive(Debug, Subcommand)]
@@ -143,6 +150,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         };
         opts = opts.with_credentials(name, password);
     }
+    // TLS files are read by the commands that connect.
+    let opts = match &cli.command {
+        Command::Serve(_) | Command::Config(_) | Command::Cert(_) => opts,
+        _ => cli.tls.apply(opts)?,
+    };
     let client = || Client::new(&cli.endpoints, opts.clone()).map_err(|e| anyhow::anyhow!("endpoints: {e}"));
     // `member remove` retries while the node's partition replicas move.
     let remove_client = || {
@@ -348,6 +360,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(1));
             }
         }
+        Command::Cert(cmd) => cert(out, cmd)?,
         Command::Leader(LeaderCmd::Transfer { to }) => {
             let r = client()?.transfer_leader(to).await?;
             print(out, &json!({"leader_id": r.leader_id}), || {

@@ -102,6 +102,7 @@ pub async fn form_cluster(
     cluster_id: ClusterId,
     gate: Arc<AtomicBool>,
     has_data: bool,
+    pool: PeerPool,
 ) -> anyhow::Result<()> {
     let open_gate = || gate.store(true, std::sync::atomic::Ordering::SeqCst);
     // Asked of the Raft core itself, not of its metrics: right after start
@@ -131,7 +132,6 @@ pub async fn form_cluster(
         info!(cluster_id = %cid, "initialised a single-node cluster");
         return Ok(());
     }
-    let pool = PeerPool::default();
     let ask = pb::HelloRequest {
         node_id: cfg.node_id,
         addr: cfg.advertise(),
