@@ -641,10 +641,16 @@ impl Cluster {
     /// Waits until the meta leader reports every revision up to the current
     /// one relayed to the audit trail; returns that revision.
     pub async fn wait_audit_caught_up(&self) -> u64 {
+        self.wait_audit_caught_up_as(&self.client()).await
+    }
+
+    /// [`Cluster::wait_audit_caught_up`], asking through `client` (one
+    /// with credentials, once auth is on; it must know every endpoint).
+    pub async fn wait_audit_caught_up_as(&self, client: &Client) -> u64 {
         let deadline = tokio::time::Instant::now() + READY_DEADLINE;
         loop {
             let mut last = String::new();
-            for (_, s) in self.client().status_all().await {
+            for (_, s) in client.status_all().await {
                 let Ok(s) = s else { continue };
                 let Some(meta) = s.groups.first() else { continue };
                 if meta.leader_id == s.node_id {

@@ -143,7 +143,12 @@ async fn users_read_and_write_only_what_their_roles_allow() {
     denied("read after the role was revoked", reader.get("app/x").await);
 
     // The audit trail names who wrote.
-    c.wait_audit_caught_up().await;
+    let everywhere = Client::new(
+        &c.endpoints().split(',').collect::<Vec<_>>(),
+        ClientOptions::new().with_credentials("root", ROOT_PASSWORD),
+    )
+    .expect("client");
+    c.wait_audit_caught_up_as(&everywhere).await;
     let audit = root
         .read_stream(pb::ReadStreamRequest {
             stream: "$audit".into(),
