@@ -109,8 +109,20 @@ impl Client {
 
     /// Status of every endpoint, each asked directly (no failover).
     pub async fn status_all(&self) -> Vec<(String, Result<pb::StatusResponse>)> {
+        // Each node is asked once, directly; with credentials the token
+        // comes first (a failed login shows in every node's answer).
+        let login = match self.inner.opts.credentials.is_some() && !self.inner.cluster.logged_in() {
+            true => self.login().await.err().map(|e| e.to_string()),
+            false => None,
+        };
         let nodes: Vec<Arc<Node>> = self.inner.nodes.lock().expect("nodes lock poisoned").clone();
         let mut out = Vec::new();
+        if let Some(e) = login {
+            for node in nodes {
+                out.push((node.uri.clone(), Err(Error::Unauthenticated(format!("login failed: {e}")))));
+            }
+            return out;
+        }
         for node in nodes {
             let r = self
                 .attempt(&node, &|mut c: ClusterStub| async move {

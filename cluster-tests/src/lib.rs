@@ -650,8 +650,14 @@ impl Cluster {
         let deadline = tokio::time::Instant::now() + READY_DEADLINE;
         loop {
             let mut last = String::new();
-            for (_, s) in client.status_all().await {
-                let Ok(s) = s else { continue };
+            for (uri, s) in client.status_all().await {
+                let s = match s {
+                    Ok(s) => s,
+                    Err(e) => {
+                        last = format!("{uri}: {e}");
+                        continue;
+                    }
+                };
                 let Some(meta) = s.groups.first() else { continue };
                 if meta.leader_id == s.node_id {
                     let revision = s.header.as_ref().map_or(0, |h| h.revision);
