@@ -42,8 +42,9 @@
 //! a domain module (a new reserved key area in [`keyspace`]), its gRPC
 //! service in `api/`, its command in `cli/`, its task started in
 //! [`node`]. Gossip, health and failover go in `cluster/` (`gossip.rs`,
-//! `health.rs`, `failover.rs`); TLS, users and permissions in a
-//! `security/` domain folder with the checks in `api/intercept.rs`;
+//! `health.rs`, `failover.rs`); TLS is in `net/tls*.rs`, users and
+//! permissions in [`auth`] (callers, tokens, passwords) with the request
+//! guard in `api/guard.rs` and the rules' state in `esf_raft::meta::auth`;
 //! metrics and the performance monitor in a `telemetry/` folder;
 //! jobs in a `jobs/` domain folder.
 

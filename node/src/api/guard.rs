@@ -2,7 +2,7 @@
 //!
 //! It looks up the method in [`RULES`] and refuses one that has no rule
 //! (PERMISSION_DENIED, auth on or off): a new RPC is unusable until it is
-//! given one, and `node/tests/every_rpc_has_a_rule.rs` lists every RPC of
+//! given one, and the test `every_rpc_has_a_rule` below lists every RPC of
 //! the API's descriptors against the table. While auth is enabled it also
 //! authenticates the request and enforces the coarse rules (root only,
 //! some permission); handlers check the fine ones ([`Rule::Checked`]:
@@ -241,5 +241,31 @@ mod tests {
         assert_eq!(rule("/grpc.health.v1.Health/Check"), Some(Rule::Open));
         assert_eq!(rule("/esf.v1.Config/PutX"), None, "no prefix match on a method");
         assert_eq!(rule("/esf.v1.Nope/X"), None);
+    }
+
+    /// Every RPC of the API has a rule, and every rule names an RPC that
+    /// exists (a renamed method must not leave a stale rule behind).
+    #[test]
+    fn every_rpc_has_a_rule() {
+        use prost::Message;
+        let fds = prost_types::FileDescriptorSet::decode(esf_proto::FILE_DESCRIPTOR_SET).expect("descriptors");
+        let mut methods = Vec::new();
+        for file in &fds.file {
+            for service in &file.service {
+                for method in &service.method {
+                    methods.push(format!("/{}.{}/{}", file.package(), service.name(), method.name()));
+                }
+            }
+        }
+        assert!(methods.len() > 50, "only {} methods in the descriptors", methods.len());
+        let missing: Vec<&String> = methods.iter().filter(|m| rule(m).is_none()).collect();
+        assert!(missing.is_empty(), "RPCs without a rule in RULES: {missing:?}");
+        let stale: Vec<&str> = RULES
+            .iter()
+            .map(|(path, _)| *path)
+            .filter(|path| path.starts_with("/esf.v1."))
+            .filter(|path| !methods.iter().any(|m| m == path || (path.ends_with('/') && m.starts_with(path))))
+            .collect();
+        assert!(stale.is_empty(), "rules for RPCs that do not exist: {stale:?}");
     }
 }
