@@ -52,10 +52,15 @@ pub fn parse_endpoints(s: &str) -> anyhow::Result<Vec<String>> {
 /// of one response.
 pub type ChangeStream = futures::stream::BoxStream<'static, anyhow::Result<Vec<Vec<u8>>>>;
 
-/// `opts` with TLS when `ESF_CACERT` names the nodes' CA (and
+/// `opts` with credentials when `ESF_USER` and `ESF_PASSWORD` are set,
+/// and with TLS when `ESF_CACERT` names the nodes' CA (and
 /// `ESF_CERT`/`ESF_KEY` a client certificate), as the `esf` CLI reads
-/// them; `scripts/bench-cluster.sh` sets them with `BENCH_TLS=1`.
-fn esf_tls_from_env(opts: esf_client::ClientOptions) -> anyhow::Result<esf_client::ClientOptions> {
+/// them; `scripts/bench-cluster.sh` sets them with `BENCH_TLS=1` and
+/// `BENCH_AUTH=1`.
+fn esf_options_from_env(mut opts: esf_client::ClientOptions) -> anyhow::Result<esf_client::ClientOptions> {
+    if let (Ok(user), Ok(password)) = (std::env::var("ESF_USER"), std::env::var("ESF_PASSWORD")) {
+        opts = opts.with_credentials(user, password);
+    }
     let read = |var: &str| -> anyhow::Result<Option<Vec<u8>>> {
         match std::env::var_os(var) {
             Some(p) => Ok(Some(
@@ -92,7 +97,7 @@ impl Conn {
         eps.rotate_left(first % n);
         Ok(match target {
             Target::Esf => {
-                let opts = esf_tls_from_env(esf_client::ClientOptions::new().with_request_timeout(timeout))?;
+                let opts = esf_options_from_env(esf_client::ClientOptions::new().with_request_timeout(timeout))?;
                 Conn::Esf(esf_client::Client::new(&eps, opts).map_err(|e| anyhow!("esf client: {e}"))?)
             }
             Target::Etcd => {
