@@ -98,7 +98,10 @@ impl Conn {
         Ok(match target {
             Target::Esf => {
                 let opts = esf_options_from_env(esf_client::ClientOptions::new().with_request_timeout(timeout))?;
-                Conn::Esf(esf_client::Client::new(&eps, opts).map_err(|e| anyhow!("esf client: {e}"))?)
+                let client = esf_client::Client::new(&eps, opts).map_err(|e| anyhow!("esf client: {e}"))?;
+                // With credentials, log in before the clock starts.
+                client.authenticate().await.map_err(|e| anyhow!("esf client: log in: {e}"))?;
+                Conn::Esf(client)
             }
             Target::Etcd => {
                 let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", eps[0]))?

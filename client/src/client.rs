@@ -33,6 +33,8 @@ pub(crate) struct Inner {
     pub(crate) opts: ClientOptions,
     /// The write session (client id and sequence numbers).
     pub(crate) sessions: Sessions,
+    /// Held while logging in, so concurrent calls share one login.
+    pub(crate) login_lock: tokio::sync::Mutex<()>,
 }
 
 impl Client {
@@ -59,6 +61,7 @@ impl Client {
                 preferred: Mutex::new(0),
                 opts,
                 sessions: Sessions::new(),
+                login_lock: tokio::sync::Mutex::new(()),
             }),
         })
     }

@@ -111,10 +111,7 @@ impl Client {
     pub async fn status_all(&self) -> Vec<(String, Result<pb::StatusResponse>)> {
         // Each node is asked once, directly; with credentials the token
         // comes first (a failed login shows in every node's answer).
-        let login = match self.inner.opts.credentials.is_some() && !self.inner.cluster.logged_in() {
-            true => self.login().await.err().map(|e| e.to_string()),
-            false => None,
-        };
+        let login = self.authenticate().await.err().map(|e| e.to_string());
         let nodes: Vec<Arc<Node>> = self.inner.nodes.lock().expect("nodes lock poisoned").clone();
         let mut out = Vec::new();
         if let Some(e) = login {

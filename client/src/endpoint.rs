@@ -54,6 +54,9 @@ pub(crate) struct ClusterPin(Arc<Mutex<Option<String>>>, Arc<Mutex<Login>>);
 pub(crate) struct Login {
     done: bool,
     token: Option<AsciiMetadataValue>,
+    /// How many logins succeeded: a call that saw its token refused logs
+    /// in again only if nobody has since it started.
+    generation: u64,
 }
 
 impl ClusterPin {
@@ -76,13 +79,25 @@ impl ClusterPin {
                     .map_err(|_| Error::Internal("the token the cluster sent is not ASCII".into()))
             })
             .transpose()?;
-        *self.1.lock().expect("token lock poisoned") = Login { done: true, token };
+        let mut g = self.1.lock().expect("token lock poisoned");
+        *g = Login {
+            done: true,
+            token,
+            generation: g.generation + 1,
+        };
         Ok(())
+    }
+
+    /// How many logins have succeeded so far.
+    pub(crate) fn login_generation(&self) -> u64 {
+        self.1.lock().expect("token lock poisoned").generation
     }
 
     /// Forgets the token: the next call logs in again.
     pub(crate) fn forget_token(&self) {
-        *self.1.lock().expect("token lock poisoned") = Login::default();
+        let mut g = self.1.lock().expect("token lock poisoned");
+        g.done = false;
+        g.token = None;
     }
 
     /// Pins the cluster that answered, unless one is pinned already.

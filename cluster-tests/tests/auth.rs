@@ -119,6 +119,19 @@ async fn users_read_and_write_only_what_their_roles_allow() {
         "put with prev_kv (a read)",
         writer.put_with(pb::PutRequest::new("app/w", "2").with_prev_kv()).await,
     );
+    // A fresh client's first calls, concurrent: they share one login, and
+    // every write lands (before, each logged in on its own and a write
+    // delayed behind the password checks could fall out of its session's
+    // window).
+    let fresh = client_as(&c, leader, "writer", "writer-password");
+    let mut puts = tokio::task::JoinSet::new();
+    for i in 0..48 {
+        let fresh = fresh.clone();
+        puts.spawn(async move { fresh.put(format!("app/c{i}"), "v").await });
+    }
+    while let Some(r) = puts.join_next().await {
+        r.expect("task").expect("concurrent first put");
+    }
     let lease = writer.lease_grant(60, 0).await.expect("lease").id;
     root.put_with(pb::PutRequest::new("other/leased", "v").with_lease(lease))
         .await
