@@ -9,6 +9,9 @@
 # ratio secure/off; docs/benchmarks.md ("Security") has the last figures.
 #
 #   scripts/bench-security.sh [SECONDS_PER_RUN] [ROUNDS]   (default 10 2)
+#   BENCH_MODES="off tls auth tls+auth" scripts/bench-security.sh 8 1
+#     (tls: TLS and --client-cert-auth without auth; auth: auth with
+#     tokens over plaintext; the ratios are against `off`)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/esf-target}"
@@ -51,14 +54,14 @@ enable_auth() {
 }
 
 for round in $(seq 1 "$ROUNDS"); do
-  for mode in off tls+auth; do
+  for mode in ${BENCH_MODES:-off tls+auth}; do
     dir="$WORK/$mode-$round"
     unset ESF_CACERT ESF_CERT ESF_KEY ESF_USER ESF_PASSWORD
-    if [[ "$mode" == off ]]; then BENCH_TLS=0; else BENCH_TLS=1; fi
+    if [[ "$mode" == tls* ]]; then BENCH_TLS=1; else BENCH_TLS=0; fi
     export BENCH_TLS
     start_esf "$BIN" "$dir" 27379
     wait_healthy
-    if [[ "$mode" != off ]]; then
+    if [[ "$mode" == *auth ]]; then
       enable_auth
       export ESF_USER=bench ESF_PASSWORD="$BENCH_PASSWORD"
       # The client certificate's CN is root; the token (user bench) wins.
@@ -83,16 +86,27 @@ rows = [r for r in rows if r.get("kind") == "result"]
 by = {}
 for r in rows:
     by.setdefault((r["workload"], r["clients"], r["label"]), []).append(r)
-print("| workload | clients | off ops/s | tls+auth ops/s | ratio | off p99 ms | tls+auth p99 ms | errors |")
-print("|---|---|---|---|---|---|---|---|")
+modes = []
+for r in rows:
+    if r["label"] not in modes:
+        modes.append(r["label"])
+others = [m for m in modes if m != "off"]
+print("| workload | clients | off ops/s (p99 ms) | " + " | ".join(f"{m} ops/s (p99 ms) | {m} / off" for m in others) + " | errors |")
+print("|---|---|---|" + "---|---|" * len(others) + "---|")
 for (w, c) in sorted({(w, c) for (w, c, _) in by}, key=lambda k: (k[0], -k[1])):
-    off, sec = by.get((w, c, "off"), []), by.get((w, c, "tls+auth"), [])
-    if not off or not sec:
+    off = by.get((w, c, "off"), [])
+    if not off:
         continue
     t_off = statistics.median(r["throughput"] for r in off)
-    t_sec = statistics.median(r["throughput"] for r in sec)
-    p_off = statistics.median(r["p99_ms"] for r in off)
-    p_sec = statistics.median(r["p99_ms"] for r in sec)
-    errors = sum(r["errors"] for r in off + sec)
-    print(f"| {w} | {c} | {t_off:,.0f} | {t_sec:,.0f} | {t_sec / t_off:.2f}x | {p_off:.2f} | {p_sec:.2f} | {errors} |")
+    cells = [f"{t_off:,.0f} ({statistics.median(r['p99_ms'] for r in off):.2f})"]
+    errors = sum(r["errors"] for r in off)
+    for m in others:
+        rs = by.get((w, c, m), [])
+        if not rs:
+            cells += ["", ""]
+            continue
+        t = statistics.median(r["throughput"] for r in rs)
+        cells += [f"{t:,.0f} ({statistics.median(r['p99_ms'] for r in rs):.2f})", f"{t / t_off:.2f}x"]
+        errors += sum(r["errors"] for r in rs)
+    print(f"| {w} | {c} | " + " | ".join(cells) + f" | {errors} |")
 EOF
