@@ -55,8 +55,8 @@ pub type ChangeStream = futures::stream::BoxStream<'static, anyhow::Result<Vec<V
 /// `opts` with credentials when `ESF_USER` and `ESF_PASSWORD` are set,
 /// and with TLS when `ESF_CACERT` names the nodes' CA (and
 /// `ESF_CERT`/`ESF_KEY` a client certificate), as the `esf` CLI reads
-/// them; `scripts/bench-cluster.sh` sets them with `BENCH_TLS=1` and
-/// `BENCH_AUTH=1`.
+/// them; `scripts/bench-cluster.sh` sets the TLS ones with `BENCH_TLS=1`,
+/// `scripts/bench-security.sh` the credentials.
 fn esf_options_from_env(mut opts: esf_client::ClientOptions) -> anyhow::Result<esf_client::ClientOptions> {
     if let (Ok(user), Ok(password)) = (std::env::var("ESF_USER"), std::env::var("ESF_PASSWORD")) {
         opts = opts.with_credentials(user, password);
