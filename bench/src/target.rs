@@ -100,7 +100,10 @@ impl Conn {
                 let opts = esf_options_from_env(esf_client::ClientOptions::new().with_request_timeout(timeout))?;
                 let client = esf_client::Client::new(&eps, opts).map_err(|e| anyhow!("esf client: {e}"))?;
                 // With credentials, log in before the clock starts.
-                client.authenticate().await.map_err(|e| anyhow!("esf client: log in: {e}"))?;
+                client
+                    .authenticate()
+                    .await
+                    .map_err(|e| anyhow!("esf client: log in: {e}"))?;
                 Conn::Esf(client)
             }
             Target::Etcd => {

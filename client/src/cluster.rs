@@ -116,7 +116,10 @@ impl Client {
         let mut out = Vec::new();
         if let Some(e) = login {
             for node in nodes {
-                out.push((node.uri.clone(), Err(Error::Unauthenticated(format!("login failed: {e}")))));
+                out.push((
+                    node.uri.clone(),
+                    Err(Error::Unauthenticated(format!("login failed: {e}"))),
+                ));
             }
             return out;
         }

@@ -91,7 +91,10 @@ async fn users_read_and_write_only_what_their_roles_allow() {
             "read a prefix wider than the grant",
             reader.range(pb::RangeRequest::of(pb::KeyRange::prefix("app"))).await,
         );
-        denied("watch other/", reader.watch(pb::WatchRequest::of(pb::KeyRange::prefix("other/"))).await);
+        denied(
+            "watch other/",
+            reader.watch(pb::WatchRequest::of(pb::KeyRange::prefix("other/"))).await,
+        );
         denied("compact", reader.compact(1).await);
         denied("snapshot", reader.snapshot().await);
         denied("lease grant (no write anywhere)", reader.lease_grant(10, 0).await);
@@ -136,7 +139,10 @@ async fn users_read_and_write_only_what_their_roles_allow() {
     root.put_with(pb::PutRequest::new("other/leased", "v").with_lease(lease))
         .await
         .expect("root attaches a key");
-    denied("revoke a lease holding a key it may not write", writer.lease_revoke(lease).await);
+    denied(
+        "revoke a lease holding a key it may not write",
+        writer.lease_revoke(lease).await,
+    );
     let txn = pb::TxnRequest {
         compares: vec![pb::Compare {
             key: b"other/y".to_vec(),
@@ -182,9 +188,15 @@ async fn users_read_and_write_only_what_their_roles_allow() {
     assert_ne!(code, 0, "unauthenticated CLI put succeeded");
     assert!(err.contains("unauthenticated"), "{err}");
     let user = format!("root:{ROOT_PASSWORD}");
-    let (code, out, err) = cli(&esf_bin(), &["--endpoints", &ep, "--user", &user, "kv", "put", "app/cli", "1"]);
+    let (code, out, err) = cli(
+        &esf_bin(),
+        &["--endpoints", &ep, "--user", &user, "kv", "put", "app/cli", "1"],
+    );
     assert_eq!(code, 0, "{out}{err}");
-    let (code, out, err) = cli(&esf_bin(), &["--endpoints", &ep, "--user", &user, "role", "get", "app-write"]);
+    let (code, out, err) = cli(
+        &esf_bin(),
+        &["--endpoints", &ep, "--user", &user, "role", "get", "app-write"],
+    );
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("write prefix \"app/\""), "{out}");
 }
@@ -246,7 +258,10 @@ async fn call(ch: Channel, path: &str, client_streaming: bool, server_streaming:
             .client_streaming(req(tokio_stream::iter(vec![Vec::new()]), token), path, Raw)
             .await
             .map(|_| ()),
-        (true, true) => match grpc.streaming(req(tokio_stream::iter(vec![Vec::new()]), token), path, Raw).await {
+        (true, true) => match grpc
+            .streaming(req(tokio_stream::iter(vec![Vec::new()]), token), path, Raw)
+            .await
+        {
             Ok(resp) => resp.into_inner().message().await.map(|_| ()),
             Err(s) => Err(s),
         },
@@ -309,5 +324,8 @@ async fn every_rpc_refuses_a_user_without_permissions() {
     assert!(checked > 60, "only {checked} RPCs in the descriptors");
     assert!(accepted.is_empty(), "not refused:\n{}", accepted.join("\n"));
     // The open ones answer.
-    assert_eq!(call(ch.clone(), "/esf.v1.Auth/Status", false, false, None).await, Code::Ok);
+    assert_eq!(
+        call(ch.clone(), "/esf.v1.Auth/Status", false, false, None).await,
+        Code::Ok
+    );
 }

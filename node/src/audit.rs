@@ -542,7 +542,10 @@ mod tests {
         assert_eq!(put.r#type, "esf.config.put");
         let by = audit_event(5, &[change(b"cfg/a", b"1", false, 5)], Some("alice"));
         let v: Value = serde_json::from_slice(&by.data).expect("json");
-        assert_eq!((v["user"].as_str(), by.metadata.get("user").map(String::as_str)), (Some("alice"), Some("alice")));
+        assert_eq!(
+            (v["user"].as_str(), by.metadata.get("user").map(String::as_str)),
+            (Some("alice"), Some("alice"))
+        );
         assert_eq!(put.correlation_id, "cfg/a");
         let v: Value = serde_json::from_slice(&put.data).expect("json");
         assert_eq!(v["revision"], 5);

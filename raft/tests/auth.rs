@@ -109,28 +109,30 @@ fn enable_needs_root_with_the_root_role() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = open(dir.path());
     let r = s.auth(AuthChange::Enable { token_key: vec![1; 32] });
-    assert!(matches!(r, OpResult::Rejected(Rejection::InvalidArgument { .. })), "{r:?}");
+    assert!(
+        matches!(r, OpResult::Rejected(Rejection::InvalidArgument { .. })),
+        "{r:?}"
+    );
     setup(&mut s);
     assert!(s.store.auth().enabled());
     // Nobody can be locked out: root stays, with its role.
     for c in [
-        AuthChange::UserDelete {
-            name: ROOT_USER.into(),
-        },
+        AuthChange::UserDelete { name: ROOT_USER.into() },
         AuthChange::UserRevokeRole {
             name: ROOT_USER.into(),
             role: ROOT_ROLE.into(),
         },
-        AuthChange::RoleDelete {
-            name: ROOT_ROLE.into(),
-        },
+        AuthChange::RoleDelete { name: ROOT_ROLE.into() },
         AuthChange::RoleGrant {
             name: ROOT_ROLE.into(),
             permission: perm(Resource::Key, Access::Read, KeyRange::Key(b"a".to_vec())),
         },
     ] {
         let r = s.auth(c.clone());
-        assert!(matches!(r, OpResult::Rejected(Rejection::InvalidArgument { .. })), "{c:?}: {r:?}");
+        assert!(
+            matches!(r, OpResult::Rejected(Rejection::InvalidArgument { .. })),
+            "{c:?}: {r:?}"
+        );
     }
     // Bad names name the field.
     let r = s.auth(AuthChange::UserAdd {
@@ -201,7 +203,10 @@ fn apply_checks_every_key_an_op_touches() {
             failure,
         })
     };
-    assert!(matches!(s.as_user("app", txn("shared/c", vec![])), OpResult::Txn { .. }));
+    assert!(matches!(
+        s.as_user("app", txn("shared/c", vec![])),
+        OpResult::Txn { .. }
+    ));
     assert!(denied(&s.as_user("app", txn("other/c", vec![]))));
     let read_other = TxnOp::Range(RangeRequest {
         range: KeyRange::Key(b"other/secret".to_vec()),
@@ -213,7 +218,9 @@ fn apply_checks_every_key_an_op_touches() {
     assert!(denied(&s.as_user("app", txn("app/c", vec![read_other]))));
     // Admin ops need root; root may do them.
     assert!(denied(&s.as_user("app", Op::Compact { revision: 1 })));
-    assert!(denied(&s.as_user("app", Op::Auth(AuthChange::RoleAdd { name: "x".into() }))));
+    assert!(denied(
+        &s.as_user("app", Op::Auth(AuthChange::RoleAdd { name: "x".into() }))
+    ));
     assert!(matches!(
         s.as_user(ROOT_USER, Op::Auth(AuthChange::RoleAdd { name: "x".into() })),
         OpResult::AuthChanged { .. }

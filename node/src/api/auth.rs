@@ -53,7 +53,10 @@ fn names(r: Option<pb::KeyRange>) -> Result<KeyRange, Error> {
         }
     };
     match r.and_then(|r| r.kind) {
-        None => Err(Error::invalid("permission.range", "is required (key, prefix or between)")),
+        None => Err(Error::invalid(
+            "permission.range",
+            "is required (key, prefix or between)",
+        )),
         Some(Kind::Key(k)) if k.is_empty() => Err(Error::invalid("permission.range.key", "must not be empty")),
         Some(Kind::Key(k)) => long("permission.range.key", &k).map(|_| KeyRange::Key(k)),
         Some(Kind::Prefix(p)) => long("permission.range.prefix", &p).map(|_| KeyRange::Prefix(p)),
@@ -228,7 +231,10 @@ impl pb::auth_server::Auth for AuthService {
         }))
     }
 
-    async fn user_passwd(&self, req: Request<pb::UserPasswdRequest>) -> Result<Response<pb::AuthChangeResponse>, Status> {
+    async fn user_passwd(
+        &self,
+        req: Request<pb::UserPasswdRequest>,
+    ) -> Result<Response<pb::AuthChangeResponse>, Status> {
         let m = req.get_ref();
         let name = m.name.clone();
         let password_hash = password::hash(&m.password).await?;
@@ -312,7 +318,15 @@ impl pb::auth_server::Auth for AuthService {
             access: access(p.access)?,
             range: names(p.range)?,
         };
-        change!(self, req, role_grant_permission, AuthChange::RoleGrant { name: m.name, permission })
+        change!(
+            self,
+            req,
+            role_grant_permission,
+            AuthChange::RoleGrant {
+                name: m.name,
+                permission
+            }
+        )
     }
 
     async fn role_revoke_permission(
@@ -324,10 +338,15 @@ impl pb::auth_server::Auth for AuthService {
             .permission
             .ok_or_else(|| Error::invalid("permission", "is required"))?;
         let (resource, range) = (resource(p.resource)?, names(p.range)?);
-        change!(self, req, role_revoke_permission, AuthChange::RoleRevoke {
-            name: m.name,
-            resource,
-            range
-        })
+        change!(
+            self,
+            req,
+            role_revoke_permission,
+            AuthChange::RoleRevoke {
+                name: m.name,
+                resource,
+                range
+            }
+        )
     }
 }

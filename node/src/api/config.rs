@@ -115,7 +115,11 @@ impl pb::config_server::Config for ConfigService {
     async fn history(&self, req: Request<pb::HistoryRequest>) -> Result<Response<pb::HistoryResponse>, Status> {
         let msg = req.get_ref().clone();
         convert::user_key("history.key", &msg.key)?;
-        Authz::of(&self.0, &req).require(Resource::Key, Need::Read, &esf_raft::command::KeyRange::Key(msg.key.clone()))?;
+        Authz::of(&self.0, &req).require(
+            Resource::Key,
+            Need::Read,
+            &esf_raft::command::KeyRange::Key(msg.key.clone()),
+        )?;
         let c = if msg.serializable {
             Consistency::Serializable
         } else {

@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use esf_proto::v1 as pb;
 use esf_raft::command::{Command, KeyRange};
-use esf_raft::meta::auth::{Need, Resource};
 use esf_raft::events::PartitionGroup;
+use esf_raft::meta::auth::{Need, Resource};
 use futures::StreamExt;
 use tonic::{Request, Response, Status};
 

@@ -123,7 +123,13 @@ pub const RULES: &[(&str, Rule)] = &[
 pub fn rule(path: &str) -> Option<Rule> {
     RULES
         .iter()
-        .find(|(p, _)| if p.ends_with('/') { path.starts_with(p) } else { path == *p })
+        .find(|(p, _)| {
+            if p.ends_with('/') {
+                path.starts_with(p)
+            } else {
+                path == *p
+            }
+        })
         .map(|(_, r)| *r)
 }
 
@@ -264,7 +270,11 @@ mod tests {
             .iter()
             .map(|(path, _)| *path)
             .filter(|path| path.starts_with("/esf.v1."))
-            .filter(|path| !methods.iter().any(|m| m == path || (path.ends_with('/') && m.starts_with(path))))
+            .filter(|path| {
+                !methods
+                    .iter()
+                    .any(|m| m == path || (path.ends_with('/') && m.starts_with(path)))
+            })
             .collect();
         assert!(stale.is_empty(), "rules for RPCs that do not exist: {stale:?}");
     }

@@ -28,7 +28,9 @@ use crate::net::raft_network::MAX_MESSAGE_BYTES;
 
 /// The server of the client port: every request passes the guard
 /// ([`guard`]: rules, authentication) first.
-pub fn server(ctx: &Ctx) -> tonic::transport::Server<tower::layer::util::Stack<guard::GuardLayer, tower::layer::util::Identity>> {
+pub fn server(
+    ctx: &Ctx,
+) -> tonic::transport::Server<tower::layer::util::Stack<guard::GuardLayer, tower::layer::util::Identity>> {
     tonic::transport::Server::builder().layer(guard::GuardLayer(ctx.clone()))
 }
 

@@ -54,7 +54,11 @@ impl pb::registry_server::Registry for RegistryService {
                 value: stored.encode_to_vec(),
                 lease: inst.lease,
                 // The instance it replaces is a read of the service.
-                prev_kv: authz.permits(Resource::Service, Need::Read, &KeyRange::Key(inst.service.clone().into_bytes())),
+                prev_kv: authz.permits(
+                    Resource::Service,
+                    Need::Read,
+                    &KeyRange::Key(inst.service.clone().into_bytes()),
+                ),
             }))?,
         };
         match self.0.write(cmd).await {
@@ -126,7 +130,11 @@ impl pb::registry_server::Registry for RegistryService {
                 let mut counts: BTreeMap<String, u64> = BTreeMap::new();
                 for kv in &res.kvs {
                     if let Some((service, _)) = registry::split_key(&kv.key)
-                        && authz.permits(Resource::Service, Need::Read, &KeyRange::Key(service.clone().into_bytes()))
+                        && authz.permits(
+                            Resource::Service,
+                            Need::Read,
+                            &KeyRange::Key(service.clone().into_bytes()),
+                        )
                     {
                         *counts.entry(service).or_default() += 1;
                     }

@@ -159,7 +159,11 @@ impl pb::subscriptions_server::Subscriptions for SubscriptionsService {
                 let mut subs = Vec::with_capacity(res.kvs.len());
                 for kv in &res.kvs {
                     let mut info = subscriptions::decode(kv)?;
-                    if !authz.permits(Resource::Subscription, Need::Read, &KeyRange::Key(info.name.clone().into_bytes())) {
+                    if !authz.permits(
+                        Resource::Subscription,
+                        Need::Read,
+                        &KeyRange::Key(info.name.clone().into_bytes()),
+                    ) {
                         continue;
                     }
                     info.created_revision = kv.create_revision;

@@ -146,9 +146,9 @@ impl Authz {
     /// leases are for).
     pub fn require_lease(&self) -> Result<()> {
         match &self.caller {
-            Caller::User(u) if self.state.enabled() && !self.state.may_lease(u) => Err(Error::PermissionDenied(format!(
-                "user {u:?} may write no key or service, so may not use leases"
-            ))),
+            Caller::User(u) if self.state.enabled() && !self.state.may_lease(u) => Err(Error::PermissionDenied(
+                format!("user {u:?} may write no key or service, so may not use leases"),
+            )),
             _ => self.require_any("use leases"),
         }
     }

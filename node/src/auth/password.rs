@@ -7,8 +7,8 @@
 
 use std::sync::{Arc, LazyLock};
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use tokio::sync::Semaphore;
 
 use crate::error::{Error, Result};
@@ -45,7 +45,10 @@ pub async fn hash(password: &str) -> Result<String> {
     if password.len() < MIN_PASSWORD_BYTES || password.len() > MAX_PASSWORD_BYTES {
         return Err(Error::invalid(
             "password",
-            format!("must be {MIN_PASSWORD_BYTES} to {MAX_PASSWORD_BYTES} bytes, not {}", password.len()),
+            format!(
+                "must be {MIN_PASSWORD_BYTES} to {MAX_PASSWORD_BYTES} bytes, not {}",
+                password.len()
+            ),
         ));
     }
     let salt = SaltString::encode_b64(&random_bytes(16)?).map_err(|e| Error::Internal(format!("salt: {e}")))?;

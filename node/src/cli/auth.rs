@@ -154,9 +154,16 @@ pub(super) async fn auth(c: Client, out: Output, cmd: AuthCmd) -> anyhow::Result
         AuthCmd::Disable => changed(out, "Authentication Disabled".into(), c.auth_disable().await?),
         AuthCmd::Status => {
             let r = c.auth_status().await?;
-            print(out, &json!({"enabled": r.enabled, "auth_revision": r.auth_revision}), || {
-                format!("Authentication Status: {}\nAuthRevision: {}\n", r.enabled, r.auth_revision)
-            });
+            print(
+                out,
+                &json!({"enabled": r.enabled, "auth_revision": r.auth_revision}),
+                || {
+                    format!(
+                        "Authentication Status: {}\nAuthRevision: {}\n",
+                        r.enabled, r.auth_revision
+                    )
+                },
+            );
         }
     }
     Ok(())
@@ -174,7 +181,11 @@ pub(super) async fn user(c: Client, out: Output, cmd: UserCmd) -> anyhow::Result
                 (None, true) => String::new(),
                 _ => anyhow::bail!("password: give --password (or ESF_NEW_PASSWORD), or --no-password"),
             };
-            changed(out, format!("User {name} created"), c.user_add(&name, &password, no_password).await?)
+            changed(
+                out,
+                format!("User {name} created"),
+                c.user_add(&name, &password, no_password).await?,
+            )
         }
         UserCmd::Delete { name } => changed(out, format!("User {name} deleted"), c.user_delete(&name).await?),
         UserCmd::Get { name } => {
@@ -185,7 +196,9 @@ pub(super) async fn user(c: Client, out: Output, cmd: UserCmd) -> anyhow::Result
         }
         UserCmd::List => {
             let r = c.user_list().await?;
-            print(out, &json!(r.users), || r.users.iter().map(|u| format!("{u}\n")).collect());
+            print(out, &json!(r.users), || {
+                r.users.iter().map(|u| format!("{u}\n")).collect()
+            });
         }
         UserCmd::Passwd { name, password } => {
             changed(out, "Password updated".into(), c.user_passwd(&name, &password).await?)
@@ -231,7 +244,9 @@ pub(super) async fn role(c: Client, out: Output, cmd: RoleCmd) -> anyhow::Result
         }
         RoleCmd::List => {
             let r = c.role_list().await?;
-            print(out, &json!(r.roles), || r.roles.iter().map(|u| format!("{u}\n")).collect());
+            print(out, &json!(r.roles), || {
+                r.roles.iter().map(|u| format!("{u}\n")).collect()
+            });
         }
         RoleCmd::GrantPermission { name, access, on } => changed(
             out,

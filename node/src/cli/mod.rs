@@ -145,8 +145,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         let (name, password) = match (u.split_once(':'), &cli.password) {
             (Some((n, p)), None) => (n.to_string(), p.to_string()),
             (None, Some(p)) => (u.clone(), p.clone()),
-            (Some(_), Some(_)) => anyhow::bail!("user: give the password in --user NAME:PASSWORD or in --password, not both"),
-            (None, None) => anyhow::bail!("password: --user {u} needs a password (--password, ESF_PASSWORD, or --user {u}:PASSWORD)"),
+            (Some(_), Some(_)) => {
+                anyhow::bail!("user: give the password in --user NAME:PASSWORD or in --password, not both")
+            }
+            (None, None) => anyhow::bail!(
+                "password: --user {u} needs a password (--password, ESF_PASSWORD, or --user {u}:PASSWORD)"
+            ),
         };
         opts = opts.with_credentials(name, password);
     }

@@ -82,8 +82,10 @@ pub async fn hello(pool: &PeerPool, peer: &str, me: &pb::HelloRequest) -> Result
     let mut req = tonic::Request::new(me.clone());
     req.set_timeout(HELLO_TIMEOUT);
     // From a node, not a client: passes the request guard with auth on.
-    req.metadata_mut()
-        .insert(esf_proto::wire::FORWARDED_METADATA, "1".parse().expect("static metadata value"));
+    req.metadata_mut().insert(
+        esf_proto::wire::FORWARDED_METADATA,
+        "1".parse().expect("static metadata value"),
+    );
     pool.secret().sign(&mut req);
     match tokio::time::timeout(HELLO_TIMEOUT, <ClusterStub as PeerStub>::connect(ch).hello(req)).await {
         Err(_) => Err(Error::unavailable(format!("no answer within {HELLO_TIMEOUT:?}"))),

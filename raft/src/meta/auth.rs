@@ -66,7 +66,12 @@ pub enum Resource {
 
 impl Resource {
     /// Every resource.
-    pub const ALL: [Resource; 4] = [Resource::Key, Resource::Stream, Resource::Service, Resource::Subscription];
+    pub const ALL: [Resource; 4] = [
+        Resource::Key,
+        Resource::Stream,
+        Resource::Service,
+        Resource::Subscription,
+    ];
 
     /// The name users type (`key`, `stream`, `service`, `subscription`).
     pub fn name(self) -> &'static str {
@@ -306,9 +311,15 @@ fn invalid(field: &str, reason: impl Into<String>) -> Rejection {
 /// characters without spaces or `/`, `:` (they separate names elsewhere).
 pub fn check_name(field: &str, name: &str) -> Result<(), Rejection> {
     if name.is_empty() || name.len() > MAX_NAME_BYTES {
-        return Err(invalid(field, format!("must be 1 to {MAX_NAME_BYTES} bytes, not {}", name.len())));
+        return Err(invalid(
+            field,
+            format!("must be 1 to {MAX_NAME_BYTES} bytes, not {}", name.len()),
+        ));
     }
-    if let Some(c) = name.chars().find(|c| c.is_control() || c.is_whitespace() || matches!(c, '/' | ':')) {
+    if let Some(c) = name
+        .chars()
+        .find(|c| c.is_control() || c.is_whitespace() || matches!(c, '/' | ':'))
+    {
         return Err(invalid(field, format!("must not contain {c:?}")));
     }
     Ok(())
@@ -348,7 +359,9 @@ impl AuthState {
 
     /// Whether `user` exists and has the root role.
     pub fn is_root(&self, user: &str) -> bool {
-        self.users.get(user).is_some_and(|u| u.roles.iter().any(|r| r == ROOT_ROLE))
+        self.users
+            .get(user)
+            .is_some_and(|u| u.roles.iter().any(|r| r == ROOT_ROLE))
     }
 
     fn permissions_of<'a>(&'a self, user: &'a User) -> impl Iterator<Item = &'a Permission> + 'a {
@@ -522,10 +535,18 @@ impl AuthState {
                     Err(denied(user, "leases need write on some key or service"))
                 }
             }
-            Op::Append(a) => self.require(user, Resource::Stream, Need::Write, &KeyRange::Key(a.stream.clone().into_bytes())),
-            Op::DeleteStream { stream, .. } => {
-                self.require(user, Resource::Stream, Need::Write, &KeyRange::Key(stream.clone().into_bytes()))
-            }
+            Op::Append(a) => self.require(
+                user,
+                Resource::Stream,
+                Need::Write,
+                &KeyRange::Key(a.stream.clone().into_bytes()),
+            ),
+            Op::DeleteStream { stream, .. } => self.require(
+                user,
+                Resource::Stream,
+                Need::Write,
+                &KeyRange::Key(stream.clone().into_bytes()),
+            ),
             Op::AsUser { .. } => Err(denied(user, "a command cannot be done as two users")),
             Op::Compact { .. }
             | Op::SetLimits(_)
@@ -572,7 +593,10 @@ impl AuthState {
                     return Err(invalid("user", format!("user {name:?} already exists")));
                 }
                 if next.users.len() >= MAX_PRINCIPALS {
-                    return Err(invalid("user", format!("the cluster has {MAX_PRINCIPALS} users, the most it may")));
+                    return Err(invalid(
+                        "user",
+                        format!("the cluster has {MAX_PRINCIPALS} users, the most it may"),
+                    ));
                 }
                 let u = User {
                     name: name.clone(),
@@ -606,7 +630,10 @@ impl AuthState {
                 }
                 if !u.roles.contains(role) {
                     if u.roles.len() >= MAX_ROLES_PER_USER {
-                        return Err(invalid("role", format!("user {name:?} has {MAX_ROLES_PER_USER} roles, the most it may")));
+                        return Err(invalid(
+                            "role",
+                            format!("user {name:?} has {MAX_ROLES_PER_USER} roles, the most it may"),
+                        ));
                     }
                     u.roles.push(role.clone());
                     u.roles.sort();
@@ -632,7 +659,10 @@ impl AuthState {
                     return Err(invalid("role", format!("role {name:?} already exists")));
                 }
                 if next.roles.len() >= MAX_PRINCIPALS {
-                    return Err(invalid("role", format!("the cluster has {MAX_PRINCIPALS} roles, the most it may")));
+                    return Err(invalid(
+                        "role",
+                        format!("the cluster has {MAX_PRINCIPALS} roles, the most it may"),
+                    ));
                 }
                 let r = Role {
                     name: name.clone(),
@@ -677,11 +707,16 @@ impl AuthState {
             AuthChange::RoleRevoke { name, resource, range } => {
                 let mut r = role_of(&next, name)?;
                 let before = r.permissions.len();
-                r.permissions.retain(|p| !(p.resource == *resource && p.range == *range));
+                r.permissions
+                    .retain(|p| !(p.resource == *resource && p.range == *range));
                 if r.permissions.len() == before {
                     return Err(invalid(
                         "permission",
-                        format!("role {name:?} has no permission on {} {}", resource.name(), describe(range)),
+                        format!(
+                            "role {name:?} has no permission on {} {}",
+                            resource.name(),
+                            describe(range)
+                        ),
                     ));
                 }
                 next.roles.insert(name.clone(), r.clone());
@@ -696,7 +731,10 @@ impl AuthState {
 
 fn role_of(state: &AuthState, name: &str) -> Result<Role, Rejection> {
     if name == ROOT_ROLE {
-        return Err(invalid("role", "the root role is built in: it may do everything and takes no permissions"));
+        return Err(invalid(
+            "role",
+            "the root role is built in: it may do everything and takes no permissions",
+        ));
     }
     state
         .roles
@@ -707,7 +745,10 @@ fn role_of(state: &AuthState, name: &str) -> Result<Role, Rejection> {
 
 fn check_hash(hash: &str) -> Result<(), Rejection> {
     if hash.len() > MAX_PASSWORD_HASH_BYTES {
-        return Err(invalid("password_hash", format!("is over {MAX_PASSWORD_HASH_BYTES} bytes")));
+        return Err(invalid(
+            "password_hash",
+            format!("is over {MAX_PASSWORD_HASH_BYTES} bytes"),
+        ));
     }
     Ok(())
 }

@@ -1171,13 +1171,17 @@ impl MetaStore {
                     layout::auth_key(self.group, layout::AUTH_USER, &name),
                     codec::encode::<User>("auth user", &u)?,
                 ),
-                AuthRow::User(name, None) => batch.delete_cf(cf, layout::auth_key(self.group, layout::AUTH_USER, &name)),
+                AuthRow::User(name, None) => {
+                    batch.delete_cf(cf, layout::auth_key(self.group, layout::AUTH_USER, &name))
+                }
                 AuthRow::Role(name, Some(r)) => batch.put_cf(
                     cf,
                     layout::auth_key(self.group, layout::AUTH_ROLE, &name),
                     codec::encode::<Role>("auth role", &r)?,
                 ),
-                AuthRow::Role(name, None) => batch.delete_cf(cf, layout::auth_key(self.group, layout::AUTH_ROLE, &name)),
+                AuthRow::Role(name, None) => {
+                    batch.delete_cf(cf, layout::auth_key(self.group, layout::AUTH_ROLE, &name))
+                }
             }
         }
         Ok(())
