@@ -3,6 +3,16 @@
 
 PIDS=()
 
+# build_release WHO: builds esf and esf-bench in release mode (WHO names
+# the script in the message); sets BIN (BENCH_ESF_BIN wins, to measure
+# another esf build) and GEN.
+build_release() {
+  echo "$1: building esf and esf-bench (release)" >&2
+  cargo build --release --locked --quiet -p esf-node -p esf-bench
+  BIN="${BENCH_ESF_BIN:-$CARGO_TARGET_DIR/release/esf}"
+  GEN="$CARGO_TARGET_DIR/release/esf-bench"
+}
+
 # Stops every process in PIDS: SIGTERM, up to 5 s to exit, then SIGKILL.
 stop_all() {
   for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done

@@ -20,13 +20,10 @@ ROUNDS="${2:-2}"
 RUNS=("kv-put 64" "kv-put 1" "kv-get 64")
 
 bash scripts/setup.sh
-echo "bench-security: building esf and esf-bench (release)" >&2
-cargo build --release --locked --quiet -p esf-node -p esf-bench
-BIN="$CARGO_TARGET_DIR/release/esf"
-GEN="$CARGO_TARGET_DIR/release/esf-bench"
+source scripts/bench-cluster.sh
+build_release bench-security
 WORK="$(mktemp -d /tmp/esf-bench-security.XXXXXX)"
 RESULTS="$WORK/results.jsonl"
-source scripts/bench-cluster.sh
 trap 'stop_all; rm -rf "$WORK"' EXIT
 ROOT_PASSWORD="root-$(head -c 12 /dev/urandom | base64 | tr -d '/+=')"
 BENCH_PASSWORD="bench-$(head -c 12 /dev/urandom | base64 | tr -d '/+=')"

