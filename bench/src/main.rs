@@ -138,7 +138,7 @@ async fn main() -> anyhow::Result<()> {
             };
             let r = run::run(cfg).await?;
             eprintln!(
-                "{:<14} {:<22} clients {:>3}  {:>10.0} {:<12}  p50 {:>7.2}  p90 {:>7.2}  p99 {:>7.2}  p99.9 {:>7.2}  max {:>8.2} ms  errors {}",
+                "{:<14} {:<22} clients {:>3}  {:>10.0} {:<12}  p50 {:>7.2}  p90 {:>7.2}  p99 {:>7.2}  p99.9 {:>7.2}  max {:>8.2} ms  errors {}  cpu/op server {} client {}",
                 r.label,
                 r.workload,
                 r.clients,
@@ -149,7 +149,11 @@ async fn main() -> anyhow::Result<()> {
                 r.latency.p99_ms,
                 r.latency.p999_ms,
                 r.latency.max_ms,
-                r.errors
+                r.errors,
+                r.server_cpu_us_per_op
+                    .map_or("n/a".to_string(), |v| format!("{v:.0} µs")),
+                r.client_cpu_us_per_op
+                    .map_or("n/a".to_string(), |v| format!("{v:.0} µs"))
             );
             if let Some(e) = &r.first_error {
                 eprintln!("  first error: {e}");

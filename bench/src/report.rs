@@ -83,8 +83,8 @@ pub fn markdown(results: &[RunResult], limits: Option<&Limits>) -> String {
             l.cores
         );
     }
-    s.push_str("| workload | clients | ESF | peer | peer result | ESF / peer throughput | ESF / peer p99 | physical floor (1 op) | CPU busy ESF / peer |\n");
-    s.push_str("|---|---|---|---|---|---|---|---|---|\n");
+    s.push_str("| workload | clients | ESF | peer | peer result | ESF / peer throughput | ESF / peer p99 | server CPU per op ESF / peer | physical floor (1 op) | CPU busy ESF / peer |\n");
+    s.push_str("|---|---|---|---|---|---|---|---|---|---|\n");
     let cell = |r: &RunResult| {
         let err = if r.errors > 0 {
             format!(", **{} errors**", r.errors)
@@ -92,12 +92,17 @@ pub fn markdown(results: &[RunResult], limits: Option<&Limits>) -> String {
             String::new()
         };
         format!(
-            "{} {} (p50 {:.2} / p99 {:.2} ms{err})",
+            "{} {} (p50 {:.2} / p99 {:.2} / p99.9 {:.2} ms{err})",
             thousands(r.throughput),
             r.unit,
             r.latency.p50_ms,
-            r.latency.p99_ms
+            r.latency.p99_ms,
+            r.latency.p999_ms
         )
+    };
+    let us = |r: &RunResult| match r.server_cpu_us_per_op {
+        Some(v) => format!("{v:.0} µs"),
+        None => "n/a".to_string(),
     };
     for e in results.iter().filter(|r| r.target == "esf") {
         let what = match (e.workload.as_str(), e.batch, e.writers) {
@@ -110,9 +115,10 @@ pub fn markdown(results: &[RunResult], limits: Option<&Limits>) -> String {
         if ps.is_empty() {
             let _ = writeln!(
                 s,
-                "| {what} | {} | {} | none | | | | {fl} | {:.0}% |",
+                "| {what} | {} | {} | none | | | | {} | {fl} | {:.0}% |",
                 e.clients,
                 cell(e),
+                us(e),
                 e.cpu_busy_pct
             );
         }
@@ -126,13 +132,19 @@ pub fn markdown(results: &[RunResult], limits: Option<&Limits>) -> String {
             };
             let _ = writeln!(
                 s,
-                "| {what} | {} | {} | {} | {} | **{}** | {} | {fl} | {:.0}% / {:.0}% |",
+                "| {what} | {} | {} | {} | {} | **{}** | {} | {} / {} ({}) | {fl} | {:.0}% / {:.0}% |",
                 e.clients,
                 cell(e),
                 p.label,
                 cell(p),
                 ratio(e.throughput, p.throughput),
                 ratio(e.latency.p99_ms, p.latency.p99_ms),
+                us(e),
+                us(p),
+                match (e.server_cpu_us_per_op, p.server_cpu_us_per_op) {
+                    (Some(a), Some(b)) => ratio(a, b),
+                    _ => "n/a".to_string(),
+                },
                 e.cpu_busy_pct,
                 p.cpu_busy_pct
             );
@@ -286,6 +298,8 @@ mod tests {
             cpu_busy_pct: 90.0,
             load1: 2.0,
             rss_mib: Some(200.0),
+            server_cpu_us_per_op: Some(2e6 / throughput),
+            client_cpu_us_per_op: Some(1e5 / throughput),
         }
     }
 
@@ -306,7 +320,10 @@ mod tests {
             .collect();
         assert_eq!(lines.len(), 3, "{md}");
         assert!(
-            lines[0].contains("| etcd |") && lines[0].contains("**0.50x**") && lines[0].contains("| 2.00x |"),
+            lines[0].contains("| etcd |")
+                && lines[0].contains("**0.50x**")
+                && lines[0].contains("| 2.00x |")
+                && lines[0].contains("| 667 µs / 333 µs (2.00x) |"),
             "{}",
             lines[0]
         );

@@ -197,6 +197,15 @@ pub struct RunResult {
     pub load1: f64,
     /// Largest resident memory of `--pids` after the run, MiB.
     pub rss_mib: Option<f64>,
+    /// CPU time the `--pids` (the servers) used during the run per
+    /// acknowledged unit of `throughput` (operation, event or delivery),
+    /// microseconds; `None` without `--pids`.
+    #[serde(default)]
+    pub server_cpu_us_per_op: Option<f64>,
+    /// CPU time this load generator used per unit of `throughput`,
+    /// microseconds.
+    #[serde(default)]
+    pub client_cpu_us_per_op: Option<f64>,
 }
 
 /// Nanoseconds since the process's first call: the send time written
@@ -568,6 +577,8 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<RunResult> {
         stop.clone(),
     );
     let cpu0 = CpuTimes::now();
+    let server_cpu0 = stats::processes_cpu_secs(&cfg.pids);
+    let client_cpu0 = stats::process_cpu_secs(0);
     let started = Instant::now();
     let tasks: Vec<_> = (0..senders)
         .map(|i| {
@@ -598,6 +609,8 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<RunResult> {
     }
     let secs = started.elapsed().as_secs_f64();
     let cpu = cpu0.busy_percent_until(&CpuTimes::now());
+    let server_cpu = stats::processes_cpu_secs(&cfg.pids) - server_cpu0;
+    let client_cpu = stats::process_cpu_secs(0).zip(client_cpu0).map(|(b, a)| b - a);
     stop.store(true, Ordering::Relaxed);
     if let Some(p) = progress {
         let _ = p.await;
@@ -612,6 +625,8 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<RunResult> {
         (result.ops as f64 / secs, "ops/s")
     };
     let rss = cfg.pids.iter().filter_map(|p| stats::rss_mib(*p)).reduce(f64::max);
+    let units = throughput * secs;
+    let per_unit = |cpu_secs: f64| (units > 0.0).then(|| cpu_secs * 1e6 / units);
     Ok(RunResult {
         kind: "result".to_string(),
         target: format!("{:?}", cfg.target).to_lowercase(),
@@ -638,6 +653,12 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<RunResult> {
         cpu_busy_pct: cpu,
         load1: stats::load1(),
         rss_mib: rss,
+        server_cpu_us_per_op: if cfg.pids.is_empty() {
+            None
+        } else {
+            per_unit(server_cpu)
+        },
+        client_cpu_us_per_op: client_cpu.and_then(per_unit),
     })
 }
 
