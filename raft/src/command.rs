@@ -65,6 +65,7 @@ impl std::fmt::Display for Command {
             Op::IndexField { create, .. } => write!(f, "index_field(create={create})"),
             Op::Auth(c) => write!(f, "auth({})", c.kind()),
             Op::AsUser { op, .. } => write!(f, "as_user({})", Command::new((**op).clone())),
+            Op::Batch(cmds) => write!(f, "batch({} commands)", cmds.len()),
         }
     }
 }
@@ -90,6 +91,28 @@ impl Op {
             Op::IndexField { .. } => "index field",
             Op::Auth(_) => "auth change",
             Op::AsUser { .. } => "as user",
+            Op::Batch(_) => "batch",
+        }
+    }
+
+    /// Whether the leader may coalesce this operation with others into one
+    /// [`Op::Batch`] entry: puts, single-key deletes and txns whose
+    /// branches only put and delete single keys (possibly as a user). What
+    /// these read while applied is the current value of single keys, which
+    /// apply serves from the batch's own earlier writes; anything that
+    /// scans (ranges, leases, compaction on demand) is proposed alone.
+    pub fn coalescable(&self) -> bool {
+        let single_key_write = |op: &TxnOp| match op {
+            TxnOp::Put(_) => true,
+            TxnOp::Delete(d) => matches!(d.range, KeyRange::Key(_)),
+            TxnOp::Range(_) => false,
+        };
+        match self {
+            Op::Put(_) => true,
+            Op::Delete(d) => matches!(d.range, KeyRange::Key(_)),
+            Op::Txn(t) => t.success.iter().chain(&t.failure).all(single_key_write),
+            Op::AsUser { op, .. } => op.coalescable(),
+            _ => false,
         }
     }
 }
@@ -202,6 +225,13 @@ pub enum Op {
         /// The operation (never another `AsUser`).
         op: Box<Op>,
     },
+    /// Meta group: concurrent client commands the leader coalesced into one
+    /// entry (each [`Op::coalescable`], never another batch), applied in
+    /// order as if each were its own entry, each with its own session,
+    /// revision and result ([`OpResult::Batch`]), in one RocksDB batch.
+    /// One entry instead of many saves the per-entry work of Raft, the log
+    /// and apply on every replica.
+    Batch(Vec<Command>),
 }
 
 /// What an append or a stream delete expects of the stream's version
@@ -545,6 +575,8 @@ pub enum OpResult {
         /// The auth revision after the change.
         auth_revision: u64,
     },
+    /// The response of each command of an [`Op::Batch`], in order.
+    Batch(Vec<Response>),
 }
 
 /// Why a command was rejected by the state machine (same on every replica).

@@ -250,6 +250,8 @@ impl Limits {
                 crate::meta::auth::check_name("user", user)?;
                 self.check_op(op)
             }
+            // A batch is made by the leader of commands each checked alone.
+            Op::Batch(cmds) => cmds.iter().try_for_each(|c| self.check_op(&c.op)),
             Op::RecordPartitions { count } => {
                 if *count == 0 {
                     return Err(invalid("partitions", "must be at least 1"));

@@ -609,6 +609,7 @@ fn adds_data(op: &Op) -> bool {
         Op::Append(a) => !a.stream.starts_with('$'),
         Op::Txn(t) => t.success.iter().chain(&t.failure).any(|o| matches!(o, TxnOp::Put(_))),
         Op::AsUser { op, .. } => adds_data(op),
+        Op::Batch(cmds) => cmds.iter().any(|c| adds_data(&c.op)),
         // Auth stays manageable past the quota (its rows are small).
         Op::Auth(_)
         | Op::Delete(_)

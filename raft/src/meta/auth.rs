@@ -548,6 +548,7 @@ impl AuthState {
                 &KeyRange::Key(stream.clone().into_bytes()),
             ),
             Op::AsUser { .. } => Err(denied(user, "a command cannot be done as two users")),
+            Op::Batch(_) => Err(denied(user, "a batch is made by the leader, not by a client")),
             Op::Compact { .. }
             | Op::SetLimits(_)
             | Op::MemberReplicated { .. }
