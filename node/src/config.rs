@@ -73,6 +73,16 @@ pub struct NodeConfig {
     /// was 100 MiB snapshots every 4 x `snapshot_logs` entries with 32. 0:
     /// every `snapshot_logs` entries whatever the size.
     pub snapshot_step_mb: u64,
+    /// Most concurrent meta writes (puts, single-key deletes, txns of
+    /// those) the meta leader coalesces into one Raft entry; 0 or 1: each
+    /// write is its own entry.
+    pub propose_batch_max: usize,
+    /// A coalesced entry takes no more writes past this many bytes of keys
+    /// and values.
+    pub propose_batch_max_bytes: usize,
+    /// Meta proposals in Raft at once; writes arriving meanwhile wait and
+    /// are coalesced into the next entry.
+    pub propose_max_inflight: usize,
     /// How often each partition leader applies the retention rules, ms.
     pub retention_interval_ms: u64,
     /// How long a token from `Auth/Authenticate` stays valid, seconds
@@ -137,6 +147,9 @@ impl Default for NodeConfig {
             snapshot_logs: 10_000,
             snapshot_keep_logs: 1_000,
             snapshot_step_mb: 32,
+            propose_batch_max: 256,
+            propose_batch_max_bytes: 1 << 20,
+            propose_max_inflight: 2,
             retention_interval_ms: 10_000,
             auth_token_ttl_secs: 300,
             cert_file: None,
@@ -239,6 +252,18 @@ pub struct Flags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub snapshot_step_mb: Option<u64>,
+    /// Most meta writes coalesced into one Raft entry (0 or 1: off).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub propose_batch_max: Option<usize>,
+    /// Bytes of keys and values after which a coalesced entry is closed.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub propose_batch_max_bytes: Option<usize>,
+    /// Meta proposals in Raft at once (at least 1).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub propose_max_inflight: Option<usize>,
     /// How often partition leaders apply the retention rules, ms.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -373,6 +398,21 @@ pub fn validate(c: &NodeConfig) -> anyhow::Result<()> {
     }
     if c.snapshot_logs == 0 {
         anyhow::bail!("snapshot_logs: must be at least 1");
+    }
+    if c.propose_batch_max > 10_000 {
+        anyhow::bail!(
+            "propose_batch_max: {} is over 10000 (one entry would hold too many writes to replicate in one message)",
+            c.propose_batch_max
+        );
+    }
+    if !(1024..=(16 << 20)).contains(&c.propose_batch_max_bytes) {
+        anyhow::bail!(
+            "propose_batch_max_bytes: {} is outside 1024..=16777216 (16 MiB)",
+            c.propose_batch_max_bytes
+        );
+    }
+    if !(1..=64).contains(&c.propose_max_inflight) {
+        anyhow::bail!("propose_max_inflight: {} is outside 1..=64", c.propose_max_inflight);
     }
     if c.snapshot_step_mb > 1 << 30 {
         anyhow::bail!("snapshot_step_mb: must be at most {} (1 PiB)", 1u64 << 30);

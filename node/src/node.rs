@@ -277,6 +277,11 @@ async fn start_groups(
         request_timeout: Duration::from_millis(cfg.request_timeout_ms),
         quota_bytes: cfg.quota_bytes,
         snapshot_step_bytes: cfg.snapshot_step_mb << 20,
+        coalesce: esf_raft::group::CoalesceOptions {
+            max_commands: cfg.propose_batch_max,
+            max_bytes: cfg.propose_batch_max_bytes,
+            max_inflight: cfg.propose_max_inflight,
+        },
     };
     let meta = MetaGroup::start(db.clone(), network(META_GROUP), opts.clone())
         .await

@@ -44,6 +44,31 @@ pub enum Error {
 }
 
 impl Error {
+    /// The same error for another waiter of one failed proposal (a
+    /// coalesced batch): every kind but storage is copied as it is; a
+    /// storage failure, which stops the node, is told as `Fatal`.
+    pub fn duplicate(&self) -> Error {
+        match self {
+            Error::Rejected(r) => Error::Rejected(r.clone()),
+            Error::NotLeader {
+                group,
+                leader,
+                leader_addr,
+            } => Error::NotLeader {
+                group: *group,
+                leader: *leader,
+                leader_addr: leader_addr.clone(),
+            },
+            Error::Unavailable(s) => Error::Unavailable(s.clone()),
+            Error::NoSpace { used, quota } => Error::NoSpace {
+                used: *used,
+                quota: *quota,
+            },
+            Error::Storage(e) => Error::Fatal(format!("storage: {e}")),
+            Error::Fatal(s) => Error::Fatal(s.clone()),
+        }
+    }
+
     /// Whether retrying (possibly on another node) can succeed.
     pub fn is_retryable(&self) -> bool {
         matches!(self, Error::NotLeader { .. } | Error::Unavailable(_))

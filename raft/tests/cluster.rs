@@ -324,3 +324,108 @@ async fn lease_expires_without_keepalives_and_survives_with_them_across_leader_c
     assert!(c.group(leader).store().lease(200).expect("lease read").is_none());
     c.shutdown().await;
 }
+
+/// Concurrent writes to the leader are coalesced into fewer Raft entries
+/// than writes, and each keeps its own answer: its own revision, its own
+/// previous value, its own txn outcome (only one of the racing
+/// create-if-absent txns wins, even when they share an entry), and its own
+/// session (a retry of an applied write is answered, not applied again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_share_entries_and_keep_their_own_answers() {
+    use esf_raft::command::{Compare, CompareOp, CompareTarget, OpResult, SessionRef, TxnOp, TxnRequest};
+    let c = TestCluster::start(3, test_config(None)).await;
+    let leader = c.wait_leader(None).await;
+    let group = c.group(leader).clone();
+    let before = c.applied(leader);
+    let rev0 = group.store().state().revision;
+    const PUTS: u64 = 40;
+    const RACERS: u64 = 24;
+    let mut tasks = Vec::new();
+    for i in 0..PUTS {
+        let g = group.clone();
+        tasks.push(tokio::spawn(async move {
+            let cmd = Command {
+                session: Some(SessionRef {
+                    client_id: 1000 + i,
+                    seq: 1,
+                    acked_below: 1,
+                }),
+                op: Op::Put(PutRequest {
+                    key: format!("k{}", i % 8).into_bytes(),
+                    value: format!("v{i}").into_bytes(),
+                    lease: 0,
+                    prev_kv: true,
+                }),
+            };
+            let first = g.write(cmd.clone()).await.expect("put");
+            let retry = g.write(cmd).await.expect("retried put");
+            (first, retry)
+        }));
+    }
+    let mut racers = Vec::new();
+    for i in 0..RACERS {
+        let g = group.clone();
+        racers.push(tokio::spawn(async move {
+            let txn = Op::Txn(TxnRequest {
+                compares: vec![Compare {
+                    key: b"winner".to_vec(),
+                    op: CompareOp::Equal,
+                    target: CompareTarget::Version(0),
+                }],
+                success: vec![TxnOp::Put(PutRequest {
+                    key: b"winner".to_vec(),
+                    value: format!("racer {i}").into_bytes(),
+                    lease: 0,
+                    prev_kv: false,
+                })],
+                failure: vec![],
+            });
+            g.write(Command::new(txn)).await.expect("txn")
+        }));
+    }
+    let mut revisions = std::collections::BTreeSet::new();
+    for t in tasks {
+        let ((h, first), (h2, retry)) = t.await.expect("put task");
+        assert!(matches!(first.result, OpResult::Put { .. }), "{first:?}");
+        assert_eq!(first, retry, "a retry gets the first answer");
+        assert_eq!(h.revision, h2.revision);
+        assert!(
+            revisions.insert(first.revision),
+            "revision {} given twice",
+            first.revision
+        );
+    }
+    let mut won = 0;
+    for t in racers {
+        let (_, r) = t.await.expect("racer task");
+        match r.result {
+            OpResult::Txn { succeeded: true, .. } => {
+                won += 1;
+                assert!(revisions.insert(r.revision), "revision {} given twice", r.revision);
+            }
+            OpResult::Txn { succeeded: false, .. } => {}
+            other => panic!("txn answered {other:?}"),
+        }
+    }
+    assert_eq!(won, 1, "exactly one create-if-absent txn wins");
+    let rev1 = group.store().state().revision;
+    assert_eq!(
+        rev1 - rev0,
+        PUTS + 1,
+        "one revision per applied put and the winning txn"
+    );
+    assert_eq!(revisions.len() as u64, PUTS + 1);
+    assert_eq!(
+        (*revisions.first().unwrap(), *revisions.last().unwrap()),
+        (rev0 + 1, rev1)
+    );
+    // 2 x 40 puts and 24 txns: coalesced, they took fewer entries.
+    let entries = c.applied(leader) - before;
+    let writes = 2 * PUTS + RACERS;
+    assert!(
+        entries < writes,
+        "{writes} writes took {entries} entries: none were coalesced"
+    );
+    c.assert_converged().await;
+    c.shutdown().await;
+}

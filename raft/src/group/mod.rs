@@ -13,7 +13,10 @@
 //! - [`GroupStateMachine`]: openraft's state machine of every group, the
 //!   meta group's and each partition's (see [`state_machine`]).
 
+pub mod coalesce;
 pub mod state_machine;
+
+pub use coalesce::CoalesceOptions;
 
 pub use state_machine::GroupStateMachine;
 pub(crate) use state_machine::GroupStore;
@@ -83,6 +86,8 @@ pub struct GroupOptions {
     /// entries a group waits before its next snapshot (see
     /// [`crate::snapshot_record::Pacing`]); 0: snapshot at every interval.
     pub snapshot_step_bytes: u64,
+    /// How the meta leader coalesces concurrent writes into one entry.
+    pub coalesce: CoalesceOptions,
 }
 
 /// The meta group of one node.
@@ -93,6 +98,7 @@ pub struct MetaGroup {
     opts: GroupOptions,
     leases: Arc<Mutex<LeaseClock>>,
     keeper: Mutex<Option<JoinHandle<()>>>,
+    coalescer: Mutex<Option<Arc<coalesce::Coalescer>>>,
 }
 
 impl std::fmt::Debug for MetaGroup {
@@ -256,7 +262,15 @@ impl MetaGroup {
     {
         let store = MetaStore::open(db.clone(), META_GROUP)?;
         let raft = start_raft(db, META_GROUP, store.clone(), network, &opts).await?;
+        let coalescer = coalesce::Coalescer::start(
+            raft.clone(),
+            opts.coalesce,
+            opts.request_timeout,
+            Duration::from_millis(opts.raft.heartbeat_interval),
+        )
+        .map(Arc::new);
         let group = Arc::new(MetaGroup {
+            coalescer: Mutex::new(coalescer),
             cluster_id: std::sync::RwLock::new(opts.cluster_id.clone()),
             raft,
             store,
@@ -307,7 +321,21 @@ impl MetaGroup {
         if adds_data(&cmd.op) {
             check_quota(self.store.db(), self.opts.quota_bytes)?;
         }
-        let resp = propose_checked(&self.raft, META_GROUP, cmd, &self.opts).await?;
+        let coalescer = if cmd.op.coalescable() {
+            self.coalescer.lock().expect("coalescer lock").clone()
+        } else {
+            None
+        };
+        let resp = match coalescer {
+            Some(c) => match c.propose(cmd).await? {
+                Response {
+                    result: OpResult::Rejected(rej),
+                    ..
+                } => return Err(Error::Rejected(rej)),
+                r => r,
+            },
+            None => propose_checked(&self.raft, META_GROUP, cmd, &self.opts).await?,
+        };
         if let OpResult::LeaseGranted { id, ttl_secs } = resp.result {
             self.leases
                 .lock()
@@ -450,6 +478,7 @@ impl MetaGroup {
         if let Some(h) = self.keeper.lock().expect("keeper lock").take() {
             h.abort();
         }
+        self.coalescer.lock().expect("coalescer lock").take();
         self.raft.shutdown().await.map_err(|e| Error::Fatal(e.to_string()))
     }
 }

@@ -1423,7 +1423,11 @@ impl MetaStore {
         if let KeyRange::Key(key) = range {
             // One key: its current record, through the overlay of the entry
             // being applied (a batch's earlier writes).
-            return Ok(self.get_current(key)?.into_iter().map(|rec| (key.clone(), rec)).collect());
+            return Ok(self
+                .get_current(key)?
+                .into_iter()
+                .map(|rec| (key.clone(), rec))
+                .collect());
         }
         let snap = self.db.rocks().snapshot();
         let req = RangeRequest {

@@ -279,6 +279,7 @@ impl TestCluster {
     pub async fn start_node(&mut self, id: NodeId, dir: PathBuf) {
         let db = Db::open(&StorageConfig::new(&dir)).expect("open node db");
         let opts = GroupOptions {
+            coalesce: Default::default(),
             cluster_id: "test-cluster".into(),
             node_id: id,
             raft: self.config.clone(),
