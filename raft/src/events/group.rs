@@ -11,6 +11,7 @@ use super::PartitionStateMachine;
 use super::store::{Direction, EventRecord, PartitionStore, StreamRecord};
 use crate::command::*;
 use crate::error::{Error, Result};
+use crate::group::coalesce::Coalescer;
 use crate::group::{
     Consistency, GroupOptions, linearize, not_leader_of, propose_checked, restore_log, seed_log, start_raft,
 };
@@ -25,6 +26,9 @@ pub struct PartitionGroup {
     raft: PartitionRaft,
     store: Arc<PartitionStore>,
     opts: GroupOptions,
+    /// Coalesces concurrent appends into one entry (see
+    /// `crate::group::coalesce`).
+    coalescer: Option<Coalescer>,
 }
 
 impl std::fmt::Debug for PartitionGroup {
@@ -43,11 +47,19 @@ impl PartitionGroup {
         assert_ne!(group, crate::group::META_GROUP, "group 0 is the meta group");
         let store = PartitionStore::open(db.clone(), group)?;
         let raft = start_raft(db, group, store.clone(), network, &opts).await?;
+        let coalescer = Coalescer::start(
+            raft.clone(),
+            group,
+            opts.coalesce,
+            opts.request_timeout,
+            std::time::Duration::from_millis(opts.raft.heartbeat_interval),
+        );
         Ok(Arc::new(PartitionGroup {
             group,
             raft,
             store,
             opts,
+            coalescer,
         }))
     }
 
@@ -82,7 +94,16 @@ impl PartitionGroup {
                 crate::group::check_quota(self.store.db(), self.opts.quota_bytes)?;
             }
         }
-        propose_checked(&self.raft, self.group, cmd, &self.opts).await
+        match (&cmd.op, &self.coalescer) {
+            (Op::Append(_), Some(c)) => match c.propose(cmd).await? {
+                Response {
+                    result: OpResult::Rejected(rej),
+                    ..
+                } => Err(Error::Rejected(rej)),
+                r => Ok(r),
+            },
+            _ => propose_checked(&self.raft, self.group, cmd, &self.opts).await,
+        }
     }
 
     async fn before_read(&self, c: Consistency) -> Result<()> {

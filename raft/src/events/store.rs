@@ -314,6 +314,44 @@ pub struct PartitionStore {
     apply_lock: std::sync::Mutex<()>,
     /// The next offset after every applied entry that appended.
     offset_tx: watch::Sender<u64>,
+    /// Rows written by the earlier appends of the batch entry being
+    /// applied, not yet in RocksDB (see [`Overlay`]).
+    overlay: std::sync::Mutex<Overlay>,
+}
+
+/// What the appends of a batch entry ([`Op::Batch`]) read instead of
+/// RocksDB: the rows the earlier appends of the same entry wrote (ids,
+/// stream records, the stored byte count), as the entry is written in one
+/// RocksDB batch at its end. Seen only by the thread applying the entry;
+/// readers on other threads never see rows before they are written.
+#[derive(Debug, Default)]
+struct Overlay {
+    applier: Option<std::thread::ThreadId>,
+    rows: std::collections::HashMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+/// Copies one append's writes into the entry's batch and records them in
+/// the overlay.
+struct RecordInto<'a> {
+    batch: &'a mut WriteBatch,
+    cf: &'a esf_storage::rocksdb::ColumnFamily,
+    rows: &'a mut std::collections::HashMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+impl esf_storage::rocksdb::WriteBatchIteratorCf for RecordInto<'_> {
+    fn put_cf(&mut self, _cf_id: u32, key: &[u8], value: &[u8]) {
+        self.batch.put_cf(self.cf, key, value);
+        self.rows.insert(key.to_vec(), Some(value.to_vec()));
+    }
+
+    fn delete_cf(&mut self, _cf_id: u32, key: &[u8]) {
+        self.batch.delete_cf(self.cf, key);
+        self.rows.insert(key.to_vec(), None);
+    }
+
+    fn merge_cf(&mut self, _cf_id: u32, _key: &[u8], _value: &[u8]) {
+        unreachable!("partition apply never merges");
+    }
 }
 
 impl std::fmt::Debug for PartitionStore {
@@ -349,6 +387,7 @@ impl PartitionStore {
             fields: RwLock::new(Vec::new()),
             apply_lock: std::sync::Mutex::new(()),
             offset_tx,
+            overlay: std::sync::Mutex::default(),
         });
         store.ensure_indexes()?;
         store.ensure_bytes()?;
@@ -854,6 +893,14 @@ impl PartitionStore {
     }
 
     fn get_raw(&self, key: &[u8], context: &'static str) -> Result<Option<Vec<u8>>, StorageError> {
+        {
+            let o = self.overlay.lock().expect("overlay lock");
+            if o.applier.is_some_and(|t| t == std::thread::current().id())
+                && let Some(v) = o.rows.get(key)
+            {
+                return Ok(v.clone());
+            }
+        }
         self.db
             .rocks()
             .get_cf(self.db.cf(CF_SM), key)
@@ -1038,6 +1085,9 @@ impl PartitionStore {
                 st.membership = StoredMembership::new(Some(log_id.clone()), m.clone());
                 OpResult::None
             }
+            EntryPayload::Normal(Command {
+                op: Op::Batch(cmds), ..
+            }) => self.apply_batch(&mut st, &mut batch, cmds)?,
             // Every rejection happens before execute writes anything.
             EntryPayload::Normal(cmd) => match self.execute(&mut st, &mut batch, &cmd.op)? {
                 Ok(r) => r,
@@ -1056,6 +1106,11 @@ impl PartitionStore {
             self.db.write_buffered(batch)?;
             *guard = st;
         }
+        {
+            let mut o = self.overlay.lock().expect("overlay lock");
+            o.applier = None;
+            o.rows.clear();
+        }
         if matches!(&entry.payload, EntryPayload::Normal(c) if matches!(c.op, Op::IndexField { .. })) {
             self.load_fields()?;
         }
@@ -1065,6 +1120,53 @@ impl PartitionStore {
             changed
         });
         Ok(Response { revision: next, result })
+    }
+
+    /// The appends of a batch entry, in order, each as if it were its own
+    /// entry (its own checks, deduplication, result or rejection), into
+    /// one RocksDB batch; later ones read what earlier ones wrote from the
+    /// overlay.
+    fn apply_batch(
+        &self,
+        st: &mut PartitionState,
+        batch: &mut WriteBatch,
+        cmds: &[Command],
+    ) -> Result<OpResult, StorageError> {
+        if cmds
+            .iter()
+            .any(|c| !matches!(c.op, Op::Append(_)) || c.session.is_some())
+        {
+            return Ok(OpResult::Rejected(Rejection::InvalidArgument {
+                field: "batch".into(),
+                reason: "a partition batch holds only appends".into(),
+            }));
+        }
+        {
+            let mut o = self.overlay.lock().expect("overlay lock");
+            o.rows.clear();
+            o.applier = Some(std::thread::current().id());
+        }
+        let mut out = Vec::with_capacity(cmds.len());
+        for cmd in cmds {
+            let mut own = WriteBatch::default();
+            let result = match self.execute(st, &mut own, &cmd.op)? {
+                Ok(r) => {
+                    let mut o = self.overlay.lock().expect("overlay lock");
+                    own.iterate_cf(&mut RecordInto {
+                        batch,
+                        cf: self.db.cf(CF_SM),
+                        rows: &mut o.rows,
+                    });
+                    r
+                }
+                Err(rej) => OpResult::Rejected(rej),
+            };
+            out.push(Response {
+                revision: st.next_offset,
+                result,
+            });
+        }
+        Ok(OpResult::Batch(out))
     }
 
     fn check_expected(stream: &str, rec: &StreamRecord, expected: ExpectedVersion) -> Result<(), Rejection> {

@@ -1,4 +1,5 @@
-//! Coalesces concurrent meta writes into one Raft entry ([`Op::Batch`]).
+//! Coalesces concurrent writes to one group into one Raft entry
+//! ([`Op::Batch`]): meta writes ([`Op::coalescable`]) and event appends.
 //!
 //! Every Raft entry costs the same fixed work whatever it holds: openraft's
 //! bookkeeping, a log row, its share of replication messages, and an apply
@@ -26,12 +27,12 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::{META_GROUP, propose};
+use super::propose;
 use crate::command::{Command, Op, OpResult, Response};
 use crate::error::{Error, Result};
-use crate::types::MetaRaft;
+use crate::types::TypeConfig;
 
-/// Bounds of proposal coalescing in the meta group (node flags
+/// Bounds of proposal coalescing in every group (node flags
 /// `--propose-batch-max`, `--propose-batch-max-bytes`,
 /// `--propose-max-inflight`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,7 +69,7 @@ struct Queued {
     reply: oneshot::Sender<Result<Response>>,
 }
 
-/// The queue in front of one meta group's proposals.
+/// The queue in front of one group's proposals.
 pub(crate) struct Coalescer {
     tx: mpsc::Sender<Queued>,
     task: JoinHandle<()>,
@@ -82,16 +83,25 @@ impl Drop for Coalescer {
 }
 
 impl Coalescer {
-    /// Starts the proposer task for `raft`, or `None` when `opts` turn
-    /// coalescing off.
-    pub(crate) fn start(raft: MetaRaft, opts: CoalesceOptions, timeout: Duration, heartbeat: Duration) -> Option<Self> {
+    /// Starts the proposer task for `raft` (group `group`), or `None` when
+    /// `opts` turn coalescing off.
+    pub(crate) fn start<SM>(
+        raft: openraft::Raft<TypeConfig, SM>,
+        group: u32,
+        opts: CoalesceOptions,
+        timeout: Duration,
+        heartbeat: Duration,
+    ) -> Option<Self>
+    where
+        SM: openraft::storage::RaftStateMachine<TypeConfig>,
+    {
         if !opts.enabled() {
             return None;
         }
         // Enough room for every in-flight proposal's worth of waiting
         // writes; a caller beyond it waits (within its deadline) to queue.
         let (tx, rx) = mpsc::channel(opts.max_commands * (opts.max_inflight + 1));
-        let task = tokio::spawn(run(raft, rx, opts, timeout, heartbeat));
+        let task = tokio::spawn(run(raft, group, rx, opts, timeout, heartbeat));
         Some(Coalescer { tx, task, timeout })
     }
 
@@ -108,11 +118,11 @@ impl Coalescer {
         match tokio::time::timeout_at(deadline, self.tx.send(queued)).await {
             Err(_) => {
                 return Err(Error::Unavailable(format!(
-                    "write not queued within {:?}: the meta leader's proposal queue is full",
+                    "write not queued within {:?}: the leader's proposal queue is full",
                     self.timeout
                 )));
             }
-            Ok(Err(_)) => return Err(Error::Unavailable("the meta group is shutting down".into())),
+            Ok(Err(_)) => return Err(Error::Unavailable("the group is shutting down".into())),
             Ok(Ok(())) => {}
         }
         match tokio::time::timeout_at(deadline, rx).await {
@@ -121,7 +131,7 @@ impl Coalescer {
                 self.timeout
             ))),
             Ok(Err(_)) => Err(Error::Unavailable(
-                "the meta group stopped before the write was applied".into(),
+                "the group stopped before the write was applied".into(),
             )),
             Ok(Ok(r)) => r,
         }
@@ -154,6 +164,20 @@ fn command_bytes(cmd: &Command) -> usize {
                 compares + ops
             }
             Op::AsUser { user, op } => user.len() + op_bytes(op),
+            Op::Append(a) => {
+                a.stream.len()
+                    + a.events
+                        .iter()
+                        .map(|e| {
+                            let meta: usize = e.metadata.iter().map(|(k, v)| k.len() + v.len() + 8).sum();
+                            64 + e.event_type.len()
+                                + e.correlation_id.len()
+                                + e.causation_id.len()
+                                + e.data.len()
+                                + meta
+                        })
+                        .sum::<usize>()
+            }
             _ => 0,
         }
     }
@@ -161,13 +185,16 @@ fn command_bytes(cmd: &Command) -> usize {
     64 + op_bytes(&cmd.op)
 }
 
-async fn run(
-    raft: MetaRaft,
+async fn run<SM>(
+    raft: openraft::Raft<TypeConfig, SM>,
+    group: u32,
     mut rx: mpsc::Receiver<Queued>,
     opts: CoalesceOptions,
     timeout: Duration,
     heartbeat: Duration,
-) {
+) where
+    SM: openraft::storage::RaftStateMachine<TypeConfig>,
+{
     let slots = Arc::new(Semaphore::new(opts.max_inflight));
     let mut carry: Option<Queued> = None;
     loop {
@@ -199,20 +226,28 @@ async fn run(
         let raft = raft.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            propose_batch(&raft, batch, timeout, heartbeat).await;
+            propose_batch(&raft, group, batch, timeout, heartbeat).await;
         });
     }
 }
 
-async fn propose_batch(raft: &MetaRaft, mut batch: Vec<Queued>, timeout: Duration, heartbeat: Duration) {
+async fn propose_batch<SM>(
+    raft: &openraft::Raft<TypeConfig, SM>,
+    group: u32,
+    mut batch: Vec<Queued>,
+    timeout: Duration,
+    heartbeat: Duration,
+) where
+    SM: openraft::storage::RaftStateMachine<TypeConfig>,
+{
     if batch.len() == 1 {
         let q = batch.pop().expect("one command");
-        let _ = q.reply.send(propose(raft, META_GROUP, q.cmd, timeout, heartbeat).await);
+        let _ = q.reply.send(propose(raft, group, q.cmd, timeout, heartbeat).await);
         return;
     }
     let n = batch.len();
     let (cmds, replies): (Vec<Command>, Vec<_>) = batch.into_iter().map(|q| (q.cmd, q.reply)).unzip();
-    match propose(raft, META_GROUP, Command::new(Op::Batch(cmds)), timeout, heartbeat).await {
+    match propose(raft, group, Command::new(Op::Batch(cmds)), timeout, heartbeat).await {
         Ok(Response {
             result: OpResult::Batch(responses),
             ..

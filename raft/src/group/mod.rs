@@ -264,6 +264,7 @@ impl MetaGroup {
         let raft = start_raft(db, META_GROUP, store.clone(), network, &opts).await?;
         let coalescer = coalesce::Coalescer::start(
             raft.clone(),
+            META_GROUP,
             opts.coalesce,
             opts.request_timeout,
             Duration::from_millis(opts.raft.heartbeat_interval),
