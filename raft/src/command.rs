@@ -97,15 +97,16 @@ impl Op {
 
     /// Whether the leader may coalesce this operation with others into one
     /// [`Op::Batch`] entry: puts, single-key deletes and txns whose
-    /// branches only put and delete single keys (possibly as a user). What
-    /// these read while applied is the current value of single keys, which
-    /// apply serves from the batch's own earlier writes; anything that
-    /// scans (ranges, leases, compaction on demand) is proposed alone.
+    /// branches only put, delete and read (at the current revision) single
+    /// keys, possibly as a user. What these read while applied is the
+    /// current value of single keys, which apply serves from the batch's
+    /// own earlier writes; anything that scans (ranges, reads of past
+    /// revisions, leases, compaction on demand) is proposed alone.
     pub fn coalescable(&self) -> bool {
         let single_key_write = |op: &TxnOp| match op {
             TxnOp::Put(_) => true,
             TxnOp::Delete(d) => matches!(d.range, KeyRange::Key(_)),
-            TxnOp::Range(_) => false,
+            TxnOp::Range(r) => matches!(r.range, KeyRange::Key(_)) && r.revision == 0,
         };
         match self {
             Op::Put(_) => true,

@@ -864,6 +864,19 @@ impl MetaStore {
         if let Some(rec) = self.overlay.lock().expect("overlay lock").get(key) {
             return Ok(rec.clone());
         }
+        self.get_current_stored(key)
+    }
+
+    /// The current record of `key` before the command being applied: what
+    /// the earlier commands of its batch left, else RocksDB.
+    fn get_current_before_command(&self, key: &[u8]) -> Result<Option<KvRecord>, StorageError> {
+        if let Some(rec) = self.overlay.lock().expect("overlay lock").pending.get(key) {
+            return Ok(rec.clone());
+        }
+        self.get_current_stored(key)
+    }
+
+    fn get_current_stored(&self, key: &[u8]) -> Result<Option<KvRecord>, StorageError> {
         let raw = self
             .db
             .rocks()
@@ -1579,6 +1592,31 @@ impl MetaStore {
                         deleted: live.len() as u64,
                         prev_kvs,
                     }
+                }
+                TxnOp::Range(RangeRequest {
+                    range: KeyRange::Key(key),
+                    revision: 0,
+                    count_only,
+                    keys_only,
+                    ..
+                }) if self
+                    .overlay
+                    .lock()
+                    .expect("overlay lock")
+                    .batch_first_revision
+                    .is_some() =>
+                {
+                    // In a batch, RocksDB lacks the earlier commands' writes:
+                    // the key's record before this txn, as `range_at` would
+                    // give it at the current revision.
+                    let mut res = RangeResult::default();
+                    if let Some(rec) = self.get_current_before_command(key)? {
+                        res.count = 1;
+                        if !*count_only {
+                            res.kvs.push(rec.to_kv(key, *keys_only));
+                        }
+                    }
+                    TxnOpResult::Range(res)
                 }
                 TxnOp::Range(r) => {
                     let snap = self.db.rocks().snapshot();
