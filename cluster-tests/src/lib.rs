@@ -123,12 +123,26 @@ pub struct Node {
 impl Node {
     /// Starts (or restarts) the process.
     pub fn start(&mut self, bin: &Path) {
-        assert!(self.child.is_none(), "node {} already running", self.id);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log)
             .expect("open node log");
+        self.spawn(bin, Stdio::from(log));
+    }
+
+    /// Starts the process with its log (stderr) on a pipe, and returns the
+    /// pipe's read end.
+    pub fn start_with_log_pipe(&mut self, bin: &Path) -> std::process::ChildStderr {
+        self.spawn(bin, Stdio::piped());
+        self.child
+            .as_mut()
+            .and_then(|c| c.stderr.take())
+            .expect("the child's stderr pipe")
+    }
+
+    fn spawn(&mut self, bin: &Path, stderr: Stdio) {
+        assert!(self.child.is_none(), "node {} already running", self.id);
         // `ip netns exec` execs the node in place: the child is the node.
         let mut cmd = match &self.netns {
             Some(ns) => {
@@ -144,7 +158,7 @@ impl Node {
             .env("RUST_LOG", "info")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
+            .stderr(stderr)
             .spawn()
             .expect("spawn esf serve");
         self.child = Some(child);
@@ -194,6 +208,21 @@ impl Node {
         };
         self.child = None;
         status
+    }
+
+    /// Waits (up to [`READY_DEADLINE`]) until the node's log contains
+    /// `needle`; panics with the log otherwise.
+    pub async fn wait_log(&self, needle: &str) {
+        let deadline = tokio::time::Instant::now() + READY_DEADLINE;
+        while !self.log().contains(needle) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "node {} never logged {needle:?}:\n{}",
+                self.id,
+                self.log()
+            );
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
     }
 
     /// The node's log so far (for failure messages).
@@ -865,6 +894,27 @@ impl Drop for CliProcess {
 /// Runs the `esf` CLI; returns (exit code, stdout, stderr).
 pub fn cli(bin: &Path, args: &[&str]) -> (i32, String, String) {
     let out = Command::new(bin).args(args).output().expect("run esf");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// [`cli`] with `input` on its stdin.
+pub fn cli_with_stdin(bin: &Path, args: &[&str], input: &[u8]) -> (i32, String, String) {
+    use std::io::Write;
+    let mut child = Command::new(bin)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run esf");
+    let mut stdin = child.stdin.take().expect("stdin pipe");
+    stdin.write_all(input).expect("write stdin");
+    drop(stdin);
+    let out = child.wait_with_output().expect("wait for esf");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),

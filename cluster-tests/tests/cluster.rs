@@ -130,6 +130,16 @@ async fn cli_works_when_the_first_endpoint_is_dead_and_rejects_bad_input() {
             vec!["--endpoints", live, "kv", "get", "k", "--rev", "999999"],
             "newer than the current revision",
         ),
+        (
+            vec![
+                "--endpoints",
+                live,
+                "kv",
+                "txn",
+                r#"{"sucess":[{"put":{"key":"t-typo","value":"v"}}]}"#,
+            ],
+            "txn: unknown field `sucess`",
+        ),
     ];
     for (args, want) in cases {
         let (code, _, err) = cli(&bin, &args);
@@ -149,6 +159,89 @@ async fn cli_works_when_the_first_endpoint_is_dead_and_rejects_bad_input() {
         &["--endpoints", live, "kv", "get", "t", "--prefix", "--count-only"],
     );
     assert_eq!(out.trim(), "0");
+    // A txn prints the results of the branch it ran.
+    let spec = r#"{"compare":[{"key":"tx","target":"version","version":0}],"success":[{"put":{"key":"tx","value":"one"}},{"get":{"key":"tx"}}],"failure":[{"get":{"key":"tx"}}]}"#;
+    let (code, out, err) = cli(&bin, &["--endpoints", live, "kv", "txn", spec]);
+    assert_eq!(code, 0, "{err}");
+    // Reads in a txn see the state before it.
+    let rev: u64 = out
+        .strip_prefix("SUCCESS\nput: revision ")
+        .and_then(|r| r.strip_suffix("\nget: (not found)\n"))
+        .and_then(|r| r.parse().ok())
+        .unwrap_or_else(|| panic!("txn output: {out:?}"));
+    assert!(rev > 0, "{out}");
+    let (code, out, err) = cli(&bin, &["--endpoints", live, "-o", "json", "kv", "txn", spec]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("json output");
+    assert_eq!(v["succeeded"], false);
+    assert_eq!(v["results"][0]["get"]["kvs"][0]["value"], "one", "{v}");
+
+    // Values from stdin and from a file, byte for byte (a trailing newline
+    // included).
+    let (code, _, err) = esf_cluster_tests::cli_with_stdin(
+        &bin,
+        &["--endpoints", live, "kv", "put", "from-stdin"],
+        b"line one\nline two\n",
+    );
+    assert_eq!(code, 0, "{err}");
+    let file = c.nodes[0].dir.with_extension("value");
+    std::fs::write(&file, b"{\"from\":\"file\"}").expect("write the value file");
+    let f = file.to_str().expect("utf-8 path");
+    let (code, _, err) = cli(&bin, &["--endpoints", live, "kv", "put", "from-file", "--from-file", f]);
+    assert_eq!(code, 0, "{err}");
+    let client = c.nodes[0].client();
+    let (_, kv) = client.get("from-stdin").await.expect("get");
+    assert_eq!(kv.expect("from-stdin").value, b"line one\nline two\n");
+    let (_, kv) = client.get("from-file").await.expect("get");
+    assert_eq!(kv.expect("from-file").value, b"{\"from\":\"file\"}");
+    let (code, _, err) = cli(
+        &bin,
+        &["--endpoints", live, "kv", "put", "k", "--from-file", "/nonexistent/v"],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("--from-file: read /nonexistent/v"), "{err}");
+    let (code, _, err) = cli(
+        &bin,
+        &[
+            "--endpoints",
+            live,
+            "events",
+            "append",
+            "cli-data",
+            "--type",
+            "t",
+            "--data",
+            &format!("@{f}"),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = cli(&bin, &["--endpoints", live, "-o", "json", "events", "read", "cli-data"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("\"from\":\"file\""), "{out}");
+
+    // A read cut by the reply's limit says how to go on.
+    let lines: String = (0..1000)
+        .map(|i| format!("{{\"type\":\"t\",\"data\":{{\"i\":{i}}}}}\n"))
+        .collect();
+    let (code, _, err) = esf_cluster_tests::cli_with_stdin(
+        &bin,
+        &["--endpoints", live, "events", "append", "long", "--batch", "-"],
+        lines.as_bytes(),
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = cli(&bin, &["--endpoints", live, "events", "append", "long", "--type", "t"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = cli(&bin, &["--endpoints", live, "events", "read", "long"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 1000);
+    assert!(
+        err.contains("the stream has more: esf events read long --from 1001"),
+        "{err}"
+    );
+    let (code, out, err) = cli(&bin, &["--endpoints", live, "events", "read", "long", "--from", "1001"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 1);
+    assert!(!err.contains("has more"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -207,14 +300,7 @@ async fn fourth_node_joins_as_learner_is_promoted_and_removed() {
     }
     // A node started with another partition count is refused.
     let odd = c.spawn_joining_node_with(&["--partitions", "4"]);
-    let deadline = tokio::time::Instant::now() + esf_cluster_tests::READY_DEADLINE;
-    while !c.node(odd).log().contains("waiting to be added") {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "node {odd} never waited to be added"
-        );
-        tokio::time::sleep(esf_cluster_tests::POLL_INTERVAL).await;
-    }
+    c.node(odd).wait_log("waiting to be added").await;
     let odd_addr = c.node(odd).grpc.clone();
     let (code, _, err) = cli(
         &esf_bin(),
@@ -233,15 +319,7 @@ async fn fourth_node_joins_as_learner_is_promoted_and_removed() {
     let id = c.spawn_joining_node();
     let addr = c.node(id).grpc.clone();
     // The operator adds a node once it is up and waiting to be added.
-    let deadline = tokio::time::Instant::now() + esf_cluster_tests::READY_DEADLINE;
-    while !c.node(id).log().contains("waiting to be added") {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "node {id} never waited to be added:\n{}",
-            c.node(id).log()
-        );
-        tokio::time::sleep(esf_cluster_tests::POLL_INTERVAL).await;
-    }
+    c.node(id).wait_log("waiting to be added").await;
     let bin = esf_bin();
     let eps = c.nodes[0].grpc.clone();
     // The wrong id for that address is refused, naming both.
@@ -2362,15 +2440,7 @@ async fn a_node_with_a_damaged_wal_refuses_to_start_and_is_rebuilt_from_its_peer
     let n = c.node_mut(victim);
     std::fs::remove_dir_all(&n.dir).expect("empty the data dir");
     n.start(&bin);
-    let deadline = tokio::time::Instant::now() + esf_cluster_tests::READY_DEADLINE;
-    while !c.node(victim).log().contains("waiting to be added") {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "node {victim} never waited to be added:\n{}",
-            c.node(victim).log()
-        );
-        tokio::time::sleep(esf_cluster_tests::POLL_INTERVAL).await;
-    }
+    c.node(victim).wait_log("waiting to be added").await;
     let addr = c.node(victim).grpc.clone();
     let (code, _, err) = cli(
         &bin,

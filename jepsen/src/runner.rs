@@ -1339,6 +1339,10 @@ async fn nemesis(
 ) {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mut turn = 0;
+    // The clock nemesis cycles its own offsets: taken from the global turn,
+    // `pause,clock` only ever used the odd ones (both backwards).
+    let mut clock_turn = 0;
+    let mut offset = 0;
     let push = |v: serde_json::Value| log.lock().expect("nemesis log").push(v);
     while Instant::now() + KILL_INTERVAL < until {
         tokio::time::sleep(KILL_INTERVAL).await;
@@ -1414,7 +1418,8 @@ async fn nemesis(
                 }
             }
             Nemesis::Clock => {
-                let offset = CLOCK_OFFSETS[(turn - 1) % CLOCK_OFFSETS.len()];
+                offset = CLOCK_OFFSETS[clock_turn % CLOCK_OFFSETS.len()];
+                clock_turn += 1;
                 errors.extend(
                     std::fs::write(clock_file(c.node(leader)), format!("{offset:+}"))
                         .err()
@@ -1516,7 +1521,6 @@ async fn nemesis(
                 )
             }
             Nemesis::Clock => {
-                let offset = CLOCK_OFFSETS[(turn - 1) % CLOCK_OFFSETS.len()];
                 let (took, seen) = skew_seen(&c, leader, offset).await;
                 drop(c);
                 tokio::time::sleep(PARTITION_HOLD).await;

@@ -5,6 +5,7 @@
 //! esf-client, print a table or JSON (`-o`), and exit non-zero with a
 //! one-line reason on failure.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -14,14 +15,15 @@ fn main() -> ExitCode {
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
+            let _ = writeln!(std::io::stderr(), "error: cannot start the runtime: {e}");
             return ExitCode::from(1);
         }
     };
     match rt.block_on(esf_node::cli::run(args)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            // `eprintln!` would panic if stderr is closed.
+            let _ = writeln!(std::io::stderr(), "error: {}", format!("{e:#}").replace('\n', " "));
             ExitCode::from(1)
         }
     }

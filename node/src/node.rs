@@ -10,6 +10,7 @@
 //! the servers and background tasks stop, Raft stops and the WAL is
 //! flushed. A second signal exits at once.
 
+use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -150,7 +151,8 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
             return;
         };
         tokio::select! { _ = again.recv() => {}, _ = tokio::signal::ctrl_c() => {} }
-        eprintln!("second signal: exiting now");
+        // Not `eprintln!`: it panics when stderr is closed.
+        let _ = writeln!(std::io::stderr(), "second signal: exiting now");
         std::process::exit(130);
     });
     info!("shutting down");

@@ -41,6 +41,40 @@ const IO_BUFFER_BYTES: usize = 1 << 20;
 /// never replace a newer snapshot. Held only around the record change.
 static RECORD_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// Snapshot files this process has checked end to end (or written): the
+/// first [`SnapshotSource::current_snapshot`] after start reads the file
+/// once to verify its checksum; later ones trust it.
+static VERIFIED: std::sync::Mutex<Option<std::collections::HashSet<PathBuf>>> = std::sync::Mutex::new(None);
+
+fn is_verified(path: &Path) -> bool {
+    VERIFIED
+        .lock()
+        .expect("verified set")
+        .as_ref()
+        .is_some_and(|s| s.contains(path))
+}
+
+fn mark_verified(path: &Path) {
+    VERIFIED
+        .lock()
+        .expect("verified set")
+        .get_or_insert_with(Default::default)
+        .insert(path.to_path_buf());
+}
+
+/// Suffix given to a damaged snapshot file set aside (kept for inspection;
+/// never read again, never swept).
+pub const DAMAGED_SUFFIX: &str = ".damaged";
+
+/// Reads all of `file` (a snapshot of `group`) and checks its format, row
+/// framing and checksum without keeping any row: `Ok(rows)` or
+/// [`StorageError::Corrupt`] naming what is wrong. A receiver checks a
+/// transferred snapshot with it before installing it.
+pub fn verify(file: &SnapshotFile, group: GroupId) -> Result<u64, StorageError> {
+    let what = format!("snapshot file {}", file.path().display());
+    for_each_row(file, group, &what, |_, _| Ok(()))
+}
+
 /// Makes file names unique within a process (with the time, across runs).
 static NAME_SEQ: AtomicU64 = AtomicU64::new(0);
 
@@ -573,9 +607,38 @@ pub(crate) trait SnapshotSource: Send + Sync + 'static {
         Ok((Self::meta_of(&st), file))
     }
 
-    /// The group's current persisted snapshot.
+    /// The group's current persisted snapshot. The first call after start
+    /// (openraft makes it while opening the group) verifies the file end to
+    /// end; a damaged one is set aside ([`DAMAGED_SUFFIX`]) and its record
+    /// removed, and this answers `None`: openraft then builds a new
+    /// snapshot from the node's state (it does at open when logs were
+    /// purged; otherwise its policy builds one later). The state itself
+    /// lives in RocksDB, not in the file, so nothing is lost.
     fn current_snapshot(&self) -> Result<Option<(SnapshotMeta, SnapshotFile)>, StorageError> {
-        load(self.snapshot_db(), self.snapshot_group())
+        let (db, group) = (self.snapshot_db(), self.snapshot_group());
+        let Some((meta, file)) = load(db, group)? else {
+            return Ok(None);
+        };
+        if is_verified(file.path()) {
+            return Ok(Some((meta, file)));
+        }
+        match verify(&file, group) {
+            Ok(_) => {
+                mark_verified(file.path());
+                Ok(Some((meta, file)))
+            }
+            Err(e) if e.is_corruption() => {
+                let aside = set_aside_damaged(db, group, file.path())?;
+                tracing::error!(
+                    group,
+                    file = %aside.display(),
+                    error = %e,
+                    "snapshot file is damaged: set aside; a new snapshot is built from this node's state"
+                );
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Replaces the group's rows with those of `file` and makes it the
@@ -742,7 +805,27 @@ pub(crate) fn place(
     File::open(&dir)
         .and_then(|d| d.sync_all())
         .map_err(io_err("fsync", &dir))?;
+    // Placed files were written here from the state, or passed their
+    // checksum while being installed.
+    mark_verified(&path);
     SnapshotFile::open(&path).map_err(io_err("open", &path))
+}
+
+/// Renames `group`'s damaged current snapshot file at `path` aside and
+/// removes its record, durably (unless another snapshot replaced it
+/// meanwhile). Returns the new path.
+fn set_aside_damaged(db: &Db, group: GroupId, path: &Path) -> Result<PathBuf, StorageError> {
+    let mut aside = path.as_os_str().to_owned();
+    aside.push(DAMAGED_SUFFIX);
+    let aside = PathBuf::from(aside);
+    let name = path.file_name().and_then(|n| n.to_str());
+    if read_record(db, group)?.is_some_and(|r| Some(r.file.as_str()) == name) {
+        let mut batch = WriteBatch::default();
+        batch.delete_cf(db.cf(CF_SNAPSHOT), record_key(group));
+        db.write_durable_blocking(batch)?;
+    }
+    std::fs::rename(path, &aside).map_err(io_err("set aside", path))?;
+    Ok(aside)
 }
 
 /// Adds to `batch`: `placed` (from [`place`]) is `group`'s current snapshot.
@@ -840,7 +923,7 @@ pub(crate) fn sweep(db: &Db, group: GroupId) -> Result<(), StorageError> {
         let entry = entry.map_err(io_err("list", &dir))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        if name.starts_with(&prefix) && current.as_deref() != Some(name) {
+        if name.starts_with(&prefix) && current.as_deref() != Some(name) && !name.ends_with(DAMAGED_SUFFIX) {
             std::fs::remove_file(entry.path()).map_err(io_err("remove", &entry.path()))?;
         }
     }

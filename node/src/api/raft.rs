@@ -310,6 +310,22 @@ impl pb::raft_transport_server::RaftTransport for RaftService {
             .map_err(|e| Error::task("receive snapshot", e))?
             .map_err(storage)?;
         let received = file.path().to_path_buf();
+        // Checked end to end before openraft sees it: a damaged transfer is
+        // refused (the sender's openraft retries it later) instead of
+        // failing the install, which would stop this group's Raft.
+        let (file, checked) = tokio::task::spawn_blocking(move || {
+            let checked = esf_raft::snapshot_record::verify(&file, group);
+            (file, checked)
+        })
+        .await
+        .map_err(|e| Error::task("receive snapshot", e))?;
+        if let Err(e) = checked {
+            let _ = std::fs::remove_file(&received);
+            tracing::warn!(group, error = %e, "refused a damaged snapshot; the sender will send it again");
+            return Err(Status::data_loss(format!(
+                "snapshot of group {group}: {e}; refused, send it again"
+            )));
+        }
         let snapshot = openraft::alias::SnapshotOf::<TypeConfig, SnapshotData> { meta, snapshot: file };
         let resp = on_group!(self, group, |raft| raft.install_full_snapshot(vote, snapshot).await);
         // An installed snapshot's file was renamed into place; one openraft

@@ -242,7 +242,7 @@ pub(super) async fn snapshot_restore(
         &json!({"data_dir": data_dir.display().to_string(), "node_id": node_id, "advertise": advertise, "cluster_id": cluster_id, "from_cluster_id": header.cluster_id, "revision": summary.revision, "keys": summary.keys, "events": events}),
         || {
             format!(
-                "restored revision {} ({} keys, {events} events) of {} into {} as node {} of new cluster {}; start it with: esf serve --node-id {node_id} --data-dir {} --advertise {advertise}\n",
+                "restored revision {} ({} keys, {events} events) of {} into {} as node {} of new cluster {}; start it with: esf serve --node-id {node_id} --data-dir {} --listen {advertise} --advertise {advertise} (--listen may be a wider address on the same port, e.g. 0.0.0.0)\n",
                 summary.revision,
                 summary.keys,
                 header.cluster_id,

@@ -11,7 +11,7 @@ pub(super) enum EventsCmd {
         stream: String,
         #[arg(long = "type", required_unless_present = "batch")]
         event_type: Option<String>,
-        /// JSON payload.
+        /// JSON payload; `-` reads it from stdin, `@PATH` from a file.
         #[arg(long, default_value = "{}")]
         data: String,
         /// Event id (UUID; default: a random one).
@@ -342,7 +342,18 @@ pub(super) async fn events(c: Client, out: Output, cmd: EventsCmd) -> anyhow::Re
                         r#type: event_type.unwrap_or_default(),
                         correlation_id,
                         causation_id,
-                        data: data.into_bytes(),
+                        data: match data.as_str() {
+                            "-" => {
+                                let mut v = Vec::new();
+                                std::io::Read::read_to_end(&mut std::io::stdin(), &mut v)
+                                    .context("--data: read stdin")?;
+                                v
+                            }
+                            d => match d.strip_prefix('@') {
+                                Some(path) => std::fs::read(path).with_context(|| format!("--data: read {path}"))?,
+                                None => data.into_bytes(),
+                            },
+                        },
                         metadata: meta,
                     }]
                 }
@@ -390,11 +401,21 @@ pub(super) async fn events(c: Client, out: Output, cmd: EventsCmd) -> anyhow::Re
                     );
                 }
                 print_events(out, &r.events);
+                // A reply holds at most a server-set number of events (and
+                // bytes): say where to go on rather than stop silently.
+                if !r.events.is_empty() && (limit == 0 || r.events.len() < limit as usize) {
+                    eprintln!(
+                        "note: {} events returned (a reply holds at most {} events or 16 MiB); more may follow: read on with --partition {p} --from {}",
+                        r.events.len(),
+                        crate::events::MAX_EVENTS_PER_RESPONSE,
+                        r.next_offset
+                    );
+                }
             }
             None => {
                 let r = c
                     .read_stream(pb::ReadStreamRequest {
-                        stream: stream.unwrap_or_default(),
+                        stream: stream.clone().unwrap_or_default(),
                         from_version: from,
                         backward,
                         limit,
@@ -408,6 +429,21 @@ pub(super) async fn events(c: Client, out: Output, cmd: EventsCmd) -> anyhow::Re
                     );
                 }
                 print_events(out, &r.events);
+                let stream = stream.unwrap_or_default();
+                let more = match (r.events.last(), backward) {
+                    (Some(e), false) if e.version < r.stream_version => Some(format!("--from {}", e.version + 1)),
+                    (Some(e), true) if e.version > r.first_version.max(1) => {
+                        Some(format!("--from {} --backward", e.version - 1))
+                    }
+                    _ => None,
+                };
+                if let Some(from) = more.filter(|_| limit == 0 || r.events.len() < limit as usize) {
+                    eprintln!(
+                        "note: {} events returned (a reply holds at most {} events or 16 MiB); the stream has more: esf events read {stream} {from}",
+                        r.events.len(),
+                        crate::events::MAX_EVENTS_PER_RESPONSE,
+                    );
+                }
             }
         },
         EventsCmd::Retention(RetentionCmd::Set {

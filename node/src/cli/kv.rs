@@ -1,6 +1,7 @@
 //! `esf kv`: put, get, delete, txn, history, compact, watch.
 
 use super::*;
+use serde::Deserialize;
 
 #[derive(Debug, Subcommand)]
 pub(super) enum KvCmd {
@@ -20,10 +21,14 @@ pub(super) enum KvCmd {
         #[arg(long)]
         count: Option<u64>,
     },
-    /// Set a key.
+    /// Set a key. Without VALUE (and without --from-file) the value is
+    /// read from stdin, byte for byte (`esf kv put k < file`).
     Put {
         key: String,
-        value: String,
+        value: Option<String>,
+        /// Take the value from this file, byte for byte.
+        #[arg(long, conflicts_with = "value")]
+        from_file: Option<PathBuf>,
         /// Attach to this lease.
         #[arg(long, default_value_t = 0)]
         lease: u64,
@@ -123,7 +128,21 @@ pub(super) async fn kv(c: Client, out: Output, cmd: KvCmd) -> anyhow::Result<()>
             }
             anyhow::bail!("watch: the node closed the stream");
         }
-        KvCmd::Put { key, value, lease } => {
+        KvCmd::Put {
+            key,
+            value,
+            from_file,
+            lease,
+        } => {
+            let value = match (value, from_file) {
+                (Some(v), _) => v.into_bytes(),
+                (None, Some(f)) => std::fs::read(&f).with_context(|| format!("--from-file: read {}", f.display()))?,
+                (None, None) => {
+                    let mut v = Vec::new();
+                    std::io::Read::read_to_end(&mut std::io::stdin(), &mut v).context("value: read stdin")?;
+                    v
+                }
+            };
             let r = c.put_with(pb::PutRequest::new(key, value).with_lease(lease)).await?;
             print(out, &json!({"header": header_json(&r.header)}), || "OK\n".into());
         }
@@ -190,9 +209,10 @@ pub(super) async fn kv(c: Client, out: Output, cmd: KvCmd) -> anyhow::Result<()>
             };
             let req = parse_txn(&spec)?;
             let r = c.txn(req).await?;
-            let v = json!({"header": header_json(&r.header), "succeeded": r.succeeded, "results": r.results.len()});
+            let (results, lines) = txn_results(&r.results, r.header.as_ref().map_or(0, |h| h.revision));
+            let v = json!({"header": header_json(&r.header), "succeeded": r.succeeded, "results": results});
             print(out, &v, || {
-                format!("{}\n", if r.succeeded { "SUCCESS" } else { "FAILURE" })
+                format!("{}\n{lines}", if r.succeeded { "SUCCESS" } else { "FAILURE" })
             });
         }
         KvCmd::History { key, from, to } => {
@@ -233,25 +253,62 @@ pub(super) async fn kv(c: Client, out: Output, cmd: KvCmd) -> anyhow::Result<()>
     Ok(())
 }
 
+/// The JSON spec of `esf kv txn`. Unknown fields are refused (a
+/// misspelled `sucess` must not run an empty txn that reports SUCCESS).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TxnSpec {
+    #[serde(default)]
+    compare: Vec<CompareSpec>,
+    #[serde(default)]
+    success: Vec<OpSpec>,
+    #[serde(default)]
+    failure: Vec<OpSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CompareSpec {
+    key: String,
+    #[serde(default)]
+    op: Option<String>,
+    #[serde(default)]
+    target: Option<String>,
+    #[serde(default)]
+    value: Option<String>,
+    #[serde(default)]
+    version: Option<u64>,
+    #[serde(default)]
+    create: Option<u64>,
+    #[serde(default, rename = "mod")]
+    mod_revision: Option<u64>,
+    #[serde(default)]
+    lease: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "lowercase")]
+enum OpSpec {
+    Put {
+        key: String,
+        value: String,
+        #[serde(default)]
+        lease: u64,
+    },
+    Delete {
+        key: String,
+    },
+    Get {
+        key: String,
+    },
+}
+
 /// Parses the JSON txn spec of `esf kv txn`.
 pub(super) fn parse_txn(spec: &str) -> anyhow::Result<pb::TxnRequest> {
-    let v: Value = serde_json::from_str(spec).map_err(|e| anyhow::anyhow!("txn: not valid JSON: {e}"))?;
-    let s = |v: &Value, field: &str| -> anyhow::Result<String> {
-        v.get(field)
-            .and_then(Value::as_str)
-            .map(String::from)
-            .ok_or_else(|| anyhow::anyhow!("txn: {field}: required string"))
-    };
+    let spec: TxnSpec = serde_json::from_str(spec).map_err(|e| anyhow::anyhow!("txn: {e}"))?;
     let mut req = pb::TxnRequest::default();
-    for (i, c) in v
-        .get("compare")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .enumerate()
-    {
-        let op = match c.get("op").and_then(Value::as_str).unwrap_or("=") {
+    for (i, c) in spec.compare.into_iter().enumerate() {
+        let op = match c.op.as_deref().unwrap_or("=") {
             "=" | "==" => pb::compare::Op::Equal,
             "!=" => pb::compare::Op::NotEqual,
             ">" => pb::compare::Op::Greater,
@@ -259,62 +316,155 @@ pub(super) fn parse_txn(spec: &str) -> anyhow::Result<pb::TxnRequest> {
             other => anyhow::bail!("txn: compare[{i}].op: unknown operator {other:?} (use =, !=, >, <)"),
         };
         use pb::compare::Target;
-        let num = |f: &str| {
-            c.get(f)
-                .and_then(Value::as_u64)
-                .ok_or_else(|| anyhow::anyhow!("txn: compare[{i}].{f}: required number"))
-        };
-        let target = match c.get("target").and_then(Value::as_str).unwrap_or("value") {
-            "value" => Target::Value(s(c, "value")?.into()),
-            "version" => Target::Version(num("version")?),
-            "create" => Target::CreateRevision(num("create")?),
-            "mod" => Target::ModRevision(num("mod")?),
-            "lease" => Target::Lease(num("lease")?),
+        let target_name = c.target.as_deref().unwrap_or("value");
+        let given = [
+            ("value", c.value.is_some()),
+            ("version", c.version.is_some()),
+            ("create", c.create.is_some()),
+            ("mod", c.mod_revision.is_some()),
+            ("lease", c.lease.is_some()),
+        ];
+        if let Some((stray, _)) = given.iter().find(|(f, set)| *set && *f != target_name) {
+            anyhow::bail!(
+                "txn: compare[{i}].{stray}: not used with target {target_name:?} (set \"target\":\"{stray}\" to compare it)"
+            );
+        }
+        let num = |v: Option<u64>, f: &str| v.ok_or_else(|| anyhow::anyhow!("txn: compare[{i}].{f}: required number"));
+        let target = match target_name {
+            "value" => Target::Value(
+                c.value
+                    .ok_or_else(|| anyhow::anyhow!("txn: compare[{i}].value: required string"))?
+                    .into(),
+            ),
+            "version" => Target::Version(num(c.version, "version")?),
+            "create" => Target::CreateRevision(num(c.create, "create")?),
+            "mod" => Target::ModRevision(num(c.mod_revision, "mod")?),
+            "lease" => Target::Lease(num(c.lease, "lease")?),
             other => anyhow::bail!(
                 "txn: compare[{i}].target: unknown target {other:?} (use value, version, create, mod, lease)"
             ),
         };
         req.compares.push(pb::Compare {
-            key: s(c, "key")?.into(),
+            key: c.key.into(),
             op: op as i32,
             target: Some(target),
         });
     }
-    let ops = |name: &str| -> anyhow::Result<Vec<pb::TxnOp>> {
-        let mut out = Vec::new();
-        for (i, o) in v
-            .get(name)
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default()
-            .iter()
-            .enumerate()
-        {
-            use pb::txn_op::Op;
-            let op = if let Some(p) = o.get("put") {
-                Op::Put(pb::PutRequest {
-                    key: s(p, "key")?.into(),
-                    value: s(p, "value")?.into(),
-                    ..Default::default()
-                })
-            } else if let Some(d) = o.get("delete") {
-                Op::Delete(pb::DeleteRequest {
-                    range: Some(key_range_key(s(d, "key")?.into())),
-                    ..Default::default()
-                })
-            } else if let Some(g) = o.get("get") {
-                Op::Range(pb::RangeRequest {
-                    range: Some(key_range_key(s(g, "key")?.into())),
-                    ..Default::default()
-                })
-            } else {
-                anyhow::bail!("txn: {name}[{i}]: expected one of put, delete, get");
-            };
-            out.push(pb::TxnOp { op: Some(op) });
-        }
-        Ok(out)
+    let ops = |list: Vec<OpSpec>| -> Vec<pb::TxnOp> {
+        use pb::txn_op::Op;
+        list.into_iter()
+            .map(|o| pb::TxnOp {
+                op: Some(match o {
+                    OpSpec::Put { key, value, lease } => Op::Put(pb::PutRequest {
+                        key: key.into(),
+                        value: value.into(),
+                        lease,
+                        ..Default::default()
+                    }),
+                    OpSpec::Delete { key } => Op::Delete(pb::DeleteRequest {
+                        range: Some(key_range_key(key.into())),
+                        ..Default::default()
+                    }),
+                    OpSpec::Get { key } => Op::Range(pb::RangeRequest {
+                        range: Some(key_range_key(key.into())),
+                        ..Default::default()
+                    }),
+                }),
+            })
+            .collect()
     };
-    req.success = ops("success")?;
-    req.failure = ops("failure")?;
+    req.success = ops(spec.success);
+    req.failure = ops(spec.failure);
     Ok(req)
+}
+
+/// The results of the branch a txn ran, in op order: JSON, and one line
+/// per op (a get prints its key and value as `kv get` does; it reads the
+/// state before the txn).
+/// Puts and deletes of one txn share its revision (`revision`).
+fn txn_results(results: &[pb::TxnOpResult], revision: u64) -> (Vec<Value>, String) {
+    use pb::txn_op_result::Result as R;
+    let mut json = Vec::with_capacity(results.len());
+    let mut text_out = String::new();
+    for r in results {
+        match &r.result {
+            Some(R::Put(p)) => {
+                let rev = p.header.as_ref().map_or(revision, |h| h.revision);
+                json.push(json!({"put": {"revision": rev}}));
+                text_out.push_str(&format!("put: revision {rev}\n"));
+            }
+            Some(R::Delete(d)) => {
+                json.push(json!({"delete": {"deleted": d.deleted}}));
+                text_out.push_str(&format!("delete: {} deleted\n", d.deleted));
+            }
+            Some(R::Range(g)) => {
+                json.push(json!({"get": {"kvs": g.kvs.iter().map(kv_json).collect::<Vec<_>>(), "count": g.count}}));
+                if g.kvs.is_empty() {
+                    text_out.push_str("get: (not found)\n");
+                }
+                for kv in &g.kvs {
+                    text_out.push_str(&format!("get: {}\n{}\n", text(&kv.key), text(&kv.value)));
+                }
+            }
+            None => json.push(Value::Null),
+        }
+    }
+    (json, text_out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn txn_spec_refuses_what_it_does_not_know() {
+        let cases = [
+            (
+                r#"{"sucess":[{"put":{"key":"k","value":"v"}}]}"#,
+                "unknown field `sucess`",
+            ),
+            (
+                r#"{"success":[{"pt":{"key":"k","value":"v"}}]}"#,
+                "unknown variant `pt`",
+            ),
+            (
+                r#"{"success":[{"put":{"key":"k","valu":"v"}}]}"#,
+                "unknown field `valu`",
+            ),
+            (r#"{"compare":[{"key":"k","vesion":1}]}"#, "unknown field `vesion`"),
+            (
+                r#"{"compare":[{"key":"k","version":1}]}"#,
+                "compare[0].version: not used with target \"value\"",
+            ),
+            (
+                r#"{"compare":[{"key":"k","target":"version"}]}"#,
+                "compare[0].version: required number",
+            ),
+            (
+                r#"{"compare":[{"key":"k","op":"~","value":"v"}]}"#,
+                "compare[0].op: unknown operator",
+            ),
+            (r#"[1]"#, "txn: invalid type"),
+        ];
+        for (spec, want) in cases {
+            let err = parse_txn(spec).expect_err(spec).to_string();
+            assert!(err.contains(want), "{spec}: {err:?} should contain {want:?}");
+        }
+    }
+
+    #[test]
+    fn txn_spec_builds_the_request() {
+        let r = parse_txn(
+            r#"{"compare":[{"key":"k","target":"mod","op":"<","mod":7}],
+                "success":[{"put":{"key":"k","value":"w","lease":9}},{"get":{"key":"k"}}],
+                "failure":[{"delete":{"key":"k"}}]}"#,
+        )
+        .expect("valid spec");
+        assert_eq!(r.compares.len(), 1);
+        assert_eq!(r.compares[0].op, pb::compare::Op::Less as i32);
+        assert_eq!(r.compares[0].target, Some(pb::compare::Target::ModRevision(7)));
+        assert!(matches!(&r.success[0].op, Some(pb::txn_op::Op::Put(p)) if p.lease == 9 && p.value == b"w"));
+        assert!(matches!(&r.success[1].op, Some(pb::txn_op::Op::Range(_))));
+        assert!(matches!(&r.failure[0].op, Some(pb::txn_op::Op::Delete(_))));
+    }
 }

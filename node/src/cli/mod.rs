@@ -375,10 +375,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Logs go to stderr. A server outlives its log pipe: once stderr is
+/// closed (the reader of `esf serve 2>&1 | ...` exited) lines are dropped
+/// and the node keeps running. tracing-subscriber would otherwise report
+/// each failed write with `eprintln!`, which panics on a closed stderr,
+/// and a panic while unwinding aborts the process.
 fn init_tracing(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     let _ = tracing_subscriber::fmt()
+        .log_internal_errors(false)
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

@@ -1,0 +1,179 @@
+//! Faults an operator hits, on real `esf` processes: each must leave the
+//! node honest about its state and lose nothing acknowledged.
+
+use std::io::Read;
+
+use esf_cluster_tests::{Cluster, cli, esf_bin};
+
+/// `esf serve 2>&1 | head` : the reader of the log pipe exits, and the node
+/// must keep running (it used to abort with SIGABRT on its next log line).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_keeps_running_after_its_log_pipe_closes() {
+    let mut c = Cluster::start(&esf_bin(), 3);
+    c.wait_ready().await;
+    let bin = c.bin.clone();
+    let id = c.nodes[1].id;
+    c.node_mut(id).terminate();
+    let mut pipe = c.node_mut(id).start_with_log_pipe(&bin);
+    // The node logs on start: the log goes to the pipe. Then the reader
+    // goes away.
+    let first = tokio::task::spawn_blocking(move || {
+        let mut buf = [0u8; 512];
+        let n = pipe.read(&mut buf).expect("read the log pipe");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    })
+    .await
+    .expect("reader");
+    assert!(!first.is_empty(), "the node logged nothing to its pipe");
+    c.wait_ready().await;
+
+    // Leading meta makes it log more (elections, the audit relay's start),
+    // all of it into the closed pipe.
+    make_meta_leader(&c, id).await;
+
+    let client = c.node(id).client();
+    let put = client.put("after-pipe", "kept").await.expect("put through the node");
+    assert!(put.header.is_some_and(|h| h.revision > 0));
+    let (_, got) = client.get("after-pipe").await.expect("get through the node");
+    assert_eq!(got.expect("the key").value, b"kept");
+    let child = c.node_mut(id).child.as_mut().expect("node process");
+    assert!(
+        child.try_wait().expect("wait").is_none(),
+        "node {id} exited after its log pipe closed"
+    );
+}
+
+/// Files of `dir`'s snapshot directory for group `group` ending in `suffix`.
+fn snapshot_files(dir: &std::path::Path, group: u32, suffix: &str) -> Vec<std::path::PathBuf> {
+    let snaps = dir.join("db").join("snapshots");
+    let prefix = format!("g{group}-");
+    let Ok(entries) = std::fs::read_dir(&snaps) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(suffix))
+        })
+        .collect()
+}
+
+/// Moves meta leadership to `id`. A transfer to a node that has just
+/// restarted may end with another leader (the target did not answer in
+/// time): ask again until it leads.
+async fn make_meta_leader(c: &Cluster, id: u64) {
+    let eps = c.node(id).grpc.clone();
+    let deadline = tokio::time::Instant::now() + esf_cluster_tests::READY_DEADLINE;
+    loop {
+        let (code, out, err) = cli(
+            &c.bin,
+            &["--endpoints", &eps, "leader", "transfer", "--to", &id.to_string()],
+        );
+        assert_eq!(code, 0, "leader transfer: {out} {err}");
+        if c.wait_ready().await == id {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node {id} never took over meta: {out}\n{}",
+            all_logs(c)
+        );
+    }
+}
+
+fn all_logs(c: &Cluster) -> String {
+    c.nodes
+        .iter()
+        .map(|n| format!("--- node {} ---\n{}", n.id, n.log()))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+async fn put_many(c: &Cluster, prefix: &str, n: usize) {
+    let client = c.client();
+    for i in 0..n {
+        client.put(format!("{prefix}{i:04}"), "v").await.expect("put");
+    }
+}
+
+/// Bytes flipped in a stopped node's meta snapshot file: the node names the
+/// damage at start, sets the file aside and builds a new snapshot from its
+/// state; a node that joins later gets a good snapshot from it and has
+/// every acknowledged key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_snapshot_file_is_found_at_start_and_replaced() {
+    let snap_args = ["--snapshot-logs", "50", "--snapshot-keep-logs", "10"];
+    let mut c = Cluster::start_with(&esf_bin(), 3, &snap_args);
+    let leader = c.wait_ready().await;
+    let victim = c
+        .nodes
+        .iter()
+        .map(|n| n.id)
+        .find(|id| *id != leader)
+        .expect("a follower");
+    put_many(&c, "snap-a-", 200).await;
+    let dir = c.node(victim).dir.clone();
+    let deadline = tokio::time::Instant::now() + esf_cluster_tests::READY_DEADLINE;
+    while snapshot_files(&dir, 0, ".snap").is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node {victim} built no meta snapshot"
+        );
+        tokio::time::sleep(esf_cluster_tests::POLL_INTERVAL).await;
+    }
+    c.node_mut(victim).terminate();
+    let files = snapshot_files(&dir, 0, ".snap");
+    assert_eq!(files.len(), 1, "one current meta snapshot: {files:?}");
+    let mut data = std::fs::read(&files[0]).expect("read the snapshot file");
+    let at = data.len() / 2;
+    for b in &mut data[at..at + 8] {
+        *b ^= 0xa5;
+    }
+    std::fs::write(&files[0], &data).expect("damage the snapshot file");
+
+    let bin = c.bin.clone();
+    c.node_mut(victim).start(&bin);
+    c.wait_ready().await;
+    let log = c.node(victim).log();
+    assert!(
+        log.contains("snapshot file is damaged"),
+        "the damage is not named:\n{log}"
+    );
+    assert_eq!(
+        snapshot_files(&dir, 0, ".damaged").len(),
+        1,
+        "the damaged file is kept aside"
+    );
+
+    // The node leads meta and serves a new member from its own snapshot.
+    make_meta_leader(&c, victim).await;
+    let eps = c.node(victim).grpc.clone();
+    put_many(&c, "snap-b-", 200).await;
+    let id = c.spawn_joining_node_with(&snap_args);
+    c.node(id).wait_log("waiting to be added").await;
+    let addr = c.node(id).grpc.clone();
+    let (code, out, err) = cli(&bin, &["--endpoints", &eps, "member", "add", &id.to_string(), &addr]);
+    assert_eq!(code, 0, "member add: {out} {err}");
+    c.wait_converged().await;
+    let r = c
+        .node(id)
+        .client()
+        .range(esf_client::pb::RangeRequest {
+            range: Some(esf_client::key_range_prefix(b"snap-".to_vec())),
+            serializable: true,
+            count_only: true,
+            ..Default::default()
+        })
+        .await
+        .expect("range on the new node");
+    // The leader kept 10 entries behind its snapshots, so the new node
+    // started from a snapshot the victim sent.
+    assert_eq!(
+        r.count,
+        400,
+        "the new node holds every acknowledged key\n{}",
+        all_logs(&c)
+    );
+}
