@@ -17,6 +17,8 @@ use esf_client::{Client, ClientOptions};
 pub const READY_DEADLINE: Duration = Duration::from_secs(60);
 /// Pause between two readiness polls.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// Deadline of one admin HTTP request of a test.
+pub const ADMIN_DEADLINE: Duration = Duration::from_secs(5);
 /// Replicas of each event partition (the nodes' default).
 pub const PARTITION_REPLICAS: usize = 3;
 
@@ -223,6 +225,31 @@ impl Node {
             );
             tokio::time::sleep(POLL_INTERVAL).await;
         }
+    }
+
+    /// Adds command-line arguments for the next start.
+    pub fn add_args(&mut self, args: &[&str]) {
+        self.args.extend(args.iter().map(|a| a.to_string()));
+    }
+
+    /// GET `path` from the node's admin port (plain HTTP): status code and
+    /// body. Panics if the port does not answer within [`ADMIN_DEADLINE`].
+    pub fn admin_get(&self, path: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let addr: std::net::SocketAddr = self.admin.parse().expect("admin address");
+        let mut s = std::net::TcpStream::connect_timeout(&addr, ADMIN_DEADLINE).expect("connect to the admin port");
+        s.set_read_timeout(Some(ADMIN_DEADLINE)).expect("read timeout");
+        s.set_write_timeout(Some(ADMIN_DEADLINE)).expect("write timeout");
+        write!(s, "GET {path} HTTP/1.0\r\nHost: {}\r\n\r\n", self.admin).expect("send the request");
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("read the answer");
+        let code = out
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or_else(|| panic!("not an HTTP answer: {out:?}"));
+        let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_string();
+        (code, body)
     }
 
     /// The node's log so far (for failure messages).

@@ -177,3 +177,186 @@ async fn a_damaged_snapshot_file_is_found_at_start_and_replaced() {
         all_logs(&c)
     );
 }
+
+/// A tmpfs of `mib` MiB mounted at `dir` for the life of the value
+/// (unmounted and removed on drop).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &std::path::Path, mib: u64) -> Tmpfs {
+        std::fs::create_dir_all(dir).expect("create the mount point");
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "mount a tmpfs at {} (needs root): {}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn event(i: usize, bytes: usize) -> esf_client::pb::EventData {
+    esf_client::pb::EventData {
+        r#type: "Filled".into(),
+        data: format!("{{\"i\":{i},\"pad\":\"{}\"}}", "x".repeat(bytes)).into_bytes(),
+        ..Default::default()
+    }
+}
+
+/// One node of three on a 64 MiB tmpfs, appends until its disk is low:
+/// it says so in /readyz, leads nothing, takes no log entries, and the
+/// other two keep acknowledging writes. Once space is freed it is ready
+/// again without a restart and catches up; nothing acknowledged is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_low_on_disk_steps_back_and_recovers_once_space_is_freed() {
+    let mounts = std::sync::Mutex::new(Vec::new());
+    let c = Cluster::create(&esf_bin(), 3, None, &["--disk-check-interval-ms", "50"], &|n| {
+        if n.id == 3 {
+            mounts.lock().unwrap().push(Tmpfs::mount(&n.dir, 64));
+            n.add_args(&["--min-free-disk-mb", "16"]);
+        }
+    });
+    let _mounts = mounts;
+    c.wait_ready().await;
+    let low = c.node(3);
+    // Leave about 22 MiB free: above the floor (16) and its resume mark (20).
+    let st = rustix::fs::statvfs(&low.dir).expect("statvfs");
+    let free = st.f_bavail * st.f_frsize;
+    let filler = low.dir.join("filler");
+    std::fs::write(&filler, vec![0u8; (free - (22 << 20)) as usize]).expect("write the filler");
+
+    let client = c.client();
+    let streams = 16;
+    let mut acked = vec![0u64; streams];
+    let mut appended = 0;
+    loop {
+        for (s, n) in acked.iter_mut().enumerate() {
+            client
+                .append(&format!("fill-{s}"), vec![event(appended, 8 << 10)], None)
+                .await
+                .expect("append while node 3 fills up");
+            *n += 1;
+            appended += 1;
+        }
+        if low.admin_get("/readyz").1.contains("disk: ") {
+            break;
+        }
+        assert!(appended < 8_000, "node 3 never reported its disk low");
+    }
+    let (code, body) = low.admin_get("/readyz");
+    assert_eq!(code, 503);
+    assert!(body.contains("disk: ") && body.contains("min_free_disk_mb"), "{body}");
+    let (_, metrics) = low.admin_get("/metrics");
+    assert!(metrics.contains("esf_disk_low 1"), "{metrics}");
+
+    // The other two keep acknowledging; node 3 leads nothing.
+    for (s, n) in acked.iter_mut().enumerate() {
+        client
+            .append(&format!("fill-{s}"), vec![event(appended, 64)], None)
+            .await
+            .expect("append while node 3 is low");
+        *n += 1;
+        appended += 1;
+    }
+    let deadline = tokio::time::Instant::now() + esf_cluster_tests::READY_DEADLINE;
+    loop {
+        let st = low.client().status_all().await;
+        let led: Vec<u32> = match st.first() {
+            Some((_, Ok(s))) => s.groups.iter().filter(|g| g.leader_id == 3).map(|g| g.group).collect(),
+            _ => vec![u32::MAX],
+        };
+        if led.is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node 3 still leads groups {led:?}"
+        );
+        tokio::time::sleep(esf_cluster_tests::POLL_INTERVAL).await;
+    }
+
+    // Space comes back: ready again, same process, caught up.
+    let pid = low.child.as_ref().expect("node 3 runs").id();
+    std::fs::remove_file(&filler).expect("free the space");
+    let deadline = tokio::time::Instant::now() + esf_cluster_tests::READY_DEADLINE;
+    while low.admin_get("/readyz").0 != 200 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node 3 not ready after space was freed"
+        );
+        tokio::time::sleep(esf_cluster_tests::POLL_INTERVAL).await;
+    }
+    assert_eq!(c.node(3).child.as_ref().map(|ch| ch.id()), Some(pid), "not restarted");
+    c.wait_converged().await;
+    for (s, n) in acked.iter().enumerate() {
+        let r = client
+            .read_stream(esf_client::pb::ReadStreamRequest {
+                stream: format!("fill-{s}"),
+                from_version: 1,
+                ..Default::default()
+            })
+            .await
+            .expect("read back");
+        assert_eq!(r.stream_version, *n, "stream fill-{s}: every acknowledged event kept");
+    }
+}
+
+/// A single node below its disk floor refuses writes with
+/// RESOURCE_EXHAUSTED naming the disk, and says why in /readyz; reads
+/// still work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_node_low_on_disk_refuses_writes_naming_the_disk() {
+    let c = Cluster::start(&esf_bin(), 1);
+    c.wait_ready().await;
+    c.client().put("before", "1").await.expect("put while there is room");
+    let mut c = c;
+    let bin = c.bin.clone();
+    let n = c.node_mut(1);
+    n.terminate();
+    // More than any disk has free.
+    n.add_args(&["--min-free-disk-mb", "1000000000"]);
+    n.start(&bin);
+    let deadline = tokio::time::Instant::now() + esf_cluster_tests::READY_DEADLINE;
+    let body = loop {
+        if let Ok(addr) = c.node(1).admin.parse::<std::net::SocketAddr>()
+            && std::net::TcpStream::connect_timeout(&addr, esf_cluster_tests::ADMIN_DEADLINE).is_ok()
+        {
+            let (code, body) = c.node(1).admin_get("/readyz");
+            if code == 503 && body.contains("disk: ") {
+                break body;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node 1 never reported its disk low"
+        );
+        tokio::time::sleep(esf_cluster_tests::POLL_INTERVAL).await;
+    };
+    assert!(body.contains("below the floor of 1048576000000000 bytes"), "{body}");
+    let err = c.client().put("after", "2").await.expect_err("a write below the floor");
+    assert!(matches!(err, esf_client::Error::ResourceExhausted(_)), "{err:?}");
+    assert!(
+        err.to_string().contains("disk: ") && err.to_string().contains("min_free_disk_mb"),
+        "{err}"
+    );
+    let err = c
+        .client()
+        .append("low", vec![event(0, 8)], None)
+        .await
+        .expect_err("an append below the floor");
+    assert!(matches!(err, esf_client::Error::ResourceExhausted(_)), "{err:?}");
+    let (_, kv) = c.client().get("before").await.expect("reads still work");
+    assert_eq!(kv.expect("before").value, b"1");
+}

@@ -21,6 +21,8 @@ pub struct AdminState {
     pub meta: Arc<MetaGroup>,
     /// Set at shutdown: not ready from then on.
     pub draining: Arc<AtomicBool>,
+    /// Free space of the data dir: not ready while low.
+    pub disk: Arc<crate::disk::DiskGuard>,
     /// Committed but unapplied entries above which the node is not ready.
     pub max_apply_lag: u64,
     /// This binary's version.
@@ -47,6 +49,9 @@ pub fn not_ready_reasons(s: &AdminState) -> Vec<String> {
     let mut reasons = Vec::new();
     if s.draining.load(Ordering::SeqCst) {
         reasons.push("draining".to_string());
+    }
+    if let Some(r) = s.disk.reason() {
+        reasons.push(r);
     }
     if m.membership_config.membership().get_node(&s.meta.node_id()).is_none() {
         reasons.push("not joined: this node is not a member of a cluster yet".to_string());
@@ -185,6 +190,24 @@ async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
         "1 while writes that add data are refused for lack of quota.",
         "",
         u64::from(s.meta.quota_exceeded()),
+    );
+    gauge(
+        "esf_disk_free_bytes",
+        "Free bytes of the data dir's file system at the last check.",
+        "",
+        s.disk.free(),
+    );
+    gauge(
+        "esf_disk_total_bytes",
+        "Size of the data dir's file system.",
+        "",
+        s.disk.total(),
+    );
+    gauge(
+        "esf_disk_low",
+        "1 while free space is below min_free_disk_mb: writes here refused, leadership moved away.",
+        "",
+        u64::from(s.disk.is_low()),
     );
     gauge(
         "esf_node_ready",

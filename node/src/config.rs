@@ -85,6 +85,14 @@ pub struct NodeConfig {
     pub propose_max_inflight: usize,
     /// How often each partition leader applies the retention rules, ms.
     pub retention_interval_ms: u64,
+    /// Free space, MiB, the data dir's file system must keep: below it
+    /// the node refuses writes it leads, hands every leadership to another
+    /// voter, takes no new log entries and reports not ready, until a
+    /// quarter more than this is free again (docs/operations.md, "Full
+    /// disk"). 0: off.
+    pub min_free_disk_mb: u64,
+    /// How often the free space is looked at, ms.
+    pub disk_check_interval_ms: u64,
     /// How long a token from `Auth/Authenticate` stays valid, seconds
     /// (etcd's `--auth-token-ttl`). Clients of esf-client authenticate
     /// again when theirs expires.
@@ -151,6 +159,8 @@ impl Default for NodeConfig {
             propose_batch_max_bytes: 1 << 20,
             propose_max_inflight: 2,
             retention_interval_ms: 10_000,
+            min_free_disk_mb: 256,
+            disk_check_interval_ms: 1_000,
             auth_token_ttl_secs: 300,
             cert_file: None,
             key_file: None,
@@ -268,6 +278,15 @@ pub struct Flags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retention_interval_ms: Option<u64>,
+    /// Free MiB the data dir must keep; below it writes are refused here
+    /// and leadership moves away (0: off).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_free_disk_mb: Option<u64>,
+    /// How often free disk space is checked, ms.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disk_check_interval_ms: Option<u64>,
     /// Token lifetime, seconds.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -388,6 +407,12 @@ pub fn validate(c: &NodeConfig) -> anyhow::Result<()> {
         anyhow::bail!(
             "auth_token_ttl_secs: {} is outside 1..={MAX_AUTH_TOKEN_TTL_SECS} (a week)",
             c.auth_token_ttl_secs
+        );
+    }
+    if !(10..=60_000).contains(&c.disk_check_interval_ms) {
+        anyhow::bail!(
+            "disk_check_interval_ms: {} is outside 10..=60000",
+            c.disk_check_interval_ms
         );
     }
     if c.retention_interval_ms < 100 {

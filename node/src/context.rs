@@ -28,6 +28,9 @@ pub use esf_proto::wire::FORWARDED_METADATA;
 /// Shared state of the services and background tasks.
 #[derive(Clone)]
 pub struct Ctx {
+    /// Free space of the data dir: while low, writes this node leads are
+    /// refused and it leads nothing.
+    pub disk: Arc<crate::disk::DiskGuard>,
     /// Becomes true when the node stops: open watches and subscriptions
     /// end with a cancel, background tasks return.
     pub stop: tokio::sync::watch::Receiver<bool>,
@@ -142,6 +145,11 @@ impl Ctx {
 
     /// Proposes `cmd` to the meta group: its header and result.
     pub async fn write(&self, cmd: Command) -> Result<(pb::ResponseHeader, OpResult)> {
+        // A follower forwards (its leader's disk decides); a leader low on
+        // disk refuses until its leadership has moved.
+        if self.meta.raft().is_leader() {
+            self.disk.refuse_if_low()?;
+        }
         let (h, resp) = self.meta.write(cmd).await?;
         Ok((crate::convert::header(h), resp.result))
     }

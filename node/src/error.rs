@@ -25,7 +25,8 @@
 //! | `ResourceExhausted`, `Raft(NoSpace)` | RESOURCE_EXHAUSTED |
 //! | `Aborted` | ABORTED |
 //! | `DataLoss` | DATA_LOSS |
-//! | `Storage`, `Internal`, `Raft(Storage / Fatal)` | INTERNAL |
+//! | `Storage`, `Raft(Storage / Fatal)` | INTERNAL (DATA_LOSS if damaged, RESOURCE_EXHAUSTED if the disk is full); the message names no path: details go to the log |
+//! | `Internal` | INTERNAL |
 //! | `Peer(status)` | the peer's status as it came (a broken connection: UNAVAILABLE) |
 
 use esf_proto::wire::{LEADER_ADDR_METADATA, LEADER_ID_METADATA};
@@ -216,8 +217,16 @@ fn raft_status(e: esf_raft::Error) -> Status {
         ),
         esf_raft::Error::Unavailable(m) => Status::unavailable(m),
         e @ esf_raft::Error::NoSpace { .. } => Status::resource_exhausted(e.to_string()),
-        esf_raft::Error::Storage(e) => Status::internal(format!("storage: {e}")),
-        esf_raft::Error::Fatal(m) => Status::internal(format!("raft stopped: {m}")),
+        esf_raft::Error::Storage(e) => storage_status(&e),
+        esf_raft::Error::Fatal(m) => {
+            // The reason names files of this node: logged, not sent.
+            tracing::error!(reason = %m, "a request met a stopped Raft group");
+            if m.contains("No space left on device") {
+                Status::resource_exhausted("disk full on this node: the group stopped; see its log")
+            } else {
+                Status::internal("a Raft group of this node stopped after a storage failure; see its log")
+            }
+        }
     }
 }
 
@@ -225,7 +234,7 @@ impl From<Error> for Status {
     fn from(e: Error) -> Status {
         match e {
             Error::Raft(e) => raft_status(e),
-            e @ Error::Storage(_) => Status::internal(e.to_string()),
+            Error::Storage(e) => storage_status(&e),
             e @ Error::Invalid { .. } => Status::invalid_argument(e.to_string()),
             Error::NotFound(m) => Status::not_found(m),
             Error::AlreadyExists(m) => Status::already_exists(m),
@@ -244,6 +253,19 @@ impl From<Error> for Status {
             Error::Peer(s) => peer_status(s),
             Error::Internal(m) => Status::internal(m),
         }
+    }
+}
+
+/// What a client learns of a storage failure: the kind, never the paths
+/// or internals (those go to this node's log).
+fn storage_status(e: &esf_storage::StorageError) -> Status {
+    tracing::error!(error = %e, "storage failure answered to a client");
+    if e.is_no_space() {
+        Status::resource_exhausted("disk full on this node: the write was not stored; free space on its data dir")
+    } else if e.is_corruption() {
+        Status::data_loss("damaged storage on this node; see its log")
+    } else {
+        Status::internal("storage failure on this node; see its log")
     }
 }
 

@@ -15,19 +15,21 @@
 //!                                  │                       background tasks share)
 //!                                  ▼
 //!          context  error  keyspace  convert  identity    (shared ground)
-//!          config  net/
+//!          config  disk  net/
 //! ```
 //!
 //! - Shared ground: [`context`] (the node's state and how to call a
 //!   peer), [`error`] (the node's error type and THE mapping to gRPC
 //!   status), [`keyspace`] (reserved meta keys and streams), [`convert`]
 //!   (proto <-> raft types), [`identity`] (the data dir's owner),
-//!   [`config`], [`net`] (peer channels, the Raft transport's client).
+//!   [`config`], [`disk`] (free space of the data dir and the floor
+//!   below which the node steps back), [`net`] (peer channels, the Raft
+//!   transport's client).
 //! - Domain: [`kv`] (watch engine), [`events`] (routing to partition
 //!   replicas and leaders, feeds, queries, retention, field indexes),
 //!   [`registry`], [`subscriptions`], [`audit`] (the audit relay),
 //!   [`cluster`] (membership, formation, placement, the partition
-//!   reconciler, leader log), [`backup`] (the snapshot file and serving
+//!   reconciler, leader log, the disk check loop), [`backup`] (the snapshot file and serving
 //!   it). Domain functions return [`error::Error`]; they never build a
 //!   gRPC status.
 //! - Adapters: [`api`] (the gRPC services, forwarding to leaders; the
@@ -58,6 +60,7 @@ pub mod cluster;
 pub mod config;
 pub mod context;
 pub mod convert;
+pub mod disk;
 pub mod error;
 pub mod events;
 pub mod identity;

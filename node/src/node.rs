@@ -21,7 +21,7 @@ use esf_raft::group::{GroupOptions, META_GROUP, MetaGroup};
 use esf_raft::openraft;
 use esf_storage::{Db, StorageConfig};
 use tokio::sync::watch;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::cluster::partitions::{self, Partitions, Routes};
 use crate::cluster::{formation, leaders};
@@ -74,7 +74,13 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
             stop_rx.clone(),
         ));
     }
+    let disk = Arc::new(crate::disk::DiskGuard::new(&cfg.data_dir, cfg.min_free_disk_mb));
+    // Low from the start if it already is: no leadership, no writes.
+    if let Err(e) = disk.check() {
+        warn!(error = %e, dir = %cfg.data_dir.display(), "disk check failed");
+    }
     let ctx = Ctx {
+        disk: disk.clone(),
         stop: stop_rx.clone(),
         meta: meta.clone(),
         partitions: partitions.clone(),
@@ -105,6 +111,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
             audit: audit_stats.clone(),
             meta: meta.clone(),
             draining: draining.clone(),
+            disk: disk.clone(),
             max_apply_lag: cfg.max_apply_lag,
             version: VERSION,
         },
@@ -134,6 +141,13 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
             stop_rx.clone(),
         )),
         tokio::spawn(field_index::run(meta.clone(), partitions.clone(), stop_rx.clone())),
+        tokio::spawn(crate::cluster::disk_watch::run(
+            disk,
+            meta.clone(),
+            partitions.clone(),
+            Duration::from_millis(cfg.disk_check_interval_ms),
+            stop_rx.clone(),
+        )),
         tokio::spawn(partitions::run_reconciler(
             meta.clone(),
             partitions.clone(),
@@ -344,6 +358,7 @@ async fn serve_grpc(
         on_adopt,
         gate,
         stop: ctx.stop.clone(),
+        disk: ctx.disk.clone(),
     };
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter

@@ -81,6 +81,19 @@ impl StorageError {
         }
     }
 
+    /// True if the write failed for lack of disk space (ENOSPC from the
+    /// file system, as an I/O error or inside a RocksDB status).
+    pub fn is_no_space(&self) -> bool {
+        match self {
+            StorageError::Io { source, .. } => {
+                source.kind() == io::ErrorKind::StorageFull || source.raw_os_error() == Some(28)
+            }
+            StorageError::Rocks { source, .. } => source.to_string().contains("No space left on device"),
+            StorageError::FlusherStopped(m) => m.contains("No space left on device"),
+            _ => false,
+        }
+    }
+
     /// True if the persisted state is damaged: the node must not serve from it.
     pub fn is_corruption(&self) -> bool {
         match self {

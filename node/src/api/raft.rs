@@ -61,9 +61,23 @@ pub struct RaftService {
     pub stop: tokio::sync::watch::Receiver<bool>,
     /// Persists a cluster id adopted from a leader's message.
     pub on_adopt: Arc<dyn Fn(&str) + Send + Sync>,
+    /// While the data dir is low on space, log entries, snapshots and
+    /// leadership transfers are refused (votes are not): leaders retry
+    /// once it has room again.
+    pub disk: Arc<crate::disk::DiskGuard>,
 }
 
 impl RaftService {
+    /// Refuses what writes to this node's disk or makes it a leader while
+    /// the disk is low.
+    fn check_disk(&self) -> Result<(), Error> {
+        match self.disk.reason() {
+            Some(r) => Err(Error::unavailable(format!(
+                "{r}; Raft log entries are refused until then"
+            ))),
+            None => Ok(()),
+        }
+    }
     fn check_gate(&self) -> Result<(), Error> {
         if !self.gate.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(Error::unavailable(
@@ -94,12 +108,15 @@ impl RaftService {
     ) -> impl Stream<Item = Result<pb::RaftMessage, Status>> + Send + 'static {
         let (group, cluster) = (first.group, first.cluster_id.clone());
         let mut stop = self.stop.clone();
+        let disk = self.disk.clone();
         let requests = futures::stream::once(futures::future::ready(Ok(first)))
             .chain(rest)
             .take_until(async move {
                 let _ = stop.wait_for(|s| *s).await;
             })
             .map(move |m| match m {
+                // The disk ran low: end the stream (the leader retries).
+                Ok(_) if disk.is_low() => Err("disk low: no more log entries taken".to_string()),
                 Ok(m) if m.group == group && m.cluster_id == cluster => {
                     decode::<AppendEntriesRequest<TypeConfig>>(&m.payload)
                 }
@@ -208,6 +225,7 @@ impl pb::raft_transport_server::RaftTransport for RaftService {
         // Answer with headers at once: the leader may have nothing to send
         // for a while, and the first message decides the group and cluster.
         self.check_gate()?;
+        self.check_disk()?;
         let mut inbound = req.into_inner();
         let mut stop = self.stop.clone();
         let svc = self.clone();
@@ -232,6 +250,7 @@ impl pb::raft_transport_server::RaftTransport for RaftService {
     async fn append_entries(&self, req: Request<pb::RaftMessage>) -> Result<Response<pb::RaftMessage>, Status> {
         let m = req.into_inner();
         self.check(m.group, &m.cluster_id)?;
+        self.check_disk()?;
         let rpc: AppendEntriesRequest<TypeConfig> = decode(&m.payload).map_err(undecodable)?;
         let resp = on_group!(self, m.group, |raft| raft.append_entries(rpc).await.map_err(fatal)?);
         self.reply(m.group, &resp)
@@ -256,6 +275,7 @@ impl pb::raft_transport_server::RaftTransport for RaftService {
     async fn transfer_leader(&self, req: Request<pb::RaftMessage>) -> Result<Response<pb::RaftMessage>, Status> {
         let m = req.into_inner();
         self.check(m.group, &m.cluster_id)?;
+        self.check_disk()?;
         let rpc: TransferLeaderRequest<TypeConfig> = decode(&m.payload).map_err(undecodable)?;
         let resp = on_group!(self, m.group, |raft| raft
             .handle_transfer_leader(rpc)
@@ -279,6 +299,7 @@ impl pb::raft_transport_server::RaftTransport for RaftService {
         while let Some(chunk) = stream.message().await? {
             if vote.is_none() {
                 self.check(chunk.group, &chunk.cluster_id)?;
+                self.check_disk()?;
                 group = chunk.group;
                 vote = Some(decode(&chunk.vote).map_err(undecodable)?);
                 meta = Some(decode(&chunk.meta).map_err(undecodable)?);

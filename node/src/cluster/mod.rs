@@ -2,9 +2,11 @@
 //! cluster forms and a node leaves ([`formation`]), where partition
 //! replicas go ([`placement`], a pure plan) and how they get there
 //! ([`partitions`], the reconciler), and which leader each group had per
-//! term ([`leaders`]). Every change to the cluster is carried out through
+//! term ([`leaders`]); a node low on disk steps back ([`disk_watch`]).
+//! Every change to the cluster is carried out through
 //! Raft. Gossip, health aggregation and failover belong here too.
 
+pub mod disk_watch;
 pub mod formation;
 pub mod leaders;
 pub mod membership;

@@ -441,6 +441,10 @@ impl Events<'_> {
                 .map_or(0, |d| d.as_millis() as u64),
             events,
         }));
+        // A leader low on disk refuses until its leadership has moved.
+        if p.raft().is_leader() {
+            self.0.disk.refuse_if_low()?;
+        }
         match p.write(cmd).await {
             Ok(resp) => match resp.result {
                 OpResult::Appended {
@@ -673,6 +677,10 @@ impl Events<'_> {
             stream: msg.stream.clone(),
             expected,
         });
+        // A leader low on disk refuses until its leadership has moved.
+        if p.raft().is_leader() {
+            self.0.disk.refuse_if_low()?;
+        }
         match p.write(cmd).await {
             Ok(resp) => match resp.result {
                 OpResult::StreamDeleted { version } => Ok(pb::DeleteStreamResponse {

@@ -1,0 +1,92 @@
+//! The disk check loop: looks at the data dir's free space every
+//! `disk_check_interval_ms` and, while the node is low
+//! ([`crate::disk::DiskGuard`]), keeps it from leading anything: elections
+//! off in every group it is not the only voter of (so an election timeout
+//! never makes it a candidate) and every leadership it holds handed to
+//! another voter. Transfers *to*
+//! it are refused by the Raft transport while it is low.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use esf_raft::group::MetaGroup;
+use esf_raft::openraft::async_runtime::WatchReceiver;
+use tracing::{info, warn};
+
+use crate::cluster::partitions::{Partitions, hand_over_all, membership_of};
+use crate::disk::DiskGuard;
+
+/// Runs until `stop`.
+pub async fn run(
+    disk: Arc<DiskGuard>,
+    meta: Arc<MetaGroup>,
+    partitions: Partitions,
+    interval: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        match disk.check() {
+            Ok(Some(low)) => {
+                if low {
+                    warn!(
+                        reason = disk.reason().unwrap_or_default(),
+                        "disk low: refusing writes here, handing over leadership, taking no log entries"
+                    );
+                } else {
+                    info!(
+                        free_bytes = disk.free(),
+                        "disk has room again: taking log entries and leadership again"
+                    );
+                }
+            }
+            Ok(None) => {}
+            Err(e) => warn!(error = %e, "disk check failed"),
+        }
+        set_elect(&meta, &partitions, !disk.is_low());
+        if disk.is_low() {
+            hand_over_all(&partitions).await;
+            hand_over_meta(&meta).await;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// Elections on or off in every group of this node (every pass: a node
+/// low from the start, voters that change). A group's only voter keeps
+/// them on: nobody else could lead it, and its writes are refused anyway.
+fn set_elect(meta: &MetaGroup, partitions: &Partitions, on: bool) {
+    let me = meta.node_id();
+    let alone = |voters: std::collections::BTreeSet<u64>| voters.len() == 1 && voters.contains(&me);
+    meta.raft()
+        .runtime_config()
+        .elect(on || alone(membership_of(meta.raft()).0));
+    for p in partitions.iter() {
+        let (voters, _) = membership_of(p.raft());
+        p.raft().runtime_config().elect(on || alone(voters));
+    }
+}
+
+/// Asks another voter to take the meta leadership (without waiting: the
+/// next check asks again if it has not moved).
+async fn hand_over_meta(meta: &MetaGroup) {
+    if !meta.raft().is_leader() {
+        return;
+    }
+    let me = meta.node_id();
+    let target = meta
+        .raft()
+        .metrics()
+        .borrow_watched()
+        .membership_config
+        .membership()
+        .voter_ids()
+        .find(|v| *v != me);
+    if let Some(to) = target {
+        if let Err(e) = meta.raft().trigger().transfer_leader(to).await {
+            warn!(error = %e, "meta leader transfer not started");
+        }
+    }
+}

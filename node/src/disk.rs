@@ -1,0 +1,153 @@
+//! Free space of the data dir's file system, and what a node does when it
+//! runs low (the check loop is `cluster::disk_watch`).
+//!
+//! A node whose disk fills mid-write cannot recover in place: RocksDB
+//! stops accepting writes and openraft stops a group for good on a failed
+//! log write. So the node stops short of full. Below the floor
+//! (`min_free_disk_mb`) it is *low*: it refuses the writes it leads
+//! (RESOURCE_EXHAUSTED naming the disk), hands every leadership to another
+//! voter and takes none back, refuses new log entries and snapshots from
+//! leaders (they retry it later), and `/readyz` says why. The other nodes
+//! keep serving. Once a quarter more than the floor is free again it
+//! takes entries again and catches up, without a restart.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use crate::error::{Error, Result};
+
+/// Free space of the file system holding one directory.
+#[derive(Debug)]
+pub struct DiskGuard {
+    dir: PathBuf,
+    /// Below this many free bytes the node is low (0: never).
+    floor: u64,
+    low: AtomicBool,
+    free: AtomicU64,
+    total: AtomicU64,
+}
+
+/// Free and total bytes of the file system holding `dir` (for an
+/// unprivileged process: `f_bavail`), from statvfs(3).
+pub fn space(dir: &Path) -> std::io::Result<(u64, u64)> {
+    let st = rustix::fs::statvfs(dir)?;
+    Ok((st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize))
+}
+
+impl DiskGuard {
+    /// A guard of `dir` with a floor of `floor_mb` MiB (0: off).
+    pub fn new(dir: &Path, floor_mb: u64) -> DiskGuard {
+        DiskGuard {
+            dir: dir.to_path_buf(),
+            floor: floor_mb << 20,
+            low: AtomicBool::new(false),
+            free: AtomicU64::new(u64::MAX),
+            total: AtomicU64::new(0),
+        }
+    }
+
+    /// Free bytes at which a low node is no longer low: a quarter above
+    /// the floor, so a node at the edge does not flap.
+    pub fn resume_at(&self) -> u64 {
+        self.floor + self.floor / 4
+    }
+
+    /// Looks at the free space now; returns `Some(now_low)` when the state
+    /// changed.
+    pub fn check(&self) -> std::io::Result<Option<bool>> {
+        let (free, total) = space(&self.dir)?;
+        Ok(self.observe(free, total))
+    }
+
+    /// Records `free` of `total` bytes; `Some(now_low)` when the state
+    /// changed.
+    pub fn observe(&self, free: u64, total: u64) -> Option<bool> {
+        self.free.store(free, Ordering::Relaxed);
+        self.total.store(total, Ordering::Relaxed);
+        let was = self.low.load(Ordering::SeqCst);
+        let now = if was {
+            free < self.resume_at()
+        } else {
+            free < self.floor
+        };
+        (now != was).then(|| {
+            self.low.store(now, Ordering::SeqCst);
+            now
+        })
+    }
+
+    /// Whether the node is low on disk.
+    pub fn is_low(&self) -> bool {
+        self.low.load(Ordering::SeqCst)
+    }
+
+    /// Free bytes at the last check (`u64::MAX` before the first).
+    pub fn free(&self) -> u64 {
+        self.free.load(Ordering::Relaxed)
+    }
+
+    /// Size of the file system at the last check.
+    pub fn total(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    /// Why the node is low, if it is.
+    pub fn reason(&self) -> Option<String> {
+        self.is_low().then(|| {
+            format!(
+                "disk: {} has {} bytes free, below the floor of {} bytes (min_free_disk_mb); writes resume once {} bytes are free",
+                self.dir.display(),
+                self.free(),
+                self.floor,
+                self.resume_at()
+            )
+        })
+    }
+
+    /// RESOURCE_EXHAUSTED while the node is low.
+    pub fn refuse_if_low(&self) -> Result<()> {
+        match self.reason() {
+            Some(r) => Err(Error::ResourceExhausted(r)),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn low_below_the_floor_until_a_quarter_above_it() {
+        let g = DiskGuard::new(Path::new("/data"), 100);
+        let mib = 1u64 << 20;
+        assert_eq!(g.observe(200 * mib, 1000 * mib), None);
+        assert!(g.refuse_if_low().is_ok());
+        assert_eq!(g.observe(99 * mib, 1000 * mib), Some(true));
+        let err = g.refuse_if_low().unwrap_err().to_string();
+        assert!(
+            err.contains("disk: /data has 103809024 bytes free, below the floor of 104857600 bytes"),
+            "{err}"
+        );
+        // Hysteresis: free again above the floor is not enough.
+        assert_eq!(g.observe(110 * mib, 1000 * mib), None);
+        assert!(g.is_low());
+        assert_eq!(g.observe(125 * mib, 1000 * mib), Some(false));
+        assert!(!g.is_low());
+    }
+
+    #[test]
+    fn a_floor_of_zero_is_never_low() {
+        let g = DiskGuard::new(Path::new("/data"), 0);
+        assert_eq!(g.observe(0, 1000), None);
+        assert!(!g.is_low());
+    }
+
+    #[test]
+    fn space_of_a_real_directory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (free, total) = space(dir.path()).expect("statvfs");
+        assert!(total > 0 && free <= total, "{free} of {total}");
+        assert!(space(&dir.path().join("missing")).is_err());
+    }
+}
