@@ -10,9 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use esf_raft::group::MetaGroup;
-use esf_raft::openraft::async_runtime::WatchReceiver;
 use tracing::{info, warn};
 
+use crate::cluster::formation::ask_meta_hand_over;
 use crate::cluster::partitions::{Partitions, hand_over_all, membership_of};
 use crate::disk::DiskGuard;
 
@@ -45,7 +45,7 @@ pub async fn run(
         set_elect(&meta, &partitions, !disk.is_low());
         if disk.is_low() {
             hand_over_all(&partitions).await;
-            hand_over_meta(&meta).await;
+            ask_meta_hand_over(&meta).await;
         }
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
@@ -66,27 +66,5 @@ fn set_elect(meta: &MetaGroup, partitions: &Partitions, on: bool) {
     for p in partitions.iter() {
         let (voters, _) = membership_of(p.raft());
         p.raft().runtime_config().elect(on || alone(voters));
-    }
-}
-
-/// Asks another voter to take the meta leadership (without waiting: the
-/// next check asks again if it has not moved).
-async fn hand_over_meta(meta: &MetaGroup) {
-    if !meta.raft().is_leader() {
-        return;
-    }
-    let me = meta.node_id();
-    let target = meta
-        .raft()
-        .metrics()
-        .borrow_watched()
-        .membership_config
-        .membership()
-        .voter_ids()
-        .find(|v| *v != me);
-    if let Some(to) = target {
-        if let Err(e) = meta.raft().trigger().transfer_leader(to).await {
-            warn!(error = %e, "meta leader transfer not started");
-        }
     }
 }

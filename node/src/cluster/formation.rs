@@ -39,11 +39,11 @@ pub const HELLO_TIMEOUT: Duration = Duration::from_secs(2);
 
 type ClusterStub = pb::cluster_client::ClusterClient<tonic::transport::Channel>;
 
-/// At shutdown: hands the meta leadership to another voter, waiting up
-/// to `deadline` for it to take over.
-pub async fn hand_over_leadership(meta: &MetaGroup, deadline: Duration) {
+/// If this node leads meta, asks another voter to take over (without
+/// waiting for it); whether it asked.
+pub async fn ask_meta_hand_over(meta: &MetaGroup) -> bool {
     if !meta.raft().is_leader() {
-        return;
+        return false;
     }
     let me = meta.node_id();
     let target = meta
@@ -54,11 +54,21 @@ pub async fn hand_over_leadership(meta: &MetaGroup, deadline: Duration) {
         .membership()
         .voter_ids()
         .find(|v| *v != me);
-    let Some(target) = target else { return };
+    let Some(target) = target else { return false };
     if let Err(e) = meta.raft().trigger().transfer_leader(target).await {
         warn!(error = %e, "leader transfer not started");
+        return false;
+    }
+    true
+}
+
+/// At shutdown: hands the meta leadership to another voter, waiting up
+/// to `deadline` for it to take over.
+pub async fn hand_over_leadership(meta: &MetaGroup, deadline: Duration) {
+    if !ask_meta_hand_over(meta).await {
         return;
     }
+    let me = meta.node_id();
     let mut rx = meta.raft().metrics();
     let until = tokio::time::Instant::now() + deadline;
     loop {
