@@ -360,3 +360,76 @@ async fn a_lone_node_low_on_disk_refuses_writes_naming_the_disk() {
     let (_, kv) = c.client().get("before").await.expect("reads still work");
     assert_eq!(kv.expect("before").value, b"1");
 }
+
+/// `member remove` of a running node: it learns it was removed, says so in
+/// /readyz, refuses client calls saying why (and clients move on to the
+/// other nodes), keeps running for the operator, and refuses to start on
+/// its data dir again. Nothing acknowledged is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_member_learns_it_refuses_clients_and_will_not_start_again() {
+    let mut c = Cluster::start(&esf_bin(), 3);
+    let leader = c.wait_ready().await;
+    let victim = c
+        .nodes
+        .iter()
+        .map(|n| n.id)
+        .find(|id| *id != leader)
+        .expect("a follower");
+    c.client().put("kept", "1").await.expect("put");
+    let bin = c.bin.clone();
+    let eps = c.node(leader).grpc.clone();
+    let (code, out, err) = cli(&bin, &["--endpoints", &eps, "member", "remove", &victim.to_string()]);
+    assert_eq!(code, 0, "member remove: {out} {err}");
+
+    let node = c.node(victim);
+    let deadline = tokio::time::Instant::now() + esf_cluster_tests::READY_DEADLINE;
+    let body = loop {
+        let (code, body) = node.admin_get("/readyz");
+        if code == 503 && body.contains("was removed from cluster") {
+            break body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node {victim} never learned it was removed: {body}\n{}",
+            node.log()
+        );
+        tokio::time::sleep(esf_cluster_tests::POLL_INTERVAL).await;
+    };
+    assert!(body.contains(&format!("node {victim} was removed")), "{body}");
+    let (code, _, err) = cli(
+        &bin,
+        &["--endpoints", &node.grpc, "--timeout-secs", "2", "kv", "get", "kept"],
+    );
+    assert_ne!(code, 0, "a removed node must not serve");
+    assert!(err.contains("was removed from cluster"), "{err}");
+    // Clients that list it move on to the others.
+    let (_, kv) = c.client().get("kept").await.expect("get through the cluster");
+    assert_eq!(kv.expect("kept").value, b"1");
+    let (code, out, err) = cli(&bin, &["--endpoints", &eps, "-o", "json", "member", "list"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert!(
+        v["members"]
+            .as_array()
+            .expect("members")
+            .iter()
+            .all(|m| m["id"] != victim),
+        "{out}"
+    );
+
+    // It waited for the operator; a restart on the same data dir is refused.
+    let n = c.node_mut(victim);
+    assert!(
+        n.child.as_mut().expect("running").try_wait().expect("wait").is_none(),
+        "it keeps running"
+    );
+    n.terminate();
+    n.start(&bin);
+    let status = n.wait_exit();
+    assert!(!status.success(), "a removed node's data dir must not start");
+    assert!(
+        n.log().contains("this node was removed from cluster"),
+        "the refusal is not explained:\n{}",
+        n.log()
+    );
+}

@@ -23,6 +23,8 @@ pub struct AdminState {
     pub draining: Arc<AtomicBool>,
     /// Free space of the data dir: not ready while low.
     pub disk: Arc<crate::disk::DiskGuard>,
+    /// Set once the node learned it was removed from the cluster.
+    pub removed: Arc<std::sync::OnceLock<String>>,
     /// Committed but unapplied entries above which the node is not ready.
     pub max_apply_lag: u64,
     /// This binary's version.
@@ -52,6 +54,9 @@ pub fn not_ready_reasons(s: &AdminState) -> Vec<String> {
     }
     if let Some(r) = s.disk.reason() {
         reasons.push(r);
+    }
+    if let Some(why) = s.removed.get() {
+        reasons.push(why.clone());
     }
     if m.membership_config.membership().get_node(&s.meta.node_id()).is_none() {
         reasons.push("not joined: this node is not a member of a cluster yet".to_string());

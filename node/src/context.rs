@@ -28,6 +28,9 @@ pub use esf_proto::wire::FORWARDED_METADATA;
 /// Shared state of the services and background tasks.
 #[derive(Clone)]
 pub struct Ctx {
+    /// Set once this node learned it was removed from the cluster (why):
+    /// it then refuses every request (`cluster::removal`).
+    pub removed: Arc<std::sync::OnceLock<String>>,
     /// Free space of the data dir: while low, writes this node leads are
     /// refused and it leads nothing.
     pub disk: Arc<crate::disk::DiskGuard>,

@@ -18,6 +18,10 @@ pub struct Identity {
     /// Event partitions this node runs (0: not recorded yet).
     #[serde(default)]
     pub partitions: u32,
+    /// Set once the node learned that it was removed from its cluster
+    /// (what it learned, and when): it never starts on this data dir again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removed: Option<String>,
 }
 
 fn path(dir: &Path) -> PathBuf {

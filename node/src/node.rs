@@ -79,7 +79,9 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     if let Err(e) = disk.check() {
         warn!(error = %e, dir = %cfg.data_dir.display(), "disk check failed");
     }
+    let removed: Arc<std::sync::OnceLock<String>> = Arc::default();
     let ctx = Ctx {
+        removed: removed.clone(),
         disk: disk.clone(),
         stop: stop_rx.clone(),
         meta: meta.clone(),
@@ -112,6 +114,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
             meta: meta.clone(),
             draining: draining.clone(),
             disk: disk.clone(),
+            removed: removed.clone(),
             max_apply_lag: cfg.max_apply_lag,
             version: VERSION,
         },
@@ -141,6 +144,11 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
             stop_rx.clone(),
         )),
         tokio::spawn(field_index::run(meta.clone(), partitions.clone(), stop_rx.clone())),
+        tokio::spawn(crate::cluster::removal::run(
+            ctx.clone(),
+            cfg.data_dir.clone(),
+            Duration::from_millis(crate::cluster::removal::CHECK_INTERVAL_MS),
+        )),
         tokio::spawn(crate::cluster::disk_watch::run(
             disk,
             meta.clone(),
@@ -207,12 +215,23 @@ fn open_identity(cfg: &NodeConfig) -> anyhow::Result<Identity> {
                 cfg.node_id
             )
         }
+        Some(Identity {
+            removed: Some(why),
+            cluster_id,
+            ..
+        }) => {
+            bail!(
+                "data dir {}: this node was removed from cluster {cluster_id} ({why}); it will not serve from this data dir again: start it with an empty data dir to join a cluster anew",
+                cfg.data_dir.display()
+            )
+        }
         Some(id) => Ok(id),
         None => {
             let id = Identity {
                 node_id: cfg.node_id,
                 cluster_id: String::new(),
                 partitions: 0,
+                removed: None,
             };
             identity::save(&cfg.data_dir, &id)?;
             Ok(id)
@@ -345,6 +364,7 @@ async fn serve_grpc(
             node_id,
             cluster_id: cid.to_string(),
             partitions: partition_count,
+            removed: None,
         };
         if let Err(e) = identity::save(&data_dir, &id) {
             error!(error = %e, "cannot persist cluster id");

@@ -189,6 +189,13 @@ fn certificate_user(req: &http::Request<Body>) -> Option<String> {
 /// Who `req` acts for, or why it is refused.
 fn admit(ctx: &Ctx, req: &http::Request<Body>) -> Result<Caller, Status> {
     let path = req.uri().path();
+    // A removed node serves nobody, peers included; UNAVAILABLE so that
+    // clients move on to another endpoint.
+    if let Some(why) = ctx.removed.get()
+        && !path.starts_with("/grpc.health.v1.Health/")
+    {
+        return Err(Status::unavailable(why.clone()));
+    }
     let Some(rule) = rule(path) else {
         return Err(Status::permission_denied(format!(
             "{path}: this method has no permission rule, so nobody may call it"

@@ -230,6 +230,7 @@ pub(super) async fn snapshot_restore(
             node_id,
             cluster_id: cluster_id.clone(),
             partitions: groups.iter().filter(|(g, _)| g.kind == "partition").count() as u32,
+            removed: None,
         },
     )?;
     if data_dir.exists() {

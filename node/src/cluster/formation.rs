@@ -255,6 +255,7 @@ fn adopt(cfg: &NodeConfig, meta: &MetaGroup, cluster_id: &ClusterId, cid: &str) 
             node_id: cfg.node_id,
             cluster_id: cid.to_string(),
             partitions: identity::load(&cfg.data_dir)?.map_or(0, |i| i.partitions),
+            removed: None,
         },
     )
 }

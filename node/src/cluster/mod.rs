@@ -2,7 +2,8 @@
 //! cluster forms and a node leaves ([`formation`]), where partition
 //! replicas go ([`placement`], a pure plan) and how they get there
 //! ([`partitions`], the reconciler), and which leader each group had per
-//! term ([`leaders`]); a node low on disk steps back ([`disk_watch`]).
+//! term ([`leaders`]); a node low on disk steps back ([`disk_watch`]); a
+//! removed node learns it was ([`removal`]).
 //! Every change to the cluster is carried out through
 //! Raft. Gossip, health aggregation and failover belong here too.
 
@@ -12,3 +13,4 @@ pub mod leaders;
 pub mod membership;
 pub mod partitions;
 pub mod placement;
+pub mod removal;
