@@ -433,3 +433,88 @@ async fn a_removed_member_learns_it_refuses_clients_and_will_not_start_again() {
         n.log()
     );
 }
+
+/// The value of the first series of `/metrics` text `text` starting with
+/// `series` (name and labels as rendered).
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit_once(' '))
+        .and_then(|(_, v)| v.parse().ok())
+}
+
+/// /readyz and /metrics of a serving node: Raft figures for the meta group
+/// and every partition, requests counted per method and code with latency
+/// histograms, and the real size of the data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_and_metrics_cover_every_group_and_every_request() {
+    let c = Cluster::start(&esf_bin(), 3);
+    c.wait_ready().await;
+    let node = c.node(1);
+    let (code, body) = node.admin_get("/readyz");
+    assert_eq!((code, body.as_str()), (200, "{\"ready\":true,\"reasons\":[]}"));
+    let client = node.client();
+    for i in 0..50 {
+        client.put(format!("m-{i}"), vec![b'v'; 512]).await.expect("put");
+    }
+    client
+        .append("metered", vec![event(0, 64)], None)
+        .await
+        .expect("append");
+    let err = client.get("").await.expect_err("an empty key is refused");
+    assert!(matches!(err, esf_client::Error::InvalidArgument(_)), "{err:?}");
+
+    let (code, text) = node.admin_get("/metrics");
+    assert_eq!(code, 200);
+    for group in 0..=8 {
+        let role = metric(&text, &format!("esf_raft_role{{group=\"{group}\"}}"));
+        assert!(role.is_some_and(|r| r <= 2.0), "group {group} role {role:?}:\n{text}");
+        let term = metric(&text, &format!("esf_raft_term{{group=\"{group}\"}}"));
+        assert!(term.is_some_and(|t| t >= 1.0), "group {group} term {term:?}");
+    }
+    let puts = metric(
+        &text,
+        "esf_grpc_requests_total{method=\"/esf.v1.Config/Put\",code=\"OK\"}",
+    );
+    assert_eq!(puts, Some(50.0), "{text}");
+    let bad = metric(
+        &text,
+        "esf_grpc_requests_total{method=\"/esf.v1.Config/Range\",code=\"INVALID_ARGUMENT\"}",
+    );
+    assert_eq!(bad, Some(1.0), "{text}");
+    let put_latency = metric(
+        &text,
+        "esf_grpc_request_duration_seconds_count{method=\"/esf.v1.Config/Put\"}",
+    );
+    assert_eq!(put_latency, Some(50.0), "{text}");
+    assert!(
+        text.contains("# TYPE esf_grpc_request_duration_seconds histogram"),
+        "{text}"
+    );
+    let db = metric(&text, "esf_storage_db_bytes").expect("db size");
+    assert!(db > 25_000.0, "50 puts of 512 bytes and more, not {db}");
+    assert_eq!(metric(&text, "esf_node_ready"), Some(1.0));
+    assert_eq!(metric(&text, "esf_disk_low"), Some(0.0));
+}
+
+/// `--log-format json`: every log line is one JSON object with the node
+/// id; lines of a Raft group carry it in their span.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_name_the_node_and_the_group() {
+    let c = Cluster::start_with(&esf_bin(), 3, &["--log-format", "json"]);
+    c.wait_ready().await;
+    c.client().put("k", "v").await.expect("put");
+    let log = c.node(2).log();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(lines.len() > 10, "{log}");
+    assert!(lines.iter().all(|v| v["node"] == 2 && v["level"].is_string() && v["message"].is_string()));
+    let groups: std::collections::BTreeSet<u64> = lines
+        .iter()
+        .filter(|v| v["span"]["name"] == "raft")
+        .filter_map(|v| v["span"]["group"].as_u64())
+        .collect();
+    assert!(groups.contains(&0) && groups.len() > 1, "groups seen in spans: {groups:?}");
+}

@@ -25,6 +25,10 @@ pub struct AdminState {
     pub disk: Arc<crate::disk::DiskGuard>,
     /// Set once the node learned it was removed from the cluster.
     pub removed: Arc<std::sync::OnceLock<String>>,
+    /// The event partitions (their Raft figures are in `/metrics`).
+    pub partitions: crate::cluster::partitions::Partitions,
+    /// The process's metrics recorder, rendered by `/metrics`.
+    pub telemetry: metrics_exporter_prometheus::PrometheusHandle,
     /// Committed but unapplied entries above which the node is not ready.
     pub max_apply_lag: u64,
     /// This binary's version.
@@ -95,150 +99,63 @@ async fn raft_stats(State(s): State<AdminState>) -> impl IntoResponse {
 }
 
 async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
-    let m = s.meta.raft().metrics().borrow_watched().clone();
-    let stats = s.meta.store().db().durability_stats();
-    let g = "group=\"0\"";
-    let mut out = String::new();
-    let mut gauge = |name: &str, help: &str, labels: &str, v: u64| {
-        out.push_str(&format!(
-            "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{{labels}}} {v}\n"
-        ));
+    record_state(&s);
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.telemetry.render(),
+    )
+}
+
+/// The Raft figures of one group as gauges labelled `group`.
+fn raft_gauges(group: u32, m: &esf_raft::openraft::RaftMetrics<esf_raft::types::TypeConfig>) {
+    use metrics::gauge;
+    let g = group.to_string();
+    let committed = m.local_committed.as_ref().map_or(0, |l| l.index);
+    let applied = m.last_applied.as_ref().map_or(0, |l| l.index);
+    let role = match m.state {
+        ServerState::Follower => 0.0,
+        ServerState::Candidate => 1.0,
+        ServerState::Leader => 2.0,
+        ServerState::Learner => 3.0,
+        ServerState::Shutdown => 4.0,
     };
-    gauge(
-        "esf_build_info",
-        "Build information.",
-        &format!("version=\"{}\"", s.version),
-        1,
+    gauge!("esf_raft_is_leader", "group" => g.clone()).set(f64::from(u8::from(m.state == ServerState::Leader)));
+    gauge!("esf_raft_role", "group" => g.clone()).set(role);
+    gauge!("esf_raft_term", "group" => g.clone()).set(m.current_term as f64);
+    gauge!("esf_raft_commit_index", "group" => g.clone()).set(committed as f64);
+    gauge!("esf_raft_applied_index", "group" => g.clone()).set(applied as f64);
+    gauge!("esf_raft_last_log_index", "group" => g.clone()).set(m.last_log_index.unwrap_or(0) as f64);
+    gauge!("esf_raft_apply_lag", "group" => g.clone()).set(committed.saturating_sub(applied) as f64);
+    gauge!("esf_raft_has_leader", "group" => g).set(f64::from(u8::from(m.current_leader.is_some())));
+}
+
+/// Sets the gauges and counters read from the node's state (the request
+/// metrics are recorded as requests pass the guard).
+fn record_state(s: &AdminState) {
+    use metrics::{counter, gauge};
+    gauge!("esf_build_info", "version" => s.version).set(1.0);
+    raft_gauges(
+        esf_raft::group::META_GROUP,
+        &s.meta.raft().metrics().borrow_watched().clone(),
     );
-    gauge(
-        "esf_raft_is_leader",
-        "1 if this node leads the group.",
-        g,
-        u64::from(m.state == ServerState::Leader),
-    );
-    gauge(
-        "esf_raft_role",
-        "0 follower, 1 candidate, 2 leader, 3 learner, 4 shutdown.",
-        g,
-        match m.state {
-            ServerState::Follower => 0,
-            ServerState::Candidate => 1,
-            ServerState::Leader => 2,
-            ServerState::Learner => 3,
-            ServerState::Shutdown => 4,
-        },
-    );
-    gauge("esf_raft_term", "Current Raft term.", g, m.current_term);
-    gauge(
-        "esf_raft_commit_index",
-        "Highest committed log index.",
-        g,
-        m.local_committed.as_ref().map_or(0, |l| l.index),
-    );
-    gauge(
-        "esf_raft_applied_index",
-        "Highest applied log index.",
-        g,
-        m.last_applied.as_ref().map_or(0, |l| l.index),
-    );
-    gauge(
-        "esf_raft_last_log_index",
-        "Last log index.",
-        g,
-        m.last_log_index.unwrap_or(0),
-    );
-    gauge(
-        "esf_raft_has_leader",
-        "1 if a leader is known.",
-        g,
-        u64::from(m.current_leader.is_some()),
-    );
-    gauge(
-        "esf_kv_revision",
-        "Current store revision.",
-        g,
-        s.meta.store().revision(),
-    );
-    let (relayed, lag) = crate::audit::lag(&s.meta);
-    gauge(
-        "esf_audit_relayed_revision",
-        "Every revision up to this one has its event in the $audit stream.",
-        "",
-        relayed,
-    );
-    gauge(
-        "esf_audit_lag_revisions",
-        "Revisions whose audit event is not appended yet.",
-        "",
-        lag,
-    );
-    gauge(
-        "esf_storage_db_bytes",
-        "Approximate RocksDB size (SST + memtables).",
-        "",
-        s.meta.store().db().approximate_size_bytes(),
-    );
-    gauge(
-        "esf_quota_bytes",
-        "Storage quota of the state machines (quota_bytes).",
-        "",
-        s.meta.quota_bytes(),
-    );
-    gauge(
-        "esf_quota_used_bytes",
-        "Bytes the state machines use against the quota.",
-        "",
-        s.meta.quota_used(),
-    );
-    gauge(
-        "esf_quota_alarm",
-        "1 while writes that add data are refused for lack of quota.",
-        "",
-        u64::from(s.meta.quota_exceeded()),
-    );
-    gauge(
-        "esf_disk_free_bytes",
-        "Free bytes of the data dir's file system at the last check.",
-        "",
-        s.disk.free(),
-    );
-    gauge(
-        "esf_disk_total_bytes",
-        "Size of the data dir's file system.",
-        "",
-        s.disk.total(),
-    );
-    gauge(
-        "esf_disk_low",
-        "1 while free space is below min_free_disk_mb: writes here refused, leadership moved away.",
-        "",
-        u64::from(s.disk.is_low()),
-    );
-    gauge(
-        "esf_node_ready",
-        "1 if /readyz reports ready.",
-        "",
-        u64::from(not_ready_reasons(&s).is_empty()),
-    );
-    for (name, help, v) in [
-        (
-            "esf_audit_relayed_total",
-            "Audit events this node's relay appended (while it led meta).",
-            s.audit.relayed.load(Ordering::Relaxed),
-        ),
-        (
-            "esf_retention_removed_events_total",
-            "Events this node's partition leaders removed by retention.",
-            s.retention.removed.load(Ordering::Relaxed),
-        ),
-        (
-            "esf_audit_retries_total",
-            "Audit relay attempts that failed and were retried.",
-            s.audit.retries.load(Ordering::Relaxed),
-        ),
-    ] {
-        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n"));
+    for p in s.partitions.iter() {
+        raft_gauges(p.group(), &p.raft().metrics().borrow_watched().clone());
     }
-    out.push_str(&format!("# HELP esf_storage_wal_fsyncs_total WAL group-commit fsyncs.\n# TYPE esf_storage_wal_fsyncs_total counter\nesf_storage_wal_fsyncs_total {}\n", stats.fsyncs));
-    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+    let store = s.meta.store();
+    gauge!("esf_kv_revision").set(store.revision() as f64);
+    let (relayed, lag) = crate::audit::lag(&s.meta);
+    gauge!("esf_audit_relayed_revision").set(relayed as f64);
+    gauge!("esf_audit_lag_revisions").set(lag as f64);
+    gauge!("esf_storage_db_bytes").set(store.db().approximate_size_bytes() as f64);
+    gauge!("esf_quota_bytes").set(s.meta.quota_bytes() as f64);
+    gauge!("esf_quota_used_bytes").set(s.meta.quota_used() as f64);
+    gauge!("esf_quota_alarm").set(f64::from(u8::from(s.meta.quota_exceeded())));
+    gauge!("esf_disk_free_bytes").set(s.disk.free() as f64);
+    gauge!("esf_disk_total_bytes").set(s.disk.total() as f64);
+    gauge!("esf_disk_low").set(f64::from(u8::from(s.disk.is_low())));
+    gauge!("esf_node_ready").set(f64::from(u8::from(not_ready_reasons(s).is_empty())));
+    counter!("esf_audit_relayed_total").absolute(s.audit.relayed.load(Ordering::Relaxed));
+    counter!("esf_audit_retries_total").absolute(s.audit.retries.load(Ordering::Relaxed));
+    counter!("esf_retention_removed_events_total").absolute(s.retention.removed.load(Ordering::Relaxed));
+    counter!("esf_storage_wal_fsyncs_total").absolute(store.db().durability_stats().fsyncs);
 }

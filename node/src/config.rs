@@ -52,6 +52,10 @@ pub struct NodeConfig {
     pub quota_bytes: u64,
     /// Log filter (tracing env-filter syntax); `RUST_LOG` overrides.
     pub log_level: String,
+    /// `text` (one human-readable line per event) or `json` (one JSON
+    /// object per line, with `node`, the event's fields flattened, and the
+    /// span it happened in, e.g. `{"name":"raft","group":3}`).
+    pub log_format: String,
     /// Event partitions of a new cluster (1..=256). Fixed when the cluster
     /// is created and recorded in meta; a node of an existing cluster uses
     /// the recorded count.
@@ -149,6 +153,7 @@ impl Default for NodeConfig {
             drain_timeout_ms: 5000,
             quota_bytes: 8 << 30,
             log_level: "info".into(),
+            log_format: "text".into(),
             partitions: crate::cluster::partitions::DEFAULT_PARTITIONS,
             partition_replicas: crate::cluster::placement::DEFAULT_PARTITION_REPLICAS,
             verify_on_start: true,
@@ -234,6 +239,10 @@ pub struct Flags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_level: Option<String>,
+    /// Log format: text or json.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<String>,
     /// Storage quota of the state machines, bytes.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -408,6 +417,9 @@ pub fn validate(c: &NodeConfig) -> anyhow::Result<()> {
             "auth_token_ttl_secs: {} is outside 1..={MAX_AUTH_TOKEN_TTL_SECS} (a week)",
             c.auth_token_ttl_secs
         );
+    }
+    if !matches!(c.log_format.as_str(), "text" | "json") {
+        anyhow::bail!("log_format: {:?} is neither \"text\" nor \"json\"", c.log_format);
     }
     if !(10..=60_000).contains(&c.disk_check_interval_ms) {
         anyhow::bail!(

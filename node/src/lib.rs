@@ -15,7 +15,7 @@
 //!                                  │                       background tasks share)
 //!                                  ▼
 //!          context  error  keyspace  convert  identity    (shared ground)
-//!          config  disk  net/
+//!          config  disk  net/  telemetry/
 //! ```
 //!
 //! - Shared ground: [`context`] (the node's state and how to call a
@@ -24,7 +24,8 @@
 //!   (proto <-> raft types), [`identity`] (the data dir's owner),
 //!   [`config`], [`disk`] (free space of the data dir and the floor
 //!   below which the node steps back), [`net`] (peer channels, the Raft
-//!   transport's client).
+//!   transport's client), [`telemetry`] (the metrics recorder and what
+//!   it records).
 //! - Domain: [`kv`] (watch engine), [`events`] (routing to partition
 //!   replicas and leaders, feeds, queries, retention, field indexes),
 //!   [`registry`], [`subscriptions`], [`audit`] (the audit relay),
@@ -70,3 +71,4 @@ pub mod net;
 pub mod node;
 pub mod registry;
 pub mod subscriptions;
+pub mod telemetry;

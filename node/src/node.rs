@@ -115,6 +115,8 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
             draining: draining.clone(),
             disk: disk.clone(),
             removed: removed.clone(),
+            partitions: partitions.clone(),
+            telemetry: crate::telemetry::handle(),
             max_apply_lag: cfg.max_apply_lag,
             version: VERSION,
         },

@@ -357,19 +357,9 @@ impl Db {
 
     /// Live SST plus memtable bytes, for status and metrics.
     pub fn approximate_size_bytes(&self) -> u64 {
-        let sst = self
-            .db
-            .property_int_value("rocksdb.total-sst-files-size")
-            .ok()
-            .flatten()
-            .unwrap_or(0);
-        let mem = self
-            .db
-            .property_int_value("rocksdb.cur-size-all-mem-tables")
-            .ok()
-            .flatten()
-            .unwrap_or(0);
-        sst + mem
+        // Per column family: the DB-level properties cover only the
+        // default one, which ESF leaves empty.
+        crate::keys::ALL_CFS.iter().map(|cf| self.cf_size_bytes(cf)).sum()
     }
 }
 

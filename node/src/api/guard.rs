@@ -29,6 +29,7 @@ use tonic::body::Body;
 use crate::auth::{Authz, Caller, token};
 use crate::context::Ctx;
 use crate::error::Error;
+use crate::telemetry;
 
 /// What a method needs, while auth is enabled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,6 +160,7 @@ impl<S> tower::Service<http::Request<Body>> for Guard<S>
 where
     S: tower::Service<http::Request<Body>, Response = http::Response<Body>>,
     S::Future: Send + 'static,
+    S::Error: 'static,
 {
     type Response = http::Response<Body>;
     type Error = S::Error;
@@ -169,13 +171,31 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<Body>) -> Self::Future {
-        match admit(&self.ctx, &req) {
+        let method = telemetry::method_label(req.uri().path());
+        let started = std::time::Instant::now();
+        let answer: Self::Future = match admit(&self.ctx, &req) {
             Ok(caller) => {
                 req.extensions_mut().insert(caller);
                 Box::pin(self.inner.call(req))
             }
             Err(status) => Box::pin(async move { Ok(status.into_http()) }),
-        }
+        };
+        Box::pin(async move {
+            let resp = answer.await;
+            // A refusal carries its status in the headers; a served call
+            // in the trailers (OK unless the headers say otherwise).
+            let code = match &resp {
+                Ok(r) => r
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0),
+                Err(_) => tonic::Code::Unknown as i32,
+            };
+            telemetry::observe_request(method, code, started.elapsed());
+            resp
+        })
     }
 }
 

@@ -171,7 +171,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(flags) => {
             let cfg = config::load(flags.config.as_deref(), &flags)?;
-            init_tracing(&cfg.log_level);
+            init_tracing(&cfg.log_level, &cfg.log_format, cfg.node_id);
             crate::node::run(cfg).await?;
         }
         Command::Config(ConfigCmd::Validate { file }) => {
@@ -375,19 +375,60 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Logs go to stderr. A server outlives its log pipe: once stderr is
-/// closed (the reader of `esf serve 2>&1 | ...` exited) lines are dropped
-/// and the node keeps running. tracing-subscriber would otherwise report
-/// each failed write with `eprintln!`, which panics on a closed stderr,
-/// and a panic while unwinding aborts the process.
-fn init_tracing(level: &str) {
+/// Logs go to stderr, as text or JSON lines (`log_format`). A server
+/// outlives its log pipe: once stderr is closed (the reader of `esf serve
+/// 2>&1 | ...` exited) lines are dropped and the node keeps running.
+/// tracing-subscriber would otherwise report each failed write with
+/// `eprintln!`, which panics on a closed stderr, and a panic while
+/// unwinding aborts the process.
+fn init_tracing(level: &str, format: &str, node_id: u64) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .log_internal_errors(false)
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .try_init();
+        .with_target(false);
+    let _ = if format == "json" {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_writer(NodeTagged(node_id))
+            .try_init()
+    } else {
+        builder
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init()
+    };
+}
+
+/// stderr, with `"node":ID` put first in every JSON log line.
+struct NodeTagged(u64);
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for NodeTagged {
+    type Writer = NodeTagged;
+
+    fn make_writer(&'a self) -> NodeTagged {
+        NodeTagged(self.0)
+    }
+}
+
+impl std::io::Write for NodeTagged {
+    /// Takes a whole formatted line (the formatter writes each event in
+    /// one call). A failed write (closed stderr) drops the line.
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut err = std::io::stderr().lock();
+        let _ = match buf.strip_prefix(b"{") {
+            Some(rest) => write!(err, "{{\"node\":{},", self.0).and_then(|()| err.write_all(rest)),
+            None => err.write_all(buf),
+        };
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
 }

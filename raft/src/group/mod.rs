@@ -31,7 +31,7 @@ use openraft::{RaftNetworkFactory, ReadPolicy, ServerState};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
 use crate::command::*;
 use crate::error::{Error, Result};
@@ -126,7 +126,12 @@ where
     let log = LogStore::new(db, group);
     let pacing = crate::snapshot_record::Pacing::new(&opts.raft, opts.snapshot_step_bytes);
     let sm = GroupStateMachine::new(store).with_pacing(pacing);
+    // openraft's tasks log inside this span (its own core span is at debug
+    // level, and it falls back to the current one): every line of a group
+    // says which group it is (`raft{group=3}`).
+    let span = tracing::info_span!("raft", group);
     openraft::Raft::new(opts.node_id, opts.raft.clone(), network, log, sm)
+        .instrument(span)
         .await
         .map_err(|e| Error::Fatal(e.to_string()))
 }
