@@ -20,6 +20,11 @@ echo "test: layering of node/ and client/"
 python3 scripts/check-layers.py
 
 echo "test: building (target dir $CARGO_TARGET_DIR)"
+# The test-only failpoints build first, kept as esf-failpoints (the
+# Jepsen-style test broken_builds_are_caught_as_invalid runs it); the
+# workspace build after it puts the normal esf back in place.
+cargo build --locked -p esf-node --features failpoints
+cp "$CARGO_TARGET_DIR/debug/esf" "$CARGO_TARGET_DIR/debug/esf-failpoints"
 cargo build --workspace --all-targets --locked
 echo "test: running"
 cargo nextest run --workspace --locked --profile "$profile" "$@"

@@ -510,11 +510,18 @@ async fn json_logs_name_the_node_and_the_group() {
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
         .collect();
     assert!(lines.len() > 10, "{log}");
-    assert!(lines.iter().all(|v| v["node"] == 2 && v["level"].is_string() && v["message"].is_string()));
+    assert!(
+        lines
+            .iter()
+            .all(|v| v["node"] == 2 && v["level"].is_string() && v["message"].is_string())
+    );
     let groups: std::collections::BTreeSet<u64> = lines
         .iter()
         .filter(|v| v["span"]["name"] == "raft")
         .filter_map(|v| v["span"]["group"].as_u64())
         .collect();
-    assert!(groups.contains(&0) && groups.len() > 1, "groups seen in spans: {groups:?}");
+    assert!(
+        groups.contains(&0) && groups.len() > 1,
+        "groups seen in spans: {groups:?}"
+    );
 }

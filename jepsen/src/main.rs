@@ -28,6 +28,9 @@ fn parse(args: &[String]) -> Result<RunConfig, String> {
         concurrency: 8,
         out: PathBuf::from("jepsen-out"),
         tls: false,
+        // scripts/jepsen.sh --failpoints exports ESF_FAILPOINTS, which the
+        // nodes inherit.
+        failpoints: Vec::new(),
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {

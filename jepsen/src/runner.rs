@@ -255,6 +255,10 @@ pub struct RunConfig {
     /// Nodes serve TLS and dial each other over it; clients trust the
     /// cluster's CA and present a client certificate.
     pub tls: bool,
+    /// Test-only faults switched on in every node (`ESF_FAILPOINTS`); the
+    /// binary must be built with the `failpoints` feature. The checkers
+    /// must then find the anomalies they cause.
+    pub failpoints: Vec<String>,
 }
 
 /// The verdict of a run.
@@ -973,6 +977,9 @@ pub async fn run(cfg: &RunConfig) -> anyhow::Result<Report> {
                 ("FAKETIME_CACHE_DURATION".into(), "1".into()),
                 ("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()),
             ];
+        }
+        if !cfg.failpoints.is_empty() {
+            n.env.push(("ESF_FAILPOINTS".into(), cfg.failpoints.join(",")));
         }
     };
     let cluster = if cfg.tls {

@@ -18,7 +18,52 @@ fn config(nemeses: Vec<Nemesis>, secs: u64, out: &std::path::Path) -> RunConfig 
         concurrency: 6,
         out: out.to_path_buf(),
         tls: false,
+        failpoints: Vec::new(),
     }
+}
+
+/// The `esf` binary built with the test-only `failpoints` feature, beside
+/// the normal one (scripts/test.sh builds it as `esf-failpoints`).
+fn failpoints_bin() -> std::path::PathBuf {
+    let bin = esf_cluster_tests::esf_bin().with_file_name("esf-failpoints");
+    assert!(
+        bin.exists(),
+        "{} not found: scripts/test.sh builds it (cargo build -p esf-node --features failpoints, copied as esf-failpoints)",
+        bin.display()
+    );
+    bin
+}
+
+/// The checkers catch what the failpoints break: linearizable reads that
+/// skip the read index, under leader partitions, are not linearizable;
+/// appends that skip deduplication, under leader kills, store a retried
+/// event twice. Both runs must come out INVALID.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_builds_are_caught_as_invalid() {
+    let bin = failpoints_bin();
+    if let Some(why) = esf_cluster_tests::netns::unavailable() {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "SKIPPED under CI counts as a failure: {why}"
+        );
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = config(vec![Nemesis::Partition], 20, &dir.path().join("local-reads"));
+    cfg.esf_bin = bin.clone();
+    cfg.hosts = Hosts::Netns;
+    cfg.failpoints = vec!["local-reads".into()];
+    let report = run(&cfg).await.expect("run");
+    assert_eq!(report.verdict, Verdict::Invalid, "local-reads: {}", report.summary());
+
+    let mut cfg = config(vec![Nemesis::Kill], 12, &dir.path().join("no-dedup"));
+    cfg.esf_bin = bin;
+    cfg.workload = Workload::Events;
+    cfg.failpoints = vec!["no-dedup".into()];
+    let report = run(&cfg).await.expect("run");
+    assert_eq!(report.verdict, Verdict::Invalid, "no-dedup: {}", report.summary());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
