@@ -149,6 +149,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         tokio::spawn(crate::cluster::removal::run(
             ctx.clone(),
             cfg.data_dir.clone(),
+            cfg.join.clone(),
             Duration::from_millis(crate::cluster::removal::CHECK_INTERVAL_MS),
         )),
         tokio::spawn(crate::cluster::disk_watch::run(

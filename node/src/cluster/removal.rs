@@ -10,8 +10,10 @@
 //! its identity file (durably: it never serves from that data dir again),
 //! refuses every request from then on (UNAVAILABLE, saying so, so clients
 //! move on to another endpoint), reports it in `/readyz`, stops its Raft
-//! groups and waits for the operator. A node that is not a member yet (a
-//! new node waiting to be added) never checks.
+//! groups and waits for the operator. A node that applied the membership
+//! that removed it, after this process saw it as a member, knows it from
+//! its own log (twice in a row too). A node that has not joined a cluster
+//! yet (waiting to be added) never checks.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -32,15 +34,43 @@ pub const CALL_DEADLINE: Duration = Duration::from_secs(2);
 pub const STRIKES: u32 = 2;
 
 /// Runs until the node stops or learns it was removed.
-pub async fn run(ctx: Ctx, data_dir: PathBuf, interval: Duration) {
+/// `join` (the `--join` addresses) are asked too: a node may not have
+/// applied any membership with the others in it.
+pub async fn run(ctx: Ctx, data_dir: PathBuf, join: Vec<String>, interval: Duration) {
     let mut stop = ctx.stop.clone();
     let mut strikes = 0;
+    // Whether this process has seen the node in its own membership.
+    let mut was_member = false;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        match removed_by(&ctx).await {
+        let me = ctx.meta.node_id();
+        let own = ctx.meta.raft().metrics().borrow_watched().membership_config.clone();
+        let member = own.membership().get_node(&me).is_some();
+        if was_member && !member {
+            // It applied a membership without itself: only a removal does
+            // that to a node that was a member (a new node applies older
+            // memberships only before it first sees itself in one).
+            strikes += 1;
+            if strikes >= STRIKES {
+                let voters: Vec<u64> = own.membership().voter_ids().collect();
+                let view = format!("its log has a membership without it, voters {voters:?}");
+                mark_removed(&ctx, &data_dir, view).await;
+                return;
+            }
+            continue;
+        }
+        was_member |= member;
+        // A node that has not joined a cluster (a new one waiting to be
+        // added) has nothing to check. One that has may have applied its
+        // own removal already: its membership then lacks it, and the
+        // leader's answer decides.
+        if ctx.cluster_id().is_empty() {
+            continue;
+        }
+        match removed_by(&ctx, &join).await {
             Some(view) => {
                 strikes += 1;
                 if strikes >= STRIKES {
@@ -55,20 +85,30 @@ pub async fn run(ctx: Ctx, data_dir: PathBuf, interval: Duration) {
 
 /// What the meta leader reports, if one answers with a membership
 /// without this node.
-async fn removed_by(ctx: &Ctx) -> Option<String> {
+async fn removed_by(ctx: &Ctx, join: &[String]) -> Option<String> {
     let m = ctx.meta.raft().metrics().borrow_watched().clone();
     let me = ctx.meta.node_id();
-    let membership = m.membership_config.membership();
-    if membership.get_node(&me).is_none() || m.state.is_leader() {
+    if m.state.is_leader() {
         return None;
     }
     let my_term = m.vote.leader_id().term();
     let cluster = ctx.cluster_id();
-    for (id, node) in membership.nodes() {
-        if *id == me {
-            continue;
+    // The members it knows (without itself if it applied its own removal)
+    // and the addresses it was started with.
+    let mut addrs: Vec<String> = m
+        .membership_config
+        .membership()
+        .nodes()
+        .filter(|(id, _)| **id != me)
+        .map(|(_, n)| n.addr.clone())
+        .collect();
+    for a in join {
+        if *a != ctx.advertise && !addrs.contains(a) {
+            addrs.push(a.clone());
         }
-        let Ok(mut stub) = ctx.peer::<pb::cluster_client::ClusterClient<tonic::transport::Channel>>(&node.addr) else {
+    }
+    for addr in &addrs {
+        let Ok(mut stub) = ctx.peer::<pb::cluster_client::ClusterClient<tonic::transport::Channel>>(addr) else {
             continue;
         };
         let call = stub.status(ctx.forwarded(pb::StatusRequest {}));
