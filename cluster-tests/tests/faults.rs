@@ -207,6 +207,45 @@ impl Drop for Tmpfs {
     }
 }
 
+/// The gRPC health status of `service` ("" for the server) at `node`.
+async fn grpc_health(node: &esf_cluster_tests::Node, service: &str) -> i32 {
+    let ch = tonic::transport::Channel::from_shared(format!("http://{}", node.grpc))
+        .expect("uri")
+        .timeout(esf_cluster_tests::ADMIN_DEADLINE)
+        .connect()
+        .await
+        .expect("connect");
+    tonic_health::pb::health_client::HealthClient::new(ch)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .expect("health check")
+        .into_inner()
+        .status
+}
+
+/// Waits until gRPC health of `service` at `node` is `want` (it follows
+/// /readyz once a second).
+async fn wait_health(
+    node: &esf_cluster_tests::Node,
+    service: &str,
+    want: tonic_health::pb::health_check_response::ServingStatus,
+) {
+    let deadline = tokio::time::Instant::now() + esf_cluster_tests::READY_DEADLINE;
+    loop {
+        let got = grpc_health(node, service).await;
+        if got == want as i32 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "health of {service:?} stays {got}, not {want:?}"
+        );
+        tokio::time::sleep(esf_cluster_tests::POLL_INTERVAL).await;
+    }
+}
+
 fn event(i: usize, bytes: usize) -> esf_client::pb::EventData {
     esf_client::pb::EventData {
         r#type: "Filled".into(),
@@ -359,6 +398,10 @@ async fn a_lone_node_low_on_disk_refuses_writes_naming_the_disk() {
     assert!(matches!(err, esf_client::Error::ResourceExhausted(_)), "{err:?}");
     let (_, kv) = c.client().get("before").await.expect("reads still work");
     assert_eq!(kv.expect("before").value, b"1");
+    // gRPC health follows /readyz.
+    use tonic_health::pb::health_check_response::ServingStatus;
+    wait_health(c.node(1), "", ServingStatus::NotServing).await;
+    wait_health(c.node(1), "esf.v1.Config", ServingStatus::NotServing).await;
 }
 
 /// `member remove` of a running node: it learns it was removed, says so in
@@ -453,6 +496,9 @@ async fn readyz_and_metrics_cover_every_group_and_every_request() {
     let node = c.node(1);
     let (code, body) = node.admin_get("/readyz");
     assert_eq!((code, body.as_str()), (200, "{\"ready\":true,\"reasons\":[]}"));
+    use tonic_health::pb::health_check_response::ServingStatus;
+    wait_health(node, "", ServingStatus::Serving).await;
+    wait_health(node, "esf.v1.Events", ServingStatus::Serving).await;
     let client = node.client();
     for i in 0..50 {
         client.put(format!("m-{i}"), vec![b'v'; 512]).await.expect("put");

@@ -102,28 +102,23 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     // A node with data takes Raft traffic at once; one without waits for
     // the formation check.
     let gate = Arc::new(AtomicBool::new(has_data));
-    let grpc_task = serve_grpc(&cfg, &ctx, gate.clone(), tls.as_ref()).await?;
     let draining = Arc::new(AtomicBool::new(false));
     let audit_stats = Arc::new(audit::RelayStats::default());
     let retention_stats = Arc::new(retention::RetentionStats::default());
-    let admin_task = serve_admin(
-        &cfg,
-        admin::AdminState {
-            retention: retention_stats.clone(),
-            audit: audit_stats.clone(),
-            meta: meta.clone(),
-            draining: draining.clone(),
-            disk: disk.clone(),
-            removed: removed.clone(),
-            partitions: partitions.clone(),
-            telemetry: crate::telemetry::handle(),
-            max_apply_lag: cfg.max_apply_lag,
-            version: VERSION,
-        },
-        stop_rx.clone(),
-        tls.as_ref(),
-    )
-    .await?;
+    let admin_state = admin::AdminState {
+        retention: retention_stats.clone(),
+        audit: audit_stats.clone(),
+        meta: meta.clone(),
+        draining: draining.clone(),
+        disk: disk.clone(),
+        removed: removed.clone(),
+        partitions: partitions.clone(),
+        telemetry: crate::telemetry::handle(),
+        max_apply_lag: cfg.max_apply_lag,
+        version: VERSION,
+    };
+    let grpc_task = serve_grpc(&cfg, &ctx, gate.clone(), tls.as_ref(), admin_state.clone()).await?;
+    let admin_task = serve_admin(&cfg, admin_state, stop_rx.clone(), tls.as_ref()).await?;
     info!(tls = tls.is_some(), node_id = cfg.node_id, listen = %cfg.listen, advertise = %ctx.advertise, admin = %cfg.admin_listen, "esf node serving");
 
     // Formation runs beside the servers; a refusal stops the node.
@@ -358,6 +353,7 @@ async fn serve_grpc(
     ctx: &Ctx,
     gate: Arc<AtomicBool>,
     tls: Option<&NodeTls>,
+    readiness: admin::AdminState,
 ) -> anyhow::Result<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>> {
     let (data_dir, node_id, partition_count) = (cfg.data_dir.clone(), cfg.node_id, ctx.partitions.len() as u32);
     let meta_for_adopt = ctx.meta.clone();
@@ -384,15 +380,7 @@ async fn serve_grpc(
         disk: ctx.disk.clone(),
     };
     let (health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<esf_proto::v1::config_server::ConfigServer<api::config::ConfigService>>()
-        .await;
-    health_reporter
-        .set_serving::<esf_proto::v1::lease_server::LeaseServer<api::lease::LeaseService>>()
-        .await;
-    health_reporter
-        .set_serving::<esf_proto::v1::registry_server::RegistryServer<api::registry::RegistryService>>()
-        .await;
+    tokio::spawn(follow_readiness(health_reporter, readiness, ctx.stop.clone()));
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(esf_proto::FILE_DESCRIPTOR_SET)
         .build_v1()
@@ -418,6 +406,47 @@ async fn serve_grpc(
 
 /// Binds the admin port and serves `/livez`, `/readyz`, `/metrics` (over
 /// TLS with `tls`) until the node stops.
+/// How often gRPC health is brought in line with `/readyz`.
+pub const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Keeps the standard gRPC health service in line with `/readyz`: the
+/// server as a whole (service "") and each registered service answer
+/// SERVING while the node is ready and NOT_SERVING otherwise (not joined,
+/// no leader, apply lag, draining, disk low, removed), checked every
+/// [`HEALTH_INTERVAL`].
+async fn follow_readiness(
+    reporter: tonic_health::server::HealthReporter,
+    state: admin::AdminState,
+    mut stop: watch::Receiver<bool>,
+) {
+    use tonic_health::ServingStatus;
+    let mut last = None;
+    loop {
+        let ready = admin::not_ready_reasons(&state).is_empty();
+        if last != Some(ready) {
+            let status = if ready {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            for service in [
+                "",
+                <esf_proto::v1::config_server::ConfigServer<api::config::ConfigService> as tonic::server::NamedService>::NAME,
+                <esf_proto::v1::lease_server::LeaseServer<api::lease::LeaseService> as tonic::server::NamedService>::NAME,
+                <esf_proto::v1::registry_server::RegistryServer<api::registry::RegistryService> as tonic::server::NamedService>::NAME,
+                <esf_proto::v1::events_server::EventsServer<api::events::EventsService> as tonic::server::NamedService>::NAME,
+            ] {
+                reporter.set_service_status(service, status).await;
+            }
+            last = Some(ready);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(HEALTH_INTERVAL) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
 async fn serve_admin(
     cfg: &NodeConfig,
     state: admin::AdminState,
