@@ -171,7 +171,7 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<Body>) -> Self::Future {
-        let method = telemetry::method_label(req.uri().path());
+        let metrics = telemetry::request_metrics(req.uri().path());
         let started = std::time::Instant::now();
         let answer: Self::Future = match admit(&self.ctx, &req) {
             Ok(caller) => {
@@ -193,7 +193,7 @@ where
                     .unwrap_or(0),
                 Err(_) => tonic::Code::Unknown as i32,
             };
-            telemetry::observe_request(method, code, started.elapsed());
+            metrics.observe(code, started.elapsed());
             resp
         })
     }

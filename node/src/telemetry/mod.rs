@@ -132,10 +132,43 @@ pub const COUNTERS: &[(&str, &str)] = &[
     ("esf_storage_wal_fsyncs_total", "WAL group-commit fsyncs."),
 ];
 
-/// Every RPC path of the API, as `&'static str` (the method label).
-fn methods() -> &'static HashMap<String, &'static str> {
-    static METHODS: OnceLock<HashMap<String, &'static str>> = OnceLock::new();
+/// The request metrics of one method: its latency histogram and a
+/// counter per status code, registered on first use. Handles are kept so
+/// a request costs a map lookup and two atomic updates, not a registry
+/// lookup with freshly built labels.
+pub struct RequestMetrics {
+    label: &'static str,
+    latency: OnceLock<metrics::Histogram>,
+    codes: [OnceLock<metrics::Counter>; 17],
+}
+
+impl RequestMetrics {
+    fn new(label: &'static str) -> RequestMetrics {
+        RequestMetrics {
+            label,
+            latency: OnceLock::new(),
+            codes: std::array::from_fn(|_| OnceLock::new()),
+        }
+    }
+
+    /// Records one request: its gRPC status code and latency.
+    pub fn observe(&self, code: i32, elapsed: Duration) {
+        let i = usize::try_from(code).ok().filter(|c| *c < CODES.len()).unwrap_or(2);
+        self.codes[i]
+            .get_or_init(|| metrics::counter!(REQUESTS, "method" => self.label, "code" => CODES[i]))
+            .increment(1);
+        self.latency
+            .get_or_init(|| metrics::histogram!(LATENCY, "method" => self.label))
+            .record(elapsed.as_secs_f64());
+    }
+}
+
+/// Every RPC path of the API and its metrics; `other` for the rest.
+fn methods() -> &'static (HashMap<String, RequestMetrics>, RequestMetrics) {
+    static METHODS: OnceLock<(HashMap<String, RequestMetrics>, RequestMetrics)> = OnceLock::new();
     METHODS.get_or_init(|| {
+        // Handles taken before the recorder exists would record nowhere.
+        let _ = handle();
         use prost::Message;
         let fds = prost_types::FileDescriptorSet::decode(esf_proto::FILE_DESCRIPTOR_SET)
             .expect("the API's descriptors are built in");
@@ -145,17 +178,24 @@ fn methods() -> &'static HashMap<String, &'static str> {
                 for method in &service.method {
                     let path = format!("/{}.{}/{}", file.package(), service.name(), method.name());
                     let label: &'static str = Box::leak(path.clone().into_boxed_str());
-                    out.insert(path, label);
+                    out.insert(path, RequestMetrics::new(label));
                 }
             }
         }
-        out
+        (out, RequestMetrics::new("other"))
     })
+}
+
+/// The request metrics of a request path (`other` for a path that is not
+/// an RPC of the API).
+pub fn request_metrics(path: &str) -> &'static RequestMetrics {
+    let (known, other) = methods();
+    known.get(path).unwrap_or(other)
 }
 
 /// The method label of a request path: the RPC, or `other`.
 pub fn method_label(path: &str) -> &'static str {
-    methods().get(path).copied().unwrap_or("other")
+    request_metrics(path).label
 }
 
 const CODES: [&str; 17] = [
@@ -187,10 +227,9 @@ pub fn code_name(code: i32) -> &'static str {
         .unwrap_or("UNKNOWN")
 }
 
-/// Records one request: its method, status code and latency.
-pub fn observe_request(method: &'static str, code: i32, elapsed: Duration) {
-    metrics::counter!(REQUESTS, "method" => method, "code" => code_name(code)).increment(1);
-    metrics::histogram!(LATENCY, "method" => method).record(elapsed.as_secs_f64());
+/// Records one request to `path`: its status code and latency.
+pub fn observe_request(path: &str, code: i32, elapsed: Duration) {
+    request_metrics(path).observe(code, elapsed);
 }
 
 #[cfg(test)]
@@ -212,7 +251,7 @@ mod tests {
     #[test]
     fn requests_are_rendered_as_counters_and_histograms() {
         let h = handle();
-        observe_request(method_label("/esf.v1.Config/Range"), 5, Duration::from_millis(3));
+        observe_request("/esf.v1.Config/Range", 5, Duration::from_millis(3));
         let text = h.render();
         assert!(
             text.contains("esf_grpc_requests_total{method=\"/esf.v1.Config/Range\",code=\"NOT_FOUND\"} 1"),
