@@ -819,6 +819,15 @@ impl Cluster {
         }
     }
 
+    /// The id of a node other than `id` (e.g. a follower of leader `id`).
+    pub fn other_than(&self, id: u64) -> u64 {
+        self.nodes
+            .iter()
+            .map(|n| n.id)
+            .find(|n| *n != id)
+            .expect("a cluster of more than one node")
+    }
+
     /// Node `id`.
     pub fn node(&self, id: u64) -> &Node {
         self.nodes.iter().find(|n| n.id == id).expect("node id")

@@ -2383,12 +2383,7 @@ fn others_id(leader: u64) -> u64 {
 async fn a_node_with_a_damaged_wal_refuses_to_start_and_is_rebuilt_from_its_peers() {
     let mut c = Cluster::start(&esf_bin(), 3);
     let leader = c.wait_ready().await;
-    let victim = c
-        .nodes
-        .iter()
-        .map(|n| n.id)
-        .find(|id| *id != leader)
-        .expect("a follower");
+    let victim = c.other_than(leader);
     for i in 0..300 {
         c.client().put(format!("k{i:03}"), i.to_string()).await.expect("put");
     }

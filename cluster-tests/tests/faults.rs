@@ -107,12 +107,7 @@ async fn a_damaged_snapshot_file_is_found_at_start_and_replaced() {
     let snap_args = ["--snapshot-logs", "50", "--snapshot-keep-logs", "10"];
     let mut c = Cluster::start_with(&esf_bin(), 3, &snap_args);
     let leader = c.wait_ready().await;
-    let victim = c
-        .nodes
-        .iter()
-        .map(|n| n.id)
-        .find(|id| *id != leader)
-        .expect("a follower");
+    let victim = c.other_than(leader);
     put_many(&c, "snap-a-", 200).await;
     let dir = c.node(victim).dir.clone();
     let deadline = tokio::time::Instant::now() + esf_cluster_tests::READY_DEADLINE;
@@ -412,12 +407,7 @@ async fn a_lone_node_low_on_disk_refuses_writes_naming_the_disk() {
 async fn a_removed_member_learns_it_refuses_clients_and_will_not_start_again() {
     let mut c = Cluster::start(&esf_bin(), 3);
     let leader = c.wait_ready().await;
-    let victim = c
-        .nodes
-        .iter()
-        .map(|n| n.id)
-        .find(|id| *id != leader)
-        .expect("a follower");
+    let victim = c.other_than(leader);
     c.client().put("kept", "1").await.expect("put");
     let bin = c.bin.clone();
     let eps = c.node(leader).grpc.clone();

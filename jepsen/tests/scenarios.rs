@@ -41,13 +41,7 @@ fn failpoints_bin() -> std::path::PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broken_builds_are_caught_as_invalid() {
     let bin = failpoints_bin();
-    if let Some(why) = esf_cluster_tests::netns::unavailable() {
-        assert_ne!(
-            std::env::var("CI").as_deref(),
-            Ok("true"),
-            "SKIPPED under CI counts as a failure: {why}"
-        );
-        eprintln!("SKIPPED: {why}");
+    if !netns_or_skip() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
@@ -101,6 +95,21 @@ async fn registers_stay_linearizable_through_leader_partitions_and_pauses() {
     scenario(Workload::Register, vec![Nemesis::Partition, Nemesis::Pause], 3, 16).await;
 }
 
+/// Whether network namespaces can be made here; if not, says SKIPPED
+/// (a failure under CI, where they must work).
+fn netns_or_skip() -> bool {
+    let Some(why) = esf_cluster_tests::netns::unavailable() else {
+        return true;
+    };
+    assert_ne!(
+        std::env::var("CI").as_deref(),
+        Ok("true"),
+        "SKIPPED under CI counts as a failure: {why}"
+    );
+    eprintln!("SKIPPED: {why}");
+    false
+}
+
 /// Runs one scenario briefly and asserts it is VALID with every nemesis
 /// taking effect; `None` (SKIPPED, which fails under CI) when it needs
 /// network namespaces this machine cannot make.
@@ -111,16 +120,8 @@ async fn scenario(
     secs: u64,
 ) -> Option<(esf_jepsen::runner::Report, tempfile::TempDir)> {
     let netns = nemeses.iter().any(|n| n.needs_netns());
-    if netns {
-        if let Some(why) = esf_cluster_tests::netns::unavailable() {
-            assert_ne!(
-                std::env::var("CI").as_deref(),
-                Ok("true"),
-                "SKIPPED under CI counts as a failure: {why}"
-            );
-            eprintln!("SKIPPED: {why}");
-            return None;
-        }
+    if netns && !netns_or_skip() {
+        return None;
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let mut cfg = config(nemeses.clone(), secs, dir.path());

@@ -150,9 +150,7 @@ impl Ctx {
     pub async fn write(&self, cmd: Command) -> Result<(pb::ResponseHeader, OpResult)> {
         // A follower forwards (its leader's disk decides); a leader low on
         // disk refuses until its leadership has moved.
-        if self.meta.raft().is_leader() {
-            self.disk.refuse_if_low()?;
-        }
+        self.disk.refuse_write(|| self.meta.raft().is_leader())?;
         let (h, resp) = self.meta.write(cmd).await?;
         Ok((crate::convert::header(h), resp.result))
     }

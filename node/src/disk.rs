@@ -104,6 +104,16 @@ impl DiskGuard {
         })
     }
 
+    /// RESOURCE_EXHAUSTED for a write this node would lead while it is
+    /// low: `leads` says whether it leads the group (asked only when low;
+    /// a follower forwards, and its leader's disk decides).
+    pub fn refuse_write(&self, leads: impl FnOnce() -> bool) -> Result<()> {
+        if self.is_low() && leads() {
+            return self.refuse_if_low();
+        }
+        Ok(())
+    }
+
     /// RESOURCE_EXHAUSTED while the node is low.
     pub fn refuse_if_low(&self) -> Result<()> {
         match self.reason() {

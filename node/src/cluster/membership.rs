@@ -109,21 +109,13 @@ impl Membership<'_> {
     /// members' own reports) counts node `id` as a replica, or that have
     /// no reported leader.
     async fn partitions_on(&self, id: u64) -> Vec<u32> {
-        let m = self.ctx.meta.raft().metrics().borrow_watched().clone();
-        let me = self.ctx.meta.node_id();
         let mut reports: Vec<pb::GroupStatus> = self
             .ctx
             .partitions
             .iter()
             .map(|p| partitions::group_status(p.group(), p.raft()))
             .collect();
-        let others: Vec<String> = m
-            .membership_config
-            .membership()
-            .nodes()
-            .filter(|(n, _)| **n != me)
-            .map(|(_, node)| node.addr.clone())
-            .collect();
+        let others = other_member_addrs(&self.ctx.meta);
         let asks = others.iter().map(|addr| async move {
             let mut c: ClusterStub = self.ctx.peer(addr).ok()?;
             let mut r = Request::new(pb::StatusRequest {});
@@ -297,4 +289,16 @@ impl Membership<'_> {
         }
         Ok(raft.metrics().borrow_watched().current_leader.unwrap_or(0))
     }
+}
+
+/// The gRPC addresses of the meta members other than this node, as its own
+/// membership lists them.
+pub fn other_member_addrs(meta: &esf_raft::group::MetaGroup) -> Vec<String> {
+    let me = meta.node_id();
+    partitions::membership_of(meta.raft())
+        .1
+        .into_iter()
+        .filter(|(id, _)| *id != me)
+        .map(|(_, node)| node.addr)
+        .collect()
 }

@@ -95,13 +95,7 @@ async fn removed_by(ctx: &Ctx, join: &[String]) -> Option<String> {
     let cluster = ctx.cluster_id();
     // The members it knows (without itself if it applied its own removal)
     // and the addresses it was started with.
-    let mut addrs: Vec<String> = m
-        .membership_config
-        .membership()
-        .nodes()
-        .filter(|(id, _)| **id != me)
-        .map(|(_, n)| n.addr.clone())
-        .collect();
+    let mut addrs = crate::cluster::membership::other_member_addrs(&ctx.meta);
     for a in join {
         if *a != ctx.advertise && !addrs.contains(a) {
             addrs.push(a.clone());
@@ -118,12 +112,15 @@ async fn removed_by(ctx: &Ctx, join: &[String]) -> Option<String> {
         let s = resp.into_inner();
         let Some(g) = s.groups.first() else { continue };
         let leads = g.role == "leader" && g.leader_id == s.node_id;
-        if leads && s.cluster_id == cluster && g.term >= my_term && !g.voters.contains(&me) && !g.learners.contains(&me)
-        {
-            return Some(format!(
-                "node {} leads meta in term {} with voters {:?} and learners {:?}",
-                s.node_id, g.term, g.voters, g.learners
-            ));
+        if leads && s.cluster_id == cluster && g.term >= my_term {
+            // The leader's view decides: no need to ask the others.
+            let member = g.voters.contains(&me) || g.learners.contains(&me);
+            return (!member).then(|| {
+                format!(
+                    "node {} leads meta in term {} with voters {:?} and learners {:?}",
+                    s.node_id, g.term, g.voters, g.learners
+                )
+            });
         }
     }
     None

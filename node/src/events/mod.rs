@@ -442,9 +442,7 @@ impl Events<'_> {
             events,
         }));
         // A leader low on disk refuses until its leadership has moved.
-        if p.raft().is_leader() {
-            self.0.disk.refuse_if_low()?;
-        }
+        self.0.disk.refuse_write(|| p.raft().is_leader())?;
         match p.write(cmd).await {
             Ok(resp) => match resp.result {
                 OpResult::Appended {
@@ -678,9 +676,7 @@ impl Events<'_> {
             expected,
         });
         // A leader low on disk refuses until its leadership has moved.
-        if p.raft().is_leader() {
-            self.0.disk.refuse_if_low()?;
-        }
+        self.0.disk.refuse_write(|| p.raft().is_leader())?;
         match p.write(cmd).await {
             Ok(resp) => match resp.result {
                 OpResult::StreamDeleted { version } => Ok(pb::DeleteStreamResponse {
