@@ -29,8 +29,14 @@ use serde_bytes::ByteBuf;
 
 use crate::types::SnapshotMeta;
 
-/// Format number of a snapshot blob.
-pub(crate) const FORMAT: u32 = 1;
+/// Format number of the snapshot blobs this build writes. Format 2 (data
+/// format 3) may hold meta `CHANGES` rows that name what each change
+/// replaced, which a build of format 1 cannot read: it refuses such a
+/// snapshot by its number instead of failing later on a row.
+pub(crate) const FORMAT: u32 = 2;
+/// Oldest snapshot format this build reads (format 1 rows are read as
+/// they are: see `meta::layout::Changes::decode`).
+pub(crate) const OLDEST_FORMAT: u32 = 1;
 /// Bytes before the first row: checksum, format, row count.
 const HEADER_BYTES: u64 = 4 + 4 + 8;
 /// Buffer of snapshot file reads and writes.
@@ -318,8 +324,10 @@ impl<'a> BlobReader<'a> {
         r.stored_crc = u32::from_le_bytes(head[0..4].try_into().expect("4 bytes"));
         r.crc.update(&head[4..]);
         let format = u32::from_le_bytes(head[4..8].try_into().expect("4 bytes"));
-        if format != FORMAT {
-            return Err(r.corrupt(format!("snapshot format {format} is not {FORMAT}")));
+        if !(OLDEST_FORMAT..=FORMAT).contains(&format) {
+            return Err(r.corrupt(format!(
+                "snapshot format {format} is not one this build reads ({OLDEST_FORMAT} to {FORMAT})"
+            )));
         }
         r.left = u64::from_le_bytes(head[8..16].try_into().expect("8 bytes"));
         Ok(r)
@@ -956,12 +964,15 @@ pub(crate) fn decode_blob(group: GroupId, what: &str, data: &[u8]) -> Result<Blo
         },
         data,
     )?;
-    if blob.format != FORMAT {
+    if !(OLDEST_FORMAT..=FORMAT).contains(&blob.format) {
         return Err(StorageError::Corrupt {
             cf: CF_SNAPSHOT,
             group,
             record: what.to_string(),
-            reason: format!("snapshot format {} is not {FORMAT}", blob.format),
+            reason: format!(
+                "snapshot format {} is not one this build reads ({OLDEST_FORMAT} to {FORMAT})",
+                blob.format
+            ),
         });
     }
     Ok(blob)

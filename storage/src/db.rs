@@ -29,7 +29,13 @@ use crate::keys::{ALL_CFS, CF_RAFT_META, FORMAT_VERSION_KEY};
 
 /// On-disk format version written at creation and checked at every open.
 /// 2: Raft votes and log ids use standard (one leader per term) leader ids.
-pub const FORMAT_VERSION: u32 = 2;
+/// 3: the meta group's change log names what each change replaced, so
+/// compaction deletes superseded versions without seeking them.
+pub const FORMAT_VERSION: u32 = 3;
+/// The one older format a data directory is upgraded from when opened
+/// (the upgrade is one write: format 2 rows stay readable as they are).
+/// Once upgraded, a build of format 2 refuses the directory.
+pub const UPGRADES_FROM_FORMAT: u32 = 2;
 
 /// Directory inside the DB directory that holds the Raft groups' snapshot
 /// files (RocksDB ignores subdirectories it did not create).
@@ -223,6 +229,20 @@ impl Db {
                         record: "format version".into(),
                         reason: format!("{} bytes, expected 4", bytes.len()),
                     })?;
+                if found == UPGRADES_FROM_FORMAT {
+                    // Format 3 only adds a row encoding that format 2 rows
+                    // stay readable beside: the upgrade is the version mark.
+                    let mut batch = WriteBatch::default();
+                    batch.put_cf(cf, FORMAT_VERSION_KEY, FORMAT_VERSION.to_be_bytes());
+                    self.write_durable_blocking(batch)?;
+                    info!(
+                        path = %self.path.display(),
+                        from = found,
+                        to = FORMAT_VERSION,
+                        "data directory upgraded"
+                    );
+                    return Ok(());
+                }
                 if found != FORMAT_VERSION {
                     return Err(StorageError::FormatVersion {
                         path: self.path.display().to_string(),

@@ -23,6 +23,7 @@ mod log_store;
 
 pub use db::{
     DEFAULT_MEMORY_BUDGET_BYTES, DEFAULT_WRITE_BUFFER_BYTES, Db, DurabilityStats, FORMAT_VERSION, StorageConfig,
+    UPGRADES_FROM_FORMAT,
 };
 pub use error::{Result, StorageError};
 pub use flusher::FLUSH_QUEUE_CAPACITY;

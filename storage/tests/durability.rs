@@ -153,6 +153,46 @@ fn wrong_format_version_refuses_to_open() {
     assert!(matches!(err, StorageError::FormatVersion { found: 99, .. }), "{err}");
 }
 
+#[test]
+fn the_previous_format_is_upgraded_in_place_and_older_ones_refused() {
+    let version_of = |db: &Db| {
+        let raw = db
+            .rocks()
+            .get_cf(
+                db.cf(esf_storage::keys::CF_RAFT_META),
+                esf_storage::keys::FORMAT_VERSION_KEY,
+            )
+            .expect("read version")
+            .expect("a version is written");
+        u32::from_be_bytes(raw.as_slice().try_into().expect("4 bytes"))
+    };
+    let set_version = |db: &Db, v: u32| {
+        db.rocks()
+            .put_cf(
+                db.cf(esf_storage::keys::CF_RAFT_META),
+                esf_storage::keys::FORMAT_VERSION_KEY,
+                v.to_be_bytes(),
+            )
+            .expect("overwrite version")
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let db = open(dir.path());
+        assert_eq!(version_of(&db), esf_storage::FORMAT_VERSION);
+        set_version(&db, esf_storage::UPGRADES_FROM_FORMAT);
+    }
+    {
+        let db = Db::open(&StorageConfig::new(dir.path())).expect("the previous format opens");
+        assert_eq!(version_of(&db), esf_storage::FORMAT_VERSION, "upgraded on open");
+        set_version(&db, esf_storage::UPGRADES_FROM_FORMAT - 1);
+    }
+    let err = Db::open(&StorageConfig::new(dir.path())).expect_err("an older format must be refused");
+    assert!(
+        matches!(err, StorageError::FormatVersion { found, .. } if found == esf_storage::UPGRADES_FROM_FORMAT - 1),
+        "{err}"
+    );
+}
+
 /// The files of `dir` whose name ends with `ext`, largest first.
 fn files_ending(dir: &std::path::Path, ext: &str) -> Vec<std::path::PathBuf> {
     let mut files: Vec<_> = std::fs::read_dir(dir)

@@ -7,7 +7,7 @@
 //! | `STATE` | — | [`SmState`](super::store::SmState): applied log id, membership, revision, compaction revision, limits |
 //! | `CURRENT` | `enc(key)` | live [`KvRecord`] of the key (absent once deleted) |
 //! | `HISTORY` | `enc(key) ++ rev:u64 BE` | the record written at `rev` (a tombstone for a delete) |
-//! | `CHANGES` | `rev:u64 BE` | the keys changed at `rev` (drives compaction and watch) |
+//! | `CHANGES` | `rev:u64 BE` | [`Changes`]: the keys changed at `rev`, each with the revision it replaced and whether it deleted (drives compaction and watch) |
 //! | `LEASE` | `id:u64 BE` | [`LeaseRecord`] |
 //! | `LEASE_KEY` | `id:u64 BE ++ enc(key)` | empty: key attached to lease |
 //! | `SESSION` | `client_id:u64 BE` | [`Session`](super::session::Session) |
@@ -108,10 +108,114 @@ pub struct LeaseRecord {
 }
 
 /// Keys changed at one revision.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Changes {
     /// Changed keys, in the order the ops ran.
     pub keys: Vec<Vec<u8>>,
+    /// Per key (same order), what the change replaced: `None` in rows
+    /// written before format 3, which did not record it (compaction then
+    /// finds the older versions with a seek).
+    pub replaced: Option<Vec<Replaced>>,
+}
+
+/// What one change of a key replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Replaced {
+    /// Revision of the version this change superseded (0: the key did not
+    /// exist). Compaction past the change deletes that version's row.
+    pub prev: u64,
+    /// The change was a delete: its tombstone row goes once compacted.
+    pub deleted: bool,
+}
+
+/// A `CHANGES` row of format 3 is these bytes, then the checksummed
+/// encoding of [`ChangesV3`]. A format 2 row is the checksummed encoding of
+/// `{ keys }`: its first 4 bytes are a crc32 and the next 4 the low half of
+/// the key count. A row is read as format 3 only when it starts with these
+/// bytes and the rest passes its own checksum, so a format 2 row is misread
+/// only if two independent crc32s collide (about 1 in 2^64).
+const CHANGES_V3: &[u8; 8] = b"\xffchg\x03\x00\x00\x00";
+
+#[derive(Serialize, Deserialize)]
+struct ChangesV2 {
+    keys: Vec<Vec<u8>>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ChangesV3 {
+    keys: Vec<Vec<u8>>,
+    replaced: Vec<Replaced>,
+}
+
+impl Changes {
+    /// Records `key` changed, superseding the version at `prev` (0: none).
+    pub(crate) fn push(&mut self, key: Vec<u8>, prev: u64, deleted: bool) {
+        self.keys.push(key);
+        self.replaced
+            .get_or_insert_with(Vec::new)
+            .push(Replaced { prev, deleted });
+    }
+
+    /// The row value (format 3).
+    pub(crate) fn encode(&self) -> Result<Vec<u8>, esf_storage::StorageError> {
+        let replaced = self.replaced.clone().unwrap_or_default();
+        debug_assert_eq!(replaced.len(), self.keys.len(), "one replaced entry per key");
+        let mut out = CHANGES_V3.to_vec();
+        out.extend(esf_storage::codec::encode(
+            "changes",
+            &ChangesV3 {
+                keys: self.keys.clone(),
+                replaced,
+            },
+        )?);
+        Ok(out)
+    }
+
+    /// Decodes a row of format 3 or 2.
+    pub(crate) fn decode(
+        record: esf_storage::codec::RecordRef<'_>,
+        v: &[u8],
+    ) -> Result<Changes, esf_storage::StorageError> {
+        let v3 = v.strip_prefix(CHANGES_V3.as_slice()).map(|rest| {
+            let c: ChangesV3 = esf_storage::codec::decode(record, rest)?;
+            if c.replaced.len() != c.keys.len() {
+                return Err(esf_storage::StorageError::Corrupt {
+                    cf: record.cf,
+                    group: record.group,
+                    record: record.record.to_string(),
+                    reason: format!("{} keys but {} replaced entries", c.keys.len(), c.replaced.len()),
+                });
+            }
+            Ok(Changes {
+                keys: c.keys,
+                replaced: Some(c.replaced),
+            })
+        });
+        match v3 {
+            Some(Ok(c)) => Ok(c),
+            // The prefix matched by chance in a format 2 row, or the row is
+            // damaged: format 2 decides, else the format 3 error stands.
+            Some(Err(e)) => esf_storage::codec::decode::<ChangesV2>(record, v)
+                .map(|c| Changes {
+                    keys: c.keys,
+                    replaced: None,
+                })
+                .map_err(|_| e),
+            None => {
+                let c: ChangesV2 = esf_storage::codec::decode(record, v)?;
+                Ok(Changes {
+                    keys: c.keys,
+                    replaced: None,
+                })
+            }
+        }
+    }
+
+    /// A row as format 2 wrote it (for tests of the upgrade).
+    #[doc(hidden)]
+    pub fn encode_format2(keys: &[Vec<u8>]) -> Vec<u8> {
+        esf_storage::codec::encode("changes", &ChangesV2 { keys: keys.to_vec() }).expect("a key list always encodes")
+    }
 }
 
 pub(crate) fn table_prefix(group: GroupId, table: u8) -> Vec<u8> {

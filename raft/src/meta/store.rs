@@ -615,15 +615,28 @@ impl MetaStore {
         it.seek(&lo);
         while let (Some(k), Some(v)) = (it.key(), it.value()) {
             let (rev, changes) = self.decode_changes_row(k, v)?;
-            for key in changes.keys.into_iter().filter(|k| range.contains(k)) {
+            let replaced = changes.replaced;
+            for (i, key) in changes.keys.into_iter().enumerate() {
+                if !range.contains(&key) {
+                    continue;
+                }
                 let Some(rec) = self.history_get(&snap, &key, rev)? else {
                     continue;
                 };
                 let kv = rec.to_kv(&key, false);
-                let prev = match prev_kv
-                    .then(|| version_before(&mut probe, self.group, &key, rev))
-                    .flatten()
-                {
+                // The version replaced: named by a format 3 row (a point
+                // read), else found with a seek.
+                let before = |probe: &mut Raw<'_>| -> Result<Option<(u64, Vec<u8>)>, StorageError> {
+                    match replaced.as_ref().map(|r| r[i].prev) {
+                        Some(0) => Ok(None),
+                        Some(p) => Ok(snap
+                            .get_cf(self.db.cf(CF_SM), layout::history_key(self.group, &key, p))
+                            .map_err(rocks_err("history read"))?
+                            .map(|v| (p, v))),
+                        None => Ok(version_before(probe, self.group, &key, rev)),
+                    }
+                };
+                let prev = match if prev_kv { before(&mut probe)? } else { None } {
                     Some((_, pv)) => {
                         let p =
                             self.decode_kv(&|| format!("history of key {:?}", String::from_utf8_lossy(&key)), &pv)?;
@@ -723,7 +736,7 @@ impl MetaStore {
     fn decode_changes_row(&self, k: &[u8], v: &[u8]) -> Result<(u64, Changes), StorageError> {
         let rev = u64::from_be_bytes(k[k.len() - 8..].try_into().expect("changes key ends with 8 bytes"));
         let record = format!("changes at revision {rev}");
-        let changes = codec::decode(
+        let changes = Changes::decode(
             RecordRef {
                 cf: CF_SM,
                 group: self.group,
@@ -1298,7 +1311,7 @@ impl MetaStore {
                     batch.delete_cf(cf, layout::lease_attach_key(self.group, *id, &key));
                     if let Some(prev) = self.get_current(&key)? {
                         self.write_tombstone(batch, &key, &prev, rev);
-                        changes.keys.push(key);
+                        changes.push(key, prev.mod_revision, true);
                         deleted += 1;
                     }
                 }
@@ -1311,7 +1324,7 @@ impl MetaStore {
             batch.put_cf(
                 self.db.cf(CF_SM),
                 layout::changes_key(self.group, rev),
-                codec::encode("changes", &changes)?,
+                changes.encode()?,
             );
             // Auto-compaction: keep `history_revisions` revisions readable,
             // compacting in steps of `auto_compaction_step` revisions so the
@@ -1399,7 +1412,7 @@ impl MetaStore {
         if p.lease != 0 {
             batch.put_cf(cf, layout::lease_attach_key(self.group, p.lease, &p.key), []);
         }
-        changes.keys.push(p.key.clone());
+        changes.push(p.key.clone(), prev.as_ref().map_or(0, |r| r.mod_revision), false);
         Ok(Ok(if p.prev_kv {
             prev.map(|r| r.to_kv(&p.key, false))
         } else {
@@ -1485,7 +1498,7 @@ impl MetaStore {
         let mut prev_kvs = Vec::new();
         for (key, rec) in &live {
             self.write_tombstone(batch, key, rec, rev);
-            changes.keys.push(key.clone());
+            changes.push(key.clone(), rec.mod_revision, true);
             if d.prev_kv {
                 prev_kvs.push(rec.to_kv(key, false));
             }
@@ -1582,7 +1595,7 @@ impl MetaStore {
                     let mut prev_kvs = Vec::new();
                     for (key, rec) in &live {
                         self.write_tombstone(batch, key, rec, rev);
-                        changes.keys.push(key.clone());
+                        changes.push(key.clone(), rec.mod_revision, true);
                         deleted_keys.push(key.clone());
                         if d.prev_kv {
                             prev_kvs.push(rec.to_kv(key, false));
@@ -1648,13 +1661,34 @@ impl MetaStore {
         let hi = layout::changes_key(self.group, to);
         let snap = self.db.rocks().snapshot();
         let mut it = self.sm_iter(&snap, &lo, &hi);
-        // Revisions at which each key changed in the window, ascending.
+        // Keys changed in the window by rows of format 2, which do not say
+        // what each change replaced: their older versions are found with a
+        // seek below.
         let mut changed: std::collections::BTreeMap<Vec<u8>, ()> = std::collections::BTreeMap::new();
         it.seek(&lo);
         while let (Some(k), Some(v)) = (it.key(), it.value()) {
-            let (_, changes) = self.decode_changes_row(k, v)?;
-            for key in changes.keys {
-                changed.insert(key, ());
+            let (rev, changes) = self.decode_changes_row(k, v)?;
+            match changes.replaced {
+                // A change at `rev` below the new compaction revision
+                // supersedes the version it replaced, so that version's row
+                // goes (a point delete, no seek); a delete's own tombstone
+                // goes too. Every version a later window needs is still
+                // the latest one at or below `to`.
+                Some(replaced) => {
+                    for (key, r) in changes.keys.iter().zip(replaced) {
+                        if r.prev != 0 {
+                            batch.delete_cf(cf, layout::history_key(self.group, key, r.prev));
+                        }
+                        if r.deleted {
+                            batch.delete_cf(cf, layout::history_key(self.group, key, rev));
+                        }
+                    }
+                }
+                None => {
+                    for key in changes.keys {
+                        changed.insert(key, ());
+                    }
+                }
             }
             batch.delete_cf(cf, k);
             it.next();
@@ -1923,5 +1957,137 @@ impl crate::group::GroupStore for MetaStore {
         file: &SnapshotFile,
     ) -> impl std::future::Future<Output = Result<(), StorageError>> + Send {
         MetaStore::install_snapshot(self, meta, file)
+    }
+}
+
+#[cfg(test)]
+mod upgrade_tests {
+    //! A data directory of format 2 holds `CHANGES` rows that do not say
+    //! what each change replaced. A store that starts on such rows and goes
+    //! on under format 3 must answer every read as one that always ran
+    //! format 3, and once compaction has passed the old rows, hold the same
+    //! rows.
+
+    use super::*;
+    use esf_storage::StorageConfig;
+    use openraft::vote::RaftLeaderId;
+
+    fn entry(index: u64, op: Op) -> Entry {
+        let leader = openraft::alias::LeaderIdOf::<crate::types::TypeConfig>::new(1, 1).to_committed();
+        Entry::new_normal(openraft::LogId::new(leader, index), Command::new(op))
+    }
+
+    /// The `i`th command of a fixed mix of puts, deletes and prefix deletes.
+    fn op(i: u64, x: &mut u64) -> Op {
+        *x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let k = format!("k{}", (*x >> 33) % 23).into_bytes();
+        match (*x >> 20) % 9 {
+            0 => Op::Delete(DeleteRequest {
+                range: KeyRange::Key(k),
+                prev_kv: false,
+            }),
+            1 => Op::Delete(DeleteRequest {
+                range: KeyRange::Prefix(b"k1".to_vec()),
+                prev_kv: false,
+            }),
+            _ => Op::Put(PutRequest {
+                key: k,
+                value: format!("v{i}").into_bytes(),
+                lease: 0,
+                prev_kv: false,
+            }),
+        }
+    }
+
+    fn open(dir: &std::path::Path, history: u64) -> Arc<MetaStore> {
+        let store = MetaStore::open(Db::open(&StorageConfig::new(dir)).unwrap(), 0).unwrap();
+        let limits = Limits {
+            history_revisions: history,
+            ..Limits::default()
+        };
+        store.apply_entry(&entry(1, Op::SetLimits(limits))).unwrap();
+        store
+    }
+
+    /// Rewrites every `CHANGES` row as format 2 wrote it.
+    fn downgrade_changes(store: &MetaStore) -> usize {
+        let lo = layout::table_prefix(store.group, layout::CHANGES);
+        let hi = prefix_end(&lo).unwrap();
+        let snap = store.db.rocks().snapshot();
+        let mut it = store.sm_iter(&snap, &lo, &hi);
+        it.seek(&lo);
+        let mut batch = WriteBatch::default();
+        let mut n = 0;
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            let (_, c) = store.decode_changes_row(k, v).unwrap();
+            assert!(c.replaced.is_some(), "written as format 3");
+            batch.put_cf(store.db.cf(CF_SM), k, Changes::encode_format2(&c.keys));
+            n += 1;
+            it.next();
+        }
+        store.db.rocks().write(batch).unwrap();
+        n
+    }
+
+    fn everything(store: &MetaStore, rev: u64) -> RangeResult {
+        let req = RangeRequest {
+            range: KeyRange::Prefix(Vec::new()),
+            revision: rev,
+            limit: 0,
+            count_only: false,
+            keys_only: false,
+        };
+        store.range(&req).unwrap().0
+    }
+
+    #[test]
+    fn format2_change_rows_are_read_and_compacted_like_format3_ones() {
+        const HISTORY: u64 = 16;
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (fresh, upgraded) = (open(a.path(), HISTORY), open(b.path(), HISTORY));
+        let (mut xa, mut xb) = (7u64, 7u64);
+        let mut index = 2;
+        for i in 0..600 {
+            fresh.apply_entry(&entry(index, op(i, &mut xa))).unwrap();
+            upgraded.apply_entry(&entry(index, op(i, &mut xb))).unwrap();
+            index += 1;
+        }
+        assert!(downgrade_changes(&upgraded) > 0);
+        // The change feed (with the versions each change replaced, found by
+        // a seek for the old rows) and every readable revision agree.
+        let from = fresh.state().compact_revision + 1;
+        assert_eq!(
+            upgraded.events(&KeyRange::Prefix(Vec::new()), from, 0, true).unwrap(),
+            fresh.events(&KeyRange::Prefix(Vec::new()), from, 0, true).unwrap(),
+        );
+        assert!(
+            fresh
+                .events(&KeyRange::Prefix(Vec::new()), from, 0, true)
+                .unwrap()
+                .0
+                .iter()
+                .any(|e| e.prev_kv.is_some()),
+            "the feed names replaced versions"
+        );
+        // Compaction now runs over old rows, then over mixed windows, then
+        // over new ones only.
+        for i in 600..1200 {
+            fresh.apply_entry(&entry(index, op(i, &mut xa))).unwrap();
+            upgraded.apply_entry(&entry(index, op(i, &mut xb))).unwrap();
+            index += 1;
+            let st = fresh.state();
+            assert_eq!(upgraded.state().compact_revision, st.compact_revision);
+            if i % 50 == 0 {
+                for rev in st.compact_revision.max(1)..=st.revision {
+                    assert_eq!(everything(&upgraded, rev), everything(&fresh, rev), "revision {rev}");
+                }
+            }
+        }
+        assert!(fresh.state().compact_revision > 700, "compaction passed the old rows");
+        assert_eq!(
+            upgraded.state_hash().unwrap().0,
+            fresh.state_hash().unwrap().0,
+            "past the old rows, the upgraded store holds the same rows"
+        );
     }
 }
