@@ -42,8 +42,13 @@ pub const STREAM: &str = keyspace::AUDIT_STREAM;
 pub const BATCH_REVISIONS: u64 = 500;
 /// An append stops taking revisions past this many bytes of event data.
 pub const BATCH_BYTES: usize = 2 << 20;
-/// Values up to this many bytes are copied into the audit event (as text,
-/// if UTF-8); larger ones are described by their size only.
+/// Values of ESF's own settings (retention rules) up to this many bytes
+/// are copied into the audit event (as text, if UTF-8); larger ones are
+/// described by their size only. Config values never are: reading `$audit`
+/// must not reveal a value the reader's permissions on its key would not
+/// (and each copy cost bytes in the partition on every replica); the
+/// event names the revision, and `esf kv get KEY --rev R` reads the value
+/// with the key's own permission while history keeps it.
 pub const MAX_VALUE_BYTES: usize = 1024;
 /// Deadline of one append or stream read of the relay.
 pub const CALL_DEADLINE: Duration = Duration::from_secs(10);
@@ -117,7 +122,7 @@ fn change_json(e: &WatchEvent) -> (Value, &'static str) {
                 c["instance"] = json!(i.id);
                 c["address"] = json!(i.address);
             }
-        } else if matches!(kind, "config" | "retention") && e.kv.value.len() <= MAX_VALUE_BYTES {
+        } else if kind == "retention" && e.kv.value.len() <= MAX_VALUE_BYTES {
             if let Ok(s) = std::str::from_utf8(&e.kv.value) {
                 c["value"] = json!(s);
             }
@@ -549,7 +554,8 @@ mod tests {
         assert_eq!(put.correlation_id, "cfg/a");
         let v: Value = serde_json::from_slice(&put.data).expect("json");
         assert_eq!(v["revision"], 5);
-        assert_eq!(v["changes"][0]["value"], "1");
+        assert!(v["changes"][0].get("value").is_none(), "config values are not copied");
+        assert_eq!(v["changes"][0]["value_bytes"], 1);
         assert_eq!(put.metadata["revision"], "5");
         let del = audit_event(6, &[change(b"a", b"", true, 6), change(b"b", b"", true, 6)], None);
         assert_eq!(del.r#type, "esf.config.deleted");
