@@ -37,6 +37,11 @@ pub(crate) const FORMAT: u32 = 2;
 /// Oldest snapshot format this build reads (format 1 rows are read as
 /// they are: see `meta::layout::Changes::decode`).
 pub(crate) const OLDEST_FORMAT: u32 = 1;
+/// Why a snapshot of `format` cannot be read by this build, if it cannot.
+fn unreadable_format(format: u32) -> Option<String> {
+    (!(OLDEST_FORMAT..=FORMAT).contains(&format))
+        .then(|| format!("snapshot format {format} is not one this build reads ({OLDEST_FORMAT} to {FORMAT})"))
+}
 /// Bytes before the first row: checksum, format, row count.
 const HEADER_BYTES: u64 = 4 + 4 + 8;
 /// Buffer of snapshot file reads and writes.
@@ -324,10 +329,8 @@ impl<'a> BlobReader<'a> {
         r.stored_crc = u32::from_le_bytes(head[0..4].try_into().expect("4 bytes"));
         r.crc.update(&head[4..]);
         let format = u32::from_le_bytes(head[4..8].try_into().expect("4 bytes"));
-        if !(OLDEST_FORMAT..=FORMAT).contains(&format) {
-            return Err(r.corrupt(format!(
-                "snapshot format {format} is not one this build reads ({OLDEST_FORMAT} to {FORMAT})"
-            )));
+        if let Some(reason) = unreadable_format(format) {
+            return Err(r.corrupt(reason));
         }
         r.left = u64::from_le_bytes(head[8..16].try_into().expect("8 bytes"));
         Ok(r)
@@ -964,15 +967,12 @@ pub(crate) fn decode_blob(group: GroupId, what: &str, data: &[u8]) -> Result<Blo
         },
         data,
     )?;
-    if !(OLDEST_FORMAT..=FORMAT).contains(&blob.format) {
+    if let Some(reason) = unreadable_format(blob.format) {
         return Err(StorageError::Corrupt {
             cf: CF_SNAPSHOT,
             group,
             record: what.to_string(),
-            reason: format!(
-                "snapshot format {} is not one this build reads ({OLDEST_FORMAT} to {FORMAT})",
-                blob.format
-            ),
+            reason,
         });
     }
     Ok(blob)

@@ -232,9 +232,7 @@ impl Db {
                 if found == UPGRADES_FROM_FORMAT {
                     // Format 3 only adds a row encoding that format 2 rows
                     // stay readable beside: the upgrade is the version mark.
-                    let mut batch = WriteBatch::default();
-                    batch.put_cf(cf, FORMAT_VERSION_KEY, FORMAT_VERSION.to_be_bytes());
-                    self.write_durable_blocking(batch)?;
+                    self.write_format_version()?;
                     info!(
                         path = %self.path.display(),
                         from = found,
@@ -258,12 +256,15 @@ impl Db {
                 record: "format version".into(),
                 reason: "missing in a data directory that holds data".into(),
             }),
-            None => {
-                let mut batch = WriteBatch::default();
-                batch.put_cf(cf, FORMAT_VERSION_KEY, FORMAT_VERSION.to_be_bytes());
-                self.write_durable_blocking(batch)
-            }
+            None => self.write_format_version(),
         }
+    }
+
+    /// Marks the directory as [`FORMAT_VERSION`], durably.
+    fn write_format_version(&self) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(CF_RAFT_META), FORMAT_VERSION_KEY, FORMAT_VERSION.to_be_bytes());
+        self.write_durable_blocking(batch)
     }
 
     fn has_any_data(&self) -> Result<bool> {

@@ -147,6 +147,14 @@ struct ChangesV3 {
     replaced: Vec<Replaced>,
 }
 
+/// [`ChangesV3`] borrowed, to write a row without copying its keys (the
+/// same encoding: bincode writes a slice as it writes a `Vec`).
+#[derive(Serialize)]
+struct ChangesV3Ref<'a> {
+    keys: &'a [Vec<u8>],
+    replaced: &'a [Replaced],
+}
+
 impl Changes {
     /// Records `key` changed, superseding the version at `prev` (0: none).
     pub(crate) fn push(&mut self, key: Vec<u8>, prev: u64, deleted: bool) {
@@ -158,13 +166,13 @@ impl Changes {
 
     /// The row value (format 3).
     pub(crate) fn encode(&self) -> Result<Vec<u8>, esf_storage::StorageError> {
-        let replaced = self.replaced.clone().unwrap_or_default();
+        let replaced = self.replaced.as_deref().unwrap_or_default();
         debug_assert_eq!(replaced.len(), self.keys.len(), "one replaced entry per key");
         let mut out = CHANGES_V3.to_vec();
         out.extend(esf_storage::codec::encode(
             "changes",
-            &ChangesV3 {
-                keys: self.keys.clone(),
+            &ChangesV3Ref {
+                keys: &self.keys,
                 replaced,
             },
         )?);
