@@ -79,6 +79,7 @@ headed!(
     pb::DeleteSubscriptionResponse,
     pb::ConsumersResponse,
     pb::ConsistencyResponse,
+    pb::ClusterHealthResponse,
     pb::AuthenticateResponse,
     pb::AuthStatusResponse,
     pb::AuthChangeResponse,

@@ -20,6 +20,16 @@ impl Client {
         .await
     }
 
+    /// The cluster's health as the answering node sees it: each member's
+    /// gossip liveness and checks, overall status with reasons, failure
+    /// tolerance.
+    pub async fn cluster_health(&self) -> Result<pb::ClusterHealthResponse> {
+        self.ask("health", pb::ClusterHealthRequest {}, |mut c: ClusterStub, r| async move {
+            c.health(r).await
+        })
+        .await
+    }
+
     /// Adds a non-voting member `id` reachable at `addr`.
     pub async fn member_add_learner(&self, id: u64, addr: &str) -> Result<pb::MembersResponse> {
         let req = pb::AddLearnerRequest {

@@ -1,6 +1,7 @@
 //! Admin HTTP: `/livez` (process up), `/readyz` (503 with JSON reasons until
 //! joined, a leader is known and apply lag is small; and while draining),
-//! `/metrics` (Prometheus text).
+//! `/health` (the cluster's health as this node sees it, JSON), `/metrics`
+//! (Prometheus text).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,6 +38,8 @@ pub struct AdminState {
     pub audit: Arc<crate::audit::RelayStats>,
     /// Retention's counters.
     pub retention: Arc<crate::events::retention::RetentionStats>,
+    /// Node checks, gossip and the cluster view.
+    pub health: Arc<crate::health::Health>,
 }
 
 /// The admin router.
@@ -44,6 +47,7 @@ pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/livez", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/debug/raft", get(raft_stats))
         .with_state(state)
@@ -87,6 +91,18 @@ async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
         code,
         axum::Json(serde_json::json!({ "ready": reasons.is_empty(), "reasons": reasons })),
     )
+}
+
+/// The cluster's health as this node sees it (JSON; `esf.v1.Cluster/Health`
+/// in gRPC): 200 when healthy or degraded, 503 when unavailable.
+async fn health(State(s): State<AdminState>) -> impl IntoResponse {
+    let view = s.health.cluster().await;
+    let code = if view.status == "unavailable" {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    (code, axum::Json(view))
 }
 
 /// openraft's runtime statistics of the meta group (batch sizes, time per
@@ -158,4 +174,9 @@ fn record_state(s: &AdminState) {
     counter!("esf_audit_retries_total").absolute(s.audit.retries.load(Ordering::Relaxed));
     counter!("esf_retention_removed_events_total").absolute(s.retention.removed.load(Ordering::Relaxed));
     counter!("esf_storage_wal_fsyncs_total").absolute(store.db().durability_stats().fsyncs);
+    let g = s.health.gossip();
+    counter!("esf_gossip_received_total").absolute(g.stats.received.load(Ordering::Relaxed));
+    counter!("esf_gossip_rejected_total").absolute(g.stats.rejected.load(Ordering::Relaxed));
+    counter!("esf_gossip_sent_total").absolute(g.stats.sent.load(Ordering::Relaxed));
+    counter!("esf_gossip_sent_bytes_total").absolute(g.stats.sent_bytes.load(Ordering::Relaxed));
 }

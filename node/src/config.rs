@@ -127,6 +127,29 @@ pub struct NodeConfig {
     /// Deadline of a TLS handshake on the gRPC and admin ports, ms: a
     /// client that connects and says nothing is dropped after it.
     pub tls_handshake_timeout_ms: u64,
+    /// Gossip UDP bind address; defaults to `listen` (the same port
+    /// number, on UDP).
+    pub gossip_listen: Option<String>,
+    /// Gossip address other nodes use; defaults to `advertise` (UDP).
+    pub gossip_advertise: Option<String>,
+    /// Time between gossip rounds (and heartbeats), ms.
+    pub gossip_interval_ms: u64,
+    /// chitchat's phi (time since the last heartbeat over the mean gap)
+    /// above which a node is dead.
+    pub gossip_phi_threshold: f64,
+    /// A dead node's gossip state is forgotten after this long, s.
+    pub gossip_dead_grace_secs: u64,
+    /// How often the node checks run, ms.
+    pub check_interval_ms: u64,
+    /// A WAL fsync slower than this is a warning, ms.
+    pub fsync_warn_ms: u64,
+    /// A WAL fsync slower than this (or failing) is critical, ms.
+    pub fsync_critical_ms: u64,
+    /// Resident memory above this is a warning, MiB (0: memory_budget_mb
+    /// plus 512).
+    pub max_rss_mb: u64,
+    /// A peer's clock further than this from ours is a warning, ms.
+    pub max_clock_offset_ms: u64,
 }
 
 /// Default of `tls_reload_interval_ms`.
@@ -176,6 +199,16 @@ impl Default for NodeConfig {
             peer_trusted_ca_file: None,
             tls_reload_interval_ms: DEFAULT_TLS_RELOAD_INTERVAL_MS,
             tls_handshake_timeout_ms: DEFAULT_TLS_HANDSHAKE_TIMEOUT_MS,
+            gossip_listen: None,
+            gossip_advertise: None,
+            gossip_interval_ms: 500,
+            gossip_phi_threshold: 8.0,
+            gossip_dead_grace_secs: 3600,
+            check_interval_ms: 1_000,
+            fsync_warn_ms: 500,
+            fsync_critical_ms: 5_000,
+            max_rss_mb: 0,
+            max_clock_offset_ms: 500,
         }
     }
 }
@@ -336,6 +369,46 @@ pub struct Flags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_handshake_timeout_ms: Option<u64>,
+    /// Gossip UDP bind address (default: --listen, on UDP).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gossip_listen: Option<String>,
+    /// Gossip address other nodes use (default: --advertise, on UDP).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gossip_advertise: Option<String>,
+    /// Time between gossip rounds, ms.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gossip_interval_ms: Option<u64>,
+    /// Phi above which gossip marks a node dead.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gossip_phi_threshold: Option<f64>,
+    /// A dead node's gossip state is forgotten after this long, s.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gossip_dead_grace_secs: Option<u64>,
+    /// How often the node checks run, ms.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub check_interval_ms: Option<u64>,
+    /// A WAL fsync slower than this is a warning, ms.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fsync_warn_ms: Option<u64>,
+    /// A WAL fsync slower than this (or failing) is critical, ms.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fsync_critical_ms: Option<u64>,
+    /// Resident memory above this is a warning, MiB (0: memory budget + 512).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_rss_mb: Option<u64>,
+    /// A peer clock further than this is a warning, ms.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_clock_offset_ms: Option<u64>,
 }
 
 /// Builds the layered configuration and validates it.
@@ -425,6 +498,34 @@ pub fn validate(c: &NodeConfig) -> anyhow::Result<()> {
         anyhow::bail!(
             "disk_check_interval_ms: {} is outside 10..=60000",
             c.disk_check_interval_ms
+        );
+    }
+    if let Some(a) = &c.gossip_listen {
+        check_addr("gossip_listen", a)?;
+    }
+    if let Some(a) = &c.gossip_advertise {
+        check_addr("gossip_advertise", a)?;
+    }
+    if !(50..=60_000).contains(&c.gossip_interval_ms) {
+        anyhow::bail!("gossip_interval_ms: {} is outside 50..=60000", c.gossip_interval_ms);
+    }
+    if !(c.gossip_phi_threshold.is_finite() && (1.0..=100.0).contains(&c.gossip_phi_threshold)) {
+        anyhow::bail!("gossip_phi_threshold: {} is outside 1..=100", c.gossip_phi_threshold);
+    }
+    if c.gossip_dead_grace_secs < 60 {
+        anyhow::bail!(
+            "gossip_dead_grace_secs: {} is under the minimum of 60",
+            c.gossip_dead_grace_secs
+        );
+    }
+    if !(100..=60_000).contains(&c.check_interval_ms) {
+        anyhow::bail!("check_interval_ms: {} is outside 100..=60000", c.check_interval_ms);
+    }
+    if c.fsync_warn_ms == 0 || c.fsync_critical_ms <= c.fsync_warn_ms {
+        anyhow::bail!(
+            "fsync_critical_ms: {} must be above fsync_warn_ms ({}), which must be at least 1",
+            c.fsync_critical_ms,
+            c.fsync_warn_ms
         );
     }
     if c.retention_interval_ms < 100 {
@@ -526,6 +627,27 @@ impl NodeConfig {
     /// The advertised gRPC address.
     pub fn advertise(&self) -> String {
         self.advertise.clone().unwrap_or_else(|| self.listen.clone())
+    }
+
+    /// Where gossip binds: `gossip_listen`, else `listen` (on UDP).
+    pub fn gossip_listen(&self) -> String {
+        self.gossip_listen.clone().unwrap_or_else(|| self.listen.clone())
+    }
+
+    /// Where other nodes send gossip: `gossip_advertise`, else the
+    /// advertised gRPC address (on UDP).
+    pub fn gossip_advertise(&self) -> String {
+        self.gossip_advertise.clone().unwrap_or_else(|| self.advertise())
+    }
+
+    /// `max_rss_mb` in bytes, with its default.
+    pub fn max_rss_bytes(&self) -> u64 {
+        let mb = if self.max_rss_mb == 0 {
+            self.memory_budget_mb + 512
+        } else {
+            self.max_rss_mb
+        };
+        mb << 20
     }
 }
 

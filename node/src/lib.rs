@@ -11,7 +11,7 @@
 //!                                  │
 //!                                  ▼
 //!          kv/  events/  registry  subscriptions  audit   (domain: typed calls
-//!          cluster/  backup/                               that handlers and
+//!          cluster/  backup/  gossip/  health/             that handlers and
 //!                                  │                       background tasks share)
 //!                                  ▼
 //!          context  error  keyspace  convert  identity    (shared ground)
@@ -33,6 +33,9 @@
 //!   reconciler, leader log, the disk check loop), [`backup`] (the snapshot file and serving
 //!   it). Domain functions return [`error::Error`]; they never build a
 //!   gRPC status.
+//! - [`gossip`] (chitchat over signed UDP: liveness and each node's
+//!   published state), [`health`] (node checks and the aggregated view
+//!   of the cluster) are domain too.
 //! - Adapters: [`api`] (the gRPC services, forwarding to leaders; the
 //!   only place requests and responses of tonic appear, besides the
 //!   peer calls the domain makes), [`admin`] (HTTP health and metrics).
@@ -64,6 +67,8 @@ pub mod convert;
 pub mod disk;
 pub mod error;
 pub mod events;
+pub mod gossip;
+pub mod health;
 pub mod identity;
 pub mod keyspace;
 pub mod kv;

@@ -28,6 +28,9 @@ use crate::cluster::{formation, leaders};
 use crate::config::NodeConfig;
 use crate::context::Ctx;
 use crate::events::{field_index, retention};
+use crate::gossip::{self, Gossip};
+use crate::health::Health;
+use crate::health::checks::{self, Checker};
 use crate::identity::{self, Identity};
 use crate::net::peer_auth::PeerSecret;
 use crate::net::peer_pool::{ClusterId, PeerPool};
@@ -53,6 +56,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     let has_data = cfg.data_dir.join("db").join("CURRENT").exists();
     let cluster_id: ClusterId = Arc::new(std::sync::RwLock::new(identity.cluster_id.clone()));
     let db = open_storage(&cfg)?;
+    let gossip_secret = secret.bytes().map(<[u8]>::to_vec);
     let pool = PeerPool::new(secret).with_tls(tls.as_ref().map(|t| t.peer.clone()));
     let (meta, partitions) = start_groups(&cfg, identity, &db, &pool, &cluster_id).await?;
 
@@ -103,6 +107,37 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     // the formation check.
     let gate = Arc::new(AtomicBool::new(has_data));
     let draining = Arc::new(AtomicBool::new(false));
+    let gossip = Gossip::new(
+        gossip::Settings {
+            listen: cfg.gossip_listen(),
+            advertise: cfg.gossip_advertise(),
+            admin: cfg.admin_listen.clone(),
+            interval: Duration::from_millis(cfg.gossip_interval_ms),
+            phi_threshold: cfg.gossip_phi_threshold,
+            dead_grace: Duration::from_secs(cfg.gossip_dead_grace_secs),
+            join: cfg.join.clone(),
+        },
+        gossip_secret,
+    );
+    let health = Health::new(
+        Checker {
+            meta: meta.clone(),
+            partitions: partitions.clone(),
+            disk: disk.clone(),
+            limits: checks::Limits {
+                fsync_warn: Duration::from_millis(cfg.fsync_warn_ms),
+                fsync_critical: Duration::from_millis(cfg.fsync_critical_ms),
+                max_rss_bytes: cfg.max_rss_bytes(),
+                max_apply_lag: cfg.max_apply_lag,
+                max_clock_offset_ms: cfg.max_clock_offset_ms,
+            },
+        },
+        gossip.clone(),
+        Duration::from_millis(cfg.check_interval_ms),
+        ctx.advertise.clone(),
+        cfg.admin_listen.clone(),
+        VERSION,
+    );
     let audit_stats = Arc::new(audit::RelayStats::default());
     let retention_stats = Arc::new(retention::RetentionStats::default());
     let admin_state = admin::AdminState {
@@ -116,6 +151,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         telemetry: crate::telemetry::handle(),
         max_apply_lag: cfg.max_apply_lag,
         version: VERSION,
+        health: health.clone(),
     };
     let grpc_task = serve_grpc(&cfg, &ctx, gate.clone(), tls.as_ref(), admin_state.clone()).await?;
     let admin_task = serve_admin(&cfg, admin_state, stop_rx.clone(), tls.as_ref()).await?;
@@ -133,6 +169,8 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     ));
     let draining_partitions = Arc::new(AtomicBool::new(false));
     let tasks = [
+        tokio::spawn(gossip.run(ctx.clone(), stop_rx.clone())),
+        tokio::spawn(health.run(stop_rx.clone())),
         tokio::spawn(audit::run_relay(ctx.clone(), audit_stats, stop_rx.clone())),
         tokio::spawn(retention::run(
             ctx.clone(),
@@ -380,7 +418,7 @@ async fn serve_grpc(
         disk: ctx.disk.clone(),
     };
     let (health_reporter, health) = tonic_health::server::health_reporter();
-    tokio::spawn(follow_readiness(health_reporter, readiness, ctx.stop.clone()));
+    tokio::spawn(follow_readiness(health_reporter, readiness.clone(), ctx.stop.clone()));
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(esf_proto::FILE_DESCRIPTOR_SET)
         .build_v1()
@@ -393,7 +431,7 @@ async fn serve_grpc(
     let incoming = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("listen: bind {listen}"))?;
-    let router = api::routes(&mut api::server(ctx), ctx, raft, health, reflection);
+    let router = api::routes(&mut api::server(ctx), ctx, raft, readiness.health.clone(), health, reflection);
     let stop = stopped(ctx.stop.clone());
     Ok(match tls {
         Some(t) => {

@@ -17,8 +17,8 @@ use crate::cluster::{leaders, partitions};
 use crate::context::Ctx;
 use crate::error::Error;
 
-/// `esf.v1.Cluster`.
-pub struct ClusterService(pub Ctx);
+/// `esf.v1.Cluster`: the node's context and its health checks.
+pub struct ClusterService(pub Ctx, pub std::sync::Arc<crate::health::Health>);
 
 type BackupStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::BackupChunk, Status>> + Send>>;
 
@@ -35,7 +35,28 @@ impl ClusterService {
 #[tonic::async_trait]
 impl pb::cluster_server::Cluster for ClusterService {
     async fn members(&self, _req: Request<pb::MembersRequest>) -> Result<Response<pb::MembersResponse>, Status> {
-        Ok(Response::new(self.membership().members()))
+        let mut r = self.membership().members();
+        let view = self.1.gossip().view().await;
+        for m in &mut r.members {
+            let peer = view.iter().find(|p| p.node_id == m.id);
+            m.liveness = match peer {
+                Some(p) if p.alive => "alive",
+                Some(_) => "dead",
+                None => "unknown",
+            }
+            .into();
+            m.generation = peer.map_or(0, |p| p.generation);
+        }
+        Ok(Response::new(r))
+    }
+
+    async fn health(
+        &self,
+        _req: Request<pb::ClusterHealthRequest>,
+    ) -> Result<Response<pb::ClusterHealthResponse>, Status> {
+        let mut r = pb::ClusterHealthResponse::from(self.1.cluster().await);
+        r.header = Some(self.0.meta_header());
+        Ok(Response::new(r))
     }
 
     async fn status(&self, _req: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
@@ -200,6 +221,7 @@ impl pb::cluster_server::Cluster for ClusterService {
             leader_addr,
             committed_index: m.local_committed.as_ref().map_or(0, |l| l.index),
             partitions: self.0.partitions.len() as u32,
+            gossip_addr: self.1.gossip().advertise().to_string(),
         }))
     }
 }

@@ -110,6 +110,7 @@ pub const RULES: &[(&str, Rule)] = &[
     ("/esf.v1.Subscriptions/Consumers", Rule::Checked),
     ("/esf.v1.Cluster/Members", Rule::Any),
     ("/esf.v1.Cluster/Status", Rule::Any),
+    ("/esf.v1.Cluster/Health", Rule::Any),
     ("/esf.v1.Cluster/AddLearner", Rule::Root),
     ("/esf.v1.Cluster/Promote", Rule::Root),
     ("/esf.v1.Cluster/Remove", Rule::Root),

@@ -41,6 +41,7 @@ pub fn routes<L: Clone>(
     server: &mut tonic::transport::Server<L>,
     ctx: &Ctx,
     raft: raft::RaftService,
+    cluster_health: std::sync::Arc<crate::health::Health>,
     health: tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
     reflection: tonic_reflection::server::v1::ServerReflectionServer<
         impl tonic_reflection::server::v1::ServerReflection,
@@ -60,7 +61,7 @@ pub fn routes<L: Clone>(
             pin.clone(),
         ))
         .add_service(pb::cluster_server::ClusterServer::with_interceptor(
-            cluster::ClusterService(ctx.clone()),
+            cluster::ClusterService(ctx.clone(), cluster_health),
             pin.clone(),
         ))
         .add_service(pb::lease_server::LeaseServer::with_interceptor(

@@ -18,8 +18,15 @@ pub(super) enum MemberCmd {
 pub(super) enum EndpointCmd {
     /// Role, term, leader, indexes, DB size and version of each endpoint.
     Status,
-    /// Whether each endpoint answers and sees a leader; exit 1 if any does not.
-    Health,
+    /// Whether each endpoint answers and sees a leader; exit 1 if any does
+    /// not. With --cluster: the cluster's aggregated health as one node
+    /// sees it (gossip liveness, checks of every member, quorum); exit 1
+    /// unless healthy.
+    Health {
+        /// The aggregated view of the whole cluster.
+        #[arg(long)]
+        cluster: bool,
+    },
     /// Every event partition across the cluster: leader, term, planned
     /// replicas, members, and how far each replica's applied index lags
     /// its leader's commit index (every member is asked).
@@ -80,3 +87,64 @@ pub(super) fn partition_rows(all: &[(String, esf_client::Result<pb::StatusRespon
 /// Least time `esf member remove` keeps retrying while the removed node's
 /// partition replicas move (`--timeout-secs` raises it).
 pub(super) const MEMBER_REMOVE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(150);
+
+/// `esf endpoint health --cluster` as JSON.
+pub(super) fn cluster_health_json(h: &pb::ClusterHealthResponse) -> Value {
+    json!({
+        "node_id": h.node_id,
+        "status": h.status,
+        "reasons": h.reasons,
+        "failure_tolerance": h.failure_tolerance,
+        "nodes": h.nodes.iter().map(|n| json!({
+            "node_id": n.node_id,
+            "addr": n.addr,
+            "voter": n.voter,
+            "liveness": n.liveness,
+            "generation": n.generation,
+            "heartbeat_age_ms": n.heartbeat_age_ms,
+            "status": n.status,
+            "checks": n.checks.iter().map(|c| json!({"name": c.name, "status": c.status, "reason": c.reason})).collect::<Vec<_>>(),
+            "leads": n.leads,
+            "version": n.version,
+            "gossip_addr": n.gossip_addr,
+            "admin_addr": n.admin_addr,
+            "clock_offset_ms": n.clock_offset_ms,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// `esf endpoint health --cluster` as text.
+pub(super) fn cluster_health_text(h: &pb::ClusterHealthResponse) -> String {
+    let mut s = format!(
+        "cluster is {} (as node {} sees it; {} more voter failure(s) tolerated)\n",
+        h.status, h.node_id, h.failure_tolerance
+    );
+    for r in &h.reasons {
+        s += &format!("  - {r}\n");
+    }
+    s += &format!(
+        "{:<6} {:<24} {:<8} {:<8} {:<14} {:<9} {:<10} {}\n",
+        "ID", "ADDR", "ROLE", "LIVENESS", "GENERATION", "STATUS", "LEADS", "FAILING CHECKS"
+    );
+    for n in &h.nodes {
+        let failing: Vec<String> = n
+            .checks
+            .iter()
+            .filter(|c| c.status != "passing")
+            .map(|c| format!("{}={}", c.name, c.status))
+            .collect();
+        let leads: Vec<String> = n.leads.iter().map(u32::to_string).collect();
+        s += &format!(
+            "{:<6} {:<24} {:<8} {:<8} {:<14} {:<9} {:<10} {}\n",
+            n.node_id,
+            n.addr,
+            if n.voter { "voter" } else { "learner" },
+            n.liveness,
+            n.generation,
+            n.status,
+            if leads.is_empty() { "-".to_string() } else { leads.join(",") },
+            if failing.is_empty() { "-".to_string() } else { failing.join(" ") }
+        );
+    }
+    s
+}

@@ -209,21 +209,34 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 MemberCmd::Promote { id } => c.promote(id).await?,
                 MemberCmd::Remove { id } => remove_client()?.remove(id).await?,
             };
-            let v = json!({"leader_id": r.leader_id, "members": r.members.iter().map(|m| json!({"id": m.id, "addr": m.addr, "voter": m.voter, "holds_data": m.holds_data, "leader": m.id == r.leader_id})).collect::<Vec<_>>()});
+            let v = json!({"leader_id": r.leader_id, "members": r.members.iter().map(|m| json!({"id": m.id, "addr": m.addr, "voter": m.voter, "holds_data": m.holds_data, "leader": m.id == r.leader_id, "liveness": m.liveness, "generation": m.generation})).collect::<Vec<_>>()});
             print(out, &v, || {
-                let mut s = format!("{:<6} {:<24} {:<8} {:<5} {}\n", "ID", "ADDR", "ROLE", "DATA", "LEADER");
+                let mut s = format!(
+                    "{:<6} {:<24} {:<8} {:<5} {:<8} {:<14} {}\n",
+                    "ID", "ADDR", "ROLE", "DATA", "LIVENESS", "GENERATION", "LEADER"
+                );
                 for m in &r.members {
                     s += &format!(
-                        "{:<6} {:<24} {:<8} {:<5} {}\n",
+                        "{:<6} {:<24} {:<8} {:<5} {:<8} {:<14} {}\n",
                         m.id,
                         m.addr,
                         if m.voter { "voter" } else { "learner" },
                         if m.holds_data { "yes" } else { "no" },
+                        if m.liveness.is_empty() { "-" } else { &m.liveness },
+                        m.generation,
                         if m.id == r.leader_id { "*" } else { "" }
                     );
                 }
                 s
             });
+        }
+        Command::Endpoint(EndpointCmd::Health { cluster: true }) => {
+            let h = client()?.cluster_health().await?;
+            let v = cluster_health_json(&h);
+            print(out, &v, || cluster_health_text(&h));
+            if h.status != "healthy" {
+                return Ok(ExitCode::from(1));
+            }
         }
         Command::Endpoint(EndpointCmd::Partitions) => {
             let c = client()?;
@@ -298,7 +311,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
             let v = Value::Array(rows.clone());
-            let health = matches!(cmd, EndpointCmd::Health);
+            let health = matches!(cmd, EndpointCmd::Health { .. });
             if !health {
                 print(out, &v, || {
                     let mut s = format!(

@@ -59,6 +59,8 @@ impl Membership<'_> {
                 addr: n.addr.clone(),
                 voter: voters.contains(id),
                 holds_data: self.ctx.meta.store().member_replicated(*id).unwrap_or(false),
+                liveness: String::new(),
+                generation: 0,
             })
             .collect();
         let leader = m.current_leader.unwrap_or(0);

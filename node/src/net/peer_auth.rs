@@ -65,6 +65,12 @@ impl PeerSecret {
         Ok(PeerSecret(Some(Arc::new(value))))
     }
 
+    /// The secret's bytes, if this node has one (gossip derives its key
+    /// from them).
+    pub fn bytes(&self) -> Option<&[u8]> {
+        self.0.as_ref().map(|v| v.as_bytes())
+    }
+
     /// Whether this node has a secret.
     pub fn is_set(&self) -> bool {
         self.0.is_some()
