@@ -24,9 +24,11 @@ impl Client {
     /// gossip liveness and checks, overall status with reasons, failure
     /// tolerance.
     pub async fn cluster_health(&self) -> Result<pb::ClusterHealthResponse> {
-        self.ask("health", pb::ClusterHealthRequest {}, |mut c: ClusterStub, r| async move {
-            c.health(r).await
-        })
+        self.ask(
+            "health",
+            pb::ClusterHealthRequest {},
+            |mut c: ClusterStub, r| async move { c.health(r).await },
+        )
         .await
     }
 

@@ -431,7 +431,14 @@ async fn serve_grpc(
     let incoming = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("listen: bind {listen}"))?;
-    let router = api::routes(&mut api::server(ctx), ctx, raft, readiness.health.clone(), health, reflection);
+    let router = api::routes(
+        &mut api::server(ctx),
+        ctx,
+        raft,
+        readiness.health.clone(),
+        health,
+        reflection,
+    );
     let stop = stopped(ctx.stop.clone());
     Ok(match tls {
         Some(t) => {

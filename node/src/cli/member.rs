@@ -142,8 +142,16 @@ pub(super) fn cluster_health_text(h: &pb::ClusterHealthResponse) -> String {
             n.liveness,
             n.generation,
             n.status,
-            if leads.is_empty() { "-".to_string() } else { leads.join(",") },
-            if failing.is_empty() { "-".to_string() } else { failing.join(" ") }
+            if leads.is_empty() {
+                "-".to_string()
+            } else {
+                leads.join(",")
+            },
+            if failing.is_empty() {
+                "-".to_string()
+            } else {
+                failing.join(" ")
+            }
         );
     }
     s

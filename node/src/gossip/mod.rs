@@ -167,6 +167,7 @@ impl Gossip {
     /// would take the state past [`MAX_STATE_BYTES`] is dropped (logged).
     pub fn publish(&self, state: BTreeMap<String, String>) {
         let size: usize = state.iter().map(|(k, v)| k.len() + v.len()).sum();
+        metrics::gauge!("esf_gossip_state_bytes").set(size as f64);
         if size > MAX_STATE_BYTES {
             warn!(
                 bytes = size,
@@ -202,10 +203,7 @@ impl Gossip {
                 alive: live.contains(id),
                 heartbeat_age: (!is_self).then(|| beats.get(id).map(|(_, at)| at.elapsed())).flatten(),
                 clock_offset_ms: (!is_self)
-                    .then(|| {
-                        self.clocks
-                            .of(id.gossip_advertise_addr, self.settings.interval * 20)
-                    })
+                    .then(|| self.clocks.of(id.gossip_advertise_addr, self.settings.interval * 20))
                     .flatten(),
                 state: st.key_values().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
                 is_self,
@@ -266,7 +264,13 @@ impl Gossip {
             stats: self.stats.clone(),
             clocks: self.clocks.clone(),
         };
-        let initial: Vec<(String, String)> = self.published.lock().expect("published lock").clone().into_iter().collect();
+        let initial: Vec<(String, String)> = self
+            .published
+            .lock()
+            .expect("published lock")
+            .clone()
+            .into_iter()
+            .collect();
         let handle = match chitchat::spawn_chitchat(config, initial, &transport).await {
             Ok(h) => h,
             Err(e) => {
@@ -358,7 +362,13 @@ impl Gossip {
     /// Contacts members this node does not see alive.
     async fn reseed(&self, ctx: &Ctx) {
         let Some(h) = self.handle.get() else { return };
-        let alive: Vec<u64> = self.view().await.into_iter().filter(|p| p.alive).map(|p| p.node_id).collect();
+        let alive: Vec<u64> = self
+            .view()
+            .await
+            .into_iter()
+            .filter(|p| p.alive)
+            .map(|p| p.node_id)
+            .collect();
         let m = ctx.meta.raft().metrics().borrow_watched().clone();
         let missing: Vec<String> = m
             .membership_config

@@ -29,8 +29,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use async_trait::async_trait;
-use chitchat::transport::{RecvOutcome, SendOutcome, Socket, Transport};
 use chitchat::ChitchatEnvelope;
+use chitchat::transport::{RecvOutcome, SendOutcome, Socket, Transport};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use tracing::debug;
@@ -150,13 +150,17 @@ impl ClockOffsets {
     /// `max_age`.
     pub fn of(&self, addr: SocketAddr, max_age: std::time::Duration) -> Option<i64> {
         let map = self.0.lock().expect("clock offsets lock");
-        map.get(&addr).filter(|(_, at)| at.elapsed() <= max_age).map(|(o, _)| *o)
+        map.get(&addr)
+            .filter(|(_, at)| at.elapsed() <= max_age)
+            .map(|(o, _)| *o)
     }
 }
 
 /// Milliseconds since the Unix epoch by this node's clock.
 pub fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// chitchat's UDP transport with signed datagrams.
@@ -177,7 +181,9 @@ impl Transport for SignedUdp {
             .with_context(|| format!("gossip_listen: bind {listen_addr}/udp"))?;
         let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
         let enc = chitchat::transport::UdpSocket::open(loopback).await?;
-        let enc_sink = tokio::net::UdpSocket::bind(loopback).await.context("gossip codec socket")?;
+        let enc_sink = tokio::net::UdpSocket::bind(loopback)
+            .await
+            .context("gossip codec socket")?;
         let dec = chitchat::transport::UdpSocket::open(loopback).await?;
         Ok(Box::new(SignedSocket {
             public,
@@ -239,7 +245,8 @@ impl SignedSocket {
             let s = tokio::net::UdpSocket::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
                 .await
                 .context("gossip relay socket")?;
-            self.relayed_from.insert(s.local_addr().context("gossip relay socket")?, peer);
+            self.relayed_from
+                .insert(s.local_addr().context("gossip relay socket")?, peer);
             self.relays.insert(peer, s);
         }
         let relay = self.relays.get(&peer).expect("inserted above");
@@ -346,7 +353,12 @@ mod tests {
         assert!(other_cluster.open(&d).unwrap_err().contains("bad signature"));
         let other_secret = GossipKey::derive(Some(b"0123456789abcdef-secreT"), "cluster-a");
         assert!(other_secret.open(&d).is_err());
-        assert!(GossipKey::derive(None, "cluster-a").open(&d).unwrap_err().contains("no peer secret"));
+        assert!(
+            GossipKey::derive(None, "cluster-a")
+                .open(&d)
+                .unwrap_err()
+                .contains("no peer secret")
+        );
 
         // Any flipped bit (payload, time, tag) is refused.
         for i in 0..d.len() {

@@ -230,10 +230,7 @@ impl Checker {
             Check::new(
                 "clock",
                 Status::Warning,
-                format!(
-                    "clock offset over {max} ms (max_clock_offset_ms): {}",
-                    far.join(", ")
-                ),
+                format!("clock offset over {max} ms (max_clock_offset_ms): {}", far.join(", ")),
             )
         }
     }

@@ -289,9 +289,17 @@ impl Health {
                 status,
                 checks,
                 leads,
-                version: if is_self { self.version.to_string() } else { state(keys::VERSION) },
+                version: if is_self {
+                    self.version.to_string()
+                } else {
+                    state(keys::VERSION)
+                },
                 gossip_addr: peer.map(|p| p.gossip_addr.to_string()).unwrap_or_default(),
-                admin_addr: if is_self { self.admin.clone() } else { state(keys::ADMIN) },
+                admin_addr: if is_self {
+                    self.admin.clone()
+                } else {
+                    state(keys::ADMIN)
+                },
                 clock_offset_ms: peer.and_then(|p| p.clock_offset_ms),
             });
         }
@@ -299,7 +307,8 @@ impl Health {
         // Quorum per group this node holds, by gossip liveness.
         let mut tolerance = u32::MAX;
         let mut unavailable = Vec::new();
-        let mut groups: Vec<(u32, BTreeSet<u64>, bool)> = vec![(META_GROUP, voters.clone(), m.current_leader.is_some())];
+        let mut groups: Vec<(u32, BTreeSet<u64>, bool)> =
+            vec![(META_GROUP, voters.clone(), m.current_leader.is_some())];
         for p in self.partitions().iter() {
             let pm = p.raft().metrics().borrow_watched().clone();
             let pv: BTreeSet<u64> = pm.membership_config.membership().voter_ids().collect();
