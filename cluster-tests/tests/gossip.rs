@@ -222,3 +222,199 @@ async fn gossip_without_the_peer_secret_is_dropped() {
     assert_eq!(known, ["2"], "the outsider learned {known:?}");
     outsider.shutdown().await.expect("outsider stops");
 }
+
+/// The failpoints build of `esf` (scripts/test.sh builds it as
+/// `esf-failpoints`).
+fn failpoints_bin() -> std::path::PathBuf {
+    let bin = esf_bin().with_file_name("esf-failpoints");
+    assert!(
+        bin.exists(),
+        "{} not found: scripts/test.sh builds it (cargo build -p esf-node --features failpoints, copied as esf-failpoints)",
+        bin.display()
+    );
+    bin
+}
+
+/// Groups node `id` leads, by its own status.
+async fn led_by(c: &Cluster, id: u64) -> Vec<u32> {
+    let Some((_, Ok(s))) = c.node(id).client().status_all().await.into_iter().next() else {
+        return vec![u32::MAX];
+    };
+    s.groups
+        .iter()
+        .filter(|g| g.role == "leader")
+        .map(|g| g.group)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_fsyncs_are_slow_hands_over_every_leadership() {
+    let mut c = Cluster::start(&esf_bin(), 3);
+    c.wait_ready().await;
+    // Node 1 comes back on a disk whose every fsync takes 400 ms longer;
+    // its storage check calls over 200 ms critical.
+    let sick = 1;
+    c.node_mut(sick).terminate();
+    {
+        let n = c.node_mut(sick);
+        n.env.push(("ESF_FAILPOINTS".into(), "slow-fsync".into()));
+        n.add_args(&["--fsync-warn-ms", "50", "--fsync-critical-ms", "200"]);
+        n.start(&failpoints_bin());
+    }
+    c.wait_ready().await;
+    let (h, _) = wait_view(&c, 2, "node 1 alive with its storage check critical", |h| {
+        let n = node_in(h, sick);
+        n.liveness == "alive" && n.checks.iter().any(|k| k.name == "storage" && k.status == "critical")
+    })
+    .await;
+    assert!(
+        h.reasons.iter().any(|r| r.starts_with("node 1: storage critical")),
+        "{h:?}"
+    );
+
+    let started = Instant::now();
+    loop {
+        if led_by(&c, sick).await.is_empty() {
+            break;
+        }
+        assert!(
+            started.elapsed() < GOSSIP_DEADLINE,
+            "node 1 still leads {:?}",
+            led_by(&c, sick).await
+        );
+        tokio::time::sleep(POLL).await;
+    }
+    // It stays that way: writes go on through the others, and a transfer
+    // to it is refused.
+    let client = c.client();
+    for i in 0..20 {
+        client
+            .put(format!("k{i}"), "v")
+            .await
+            .expect("put while node 1 is sick");
+    }
+    // (The meta leader asks it; it refuses; some healthy voter leads.)
+    if let Ok(r) = c.node(2).client().transfer_leader(sick).await {
+        assert_ne!(r.leader_id, sick, "leadership moved to the sick node: {r:?}");
+    }
+    assert_eq!(led_by(&c, sick).await, Vec::<u32>::new());
+    let (_, m) = c.node(sick).admin_get("/metrics");
+    assert!(
+        m.contains("esf_failover_actions_total{action=\"evacuate\"} 1"),
+        "{}",
+        m.lines()
+            .filter(|l| l.contains("failover"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+/// Autopilot settings short enough for a test (defaults: 30 s dead, 10 s
+/// stabilization, looks every second).
+const FAST_AUTOPILOT: [&str; 6] = [
+    "--autopilot-dead-after-secs",
+    "5",
+    "--autopilot-stabilization-secs",
+    "2",
+    "--autopilot-interval-ms",
+    "200",
+];
+
+async fn members(c: &Cluster, via: u64) -> Option<pb::MembersResponse> {
+    c.node(via).client().members().await.ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_voter_is_replaced_by_a_spare_that_joined_by_itself() {
+    let mut c = Cluster::start_with(&esf_bin(), 3, &FAST_AUTOPILOT);
+    c.wait_ready().await;
+    let mut extra: Vec<&str> = FAST_AUTOPILOT.to_vec();
+    extra.push("--auto-join");
+    let spare = c.spawn_joining_node_with(&extra);
+    // It joins as a learner by itself and stays one: 3 voters is the
+    // cluster's voter count (its bootstrap_expect).
+    let deadline = Instant::now() + esf_cluster_tests::READY_DEADLINE;
+    loop {
+        if let Some(m) = members(&c, 1).await {
+            if m.members.iter().any(|x| x.id == spare && !x.voter) {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "node {spare} never became a learner");
+        tokio::time::sleep(POLL).await;
+    }
+    c.wait_converged().await;
+
+    // Writes go on throughout.
+    let client = c.client();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        let client = client.clone();
+        tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            let mut i = 0u32;
+            // A steady 50 puts/s, so the audit trail stays short.
+            let mut pace = tokio::time::interval(Duration::from_millis(20));
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                pace.tick().await;
+                match client.put(format!("during-{i}"), "v").await {
+                    Ok(_) => ok += 1,
+                    Err(e) => failed.push(e.to_string()),
+                }
+                i += 1;
+            }
+            (ok, failed)
+        })
+    };
+    let leader = c.wait_ready().await;
+    let victim = c.other_than(leader);
+    c.node_mut(victim).kill();
+    let killed = Instant::now();
+    let deadline = killed + Duration::from_secs(90);
+    let survivor = c.other_than(victim);
+    loop {
+        if let Some(m) = members(&c, survivor).await {
+            let voters: Vec<u64> = m.members.iter().filter(|x| x.voter).map(|x| x.id).collect();
+            if voters.contains(&spare) && !m.members.iter().any(|x| x.id == victim) {
+                assert_eq!(voters.len(), 3, "{m:?}");
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {victim} not replaced by {spare} within 90 s: {:?}",
+            members(&c, survivor).await
+        );
+        tokio::time::sleep(POLL).await;
+    }
+    eprintln!(
+        "node {victim} replaced by node {spare} {:?} after the kill",
+        killed.elapsed()
+    );
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (ok, failed) = writer.await.expect("writer");
+    assert!(ok > 0 && failed.is_empty(), "{ok} puts, failures: {failed:?}");
+    client.put("after", "v").await.expect("put after the replacement");
+    // Each action is recorded: in the audit trail as esf.autopilot.changed.
+    c.wait_audit_caught_up().await;
+    let (code, out, err) = cli(
+        &c.bin,
+        &[
+            "--endpoints",
+            &c.node(survivor).grpc,
+            "-o",
+            "json",
+            "audit",
+            "tail",
+            "--limit",
+            "100000",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let actions: Vec<&str> = out.lines().filter(|l| l.contains("esf.autopilot.changed")).collect();
+    assert!(
+        actions.iter().any(|l| l.contains("promote")) && actions.iter().any(|l| l.contains("remove")),
+        "autopilot actions in the audit trail: {actions:?}"
+    );
+}

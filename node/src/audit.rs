@@ -42,7 +42,7 @@ pub const STREAM: &str = keyspace::AUDIT_STREAM;
 pub const BATCH_REVISIONS: u64 = 500;
 /// An append stops taking revisions past this many bytes of event data.
 pub const BATCH_BYTES: usize = 2 << 20;
-/// Values of ESF's own settings (retention rules) up to this many bytes
+/// Values of ESF's own records (retention rules, autopilot actions) up to this many bytes
 /// are copied into the audit event (as text, if UTF-8); larger ones are
 /// described by their size only. Config values never are: reading `$audit`
 /// must not reveal a value the reader's permissions on its key would not
@@ -122,7 +122,7 @@ fn change_json(e: &WatchEvent) -> (Value, &'static str) {
                 c["instance"] = json!(i.id);
                 c["address"] = json!(i.address);
             }
-        } else if kind == "retention" && e.kv.value.len() <= MAX_VALUE_BYTES {
+        } else if matches!(kind, "retention" | "autopilot") && e.kv.value.len() <= MAX_VALUE_BYTES {
             if let Ok(s) = std::str::from_utf8(&e.kv.value) {
                 c["value"] = json!(s);
             }
@@ -163,6 +163,7 @@ pub fn audit_event(revision: u64, changes: &[WatchEvent], user: Option<&str>) ->
         Some(&"subscription") if kinds.len() == 1 => "esf.subscription.changed",
         Some(&"retention") if kinds.len() == 1 => "esf.retention.changed",
         Some(&"index") if kinds.len() == 1 => "esf.index.changed",
+        Some(&"autopilot") if kinds.len() == 1 => "esf.autopilot.changed",
         _ => "esf.meta.changed",
     };
     let correlation_id = match list.as_slice() {

@@ -150,6 +150,30 @@ pub struct NodeConfig {
     pub max_rss_mb: u64,
     /// A peer's clock further than this from ours is a warning, ms.
     pub max_clock_offset_ms: u64,
+    /// After this many storage checks in a row critical, the node hands
+    /// its leadership over and leads nothing...
+    pub evacuate_after_checks: u32,
+    /// ... until this many in a row are not critical.
+    pub return_after_checks: u32,
+    /// The meta leader promotes spare learners and replaces dead voters
+    /// (docs/operations.md, "Autopilot").
+    pub autopilot: bool,
+    /// Voters autopilot keeps the cluster at (0: `bootstrap_expect`).
+    pub autopilot_voters: u32,
+    /// How often autopilot looks, ms.
+    pub autopilot_interval_ms: u64,
+    /// A voter dead (by gossip and by the leader's last contact) this long
+    /// is replaced or removed, s.
+    pub autopilot_dead_after_secs: u64,
+    /// A learner is promoted after being a good spare this long; also the
+    /// least time between two autopilot changes, s.
+    pub autopilot_stabilization_secs: u64,
+    /// A learner further behind the leader's log than this is no spare.
+    pub autopilot_max_trailing_logs: u64,
+    /// A node started with `join` that finds a cluster it is not a member
+    /// of asks the leader to add it as a learner (else, the default, it
+    /// waits for `esf member add`, as before this setting existed).
+    pub auto_join: bool,
 }
 
 /// Default of `tls_reload_interval_ms`.
@@ -209,6 +233,15 @@ impl Default for NodeConfig {
             fsync_critical_ms: 5_000,
             max_rss_mb: 0,
             max_clock_offset_ms: 500,
+            evacuate_after_checks: 3,
+            return_after_checks: 10,
+            autopilot: true,
+            autopilot_voters: 0,
+            autopilot_interval_ms: 1_000,
+            autopilot_dead_after_secs: 30,
+            autopilot_stabilization_secs: 10,
+            autopilot_max_trailing_logs: 250,
+            auto_join: false,
         }
     }
 }
@@ -409,6 +442,42 @@ pub struct Flags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_clock_offset_ms: Option<u64>,
+    /// Storage checks critical in a row before the node stops leading.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub evacuate_after_checks: Option<u32>,
+    /// Storage checks not critical in a row before it may lead again.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub return_after_checks: Option<u32>,
+    /// Autopilot on the meta leader: promote spares, replace dead voters.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub autopilot: Option<bool>,
+    /// Voters autopilot keeps the cluster at (0: --bootstrap-expect).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub autopilot_voters: Option<u32>,
+    /// How often autopilot looks, ms.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub autopilot_interval_ms: Option<u64>,
+    /// A voter dead this long is replaced or removed, s.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub autopilot_dead_after_secs: Option<u64>,
+    /// A learner must be a good spare this long before promotion, s.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub autopilot_stabilization_secs: Option<u64>,
+    /// A learner further behind than this many entries is no spare.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub autopilot_max_trailing_logs: Option<u64>,
+    /// Ask the leader to add this node as a learner when it finds a cluster.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auto_join: Option<bool>,
 }
 
 /// Builds the layered configuration and validates it.
@@ -528,6 +597,24 @@ pub fn validate(c: &NodeConfig) -> anyhow::Result<()> {
             c.fsync_warn_ms
         );
     }
+    if c.autopilot_voters > 7 {
+        anyhow::bail!("autopilot_voters: {} is over 7", c.autopilot_voters);
+    }
+    if !(100..=60_000).contains(&c.autopilot_interval_ms) {
+        anyhow::bail!(
+            "autopilot_interval_ms: {} is outside 100..=60000",
+            c.autopilot_interval_ms
+        );
+    }
+    if c.autopilot_dead_after_secs < 5 {
+        anyhow::bail!(
+            "autopilot_dead_after_secs: {} is under the minimum of 5 (a node must be missed longer than gossip needs to call it dead)",
+            c.autopilot_dead_after_secs
+        );
+    }
+    if c.evacuate_after_checks == 0 || c.return_after_checks == 0 {
+        anyhow::bail!("evacuate_after_checks and return_after_checks: must be at least 1");
+    }
     if c.retention_interval_ms < 100 {
         anyhow::bail!(
             "retention_interval_ms: {} is under the minimum of 100",
@@ -638,6 +725,15 @@ impl NodeConfig {
     /// advertised gRPC address (on UDP).
     pub fn gossip_advertise(&self) -> String {
         self.gossip_advertise.clone().unwrap_or_else(|| self.advertise())
+    }
+
+    /// Voters autopilot keeps: `autopilot_voters`, else `bootstrap_expect`.
+    pub fn autopilot_voters(&self) -> usize {
+        if self.autopilot_voters == 0 {
+            self.bootstrap_expect as usize
+        } else {
+            self.autopilot_voters as usize
+        }
     }
 
     /// `max_rss_mb` in bytes, with its default.

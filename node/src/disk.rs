@@ -25,6 +25,10 @@ pub struct DiskGuard {
     low: AtomicBool,
     free: AtomicU64,
     total: AtomicU64,
+    /// Set while the storage check has been critical (slow or failing WAL
+    /// fsyncs, [`crate::health`]): the node leads nothing, but still takes
+    /// log entries (it is a slow follower, not a full one).
+    sick: std::sync::Mutex<Option<String>>,
 }
 
 /// Free and total bytes of the file system holding `dir` (for an
@@ -43,6 +47,7 @@ impl DiskGuard {
             low: AtomicBool::new(false),
             free: AtomicU64::new(u64::MAX),
             total: AtomicU64::new(0),
+            sick: std::sync::Mutex::new(None),
         }
     }
 
@@ -104,6 +109,27 @@ impl DiskGuard {
         })
     }
 
+    /// Marks the node's storage as failing its check (`Some(why)`) or fine
+    /// again; true when that changed.
+    pub fn set_sick(&self, why: Option<String>) -> bool {
+        let mut s = self.sick.lock().expect("sick lock");
+        let changed = s.is_some() != why.is_some();
+        *s = why;
+        changed
+    }
+
+    /// Why this node must not lead: its disk is low or its storage fails
+    /// its check.
+    pub fn leadership_refusal(&self) -> Option<String> {
+        self.reason().or_else(|| {
+            self.sick
+                .lock()
+                .expect("sick lock")
+                .as_ref()
+                .map(|w| format!("storage check critical: {w}"))
+        })
+    }
+
     /// RESOURCE_EXHAUSTED for a write this node would lead while it is
     /// low: `leads` says whether it leads the group (asked only when low;
     /// a follower forwards, and its leader's disk decides).
@@ -144,6 +170,18 @@ mod tests {
         assert!(g.is_low());
         assert_eq!(g.observe(125 * mib, 1000 * mib), Some(false));
         assert!(!g.is_low());
+    }
+
+    #[test]
+    fn sick_storage_refuses_leadership_but_not_writes() {
+        let g = DiskGuard::new(Path::new("/data"), 100);
+        assert_eq!(g.leadership_refusal(), None);
+        assert!(g.set_sick(Some("a WAL fsync took over 300 ms".into())));
+        assert!(!g.set_sick(Some("again".into())), "no change");
+        assert_eq!(g.leadership_refusal().as_deref(), Some("storage check critical: again"));
+        assert!(!g.is_low() && g.refuse_if_low().is_ok());
+        assert!(g.set_sick(None));
+        assert_eq!(g.leadership_refusal(), None);
     }
 
     #[test]

@@ -35,16 +35,19 @@ pub enum Area {
     Retention,
     /// Declared field indexes: `index/FIELD`.
     FieldIndex,
+    /// The last autopilot action on a node: `autopilot/NODE_ID`.
+    Autopilot,
 }
 
 impl Area {
     /// Every area, for classifying a key.
-    pub const ALL: [Area; 5] = [
+    pub const ALL: [Area; 6] = [
         Area::Registry,
         Area::Subscription,
         Area::SubscriptionConsumer,
         Area::Retention,
         Area::FieldIndex,
+        Area::Autopilot,
     ];
 
     /// The prefix after [`RESERVED_KEY_BYTE`].
@@ -55,6 +58,7 @@ impl Area {
             Area::SubscriptionConsumer => b"sub-consumer/",
             Area::Retention => b"retention/",
             Area::FieldIndex => b"index/",
+            Area::Autopilot => b"autopilot/",
         }
     }
 
@@ -65,6 +69,7 @@ impl Area {
             Area::Subscription | Area::SubscriptionConsumer => "subscription",
             Area::Retention => "retention",
             Area::FieldIndex => "index",
+            Area::Autopilot => "autopilot",
         }
     }
 

@@ -130,6 +130,8 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
                 max_rss_bytes: cfg.max_rss_bytes(),
                 max_apply_lag: cfg.max_apply_lag,
                 max_clock_offset_ms: cfg.max_clock_offset_ms,
+                evacuate_after_checks: cfg.evacuate_after_checks,
+                return_after_checks: cfg.return_after_checks,
             },
         },
         gossip.clone(),
@@ -169,8 +171,21 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     ));
     let draining_partitions = Arc::new(AtomicBool::new(false));
     let tasks = [
-        tokio::spawn(gossip.run(ctx.clone(), stop_rx.clone())),
+        tokio::spawn(gossip.clone().run(ctx.clone(), stop_rx.clone())),
         tokio::spawn(health.run(stop_rx.clone())),
+        tokio::spawn(crate::cluster::autopilot::run(
+            ctx.clone(),
+            gossip.clone(),
+            crate::cluster::autopilot::Settings {
+                enabled: cfg.autopilot,
+                voters: cfg.autopilot_voters(),
+                interval: Duration::from_millis(cfg.autopilot_interval_ms),
+                dead_after: Duration::from_secs(cfg.autopilot_dead_after_secs),
+                stabilization: Duration::from_secs(cfg.autopilot_stabilization_secs),
+                max_trailing_logs: cfg.autopilot_max_trailing_logs,
+            },
+            stop_rx.clone(),
+        )),
         tokio::spawn(audit::run_relay(ctx.clone(), audit_stats, stop_rx.clone())),
         tokio::spawn(retention::run(
             ctx.clone(),

@@ -21,7 +21,8 @@
 pub mod command;
 pub mod error;
 pub mod events;
-pub mod failpoint;
+/// Test-only faults (the module lives in esf-storage).
+pub use esf_storage::failpoint;
 pub mod group;
 pub mod lease_keeper;
 pub mod limits;

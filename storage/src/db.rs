@@ -167,7 +167,12 @@ impl Db {
         let db = Arc::new(db);
 
         let sync_db = db.clone();
-        let flusher = Flusher::start(move || sync_db.flush_wal(true).map_err(|e| e.to_string()));
+        let flusher = Flusher::start(move || {
+            if crate::failpoint::active("slow-fsync") {
+                std::thread::sleep(crate::failpoint::SLOW_FSYNC);
+            }
+            sync_db.flush_wal(true).map_err(|e| e.to_string())
+        });
         let this = Arc::new(Db {
             db,
             opts,

@@ -17,6 +17,7 @@
 pub mod codec;
 mod db;
 pub mod error;
+pub mod failpoint;
 mod flusher;
 pub mod keys;
 mod log_store;

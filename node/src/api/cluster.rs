@@ -39,12 +39,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         let view = self.1.gossip().view().await;
         for m in &mut r.members {
             let peer = view.iter().find(|p| p.node_id == m.id);
-            m.liveness = match peer {
-                Some(p) if p.alive => "alive",
-                Some(_) => "dead",
-                None => "unknown",
-            }
-            .into();
+            m.liveness = peer.map_or("unknown", |p| p.liveness()).into();
             m.generation = peer.map_or(0, |p| p.generation);
         }
         Ok(Response::new(r))

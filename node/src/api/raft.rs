@@ -78,6 +78,17 @@ impl RaftService {
             None => Ok(()),
         }
     }
+    /// Refuses becoming a leader while the disk is low or the storage
+    /// check is critical.
+    fn check_may_lead(&self) -> Result<(), Error> {
+        match self.disk.leadership_refusal() {
+            Some(r) => Err(Error::unavailable(format!(
+                "{r}; leadership transfers to this node are refused until then"
+            ))),
+            None => Ok(()),
+        }
+    }
+
     fn check_gate(&self) -> Result<(), Error> {
         if !self.gate.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(Error::unavailable(
@@ -275,7 +286,7 @@ impl pb::raft_transport_server::RaftTransport for RaftService {
     async fn transfer_leader(&self, req: Request<pb::RaftMessage>) -> Result<Response<pb::RaftMessage>, Status> {
         let m = req.into_inner();
         self.check(m.group, &m.cluster_id)?;
-        self.check_disk()?;
+        self.check_may_lead()?;
         let rpc: TransferLeaderRequest<TypeConfig> = decode(&m.payload).map_err(undecodable)?;
         let resp = on_group!(self, m.group, |raft| raft
             .handle_transfer_leader(rpc)

@@ -4,7 +4,9 @@
 //! off in every group it is not the only voter of (so an election timeout
 //! never makes it a candidate) and every leadership it holds handed to
 //! another voter. Transfers *to*
-//! it are refused by the Raft transport while it is low.
+//! it are refused by the Raft transport while it is low. The same holds
+//! while its storage check is critical ([`DiskGuard::set_sick`], set by
+//! [`crate::health`]), except that it keeps taking log entries.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,8 +44,11 @@ pub async fn run(
             Ok(None) => {}
             Err(e) => warn!(error = %e, "disk check failed"),
         }
-        set_elect(&meta, &partitions, !disk.is_low());
-        if disk.is_low() {
+        // Low disk, or storage failing its check (set by the health task):
+        // lead nothing.
+        let refusal = disk.leadership_refusal();
+        set_elect(&meta, &partitions, refusal.is_none());
+        if refusal.is_some() {
             hand_over_all(&partitions).await;
             ask_meta_hand_over(&meta).await;
         }

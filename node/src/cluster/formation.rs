@@ -84,6 +84,73 @@ pub async fn hand_over_leadership(meta: &MetaGroup, deadline: Duration) {
     }
 }
 
+/// Deadline of one request to be added as a learner (the leader answers
+/// once this node caught up).
+pub const JOIN_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest wait between two requests to be added.
+pub const JOIN_REQUEST_BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// `auto_join`: asks the leader (at `leader`, else whoever the members
+/// say leads) to add this node as a learner, until it is a member.
+/// Autopilot on the leader promotes it to voter when the cluster has
+/// fewer than `autopilot_voters`.
+async fn ask_to_join(cfg: NodeConfig, meta: Arc<MetaGroup>, pool: PeerPool, mut leader: String, cluster_id: String) {
+    let mut wait = JOIN_RETRY_INTERVAL;
+    loop {
+        let member = meta
+            .raft()
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .membership()
+            .get_node(&cfg.node_id)
+            .is_some();
+        if member {
+            info!("added to the cluster as a learner");
+            return;
+        }
+        let Ok(ch) = pool.channel(&leader) else {
+            return;
+        };
+        let mut req = tonic::Request::new(pb::AddLearnerRequest {
+            id: cfg.node_id,
+            addr: cfg.advertise(),
+        });
+        req.set_timeout(JOIN_REQUEST_TIMEOUT);
+        req.metadata_mut().insert(
+            esf_proto::wire::FORWARDED_METADATA,
+            "1".parse().expect("static metadata value"),
+        );
+        pool.secret().sign(&mut req);
+        match tokio::time::timeout(
+            JOIN_REQUEST_TIMEOUT,
+            <ClusterStub as PeerStub>::connect(ch).add_learner(req),
+        )
+        .await
+        {
+            Ok(Ok(_)) => continue,
+            Ok(Err(s)) => {
+                warn!(leader = %leader, error = %s.message(), "join request refused; asking again");
+                // A new leader may have been named.
+                let ask = pb::HelloRequest {
+                    node_id: cfg.node_id,
+                    addr: cfg.advertise(),
+                    cluster_id: cluster_id.clone(),
+                    has_data: false,
+                };
+                if let Ok(r) = hello(&pool, &leader, &ask).await {
+                    if !r.is_leader && !r.leader_addr.is_empty() {
+                        leader = r.leader_addr;
+                    }
+                }
+            }
+            Err(_) => warn!(leader = %leader, "join request not answered in time; asking again"),
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(JOIN_REQUEST_BACKOFF_MAX);
+    }
+}
+
 /// Asks the node at `peer` who it is, within [`HELLO_TIMEOUT`].
 pub async fn hello(pool: &PeerPool, peer: &str, me: &pb::HelloRequest) -> Result<pb::HelloResponse> {
     let ch = pool
@@ -198,12 +265,23 @@ pub async fn form_cluster(
                 committed = committed.max(r.committed_index);
                 continue;
             }
-            conclusive = Some(r.cluster_id.clone());
+            conclusive = Some((r.cluster_id.clone(), peer.clone()));
             break;
         }
-        if let Some(cid) = conclusive {
+        if let Some((cid, leader)) = conclusive {
             open_gate();
-            info!(cluster_id = %cid, "a cluster exists; waiting to be added (esf member add)");
+            if cfg.auto_join {
+                info!(cluster_id = %cid, leader = %leader, "a cluster exists; asking its leader to add this node as a learner (auto_join)");
+                tokio::spawn(ask_to_join(
+                    cfg.clone(),
+                    meta.clone(),
+                    pool.clone(),
+                    leader,
+                    cid.clone(),
+                ));
+            } else {
+                info!(cluster_id = %cid, "a cluster exists; waiting to be added (esf member add)");
+            }
             return Ok(());
         }
         if let Some(cid) = unconfirmed {

@@ -7,6 +7,7 @@
 //! Every change to the cluster is carried out through
 //! Raft. Gossip, health aggregation and failover belong here too.
 
+pub mod autopilot;
 pub mod disk_watch;
 pub mod formation;
 pub mod leaders;

@@ -83,6 +83,17 @@ pub struct Settings {
     pub join: Vec<String>,
 }
 
+impl PeerView {
+    /// `alive`, `dead` (was alive, is not) or `unknown` (never alive here yet).
+    pub fn liveness(&self) -> &'static str {
+        match (self.alive, self.seen_alive) {
+            (true, _) => "alive",
+            (false, true) => "dead",
+            (false, false) => "unknown",
+        }
+    }
+}
+
 /// One node as this node's gossip sees it.
 #[derive(Debug, Clone)]
 pub struct PeerView {
@@ -94,6 +105,10 @@ pub struct PeerView {
     pub gossip_addr: SocketAddr,
     /// Alive by the failure detector (this node is always alive to itself).
     pub alive: bool,
+    /// This node's gossip has called this generation alive at least once
+    /// (a node just seen has no heartbeat gaps yet and is not alive to
+    /// chitchat: it is "unknown", not "dead", until then).
+    pub seen_alive: bool,
     /// Time since its heartbeat last advanced here (None for this node).
     pub heartbeat_age: Option<Duration>,
     /// Its clock minus ours, if measured lately.
@@ -115,6 +130,7 @@ pub struct Gossip {
     /// Peers' clock offsets.
     pub clocks: Arc<ClockOffsets>,
     heartbeats: Mutex<HashMap<ChitchatId, (Heartbeat, Instant)>>,
+    ever_alive: Mutex<std::collections::HashSet<ChitchatId>>,
     /// The state this node publishes next round (set by the health task).
     published: Mutex<BTreeMap<String, String>>,
 }
@@ -139,6 +155,7 @@ impl Gossip {
             stats: Arc::default(),
             clocks: Arc::default(),
             heartbeats: Mutex::default(),
+            ever_alive: Mutex::default(),
             published: Mutex::default(),
         })
     }
@@ -190,6 +207,9 @@ impl Gossip {
         let me = guard.self_chitchat_id().clone();
         let live: std::collections::HashSet<ChitchatId> = guard.live_nodes().cloned().collect();
         let beats = self.heartbeats.lock().expect("heartbeats lock");
+        let mut ever = self.ever_alive.lock().expect("ever alive lock");
+        ever.retain(|id| guard.node_states().contains_key(id));
+        ever.extend(live.iter().cloned());
         let mut newest: BTreeMap<u64, PeerView> = BTreeMap::new();
         for (id, st) in guard.node_states() {
             let Ok(node_id) = id.node_id.parse::<u64>() else {
@@ -201,6 +221,7 @@ impl Gossip {
                 generation: id.generation_id,
                 gossip_addr: id.gossip_advertise_addr,
                 alive: live.contains(id),
+                seen_alive: ever.contains(id),
                 heartbeat_age: (!is_self).then(|| beats.get(id).map(|(_, at)| at.elapsed())).flatten(),
                 clock_offset_ms: (!is_self)
                     .then(|| self.clocks.of(id.gossip_advertise_addr, self.settings.interval * 20))

@@ -88,6 +88,11 @@ pub struct Limits {
     pub max_apply_lag: u64,
     /// A peer clock further than this is a warning (ms).
     pub max_clock_offset_ms: u64,
+    /// After this many storage checks in a row critical, the node hands
+    /// over its leadership and leads nothing ([`crate::disk::DiskGuard::set_sick`]).
+    pub evacuate_after_checks: u32,
+    /// ... until this many in a row are not critical.
+    pub return_after_checks: u32,
 }
 
 /// What the checks look at.

@@ -39,6 +39,8 @@ pub struct Health {
     checker: Checker,
     gossip: Arc<Gossip>,
     latest: RwLock<Vec<Check>>,
+    /// Storage checks in a row: (critical, not critical).
+    streak: std::sync::Mutex<(u32, u32)>,
     interval: Duration,
     grpc: String,
     admin: String,
@@ -111,6 +113,7 @@ impl Health {
             checker,
             gossip,
             latest: RwLock::default(),
+            streak: std::sync::Mutex::new((0, 0)),
             interval,
             grpc,
             admin,
@@ -180,8 +183,37 @@ impl Health {
         );
         state.insert(keys::STATUS.to_string(), checks::worst(&results).as_str().to_string());
         state.insert(keys::CHECKS.to_string(), checks::encode(&results));
+        self.evacuate_if_sick(&results);
         *self.latest.write().expect("checks lock") = results;
         self.gossip.publish(state);
+    }
+
+    /// Storage critical `evacuate_after_checks` times in a row: the node
+    /// stops leading (the disk check loop hands its leadership over and
+    /// turns its elections off); not critical `return_after_checks` times
+    /// in a row: it may lead again. The streaks damp a flapping disk.
+    fn evacuate_if_sick(&self, results: &[Check]) {
+        let Some(storage) = results.iter().find(|c| c.name == "storage") else {
+            return;
+        };
+        let limits = &self.checker.limits;
+        let mut streak = self.streak.lock().expect("streak lock");
+        if storage.status == Status::Critical {
+            *streak = (streak.0.saturating_add(1), 0);
+            if streak.0 == limits.evacuate_after_checks && self.checker.disk.set_sick(Some(storage.reason.clone())) {
+                tracing::warn!(reason = %storage.reason, checks = streak.0, "storage check critical: handing over leadership, leading nothing until it passes");
+                metrics::counter!("esf_failover_actions_total", "action" => "evacuate").increment(1);
+            }
+        } else {
+            *streak = (0, streak.1.saturating_add(1));
+            if streak.1 == limits.return_after_checks && self.checker.disk.set_sick(None) {
+                tracing::info!(
+                    checks = streak.1,
+                    "storage check passes again: this node may lead again"
+                );
+                metrics::counter!("esf_failover_actions_total", "action" => "return").increment(1);
+            }
+        }
     }
 
     /// Groups this node leads (0 is meta).
@@ -228,8 +260,7 @@ impl Health {
             let is_self = *id == me;
             let liveness = match peer {
                 _ if is_self => "alive",
-                Some(p) if p.alive => "alive",
-                Some(_) => "dead",
+                Some(p) => p.liveness(),
                 None => "unknown",
             };
             if liveness == "alive" {
@@ -263,7 +294,7 @@ impl Health {
                         .unwrap_or_default()
                 )),
                 "unknown" => reasons.push(format!(
-                    "node {id} ({}) is not seen by gossip{}",
+                    "node {id} ({}) is not seen alive by gossip yet{}",
                     n.addr,
                     if gossiping { "" } else { " (gossip not running here)" }
                 )),

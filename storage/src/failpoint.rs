@@ -7,9 +7,18 @@
 //!   answer from the local state (a deposed or isolated leader serves stale
 //!   reads);
 //! - `no-dedup`: event appends skip the deduplication by event id (a
-//!   retried append is stored twice).
+//!   retried append is stored twice);
+//! - `slow-fsync`: every WAL fsync of the node takes [`SLOW_FSYNC`] longer
+//!   (a slow disk: writes stay correct, acknowledgements slow down; the
+//!   node's storage check must see it and hand its leadership over).
 //!
-//! The Jepsen-style tests must catch both (`scripts/jepsen.sh --failpoints`).
+//! The Jepsen-style tests must catch the first two (`scripts/jepsen.sh
+//! --failpoints`); `cluster-tests/tests/gossip.rs` uses the third. The
+//! module lives in the lowest crate so every crate can have failpoints;
+//! `esf_raft::failpoint` is the same module.
+
+/// How much longer each WAL fsync takes under `slow-fsync`.
+pub const SLOW_FSYNC: std::time::Duration = std::time::Duration::from_millis(400);
 
 /// Whether failpoint `name` is active.
 #[cfg(feature = "failpoints")]
