@@ -178,5 +178,6 @@ fn record_state(s: &AdminState) {
     counter!("esf_gossip_received_total").absolute(g.stats.received.load(Ordering::Relaxed));
     counter!("esf_gossip_rejected_total").absolute(g.stats.rejected.load(Ordering::Relaxed));
     counter!("esf_gossip_sent_total").absolute(g.stats.sent.load(Ordering::Relaxed));
+    counter!("esf_gossip_receive_errors_total").absolute(g.stats.receive_errors.load(Ordering::Relaxed));
     counter!("esf_gossip_sent_bytes_total").absolute(g.stats.sent_bytes.load(Ordering::Relaxed));
 }

@@ -188,6 +188,7 @@ pub async fn run(ctx: Ctx, gossip: Arc<Gossip>, s: Settings, mut stop: watch::Re
             continue;
         }
         let members = look(&ctx, &gossip).await;
+        metrics::counter!("esf_autopilot_looks_total").increment(1);
         let Some(action) = tracker.decide(&s, me, &members, Instant::now()) else {
             continue;
         };

@@ -131,6 +131,7 @@ pub struct Gossip {
     pub clocks: Arc<ClockOffsets>,
     heartbeats: Mutex<HashMap<ChitchatId, (Heartbeat, Instant)>>,
     ever_alive: Mutex<std::collections::HashSet<ChitchatId>>,
+    last_live: Mutex<std::collections::HashSet<ChitchatId>>,
     /// The state this node publishes next round (set by the health task).
     published: Mutex<BTreeMap<String, String>>,
 }
@@ -156,6 +157,7 @@ impl Gossip {
             clocks: Arc::default(),
             heartbeats: Mutex::default(),
             ever_alive: Mutex::default(),
+            last_live: Mutex::default(),
             published: Mutex::default(),
         })
     }
@@ -338,6 +340,21 @@ impl Gossip {
             .collect();
         for k in stale {
             mine.delete(&k);
+        }
+        // Nodes this round calls dead that the last one called alive.
+        let live: std::collections::HashSet<ChitchatId> = guard.live_nodes().cloned().collect();
+        {
+            let mut ever = self.ever_alive.lock().expect("ever alive lock");
+            let mut prev = self.last_live.lock().expect("last live lock");
+            let died = prev
+                .iter()
+                .filter(|id| !live.contains(*id) && guard.node_states().contains_key(*id))
+                .count();
+            if died > 0 {
+                metrics::counter!("esf_gossip_marked_dead_total").increment(died as u64);
+            }
+            ever.extend(live.iter().cloned());
+            *prev = live;
         }
         let now = Instant::now();
         let mut beats = self.heartbeats.lock().expect("heartbeats lock");

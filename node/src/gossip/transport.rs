@@ -130,6 +130,8 @@ pub struct TransportStats {
     pub sent: AtomicU64,
     /// Bytes sent.
     pub sent_bytes: AtomicU64,
+    /// Datagrams lost to a failed receive or loopback relay.
+    pub receive_errors: AtomicU64,
 }
 
 /// Each peer address's clock minus this node's, as last measured from a
@@ -292,37 +294,38 @@ impl Socket for SignedSocket {
         Ok(SendOutcome { num_bytes_sent: sent })
     }
 
-    /// Cancel-safe: both awaited receives are.
+    /// Cancel-safe: both awaited receives are. Never fails: a failed
+    /// receive or relay loses one datagram (as the network may), counted
+    /// and logged, and chitchat's loop (which stops for good on a receive
+    /// error) keeps running.
     async fn recv(&mut self) -> anyhow::Result<RecvOutcome> {
         loop {
             let got = tokio::select! {
                 decoded = self.dec.recv() => {
-                    let mut out = decoded?;
-                    match self.relayed_from.get(&out.from_addr) {
-                        Some(peer) => {
-                            out.from_addr = *peer;
-                            self.stats.received.fetch_add(1, Ordering::Relaxed);
-                            return Ok(out);
+                    match decoded {
+                        Ok(mut out) => match self.relayed_from.get(&out.from_addr) {
+                            Some(peer) => {
+                                out.from_addr = *peer;
+                                self.stats.received.fetch_add(1, Ordering::Relaxed);
+                                return Ok(out);
+                            }
+                            // A relay forgotten meanwhile, or not ours.
+                            None => continue,
+                        },
+                        Err(e) => {
+                            self.receive_failed("decode", &e).await;
+                            continue;
                         }
-                        // A relay forgotten meanwhile, or not ours.
-                        None => continue,
                     }
                 }
                 got = self.public.recv_from(&mut self.buf) => got,
             };
             let (n, from) = match got {
                 Ok(r) => r,
-                // ICMP "port unreachable" from a peer that is down shows up
-                // as a receive error on some systems: not fatal.
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::ConnectionReset
-                    ) =>
-                {
+                Err(e) => {
+                    self.receive_failed("receive", &anyhow::Error::from(e)).await;
                     continue;
                 }
-                Err(e) => return Err(e).context("gossip: receive"),
             };
             let (sent, len) = match self.key.open(&self.buf[..n]) {
                 Ok((sent, payload)) => (sent, payload.len()),
@@ -333,8 +336,22 @@ impl Socket for SignedSocket {
                 }
             };
             self.clocks.record(from, sent);
-            self.relay(from, n - len..n).await?;
+            if let Err(e) = self.relay(from, n - len..n).await {
+                self.receive_failed("relay", &e).await;
+            }
         }
+    }
+}
+
+/// Pause after a failed receive, so a socket that fails at once every
+/// time does not spin.
+const RECEIVE_ERROR_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
+
+impl SignedSocket {
+    async fn receive_failed(&self, stage: &'static str, e: &anyhow::Error) {
+        self.stats.receive_errors.fetch_add(1, Ordering::Relaxed);
+        debug!(stage, error = %e, "gossip datagram lost");
+        tokio::time::sleep(RECEIVE_ERROR_PAUSE).await;
     }
 }
 
