@@ -45,6 +45,20 @@ impl Client {
             service: service.to_string(),
             tags: tags.to_vec(),
             serializable: false,
+            passing: false,
+        };
+        self.ask("lookup", req, |mut c: RegistryStub, r| async move { c.lookup(r).await })
+            .await
+    }
+
+    /// As [`Client::lookup`], leaving out instances whose health check is
+    /// critical (instances without a check are always in).
+    pub async fn lookup_passing(&self, service: &str, tags: &[String]) -> Result<pb::LookupResponse> {
+        let req = pb::LookupRequest {
+            service: service.to_string(),
+            tags: tags.to_vec(),
+            serializable: false,
+            passing: true,
         };
         self.ask("lookup", req, |mut c: RegistryStub, r| async move { c.lookup(r).await })
             .await

@@ -565,3 +565,138 @@ async fn a_lossy_slow_link_is_not_a_dead_node() {
     );
     wait_view(&c, leader, "healthy again", |h| h.status == "healthy").await;
 }
+
+/// An HTTP server answering 200 while `up` is true, else 503.
+async fn http_health_server(up: std::sync::Arc<std::sync::atomic::AtomicBool>) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else { return };
+            let up = up.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf).await;
+                let status = if up.load(std::sync::atomic::Ordering::SeqCst) {
+                    "200 OK"
+                } else {
+                    "503 Service Unavailable"
+                };
+                let _ = s
+                    .write_all(format!("HTTP/1.0 {status}\r\nContent-Length: 0\r\n\r\n").as_bytes())
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+async fn wait_instance(c: &Cluster, id: &str, what: &str, ok: impl Fn(&pb::Instance) -> bool) -> pb::Instance {
+    let deadline = Instant::now() + GOSSIP_DEADLINE;
+    loop {
+        if let Ok(r) = c.client().lookup("web", &[]).await {
+            if let Some(i) = r.instances.iter().find(|i| i.id == id) {
+                if ok(i) {
+                    return i.clone();
+                }
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "instance {id}: {what} not seen within {GOSSIP_DEADLINE:?}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_checks_follow_the_instance_and_lookup_leaves_out_critical_ones() {
+    let mut c = Cluster::start(&esf_bin(), 3);
+    c.wait_ready().await;
+    let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let http = http_health_server(up.clone()).await;
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr")
+    };
+    let check = |kind: &str, target: String| pb::HealthCheck {
+        kind: kind.into(),
+        target,
+        interval_ms: 1000,
+        timeout_ms: 500,
+        ..Default::default()
+    };
+    let client = c.client();
+    let reg = |id: &str, check: Option<pb::HealthCheck>| pb::Instance {
+        service: "web".into(),
+        id: id.into(),
+        address: "10.0.0.1:80".into(),
+        check,
+        // A client cannot set what the cluster decides.
+        health: "passing".into(),
+        ..Default::default()
+    };
+    client
+        .register(reg("w1", Some(check("http", format!("http://{http}/health")))))
+        .await
+        .expect("register w1");
+    client
+        .register(reg("w2", Some(check("tcp", closed.to_string()))))
+        .await
+        .expect("register w2");
+    client.register(reg("w3", None)).await.expect("register w3");
+    // Bad checks are refused, naming the field.
+    let bad = client
+        .register(reg("w4", Some(check("ttl", "a:1".into()))))
+        .await
+        .unwrap_err();
+    assert!(bad.to_string().contains("instance.check.kind"), "{bad}");
+
+    wait_instance(&c, "w1", "passing", |i| i.health == "passing").await;
+    let w2 = wait_instance(&c, "w2", "probed", |i| i.health_output != "not checked yet").await;
+    assert_eq!(w2.health, "critical");
+    assert!(w2.health_output.contains("tcp connect"), "{w2:?}");
+    let w3 = wait_instance(&c, "w3", "listed", |_| true).await;
+    assert_eq!(w3.health, "", "no check, no health");
+    let ids = |r: pb::LookupResponse| r.instances.into_iter().map(|i| i.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(client.lookup_passing("web", &[]).await.expect("lookup")),
+        ["w1", "w3"]
+    );
+
+    // The HTTP endpoint fails: critical, out of passing lookups.
+    up.store(false, std::sync::atomic::Ordering::SeqCst);
+    let w1 = wait_instance(&c, "w1", "critical", |i| i.health == "critical").await;
+    assert!(w1.health_output.contains("HTTP 503"), "{w1:?}");
+    assert_eq!(ids(client.lookup_passing("web", &[]).await.expect("lookup")), ["w3"]);
+
+    // The checks move with the meta leader.
+    let leader = c.wait_ready().await;
+    c.node_mut(leader).kill();
+    c.wait_ready_without(&[leader]).await;
+    up.store(true, std::sync::atomic::Ordering::SeqCst);
+    wait_instance(&c, "w1", "passing again under a new leader", |i| i.health == "passing").await;
+    let (code, out, err) = cli(
+        &c.bin,
+        &[
+            "--endpoints",
+            &c.node(c.other_than(leader)).grpc,
+            "-o",
+            "json",
+            "registry",
+            "get",
+            "web",
+            "--passing",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let listed: Vec<&str> = v["instances"]
+        .as_array()
+        .expect("instances")
+        .iter()
+        .map(|i| i["id"].as_str().expect("id"))
+        .collect();
+    assert_eq!(listed, ["w1", "w3"], "{out}");
+}

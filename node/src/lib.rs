@@ -28,7 +28,7 @@
 //!   it records).
 //! - Domain: [`kv`] (watch engine), [`events`] (routing to partition
 //!   replicas and leaders, feeds, queries, retention, field indexes),
-//!   [`registry`], [`subscriptions`], [`audit`] (the audit relay),
+//!   [`registry`] (and [`registry_health`], the instances' health checks), [`subscriptions`], [`audit`] (the audit relay),
 //!   [`cluster`] (membership, formation, placement, the partition
 //!   reconciler, leader log, the disk check loop), [`backup`] (the snapshot file and serving
 //!   it). Domain functions return [`error::Error`]; they never build a
@@ -75,5 +75,6 @@ pub mod kv;
 pub mod net;
 pub mod node;
 pub mod registry;
+pub mod registry_health;
 pub mod subscriptions;
 pub mod telemetry;

@@ -173,6 +173,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     let tasks = [
         tokio::spawn(gossip.clone().run(ctx.clone(), stop_rx.clone())),
         tokio::spawn(health.run(stop_rx.clone())),
+        tokio::spawn(crate::registry_health::run(ctx.clone(), stop_rx.clone())),
         tokio::spawn(crate::cluster::autopilot::run(
             ctx.clone(),
             gossip.clone(),

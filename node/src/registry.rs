@@ -68,6 +68,79 @@ fn check_text(field: &str, s: &str, max: usize, required: bool) -> Result<()> {
     Ok(())
 }
 
+/// Probes of a health check are this far apart by default, ms.
+pub const DEFAULT_CHECK_INTERVAL_MS: u32 = 10_000;
+/// Shortest and longest interval between probes, ms.
+pub const CHECK_INTERVAL_RANGE_MS: std::ops::RangeInclusive<u32> = 1_000..=3_600_000;
+/// A probe's deadline by default, ms.
+pub const DEFAULT_CHECK_TIMEOUT_MS: u32 = 2_000;
+/// Shortest probe deadline, ms.
+pub const MIN_CHECK_TIMEOUT_MS: u32 = 100;
+/// Longest check output kept, bytes.
+pub const MAX_CHECK_OUTPUT_BYTES: usize = 256;
+
+/// Checks a health check and fills in its defaults.
+pub fn check_health_check(c: &mut pb::HealthCheck) -> Result<()> {
+    const F: &str = "instance.check";
+    if !matches!(c.kind.as_str(), "tcp" | "http" | "grpc") {
+        return Err(Error::invalid(
+            &format!("{F}.kind"),
+            format!(
+                "{:?} is not one of tcp, http, grpc (for time-to-live liveness bind the instance to a lease)",
+                c.kind
+            ),
+        ));
+    }
+    check_text(&format!("{F}.target"), &c.target, MAX_ADDRESS_BYTES, true)?;
+    if c.target.chars().any(char::is_whitespace) {
+        return Err(Error::invalid(&format!("{F}.target"), "must not contain whitespace"));
+    }
+    let host_port = match c.kind.as_str() {
+        "http" => match c.target.strip_prefix("http://") {
+            Some(rest) => rest.split('/').next().unwrap_or_default(),
+            None => {
+                return Err(Error::invalid(
+                    &format!("{F}.target"),
+                    "an http check's target is an http:// URL (https is not supported yet)",
+                ));
+            }
+        },
+        _ => c.target.as_str(),
+    };
+    match host_port.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0) => {}
+        _ => {
+            return Err(Error::invalid(
+                &format!("{F}.target"),
+                format!("{host_port:?} is not host:port"),
+            ));
+        }
+    }
+    check_text(&format!("{F}.grpc_service"), &c.grpc_service, MAX_NAME_BYTES, false)?;
+    if c.interval_ms == 0 {
+        c.interval_ms = DEFAULT_CHECK_INTERVAL_MS;
+    }
+    if !CHECK_INTERVAL_RANGE_MS.contains(&c.interval_ms) {
+        return Err(Error::invalid(
+            &format!("{F}.interval_ms"),
+            format!("{} is outside {CHECK_INTERVAL_RANGE_MS:?}", c.interval_ms),
+        ));
+    }
+    if c.timeout_ms == 0 {
+        c.timeout_ms = DEFAULT_CHECK_TIMEOUT_MS.min(c.interval_ms);
+    }
+    if c.timeout_ms < MIN_CHECK_TIMEOUT_MS || c.timeout_ms > c.interval_ms {
+        return Err(Error::invalid(
+            &format!("{F}.timeout_ms"),
+            format!(
+                "{} is outside {MIN_CHECK_TIMEOUT_MS}..={} (the interval)",
+                c.timeout_ms, c.interval_ms
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Validates an instance to register; every error names its field.
 pub fn check_instance(i: &pb::Instance) -> Result<()> {
     check_name("instance.service", &i.service, false)?;

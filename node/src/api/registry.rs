@@ -35,13 +35,26 @@ impl pb::registry_server::Registry for RegistryService {
     type WatchStream = RegistryWatchStream;
 
     async fn register(&self, req: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
-        let msg = req.get_ref().clone();
-        let Some(inst) = msg.instance.clone() else {
+        let mut msg = req.get_ref().clone();
+        let Some(mut inst) = msg.instance.clone() else {
             return Err(Error::invalid("instance", "is required").into());
         };
         registry::check_instance(&inst)?;
         let authz = Authz::of(&self.0, &req);
         authz.require_name(Resource::Service, Need::Write, &inst.service)?;
+        // The cluster's fields: a client's values are never taken.
+        match inst.check.as_mut() {
+            Some(c) => {
+                registry::check_health_check(c)?;
+                inst.health = "critical".into();
+                inst.health_output = "not checked yet".into();
+            }
+            None => {
+                inst.health.clear();
+                inst.health_output.clear();
+            }
+        }
+        msg.instance = Some(inst.clone());
         let stored = pb::Instance {
             lease: 0,
             revision: 0,
@@ -110,6 +123,7 @@ impl pb::registry_server::Registry for RegistryService {
                     .iter()
                     .map(registry::instance)
                     .filter(|i| msg.tags.iter().all(|t| i.tags.contains(t)))
+                    .filter(|i| !msg.passing || i.health != "critical")
                     .collect(),
             })),
             Err(e) => forward_or!(self.0, RegistryStub, req, e, lookup, msg),

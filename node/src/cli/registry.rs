@@ -25,6 +25,25 @@ pub(super) enum RegistryCmd {
         /// Grant a lease of this many seconds and keep it alive.
         #[arg(long)]
         ttl: Option<u64>,
+        /// Health check: passing while a TCP connection to HOST:PORT opens.
+        #[arg(long, conflicts_with_all = ["check_http", "check_grpc"])]
+        check_tcp: Option<String>,
+        /// Health check: passing while GET URL (http://...) answers 2xx.
+        #[arg(long, conflicts_with = "check_grpc")]
+        check_http: Option<String>,
+        /// Health check: passing while grpc.health.v1 at HOST:PORT answers
+        /// SERVING (for --check-grpc-service, default the server as a whole).
+        #[arg(long)]
+        check_grpc: Option<String>,
+        /// The service the gRPC health check asks about.
+        #[arg(long, default_value = "")]
+        check_grpc_service: String,
+        /// Between two probes, ms (default 10000).
+        #[arg(long, default_value_t = 0)]
+        check_interval_ms: u32,
+        /// Deadline of one probe, ms (default 2000).
+        #[arg(long, default_value_t = 0)]
+        check_timeout_ms: u32,
     },
     /// Remove an instance.
     Deregister { service: String, id: String },
@@ -35,6 +54,9 @@ pub(super) enum RegistryCmd {
         service: String,
         #[arg(long = "tag")]
         tags: Vec<String>,
+        /// Only instances whose health check is not critical.
+        #[arg(long)]
+        passing: bool,
     },
     /// Print instances going up and down (every service if none is named).
     Watch {
@@ -49,7 +71,7 @@ pub(super) enum RegistryCmd {
 }
 
 pub(super) fn instance_json(i: &pb::Instance) -> Value {
-    json!({"service": i.service, "id": i.id, "address": i.address, "tags": i.tags, "metadata": i.metadata, "lease": i.lease, "revision": i.revision})
+    json!({"service": i.service, "id": i.id, "address": i.address, "tags": i.tags, "metadata": i.metadata, "lease": i.lease, "revision": i.revision, "health": i.health, "health_output": i.health_output, "check": i.check.as_ref().map(|c| json!({"kind": c.kind, "target": c.target, "grpc_service": c.grpc_service, "interval_ms": c.interval_ms, "timeout_ms": c.timeout_ms}))})
 }
 
 pub(super) fn instance_line(i: &pb::Instance) -> String {
@@ -65,6 +87,12 @@ pub(super) fn instance_line(i: &pb::Instance) -> String {
     if i.lease != 0 {
         s += &format!(" lease={}", i.lease);
     }
+    if !i.health.is_empty() {
+        s += &format!(" health={}", i.health);
+        if !i.health_output.is_empty() {
+            s += &format!(" ({})", i.health_output);
+        }
+    }
     s
 }
 
@@ -78,7 +106,23 @@ pub(super) async fn registry(c: Client, out: Output, cmd: RegistryCmd) -> anyhow
             metadata,
             lease,
             ttl,
+            check_tcp,
+            check_http,
+            check_grpc,
+            check_grpc_service,
+            check_interval_ms,
+            check_timeout_ms,
         } => {
+            let check = [("tcp", check_tcp), ("http", check_http), ("grpc", check_grpc)]
+                .into_iter()
+                .find_map(|(kind, t)| t.map(|target| (kind, target)))
+                .map(|(kind, target)| pb::HealthCheck {
+                    kind: kind.into(),
+                    target,
+                    grpc_service: check_grpc_service.clone(),
+                    interval_ms: check_interval_ms,
+                    timeout_ms: check_timeout_ms,
+                });
             let mut meta = std::collections::HashMap::new();
             for m in metadata {
                 let Some((k, v)) = m.split_once('=') else {
@@ -103,6 +147,8 @@ pub(super) async fn registry(c: Client, out: Output, cmd: RegistryCmd) -> anyhow
                 metadata: meta,
                 lease,
                 revision: 0,
+                check,
+                ..Default::default()
             };
             let r = match c.register(inst.clone()).await {
                 Ok(r) => r,
@@ -186,8 +232,12 @@ pub(super) async fn registry(c: Client, out: Output, cmd: RegistryCmd) -> anyhow
                 s
             });
         }
-        RegistryCmd::Get { service, tags } => {
-            let r = c.lookup(&service, &tags).await?;
+        RegistryCmd::Get { service, tags, passing } => {
+            let r = if passing {
+                c.lookup_passing(&service, &tags).await?
+            } else {
+                c.lookup(&service, &tags).await?
+            };
             let v = json!({"header": header_json(&r.header), "instances": r.instances.iter().map(instance_json).collect::<Vec<_>>()});
             print(out, &v, || {
                 r.instances.iter().map(|i| instance_line(i) + "\n").collect()
