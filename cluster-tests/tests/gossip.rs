@@ -272,7 +272,12 @@ async fn a_node_whose_fsyncs_are_slow_hands_over_every_leadership() {
         "{h:?}"
     );
 
+    // It steps back (once another voter is seen alive with a healthy disk).
     let started = Instant::now();
+    while counter(&c, sick, "esf_failover_actions_total{action=\"evacuate\"}") < 1.0 {
+        assert!(started.elapsed() < GOSSIP_DEADLINE, "node 1 never stepped back");
+        tokio::time::sleep(POLL).await;
+    }
     loop {
         if led_by(&c, sick).await.is_empty() {
             break;

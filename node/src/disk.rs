@@ -29,6 +29,9 @@ pub struct DiskGuard {
     /// fsyncs, [`crate::health`]): the node leads nothing, but still takes
     /// log entries (it is a slow follower, not a full one).
     sick: std::sync::Mutex<Option<String>>,
+    /// Voters to hand leadership to while sick (alive, storage not
+    /// critical, by gossip); set with the sick mark.
+    targets: std::sync::Mutex<Vec<u64>>,
 }
 
 /// Free and total bytes of the file system holding `dir` (for an
@@ -48,6 +51,7 @@ impl DiskGuard {
             free: AtomicU64::new(u64::MAX),
             total: AtomicU64::new(0),
             sick: std::sync::Mutex::new(None),
+            targets: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -116,6 +120,16 @@ impl DiskGuard {
         let changed = s.is_some() != why.is_some();
         *s = why;
         changed
+    }
+
+    /// Sets the voters leadership may be handed to (empty: any).
+    pub fn set_handover_targets(&self, targets: Vec<u64>) {
+        *self.targets.lock().expect("targets lock") = targets;
+    }
+
+    /// The voters leadership may be handed to (empty: any).
+    pub fn handover_targets(&self) -> Vec<u64> {
+        self.targets.lock().expect("targets lock").clone()
     }
 
     /// Why this node must not lead: its disk is low or its storage fails

@@ -180,6 +180,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
             crate::cluster::autopilot::Settings {
                 enabled: cfg.autopilot,
                 voters: cfg.autopilot_voters(),
+                explicit: cfg.autopilot_voters != 0,
                 interval: Duration::from_millis(cfg.autopilot_interval_ms),
                 dead_after: Duration::from_secs(cfg.autopilot_dead_after_secs),
                 stabilization: Duration::from_secs(cfg.autopilot_stabilization_secs),

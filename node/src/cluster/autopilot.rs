@@ -17,15 +17,18 @@
 //! Actions, at most one per `autopilot_stabilization_secs` (damping: a
 //! flapping node causes at most one change per interval):
 //!
-//! 1. fewer voters than `autopilot_voters`, or a dead voter: promote a
-//!    spare (a dead voter is replaced by promoting first, so quorum never
-//!    shrinks);
-//! 2. more voters than `autopilot_voters` and a dead one: remove it (its
-//!    partition replicas move first, as with `esf member remove`).
+//! 1. fewer live voters than wanted (`autopilot_voters`, default the
+//!    cluster's `bootstrap_expect` as the leader was started with): promote
+//!    a spare; if a voter is dead, the spare replaces it (promoted first,
+//!    so quorum never shrinks);
+//! 2. a dead voter a spare was promoted for: remove it (its partition
+//!    replicas move first, as with `esf member remove`). With
+//!    `autopilot_voters` set explicitly, a dead voter above that count is
+//!    removed even without a replacement.
 //!
-//! It never removes a live voter, never removes the last voters below
-//! `autopilot_voters` without a replacement, and does nothing while a
-//! membership change is in flight. Each action is logged, counted
+//! It never removes a live voter, never removes a dead one without a
+//! replacement unless told a count, and does nothing while a membership
+//! change is in flight (joint or uncommitted config). Each action is logged, counted
 //! (`esf_autopilot_actions_total{action}`) and recorded in meta under
 //! the reserved key `autopilot/NODE_ID` ([`crate::keyspace::Area::Autopilot`]),
 //! so it shows in the audit trail (`esf.autopilot.changed`).
@@ -49,8 +52,12 @@ use crate::health::checks::{self, Status};
 pub struct Settings {
     /// Off: no automatic promotion or removal.
     pub enabled: bool,
-    /// Voters the cluster should have.
+    /// Voters the cluster should have: spares are promoted up to it.
     pub voters: usize,
+    /// `voters` was set explicitly (`autopilot_voters`): dead voters above
+    /// it are removed even without a replacement. Otherwise a dead voter
+    /// is removed only after autopilot promoted a spare in its place.
+    pub explicit: bool,
     /// Between two looks.
     pub interval: Duration,
     /// How long a voter must be dead (gossip AND leader contact) before it
@@ -103,6 +110,8 @@ pub struct Tracker {
     dead_since: HashMap<u64, Instant>,
     spare_since: HashMap<u64, Instant>,
     last_change: Option<Instant>,
+    /// Dead voters a spare was promoted for (removed next).
+    replaced: BTreeSet<u64>,
 }
 
 impl Tracker {
@@ -111,6 +120,8 @@ impl Tracker {
     pub fn decide(&mut self, s: &Settings, me: u64, members: &BTreeMap<u64, Seen>, now: Instant) -> Option<Action> {
         self.dead_since.retain(|id, _| members.contains_key(id));
         self.spare_since.retain(|id, _| members.contains_key(id));
+        self.replaced
+            .retain(|id| members.get(id).is_some_and(|m| m.voter && !m.alive));
         for (id, m) in members {
             let stale = m.contact_age.is_none_or(|a| a >= s.dead_after);
             if *id != me && m.voter && !m.alive && stale {
@@ -146,22 +157,32 @@ impl Tracker {
             .filter(|(_, since)| now.duration_since(**since) >= s.stabilization)
             .map(|(id, _)| *id)
             .min();
-        let action = if let (Some(id), true) = (spare, voters < s.voters || !dead.is_empty()) {
-            Some(Action::Promote {
-                id,
-                why: if let Some(d) = dead.first() {
+        let live = voters - dead.len();
+        let unreplaced = dead.iter().copied().find(|d| !self.replaced.contains(d));
+        let removable = dead
+            .iter()
+            .copied()
+            .find(|d| self.replaced.contains(d) || (s.explicit && voters > s.voters));
+        let action = if let (Some(id), true) = (spare, live < s.voters) {
+            let why = match unreplaced {
+                Some(d) => {
+                    self.replaced.insert(d);
                     format!("replacing voter {d}, dead for over {:?}", s.dead_after)
-                } else {
-                    format!("{voters} voters, autopilot_voters is {}", s.voters)
-                },
-            })
-        } else if let (Some(id), true) = (dead.first(), voters > s.voters) {
+                }
+                None => format!("{live} live voters, {} wanted", s.voters),
+            };
+            Some(Action::Promote { id, why })
+        } else if let Some(id) = removable {
             Some(Action::Remove {
-                id: *id,
-                why: format!(
-                    "dead for over {:?} and {voters} voters is above autopilot_voters {}",
-                    s.dead_after, s.voters
-                ),
+                id,
+                why: if self.replaced.contains(&id) {
+                    format!("dead for over {:?}; a spare took its place", s.dead_after)
+                } else {
+                    format!(
+                        "dead for over {:?} and {voters} voters is above autopilot_voters {}",
+                        s.dead_after, s.voters
+                    )
+                },
             })
         } else {
             None
@@ -186,6 +207,16 @@ pub async fn run(ctx: Ctx, gossip: Arc<Gossip>, s: Settings, mut stop: watch::Re
         if !raft.is_leader() {
             tracker = Tracker::default();
             continue;
+        }
+        // Nothing while a membership change is in flight (joint, or not
+        // committed yet): one change at a time, whoever started it.
+        {
+            let m = raft.metrics().borrow_watched().clone();
+            if m.membership_config.log_id() != m.committed_membership_config.log_id()
+                || m.membership_config.membership().get_joint_config().len() > 1
+            {
+                continue;
+            }
         }
         let members = look(&ctx, &gossip).await;
         metrics::counter!("esf_autopilot_looks_total").increment(1);
@@ -268,6 +299,7 @@ mod tests {
         Settings {
             enabled: true,
             voters: 3,
+            explicit: false,
             interval: Duration::from_secs(1),
             dead_after: Duration::from_secs(30),
             stabilization: Duration::from_secs(10),
@@ -377,6 +409,58 @@ mod tests {
         assert!(matches!(
             t.decide(&s, 1, &m, at(315)),
             Some(Action::Promote { id: 4, .. })
+        ));
+    }
+
+    #[test]
+    fn one_spare_replaces_one_dead_voter_and_the_others_stay_spares() {
+        let s = settings();
+        let mut t = Tracker::default();
+        let t0 = Instant::now();
+        let at = |secs: u64| t0 + Duration::from_secs(secs);
+        let mut m = BTreeMap::from([
+            (1, voter(true, 0)),
+            (2, voter(true, 0)),
+            (3, voter(false, 100)),
+            (4, learner(true, 0)),
+            (5, learner(true, 0)),
+        ]);
+        t.decide(&s, 1, &m, at(0));
+        assert!(matches!(
+            t.decide(&s, 1, &m, at(30)),
+            Some(Action::Promote { id: 4, .. })
+        ));
+        m.insert(4, voter(true, 0));
+        assert!(matches!(
+            t.decide(&s, 1, &m, at(40)),
+            Some(Action::Remove { id: 3, .. })
+        ));
+        m.remove(&3);
+        assert_eq!(t.decide(&s, 1, &m, at(100)), None, "5 stays a spare");
+    }
+
+    #[test]
+    fn without_a_replacement_a_dead_voter_stays_unless_a_count_is_set() {
+        let s = Settings {
+            voters: 1,
+            ..settings()
+        };
+        let mut t = Tracker::default();
+        let t0 = Instant::now();
+        let at = |secs: u64| t0 + Duration::from_secs(secs);
+        let m = BTreeMap::from([(1, voter(true, 0)), (2, voter(true, 0)), (3, voter(false, 100))]);
+        t.decide(&s, 1, &m, at(0));
+        assert_eq!(
+            t.decide(&s, 1, &m, at(1000)),
+            None,
+            "a cluster grown by hand keeps its voters"
+        );
+        let s = Settings { explicit: true, ..s };
+        let mut t = Tracker::default();
+        t.decide(&s, 1, &m, at(0));
+        assert!(matches!(
+            t.decide(&s, 1, &m, at(30)),
+            Some(Action::Remove { id: 3, .. })
         ));
     }
 

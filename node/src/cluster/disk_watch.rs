@@ -14,8 +14,8 @@ use std::time::Duration;
 use esf_raft::group::MetaGroup;
 use tracing::{info, warn};
 
-use crate::cluster::formation::ask_meta_hand_over;
-use crate::cluster::partitions::{Partitions, hand_over_all, membership_of};
+use crate::cluster::formation::ask_meta_hand_over_to;
+use crate::cluster::partitions::{Partitions, hand_over_all_to, membership_of};
 use crate::disk::DiskGuard;
 
 /// Runs until `stop`.
@@ -49,8 +49,9 @@ pub async fn run(
         let refusal = disk.leadership_refusal();
         set_elect(&meta, &partitions, refusal.is_none());
         if refusal.is_some() {
-            hand_over_all(&partitions).await;
-            ask_meta_hand_over(&meta).await;
+            let targets = disk.handover_targets();
+            hand_over_all_to(&partitions, &targets).await;
+            ask_meta_hand_over_to(&meta, &targets).await;
         }
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}

@@ -42,6 +42,11 @@ type ClusterStub = pb::cluster_client::ClusterClient<tonic::transport::Channel>;
 /// If this node leads meta, asks another voter to take over (without
 /// waiting for it); whether it asked.
 pub async fn ask_meta_hand_over(meta: &MetaGroup) -> bool {
+    ask_meta_hand_over_to(meta, &[]).await
+}
+
+/// [`ask_meta_hand_over`], only to a voter in `healthy` (when not empty).
+pub async fn ask_meta_hand_over_to(meta: &MetaGroup, healthy: &[u64]) -> bool {
     if !meta.raft().is_leader() {
         return false;
     }
@@ -53,7 +58,7 @@ pub async fn ask_meta_hand_over(meta: &MetaGroup) -> bool {
         .membership_config
         .membership()
         .voter_ids()
-        .find(|v| *v != me);
+        .find(|v| *v != me && (healthy.is_empty() || healthy.contains(v)));
     let Some(target) = target else { return false };
     if let Err(e) = meta.raft().trigger().transfer_leader(target).await {
         warn!(error = %e, "leader transfer not started");
@@ -109,8 +114,14 @@ async fn ask_to_join(cfg: NodeConfig, meta: Arc<MetaGroup>, pool: PeerPool, mut 
             info!("added to the cluster as a learner");
             return;
         }
-        let Ok(ch) = pool.channel(&leader) else {
-            return;
+        let ch = match pool.channel(&leader) {
+            Ok(ch) => ch,
+            Err(e) => {
+                warn!(leader = %leader, error = %e, "join request: no channel to the leader; asking again");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(JOIN_REQUEST_BACKOFF_MAX);
+                continue;
+            }
         };
         let mut req = tonic::Request::new(pb::AddLearnerRequest {
             id: cfg.node_id,
@@ -128,7 +139,7 @@ async fn ask_to_join(cfg: NodeConfig, meta: Arc<MetaGroup>, pool: PeerPool, mut 
         )
         .await
         {
-            Ok(Ok(_)) => continue,
+            Ok(Ok(_)) => {}
             Ok(Err(s)) => {
                 warn!(leader = %leader, error = %s.message(), "join request refused; asking again");
                 // A new leader may have been named.

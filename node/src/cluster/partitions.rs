@@ -237,14 +237,20 @@ fn caught_up(raft: &PartitionRaft, target: u64) -> bool {
 /// On shutdown: asks a caught-up voter to take over every partition this
 /// node leads (without waiting: the meta hand-over that follows waits).
 pub async fn hand_over_all(partitions: &Partitions) {
+    hand_over_all_to(partitions, &[]).await;
+}
+
+/// [`hand_over_all`], only to voters in `healthy` (when not empty).
+pub async fn hand_over_all_to(partitions: &Partitions, healthy: &[u64]) {
     for p in partitions.iter().filter(|p| p.raft().is_leader()) {
         let (voters, _) = membership_of(p.raft());
         let me = p.raft().metrics().borrow_watched().id;
+        let ok = |v: u64| v != me && (healthy.is_empty() || healthy.contains(&v));
         let target = voters
             .iter()
             .copied()
-            .find(|v| *v != me && caught_up(p.raft(), *v))
-            .or_else(|| voters.iter().copied().find(|v| *v != me));
+            .find(|v| ok(*v) && caught_up(p.raft(), *v))
+            .or_else(|| voters.iter().copied().find(|v| ok(*v)));
         if let Some(to) = target {
             if let Err(e) = p.raft().trigger().transfer_leader(to).await {
                 warn!(group = p.group(), error = %e, "partition leader transfer not started");

@@ -182,10 +182,17 @@ impl Gossip {
         self.handle.get().is_some()
     }
 
-    /// Sets what this node publishes from the next round on; a value that
-    /// would take the state past [`MAX_STATE_BYTES`] is dropped (logged).
-    pub fn publish(&self, state: BTreeMap<String, String>) {
-        let size: usize = state.iter().map(|(k, v)| k.len() + v.len()).sum();
+    /// Sets what this node publishes from the next round on. Past
+    /// [`MAX_STATE_BYTES`] the applied indexes are left out; a state still
+    /// over it is dropped (logged).
+    pub fn publish(&self, mut state: BTreeMap<String, String>) {
+        let size_of = |s: &BTreeMap<String, String>| -> usize { s.iter().map(|(k, v)| k.len() + v.len()).sum() };
+        // The applied indexes (informational, long with many partitions)
+        // go first, so status and checks always get through.
+        if size_of(&state) > MAX_STATE_BYTES {
+            state.remove(keys::APPLIED);
+        }
+        let size = size_of(&state);
         metrics::gauge!("esf_gossip_state_bytes").set(size as f64);
         if size > MAX_STATE_BYTES {
             warn!(
@@ -284,6 +291,7 @@ impl Gossip {
         };
         let transport = SignedUdp {
             key: GossipKey::derive(self.secret.as_deref(), &cluster_id),
+            advertise,
             stats: self.stats.clone(),
             clocks: self.clocks.clone(),
         };
@@ -415,8 +423,9 @@ impl Gossip {
             .filter(|(id, _)| !alive.contains(id))
             .map(|(_, n)| n.addr.clone())
             .collect();
-        for addr in missing {
-            if let Some(g) = gossip_addr_of(ctx, &addr).await {
+        let asks = futures::future::join_all(missing.iter().map(|a| gossip_addr_of(ctx, a)));
+        if let Ok(found) = tokio::time::timeout(HELLO_DEADLINE * 2, asks).await {
+            for g in found.into_iter().flatten() {
                 let _ = h.gossip(g);
             }
         }
@@ -471,8 +480,9 @@ fn strip_scheme(addr: &str) -> &str {
 
 async fn resolve(addr: &str) -> anyhow::Result<SocketAddr> {
     let a = strip_scheme(addr);
-    tokio::net::lookup_host(a)
+    tokio::time::timeout(HELLO_DEADLINE, tokio::net::lookup_host(a))
         .await
+        .map_err(|_| anyhow::anyhow!("{a}: name lookup timed out"))?
         .map_err(|e| anyhow::anyhow!("{a}: {e}"))?
         .next()
         .ok_or_else(|| anyhow::anyhow!("{a} resolves to nothing"))

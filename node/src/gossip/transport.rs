@@ -5,7 +5,7 @@
 //! could claim to be a node. Each datagram here is
 //!
 //! ```text
-//! "esfg" | version (1) | sent_unix_ms (8, BE) | tag (16) | chitchat envelope
+//! "esfg" | version (1) | sent_unix_ms (8, BE) | sender (16 + 2) | tag (16) | chitchat envelope
 //! ```
 //!
 //! where `tag` is HMAC-SHA256 (truncated to 16 bytes) of everything else,
@@ -15,11 +15,17 @@
 //! not encrypted (node addresses, versions and check results are not
 //! secret; keep the peer network private or wait for a later feature).
 //!
-//! A replayed datagram is harmless: chitchat ignores state versions and
-//! heartbeats it has already seen, and answers go to the sender's address.
-//! The send time is not used to refuse anything (a node with a wrong clock
-//! must still be seen alive): it gives the receiver each peer's clock
-//! offset, which the clock check reports ([`ClockOffsets`]).
+//! `sender` is the gossip address of the node that signed it (IPv6 or
+//! IPv4-mapped, and port): a datagram is taken only from that address, so
+//! a captured datagram replayed from anywhere else is dropped (and cannot
+//! make this node open relay sockets or answer a spoofed victim with
+//! large deltas). `gossip_advertise` must therefore be the address a
+//! node's datagrams arrive from (no NAT between nodes). A datagram
+//! replayed from the real sender's own address is harmless: chitchat
+//! ignores state versions and heartbeats it has already seen. The send
+//! time is not used to refuse anything (a node with a wrong clock must
+//! still be seen alive): it gives the receiver each peer's clock offset,
+//! which the clock check reports ([`ClockOffsets`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -38,10 +44,23 @@ use tracing::debug;
 type HmacSha256 = Hmac<Sha256>;
 
 const MAGIC: &[u8; 4] = b"esfg";
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 const TAG_BYTES: usize = 16;
+const SENDER_BYTES: usize = 18;
 /// Bytes before the envelope.
-pub const HEADER_BYTES: usize = MAGIC.len() + 1 + 8 + TAG_BYTES;
+pub const HEADER_BYTES: usize = MAGIC.len() + 1 + 8 + SENDER_BYTES + TAG_BYTES;
+const SENDER_AT: usize = MAGIC.len() + 1 + 8;
+
+fn sender_bytes(a: SocketAddr) -> [u8; SENDER_BYTES] {
+    let ip = match a.ip() {
+        std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+        std::net::IpAddr::V6(v6) => v6,
+    };
+    let mut out = [0u8; SENDER_BYTES];
+    out[..16].copy_from_slice(&ip.octets());
+    out[16..].copy_from_slice(&a.port().to_be_bytes());
+    out
+}
 /// Largest UDP payload (IPv4); a larger datagram is refused at send.
 pub const MAX_DATAGRAM_BYTES: usize = 65_507;
 
@@ -82,12 +101,13 @@ impl GossipKey {
         Some(t)
     }
 
-    /// The datagram carrying `payload`, sent at `sent_unix_ms`.
-    pub fn seal(&self, sent_unix_ms: u64, payload: &[u8], out: &mut Vec<u8>) {
+    /// The datagram carrying `payload`, sent at `sent_unix_ms` from `sender`.
+    pub fn seal(&self, sent_unix_ms: u64, sender: SocketAddr, payload: &[u8], out: &mut Vec<u8>) {
         out.clear();
         out.extend_from_slice(MAGIC);
         out.push(VERSION);
         out.extend_from_slice(&sent_unix_ms.to_be_bytes());
+        out.extend_from_slice(&sender_bytes(sender));
         out.extend_from_slice(&[0u8; TAG_BYTES]);
         out.extend_from_slice(payload);
         let mut signed = Vec::with_capacity(out.len() - TAG_BYTES);
@@ -97,9 +117,9 @@ impl GossipKey {
         out[HEADER_BYTES - TAG_BYTES..HEADER_BYTES].copy_from_slice(&tag);
     }
 
-    /// The send time and payload of an authentic datagram, or why it is
-    /// not one.
-    pub fn open<'a>(&self, datagram: &'a [u8]) -> Result<(u64, &'a [u8]), &'static str> {
+    /// The send time and payload of an authentic datagram that came from
+    /// `from`, or why it is not one.
+    pub fn open<'a>(&self, datagram: &'a [u8], from: SocketAddr) -> Result<(u64, &'a [u8]), &'static str> {
         if datagram.len() < HEADER_BYTES || &datagram[..MAGIC.len()] != MAGIC {
             return Err("not an esf gossip datagram");
         }
@@ -113,6 +133,9 @@ impl GossipKey {
         mac.update(payload);
         mac.verify_truncated_left(&head[HEADER_BYTES - TAG_BYTES..])
             .map_err(|_| "bad signature (another cluster, or not the peer secret)")?;
+        if head[SENDER_AT..SENDER_AT + SENDER_BYTES] != sender_bytes(from) {
+            return Err("signed for another sender address (a replay?)");
+        }
         let sent = u64::from_be_bytes(head[MAGIC.len() + 1..MAGIC.len() + 9].try_into().expect("8 bytes"));
         Ok((sent, payload))
     }
@@ -142,10 +165,13 @@ pub struct ClockOffsets(Mutex<HashMap<SocketAddr, (i64, Instant)>>);
 impl ClockOffsets {
     fn record(&self, from: SocketAddr, sent_unix_ms: u64) {
         let offset = sent_unix_ms as i64 - unix_ms() as i64;
-        self.0
-            .lock()
-            .expect("clock offsets lock")
-            .insert(from, (offset, Instant::now()));
+        let mut map = self.0.lock().expect("clock offsets lock");
+        if map.len() >= MAX_RELAYS && !map.contains_key(&from) {
+            map.retain(|_, (_, at)| at.elapsed() < CLOCK_OFFSET_MAX_AGE);
+        }
+        if map.len() < MAX_RELAYS || map.contains_key(&from) {
+            map.insert(from, (offset, Instant::now()));
+        }
     }
 
     /// The offset last measured from `addr`, if one was in the last
@@ -158,6 +184,9 @@ impl ClockOffsets {
     }
 }
 
+/// Clock offsets older than this are forgotten when the map is full.
+const CLOCK_OFFSET_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// Milliseconds since the Unix epoch by this node's clock.
 pub fn unix_ms() -> u64 {
     SystemTime::now()
@@ -169,6 +198,9 @@ pub fn unix_ms() -> u64 {
 pub struct SignedUdp {
     /// The key of this cluster.
     pub key: GossipKey,
+    /// This node's gossip address as the others see it (signed into
+    /// every datagram).
+    pub advertise: SocketAddr,
     /// Counters.
     pub stats: Arc<TransportStats>,
     /// Peers' clock offsets.
@@ -189,6 +221,7 @@ impl Transport for SignedUdp {
         let dec = chitchat::transport::UdpSocket::open(loopback).await?;
         Ok(Box::new(SignedSocket {
             public,
+            advertise: self.advertise,
             key: self.key.clone(),
             stats: self.stats.clone(),
             clocks: self.clocks.clone(),
@@ -206,8 +239,10 @@ impl Transport for SignedUdp {
     }
 }
 
-/// Peers with a relay socket at most (more are forgotten and relearned).
-pub const MAX_RELAYS: usize = 1024;
+/// Peers with a relay socket (and a clock offset) at most; more are
+/// forgotten and relearned. Only verified senders, each at its own
+/// signed address, get one.
+pub const MAX_RELAYS: usize = 256;
 /// Deadline of a loopback hop of the codec.
 const CODEC_DEADLINE: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -221,6 +256,7 @@ const CODEC_DEADLINE: std::time::Duration = std::time::Duration::from_secs(1);
 /// peer. Only verified bytes ever reach `dec`.
 struct SignedSocket {
     public: tokio::net::UdpSocket,
+    advertise: SocketAddr,
     key: GossipKey,
     stats: Arc<TransportStats>,
     clocks: Arc<ClockOffsets>,
@@ -277,7 +313,8 @@ impl Socket for SignedSocket {
                 break n;
             }
         };
-        self.key.seal(unix_ms(), &self.buf[..n], &mut self.datagram);
+        self.key
+            .seal(unix_ms(), self.advertise, &self.buf[..n], &mut self.datagram);
         if self.datagram.len() > MAX_DATAGRAM_BYTES {
             anyhow::bail!(
                 "gossip message of {} bytes is over the datagram limit of {MAX_DATAGRAM_BYTES}",
@@ -327,7 +364,7 @@ impl Socket for SignedSocket {
                     continue;
                 }
             };
-            let (sent, len) = match self.key.open(&self.buf[..n]) {
+            let (sent, len) = match self.key.open(&self.buf[..n], from) {
                 Ok((sent, payload)) => (sent, payload.len()),
                 Err(why) => {
                     self.stats.rejected.fetch_add(1, Ordering::Relaxed);
@@ -362,37 +399,43 @@ mod tests {
     #[test]
     fn only_the_same_secret_and_cluster_open_a_datagram() {
         let key = GossipKey::derive(Some(b"0123456789abcdef-secret"), "cluster-a");
+        let me: SocketAddr = "10.0.0.1:2379".parse().expect("addr");
         let mut d = Vec::new();
-        key.seal(1_700_000_000_000, b"hello", &mut d);
-        assert_eq!(key.open(&d), Ok((1_700_000_000_000, &b"hello"[..])));
+        key.seal(1_700_000_000_000, me, b"hello", &mut d);
+        assert_eq!(key.open(&d, me), Ok((1_700_000_000_000, &b"hello"[..])));
+        // The same datagram replayed from another address is refused.
+        let elsewhere: SocketAddr = "10.0.0.9:2379".parse().expect("addr");
+        assert!(key.open(&d, elsewhere).unwrap_err().contains("another sender"));
+        assert!(key.open(&d, "10.0.0.1:2380".parse().expect("addr")).is_err());
 
         let other_cluster = GossipKey::derive(Some(b"0123456789abcdef-secret"), "cluster-b");
-        assert!(other_cluster.open(&d).unwrap_err().contains("bad signature"));
+        assert!(other_cluster.open(&d, me).unwrap_err().contains("bad signature"));
         let other_secret = GossipKey::derive(Some(b"0123456789abcdef-secreT"), "cluster-a");
-        assert!(other_secret.open(&d).is_err());
-        assert!(
-            GossipKey::derive(None, "cluster-a")
-                .open(&d)
-                .unwrap_err()
-                .contains("no peer secret")
-        );
+        assert!(other_secret.open(&d, me).is_err());
+        let none = GossipKey::derive(None, "cluster-a");
+        assert!(none.open(&d, me).unwrap_err().contains("no peer secret"));
 
-        // Any flipped bit (payload, time, tag) is refused.
+        // Any flipped bit (payload, time, sender, tag) is refused.
         for i in 0..d.len() {
             let mut bad = d.clone();
             bad[i] ^= 1;
-            assert!(key.open(&bad).is_err(), "byte {i} flipped");
+            assert!(key.open(&bad, me).is_err(), "byte {i} flipped");
         }
-        assert!(key.open(&d[..HEADER_BYTES - 1]).is_err(), "truncated");
-        assert!(key.open(b"junk").is_err());
+        assert!(key.open(&d[..HEADER_BYTES - 1], me).is_err(), "truncated");
+        assert!(key.open(b"junk", me).is_err());
     }
 
     #[tokio::test]
     async fn a_forged_datagram_is_counted_and_never_delivered() {
         let key = GossipKey::derive(Some(b"0123456789abcdef-secret"), "c");
         let stats = Arc::new(TransportStats::default());
+        let tx_addr = {
+            let probe = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+            probe.local_addr().expect("addr")
+        };
         let t = SignedUdp {
             key: key.clone(),
+            advertise: tx_addr,
             stats: stats.clone(),
             clocks: Arc::default(),
         };
@@ -401,11 +444,20 @@ mod tests {
         let attacker = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("bind");
         // Well-formed header, wrong key.
         let mut forged = Vec::new();
-        GossipKey::derive(Some(b"guessed-secret-0000"), "c").seal(unix_ms(), b"x", &mut forged);
+        GossipKey::derive(Some(b"guessed-secret-0000"), "c").seal(
+            unix_ms(),
+            attacker.local_addr().expect("addr"),
+            b"x",
+            &mut forged,
+        );
         attacker.send_to(&forged, to).await.expect("send");
         attacker.send_to(b"plain chitchat bytes", to).await.expect("send");
+        // Right key, but signed for the real node's address: a replay.
+        let mut replayed = Vec::new();
+        key.seal(unix_ms(), tx_addr, b"x", &mut replayed);
+        attacker.send_to(&replayed, to).await.expect("send");
         // A real node's datagram after them is the first one delivered.
-        let mut tx = t.open("127.0.0.1:0".parse().expect("addr")).await.expect("bind");
+        let mut tx = t.open(tx_addr).await.expect("bind");
         let envelope = ChitchatEnvelope {
             version: chitchat::ProtocolVersion::V0,
             message: chitchat::ChitchatMessage::BadCluster,
@@ -417,7 +469,7 @@ mod tests {
             .expect("received");
         assert_eq!(got.from_addr, tx.local_addr().expect("addr"));
         assert!(matches!(got.envelope.message, chitchat::ChitchatMessage::BadCluster));
-        assert_eq!(stats.rejected.load(Ordering::Relaxed), 2);
+        assert_eq!(stats.rejected.load(Ordering::Relaxed), 3);
         assert_eq!(stats.received.load(Ordering::Relaxed), 1);
     }
 }

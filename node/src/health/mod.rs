@@ -152,13 +152,34 @@ impl Health {
 
     /// One round of checks, published.
     pub async fn check_once(&self) {
-        let offsets: Vec<(u64, i64)> = self
-            .gossip
-            .view()
-            .await
-            .into_iter()
-            .filter(|p| p.alive)
+        let view = self.gossip.view().await;
+        let offsets: Vec<(u64, i64)> = view
+            .iter()
+            .filter(|p| p.alive && !p.is_self)
             .filter_map(|p| p.clock_offset_ms.map(|o| (p.node_id, o)))
+            .collect();
+        // Voters that could take this node's leadership: alive, storage
+        // check not critical.
+        let voters: BTreeSet<u64> = self
+            .meta()
+            .raft()
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect();
+        let healthy: Vec<u64> = view
+            .iter()
+            .filter(|p| p.alive && !p.is_self && voters.contains(&p.node_id))
+            .filter(|p| {
+                p.state.get(keys::CHECKS).is_some_and(|t| {
+                    checks::decode(t)
+                        .iter()
+                        .all(|c| !(c.name == "storage" && c.status == Status::Critical))
+                })
+            })
+            .map(|p| p.node_id)
             .collect();
         let results = self.checker.run(&offsets).await;
         for c in &results {
@@ -183,7 +204,7 @@ impl Health {
         );
         state.insert(keys::STATUS.to_string(), checks::worst(&results).as_str().to_string());
         state.insert(keys::CHECKS.to_string(), checks::encode(&results));
-        self.evacuate_if_sick(&results);
+        self.evacuate_if_sick(&results, healthy);
         *self.latest.write().expect("checks lock") = results;
         self.gossip.publish(state);
     }
@@ -191,13 +212,29 @@ impl Health {
     /// Storage critical `evacuate_after_checks` times in a row: the node
     /// stops leading (the disk check loop hands its leadership over and
     /// turns its elections off); not critical `return_after_checks` times
-    /// in a row: it may lead again. The streaks damp a flapping disk.
-    fn evacuate_if_sick(&self, results: &[Check]) {
+    /// in a row: it may lead again. The streaks damp a flapping disk. It
+    /// steps back only while another voter is alive with a storage check
+    /// that is not critical (`healthy`), and hands over only to those:
+    /// when every disk is slow (load on all of them), nobody steps back,
+    /// or no one could lead at all.
+    fn evacuate_if_sick(&self, results: &[Check], healthy: Vec<u64>) {
         let Some(storage) = results.iter().find(|c| c.name == "storage") else {
             return;
         };
         let limits = &self.checker.limits;
         let mut streak = self.streak.lock().expect("streak lock");
+        if storage.status == Status::Critical && healthy.is_empty() {
+            *streak = (0, 0);
+            self.checker.disk.set_handover_targets(Vec::new());
+            if self.checker.disk.set_sick(None) {
+                tracing::warn!(
+                    "storage check critical, but no other voter is alive with a healthy disk: this node may lead again"
+                );
+                metrics::counter!("esf_failover_actions_total", "action" => "return").increment(1);
+            }
+            return;
+        }
+        self.checker.disk.set_handover_targets(healthy);
         if storage.status == Status::Critical {
             *streak = (streak.0.saturating_add(1), 0);
             if streak.0 == limits.evacuate_after_checks && self.checker.disk.set_sick(Some(storage.reason.clone())) {
