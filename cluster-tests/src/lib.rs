@@ -232,6 +232,11 @@ impl Node {
         self.args.extend(args.iter().map(|a| a.to_string()));
     }
 
+    /// Whether the node is started with argument `arg`.
+    pub fn has_arg(&self, arg: &str) -> bool {
+        self.args.iter().any(|a| a == arg)
+    }
+
     /// GET `path` from the node's admin port (plain HTTP): status code and
     /// body. Panics if the port does not answer within [`ADMIN_DEADLINE`].
     pub fn admin_get(&self, path: &str) -> (u16, String) {

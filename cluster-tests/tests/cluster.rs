@@ -299,7 +299,8 @@ async fn fourth_node_joins_as_learner_is_promoted_and_removed() {
             .expect("append before the join");
     }
     // A node started with another partition count is refused.
-    let odd = c.spawn_joining_node_with(&["--partitions", "4"]);
+    // The operator's way (auto-join off): `esf member add`.
+    let odd = c.spawn_joining_node_with(&["--partitions", "4", "--auto-join=false"]);
     c.node(odd).wait_log("waiting to be added").await;
     let odd_addr = c.node(odd).grpc.clone();
     let (code, _, err) = cli(
@@ -316,7 +317,7 @@ async fn fourth_node_joins_as_learner_is_promoted_and_removed() {
     assert_ne!(code, 0);
     assert!(err.contains("runs 4 event partitions, this cluster 8"), "{err}");
     c.node_mut(odd).kill();
-    let id = c.spawn_joining_node();
+    let id = c.spawn_joining_node_with(&["--auto-join=false"]);
     let addr = c.node(id).grpc.clone();
     // The operator adds a node once it is up and waiting to be added.
     c.node(id).wait_log("waiting to be added").await;
@@ -2434,6 +2435,7 @@ async fn a_node_with_a_damaged_wal_refuses_to_start_and_is_rebuilt_from_its_peer
     assert_eq!(code, 0, "member remove: {err}");
     let n = c.node_mut(victim);
     std::fs::remove_dir_all(&n.dir).expect("empty the data dir");
+    n.add_args(&["--auto-join=false"]);
     n.start(&bin);
     c.node(victim).wait_log("waiting to be added").await;
     let addr = c.node(victim).grpc.clone();

@@ -146,7 +146,9 @@ async fn a_damaged_snapshot_file_is_found_at_start_and_replaced() {
     make_meta_leader(&c, victim).await;
     let eps = c.node(victim).grpc.clone();
     put_many(&c, "snap-b-", 200).await;
-    let id = c.spawn_joining_node_with(&snap_args);
+    let mut args = snap_args.to_vec();
+    args.push("--auto-join=false");
+    let id = c.spawn_joining_node_with(&args);
     c.node(id).wait_log("waiting to be added").await;
     let addr = c.node(id).grpc.clone();
     let (code, out, err) = cli(&bin, &["--endpoints", &eps, "member", "add", &id.to_string(), &addr]);

@@ -1585,6 +1585,10 @@ async fn nemesis(
                 let n = c.node_mut(target);
                 n.kill();
                 errors.extend(std::fs::remove_dir_all(&n.dir).err().map(|e| format!("wipe: {e}")));
+                // Added back by hand below (the operator's way).
+                if !n.has_arg("--auto-join=false") {
+                    n.add_args(&["--auto-join=false"]);
+                }
                 n.start(&bin);
                 let deadline = Instant::now() + NEW_LEADER_DEADLINE;
                 while waiting(&c) == waited {

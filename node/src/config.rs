@@ -171,8 +171,8 @@ pub struct NodeConfig {
     /// A learner further behind the leader's log than this is no spare.
     pub autopilot_max_trailing_logs: u64,
     /// A node started with `join` that finds a cluster it is not a member
-    /// of asks the leader to add it as a learner (else, the default, it
-    /// waits for `esf member add`, as before this setting existed).
+    /// of asks the leader to add it as a learner (off: it waits for `esf
+    /// member add`).
     pub auto_join: bool,
 }
 
@@ -241,7 +241,7 @@ impl Default for NodeConfig {
             autopilot_dead_after_secs: 30,
             autopilot_stabilization_secs: 10,
             autopilot_max_trailing_logs: 250,
-            auto_join: false,
+            auto_join: true,
         }
     }
 }
