@@ -5,7 +5,7 @@
 # `verdict: VALID|INVALID|INCONCLUSIVE` (exit status 0 only for VALID).
 #
 # Usage: scripts/jepsen.sh [--workload register|events|watch|registry]
-#                          [--nemesis kill,kill-all,pause,partition,partition-follower,one-way,flap,
+#                          [--nemesis kill,kill-all,pause,partition,partition-follower,one-way,flap,failover,
 #                                     bridge,netem,clock,member,snapshot|none]
 #                          [--time SECS] [--nodes N]
 #                          [--hosts netns|loopback] [--keys N] [--concurrency N]

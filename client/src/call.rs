@@ -66,6 +66,7 @@ headed!(
     pb::StatusResponse,
     pb::RegisterResponse,
     pb::DeregisterResponse,
+    pb::CheckUpdateResponse,
     pb::LookupResponse,
     pb::ListServicesResponse,
     pb::AppendResponse,

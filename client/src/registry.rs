@@ -38,6 +38,29 @@ impl Client {
         .await
     }
 
+    /// Reports the status of an instance's ttl check ("passing" or
+    /// "critical", with why in `output`): it holds for the check's ttl.
+    /// Call it at least that often (a third of the ttl leaves room for a
+    /// lost call).
+    pub async fn check_update(
+        &self,
+        service: &str,
+        id: &str,
+        status: &str,
+        output: &str,
+    ) -> Result<pb::CheckUpdateResponse> {
+        let req = pb::CheckUpdateRequest {
+            service: service.to_string(),
+            id: id.to_string(),
+            status: status.to_string(),
+            output: output.to_string(),
+        };
+        self.ask("check update", req, |mut c: RegistryStub, r| async move {
+            c.check_update(r).await
+        })
+        .await
+    }
+
     /// The instances of a service carrying every tag in `tags`
     /// (linearizable).
     pub async fn lookup(&self, service: &str, tags: &[String]) -> Result<pb::LookupResponse> {

@@ -312,6 +312,30 @@ async fn a_node_whose_fsyncs_are_slow_hands_over_every_leadership() {
             .collect::<Vec<_>>()
             .join("\n")
     );
+    // The meta leader, which sees node 1's checks in gossip, records the
+    // step back: in the audit trail as esf.autopilot.changed "evacuate".
+    let started = Instant::now();
+    loop {
+        c.wait_audit_caught_up().await;
+        let out = audit_tail(&c, 2);
+        let evacuations: Vec<&str> = out
+            .lines()
+            .filter(|l| l.contains("esf.autopilot.changed") && l.contains("evacuate"))
+            .collect();
+        if !evacuations.is_empty() {
+            assert!(evacuations[0].contains("storage check critical"), "{evacuations:?}");
+            break;
+        }
+        assert!(
+            started.elapsed() < GOSSIP_DEADLINE,
+            "no evacuate event in the audit trail: {}",
+            out.lines()
+                .filter(|l| l.contains("autopilot"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        tokio::time::sleep(POLL).await;
+    }
 }
 
 /// Autopilot settings short enough for a test (defaults: 30 s dead, 10 s
@@ -403,20 +427,7 @@ async fn a_dead_voter_is_replaced_by_a_spare_that_joined_by_itself() {
     client.put("after", "v").await.expect("put after the replacement");
     // Each action is recorded: in the audit trail as esf.autopilot.changed.
     c.wait_audit_caught_up().await;
-    let (code, out, err) = cli(
-        &c.bin,
-        &[
-            "--endpoints",
-            &c.node(survivor).grpc,
-            "-o",
-            "json",
-            "audit",
-            "tail",
-            "--limit",
-            "100000",
-        ],
-    );
-    assert_eq!(code, 0, "{err}");
+    let out = audit_tail(&c, survivor);
     let actions: Vec<&str> = out.lines().filter(|l| l.contains("esf.autopilot.changed")).collect();
     assert!(
         actions.iter().any(|l| l.contains("promote")) && actions.iter().any(|l| l.contains("remove")),
@@ -653,10 +664,15 @@ async fn registry_checks_follow_the_instance_and_lookup_leaves_out_critical_ones
     client.register(reg("w3", None)).await.expect("register w3");
     // Bad checks are refused, naming the field.
     let bad = client
-        .register(reg("w4", Some(check("ttl", "a:1".into()))))
+        .register(reg("w4", Some(check("script", "a:1".into()))))
         .await
         .unwrap_err();
     assert!(bad.to_string().contains("instance.check.kind"), "{bad}");
+    let bad = client
+        .register(reg("w4", Some(check("ttl", String::new()))))
+        .await
+        .unwrap_err();
+    assert!(bad.to_string().contains("instance.check.ttl_ms"), "{bad}");
 
     wait_instance(&c, "w1", "passing", |i| i.health == "passing").await;
     let w2 = wait_instance(&c, "w2", "probed", |i| i.health_output != "not checked yet").await;
@@ -704,4 +720,106 @@ async fn registry_checks_follow_the_instance_and_lookup_leaves_out_critical_ones
         .map(|i| i["id"].as_str().expect("id"))
         .collect();
     assert_eq!(listed, ["w1", "w3"], "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ttl_check_passes_while_the_instance_reports_and_expires_when_it_stops() {
+    let c = Cluster::start(&esf_bin(), 3);
+    let leader = c.wait_ready().await;
+    let follower = c.node(c.other_than(leader)).grpc.clone();
+    let esf = |args: &[&str]| {
+        let mut all = vec!["--endpoints", follower.as_str(), "-o", "json", "registry"];
+        all.extend_from_slice(args);
+        cli(&c.bin, &all)
+    };
+    let (code, _, err) = esf(&["register", "web", "t1", "10.0.0.1:80", "--check-ttl-ms", "2000"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = esf(&["register", "web", "plain", "10.0.0.2:80"]);
+    assert_eq!(code, 0, "{err}");
+    let t1 = wait_instance(&c, "t1", "registered", |_| true).await;
+    assert_eq!(
+        (t1.health.as_str(), t1.health_output.as_str()),
+        ("critical", "not checked yet")
+    );
+
+    // A pass through a follower (forwarded to the meta leader) makes it
+    // passing at once.
+    let (code, out, err) = esf(&["pass", "web", "t1"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["health"], "passing", "{out}");
+    let ids = |r: pb::LookupResponse| r.instances.into_iter().map(|i| i.id).collect::<Vec<_>>();
+    let client = c.client();
+    assert_eq!(
+        ids(client.lookup_passing("web", &[]).await.expect("lookup")),
+        ["plain", "t1"]
+    );
+    // Passes within the ttl keep it passing and write nothing.
+    let before = t1_revision(&client).await;
+    for _ in 0..3 {
+        client.check_update("web", "t1", "passing", "").await.expect("pass");
+    }
+    assert_eq!(
+        t1_revision(&client).await,
+        before,
+        "a pass that changes nothing is not written"
+    );
+
+    // The updates stop: critical once the ttl has run out.
+    let t1 = wait_instance(&c, "t1", "expired", |i| i.health == "critical").await;
+    assert!(t1.health_output.contains("ttl of 2s expired"), "{t1:?}");
+    assert_eq!(ids(client.lookup_passing("web", &[]).await.expect("lookup")), ["plain"]);
+
+    // The instance may report itself critical, with why.
+    client.check_update("web", "t1", "passing", "").await.expect("pass");
+    let (code, _, err) = esf(&["fail", "web", "t1", "--reason", "database unreachable"]);
+    assert_eq!(code, 0, "{err}");
+    let t1 = wait_instance(&c, "t1", "failed", |i| i.health_output == "database unreachable").await;
+    assert_eq!(t1.health, "critical");
+
+    // Bad updates are refused, naming why.
+    let e = client
+        .check_update("web", "plain", "passing", "")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no ttl check"), "{e}");
+    let e = client
+        .check_update("web", "nobody", "passing", "")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not registered"), "{e}");
+    let (code, _, err) = esf(&["fail", "web", "t1", "--reason", &"x".repeat(300)]);
+    assert_ne!(code, 0);
+    assert!(err.contains("output"), "{err}");
+}
+
+async fn t1_revision(c: &esf_client::Client) -> Option<u64> {
+    c.lookup("web", &[])
+        .await
+        .expect("lookup")
+        .instances
+        .iter()
+        .find(|i| i.id == "t1")
+        .map(|i| i.revision)
+}
+
+/// The whole audit trail as JSON lines, read through node `via`.
+fn audit_tail(c: &Cluster, via: u64) -> String {
+    let (code, out, err) = cli(
+        &c.bin,
+        &[
+            "--endpoints",
+            &c.node(via).grpc,
+            "-o",
+            "json",
+            "audit",
+            "tail",
+            "--limit",
+            "100000",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    out
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use esf_jepsen::runner::{Hosts, Nemesis, RunConfig, Verdict, Workload, run};
 
 const USAGE: &str = "usage: esf-jepsen [--workload register|events|watch|registry] [--nemesis NAME[,NAME...]|none] [--hosts netns|loopback] [--nodes N] [--time SECS] [--keys N] [--concurrency N] [--out DIR] [--esf PATH] [--tls]
-nemeses: kill, kill-all, pause, partition, partition-follower, one-way, flap, bridge (--nodes 5), netem, clock, member, snapshot";
+nemeses: kill, kill-all, pause, partition, partition-follower, one-way, flap, bridge (--nodes 5), netem, clock, member, snapshot, failover (--nodes 4)";
 
 fn parse(args: &[String]) -> Result<RunConfig, String> {
     let mut cfg = RunConfig {

@@ -88,6 +88,22 @@ pub const SNAPSHOT_LOGS: u64 = 200;
 pub const SNAPSHOT_KEEP_LOGS: u64 = 50;
 /// How long a membership change (with its retries) may take.
 pub const MEMBERSHIP_DEADLINE: Duration = Duration::from_secs(60);
+/// Autopilot under the failover nemesis: 3 voters, a node dead after 5 s
+/// unheard, its least (its defaults: 30 s, 10 s of stabilization, a look a
+/// second).
+pub const FAILOVER_ARGS: [&str; 8] = [
+    "--autopilot-voters",
+    "3",
+    "--autopilot-dead-after-secs",
+    "5",
+    "--autopilot-stabilization-secs",
+    "1",
+    "--autopilot-interval-ms",
+    "200",
+];
+/// How long autopilot may take to remove a killed voter (dead time,
+/// stabilization, a promotion and a removal) and a wiped node to rejoin.
+pub const FAILOVER_DEADLINE: Duration = Duration::from_secs(45);
 
 /// What the clients do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,6 +183,14 @@ pub enum Nemesis {
     /// that cannot reach each other, for [`PARTITION_HOLD`]. Evidence: the
     /// leader kept committing.
     Bridge,
+    /// Four or more nodes under autopilot ([`FAILOVER_ARGS`]: 3 voters, the
+    /// rest spares): SIGKILL the meta leader and keep it down until
+    /// autopilot, with no operator, has removed it (promoting a caught-up
+    /// spare first when the voters would fall below 3), then wipe it and
+    /// restart it with its `--join`: it joins by itself as a spare.
+    /// Evidence: it was removed, 3 voters remained, and it came back as a
+    /// learner.
+    Failover,
 }
 
 impl Nemesis {
@@ -185,6 +209,7 @@ impl Nemesis {
             Nemesis::Member => "member",
             Nemesis::Snapshot => "snapshot",
             Nemesis::Bridge => "bridge",
+            Nemesis::Failover => "failover",
         }
     }
 
@@ -192,11 +217,17 @@ impl Nemesis {
     pub fn needs_netns(self) -> bool {
         !matches!(
             self,
-            Nemesis::Kill | Nemesis::Pause | Nemesis::KillAll | Nemesis::Clock | Nemesis::Member | Nemesis::Snapshot
+            Nemesis::Kill
+                | Nemesis::Pause
+                | Nemesis::KillAll
+                | Nemesis::Clock
+                | Nemesis::Member
+                | Nemesis::Snapshot
+                | Nemesis::Failover
         )
     }
 
-    const ALL: [Nemesis; 12] = [
+    const ALL: [Nemesis; 13] = [
         Nemesis::KillAll,
         Nemesis::Kill,
         Nemesis::Partition,
@@ -209,6 +240,7 @@ impl Nemesis {
         Nemesis::Member,
         Nemesis::Snapshot,
         Nemesis::Bridge,
+        Nemesis::Failover,
     ];
 }
 
@@ -939,6 +971,18 @@ pub async fn run(cfg: &RunConfig) -> anyhow::Result<Report> {
     if cfg.nodes < 3 {
         anyhow::bail!("nodes: must be at least 3, not {}", cfg.nodes);
     }
+    let failover = cfg.nemeses.contains(&Nemesis::Failover);
+    if failover && cfg.nodes < 4 {
+        anyhow::bail!(
+            "nemesis: failover needs --nodes 4 or more (3 voters and a spare), not {}",
+            cfg.nodes
+        );
+    }
+    if failover && cfg.nemeses.contains(&Nemesis::Member) {
+        anyhow::bail!(
+            "nemesis: failover and member both change membership (autopilot and an operator); run them apart"
+        );
+    }
     let clock = cfg.nemeses.contains(&Nemesis::Clock);
     if clock && !std::path::Path::new(LIBFAKETIME).exists() {
         anyhow::bail!("nemesis: clock needs {LIBFAKETIME} (Debian's faketime package; scripts/setup.sh installs it)");
@@ -963,6 +1007,9 @@ pub async fn run(cfg: &RunConfig) -> anyhow::Result<Report> {
     if cfg.tls {
         // Every connection, the nodes' own too, with a client certificate.
         extra.push("--client-cert-auth");
+    }
+    if failover {
+        extra.extend(FAILOVER_ARGS);
     }
     let prepare = |n: &mut esf_cluster_tests::Node| {
         if clock {
@@ -1318,6 +1365,14 @@ async fn change_membership(admin: Client, change: MemberChange) -> Result<(), St
 }
 
 /// Voters as the cluster reports them (sorted), through `admin`.
+/// A client of every node but `id`.
+fn client_without(c: &Cluster, id: u64) -> anyhow::Result<Client> {
+    client(&Endpoints {
+        addrs: c.nodes.iter().filter(|n| n.id != id).map(|n| n.grpc.clone()).collect(),
+        opts: c.client_options(),
+    })
+}
+
 async fn voters(admin: &Client) -> Vec<u64> {
     let mut v: Vec<u64> = admin
         .members()
@@ -1368,7 +1423,7 @@ async fn nemesis(
         let mut degraded = false;
         // Strike.
         match kind {
-            Nemesis::Kill => c.node_mut(leader).kill(),
+            Nemesis::Kill | Nemesis::Failover => c.node_mut(leader).kill(),
             Nemesis::KillAll => {
                 for n in c.nodes.iter_mut() {
                     n.kill();
@@ -1547,17 +1602,67 @@ async fn nemesis(
                 }
                 (took, format!("wall clock {offset:+} s; its status read {seen:+} s off"))
             }
-            Nemesis::Member => {
-                let admin_eps = Endpoints {
-                    addrs: c
-                        .nodes
-                        .iter()
-                        .filter(|n| n.id != target)
-                        .map(|n| n.grpc.clone())
-                        .collect(),
-                    opts: c.client_options(),
+            Nemesis::Failover => {
+                let by = new_leader(&c, leader).await;
+                let admin = match client_without(&c, leader) {
+                    Ok(a) => a,
+                    Err(e) => {
+                        errors.push(e.to_string());
+                        continue;
+                    }
                 };
-                let admin = match client(&admin_eps) {
+                drop(c);
+                // Autopilot, alone, removes it.
+                let killed = Instant::now();
+                let deadline = killed + FAILOVER_DEADLINE;
+                let member = |m: &pb::MembersResponse, id: u64| m.members.iter().find(|x| x.id == id).cloned();
+                let mut removed_after = None;
+                while Instant::now() < deadline {
+                    if let Ok(m) = admin.members().await {
+                        if member(&m, leader).is_none() {
+                            removed_after = Some(killed.elapsed());
+                            break;
+                        }
+                    }
+                    tokio::time::sleep(esf_cluster_tests::POLL_INTERVAL).await;
+                }
+                let after = voters(&admin).await;
+                c = cluster.lock().await;
+                if removed_after.is_none() {
+                    errors.push(format!(
+                        "autopilot did not remove node {leader} within {FAILOVER_DEADLINE:?}"
+                    ));
+                }
+                // Wiped, it joins by itself (auto-join) as a spare.
+                let n = c.node_mut(leader);
+                errors.extend(std::fs::remove_dir_all(&n.dir).err().map(|e| format!("wipe: {e}")));
+                n.start(&bin);
+                let deadline = Instant::now() + FAILOVER_DEADLINE;
+                let mut rejoined = false;
+                while removed_after.is_some() && Instant::now() < deadline {
+                    if let Ok(m) = admin.members().await {
+                        if member(&m, leader).is_some_and(|x| !x.voter) {
+                            rejoined = true;
+                            break;
+                        }
+                    }
+                    tokio::time::sleep(esf_cluster_tests::POLL_INTERVAL).await;
+                }
+                if removed_after.is_some() && !rejoined {
+                    errors.push(format!(
+                        "node {leader} did not rejoin as a learner within {FAILOVER_DEADLINE:?}"
+                    ));
+                }
+                (
+                    by != 0 && removed_after.is_some() && after.len() == 3 && rejoined,
+                    format!(
+                        "node {by} led after the kill; autopilot removed node {leader} after {:.1}s, voters {after:?}; wiped, it rejoined as a learner: {rejoined}",
+                        removed_after.unwrap_or_default().as_secs_f64()
+                    ),
+                )
+            }
+            Nemesis::Member => {
+                let admin = match client_without(&c, target) {
                     Ok(a) => a,
                     Err(e) => {
                         errors.push(e.to_string());

@@ -179,6 +179,19 @@ async fn membership_changes_while_the_leader_is_killed_keep_registers_linearizab
     scenario(Workload::Register, vec![Nemesis::Member], 3, 8).await;
 }
 
+/// Autopilot on (3 voters, a spare): killed leaders stay down until
+/// autopilot removes them (promoting the spare), then rejoin wiped as the
+/// next spare, with no operator; registers stay linearizable throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn autopilot_replaces_killed_voters_while_registers_stay_linearizable() {
+    let Some((report, _dir)) = scenario(Workload::Register, vec![Nemesis::Failover], 4, 40).await else {
+        return;
+    };
+    // The second failover, at least, replaced a voter by the spare.
+    let failovers = report.faults.iter().filter(|f| f.contains(" failover node")).count();
+    assert!(failovers >= 2, "{}", report.summary());
+}
+
 /// Scenario 9: every link slow and lossy (netem, or on a kernel without
 /// it a token bucket and random loss): no event lost or duplicated.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

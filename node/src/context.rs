@@ -67,6 +67,41 @@ pub struct Ctx {
     /// (`--client-cert-auth`): its common name names the user of a request
     /// without a token.
     pub client_cert_auth: bool,
+    /// When each registry instance's ttl check was last updated, as the
+    /// meta leader saw it (crate::registry_health).
+    pub ttl_checks: Arc<TtlClock>,
+}
+
+/// When each registry instance's ttl check was last updated: kept by the
+/// meta leader, cleared when it stops leading (crate::registry_health).
+#[derive(Default)]
+pub struct TtlClock(std::sync::Mutex<std::collections::HashMap<(String, String), std::time::Instant>>);
+
+impl TtlClock {
+    /// Notes an update of `i`'s ttl check now.
+    pub fn updated(&self, i: &esf_proto::v1::Instance) {
+        self.lock()
+            .insert((i.service.clone(), i.id.clone()), std::time::Instant::now());
+    }
+
+    /// Since `i`'s last update: from `now` if none is known (a new
+    /// registration, or a new leader).
+    pub(crate) fn since_update(&self, i: &esf_proto::v1::Instance, now: std::time::Instant) -> std::time::Duration {
+        let at = *self.lock().entry((i.service.clone(), i.id.clone())).or_insert(now);
+        now.saturating_duration_since(at)
+    }
+
+    pub(crate) fn retain(&self, live: &std::collections::HashSet<(String, String)>) {
+        self.lock().retain(|k, _| live.contains(k));
+    }
+
+    pub(crate) fn clear(&self) {
+        self.lock().clear();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<(String, String), std::time::Instant>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// Where a request came from.

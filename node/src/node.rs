@@ -101,6 +101,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         snapshots_in_progress: Arc::new(tokio::sync::Semaphore::new(1)),
         auth_token_ttl: Duration::from_secs(cfg.auth_token_ttl_secs),
         client_cert_auth: cfg.client_cert_auth,
+        ttl_checks: Default::default(),
     };
 
     // A node with data takes Raft traffic at once; one without waits for

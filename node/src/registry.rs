@@ -82,14 +82,40 @@ pub const MAX_CHECK_OUTPUT_BYTES: usize = 256;
 /// Checks a health check and fills in its defaults.
 pub fn check_health_check(c: &mut pb::HealthCheck) -> Result<()> {
     const F: &str = "instance.check";
-    if !matches!(c.kind.as_str(), "tcp" | "http" | "grpc") {
+    if !matches!(c.kind.as_str(), "tcp" | "http" | "grpc" | "ttl") {
         return Err(Error::invalid(
             &format!("{F}.kind"),
             format!(
-                "{:?} is not one of tcp, http, grpc (for time-to-live liveness bind the instance to a lease)",
+                "{:?} is not one of tcp, http, grpc, ttl (to remove an instance whose keep-alives stop, bind it to a lease)",
                 c.kind
             ),
         ));
+    }
+    if c.kind == "ttl" {
+        for (field, value) in [("target", &c.target), ("grpc_service", &c.grpc_service)] {
+            if !value.is_empty() {
+                return Err(Error::invalid(
+                    &format!("{F}.{field}"),
+                    "a ttl check has none (the instance reports its status with CheckUpdate)",
+                ));
+            }
+        }
+        if c.ttl_ms == 0 {
+            return Err(Error::invalid(&format!("{F}.ttl_ms"), "is required for a ttl check"));
+        }
+        if !CHECK_INTERVAL_RANGE_MS.contains(&c.ttl_ms) {
+            return Err(Error::invalid(
+                &format!("{F}.ttl_ms"),
+                format!("{} is outside {CHECK_INTERVAL_RANGE_MS:?}", c.ttl_ms),
+            ));
+        }
+        // Nothing is probed: the leader looks at it every scan.
+        c.interval_ms = 0;
+        c.timeout_ms = 0;
+        return Ok(());
+    }
+    if c.ttl_ms != 0 {
+        return Err(Error::invalid(&format!("{F}.ttl_ms"), "is only for a ttl check"));
     }
     check_text(&format!("{F}.target"), &c.target, MAX_ADDRESS_BYTES, true)?;
     if c.target.chars().any(char::is_whitespace) {
@@ -139,6 +165,19 @@ pub fn check_health_check(c: &mut pb::HealthCheck) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// Validates a CheckUpdate: the status and output an instance reports.
+pub fn check_update(r: &pb::CheckUpdateRequest) -> Result<()> {
+    check_name("service", &r.service, false)?;
+    check_name("id", &r.id, true)?;
+    if !matches!(r.status.as_str(), "passing" | "critical") {
+        return Err(Error::invalid(
+            "status",
+            format!("{:?} is not passing or critical", r.status),
+        ));
+    }
+    check_text("output", &r.output, MAX_CHECK_OUTPUT_BYTES, false)
 }
 
 /// Validates an instance to register; every error names its field.

@@ -11,6 +11,17 @@
 //! registration or revives a deregistered instance. A new registration
 //! starts `critical` ("not checked yet") until its first probe.
 //!
+//! A `ttl` check is not probed: the instance reports its status with
+//! `CheckUpdate`, which the meta leader serves (followers forward it). The
+//! leader keeps the time of each instance's last update in memory
+//! ([`crate::context::TtlClock`], a monotonic clock: no wall time crosses nodes) and writes
+//! through Raft only when the status or a critical output changes; a scan
+//! that finds an update older than the ttl writes critical ("ttl expired").
+//! A new leader knows no update yet, so it counts every ttl from when it
+//! first sees the instance (as etcd renews leases on a leader change): an
+//! instance may stay passing up to one ttl longer across a leader change,
+//! never shorter.
+//!
 //! Why the leader and not the node a registration came through (Consul's
 //! agent model): every instance keeps being checked whichever node dies,
 //! with no owner to hand over, and a status change is a local proposal.
@@ -51,6 +62,7 @@ pub async fn run(ctx: Ctx, mut stop: watch::Receiver<bool>) {
         }
         if !ctx.meta.raft().is_leader() {
             probed.clear();
+            ctx.ttl_checks.clear();
             continue;
         }
         let r = convert::read_all(registry::instances(None), false);
@@ -58,12 +70,26 @@ pub async fn run(ctx: Ctx, mut stop: watch::Receiver<bool>) {
             continue;
         };
         let now = Instant::now();
-        let due: Vec<pb::Instance> = res
-            .kvs
+        let instances: Vec<pb::Instance> = res.kvs.iter().map(registry::instance).collect();
+        for i in &instances {
+            let Some(c) = i.check.as_ref().filter(|c| c.kind == "ttl") else {
+                continue;
+            };
+            let ttl = Duration::from_millis(u64::from(c.ttl_ms));
+            let since = ctx.ttl_checks.since_update(i, now);
+            if since > ttl && i.health != "critical" {
+                let output = format!("ttl of {ttl:?} expired: no CheckUpdate for {:.1}s", since.as_secs_f64());
+                record(&ctx, i, "critical", output).await;
+            }
+        }
+        let due: Vec<pb::Instance> = instances
             .iter()
-            .map(registry::instance)
+            .cloned()
             .filter(|i| {
                 let Some(c) = &i.check else { return false };
+                if c.kind == "ttl" {
+                    return false;
+                }
                 let key = (i.service.clone(), i.id.clone(), i.revision);
                 probed
                     .get(&key)
@@ -77,6 +103,7 @@ pub async fn run(ctx: Ctx, mut stop: watch::Receiver<bool>) {
             .map(|i| (i.service, i.id))
             .collect();
         probed.retain(|(s, i, _), _| live.contains(&(s.clone(), i.clone())));
+        ctx.ttl_checks.retain(&live);
         let results: Vec<(pb::Instance, Result<(), String>)> = futures::stream::iter(due)
             .map(|i| async move {
                 let outcome = probe(i.check.as_ref().expect("filtered on a check")).await;
@@ -109,7 +136,7 @@ fn cut(s: &str) -> String {
 }
 
 /// Writes `i`'s new health if its registration is still the one probed.
-async fn record(ctx: &Ctx, i: &pb::Instance, health: &str, output: String) {
+pub async fn record(ctx: &Ctx, i: &pb::Instance, health: &str, output: String) {
     let key = registry::instance_key(&i.service, &i.id);
     let stored = pb::Instance {
         lease: 0,
@@ -220,6 +247,7 @@ async fn grpc_health(target: &str, service: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::context::TtlClock;
 
     fn check(kind: &str, target: String) -> pb::HealthCheck {
         pb::HealthCheck {
@@ -228,6 +256,7 @@ mod tests {
             grpc_service: String::new(),
             interval_ms: 1000,
             timeout_ms: 1000,
+            ttl_ms: 0,
         }
     }
 
@@ -255,10 +284,60 @@ mod tests {
     }
 
     #[test]
+    fn a_ttl_clock_counts_from_the_last_update_or_from_first_sight() {
+        let clock = TtlClock::default();
+        let i = pb::Instance {
+            service: "web".into(),
+            id: "w1".into(),
+            ..Default::default()
+        };
+        let t0 = Instant::now();
+        // Never updated (a new leader): counted from first sight.
+        assert_eq!(clock.since_update(&i, t0), Duration::ZERO);
+        assert_eq!(
+            clock.since_update(&i, t0 + Duration::from_secs(3)),
+            Duration::from_secs(3)
+        );
+        clock.updated(&i);
+        assert!(clock.since_update(&i, Instant::now()) < Duration::from_secs(1));
+        clock.retain(&std::collections::HashSet::new());
+        assert_eq!(clock.since_update(&i, t0 + Duration::from_secs(9)), Duration::ZERO);
+    }
+
+    #[test]
     fn bad_checks_name_their_field() {
-        let mut c = check("ttl", "x:1".into());
+        let mut c = check("script", "x:1".into());
         let e = registry::check_health_check(&mut c).unwrap_err().to_string();
         assert!(e.contains("instance.check.kind") && e.contains("lease"), "{e}");
+        let mut c = check("ttl", "x:1".into());
+        let e = registry::check_health_check(&mut c).unwrap_err().to_string();
+        assert!(e.contains("instance.check.target"), "{e}");
+        let mut c = check("ttl", String::new());
+        let e = registry::check_health_check(&mut c).unwrap_err().to_string();
+        assert!(e.contains("instance.check.ttl_ms") && e.contains("required"), "{e}");
+        c.ttl_ms = 10;
+        let e = registry::check_health_check(&mut c).unwrap_err().to_string();
+        assert!(e.contains("instance.check.ttl_ms") && e.contains("outside"), "{e}");
+        c.ttl_ms = 5_000;
+        registry::check_health_check(&mut c).expect("a ttl check");
+        assert_eq!((c.interval_ms, c.timeout_ms), (0, 0), "nothing is probed");
+        let mut c = check("tcp", "a:1".into());
+        c.ttl_ms = 5_000;
+        let e = registry::check_health_check(&mut c).unwrap_err().to_string();
+        assert!(e.contains("instance.check.ttl_ms"), "{e}");
+        let update = |status: &str, output: &str| pb::CheckUpdateRequest {
+            service: "web".into(),
+            id: "w1".into(),
+            status: status.into(),
+            output: output.into(),
+        };
+        registry::check_update(&update("passing", "")).expect("passing");
+        let e = registry::check_update(&update("warning", "")).unwrap_err().to_string();
+        assert!(e.contains("status"), "{e}");
+        let e = registry::check_update(&update("critical", &"x".repeat(300)))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("output"), "{e}");
         let mut c = check("http", "https://a:1/".into());
         assert!(
             registry::check_health_check(&mut c)

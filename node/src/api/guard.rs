@@ -84,6 +84,7 @@ pub const RULES: &[(&str, Rule)] = &[
     ("/esf.v1.Lease/TimeToLive", Rule::Checked),
     ("/esf.v1.Registry/Register", Rule::Checked),
     ("/esf.v1.Registry/Deregister", Rule::Checked),
+    ("/esf.v1.Registry/CheckUpdate", Rule::Checked),
     ("/esf.v1.Registry/Lookup", Rule::Checked),
     ("/esf.v1.Registry/ListServices", Rule::Checked),
     ("/esf.v1.Registry/Watch", Rule::Checked),

@@ -110,6 +110,56 @@ impl pb::registry_server::Registry for RegistryService {
         }
     }
 
+    async fn check_update(
+        &self,
+        req: Request<pb::CheckUpdateRequest>,
+    ) -> Result<Response<pb::CheckUpdateResponse>, Status> {
+        let msg = req.get_ref().clone();
+        registry::check_update(&msg)?;
+        // Reporting an instance's health is writing its registration.
+        Authz::of(&self.0, &req).require_name(Resource::Service, Need::Write, &msg.service)?;
+        // Only the leader times ttl checks; a follower forwards.
+        if !self.0.meta.raft().is_leader() {
+            let e = self.0.meta.not_leader_error();
+            forward_or!(self.0, RegistryStub, req, e, check_update, msg);
+        }
+        let key = registry::instance_key(&msg.service, &msg.id);
+        let r = convert::read_all(KeyRange::Key(key), false);
+        let (h, res) = match self.0.meta.range(&r, consistency(false)).await {
+            Ok(v) => v,
+            Err(e) => forward_or!(self.0, RegistryStub, req, e, check_update, msg),
+        };
+        let Some(inst) = res.kvs.first().map(registry::instance) else {
+            return Err(Error::NotFound(format!("instance {}/{} is not registered", msg.service, msg.id)).into());
+        };
+        if inst.check.as_ref().is_none_or(|c| c.kind != "ttl") {
+            return Err(Error::Precondition(format!(
+                "instance {}/{} has no ttl check (its check is {})",
+                msg.service,
+                msg.id,
+                inst.check.as_ref().map_or("none", |c| c.kind.as_str())
+            ))
+            .into());
+        }
+        self.0.ttl_checks.updated(&inst);
+        let output = if msg.status == "passing" {
+            String::new()
+        } else {
+            msg.output.clone()
+        };
+        if inst.health == msg.status && inst.health_output == output {
+            return Ok(Response::new(pb::CheckUpdateResponse {
+                header: Some(convert::header(h)),
+                health: inst.health,
+            }));
+        }
+        crate::registry_health::record(&self.0, &inst, &msg.status, output).await;
+        Ok(Response::new(pb::CheckUpdateResponse {
+            header: Some(self.0.meta_header()),
+            health: msg.status,
+        }))
+    }
+
     async fn lookup(&self, req: Request<pb::LookupRequest>) -> Result<Response<pb::LookupResponse>, Status> {
         let msg = req.get_ref().clone();
         registry::check_name("service", &msg.service, false)?;

@@ -33,8 +33,12 @@ pub(super) enum RegistryCmd {
         check_http: Option<String>,
         /// Health check: passing while grpc.health.v1 at HOST:PORT answers
         /// SERVING (for --check-grpc-service, default the server as a whole).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "check_ttl_ms")]
         check_grpc: Option<String>,
+        /// Health check: the instance reports its status (`esf registry
+        /// pass` / `fail`) at least every this many ms, else it is critical.
+        #[arg(long, conflicts_with_all = ["check_tcp", "check_http"])]
+        check_ttl_ms: Option<u32>,
         /// The service the gRPC health check asks about.
         #[arg(long, default_value = "")]
         check_grpc_service: String,
@@ -47,6 +51,16 @@ pub(super) enum RegistryCmd {
     },
     /// Remove an instance.
     Deregister { service: String, id: String },
+    /// Report an instance's ttl check passing (it holds for the ttl).
+    Pass { service: String, id: String },
+    /// Report an instance's ttl check critical, with why.
+    Fail {
+        service: String,
+        id: String,
+        /// Why (at most 256 bytes; the check's output).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
     /// Services with at least one instance.
     List,
     /// Instances of a service (with every --tag given).
@@ -71,7 +85,7 @@ pub(super) enum RegistryCmd {
 }
 
 pub(super) fn instance_json(i: &pb::Instance) -> Value {
-    json!({"service": i.service, "id": i.id, "address": i.address, "tags": i.tags, "metadata": i.metadata, "lease": i.lease, "revision": i.revision, "health": i.health, "health_output": i.health_output, "check": i.check.as_ref().map(|c| json!({"kind": c.kind, "target": c.target, "grpc_service": c.grpc_service, "interval_ms": c.interval_ms, "timeout_ms": c.timeout_ms}))})
+    json!({"service": i.service, "id": i.id, "address": i.address, "tags": i.tags, "metadata": i.metadata, "lease": i.lease, "revision": i.revision, "health": i.health, "health_output": i.health_output, "check": i.check.as_ref().map(|c| json!({"kind": c.kind, "target": c.target, "grpc_service": c.grpc_service, "interval_ms": c.interval_ms, "timeout_ms": c.timeout_ms, "ttl_ms": c.ttl_ms}))})
 }
 
 pub(super) fn instance_line(i: &pb::Instance) -> String {
@@ -112,6 +126,7 @@ pub(super) async fn registry(c: Client, out: Output, cmd: RegistryCmd) -> anyhow
             check_grpc_service,
             check_interval_ms,
             check_timeout_ms,
+            check_ttl_ms,
         } => {
             let check = [("tcp", check_tcp), ("http", check_http), ("grpc", check_grpc)]
                 .into_iter()
@@ -122,7 +137,13 @@ pub(super) async fn registry(c: Client, out: Output, cmd: RegistryCmd) -> anyhow
                     grpc_service: check_grpc_service.clone(),
                     interval_ms: check_interval_ms,
                     timeout_ms: check_timeout_ms,
-                });
+                    ttl_ms: 0,
+                })
+                .or(check_ttl_ms.map(|ttl_ms| pb::HealthCheck {
+                    kind: "ttl".into(),
+                    ttl_ms,
+                    ..Default::default()
+                }));
             let mut meta = std::collections::HashMap::new();
             for m in metadata {
                 let Some((k, v)) = m.split_once('=') else {
@@ -221,6 +242,8 @@ pub(super) async fn registry(c: Client, out: Output, cmd: RegistryCmd) -> anyhow
                 },
             );
         }
+        RegistryCmd::Pass { service, id } => check_update(&c, out, &service, &id, "passing", "").await?,
+        RegistryCmd::Fail { service, id, reason } => check_update(&c, out, &service, &id, "critical", &reason).await?,
         RegistryCmd::List => {
             let r = c.list_services().await?;
             let v = json!({"header": header_json(&r.header), "services": r.services.iter().map(|s| json!({"name": s.name, "instances": s.instances})).collect::<Vec<_>>()});
@@ -274,5 +297,22 @@ pub(super) async fn registry(c: Client, out: Output, cmd: RegistryCmd) -> anyhow
             }
         }
     }
+    Ok(())
+}
+
+async fn check_update(
+    c: &Client,
+    out: Output,
+    service: &str,
+    id: &str,
+    status: &str,
+    output: &str,
+) -> anyhow::Result<()> {
+    let r = c.check_update(service, id, status, output).await?;
+    print(
+        out,
+        &json!({"service": service, "id": id, "health": r.health, "header": header_json(&r.header)}),
+        || format!("{service}/{id} {}\n", r.health),
+    );
     Ok(())
 }

@@ -98,6 +98,9 @@ pub struct Seen {
     pub alive: bool,
     /// A check of it is critical.
     pub critical: bool,
+    /// Its storage or disk check is critical (why): it steps back from
+    /// leading (crate::health), which the leader records.
+    pub sick: Option<String>,
     /// Since the leader last heard from it (None: never, or it is the leader).
     pub contact_age: Option<Duration>,
     /// Entries of the leader's log it lacks.
@@ -197,6 +200,8 @@ impl Tracker {
 /// Runs until `stop`; acts only while this node leads meta.
 pub async fn run(ctx: Ctx, gossip: Arc<Gossip>, s: Settings, mut stop: watch::Receiver<bool>) {
     let mut tracker = Tracker::default();
+    // Nodes the leader has recorded as stepping back for a sick disk.
+    let mut sick: BTreeSet<u64> = BTreeSet::new();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(s.interval) => {}
@@ -206,6 +211,7 @@ pub async fn run(ctx: Ctx, gossip: Arc<Gossip>, s: Settings, mut stop: watch::Re
         let me = ctx.meta.node_id();
         if !raft.is_leader() {
             tracker = Tracker::default();
+            sick.clear();
             continue;
         }
         // Nothing while a membership change is in flight (joint, or not
@@ -220,6 +226,32 @@ pub async fn run(ctx: Ctx, gossip: Arc<Gossip>, s: Settings, mut stop: watch::Re
         }
         let members = look(&ctx, &gossip).await;
         metrics::counter!("esf_autopilot_looks_total").increment(1);
+        // The sick nodes' own step-back (crate::health) goes in the audit
+        // trail through the leader, which sees their checks in gossip.
+        for (id, m) in &members {
+            match (&m.sick, sick.contains(id)) {
+                (Some(why), false) if m.alive => {
+                    sick.insert(*id);
+                    let why = format!(
+                        "{why}; it hands its leadership to a voter with a healthy disk, if one is alive, and leads nothing until the check passes"
+                    );
+                    info!(node = id, why = %why, "autopilot: a node steps back from leading");
+                    record(&ctx, "evacuate", *id, &why).await;
+                }
+                (None, true) if m.alive => {
+                    sick.remove(id);
+                    record(
+                        &ctx,
+                        "return",
+                        *id,
+                        "its storage and disk checks are no longer critical",
+                    )
+                    .await;
+                }
+                _ => {}
+            }
+        }
+        sick.retain(|id| members.contains_key(id));
         let Some(action) = tracker.decide(&s, me, &members, Instant::now()) else {
             continue;
         };
@@ -263,15 +295,23 @@ async fn look(ctx: &Ctx, gossip: &Gossip) -> BTreeMap<u64, Seen> {
                 .as_ref()
                 .and_then(|h| h.get(id).cloned().flatten())
                 .map(|t| t.elapsed());
-            let critical = peer
+            let decoded = peer
                 .and_then(|p| p.state.get(keys::CHECKS))
-                .is_some_and(|t| checks::decode(t).iter().any(|c| c.status == Status::Critical));
+                .map(|t| checks::decode(t))
+                .unwrap_or_default();
+            let critical = decoded.iter().any(|c| c.status == Status::Critical);
+            let sick = decoded
+                .iter()
+                .filter(|c| c.status == Status::Critical && (c.name == "storage" || c.name == "disk"))
+                .map(|c| format!("{} check critical: {}", c.name, c.reason))
+                .next();
             (
                 *id,
                 Seen {
                     voter: voters.contains(id),
                     alive: peer.is_some_and(|p| p.alive),
                     critical,
+                    sick,
                     contact_age: if *id == m.id { Some(Duration::ZERO) } else { contact_age },
                     trailing: if *id == m.id { 0 } else { last.saturating_sub(matched) },
                 },
@@ -312,6 +352,7 @@ mod tests {
             voter: true,
             alive,
             critical: false,
+            sick: None,
             contact_age: Some(Duration::from_secs(contact)),
             trailing: 0,
         }
@@ -322,6 +363,7 @@ mod tests {
             voter: false,
             alive,
             critical: false,
+            sick: None,
             contact_age: Some(Duration::ZERO),
             trailing,
         }
