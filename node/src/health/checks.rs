@@ -241,11 +241,13 @@ impl Checker {
     }
 }
 
-/// This process's resident memory, from /proc/self/statm.
+/// This process's resident memory, from VmRSS in /proc/self/status (in
+/// kB there, whatever the page size).
 pub fn resident_bytes() -> Option<u64> {
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages * 4096)
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }
 
 /// The worst status of `checks` (passing when there are none).
@@ -292,6 +294,17 @@ pub fn decode(text: &str) -> Vec<Check> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resident_memory_grows_with_what_is_touched() {
+        let before = resident_bytes().expect("VmRSS");
+        assert!(before > 1 << 20, "{before}");
+        // 64 MiB written page by page is resident.
+        let touched = vec![1u8; 64 << 20];
+        let after = resident_bytes().expect("VmRSS");
+        assert!(after >= before + (48 << 20), "{before} -> {after}");
+        assert_eq!(touched.iter().map(|b| u64::from(*b)).sum::<u64>(), 64 << 20);
+    }
 
     #[test]
     fn checks_survive_their_gossip_encoding() {
