@@ -2313,22 +2313,11 @@ async fn five_nodes_keep_three_replicas_and_forward_to_them() {
     );
 }
 
-/// A network-namespace cluster, or why not: SKIPPED outside CI, a failure
-/// under CI (where every scenario must run).
-fn netns_or_skip(n: u64) -> Option<esf_cluster_tests::netns::Net> {
-    match esf_cluster_tests::netns::Net::create(n) {
-        Ok(net) => Some(net),
-        Err(why) if std::env::var("CI").as_deref() != Ok("true") => {
-            eprintln!("SKIPPED: {why}");
-            None
-        }
-        Err(why) => panic!("SKIPPED under CI counts as a failure: {why}"),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_isolated_leader_acknowledges_nothing_and_is_replaced() {
-    let Some(net) = netns_or_skip(3) else { return };
+    let Some(net) = esf_cluster_tests::netns::Net::create_or_skip(3) else {
+        return;
+    };
     let bin = esf_bin();
     let c = Cluster::start_in(&bin, 3, net);
     let leader = c.wait_ready().await;

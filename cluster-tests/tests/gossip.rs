@@ -435,19 +435,6 @@ async fn a_dead_voter_is_replaced_by_a_spare_that_joined_by_itself() {
     );
 }
 
-/// A network-namespace cluster, or why not: SKIPPED outside CI, a failure
-/// under CI (where every scenario must run).
-fn netns_or_skip(n: u64) -> Option<esf_cluster_tests::netns::Net> {
-    match esf_cluster_tests::netns::Net::create(n) {
-        Ok(net) => Some(net),
-        Err(why) if std::env::var("CI").as_deref() != Ok("true") => {
-            eprintln!("SKIPPED: {why}");
-            None
-        }
-        Err(why) => panic!("SKIPPED under CI counts as a failure: {why}"),
-    }
-}
-
 /// Counter `name` in node `id`'s /metrics (0 if absent).
 fn counter(c: &Cluster, id: u64, name: &str) -> f64 {
     let (_, m) = c.node(id).admin_get("/metrics");
@@ -472,7 +459,9 @@ fn voters_of(m: &pb::MembersResponse) -> Vec<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partitioned_voter_that_heals_in_time_stays_and_one_that_does_not_is_removed_once() {
-    let Some(net) = netns_or_skip(4) else { return };
+    let Some(net) = esf_cluster_tests::netns::Net::create_or_skip(4) else {
+        return;
+    };
     let mut args = FAST_AUTOPILOT.to_vec();
     args.extend(["--autopilot-voters", "3"]);
     let c = Cluster::create(&esf_bin(), 4, Some(net), &args, &|_| {});
@@ -537,7 +526,9 @@ async fn a_partitioned_voter_that_heals_in_time_stays_and_one_that_does_not_is_r
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lossy_slow_link_is_not_a_dead_node() {
-    let Some(net) = netns_or_skip(3) else { return };
+    let Some(net) = esf_cluster_tests::netns::Net::create_or_skip(3) else {
+        return;
+    };
     let c = Cluster::create(&esf_bin(), 3, Some(net), &FAST_AUTOPILOT, &|_| {});
     let leader = c.wait_ready().await;
     wait_view(&c, leader, "a healthy cluster", |h| h.status == "healthy").await;
