@@ -13,6 +13,7 @@ use esf_proto::v1 as pb;
 use esf_proto::wire::MAX_RESPONSE_BYTES;
 use esf_raft::command::{Command, OpResult};
 use esf_raft::group::MetaGroup;
+use esf_raft::openraft::async_runtime::WatchReceiver;
 use tonic::Request;
 use tonic::transport::Channel;
 
@@ -185,7 +186,8 @@ impl Ctx {
     pub async fn write(&self, cmd: Command) -> Result<(pb::ResponseHeader, OpResult)> {
         // A follower forwards (its leader's disk decides); a leader low on
         // disk refuses until its leadership has moved.
-        self.disk.refuse_write(|| self.meta.raft().is_leader())?;
+        self.disk
+            .refuse_write(|| self.meta.raft().metrics().borrow_watched().clone())?;
         let (h, resp) = self.meta.write(cmd).await?;
         Ok((crate::convert::header(h), resp.result))
     }

@@ -14,6 +14,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use esf_raft::openraft::RaftMetrics;
+use esf_raft::types::TypeConfig;
+
 use crate::error::{Error, Result};
 
 /// Free space of the file system holding one directory.
@@ -39,6 +42,12 @@ pub struct DiskGuard {
 pub fn space(dir: &Path) -> std::io::Result<(u64, u64)> {
     let st = rustix::fs::statvfs(dir)?;
     Ok((st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize))
+}
+
+/// Whether the node these metrics describe leads, or may lead (it knows
+/// no leader other than itself).
+pub fn may_lead(m: &RaftMetrics<TypeConfig>) -> bool {
+    m.state.is_leader() || m.current_leader.is_none_or(|l| l == m.id)
 }
 
 impl DiskGuard {
@@ -144,11 +153,15 @@ impl DiskGuard {
         })
     }
 
-    /// RESOURCE_EXHAUSTED for a write this node would lead while it is
-    /// low: `leads` says whether it leads the group (asked only when low;
-    /// a follower forwards, and its leader's disk decides).
-    pub fn refuse_write(&self, leads: impl FnOnce() -> bool) -> Result<()> {
-        if self.is_low() && leads() {
+    /// RESOURCE_EXHAUSTED for a write this node may lead while it is low:
+    /// `metrics` of the group it would go to (asked only when low). A
+    /// follower that knows another leader forwards, and that leader's disk
+    /// decides; a node that leads, or knows no leader (an election in
+    /// progress, after which it may lead), refuses. Metrics lag openraft's
+    /// own state by a moment, so "not a leader" alone is not enough: a
+    /// lone node just elected would let a write through.
+    pub fn refuse_write(&self, metrics: impl FnOnce() -> RaftMetrics<TypeConfig>) -> Result<()> {
+        if self.is_low() && may_lead(&metrics()) {
             return self.refuse_if_low();
         }
         Ok(())
@@ -196,6 +209,24 @@ mod tests {
         assert!(!g.is_low() && g.refuse_if_low().is_ok());
         assert!(g.set_sick(None));
         assert_eq!(g.leadership_refusal(), None);
+    }
+
+    #[test]
+    fn a_low_node_refuses_unless_it_knows_another_leader() {
+        let g = DiskGuard::new(Path::new("/data"), 100);
+        g.observe(0, 1000);
+        // Just started or mid-election: no leader known, it may lead next.
+        let mut m = RaftMetrics::<TypeConfig>::new_initial(1);
+        assert!(g.refuse_write(|| m.clone()).is_err());
+        // Its metrics name it leader before they say Leader: still refused.
+        m.current_leader = Some(1);
+        assert!(g.refuse_write(|| m.clone()).is_err());
+        // A follower of node 2 forwards; node 2's disk decides.
+        m.current_leader = Some(2);
+        assert!(g.refuse_write(|| m.clone()).is_ok());
+        // Not low: nothing is refused, and the metrics are not even read.
+        let fine = DiskGuard::new(Path::new("/data"), 100);
+        assert!(fine.refuse_write(|| unreachable!("metrics read while not low")).is_ok());
     }
 
     #[test]

@@ -17,6 +17,7 @@ use esf_proto::v1 as pb;
 use esf_raft::command::{AppendRequest, Command, ExpectedVersion, NewEvent, Op, OpResult};
 use esf_raft::events::store::{Direction, EventRecord};
 use esf_raft::events::{MAX_APPEND_EVENTS, PartitionGroup};
+use esf_raft::openraft::async_runtime::WatchReceiver;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 
@@ -442,7 +443,9 @@ impl Events<'_> {
             events,
         }));
         // A leader low on disk refuses until its leadership has moved.
-        self.0.disk.refuse_write(|| p.raft().is_leader())?;
+        self.0
+            .disk
+            .refuse_write(|| p.raft().metrics().borrow_watched().clone())?;
         match p.write(cmd).await {
             Ok(resp) => match resp.result {
                 OpResult::Appended {
@@ -676,7 +679,9 @@ impl Events<'_> {
             expected,
         });
         // A leader low on disk refuses until its leadership has moved.
-        self.0.disk.refuse_write(|| p.raft().is_leader())?;
+        self.0
+            .disk
+            .refuse_write(|| p.raft().metrics().borrow_watched().clone())?;
         match p.write(cmd).await {
             Ok(resp) => match resp.result {
                 OpResult::StreamDeleted { version } => Ok(pb::DeleteStreamResponse {
