@@ -7,7 +7,9 @@
 //! generation, its checks, the groups it leads; overall
 //!
 //! - `unavailable`: this node is not a member, knows no meta leader, or
-//!   fewer than a quorum of meta voters are alive;
+//!   fewer than a quorum of meta voters are alive or not yet seen by
+//!   gossip (a voter gossip has never heard from is not counted dead, so
+//!   a cluster just started reads degraded, not unavailable);
 //! - `degraded`: a member is dead or not yet seen, a check of any member
 //!   is warning or critical, or a group this node holds has no leader;
 //! - `healthy` otherwise;
@@ -292,6 +294,9 @@ impl Health {
         let mut reasons = Vec::new();
         let mut nodes = Vec::new();
         let mut alive = BTreeSet::new();
+        // Members gossip has not heard from yet (just started, or gossip
+        // not running): not known dead, so they may still make a quorum.
+        let mut unseen = BTreeSet::new();
         for (id, n) in membership.nodes() {
             let peer = view.get(id);
             let is_self = *id == me;
@@ -300,8 +305,14 @@ impl Health {
                 Some(p) => p.liveness(),
                 None => "unknown",
             };
-            if liveness == "alive" {
-                alive.insert(*id);
+            match liveness {
+                "alive" => {
+                    alive.insert(*id);
+                }
+                "unknown" => {
+                    unseen.insert(*id);
+                }
+                _ => {}
             }
             let checks = if is_self {
                 self.local_checks()
@@ -388,24 +399,19 @@ impl Health {
             if gv.is_empty() {
                 continue;
             }
-            let quorum = gv.len() / 2 + 1;
-            let live = gv.iter().filter(|v| alive.contains(v)).count();
             let name = if *g == META_GROUP {
                 "meta group".to_string()
             } else {
                 format!("partition {g}")
             };
-            if live < quorum {
-                let r = format!("{name}: {live} of {} voters alive, quorum is {quorum}", gv.len());
-                if *g == META_GROUP {
-                    unavailable.push(r);
-                } else {
-                    reasons.push(r);
-                }
-            } else if !has_leader {
-                reasons.push(format!("{name} has no leader"));
+            let q = quorum(&name, gv, &alive, &unseen);
+            match q.verdict {
+                Verdict::Lost(r) if *g == META_GROUP => unavailable.push(r),
+                Verdict::Lost(r) | Verdict::Unconfirmed(r) => reasons.push(r),
+                Verdict::Held if !has_leader => reasons.push(format!("{name} has no leader")),
+                Verdict::Held => {}
             }
-            tolerance = tolerance.min(live.saturating_sub(quorum) as u32);
+            tolerance = tolerance.min(q.tolerance);
         }
         if membership.get_node(&me).is_none() {
             unavailable.push("this node is not a member of a cluster".to_string());
@@ -427,6 +433,50 @@ impl Health {
             failure_tolerance: if tolerance == u32::MAX { 0 } else { tolerance },
             nodes,
         }
+    }
+}
+
+/// What gossip says of one group's quorum.
+#[derive(Debug, PartialEq)]
+enum Verdict {
+    /// A quorum of its voters is alive.
+    Held,
+    /// Too few alive, but enough not heard from yet (just started) that a
+    /// quorum may be: degraded, not unavailable.
+    Unconfirmed(String),
+    /// Fewer than a quorum alive or unknown: the rest are dead.
+    Lost(String),
+}
+
+#[derive(Debug, PartialEq)]
+struct Quorum {
+    verdict: Verdict,
+    /// How many more voters may fail (counting only those seen alive).
+    tolerance: u32,
+}
+
+/// The quorum of a group named `name` with `voters`, of which gossip sees
+/// `alive` alive and has not heard from `unseen` yet.
+fn quorum(name: &str, voters: &BTreeSet<u64>, alive: &BTreeSet<u64>, unseen: &BTreeSet<u64>) -> Quorum {
+    let need = voters.len() / 2 + 1;
+    let live = voters.intersection(alive).count();
+    let maybe = live + voters.intersection(unseen).count();
+    let verdict = if maybe < need {
+        Verdict::Lost(format!(
+            "{name}: {live} of {} voters alive, quorum is {need}",
+            voters.len()
+        ))
+    } else if live < need {
+        Verdict::Unconfirmed(format!(
+            "{name}: {live} of {} voters seen alive by gossip, quorum is {need}",
+            voters.len()
+        ))
+    } else {
+        Verdict::Held
+    };
+    Quorum {
+        verdict,
+        tolerance: live.saturating_sub(need) as u32,
     }
 }
 
@@ -470,5 +520,48 @@ impl From<ClusterHealth> for pb::ClusterHealthResponse {
                 })
                 .collect(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(ids: &[u64]) -> BTreeSet<u64> {
+        ids.iter().copied().collect()
+    }
+
+    #[test]
+    fn voters_gossip_has_not_heard_yet_are_not_counted_dead() {
+        let voters = set(&[1, 2, 3]);
+        // Just started: only itself seen, the others not heard from yet.
+        let q = quorum("meta group", &voters, &set(&[1]), &set(&[2, 3]));
+        assert_eq!(
+            q.verdict,
+            Verdict::Unconfirmed("meta group: 1 of 3 voters seen alive by gossip, quorum is 2".into())
+        );
+        assert_eq!(q.tolerance, 0);
+        // One more heard from: the quorum holds, with no voter to spare.
+        let q = quorum("meta group", &voters, &set(&[1, 2]), &set(&[3]));
+        assert_eq!((q.verdict, q.tolerance), (Verdict::Held, 0));
+        let q = quorum("meta group", &voters, &set(&[1, 2, 3]), &set(&[]));
+        assert_eq!((q.verdict, q.tolerance), (Verdict::Held, 1));
+    }
+
+    #[test]
+    fn dead_voters_lose_the_quorum() {
+        let voters = set(&[1, 2, 3]);
+        // 2 and 3 known dead (neither alive nor unseen).
+        let q = quorum("partition 4", &voters, &set(&[1]), &set(&[]));
+        assert_eq!(
+            q.verdict,
+            Verdict::Lost("partition 4: 1 of 3 voters alive, quorum is 2".into())
+        );
+        // One dead, one unseen: still a possible quorum.
+        let q = quorum("partition 4", &voters, &set(&[1]), &set(&[3]));
+        assert!(matches!(q.verdict, Verdict::Unconfirmed(_)), "{q:?}");
+        // Members that are not voters of the group do not count.
+        let q = quorum("partition 4", &voters, &set(&[1, 7, 8]), &set(&[9]));
+        assert!(matches!(q.verdict, Verdict::Lost(_)), "{q:?}");
     }
 }
