@@ -469,6 +469,43 @@ async fn a_removed_member_learns_it_refuses_clients_and_will_not_start_again() {
     );
 }
 
+/// A member paused (SIGSTOP) through its removal never receives the entry
+/// that removed it: resumed, it still believes it is a voter and stands
+/// for election in ever higher terms. It learns it was removed from the
+/// leader all the same (whose term is below the one it raised itself to).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_paused_through_its_removal_learns_it_from_the_leader() {
+    let c = Cluster::start(&esf_bin(), 3);
+    let leader = c.wait_ready().await;
+    let victim = c.other_than(leader);
+    c.client().put("kept", "1").await.expect("put");
+    let eps = c.node(leader).grpc.clone();
+    c.node(victim).pause(true);
+    let (code, out, err) = cli(&c.bin, &["--endpoints", &eps, "member", "remove", &victim.to_string()]);
+    assert_eq!(code, 0, "member remove: {out} {err}");
+    c.client().put("after", "2").await.expect("put after the removal");
+    c.node(victim).pause(false);
+
+    let node = c.node(victim);
+    let deadline = tokio::time::Instant::now() + esf_cluster_tests::READY_DEADLINE;
+    loop {
+        let (code, body) = node.admin_get("/readyz");
+        if code == 503 && body.contains(&format!("node {victim} was removed")) {
+            assert!(body.contains("leads meta in term"), "learned from the leader: {body}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node {victim} never learned it was removed: {body}\n{}\n--- leader (node {leader}) ---\n{}",
+            node.log(),
+            c.node(leader).log()
+        );
+        tokio::time::sleep(esf_cluster_tests::POLL_INTERVAL).await;
+    }
+    let (_, kv) = c.client().get("after").await.expect("get through the cluster");
+    assert_eq!(kv.expect("after").value, b"2");
+}
+
 /// The value of the first series of `/metrics` text `text` starting with
 /// `series` (name and labels as rendered).
 fn metric(text: &str, series: &str) -> Option<f64> {

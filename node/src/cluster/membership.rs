@@ -148,7 +148,7 @@ impl Membership<'_> {
     /// Before adding node `id` at `addr`: it must answer, carry that id, and
     /// belong to no other cluster (a node of another cluster would refuse
     /// every append, and the add would only time out).
-    async fn check_new_member(&self, id: u64, addr: &str) -> Result<()> {
+    async fn check_new_member(&self, id: u64, addr: &str) -> Result<pb::HelloResponse> {
         let ours = self.ctx.cluster_id();
         let ask = pb::HelloRequest {
             node_id: self.ctx.meta.node_id(),
@@ -178,7 +178,7 @@ impl Membership<'_> {
                 r.partitions
             )));
         }
-        Ok(())
+        Ok(r)
     }
 }
 
@@ -189,14 +189,30 @@ impl Membership<'_> {
             return Err(Error::invalid("id", "must not be 0"));
         }
         esf_proto::wire::parse_endpoint(&addr).map_err(|e| Error::invalid("addr", e))?;
-        self.check_new_member(id, &addr).await?;
-        // A node that left meta since `member remove` excluded it; one
-        // still a member may be being removed, and keeps its exclusion.
-        let readmit = if self.is_member(id) {
-            None
-        } else {
-            partitions::readmit(&self.ctx.meta, id)?
-        };
+        // A member already: nothing to add (and an exclusion it may have,
+        // being removed, stays). Decided before anything that waits (the
+        // hello below waits for the node to answer): a join request a node
+        // sent before `member remove` must not add it back once the
+        // removal has committed.
+        if self.is_member(id) {
+            return Ok(self.members());
+        }
+        let hello = self.check_new_member(id, &addr).await?;
+        // A node learns the cluster id only from this cluster's Raft
+        // traffic, as a member. One that is not a member now and holds the
+        // id was removed (maybe before it ever acknowledged an entry: a
+        // join request it sent before `member remove` arrives after it);
+        // it joins again only with an empty data dir, as `member remove`
+        // promises. (Rarely, a node added by a leader that died before the
+        // change committed is refused too: the message says what to do.)
+        if !hello.cluster_id.is_empty() && hello.cluster_id == self.ctx.cluster_id() {
+            return Err(Error::Precondition(format!(
+                "id: node {id} is not a member of cluster {} but holds its data (it was removed); start it with an empty data dir to join again",
+                hello.cluster_id
+            )));
+        }
+        // A node that left meta since `member remove` excluded it.
+        let readmit = partitions::readmit(&self.ctx.meta, id)?;
         if let Some(op) = readmit {
             self.ctx.meta.write(esf_raft::command::Command::new(op)).await?;
         }

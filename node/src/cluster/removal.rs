@@ -5,8 +5,10 @@
 //! that removed it), so on its own it believes it is still a voter. Every
 //! [`CHECK_INTERVAL_MS`] a member that is not the meta leader asks the
 //! other members it knows for their status; when the meta leader (a node
-//! reporting itself as leader, in a term at least this node's) lists a
-//! membership without this node, twice in a row, the node records it in
+//! reporting itself as leader, in a term at least that of the newest entry
+//! this node holds; not its own vote's term, which a removed node raises
+//! when it stands for election and loses) lists a membership without this
+//! node, twice in a row, the node records it in
 //! its identity file (durably: it never serves from that data dir again),
 //! refuses every request from then on (UNAVAILABLE, saying so, so clients
 //! move on to another endpoint), reports it in `/readyz`, stops its Raft
@@ -20,7 +22,6 @@ use std::time::Duration;
 
 use esf_proto::v1 as pb;
 use esf_raft::openraft::async_runtime::WatchReceiver;
-use esf_raft::openraft::vote::RaftLeaderId;
 use tracing::{error, warn};
 
 use crate::context::Ctx;
@@ -91,7 +92,7 @@ async fn removed_by(ctx: &Ctx, join: &[String]) -> Option<String> {
     if m.state.is_leader() {
         return None;
     }
-    let my_term = m.vote.leader_id().term();
+    let my_term = newest_entry_term(&m);
     let cluster = ctx.cluster_id();
     // The members it knows (without itself if it applied its own removal)
     // and the addresses it was started with.
@@ -109,21 +110,46 @@ async fn removed_by(ctx: &Ctx, join: &[String]) -> Option<String> {
         let Ok(Ok(resp)) = tokio::time::timeout(CALL_DEADLINE, call).await else {
             continue;
         };
-        let s = resp.into_inner();
-        let Some(g) = s.groups.first() else { continue };
-        let leads = g.role == "leader" && g.leader_id == s.node_id;
-        if leads && s.cluster_id == cluster && g.term >= my_term {
+        match leader_verdict(&resp.into_inner(), me, &cluster, my_term) {
             // The leader's view decides: no need to ask the others.
-            let member = g.voters.contains(&me) || g.learners.contains(&me);
-            return (!member).then(|| {
-                format!(
-                    "node {} leads meta in term {} with voters {:?} and learners {:?}",
-                    s.node_id, g.term, g.voters, g.learners
-                )
-            });
+            Some(verdict) => return verdict,
+            None => continue,
         }
     }
     None
+}
+
+/// What the status `s` of another node says about member `me`, if `s` is
+/// the meta leader's of `cluster` in a term at least `my_term`: `Some(None)`
+/// (still a member), `Some(Some(view))` (removed, as `view` explains).
+/// `None` when `s` does not decide.
+///
+/// `my_term` is the term of the newest entry this node holds, not that of
+/// its own vote: a member the leader no longer replicates to may win a
+/// pre-vote from a follower whose lease lapsed (a loaded machine) and then
+/// stand for election in a term no leader ever had; compared with that
+/// term, the real leader's answer would never count again.
+fn leader_verdict(s: &pb::StatusResponse, me: u64, cluster: &str, my_term: u64) -> Option<Option<String>> {
+    let g = s.groups.first()?;
+    let leads = g.role == "leader" && g.leader_id == s.node_id;
+    if !(leads && s.cluster_id == cluster && g.term >= my_term) {
+        return None;
+    }
+    let member = g.voters.contains(&me) || g.learners.contains(&me);
+    Some((!member).then(|| {
+        format!(
+            "node {} leads meta in term {} with voters {:?} and learners {:?}",
+            s.node_id, g.term, g.voters, g.learners
+        )
+    }))
+}
+
+/// The term of the newest log entry `m` reports: the last applied one or
+/// the effective membership (appended, maybe not applied yet).
+fn newest_entry_term(m: &esf_raft::openraft::RaftMetrics<esf_raft::types::TypeConfig>) -> u64 {
+    let applied = m.last_applied.as_ref().map_or(0, |l| l.leader_id.term);
+    let membership = m.membership_config.log_id().as_ref().map_or(0, |l| l.leader_id.term);
+    applied.max(membership)
 }
 
 /// Records the removal durably, refuses everything from now on and stops
@@ -156,5 +182,67 @@ async fn mark_removed(ctx: &Ctx, data_dir: &std::path::Path, view: String) {
         if let Err(e) = p.raft().shutdown().await {
             warn!(group = p.group(), error = %e, "partition Raft did not shut down cleanly");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use esf_raft::openraft::vote::RaftLeaderId;
+
+    use super::*;
+
+    fn status(node: u64, role: &str, leader: u64, term: u64, voters: Vec<u64>) -> pb::StatusResponse {
+        pb::StatusResponse {
+            node_id: node,
+            cluster_id: "c".into(),
+            groups: vec![pb::GroupStatus {
+                role: role.into(),
+                leader_id: leader,
+                term,
+                voters,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn only_the_leader_of_this_cluster_in_a_recent_enough_term_decides() {
+        // Node 2 holds entries up to term 3 and was removed.
+        let removed = leader_verdict(&status(1, "leader", 1, 3, vec![1, 3]), 2, "c", 3);
+        let view = removed.expect("the leader decides").expect("removed");
+        assert!(
+            view.contains("node 1 leads meta in term 3 with voters [1, 3]"),
+            "{view}"
+        );
+        // Still a member.
+        assert_eq!(
+            leader_verdict(&status(1, "leader", 1, 3, vec![1, 2, 3]), 2, "c", 3),
+            Some(None)
+        );
+        // A follower, another cluster, a leader older than what node 2 holds:
+        // no decision.
+        assert_eq!(
+            leader_verdict(&status(3, "follower", 1, 3, vec![1, 3]), 2, "c", 3),
+            None
+        );
+        assert_eq!(
+            leader_verdict(&status(1, "leader", 1, 3, vec![1, 3]), 2, "other", 3),
+            None
+        );
+        assert_eq!(leader_verdict(&status(1, "leader", 1, 2, vec![1, 3]), 2, "c", 3), None);
+    }
+
+    #[test]
+    fn a_failed_candidacy_does_not_hide_the_removal() {
+        // Node 2's newest entry is from term 3; it then stood for election
+        // in term 4, which nobody won: the term-3 leader still decides.
+        let mut m = esf_raft::openraft::RaftMetrics::<esf_raft::types::TypeConfig>::new_initial(2);
+        let leader = esf_raft::openraft::alias::LeaderIdOf::<esf_raft::types::TypeConfig>::new(3, 1).to_committed();
+        m.last_applied = Some(esf_raft::openraft::LogId::new(leader, 40));
+        m.vote = esf_raft::openraft::Vote::new(4, 2);
+        assert_eq!(newest_entry_term(&m), 3);
+        let verdict = leader_verdict(&status(1, "leader", 1, 3, vec![1, 3]), 2, "c", newest_entry_term(&m));
+        assert!(matches!(verdict, Some(Some(_))), "{verdict:?}");
     }
 }
