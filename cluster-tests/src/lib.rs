@@ -46,16 +46,10 @@ pub const PORT_BASE: u16 = 20_000;
 /// Ports the harness hands out, from [`PORT_BASE`].
 const PORT_SPAN: u16 = 12_000;
 
-fn pid_alive(pid: u32) -> bool {
-    std::path::Path::new(&format!("/proc/{pid}")).exists()
-}
-
 /// A loopback port that is free now and claimed by this test process for
-/// its whole life: a claim is a file `esf-test-ports/PORT` (created with
-/// `create_new`, holding the owner's pid) in the temp dir, so no other test
-/// process hands the port out, even after the node that used it is killed
-/// (a client of this test still dialling it must never reach another test's
-/// cluster). Claims of dead processes are taken over.
+/// its whole life ([`claim`]), so no other test process hands the port
+/// out, even after the node that used it is killed (a client of this test
+/// still dialling it must never reach another test's cluster).
 pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU16, Ordering};
     static NEXT: AtomicU16 = AtomicU16::new(0);
@@ -70,32 +64,31 @@ pub fn free_port() -> u16 {
     panic!("no free loopback port found from {PORT_BASE}");
 }
 
-/// Claims `name` (a port, a subnet) for this test process: a file
-/// `esf-test-ports/NAME` created with `create_new` holding the owner's
-/// pid. Claims of dead processes are taken over. False if another live
-/// process holds it.
+/// Claims `name` (a port, a subnet) for this test process: an exclusive
+/// lock (flock) on the file `esf-test-ports/NAME` in the temp dir, held
+/// open until the process exits, when the kernel releases it (whatever way
+/// it exits). False if another process, or this one, holds it. A lock
+/// cannot be taken over by two processes at once, as a claim file naming
+/// its owner's pid could be (both see the owner dead, both write theirs).
 pub fn claim(name: &str) -> bool {
-    use std::io::Write;
+    static HELD: std::sync::Mutex<Vec<std::fs::File>> = std::sync::Mutex::new(Vec::new());
     let dir = std::env::temp_dir().join("esf-test-ports");
     std::fs::create_dir_all(&dir).expect("create the claim dir");
-    let me = std::process::id();
-    let claim = dir.join(name);
-    match std::fs::OpenOptions::new().write(true).create_new(true).open(&claim) {
-        Ok(mut f) => f.write_all(me.to_string().as_bytes()).is_ok(),
-        Err(_) => {
-            let owner: Option<u32> = std::fs::read_to_string(&claim).ok().and_then(|s| s.trim().parse().ok());
-            match owner {
-                Some(pid) if pid != me && !pid_alive(pid) => {
-                    // Take over a dead process's claim (the rename is atomic).
-                    let tmp = dir.join(format!("{name}.{me}"));
-                    std::fs::write(&tmp, me.to_string()).is_ok()
-                        && std::fs::rename(&tmp, &claim).is_ok()
-                        && std::fs::read_to_string(&claim).is_ok_and(|s| s.trim() == me.to_string())
-                }
-                _ => false,
-            }
-        }
+    let Ok(file) = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(name))
+    else {
+        return false;
+    };
+    if file.try_lock().is_err() {
+        return false;
     }
+    HELD.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .push(file);
+    true
 }
 
 pub mod netns;

@@ -86,6 +86,11 @@ pub const CLOCK_OFFSETS: [i64; 4] = [600, -3600, 86_400, -90];
 pub const SNAPSHOT_LOGS: u64 = 200;
 /// ... and keep this many behind a snapshot (`--snapshot-keep-logs`).
 pub const SNAPSHOT_KEEP_LOGS: u64 = 50;
+/// Writes the snapshot nemesis adds per poll while it waits for the
+/// leader's purge (to [`SNAPSHOT_FILLER_KEY`], which no checker reads).
+pub const SNAPSHOT_FILLER_WRITES: u64 = 20;
+/// The key of those writes.
+pub const SNAPSHOT_FILLER_KEY: &str = "jepsen-filler";
 /// How long a membership change (with its retries) may take.
 pub const MEMBERSHIP_DEADLINE: Duration = Duration::from_secs(60);
 /// Autopilot under the failover nemesis: 3 voters, a node dead after 5 s
@@ -1750,6 +1755,16 @@ async fn nemesis(
                         .unwrap_or((0, 0));
                     if purged_to > last_log + SNAPSHOT_KEEP_LOGS {
                         break;
+                    }
+                    // The log grows by itself only as fast as the workload
+                    // writes, which on a loaded machine may not reach a
+                    // snapshot before the run ends: the nemesis writes
+                    // too, outside the checked keys.
+                    if now != 0 {
+                        let filler = c.node(now).client();
+                        for i in 0..SNAPSHOT_FILLER_WRITES {
+                            let _ = filler.put(SNAPSHOT_FILLER_KEY, i.to_string()).await;
+                        }
                     }
                     tokio::time::sleep(esf_cluster_tests::POLL_INTERVAL).await;
                 }
