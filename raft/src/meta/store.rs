@@ -118,7 +118,10 @@ pub struct MetaStore {
     /// Users, roles and permissions (swapped whole on every change).
     auth: RwLock<Arc<AuthState>>,
     revision_tx: watch::Sender<u64>,
-    reclaiming: Arc<std::sync::atomic::AtomicBool>,
+    /// The background reclaim after an explicit compaction, if one ran
+    /// (joined when the store is dropped: a thread still compacting while
+    /// the process exits crashes in RocksDB's teardown).
+    reclaim: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// The `AUDIT` row, kept in memory: every write that changes a key
     /// consults it (auto-compaction never goes above it), and reading it
     /// from RocksDB each time cost about 1% of a put's CPU. Reloaded
@@ -128,6 +131,19 @@ pub struct MetaStore {
     /// Current values written by the entry being applied and not yet in
     /// RocksDB (see [`Overlay`]). Only the apply path reads it.
     overlay: Mutex<Overlay>,
+}
+
+impl Drop for MetaStore {
+    fn drop(&mut self) {
+        let running = self
+            .reclaim
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(h) = running {
+            let _ = h.join();
+        }
+    }
 }
 
 /// What a command of the entry being applied reads instead of RocksDB:
@@ -247,7 +263,7 @@ impl MetaStore {
             sessions: Mutex::new(sessions),
             auth: RwLock::new(Arc::new(auth)),
             revision_tx,
-            reclaiming: Arc::default(),
+            reclaim: Mutex::new(None),
             audit_cursor: RwLock::new(audit_cursor),
             overlay: Mutex::default(),
         }))
@@ -713,19 +729,18 @@ impl MetaStore {
     /// family in the background so the dropped history stops counting
     /// against the quota. At most one runs at a time.
     fn schedule_reclaim(&self) {
-        if self.reclaiming.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        let mut running = self.reclaim.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if running.as_ref().is_some_and(|h| !h.is_finished()) {
             return;
         }
         let db = self.db.clone();
-        let flag = self.reclaiming.clone();
-        let spawned = std::thread::Builder::new().name("esf-reclaim".into()).spawn(move || {
+        match std::thread::Builder::new().name("esf-reclaim".into()).spawn(move || {
             if let Err(e) = db.reclaim(CF_SM) {
                 tracing::warn!(error = %e, "reclaiming space after compaction failed");
             }
-            flag.store(false, std::sync::atomic::Ordering::SeqCst);
-        });
-        if spawned.is_err() {
-            self.reclaiming.store(false, std::sync::atomic::Ordering::SeqCst);
+        }) {
+            Ok(h) => *running = Some(h),
+            Err(e) => tracing::warn!(error = %e, "could not start reclaiming space after compaction"),
         }
     }
 
