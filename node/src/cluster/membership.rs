@@ -145,23 +145,24 @@ impl Membership<'_> {
             .collect()
     }
 
-    /// Before adding node `id` at `addr`: it must answer, carry that id, and
-    /// belong to no other cluster (a node of another cluster would refuse
-    /// every append, and the add would only time out).
-    async fn check_new_member(&self, id: u64, addr: &str) -> Result<pb::HelloResponse> {
-        let ours = self.ctx.cluster_id();
+    /// Before adding node `id` at `addr` (not a member): it must answer,
+    /// carry that id, belong to no other cluster (a node of another cluster
+    /// would refuse every append, and the add would only time out), and not
+    /// hold this one's data.
+    async fn check_new_member(&self, id: u64, addr: &str) -> Result<()> {
+        let cluster = self.ctx.cluster_id();
         let ask = pb::HelloRequest {
             node_id: self.ctx.meta.node_id(),
             addr: self.ctx.advertise.clone(),
-            cluster_id: ours.clone(),
+            cluster_id: cluster.clone(),
             has_data: true,
         };
         let r = formation::hello(&self.ctx.pool, addr, &ask)
             .await
             .map_err(|e| Error::unavailable(format!("addr: cannot reach a node at {addr}: {e}")))?;
-        if !r.cluster_id.is_empty() && r.cluster_id != ours {
+        if !r.cluster_id.is_empty() && r.cluster_id != cluster {
             return Err(Error::Precondition(format!(
-                "addr: the node at {addr} belongs to cluster {}, not {ours}; start it with an empty data dir to join this one",
+                "addr: the node at {addr} belongs to cluster {}, not {cluster}; start it with an empty data dir to join this one",
                 r.cluster_id
             )));
         }
@@ -178,7 +179,20 @@ impl Membership<'_> {
                 r.partitions
             )));
         }
-        Ok(r)
+        // A node learns the cluster id only from that cluster's Raft
+        // traffic, as a member. One that holds this cluster's id and is not
+        // a member now (the caller checked) was removed, maybe before it
+        // ever acknowledged an entry (a join request it sent before `member
+        // remove` arriving after it); it joins again only with an empty
+        // data dir, as `member remove` promises. (Rarely, a node added by a
+        // leader that died before the change committed is refused too: the
+        // message says what to do.)
+        if r.cluster_id == cluster && !cluster.is_empty() {
+            return Err(Error::Precondition(format!(
+                "id: node {id} is not a member of cluster {cluster} but holds its data (it was removed); start it with an empty data dir to join again"
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -197,20 +211,7 @@ impl Membership<'_> {
         if self.is_member(id) {
             return Ok(self.members());
         }
-        let hello = self.check_new_member(id, &addr).await?;
-        // A node learns the cluster id only from this cluster's Raft
-        // traffic, as a member. One that is not a member now and holds the
-        // id was removed (maybe before it ever acknowledged an entry: a
-        // join request it sent before `member remove` arrives after it);
-        // it joins again only with an empty data dir, as `member remove`
-        // promises. (Rarely, a node added by a leader that died before the
-        // change committed is refused too: the message says what to do.)
-        if !hello.cluster_id.is_empty() && hello.cluster_id == self.ctx.cluster_id() {
-            return Err(Error::Precondition(format!(
-                "id: node {id} is not a member of cluster {} but holds its data (it was removed); start it with an empty data dir to join again",
-                hello.cluster_id
-            )));
-        }
+        self.check_new_member(id, &addr).await?;
         // A node that left meta since `member remove` excluded it.
         let readmit = partitions::readmit(&self.ctx.meta, id)?;
         if let Some(op) = readmit {
