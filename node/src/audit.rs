@@ -333,6 +333,7 @@ impl Relay {
                 }
                 Err(e) => return Err(Error::task(&format!("read meta changes {next}..={to}"), e)),
             };
+            let mut authors = store.authors(next, to).map_err(Error::Storage)?;
             let mut batch = Vec::new();
             let mut bytes = 0;
             let mut last = next - 1;
@@ -347,8 +348,7 @@ impl Relay {
                         last + 1
                     )));
                 }
-                let user = self.ctx.meta.store().author(rev).map_err(Error::Storage)?;
-                let e = audit_event(rev, group, user.as_deref());
+                let e = audit_event(rev, group, authors.remove(&rev).as_deref());
                 bytes += e.data.len();
                 batch.push(e);
                 last = rev;

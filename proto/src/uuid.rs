@@ -49,7 +49,11 @@ pub fn format(id: &[u8; 16]) -> String {
         if matches!(i, 4 | 6 | 8 | 10) {
             s.push('-');
         }
-        s.push_str(&format!("{b:02x}"));
+        // Two hex digits without a format! allocation per byte (this runs
+        // for every event returned and every audit event built).
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        s.push(HEX[usize::from(b >> 4)] as char);
+        s.push(HEX[usize::from(b & 0x0f)] as char);
     }
     s
 }

@@ -225,10 +225,23 @@ fn apply_checks_every_key_an_op_touches() {
         s.as_user(ROOT_USER, Op::Auth(AuthChange::RoleAdd { name: "x".into() })),
         OpResult::AuthChanged { .. }
     ));
-    // The author of a revision is recorded.
+    // The author of each revision is recorded, and read back by range.
     let rev = s.store.revision();
     assert!(matches!(s.as_user("app", put("app/y", false)), OpResult::Put { .. }));
-    assert_eq!(s.store.author(rev + 1).unwrap().as_deref(), Some("app"));
+    assert!(matches!(
+        s.as_user(ROOT_USER, put("app/z", false)),
+        OpResult::Put { .. }
+    ));
+    let both = s.store.authors(rev + 1, rev + 2).unwrap();
+    assert_eq!(
+        both.into_iter().collect::<Vec<_>>(),
+        vec![(rev + 1, "app".to_string()), (rev + 2, ROOT_USER.to_string())]
+    );
+    let last = s.store.authors(rev + 2, u64::MAX).unwrap();
+    assert_eq!(
+        last.into_iter().collect::<Vec<_>>(),
+        vec![(rev + 2, ROOT_USER.to_string())]
+    );
 }
 
 #[test]

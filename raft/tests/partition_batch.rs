@@ -106,3 +106,65 @@ fn a_partition_batch_holds_only_appends() {
         "{got:?}"
     );
 }
+
+/// Apply keeps the records of streams it appended to and the byte count
+/// in memory; a snapshot that replaces the rows must replace them too, or
+/// the next append would check its expected version against the stream
+/// as it was before the snapshot.
+#[test]
+fn an_installed_snapshot_replaces_what_apply_remembers() {
+    let one = |stream: &str, expected, seed: u8| AppendRequest {
+        stream: stream.to_string(),
+        expected,
+        timestamp_ms: 1_700_000_000_000,
+        events: vec![NewEvent {
+            id: [seed; 16],
+            event_type: "t".into(),
+            correlation_id: String::new(),
+            causation_id: String::new(),
+            data: format!("{{\"seed\":{seed}}}").into_bytes(),
+            metadata: Default::default(),
+        }],
+    };
+    let (_d1, warm) = open();
+    for (i, seed) in [1u8, 2, 3].into_iter().enumerate() {
+        let r = warm
+            .apply_entry(&entry(i as u64 + 1, Op::Append(one("s-1", ExpectedVersion::Any, seed))))
+            .unwrap();
+        assert!(matches!(r.result, OpResult::Appended { .. }), "{r:?}");
+    }
+    let (_d2, source) = open();
+    for (i, seed) in [7u8, 8, 9, 10, 11].into_iter().enumerate() {
+        source
+            .apply_entry(&entry(i as u64 + 1, Op::Append(one("s-1", ExpectedVersion::Any, seed))))
+            .unwrap();
+    }
+    source
+        .apply_entry(&entry(6, Op::Append(one("s-2", ExpectedVersion::NoStream, 12))))
+        .unwrap();
+    let (st, file) = source.build_snapshot_file().unwrap();
+    let meta = esf_raft::types::SnapshotMeta {
+        last_log_id: st.last_applied.clone(),
+        last_membership: st.membership.clone(),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(warm.install_snapshot(&meta, &file)).unwrap();
+    // The stream is at version 5 now (not 3), and the byte count is the
+    // source's: the same next append gives the same answer and contents.
+    let next = Op::Append(one("s-1", ExpectedVersion::Exact(5), 20));
+    let got = warm.apply_entry(&entry(7, next.clone())).unwrap();
+    let want = source.apply_entry(&entry(7, next)).unwrap();
+    assert!(
+        matches!(got.result, OpResult::Appended { first_version: 6, .. }),
+        "{got:?}"
+    );
+    assert_eq!(got.result, want.result);
+    assert_eq!(contents(&warm), contents(&source));
+    let stale = warm
+        .apply_entry(&entry(8, Op::Append(one("s-1", ExpectedVersion::Exact(3), 21))))
+        .unwrap();
+    assert!(matches!(stale.result, OpResult::Rejected(_)), "{stale:?}");
+}

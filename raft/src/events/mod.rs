@@ -45,20 +45,19 @@ fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Rejection {
     }
 }
 
-fn check_name(field: &str, s: &str, required: bool) -> Result<(), Rejection> {
-    if required && s.is_empty() {
-        return Err(invalid(field, "is required"));
-    }
-    if s.len() > MAX_NAME_BYTES {
-        return Err(invalid(
-            field,
-            format!("is {} bytes, over the limit of {MAX_NAME_BYTES}", s.len()),
-        ));
-    }
-    if s.chars().any(char::is_control) {
-        return Err(invalid(field, "must not contain control characters"));
-    }
-    Ok(())
+/// Checks a name; `field` is displayed only when it is refused (no string
+/// is built per event on the append path).
+fn check_name(field: impl std::fmt::Display, s: &str, required: bool) -> Result<(), Rejection> {
+    let reason = if required && s.is_empty() {
+        "is required".to_string()
+    } else if s.len() > MAX_NAME_BYTES {
+        format!("is {} bytes, over the limit of {MAX_NAME_BYTES}", s.len())
+    } else if s.chars().any(char::is_control) {
+        "must not contain control characters".to_string()
+    } else {
+        return Ok(());
+    };
+    Err(invalid(field.to_string(), reason))
 }
 
 /// Checks a stream id: 1 to [`MAX_NAME_BYTES`] bytes, no control characters.
@@ -73,6 +72,15 @@ pub fn event_bytes(e: &crate::command::NewEvent) -> usize {
         + e.causation_id.len()
         + e.data.len()
         + e.metadata.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+}
+
+/// `append.events[i].name`, formatted only for a refusal.
+struct EventField(usize, &'static str);
+
+impl std::fmt::Display for EventField {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "append.events[{}].{}", self.0, self.1)
+    }
 }
 
 /// Checks an append's shape and bounds (not its JSON: the node checks that
@@ -91,19 +99,19 @@ pub fn check_append(a: &AppendRequest) -> Result<(), Rejection> {
     let mut total = 0usize;
     let mut ids = std::collections::HashSet::new();
     for (i, e) in a.events.iter().enumerate() {
-        let f = |name: &str| format!("append.events[{i}].{name}");
+        let f = |name: &'static str| EventField(i, name);
         if e.id == [0; 16] {
-            return Err(invalid(f("id"), "must not be the nil UUID"));
+            return Err(invalid(f("id").to_string(), "must not be the nil UUID"));
         }
         if !ids.insert(e.id) {
-            return Err(invalid(f("id"), "appears twice in this append"));
+            return Err(invalid(f("id").to_string(), "appears twice in this append"));
         }
-        check_name(&f("type"), &e.event_type, true)?;
-        check_name(&f("correlation_id"), &e.correlation_id, false)?;
-        check_name(&f("causation_id"), &e.causation_id, false)?;
+        check_name(f("type"), &e.event_type, true)?;
+        check_name(f("correlation_id"), &e.correlation_id, false)?;
+        check_name(f("causation_id"), &e.causation_id, false)?;
         if e.metadata.len() > MAX_METADATA_ENTRIES {
             return Err(invalid(
-                f("metadata"),
+                f("metadata").to_string(),
                 format!(
                     "has {} entries, over the limit of {MAX_METADATA_ENTRIES}",
                     e.metadata.len()
@@ -113,7 +121,7 @@ pub fn check_append(a: &AppendRequest) -> Result<(), Rejection> {
         let n = event_bytes(e);
         if n > MAX_EVENT_BYTES {
             return Err(invalid(
-                f("data"),
+                f("data").to_string(),
                 format!("the event is {n} bytes, over the limit of {MAX_EVENT_BYTES}"),
             ));
         }

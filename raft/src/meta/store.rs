@@ -385,15 +385,31 @@ impl MetaStore {
         self.auth.read().expect("auth lock").clone()
     }
 
-    /// The user whose command made revision `rev`, if one did and the
-    /// record is not compacted.
-    pub fn author(&self, rev: u64) -> Result<Option<String>, StorageError> {
-        let raw = self
-            .db
-            .rocks()
-            .get_pinned_cf(self.db.cf(CF_SM), layout::author_key(self.group, rev))
-            .map_err(rocks_err("read author"))?;
-        Ok(raw.map(|b| String::from_utf8_lossy(&b).into_owned()))
+    /// The users whose commands made revisions `from..=to`, for those a
+    /// user made and that are not compacted: one scan, not a read per
+    /// revision (the audit relay names the author of every revision).
+    pub fn authors(&self, from: u64, to: u64) -> Result<std::collections::BTreeMap<u64, String>, StorageError> {
+        let lo = layout::author_key(self.group, from);
+        let hi = layout::author_key(self.group, to.saturating_add(1));
+        let snap = self.db.rocks().snapshot();
+        let mut it = self.sm_iter(&snap, &lo, &hi);
+        it.seek(&lo);
+        let mut out = std::collections::BTreeMap::new();
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            let rev = k[k.len().saturating_sub(8)..]
+                .try_into()
+                .map(u64::from_be_bytes)
+                .map_err(|_| StorageError::Corrupt {
+                    cf: CF_SM,
+                    group: self.group,
+                    record: format!("author row {k:?}"),
+                    reason: "its key does not end with a revision".into(),
+                })?;
+            out.insert(rev, String::from_utf8_lossy(v).into_owned());
+            it.next();
+        }
+        it.status().map_err(rocks_err("authors scan"))?;
+        Ok(out)
     }
 
     /// The group id.
