@@ -314,9 +314,6 @@ pub struct PartitionStore {
     apply_lock: std::sync::Mutex<()>,
     /// The next offset after every applied entry that appended.
     offset_tx: watch::Sender<u64>,
-    /// Rows written by the earlier appends of the batch entry being
-    /// applied, not yet in RocksDB (see [`Overlay`]).
-    overlay: std::sync::Mutex<Overlay>,
     /// The stream records and byte count as last written by apply (see
     /// [`Committed`]).
     committed: std::sync::Mutex<Committed>,
@@ -342,47 +339,42 @@ struct Committed {
     streams: HashMap<String, StreamRecord>,
 }
 
-/// The stream records and byte count an entry being applied has written
-/// so far (to the `Committed` cache once the entry is in RocksDB).
+/// What the entry being applied has written so far and later commands of
+/// the same entry ([`Op::Batch`]) read instead of RocksDB, which holds it
+/// only once the entry's one write batch is written: the ids appended
+/// (with their offset, stream and version), the stream records and the
+/// byte count. The last two go to the `Committed` cache after the write.
 #[derive(Debug, Default)]
 struct Staged {
     bytes: Option<u64>,
     streams: Vec<(String, StreamRecord)>,
+    ids: HashMap<[u8; 16], AppendedId>,
 }
 
-/// What the appends of a batch entry ([`Op::Batch`]) read instead of
-/// RocksDB: the rows the earlier appends of the same entry wrote (ids,
-/// stream records, the stored byte count), as the entry is written in one
-/// RocksDB batch at its end. Seen only by the thread applying the entry;
-/// readers on other threads never see rows before they are written.
-#[derive(Debug, Default)]
-struct Overlay {
-    applier: Option<std::thread::ThreadId>,
-    rows: std::collections::HashMap<Vec<u8>, Option<Vec<u8>>>,
+/// Where an id an append brings was appended before.
+#[derive(Debug, Clone)]
+enum Known {
+    /// By an earlier command of the entry being applied.
+    Staged(AppendedId),
+    /// At this offset, in RocksDB.
+    Stored(u64),
 }
 
-/// Copies one append's writes into the entry's batch and records them in
-/// the overlay.
-struct RecordInto<'a> {
-    batch: &'a mut WriteBatch,
-    cf: &'a esf_storage::rocksdb::ColumnFamily,
-    rows: &'a mut std::collections::HashMap<Vec<u8>, Option<Vec<u8>>>,
+impl Known {
+    fn offset(&self) -> u64 {
+        match self {
+            Known::Staged(a) => a.offset,
+            Known::Stored(o) => *o,
+        }
+    }
 }
 
-impl esf_storage::rocksdb::WriteBatchIteratorCf for RecordInto<'_> {
-    fn put_cf(&mut self, _cf_id: u32, key: &[u8], value: &[u8]) {
-        self.batch.put_cf(self.cf, key, value);
-        self.rows.insert(key.to_vec(), Some(value.to_vec()));
-    }
-
-    fn delete_cf(&mut self, _cf_id: u32, key: &[u8]) {
-        self.batch.delete_cf(self.cf, key);
-        self.rows.insert(key.to_vec(), None);
-    }
-
-    fn merge_cf(&mut self, _cf_id: u32, _key: &[u8], _value: &[u8]) {
-        unreachable!("partition apply never merges");
-    }
+/// Where an id of the entry being applied was appended.
+#[derive(Debug, Clone)]
+struct AppendedId {
+    offset: u64,
+    stream: String,
+    version: u64,
 }
 
 impl std::fmt::Debug for PartitionStore {
@@ -418,7 +410,6 @@ impl PartitionStore {
             fields: RwLock::new(Vec::new()),
             apply_lock: std::sync::Mutex::new(()),
             offset_tx,
-            overlay: std::sync::Mutex::default(),
             committed: std::sync::Mutex::default(),
         });
         store.ensure_indexes()?;
@@ -925,14 +916,6 @@ impl PartitionStore {
     }
 
     fn get_raw(&self, key: &[u8], context: &'static str) -> Result<Option<Vec<u8>>, StorageError> {
-        {
-            let o = self.overlay.lock().expect("overlay lock");
-            if o.applier.is_some_and(|t| t == std::thread::current().id())
-                && let Some(v) = o.rows.get(key)
-            {
-                return Ok(v.clone());
-            }
-        }
         self.db
             .rocks()
             .get_cf(self.db.cf(CF_SM), key)
@@ -963,38 +946,26 @@ impl PartitionStore {
         }
     }
 
-    /// Offsets of the events with these ids (deleted stream or not), in
-    /// their order: one batched RocksDB lookup for the ids the apply
-    /// overlay does not hold (an append checks every id it brings).
-    fn offsets_of_ids<'a>(&self, ids: impl Iterator<Item = &'a [u8; 16]>) -> Result<Vec<Option<u64>>, StorageError> {
-        let keys: Vec<Vec<u8>> = ids.map(|id| id_key(self.group, id)).collect();
-        let mut out: Vec<Option<Option<Vec<u8>>>> = vec![None; keys.len()];
-        {
-            let o = self.overlay.lock().expect("overlay lock");
-            if o.applier.is_some_and(|t| t == std::thread::current().id()) {
-                for (slot, k) in out.iter_mut().zip(&keys) {
-                    if let Some(v) = o.rows.get(k) {
-                        *slot = Some(v.clone());
-                    }
+    /// Where the events with these ids were appended (deleted stream or
+    /// not), in their order: from what the entry being applied appended,
+    /// else with one batched RocksDB lookup for the rest (an append checks
+    /// every id it brings).
+    fn appended_ids(&self, staged: &Staged, ids: &[&[u8; 16]]) -> Result<Vec<Option<Known>>, StorageError> {
+        let mut out: Vec<Option<Known>> = ids
+            .iter()
+            .map(|id| staged.ids.get(*id).cloned().map(Known::Staged))
+            .collect();
+        let missing: Vec<usize> = (0..ids.len()).filter(|&i| out[i].is_none()).collect();
+        if !missing.is_empty() {
+            let keys: Vec<Vec<u8>> = missing.iter().map(|&i| id_key(self.group, ids[i])).collect();
+            let found = self.db.rocks().batched_multi_get_cf(self.db.cf(CF_SM), &keys, false);
+            for (&i, r) in missing.iter().zip(found) {
+                if let Some(v) = r.map_err(rocks_err("read event id"))? {
+                    out[i] = Some(Known::Stored(offset_of(self.group, "event id index", &v)?));
                 }
             }
         }
-        let missing: Vec<usize> = (0..keys.len()).filter(|&i| out[i].is_none()).collect();
-        if !missing.is_empty() {
-            let found =
-                self.db
-                    .rocks()
-                    .batched_multi_get_cf(self.db.cf(CF_SM), missing.iter().map(|&i| &keys[i]), false);
-            for (&i, r) in missing.iter().zip(found) {
-                out[i] = Some(r.map_err(rocks_err("read event id"))?.map(|v| v.to_vec()));
-            }
-        }
-        out.into_iter()
-            .map(|v| match v.flatten() {
-                None => Ok(None),
-                Some(v) => offset_of(self.group, "event id index", &v).map(Some),
-            })
-            .collect()
+        Ok(out)
     }
 
     /// The event with `id`, unless its stream was deleted.
@@ -1183,11 +1154,6 @@ impl PartitionStore {
             }
             c.streams.extend(staged.streams);
         }
-        {
-            let mut o = self.overlay.lock().expect("overlay lock");
-            o.applier = None;
-            o.rows.clear();
-        }
         if matches!(&entry.payload, EntryPayload::Normal(c) if matches!(c.op, Op::IndexField { .. })) {
             self.load_fields()?;
         }
@@ -1201,8 +1167,9 @@ impl PartitionStore {
 
     /// The appends of a batch entry, in order, each as if it were its own
     /// entry (its own checks, deduplication, result or rejection), into
-    /// one RocksDB batch; later ones read what earlier ones wrote from the
-    /// overlay.
+    /// one RocksDB batch; later ones read what earlier ones wrote from
+    /// `staged`. A rejected append writes nothing (every rejection comes
+    /// before the first write), so each writes straight into the batch.
     fn apply_batch(
         &self,
         st: &mut PartitionState,
@@ -1219,24 +1186,10 @@ impl PartitionStore {
                 reason: "a partition batch holds only appends".into(),
             }));
         }
-        {
-            let mut o = self.overlay.lock().expect("overlay lock");
-            o.rows.clear();
-            o.applier = Some(std::thread::current().id());
-        }
         let mut out = Vec::with_capacity(cmds.len());
         for cmd in cmds {
-            let mut own = WriteBatch::default();
-            let result = match self.execute(st, &mut own, staged, &cmd.op)? {
-                Ok(r) => {
-                    let mut o = self.overlay.lock().expect("overlay lock");
-                    own.iterate_cf(&mut RecordInto {
-                        batch,
-                        cf: self.db.cf(CF_SM),
-                        rows: &mut o.rows,
-                    });
-                    r
-                }
+            let result = match self.execute(st, batch, staged, &cmd.op)? {
+                Ok(r) => r,
                 Err(rej) => OpResult::Rejected(rej),
             };
             out.push(Response {
@@ -1302,18 +1255,26 @@ impl PartitionStore {
                     return Ok(Err(r));
                 }
                 // Retries: every id known means the first attempt landed.
-                let known: Vec<u64> = if crate::failpoint::active("no-dedup") {
+                let known: Vec<Known> = if crate::failpoint::active("no-dedup") {
                     Vec::new()
                 } else {
-                    self.offsets_of_ids(a.events.iter().map(|e| &e.id))?
-                        .into_iter()
-                        .flatten()
-                        .collect()
+                    let ids: Vec<&[u8; 16]> = a.events.iter().map(|e| &e.id).collect();
+                    self.appended_ids(staged, &ids)?.into_iter().flatten().collect()
                 };
                 if !known.is_empty() {
-                    let first = self.event_at(known[0])?;
+                    // The first one's stream and version: from the entry
+                    // being applied or from its stored event.
+                    let first = match &known[0] {
+                        Known::Staged(s) => Some(s.clone()),
+                        Known::Stored(off) => self.event_at(*off)?.map(|e| AppendedId {
+                            offset: e.offset,
+                            stream: e.stream,
+                            version: e.version,
+                        }),
+                    };
+                    let offsets: Vec<u64> = known.iter().map(Known::offset).collect();
                     let same = known.len() == a.events.len()
-                        && known.windows(2).all(|w| w[1] == w[0] + 1)
+                        && offsets.windows(2).all(|w| w[1] == w[0] + 1)
                         && first.as_ref().is_some_and(|f| f.stream == a.stream);
                     return Ok(match (same, first) {
                         (true, Some(f)) => Ok(OpResult::Appended {
@@ -1328,7 +1289,7 @@ impl PartitionStore {
                                 "{} of {} event ids were already appended (first at offset {}) and the rest were not: retry the same append or use new ids",
                                 known.len(),
                                 a.events.len(),
-                                known[0]
+                                offsets[0]
                             ),
                         }),
                     });
@@ -1363,6 +1324,14 @@ impl PartitionStore {
                     bytes += encoded.len() as u64;
                     batch.put_cf(cf, event_key(self.group, st.next_offset), encoded);
                     batch.put_cf(cf, id_key(self.group, &e.id), off);
+                    staged.ids.insert(
+                        e.id,
+                        AppendedId {
+                            offset: st.next_offset,
+                            stream: a.stream.clone(),
+                            version: rec.version,
+                        },
+                    );
                     batch.put_cf(cf, stream_event_key(self.group, &a.stream, rec.version), off);
                     put_index_rows(batch, cf, self.group, &record);
                     for k in field_rows(self.group, &fields, &record) {
