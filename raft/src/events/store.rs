@@ -341,14 +341,15 @@ struct Committed {
 
 /// What the entry being applied has written so far and later commands of
 /// the same entry ([`Op::Batch`]) read instead of RocksDB, which holds it
-/// only once the entry's one write batch is written: the ids appended
-/// (with their offset, stream and version), the stream records and the
-/// byte count. The last two go to the `Committed` cache after the write.
+/// only once the entry's one write batch is written: the stream records,
+/// the byte count and, in a batch entry only (`None` otherwise: no later
+/// command reads them), the ids appended. The stream records and byte
+/// count go to the `Committed` cache after the write.
 #[derive(Debug, Default)]
 struct Staged {
     bytes: Option<u64>,
     streams: Vec<(String, StreamRecord)>,
-    ids: HashMap<[u8; 16], AppendedId>,
+    ids: Option<HashMap<[u8; 16], AppendedId>>,
 }
 
 /// Where an id an append brings was appended before.
@@ -370,10 +371,11 @@ impl Known {
 }
 
 /// Where an id of the entry being applied was appended.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 struct AppendedId {
     offset: u64,
-    stream: String,
+    /// The append's place in `Staged::streams`, which names its stream.
+    append: usize,
     version: u64,
 }
 
@@ -953,7 +955,7 @@ impl PartitionStore {
     fn appended_ids(&self, staged: &Staged, ids: &[&[u8; 16]]) -> Result<Vec<Option<Known>>, StorageError> {
         let mut out: Vec<Option<Known>> = ids
             .iter()
-            .map(|id| staged.ids.get(*id).cloned().map(Known::Staged))
+            .map(|id| staged.ids.as_ref().and_then(|m| m.get(*id)).copied().map(Known::Staged))
             .collect();
         let missing: Vec<usize> = (0..ids.len()).filter(|&i| out[i].is_none()).collect();
         if !missing.is_empty() {
@@ -1186,6 +1188,7 @@ impl PartitionStore {
                 reason: "a partition batch holds only appends".into(),
             }));
         }
+        staged.ids = Some(HashMap::new());
         let mut out = Vec::with_capacity(cmds.len());
         for cmd in cmds {
             let result = match self.execute(st, batch, staged, &cmd.op)? {
@@ -1262,24 +1265,22 @@ impl PartitionStore {
                     self.appended_ids(staged, &ids)?.into_iter().flatten().collect()
                 };
                 if !known.is_empty() {
-                    // The first one's stream and version: from the entry
-                    // being applied or from its stored event.
+                    // The first one's offset and version, if it went to
+                    // this stream: from the entry being applied or from
+                    // its stored event.
                     let first = match &known[0] {
-                        Known::Staged(s) => Some(s.clone()),
-                        Known::Stored(off) => self.event_at(*off)?.map(|e| AppendedId {
-                            offset: e.offset,
-                            stream: e.stream,
-                            version: e.version,
-                        }),
+                        Known::Staged(s) => (staged.streams[s.append].0 == a.stream).then_some((s.offset, s.version)),
+                        Known::Stored(off) => self
+                            .event_at(*off)?
+                            .filter(|e| e.stream == a.stream)
+                            .map(|e| (e.offset, e.version)),
                     };
                     let offsets: Vec<u64> = known.iter().map(Known::offset).collect();
-                    let same = known.len() == a.events.len()
-                        && offsets.windows(2).all(|w| w[1] == w[0] + 1)
-                        && first.as_ref().is_some_and(|f| f.stream == a.stream);
+                    let same = known.len() == a.events.len() && offsets.windows(2).all(|w| w[1] == w[0] + 1);
                     return Ok(match (same, first) {
-                        (true, Some(f)) => Ok(OpResult::Appended {
-                            first_offset: f.offset,
-                            first_version: f.version,
+                        (true, Some((first_offset, first_version))) => Ok(OpResult::Appended {
+                            first_offset,
+                            first_version,
                             count: a.events.len() as u64,
                             duplicate: true,
                         }),
@@ -1324,14 +1325,17 @@ impl PartitionStore {
                     bytes += encoded.len() as u64;
                     batch.put_cf(cf, event_key(self.group, st.next_offset), encoded);
                     batch.put_cf(cf, id_key(self.group, &e.id), off);
-                    staged.ids.insert(
-                        e.id,
-                        AppendedId {
-                            offset: st.next_offset,
-                            stream: a.stream.clone(),
-                            version: rec.version,
-                        },
-                    );
+                    if let Some(ids) = staged.ids.as_mut() {
+                        let append = staged.streams.len();
+                        ids.insert(
+                            e.id,
+                            AppendedId {
+                                offset: st.next_offset,
+                                append,
+                                version: rec.version,
+                            },
+                        );
+                    }
                     batch.put_cf(cf, stream_event_key(self.group, &a.stream, rec.version), off);
                     put_index_rows(batch, cf, self.group, &record);
                     for k in field_rows(self.group, &fields, &record) {
